@@ -1,0 +1,68 @@
+"""Exceptions of the protocol core.
+
+    ProtocolError
+    ├── LocalProtocolError          we did something wrong (misuse of a role object)
+    └── RemoteProtocolError         the peer (or an attacker) did
+        ├── MalformedMessage        not a well-formed CityWatch v1 message
+        │   └── MessageTooLarge     larger than the receiver's limit for its role or type
+        ├── UnexpectedMessage       a type this role never receives, or an alg not allowed
+        ├── UnknownKey              the kid names no key the receiver knows
+        ├── AuthenticationFailed    the AEAD tag does not verify
+        └── InvalidPlaintext        decrypted, but a key is missing, unknown or mistyped,
+                                    or a value is out of range
+
+Every remote error carries ``reason``, a short machine-readable word that adapters
+use as a metrics label (``"malformed"``, ``"too_large"``, ``"auth"`` ...).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthenticationFailed",
+    "InvalidPlaintext",
+    "LocalProtocolError",
+    "MalformedMessage",
+    "MessageTooLarge",
+    "ProtocolError",
+    "RemoteProtocolError",
+    "UnexpectedMessage",
+    "UnknownKey",
+]
+
+
+class ProtocolError(Exception):
+    """Base of every error raised by the protocol core."""
+
+
+class LocalProtocolError(ProtocolError):
+    """The caller used a role object in a way its state machine does not allow."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """A message received from the network was rejected."""
+
+    reason = "rejected"
+
+
+class MalformedMessage(RemoteProtocolError):
+    reason = "malformed"
+
+
+class MessageTooLarge(MalformedMessage):
+    reason = "too_large"
+
+
+class UnexpectedMessage(RemoteProtocolError):
+    reason = "unexpected"
+
+
+class UnknownKey(RemoteProtocolError):
+    reason = "unknown_kid"
+
+
+class AuthenticationFailed(RemoteProtocolError):
+    reason = "auth"
+
+
+class InvalidPlaintext(RemoteProtocolError):
+    reason = "plaintext"
