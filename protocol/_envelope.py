@@ -10,6 +10,7 @@ from typing import Any
 
 import cbor2
 
+from ._cbor import loads_exact
 from ._errors import MalformedMessage, MessageTooLarge
 
 __all__ = [
@@ -116,6 +117,6 @@ def decode_envelope(data: bytes, *, max_size: int) -> Envelope:
 
 def _loads(data: bytes, what: str) -> Any:
     try:
-        return cbor2.loads(data)
+        return loads_exact(data)
     except Exception as exc:  # cbor2 raises several types, all meaning "not CBOR"
         raise MalformedMessage(f"{what} is not valid CBOR: {exc}") from None

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 import cbor2
 
+from ._cbor import loads_exact
 from ._errors import InvalidPlaintext
 
 __all__ = [
@@ -391,7 +392,7 @@ def decode_plaintext(mtype: int, plaintext: bytes) -> Message:
     if cls is None:
         raise _bad(f"unknown message type {mtype}")
     try:
-        m = cbor2.loads(plaintext)
+        m = loads_exact(plaintext)
     except Exception as exc:
         raise _bad(f"plaintext is not valid CBOR: {exc}") from None
     if not isinstance(m, dict) or not all(isinstance(k, str) for k in m):

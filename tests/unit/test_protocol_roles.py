@@ -94,7 +94,7 @@ def test_contact_c1_to_c4_delivers_report() -> None:
     w = World()
     d = w.add_device("pole-001")
     report = w.report()
-    events, wire = w.contact(d, report)
+    events, _ = w.contact(d, report)
     delivered = only(events, p.ReportDelivered)
     assert delivered.cid == report.cid
     assert delivered.incident_id == p.incident_id_for(d.kid, report.cid)
@@ -145,7 +145,7 @@ def test_start_report_twice_is_a_local_error_and_sticky() -> None:
     w = World()
     d = w.add_device("pole-001")
     d.conn.start_report(w.report(), w.now)
-    with pytest.raises(p.LocalProtocolError, match="pole-001.*start_report.*await_c2"):
+    with pytest.raises(p.LocalProtocolError, match=r"pole-001.*start_report.*await_c2"):
         d.conn.start_report(w.report(), w.now)
     with pytest.raises(p.LocalProtocolError, match="error state"):
         d.conn.receive(b"", w.now)
