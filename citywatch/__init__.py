@@ -1,5 +1,1 @@
-"""CityWatch: the ``citywatch`` command line and the demo district."""
-
-from .cli import CliError, main
-
-__all__ = ["CliError", "main"]
+"""CityWatch: the ``citywatch`` command line and the demo district (``citywatch.cli``)."""

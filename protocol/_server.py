@@ -9,7 +9,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from ._crypto import Cipher
+from ._cbor import loads_exact
+from ._crypto import Cipher, open_envelope
+from ._envelope import decode_envelope
 from ._errors import InvalidPlaintext, RemoteProtocolError
 from ._events import (
     AlertConfirmed,
@@ -238,11 +240,6 @@ class ServerEndpoint:
     def _on_invalid_plaintext(self, data: bytes, exc: InvalidPlaintext, now: int) -> list[Event]:
         """An authenticated C3 whose content is unacceptable (not a JPEG, bad coordinates)
         is answered with error 8 if its T_D can be read; anything else is dropped."""
-        import cbor2
-
-        from ._crypto import open_envelope
-        from ._envelope import decode_envelope
-
         env = decode_envelope(data, max_size=self.limits.max_large_message)
         record = self._directory.lookup(env.kid)
         assert record is not None  # open_message got as far as the plaintext
@@ -250,7 +247,7 @@ class ServerEndpoint:
         if env.type != MessageType.C3:
             return [dropped]
         try:
-            td = cbor2.loads(open_envelope(env, record.cipher)).get("td")
+            td = loads_exact(open_envelope(env, record.cipher)).get("td")
         except Exception:
             return [dropped]
         if type(td) is not int or td < 0:
@@ -294,8 +291,6 @@ class ServerEndpoint:
 
 
 def _dropped(exc: RemoteProtocolError, data: bytes) -> MessageDropped:
-    from ._envelope import decode_envelope
-
     kid = mtype = None
     try:
         env = decode_envelope(data, max_size=len(data))
