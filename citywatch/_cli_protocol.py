@@ -172,7 +172,7 @@ def make_vectors() -> list[dict[str, Any]]:
         p.N2Receipt(tenc=_T + 6_150, inc=inc, h=h),
     ]
     random = _counter_bytes(1)
-    out = []
+    out: list[dict[str, Any]] = []
     for msgs, key, kid in ((device_msgs, device_key, device_kid), (enc_msgs, enc_key, server_kid)):
         for m in msgs:
             iv: bytes = random(12)
@@ -182,7 +182,7 @@ def make_vectors() -> list[dict[str, Any]]:
                 "key_hex": key.hex(), "kid_hex": kid.hex(), "iv_hex": iv.hex(),
                 "plaintext_cbor_hex": m.to_plaintext().hex(), "message_hex": data.hex(),
             })
-    out.sort(key=lambda v: v["type"])
+    out.sort(key=lambda v: int(v["type"]))
     return out
 
 

@@ -1,1 +1,57 @@
-"""enc."""
+"""The Emergency Notification Center: alert endpoint, alert store, operator dashboard,
+CAP export.
+
+``citywatch enc run --config enc.toml`` serves ``POST /v1/alerts`` (N1 in, N2 out,
+protocol.md section 5) and the dashboard. The exception tree is in ``enc._errors``:
+
+    EncError
+    ├── ConfigError          the configuration is wrong (the message names the file and key)
+    ├── StoreError           the alert store failed; the caller answers "retry later"
+    ├── NotFound             no such alert or operator
+    ├── ActionRefused        an operator action that the alert's state or the role forbids
+    └── LoginRefused         wrong password, unknown, disabled or locked-out operator
+"""
+
+from ._config import (
+    CapSection,
+    DashboardSection,
+    DatabaseSection,
+    EncConfig,
+    HttpSection,
+    LimitsSection,
+    ServerTrust,
+    TrustedServer,
+    config_from_mapping,
+    example_config,
+    load_config,
+)
+from ._errors import ActionRefused, ConfigError, EncError, LoginRefused, NotFound, StoreError
+from ._receiver import COSE_CONTENT_TYPE, AlertReceiver
+from ._store import Alert, AlertStatus, AlertStore, AuditEntry, migrate
+
+__all__ = [
+    "COSE_CONTENT_TYPE",
+    "ActionRefused",
+    "Alert",
+    "AlertReceiver",
+    "AlertStatus",
+    "AlertStore",
+    "AuditEntry",
+    "CapSection",
+    "ConfigError",
+    "DashboardSection",
+    "DatabaseSection",
+    "EncConfig",
+    "EncError",
+    "HttpSection",
+    "LimitsSection",
+    "LoginRefused",
+    "NotFound",
+    "ServerTrust",
+    "StoreError",
+    "TrustedServer",
+    "config_from_mapping",
+    "example_config",
+    "load_config",
+    "migrate",
+]

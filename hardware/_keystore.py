@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import abc
 from types import TracebackType
+from typing import Self
 
-# The protocol package does not export these yet; they are its stable names.
-from protocol._crypto import Cipher
-from protocol._envelope import ALG_A128GCM, ALG_A256GCM, ALG_NAMES, IV_LENGTH
+from protocol import ALG_A128GCM, ALG_A256GCM, ALG_NAMES, Cipher
+from protocol._envelope import IV_LENGTH  # not exported by protocol (yet)
 
 from ._errors import UnsupportedKey
 
@@ -62,7 +62,7 @@ class KeyStore(abc.ABC):
     def close(self) -> None:
         """Release the store (sessions, login). Idempotent."""
 
-    def __enter__(self) -> KeyStore:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(
@@ -94,8 +94,7 @@ def check_key_length(length: int, *, max_key_bits: int, where: str) -> None:
     """Reject a key length the protocol does not use or the store cannot hold."""
     if length not in _KEY_LENGTH_FOR_ALG.values():
         raise UnsupportedKey(
-            f"an AES-GCM key for CityWatch is 16 or 32 bytes, not {length}: check the key "
-            "material"
+            f"an AES-GCM key for CityWatch is 16 or 32 bytes, not {length}: check the key material"
         )
     if length * 8 > max_key_bits:
         alg = ALG_NAMES[ALG_A256GCM if length == 32 else ALG_A128GCM]

@@ -11,7 +11,7 @@ import hmac
 import os
 import threading
 
-from protocol._crypto import AesGcmCipher
+from protocol import AesGcmCipher
 
 from ._errors import KeyExists, KeyNotFound, KeyStoreClosed
 from ._keystore import KeyStore, check_iv, check_key_length, check_label, key_length_for_alg
