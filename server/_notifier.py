@@ -1,0 +1,143 @@
+"""The ENC notifier: a durable outbox worker.
+
+Alerts are queued in the database in the same transaction as the decision that made
+them (``Store.decide``). This worker leases due alerts, sends each a fresh N1, and marks
+it delivered only on a 200 answer whose body is the matching N2. Anything else is
+retried with exponential back-off (capped), forever: a server restart or an ENC that is
+down for hours loses nothing. The ENC stores alerts idempotently by incident id, so the
+rare resend after a lost N2 does not duplicate an alert.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import ssl
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from protocol import AesGcmCipher, AlertConfirmed, Coords, EncNotifier, backoff_delay
+
+from ._config import ServerConfig
+from ._errors import EncDeliveryError
+from ._keys import read_key_file
+from ._metrics import ServerMetrics
+from ._store import OutboxItem, Store
+
+__all__ = ["CONTENT_TYPE", "EncOutbox"]
+
+CONTENT_TYPE = 'application/cose; cose-type="cose-encrypt0"'
+log = logging.getLogger("citywatch.server.enc")
+
+
+class EncOutbox:
+    def __init__(self, config: ServerConfig, store: Store, metrics: ServerMetrics, *,
+                 clock: Callable[[], int], owner: str) -> None:
+        self.config = config
+        self.store = store
+        self.metrics = metrics
+        self._clock = clock
+        self.owner = owner
+        e = config.enc
+        key = read_key_file(config.path(e.key_file), what="ENC key file", lengths=(16, 32))
+        self.timing = config.timing.protocol_timing()
+        self.notifier = EncNotifier(kid=config.server_kid, cipher=AesGcmCipher(key),
+                                    random=secrets.token_bytes, timing=self.timing,
+                                    limits=config.timing.limits())
+        self.url = e.base_url.rstrip("/") + "/v1/alerts"
+        # Held a little longer than one attempt can take, so a crashed replica's lease
+        # lapses soon and another picks the alert up.
+        self.lease_ms = int((e.connect_timeout_s + e.request_timeout_s + 5) * 1000)
+        self._wake: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._started: dict[str, float] = {}  # incident id -> perf_counter at C3
+
+    def wake(self, incident_id: str | None = None, t0: float | None = None) -> None:
+        """A new alert is queued: look now instead of at the next poll."""
+        if incident_id is not None and t0 is not None:
+            self._started[incident_id] = t0
+        if self._loop is not None and self._wake is not None:
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    def _http_client(self) -> httpx.AsyncClient:
+        e = self.config.enc
+        verify: ssl.SSLContext | bool = True
+        if e.ca_file is not None:
+            verify = ssl.create_default_context(cafile=str(self.config.path(e.ca_file)))
+        return httpx.AsyncClient(
+            verify=verify, timeout=httpx.Timeout(e.request_timeout_s, connect=e.connect_timeout_s),
+            limits=httpx.Limits(max_connections=e.concurrency))
+
+    async def run(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        in_flight: set[asyncio.Task[Any]] = set()
+        poll = self.config.timing.poll_s
+        async with self._http_client() as http:
+            try:
+                while True:
+                    self._wake.clear()
+                    free = self.config.enc.concurrency - len(in_flight)
+                    if free > 0:
+                        items = await asyncio.to_thread(
+                            self.store.claim_due_alerts, owner=self.owner,
+                            lease_ms=self.lease_ms, limit=free)
+                        for item in items:
+                            task = asyncio.create_task(self._deliver(http, item))
+                            in_flight.add(task)
+                            task.add_done_callback(lambda t: (in_flight.discard(t),
+                                                              self._wake and self._wake.set()))
+                    due = await asyncio.to_thread(self.store.next_alert_due)
+                    delay = poll if due is None else min(poll, max(0.02, (due - self._clock())
+                                                                   / 1000))
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), timeout=delay)
+            finally:
+                for task in in_flight:
+                    task.cancel()
+                await asyncio.gather(*in_flight, return_exceptions=True)
+
+    async def _deliver(self, http: httpx.AsyncClient, item: OutboxItem) -> None:
+        try:
+            n1 = self.notifier.alert(
+                incident_id=item.incident_id,
+                coords=Coords(lat=item.lat, lon=item.lon, alt=item.alt, acc=item.acc,
+                              src=item.coords_src),
+                photo=item.photo, score=item.score, label=item.label,
+                captured_at=item.captured_at, device_uid=item.device_uid, now=self._clock())
+            t0 = time.perf_counter()
+            try:
+                r = await http.post(self.url, content=n1, headers={"Content-Type": CONTENT_TYPE})
+            except httpx.HTTPError as exc:
+                raise EncDeliveryError(f"{type(exc).__name__}: {exc or 'no answer'}") from None
+            if r.status_code != 200:
+                raise EncDeliveryError(f"HTTP {r.status_code} {r.text[:200]!r}")
+            events = self.notifier.receive(r.content, self._clock())
+            confirmed = [e for e in events if isinstance(e, AlertConfirmed)]
+            if not confirmed:
+                detail = getattr(events[0], "detail", "no event") if events else "no event"
+                raise EncDeliveryError(f"the answer is not a valid N2: {detail}")
+            await asyncio.to_thread(self.store.alert_delivered, item.incident_id,
+                                    tenc=confirmed[0].tenc)
+        except EncDeliveryError as exc:
+            attempt = item.attempts + 1
+            jitter = int.from_bytes(secrets.token_bytes(2), "big") / 65536
+            retry_at = self._clock() + backoff_delay(attempt, timing=self.timing, jitter=jitter)
+            self.metrics.alerts.labels("failed").inc()
+            log.warning("alert %s: attempt %d failed (%s); next in %.1f s", item.incident_id,
+                        attempt, exc, (retry_at - self._clock()) / 1000)
+            await asyncio.to_thread(self.store.alert_failed, item.incident_id,
+                                    retry_at=retry_at, error=str(exc))
+            return
+        self.metrics.alerts.labels("delivered").inc()
+        self.metrics.n1_to_n2.observe(time.perf_counter() - t0)
+        started = self._started.pop(item.incident_id, None)
+        if started is not None and item.attempts == 0:
+            self.metrics.c3_to_n2.observe(time.perf_counter() - started)
+        log.info("alert %s delivered to the ENC (attempt %d)", item.incident_id,
+                 item.attempts + 1)

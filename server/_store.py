@@ -1,0 +1,718 @@
+"""The server's storage: device registry, audit log, monitoring windows, incidents and
+the ENC outbox, in SQLite (embedded default) or PostgreSQL (several replicas).
+
+Everything another replica might do at the same moment is written as a conditional
+UPDATE (compare-and-set) so that SQLite and PostgreSQL give the same guarantees without
+table locks: one replica wins a zone's broadcast, one replica holds an outbox lease.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from sqlalchemy import Engine, create_engine, event, func, select, text, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from protocol import ALG_A128GCM, ALG_A256GCM, ALG_NAMES, IncidentReported
+
+from ._errors import DeviceExists, DeviceNotFound, RegistryError
+from ._keys import MasterKey
+from ._schema import (
+    AuditEntry,
+    DeviceRow,
+    IncidentRow,
+    OutboxRow,
+    WindowRow,
+    ZoneBroadcastRow,
+)
+
+__all__ = [
+    "AuditRecord",
+    "DeviceInfo",
+    "IncidentInfo",
+    "OutboxItem",
+    "Store",
+    "WindowInfo",
+    "migrate",
+    "now_ms",
+]
+
+DEVICE_ACTIONS = ("activate", "deactivate", "block", "unblock")
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceInfo:
+    """A registered device as the rest of the server sees it (no key)."""
+
+    uid: str
+    """The device's UID."""
+    kid: bytes
+    """Its key id (a pseudonym)."""
+    zone: str
+    """Monitoring zone."""
+    lat: float
+    """Registered latitude."""
+    lon: float
+    """Registered longitude."""
+    alg: int
+    """COSE alg of its key."""
+    active: bool
+    """False once deactivated."""
+    blocked: bool
+    """True while blocked."""
+    epoch: int
+    """Last broadcast epoch sent."""
+    confirmed_epoch: int | None
+    """Epoch of the last B2 received."""
+    confirmed_at: int | None
+    """When that B2 arrived, ms."""
+    created_at: int
+    """Registration time, ms."""
+    updated_at: int
+    """Last change, ms."""
+
+    @property
+    def status(self) -> str:
+        return "blocked" if self.blocked else ("active" if self.active else "inactive")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"uid": self.uid, "kid_hex": self.kid.hex(), "zone": self.zone, "lat": self.lat,
+                "lon": self.lon, "alg": ALG_NAMES.get(self.alg, str(self.alg)),
+                "status": self.status, "active": self.active, "blocked": self.blocked,
+                "epoch": self.epoch, "confirmed_epoch": self.confirmed_epoch,
+                "confirmed_at": self.confirmed_at, "created_at": self.created_at,
+                "updated_at": self.updated_at}
+
+
+@dataclass(frozen=True, slots=True)
+class WindowInfo:
+    """An operator's monitoring window."""
+
+    id: int
+    """Row id."""
+    zone: str
+    """Zone it covers."""
+    opens_at: int
+    """Start, ms."""
+    closes_at: int
+    """End, ms (moved to the closing time when closed early)."""
+    opened_by: str
+    """Who opened it."""
+    closed_by: str | None
+    """Who closed it early, if anyone."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "zone": self.zone, "opens_at": self.opens_at,
+                "closes_at": self.closes_at, "opened_by": self.opened_by,
+                "closed_by": self.closed_by}
+
+
+@dataclass(frozen=True, slots=True)
+class IncidentInfo:
+    """A stored incident, without its photo."""
+
+    id: str
+    """Incident id (``protocol.incident_id_for``)."""
+    device_uid: str
+    """Reporting device."""
+    kid: bytes
+    """Its kid."""
+    zone: str
+    """Its zone when the report arrived."""
+    lat: float
+    """Reported latitude."""
+    lon: float
+    """Reported longitude."""
+    alt: float | None
+    """Reported altitude."""
+    acc: float | None
+    """Reported horizontal accuracy, m."""
+    coords_src: str
+    """"gps" or "fixed"."""
+    device_score: float
+    """The device's pre-screen score."""
+    label: str
+    """The device's label."""
+    captured_at: int
+    """Capture time (device clock), ms."""
+    received_at: int
+    """When the server stored it, ms."""
+    photo_bytes: int
+    """Size of the photo."""
+    server_score: float | None
+    """The server's score, once verified."""
+    uncertain: bool | None
+    """True when the score is close to the threshold."""
+    decision: str | None
+    """None (not verified yet), "dangerous" or "dismissed"."""
+    decision_reason: str | None
+    """Why."""
+    decided_at: int | None
+    """When, ms."""
+    enc_state: str | None = None
+    """Outbox state for dangerous incidents: "pending" or "delivered"."""
+    enc_attempts: int | None = None
+    """N1 attempts so far."""
+    enc_delivered_at: int | None = None
+    """When the matching N2 arrived, ms."""
+
+    def to_json(self) -> dict[str, Any]:
+        out = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "kid"}
+        out["kid_hex"] = self.kid.hex()
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxItem:
+    """An alert claimed for delivery: what N1 needs."""
+
+    incident_id: str
+    """Incident id."""
+    attempts: int
+    """Attempts made before this one."""
+    lat: float
+    """Latitude."""
+    lon: float
+    """Longitude."""
+    alt: float | None
+    """Altitude."""
+    acc: float | None
+    """Accuracy."""
+    coords_src: str
+    """"gps" or "fixed"."""
+    photo: bytes
+    """The JPEG."""
+    score: float
+    """The server's score."""
+    label: str
+    """Label."""
+    captured_at: int
+    """Capture time, ms."""
+    device_uid: str
+    """Reporting device."""
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    """One audit log entry."""
+
+    at: int
+    """When, ms."""
+    actor: str
+    """Who."""
+    action: str
+    """What ("device.add", "window.open", ...)."""
+    subject: str
+    """On what (a UID, a zone)."""
+    detail: dict[str, Any]
+    """Parameters of the change."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"at": self.at, "actor": self.actor, "action": self.action,
+                "subject": self.subject, "detail": self.detail}
+
+
+# -- engine and migrations -------------------------------------------------------------
+
+
+def _alembic_config() -> AlembicConfig:
+    cfg = AlembicConfig()
+    # The migrations ship inside the package; no alembic.ini is needed or read.
+    cfg.set_main_option("script_location",
+                        str(resources.files("server").joinpath("migrations")))
+    return cfg
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the database to the newest schema (idempotent)."""
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            # Replicas starting together: one migrates, the others wait and find it done.
+            conn.execute(text("SELECT pg_advisory_xact_lock(7283641)"))
+        cfg = _alembic_config()
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[1] if "///" in url else ""
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            # WAL lets the CLI read while the server writes; a durable commit per
+            # incident is what "never lose an alert" costs.
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=FULL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+# -- the store ---------------------------------------------------------------------------
+
+
+class Store:
+    """All reads and writes of the server's database. Thread-safe (one session per call)."""
+
+    def __init__(self, engine: Engine, master_key: MasterKey, *,
+                 clock: Callable[[], int] = now_ms) -> None:
+        self.engine = engine
+        self._master = master_key
+        self._clock = clock
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+
+    @classmethod
+    def open(cls, url: str, master_key: MasterKey, *, clock: Callable[[], int] = now_ms,
+             run_migrations: bool = True) -> Store:
+        engine = make_engine(url)
+        if run_migrations:
+            migrate(engine)
+        return cls(engine, master_key, clock=clock)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def _tx(self) -> Iterator[Session]:
+        with self._sessions.begin() as s:
+            yield s
+
+    def _audit(self, s: Session, actor: str, action: str, subject: str, **detail: Any) -> None:
+        s.add(AuditEntry(at=self._clock(), actor=actor, action=action, subject=subject,
+                         detail=json.dumps(detail, sort_keys=True, default=str)))
+
+    # -- registry ----------------------------------------------------------------------
+
+    def add_device(self, *, uid: str, zone: str, lat: float, lon: float, alg: int,
+                   actor: str, key: bytes | None = None) -> tuple[DeviceInfo, bytes]:
+        """Register a device with a fresh random kid and key (or the given key); returns
+        the device and its key, which leaves the server only in the provisioning bundle."""
+        if not 1 <= len(uid) <= 64:
+            raise RegistryError("a UID is 1 to 64 characters")
+        if not 1 <= len(zone) <= 64:
+            raise RegistryError("a zone name is 1 to 64 characters")
+        if not (-90 <= lat <= 90 and -180 <= lon <= 180):
+            raise RegistryError("latitude must be in -90..90 and longitude in -180..180")
+        if alg not in (ALG_A128GCM, ALG_A256GCM):
+            raise RegistryError(f"unknown key algorithm {alg}")
+        length = 16 if alg == ALG_A128GCM else 32
+        if key is None:
+            key = secrets.token_bytes(length)
+        elif len(key) != length:
+            raise RegistryError(f"a {ALG_NAMES[alg]} key is {length} bytes")
+        # The kid is a random pseudonym, never derived from the UID (protocol.md 1.3).
+        kid = secrets.token_bytes(8)
+        now = self._clock()
+        row = DeviceRow(uid=uid, kid=kid, zone=zone, lat=float(lat), lon=float(lon), alg=alg,
+                        key_sealed=self._master.seal_device_key(key, kid=kid), active=True,
+                        blocked=False, epoch=0, created_at=now, updated_at=now)
+        try:
+            with self._tx() as s:
+                s.add(row)
+                s.flush()
+                self._audit(s, actor, "device.add", uid, kid=kid.hex(), zone=zone, lat=lat,
+                            lon=lon, alg=ALG_NAMES[alg])
+        except IntegrityError:
+            raise DeviceExists(f"a device with UID {uid!r} is already registered") from None
+        return _device_info(row), key
+
+    def list_devices(self, *, zone: str | None = None) -> list[DeviceInfo]:
+        with self._tx() as s:
+            q = select(DeviceRow).order_by(DeviceRow.uid)
+            if zone is not None:
+                q = q.where(DeviceRow.zone == zone)
+            return [_device_info(r) for r in s.scalars(q)]
+
+    def get_device(self, uid: str) -> DeviceInfo:
+        with self._tx() as s:
+            row = s.scalars(select(DeviceRow).where(DeviceRow.uid == uid)).first()
+            if row is None:
+                raise DeviceNotFound(f"no device with UID {uid!r}")
+            return _device_info(row)
+
+    def device_by_kid(self, kid: bytes) -> tuple[DeviceInfo, bytes] | None:
+        """The device and its decrypted key, or None."""
+        with self._tx() as s:
+            row = s.scalars(select(DeviceRow).where(DeviceRow.kid == kid)).first()
+            if row is None:
+                return None
+            return _device_info(row), self._master.open_device_key(row.key_sealed, kid=kid)
+
+    def devices_changed_since(self, since: int) -> list[DeviceInfo]:
+        with self._tx() as s:
+            q = select(DeviceRow).where(DeviceRow.updated_at >= since)
+            return [_device_info(r) for r in s.scalars(q)]
+
+    def device_kids(self) -> set[bytes]:
+        with self._tx() as s:
+            return set(s.scalars(select(DeviceRow.kid)))
+
+    def set_device_state(self, uid: str, action: str, *, actor: str, reason: str = ""
+                         ) -> DeviceInfo:
+        """activate, deactivate, block or unblock; audited."""
+        values: dict[str, bool] = {
+            "activate": {"active": True}, "deactivate": {"active": False},
+            "block": {"blocked": True}, "unblock": {"blocked": False},
+        }.get(action, {})
+        if not values:
+            raise RegistryError(f"unknown device action {action!r}")
+        with self._tx() as s:
+            row = s.scalars(select(DeviceRow).where(DeviceRow.uid == uid)).first()
+            if row is None:
+                raise DeviceNotFound(f"no device with UID {uid!r}")
+            for k, v in values.items():
+                setattr(row, k, v)
+            row.updated_at = max(self._clock(), row.updated_at + 1)
+            detail: dict[str, Any] = {"reason": reason} if reason else {}
+            self._audit(s, actor, f"device.{action}", uid, **detail)
+            s.flush()
+            return _device_info(row)
+
+    def delete_device(self, uid: str, *, actor: str) -> None:
+        with self._tx() as s:
+            row = s.scalars(select(DeviceRow).where(DeviceRow.uid == uid)).first()
+            if row is None:
+                raise DeviceNotFound(f"no device with UID {uid!r}")
+            s.delete(row)
+            self._audit(s, actor, "device.delete", uid, kid=row.kid.hex())
+
+    # -- broadcast epochs ------------------------------------------------------------
+
+    def epochs(self, kids: list[bytes]) -> dict[bytes, int]:
+        """Last broadcast epoch of each device, as stored (any replica)."""
+        out: dict[bytes, int] = {}
+        with self._tx() as s:
+            for i in range(0, len(kids), 500):
+                out.update({bytes(k): int(e) for k, e in s.execute(
+                    select(DeviceRow.kid, DeviceRow.epoch)
+                    .where(DeviceRow.kid.in_(kids[i:i + 500])))})
+        return out
+
+    def record_broadcasts(self, sent: list[tuple[bytes, int, int, bytes]]) -> list[bool]:
+        """Persist B1s (kid, ep, T_S, H(B1)) before they are sent: each device's epoch
+        moves from ep-1 to ep. False where the epoch moved meanwhile (another replica
+        announced): seal again with a fresh epoch."""
+        out = []
+        with self._tx() as s:
+            for kid, ep, ts, b1_hash in sent:
+                res = s.execute(update(DeviceRow)
+                                .where(DeviceRow.kid == kid, DeviceRow.epoch == ep - 1)
+                                .values(epoch=ep, last_b1_ts=ts, last_b1_hash=b1_hash))
+                out.append(bool(res.rowcount))  # type: ignore[attr-defined]
+        return out
+
+    def last_broadcast(self, kid: bytes) -> tuple[int, int, bytes] | None:
+        """(epoch, T_S, H(B1)) of the last B1 sent to the device by any replica, while
+        it is unconfirmed (a confirmed one is not confirmed twice: a replayed B2)."""
+        with self._tx() as s:
+            row = s.execute(select(DeviceRow.epoch, DeviceRow.last_b1_ts,
+                                   DeviceRow.last_b1_hash, DeviceRow.confirmed_epoch)
+                            .where(DeviceRow.kid == kid)).first()
+        if row is None or row[1] is None or row[2] is None:
+            return None
+        if row[3] is not None and row[3] >= row[0]:
+            return None
+        return int(row[0]), int(row[1]), bytes(row[2])
+
+    def confirm_broadcast(self, kid: bytes, *, ep: int) -> None:
+        with self._tx() as s:
+            s.execute(update(DeviceRow).where(DeviceRow.kid == kid)
+                      .values(confirmed_epoch=ep, confirmed_at=self._clock()))
+
+    # -- monitoring windows ----------------------------------------------------------
+
+    def open_window(self, zone: str, *, until: int, actor: str) -> WindowInfo:
+        now = self._clock()
+        if not 1 <= len(zone) <= 64:
+            raise RegistryError("a zone name is 1 to 64 characters")
+        if until <= now:
+            raise RegistryError("the window's end is in the past")
+        with self._tx() as s:
+            row = WindowRow(zone=zone, opens_at=now, closes_at=until, opened_by=actor,
+                            updated_at=now)
+            s.add(row)
+            s.flush()
+            self._audit(s, actor, "window.open", zone, until=until, window=row.id)
+            return _window_info(row)
+
+    def close_window(self, zone: str, *, actor: str) -> int:
+        """End every open operator window of the zone now; returns how many."""
+        now = self._clock()
+        with self._tx() as s:
+            res = s.execute(update(WindowRow)
+                            .where(WindowRow.zone == zone, WindowRow.closes_at > now)
+                            .values(closes_at=now, closed_by=actor, updated_at=now))
+            n = int(res.rowcount)  # type: ignore[attr-defined]
+            self._audit(s, actor, "window.close", zone, closed=n)
+            return n
+
+    def open_windows(self, now: int | None = None) -> list[WindowInfo]:
+        now = self._clock() if now is None else now
+        with self._tx() as s:
+            q = (select(WindowRow).where(WindowRow.opens_at <= now, WindowRow.closes_at > now)
+                 .order_by(WindowRow.id))
+            return [_window_info(r) for r in s.scalars(q)]
+
+    def list_windows(self, *, limit: int = 100) -> list[WindowInfo]:
+        with self._tx() as s:
+            q = select(WindowRow).order_by(WindowRow.id.desc()).limit(limit)
+            return [_window_info(r) for r in s.scalars(q)]
+
+    def windows_revision(self) -> tuple[int, int]:
+        """Changes to the windows table show up here (count, last change)."""
+        with self._tx() as s:
+            n, last = s.execute(select(func.count(WindowRow.id),
+                                       func.max(WindowRow.updated_at))).one()
+            return int(n), int(last or 0)
+
+    def zone_announcements(self) -> dict[str, int | None]:
+        with self._tx() as s:
+            return {z: u for z, u in s.execute(
+                select(ZoneBroadcastRow.zone, ZoneBroadcastRow.announced_until))}
+
+    def claim_zone_announcement(self, zone: str, *, old: int | None, new: int | None) -> bool:
+        """Compare-and-set what was announced to a zone; True for the one replica that
+        moved it from ``old`` to ``new`` (and must now send the B1s)."""
+        now = self._clock()
+        with self._tx() as s:
+            exists = s.scalar(select(func.count()).select_from(ZoneBroadcastRow)
+                              .where(ZoneBroadcastRow.zone == zone))
+            if not exists:
+                if old is not None:
+                    return False
+                try:
+                    with s.begin_nested():
+                        s.add(ZoneBroadcastRow(zone=zone, announced_until=new, announced_at=now))
+                    return True
+                except IntegrityError:
+                    return False
+            cond = (ZoneBroadcastRow.announced_until.is_(None) if old is None
+                    else ZoneBroadcastRow.announced_until == old)
+            res = s.execute(update(ZoneBroadcastRow)
+                            .where(ZoneBroadcastRow.zone == zone, cond)
+                            .values(announced_until=new, announced_at=now))
+            return bool(res.rowcount)  # type: ignore[attr-defined]
+
+    # -- incidents ---------------------------------------------------------------------
+
+    def store_incident(self, inc: IncidentReported, *, zone: str) -> tuple[IncidentInfo, bool]:
+        """Store a reported incident unless it is there already (same kid and cid give
+        the same id); returns it and whether it was new."""
+        now = self._clock()
+        c = inc.coords
+        row = IncidentRow(
+            id=inc.incident_id, kid=inc.kid, cid=inc.cid, device_uid=inc.uid, zone=zone,
+            lat=c.lat, lon=c.lon, alt=c.alt, acc=c.acc, coords_src=c.src, photo=inc.photo,
+            device_score=inc.score, label=inc.label, captured_at=inc.captured_at, td=inc.td,
+            received_at=now)
+        try:
+            with self._tx() as s:
+                s.add(row)
+            return _incident_info(row, len(inc.photo)), True
+        except IntegrityError:
+            return self.get_incident(inc.incident_id), False
+
+    def get_incident(self, incident_id: str) -> IncidentInfo:
+        with self._tx() as s:
+            got = s.execute(_incident_query().where(IncidentRow.id == incident_id)).first()
+            if got is None:
+                raise RegistryError(f"no incident {incident_id!r}")
+            return _incident_from_tuple(got)
+
+    def incident_photo(self, incident_id: str) -> bytes:
+        with self._tx() as s:
+            photo = s.scalar(select(IncidentRow.photo).where(IncidentRow.id == incident_id))
+            if photo is None:
+                raise RegistryError(f"no incident {incident_id!r}")
+            return bytes(photo)
+
+    def list_incidents(self, *, limit: int = 100, decision: str | None = None
+                       ) -> list[IncidentInfo]:
+        q = _incident_query().order_by(IncidentRow.received_at.desc(), IncidentRow.id)
+        if decision is not None:
+            q = q.where(IncidentRow.decision == decision)
+        with self._tx() as s:
+            return [_incident_from_tuple(t) for t in s.execute(q.limit(limit))]
+
+    def undecided_incidents(self) -> list[str]:
+        """Incidents stored but not verified (the server stopped in between)."""
+        with self._tx() as s:
+            return list(s.scalars(select(IncidentRow.id).where(IncidentRow.decision.is_(None))
+                                  .order_by(IncidentRow.received_at)))
+
+    def incident_for_verification(self, incident_id: str) -> tuple[IncidentInfo, bytes]:
+        return self.get_incident(incident_id), self.incident_photo(incident_id)
+
+    def decide(self, incident_id: str, *, score: float, uncertain: bool, dangerous: bool,
+               reason: str) -> bool:
+        """Record the verification's decision and, for a dangerous incident, queue the
+        alert for the ENC in the same transaction. False if it was already decided."""
+        now = self._clock()
+        with self._tx() as s:
+            res = s.execute(update(IncidentRow)
+                            .where(IncidentRow.id == incident_id, IncidentRow.decision.is_(None))
+                            .values(server_score=score, uncertain=uncertain,
+                                    decision="dangerous" if dangerous else "dismissed",
+                                    decision_reason=reason, decided_at=now))
+            if not res.rowcount:  # type: ignore[attr-defined]
+                return False
+            if dangerous:
+                s.add(OutboxRow(incident_id=incident_id, state="pending", attempts=0,
+                                next_attempt_at=now, lease_until=0, created_at=now))
+            return True
+
+    def dismissed_count(self, uid: str, *, since: int) -> int:
+        with self._tx() as s:
+            return int(s.scalar(select(func.count()).select_from(IncidentRow).where(
+                IncidentRow.device_uid == uid, IncidentRow.decision == "dismissed",
+                IncidentRow.received_at >= since)) or 0)
+
+    # -- ENC outbox --------------------------------------------------------------------
+
+    def claim_due_alerts(self, *, owner: str, lease_ms: int, limit: int) -> list[OutboxItem]:
+        """Pending alerts whose time has come and that no other replica holds; each is
+        leased to ``owner`` for ``lease_ms``."""
+        now = self._clock()
+        with self._tx() as s:
+            ids = list(s.scalars(
+                select(OutboxRow.incident_id)
+                .where(OutboxRow.state == "pending", OutboxRow.next_attempt_at <= now,
+                       OutboxRow.lease_until <= now)
+                .order_by(OutboxRow.next_attempt_at).limit(limit)))
+        won: list[str] = []
+        for incident_id in ids:
+            with self._tx() as s:
+                res = s.execute(update(OutboxRow)
+                                .where(OutboxRow.incident_id == incident_id,
+                                       OutboxRow.state == "pending",
+                                       OutboxRow.lease_until <= now)
+                                .values(lease_until=now + lease_ms, lease_owner=owner))
+                if res.rowcount:  # type: ignore[attr-defined]
+                    won.append(incident_id)
+        if not won:
+            return []
+        with self._tx() as s:
+            rows = s.execute(select(OutboxRow.attempts, IncidentRow)
+                             .join(IncidentRow, IncidentRow.id == OutboxRow.incident_id)
+                             .where(OutboxRow.incident_id.in_(won))).all()
+            return [OutboxItem(incident_id=r.id, attempts=a, lat=r.lat, lon=r.lon, alt=r.alt,
+                               acc=r.acc, coords_src=r.coords_src, photo=bytes(r.photo),
+                               score=float(r.server_score if r.server_score is not None
+                                           else r.device_score),
+                               label=r.label, captured_at=r.captured_at,
+                               device_uid=r.device_uid)
+                    for a, r in rows]
+
+    def alert_delivered(self, incident_id: str, *, tenc: int) -> None:
+        now = self._clock()
+        with self._tx() as s:
+            s.execute(update(OutboxRow).where(OutboxRow.incident_id == incident_id)
+                      .values(state="delivered", delivered_at=now, tenc=tenc, lease_until=0,
+                              lease_owner=None, last_error=None,
+                              attempts=OutboxRow.attempts + 1))
+
+    def alert_failed(self, incident_id: str, *, retry_at: int, error: str) -> None:
+        with self._tx() as s:
+            s.execute(update(OutboxRow).where(OutboxRow.incident_id == incident_id,
+                                              OutboxRow.state == "pending")
+                      .values(attempts=OutboxRow.attempts + 1, next_attempt_at=retry_at,
+                              lease_until=0, lease_owner=None, last_error=error[:2000]))
+
+    def outbox_depth(self) -> int:
+        with self._tx() as s:
+            return int(s.scalar(select(func.count()).select_from(OutboxRow)
+                                .where(OutboxRow.state == "pending")) or 0)
+
+    def next_alert_due(self) -> int | None:
+        """Earliest next attempt of a pending alert, ms."""
+        with self._tx() as s:
+            v = s.scalar(select(func.min(OutboxRow.next_attempt_at))
+                         .where(OutboxRow.state == "pending"))
+            return int(v) if v is not None else None
+
+    # -- audit --------------------------------------------------------------------------
+
+    def audit_log(self, *, limit: int = 100, subject: str | None = None) -> list[AuditRecord]:
+        q = select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit)
+        if subject is not None:
+            q = q.where(AuditEntry.subject == subject)
+        with self._tx() as s:
+            return [AuditRecord(r.at, r.actor, r.action, r.subject, json.loads(r.detail or "{}"))
+                    for r in s.scalars(q)]
+
+    def audit(self, actor: str, action: str, subject: str, **detail: Any) -> None:
+        with self._tx() as s:
+            self._audit(s, actor, action, subject, **detail)
+
+
+# -- row -> view -----------------------------------------------------------------------
+
+
+def _device_info(r: DeviceRow) -> DeviceInfo:
+    return DeviceInfo(uid=r.uid, kid=bytes(r.kid), zone=r.zone, lat=r.lat, lon=r.lon,
+                      alg=r.alg, active=bool(r.active), blocked=bool(r.blocked),
+                      epoch=int(r.epoch or 0), confirmed_epoch=r.confirmed_epoch,
+                      confirmed_at=r.confirmed_at, created_at=r.created_at,
+                      updated_at=r.updated_at)
+
+
+def _window_info(r: WindowRow) -> WindowInfo:
+    return WindowInfo(id=r.id, zone=r.zone, opens_at=r.opens_at, closes_at=r.closes_at,
+                      opened_by=r.opened_by, closed_by=r.closed_by)
+
+
+_INCIDENT_COLUMNS = (
+    IncidentRow.id, IncidentRow.device_uid, IncidentRow.kid, IncidentRow.zone, IncidentRow.lat,
+    IncidentRow.lon, IncidentRow.alt, IncidentRow.acc, IncidentRow.coords_src,
+    IncidentRow.device_score, IncidentRow.label, IncidentRow.captured_at,
+    IncidentRow.received_at, func.length(IncidentRow.photo), IncidentRow.server_score,
+    IncidentRow.uncertain, IncidentRow.decision, IncidentRow.decision_reason,
+    IncidentRow.decided_at, OutboxRow.state, OutboxRow.attempts, OutboxRow.delivered_at,
+)
+
+
+def _incident_query() -> Any:
+    return select(*_INCIDENT_COLUMNS).outerjoin(
+        OutboxRow, OutboxRow.incident_id == IncidentRow.id)
+
+
+def _incident_from_tuple(t: Any) -> IncidentInfo:
+    (id_, uid, kid, zone, lat, lon, alt, acc, src, dscore, label, cap, rec, size, sscore,
+     unc, dec, reason, dat, state, attempts, deliv) = t
+    return IncidentInfo(id=id_, device_uid=uid, kid=bytes(kid), zone=zone, lat=lat, lon=lon,
+                        alt=alt, acc=acc, coords_src=src, device_score=dscore, label=label,
+                        captured_at=cap, received_at=rec, photo_bytes=int(size or 0),
+                        server_score=sscore, uncertain=None if unc is None else bool(unc),
+                        decision=dec, decision_reason=reason, decided_at=dat, enc_state=state,
+                        enc_attempts=attempts, enc_delivered_at=deliv)
+
+
+def _incident_info(r: IncidentRow, size: int) -> IncidentInfo:
+    return IncidentInfo(id=r.id, device_uid=r.device_uid, kid=bytes(r.kid), zone=r.zone,
+                        lat=r.lat, lon=r.lon, alt=r.alt, acc=r.acc, coords_src=r.coords_src,
+                        device_score=r.device_score, label=r.label, captured_at=r.captured_at,
+                        received_at=r.received_at, photo_bytes=size, server_score=None,
+                        uncertain=None, decision=None, decision_reason=None, decided_at=None)

@@ -1,0 +1,219 @@
+"""Server storage, the same tests on SQLite and on a real PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+
+import protocol as p
+from server import (
+    DeviceExists,
+    DeviceNotFound,
+    MasterKey,
+    RegistryError,
+    Store,
+    make_engine,
+    migrate,
+)
+from server._schema import Base
+from tests.support.world import T0, jpeg
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> int:
+        return self.now
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'server.db'}"
+    pg = request.getfixturevalue("postgres")
+    return str(pg.create_database(f"server_{uuid.uuid4().hex[:12]}"))
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def store(db_url: str, clock: Clock) -> Iterator[Store]:
+    s = Store.open(db_url, MasterKey(os.urandom(32)), clock=clock)
+    yield s
+    s.close()
+
+
+def incident(kid: bytes, uid: str, cid: bytes | None = None) -> p.IncidentReported:
+    cid = cid or os.urandom(16)
+    return p.IncidentReported(
+        kid=kid, uid=uid, td=T0, cid=cid, incident_id=p.incident_id_for(kid, cid),
+        coords=p.Coords(lat=52.2, lon=21.0, alt=None, acc=4.0), photo=jpeg(), score=0.9,
+        label="person_down", captured_at=T0 - 100, c3_hash=b"h" * 32)
+
+
+def test_migrations_match_the_models_and_rerun(db_url: str) -> None:
+    engine = make_engine(db_url)
+    migrate(engine)
+    migrate(engine)  # idempotent
+    with engine.connect() as conn:
+        ctx = MigrationContext.configure(conn, opts={"version_table": "server_alembic_version"})
+        diff = compare_metadata(ctx, Base.metadata)
+    engine.dispose()
+    assert diff == []
+
+
+def test_registry_add_list_state_delete_audited(store: Store, clock: Clock) -> None:
+    d, key = store.add_device(uid="pole-1", zone="old-town", lat=52.1, lon=21.0,
+                              alg=p.ALG_A256GCM, actor="alice")
+    assert len(key) == 32 and len(d.kid) == 8 and d.status == "active"
+    d128, key128 = store.add_device(uid="pole-2", zone="old-town", lat=52.1, lon=21.0,
+                                    alg=p.ALG_A128GCM, actor="alice")
+    assert len(key128) == 16 and d128.kid != d.kid
+    with pytest.raises(DeviceExists):
+        store.add_device(uid="pole-1", zone="x", lat=0, lon=0, alg=p.ALG_A256GCM, actor="a")
+    found = store.device_by_kid(d.kid)
+    assert found is not None and found[1] == key
+    assert store.device_by_kid(b"\0" * 8) is None
+    assert [x.uid for x in store.list_devices()] == ["pole-1", "pole-2"]
+
+    clock.now += 1000
+    assert store.set_device_state("pole-1", "block", actor="bob", reason="fakes").blocked
+    assert store.set_device_state("pole-1", "deactivate", actor="bob").status == "blocked"
+    assert store.set_device_state("pole-1", "unblock", actor="bob").status == "inactive"
+    assert store.set_device_state("pole-1", "activate", actor="bob").status == "active"
+    with pytest.raises(DeviceNotFound):
+        store.set_device_state("nope", "block", actor="bob")
+    with pytest.raises(RegistryError):
+        store.set_device_state("pole-1", "explode", actor="bob")
+    assert [x.uid for x in store.devices_changed_since(T0 + 1000)] == ["pole-1"]
+    store.delete_device("pole-2", actor="carol")
+    with pytest.raises(DeviceNotFound):
+        store.get_device("pole-2")
+
+    log = [(a.actor, a.action, a.subject) for a in reversed(store.audit_log())]
+    assert log == [("alice", "device.add", "pole-1"), ("alice", "device.add", "pole-2"),
+                   ("bob", "device.block", "pole-1"), ("bob", "device.deactivate", "pole-1"),
+                   ("bob", "device.unblock", "pole-1"), ("bob", "device.activate", "pole-1"),
+                   ("carol", "device.delete", "pole-2")]
+    assert store.audit_log(subject="pole-1")[-1].detail["kid"] == d.kid.hex()
+    assert [a.detail for a in store.audit_log() if a.action == "device.block"] == [
+        {"reason": "fakes"}]
+
+
+def test_registry_rejects_bad_input(store: Store) -> None:
+    for kwargs in ({"uid": ""}, {"uid": "x" * 65}, {"lat": 91.0}, {"lon": -181.0},
+                   {"alg": 7}, {"zone": ""}):
+        args = {"uid": "u", "zone": "z", "lat": 1.0, "lon": 1.0, "alg": p.ALG_A256GCM} | kwargs
+        with pytest.raises(RegistryError):
+            store.add_device(actor="t", **args)  # type: ignore[arg-type]
+
+
+def test_keys_are_encrypted_at_rest(store: Store) -> None:
+    _, key = store.add_device(uid="pole-1", zone="z", lat=1, lon=1, alg=p.ALG_A256GCM,
+                              actor="t")
+    with store.engine.connect() as conn:
+        from sqlalchemy import text
+
+        sealed = conn.execute(text("SELECT key_sealed FROM devices")).scalar_one()
+    assert key not in bytes(sealed) and len(sealed) == 12 + 32 + 16
+
+
+def test_broadcast_epochs_compare_and_set(store: Store) -> None:
+    d, _ = store.add_device(uid="pole-1", zone="z", lat=1, lon=1, alg=3, actor="t")
+    assert store.epochs([d.kid]) == {d.kid: 0}
+    assert store.record_broadcasts([(d.kid, 1, T0, b"a" * 32)]) == [True]
+    # A replica that read epoch 0 too loses: it must seal again.
+    assert store.record_broadcasts([(d.kid, 1, T0 + 1, b"b" * 32)]) == [False]
+    assert store.last_broadcast(d.kid) == (1, T0, b"a" * 32)
+    store.confirm_broadcast(d.kid, ep=1)
+    assert store.last_broadcast(d.kid) is None  # confirmed: a second B2 is a replay
+    info = store.get_device("pole-1")
+    assert info.epoch == 1 and info.confirmed_epoch == 1
+
+
+def test_windows_open_close_and_zone_announcements(store: Store, clock: Clock) -> None:
+    with pytest.raises(RegistryError, match="past"):
+        store.open_window("z", until=T0 - 1, actor="t")
+    w = store.open_window("z", until=T0 + 60_000, actor="alice")
+    store.open_window("y", until=T0 + 30_000, actor="alice")
+    assert {x.zone for x in store.open_windows()} == {"z", "y"}
+    clock.now += 10_000
+    assert store.close_window("z", actor="bob") == 1
+    assert store.close_window("z", actor="bob") == 0
+    assert [x.zone for x in store.open_windows()] == ["y"]
+    assert store.list_windows()[-1].id == w.id and store.list_windows()[-1].closed_by == "bob"
+    assert store.open_windows(T0 + 30_000) == []
+
+    assert store.claim_zone_announcement("z", old=None, new=5)
+    assert not store.claim_zone_announcement("z", old=None, new=6)  # another replica won
+    assert store.zone_announcements() == {"z": 5}
+    assert store.claim_zone_announcement("z", old=5, new=None)
+    assert store.zone_announcements() == {"z": None}
+    assert [a.action for a in reversed(store.audit_log())] == [
+        "window.open", "window.open", "window.close", "window.close"]
+
+
+def test_incidents_are_idempotent_and_decisions_queue_alerts(store: Store,
+                                                             clock: Clock) -> None:
+    d, _ = store.add_device(uid="pole-1", zone="z", lat=1, lon=1, alg=3, actor="t")
+    inc = incident(d.kid, d.uid)
+    stored, new = store.store_incident(inc, zone="z")
+    assert new and stored.id == inc.incident_id and stored.decision is None
+    again, new2 = store.store_incident(inc, zone="z")
+    assert not new2 and again.id == stored.id
+    assert len(store.list_incidents()) == 1
+    assert store.incident_photo(inc.incident_id) == inc.photo
+    assert store.undecided_incidents() == [inc.incident_id]
+
+    assert store.decide(inc.incident_id, score=0.8, uncertain=False, dangerous=True,
+                        reason="r")
+    assert not store.decide(inc.incident_id, score=0.1, uncertain=False, dangerous=False,
+                            reason="second opinion")  # decided once, never twice
+    assert store.undecided_incidents() == []
+    assert store.outbox_depth() == 1
+    got = store.get_incident(inc.incident_id)
+    assert (got.decision, got.server_score, got.enc_state, got.photo_bytes) == (
+        "dangerous", 0.8, "pending", len(inc.photo))
+
+    low = incident(d.kid, d.uid)
+    store.store_incident(low, zone="z")
+    store.decide(low.incident_id, score=0.1, uncertain=False, dangerous=False, reason="low")
+    assert store.outbox_depth() == 1
+    assert store.dismissed_count("pole-1", since=T0) == 1
+    assert [i.id for i in store.list_incidents(decision="dismissed")] == [low.incident_id]
+
+
+def test_outbox_leases_retries_and_delivery(store: Store, clock: Clock) -> None:
+    d, _ = store.add_device(uid="pole-1", zone="z", lat=1, lon=1, alg=3, actor="t")
+    inc = incident(d.kid, d.uid)
+    store.store_incident(inc, zone="z")
+    store.decide(inc.incident_id, score=0.8, uncertain=True, dangerous=True, reason="r")
+
+    [item] = store.claim_due_alerts(owner="a", lease_ms=10_000, limit=5)
+    assert item.incident_id == inc.incident_id and item.score == 0.8 and item.attempts == 0
+    assert item.photo == inc.photo and item.device_uid == "pole-1"
+    assert store.claim_due_alerts(owner="b", lease_ms=10_000, limit=5) == []  # leased
+    clock.now += 10_001
+    [stolen] = store.claim_due_alerts(owner="b", lease_ms=10_000, limit=5)  # lease lapsed
+    store.alert_failed(stolen.incident_id, retry_at=clock.now + 5_000, error="HTTP 503")
+    assert store.next_alert_due() == clock.now + 5_000
+    assert store.claim_due_alerts(owner="a", lease_ms=10_000, limit=5) == []  # not yet due
+    clock.now += 5_000
+    [retry] = store.claim_due_alerts(owner="a", lease_ms=10_000, limit=5)
+    assert retry.attempts == 1
+    store.alert_delivered(retry.incident_id, tenc=clock.now)
+    assert store.outbox_depth() == 0 and store.next_alert_due() is None
+    got = store.get_incident(inc.incident_id)
+    assert (got.enc_state, got.enc_attempts) == ("delivered", 2)
+    clock.now += 10**9
+    assert store.claim_due_alerts(owner="a", lease_ms=10_000, limit=5) == []
