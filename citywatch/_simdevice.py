@@ -44,6 +44,7 @@ from protocol import (
     ReportRefused,
     Timing,
     WindowAnnounced,
+    decode_envelope,
 )
 
 __all__ = ["MqttLink", "ProvisioningBundle", "SimulatedDevice", "wall_clock_ms"]
@@ -207,6 +208,8 @@ class SimulatedDevice:
         """Every message received from the server, as received."""
         self.uplinks: list[bytes] = []
         """Every protocol message this device sent, as sent."""
+        self.uplink_log: list[tuple[int, int]] = []
+        """(clock ms, message type) of every uplink, for timing the phases."""
         self.window = asyncio.Event()
         """Set while a monitoring window announced by the server is open."""
         self._changed = asyncio.Event()
@@ -257,6 +260,7 @@ class SimulatedDevice:
     def _flush(self) -> None:
         for data in self.conn.data_to_send():
             self.uplinks.append(data)
+            self.uplink_log.append((self._clock(), decode_envelope(data, max_size=len(data)).type))
             task = asyncio.create_task(self.link.publish(self.up_topic, data))
             self._send_tasks.add(task)
             task.add_done_callback(self._send_tasks.discard)

@@ -21,6 +21,9 @@ from ._keystore import KeyStore, key_length_for_alg
 __all__ = ["ProvisioningBundle", "import_bundle", "key_label_for_kid"]
 
 _FIELDS = frozenset({"uid", "kid_hex", "alg", "key_hex"})
+# What the server's bundle carries besides the key (the device's config uses them;
+# the key store does not).
+_OTHER_FIELDS = frozenset({"server", "zone", "lat", "lon"})
 _ALG_BY_NAME = {name: alg for alg, name in ALG_NAMES.items()}
 _HEX = re.compile(r"[0-9a-fA-F]*")
 
@@ -66,10 +69,12 @@ class ProvisioningBundle:
             raise InvalidBundle(
                 f"a provisioning bundle is a JSON object, not {type(bundle).__name__}"
             )
-        missing, unknown = _FIELDS - bundle.keys(), bundle.keys() - _FIELDS
+        missing = _FIELDS - bundle.keys()
+        unknown = bundle.keys() - _FIELDS - _OTHER_FIELDS
         if missing or unknown:
             raise InvalidBundle(
-                f"bundle fields must be exactly {sorted(_FIELDS)}: missing {sorted(missing)}, "
+                f"bundle fields must be {sorted(_FIELDS)} (and optionally "
+                f"{sorted(_OTHER_FIELDS)}): missing {sorted(missing)}, "
                 f"unknown {sorted(map(str, unknown))}"
             )
         alg_name = bundle["alg"]

@@ -375,7 +375,7 @@ def test_a256_bundle_into_an_aes_128_only_store(make_store: MakeStore) -> None:
         ({"uid": ""}, "'uid' must be a non-empty string"),
         ({"uid": 42}, "'uid' must be a non-empty string"),
         ({"key_hex": None}, r"missing \['key_hex'\]"),
-        ({"zone": "north"}, r"unknown \['zone'\]"),
+        ({"district": "north"}, r"unknown \['district'\]"),
     ],
 )
 def test_import_bundle_rejects_bad_bundles(
