@@ -1,0 +1,348 @@
+"""``citywatch demo``: a demo district on one machine.
+
+It starts a Mosquitto broker, the trusted server (SQLite), the ENC with its operators'
+dashboard, and a handful of street-pole devices whose keys live in SoftHSM2 tokens;
+opens a monitoring window for the district's zone, lets one pole see a person down,
+and shows the alert travelling: contact phase to the server, verification, ENC
+notification, the alert on the dashboard. Ctrl-C stops everything cleanly.
+
+``--once`` runs the same scenario headless until the first alert is stored at the ENC,
+prints one JSON object (incident id and the time spent in each phase) and exits 0, or
+exits 1 with the reason when no alert arrives in time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import tomli_w
+from rich.console import Console
+
+from ._sample import sample_jpeg
+from ._services import Broker, ServiceUnavailable, free_port, start_mosquitto
+
+__all__ = ["DemoDistrict", "DemoFailed", "register"]
+
+ZONE = "old-town"
+# Poles along a street in the demo city (lat, lon).
+POLES = [(52.24970, 21.01220), (52.24905, 21.01305), (52.24840, 21.01390),
+         (52.24775, 21.01475), (52.24710, 21.01560), (52.24645, 21.01645)]
+
+
+class DemoFailed(Exception):
+    """The demo could not start or no alert arrived; the message says why."""
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--once", action="store_true",
+                        help="headless: stop at the first alert stored at the ENC, print JSON")
+    parser.add_argument("--devices", type=int, default=4, choices=range(1, len(POLES) + 1),
+                        metavar=f"1..{len(POLES)}", help="how many poles (default 4)")
+    parser.add_argument("--dir", type=Path, default=None,
+                        help="working folder (default: a new temporary folder, removed after)")
+    parser.add_argument("--timeout", type=float, default=120.0,
+                        help="seconds to wait for the alert (default 120)")
+    parser.set_defaults(func=_run_cmd)
+
+
+def _run_cmd(args: argparse.Namespace) -> int:
+    console = Console(stderr=args.once, quiet=args.once)
+    workdir = args.dir
+    temporary = workdir is None
+    if temporary:
+        workdir = Path(tempfile.mkdtemp(prefix="citywatch-demo-"))
+    workdir = workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        result = asyncio.run(_main(workdir, args, console))
+    except DemoFailed as exc:
+        print(f"citywatch demo: {exc}", file=sys.stderr)
+        print(f"citywatch demo: logs are in {workdir}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        result = None
+    if temporary and result is not None:
+        shutil.rmtree(workdir, ignore_errors=True)
+    if args.once and result is not None:
+        print(json.dumps(result))
+    return 0
+
+
+async def _main(workdir: Path, args: argparse.Namespace, console: Console) -> dict[str, Any]:
+    district = DemoDistrict(workdir, devices=args.devices, console=console)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await district.start()
+        result = await district.incident(timeout=args.timeout)
+        if not args.once:
+            console.print(f"\n[bold]Dashboard:[/] {district.dashboard_url}  "
+                          f"(user [bold]{district.operator}[/], password "
+                          f"[bold]{district.operator_password}[/])")
+            console.print("The district keeps running; Ctrl-C stops it.")
+            await stop.wait()
+        return result
+    finally:
+        console.print("stopping ...")
+        await district.stop()
+
+
+@dataclass
+class _Process:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(10)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+
+
+@dataclass
+class DemoDistrict:
+    """Everything of one demo district, in one working folder."""
+
+    workdir: Path
+    devices: int = 4
+    console: Console = field(default_factory=Console)
+    broker: Broker | None = None
+    processes: list[_Process] = field(default_factory=list)
+    poles: list[Any] = field(default_factory=list)
+    operator: str = "demo"
+    operator_password: str = field(default_factory=lambda: secrets.token_urlsafe(9))
+    dashboard_url: str = ""
+
+    # -- start ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        say = self.console.print
+        try:
+            self.broker = start_mosquitto(self.workdir / "broker")
+        except ServiceUnavailable as exc:
+            raise DemoFailed(str(exc)) from None
+        say(f"[green]broker[/]   Mosquitto on 127.0.0.1:{self.broker.port}")
+        self.enc_port, self.admin_port = free_port(), free_port()
+        self.server_config = self._write_server_config()
+        bundles = self._register_devices()
+        self.enc_config = self._write_enc_config()
+        self._cli("enc", "operator", "add", "--config", str(self.enc_config), "--role",
+                  "supervisor", self.operator, "--password-stdin",
+                  stdin=self.operator_password + "\n")
+        self.processes.append(self._spawn("enc", "enc", "run", "--config", str(self.enc_config)))
+        self.processes.append(self._spawn("server", "server", "run", "--config",
+                                          str(self.server_config)))
+        await self._wait_http(f"http://127.0.0.1:{self.enc_port}/healthz", "ENC")
+        self.dashboard_url = f"http://127.0.0.1:{self.enc_port}/"
+        say(f"[green]ENC[/]      alert endpoint and dashboard on {self.dashboard_url}")
+        await self._wait_http(f"http://127.0.0.1:{self.admin_port}/healthz", "server")
+        say(f"[green]server[/]   trusted server up (admin API on 127.0.0.1:{self.admin_port})")
+        await self._start_poles(bundles)
+        say(f"[green]devices[/]  {len(self.poles)} poles online in zone {ZONE}, keys held in "
+            "SoftHSM2 tokens (non-extractable)")
+        until = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
+        self._cli("server", "window", "open", "--config", str(self.server_config), "--zone",
+                  ZONE, "--until", until.isoformat(timespec="seconds"), "--actor", "demo")
+        await asyncio.gather(*(pole.wait_for_window(timeout=30) for pole in self.poles))
+        say(f"[green]broadcast[/] monitoring window open for {ZONE} until "
+            f"{until:%H:%M} UTC: B1 sent, B2 confirmed by {len(self.poles)}/{len(self.poles)}")
+
+    def _write_server_config(self) -> Path:
+        data = tomllib.loads(self._cli("server", "config", "example", "--data-dir",
+                                       str(self.workdir / "server-data")))
+        assert self.broker is not None
+        data["broker"]["port"] = self.broker.port
+        data["broker"]["host"] = "127.0.0.1"
+        data["enc"]["base_url"] = f"http://127.0.0.1:{self.enc_port}"
+        data["admin"]["port"] = self.admin_port
+        data["timing"]["poll_s"] = 0.5
+        path = self.workdir / "server.toml"
+        path.write_text(tomli_w.dumps(data))
+        return path
+
+    def _register_devices(self) -> list[Path]:
+        bundles = []
+        (self.workdir / "bundles").mkdir(exist_ok=True)
+        for i, (lat, lon) in enumerate(POLES[: self.devices], start=1):
+            path = self.workdir / "bundles" / f"pole-{i:02d}.json"
+            self._cli("server", "device", "add", "--config", str(self.server_config), "--uid",
+                      f"WAW-OT-{i:04d}", "--zone", ZONE, "--lat", str(lat), "--lon", str(lon),
+                      "--bundle-out", str(path), "--actor", "demo")
+            bundles.append(path)
+        return bundles
+
+    def _write_enc_config(self) -> Path:
+        data = tomllib.loads(self._cli("enc", "config", "example"))
+        server = tomllib.loads(self.server_config.read_text())
+        server_dir = Path(server["data_dir"])
+        data["data_dir"] = str(self.workdir / "enc-data")
+        data["http"]["port"] = self.enc_port
+        data["servers"] = {server["enc"]["server_kid"]: {
+            "key_file": str(server_dir / server["enc"]["key_file"]),
+            "name": "demo trusted server"}}
+        data["cap"]["status"] = "Exercise"
+        path = self.workdir / "enc.toml"
+        path.write_text(tomli_w.dumps(data))
+        return path
+
+    async def _start_poles(self, bundles: list[Path]) -> None:
+        # SoftHSM2 reads its config once per process: set it before the module loads.
+        from hardware import Pkcs11KeyStore, create_softhsm_tokens, import_bundle
+
+        from ._simdevice import ProvisioningBundle, SimulatedDevice
+
+        labels = [f"pole-{i:02d}" for i in range(1, len(bundles) + 1)]
+        conf, tokens = create_softhsm_tokens(self.workdir / "softhsm", labels)
+        os.environ["SOFTHSM2_CONF"] = str(conf)
+        self._stores = []
+        for path, token in zip(bundles, tokens, strict=True):
+            raw = json.loads(path.read_text())
+            store = Pkcs11KeyStore(token.module, token.label, token.pin)
+            self._stores.append(store)
+            cipher = import_bundle(store, raw)
+            path.unlink()  # the key now lives only in the token (and the server)
+            pole = SimulatedDevice(ProvisioningBundle.from_json(raw), cipher=cipher)
+            await pole.start()
+            self.poles.append(pole)
+
+    # -- the incident --------------------------------------------------------------------
+
+    async def incident(self, *, timeout: float) -> dict[str, Any]:
+        """One pole sees a person down; wait until the alert is stored at the ENC."""
+        from protocol import Coords, MessageType
+
+        say = self.console.print
+        index = min(2, len(self.poles) - 1)
+        pole = self.poles[index]
+        lat, lon = POLES[index]
+        photo = sample_jpeg((640, 480), quality=85)
+        detected = _now_ms()
+        say(f"[yellow]{pole.uid}[/] pre-screen: person down (score 0.93); incident stored, "
+            "contact phase starts")
+        try:
+            delivered = await pole.report(photo, Coords(lat=lat, lon=lon, alt=None, acc=None,
+                                                        src="fixed"),
+                                          0.93, "person_down", captured_at=detected,
+                                          timeout=timeout)
+        except TimeoutError:
+            raise DemoFailed(f"{pole.uid} got no C4 from the server in {timeout:.0f} s") from None
+        c4_at = _now_ms()
+        c1_at = next(t for t, kind in pole.uplink_log if kind == MessageType.C1 and t >= detected)
+        inc = delivered.incident_id
+        say(f"[green]C4[/]       incident {inc} stored at the server "
+            f"({c4_at - c1_at} ms after C1)")
+        record = await self._wait_enc_delivery(inc, timeout)
+        n2_at = int(record["enc_delivered_at"])
+        say(f"[green]verified[/] server score {record['server_score']:.2f} "
+            f"({record['decision']}); N1 sent to the ENC")
+        say(f"[green]N2[/]       alert stored at the ENC ({n2_at - c4_at} ms after C4)")
+        alerts = json.loads(self._cli("enc", "alerts", "--json", "--config",
+                                      str(self.enc_config)))
+        ids = [a.get("incident_id") for a in (alerts if isinstance(alerts, list)
+                                              else alerts.get("alerts", []))]
+        if inc not in ids:
+            raise DemoFailed(f"the server says N2 arrived, but the ENC lists no alert {inc}")
+        say(f"[green]ENC[/]      alert {inc} on the operators' dashboard")
+        return {"incident_id": inc, "device": pole.uid,
+                "phases_ms": {"detection_to_c1": c1_at - detected, "c1_to_c4": c4_at - c1_at,
+                              "c4_to_n2": max(0, n2_at - c4_at)},
+                "total_ms": n2_at - detected}
+
+    async def _wait_enc_delivery(self, incident_id: str, timeout: float) -> dict[str, Any]:
+        token = (Path(tomllib.loads(self.server_config.read_text())["data_dir"])
+                 / "admin.token").read_text().strip()
+        url = f"http://127.0.0.1:{self.admin_port}/v1/incidents/{incident_id}"
+        deadline = time.monotonic() + timeout
+        record: dict[str, Any] = {}
+        async with httpx.AsyncClient(headers={"Authorization": f"Bearer {token}"}) as http:
+            while time.monotonic() < deadline:
+                r = await http.get(url)
+                if r.status_code == 200:
+                    record = r.json()
+                    if record.get("decision") == "dismissed":
+                        raise DemoFailed(f"the server dismissed incident {incident_id}: "
+                                         f"{record.get('decision_reason')}")
+                    if record.get("enc_delivered_at"):
+                        return record
+                self._check_processes()
+                await asyncio.sleep(0.1)
+        raise DemoFailed(f"incident {incident_id} did not reach the ENC in {timeout:.0f} s "
+                         f"(last state: {record.get('enc_state')}, attempts "
+                         f"{record.get('enc_attempts')})")
+
+    # -- stop ----------------------------------------------------------------------------
+
+    async def stop(self) -> None:
+        for pole in self.poles:
+            with contextlib.suppress(Exception):
+                await pole.stop()
+        for store in getattr(self, "_stores", []):
+            with contextlib.suppress(Exception):
+                store.close()
+        for proc in reversed(self.processes):
+            proc.stop()
+        if self.broker is not None:
+            self.broker.stop()
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    def _cli(self, *args: str, stdin: str | None = None) -> str:
+        cmd = [sys.executable, "-m", "citywatch", *args]
+        r = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=120)
+        if r.returncode != 0:
+            raise DemoFailed(f"`citywatch {' '.join(args[:3])}` failed: "
+                             f"{(r.stderr or r.stdout).strip()[-800:]}")
+        return r.stdout
+
+    def _spawn(self, name: str, *args: str) -> _Process:
+        log = self.workdir / f"{name}.log"
+        with open(log, "wb") as out:
+            popen = subprocess.Popen([sys.executable, "-m", "citywatch", *args], stdout=out,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        return _Process(name, popen, log)
+
+    def _check_processes(self) -> None:
+        for proc in self.processes:
+            if proc.popen.poll() is not None:
+                tail = proc.log.read_text(errors="replace")[-1500:]
+                raise DemoFailed(f"the {proc.name} exited with status {proc.popen.returncode}:"
+                                 f"\n{tail}")
+
+    async def _wait_http(self, url: str, what: str, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        async with httpx.AsyncClient() as http:
+            while time.monotonic() < deadline:
+                self._check_processes()
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await http.get(url, timeout=2)).status_code == 200:
+                        return
+                await asyncio.sleep(0.2)
+        raise DemoFailed(f"the {what} did not answer {url} within {timeout:.0f} s")
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
