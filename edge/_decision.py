@@ -1,0 +1,410 @@
+"""The decision over time: which people are down, which are fighting, what to report.
+
+Pure logic on ``Pose`` objects and timestamps (seconds, any monotonic origin): no model,
+no clock of its own, so tests drive it with hand-made poses.
+
+- **Posture** (one frame): a person is *lying* when the main axis of their confident
+  keypoints is within ``90 - min_axis_angle`` degrees of horizontal and their box is at
+  least ``min_aspect`` times as wide as tall (in pixels), their centre is on the ground
+  region (if one is configured) and outside every exclusion zone (a bench, a bed).
+- **Person down** (over time): a tracked person lies, staying within ``still_tolerance``
+  of a body length of where they lay down, for ``still_seconds``. One frame without the
+  lying posture is forgiven (the model's keypoints flicker); two in a row end the streak.
+- **Fight**: at least ``min_people`` tracked people close together (centres within
+  ``max_distance`` body lengths) whose wrists and elbows move fast relative to their
+  shoulders (median over ``window_seconds`` of at least ``min_limb_speed`` body lengths
+  per second, averaged over the pair) in at least ``min_frames`` inferred frames.
+- **One incident, one report**: a person (track) is reported once while they stay down;
+  and a zone (a configured polygon, or the whole frame) reports a label again only when
+  ``cooldown_seconds`` have passed since that incident was last seen.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from ._detector import BBox, Pose
+
+__all__ = [
+    "DangerTracker",
+    "Detection",
+    "PostureReading",
+    "point_in_polygon",
+    "read_posture",
+]
+
+Label = Literal["person_down", "fight"]
+Point = tuple[float, float]
+Polygon = Sequence[Point]
+
+_SHOULDERS = (5, 6)
+_HIPS = (11, 12)
+_ARMS = (7, 8, 9, 10)  # elbows, wrists
+
+
+@dataclass(frozen=True)
+class Detection:
+    """A dangerous situation the pre-screen reports (once per incident)."""
+
+    label: Label
+    """``person_down`` or ``fight``."""
+    score: float
+    """Confidence 0..1 (a heuristic from posture and pose quality, not a probability)."""
+    frame_time: float
+    """Time of the frame that completed the decision, as passed in (seconds)."""
+    bbox: BBox
+    """Where in the frame: (x0, y0, x1, y1) fractions of width and height."""
+    zone: str
+    """Name of the configured zone the incident is in, or ``frame``."""
+    people: int = 1
+    """How many people the incident involves."""
+
+    def __post_init__(self) -> None:
+        if self.label not in ("person_down", "fight"):
+            raise ValueError(f"unknown detection label {self.label!r}")
+        if not 0.0 <= self.score <= 1.0:
+            raise ValueError(f"score {self.score} is outside 0..1")
+        x0, y0, x1, y1 = self.bbox
+        if not (0.0 <= x0 <= x1 <= 1.0 and 0.0 <= y0 <= y1 <= 1.0):
+            raise ValueError(f"bbox {self.bbox} is not inside the frame")
+        if self.people < 1:
+            raise ValueError("people must be at least 1")
+
+
+def point_in_polygon(point: Point, polygon: Polygon) -> bool:
+    """Ray casting; points are (x, y) fractions of the frame."""
+    x, y = point
+    inside = False
+    n = len(polygon)
+    for i in range(n):
+        x1, y1 = polygon[i]
+        x2, y2 = polygon[(i + 1) % n]
+        if (y1 > y) != (y2 > y) and x < x1 + (y - y1) * (x2 - x1) / (y2 - y1):
+            inside = not inside
+    return inside
+
+
+@dataclass(frozen=True)
+class PostureReading:
+    """What one frame says about one person's posture."""
+
+    axis_angle: float
+    """Angle of the body's main axis from vertical, degrees (90 = horizontal)."""
+    aspect: float
+    """Box width / height in pixels."""
+    centre: Point
+    """Centre of the confident keypoints (fractions of the frame)."""
+    body_length_px: float
+    """Longest side of the box, in pixels."""
+    lying_posture: bool
+    """Axis and aspect say lying (before the ground and exclusion checks)."""
+    on_ground: bool
+    """Inside the ground region (always true when none is configured)."""
+    excluded: bool
+    """Inside an exclusion zone."""
+    score: float
+    """How clearly lying, 0..1, from the axis angle and the pose score."""
+
+    @property
+    def down(self) -> bool:
+        """Lying, on the ground, not excluded: what the person-down rule counts."""
+        return self.lying_posture and self.on_ground and not self.excluded
+
+
+@dataclass(frozen=True)
+class PostureRule:
+    """The posture thresholds (copied from the pydantic config so this module stays plain)."""
+
+    min_axis_angle: float = 60.0
+    min_aspect: float = 1.0
+    min_keypoints: int = 5
+    min_keypoint_score: float = 0.2
+    ground_region: tuple[Point, ...] | None = None
+    exclusion_zones: tuple[tuple[Point, ...], ...] = ()
+
+
+def read_posture(pose: Pose, rule: PostureRule) -> PostureReading | None:
+    """The posture of one pose, or None when too few keypoints are confident to tell."""
+    pts, ok = pose.points_px(rule.min_keypoint_score)
+    if int(ok.sum()) < rule.min_keypoints:
+        return None
+    confident = pts[ok]
+    # The main axis of the keypoint cloud: robust to missing joints, unlike a single
+    # shoulder-to-ankle line, and true in pixels (the frame's aspect is applied).
+    centred = confident - confident.mean(axis=0)
+    cov = centred.T @ centred
+    eigenvalues, eigenvectors = np.linalg.eigh(cov)
+    vx, vy = eigenvectors[:, int(np.argmax(eigenvalues))]
+    angle = math.degrees(math.atan2(abs(vx), abs(vy)))
+    w, h = pose.frame_size
+    x0, y0, x1, y1 = pose.bbox
+    box_w, box_h = (x1 - x0) * w, (y1 - y0) * h
+    aspect = box_w / box_h if box_h > 0 else float("inf")
+    cx, cy = (float(v) for v in confident.mean(axis=0) / (w, h))
+    lying = angle >= rule.min_axis_angle and aspect >= rule.min_aspect
+    on_ground = rule.ground_region is None or point_in_polygon((cx, cy), rule.ground_region)
+    excluded = any(point_in_polygon((cx, cy), zone) for zone in rule.exclusion_zones)
+    horizontality = min(1.0, max(0.0, (angle - 45.0) / 35.0))
+    score = horizontality * (0.5 + 0.5 * min(1.0, pose.score / 0.3))
+    return PostureReading(angle, aspect, (cx, cy), max(box_w, box_h), lying, on_ground,
+                          excluded, round(score, 4))
+
+
+@dataclass(frozen=True)
+class PersonDownRule:
+    still_seconds: float = 5.0
+    still_tolerance: float = 0.3
+
+
+@dataclass(frozen=True)
+class FightRule:
+    enabled: bool = True
+    min_people: int = 2
+    max_distance: float = 1.2
+    min_limb_speed: float = 2.0
+    window_seconds: float = 2.0
+    min_frames: int = 4
+
+
+@dataclass
+class _Track:
+    id: int
+    pose: Pose
+    last_seen: float
+    reading: PostureReading | None
+    missed: int = 0
+    down_since: float | None = None
+    anchor: Point | None = None
+    not_down_streak: int = 0
+    reported_down: bool = False
+    reported_fight: bool = False
+    # (time, limb speed in body lengths per second) for the fight rule
+    limb_speeds: deque[tuple[float, float]] = field(default_factory=deque)
+
+
+def _iou(a: BBox, b: BBox) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _centre(box: BBox) -> Point:
+    return ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2)
+
+
+def _union(boxes: Sequence[BBox]) -> BBox:
+    return (min(b[0] for b in boxes), min(b[1] for b in boxes),
+            max(b[2] for b in boxes), max(b[3] for b in boxes))
+
+
+def _limb_speed(prev: Pose, cur: Pose, dt: float, min_score: float) -> float | None:
+    """Median speed of elbows and wrists relative to the shoulders' midpoint, in body
+    lengths per second; None when the joints are not visible in both frames. Relative to
+    the shoulders so that walking or being jostled does not count as swinging limbs."""
+    p_pts, p_ok = prev.points_px(min_score)
+    c_pts, c_ok = cur.points_px(min_score)
+    if not (p_ok[list(_SHOULDERS)].any() and c_ok[list(_SHOULDERS)].any()):
+        return None
+    p_ref = p_pts[[i for i in _SHOULDERS if p_ok[i]]].mean(axis=0)
+    c_ref = c_pts[[i for i in _SHOULDERS if c_ok[i]]].mean(axis=0)
+    joints = [i for i in _ARMS if p_ok[i] and c_ok[i]]
+    if not joints:
+        return None
+    w, h = cur.frame_size
+    x0, y0, x1, y1 = cur.bbox
+    length = max((x1 - x0) * w, (y1 - y0) * h, 1.0)
+    moves = [float(np.linalg.norm((c_pts[i] - c_ref) - (p_pts[i] - p_ref))) for i in joints]
+    return float(np.median(moves)) / length / dt
+
+
+class DangerTracker:
+    """Follows people across inferred frames and decides when to report.
+
+    ``update(poses, t)`` after each inference; ``update(None, t)`` for a frame the motion
+    gate skipped (the scene did not change, so everyone is where they were).
+    """
+
+    def __init__(
+        self,
+        posture: PostureRule | None = None,
+        person_down: PersonDownRule | None = None,
+        fight: FightRule | None = None,
+        *,
+        zones: Sequence[tuple[str, Sequence[Point]]] = (),
+        cooldown_seconds: float = 120.0,
+        person_down_enabled: bool = True,
+        max_missed: int = 2,
+    ) -> None:
+        self.posture = posture or PostureRule()
+        self.person_down = person_down or PersonDownRule()
+        self.fight = fight or FightRule()
+        self.zones = [(name, tuple(poly)) for name, poly in zones]
+        self.cooldown_seconds = cooldown_seconds
+        self.person_down_enabled = person_down_enabled
+        self.max_missed = max_missed
+        self._tracks: list[_Track] = []
+        self._next_id = 1
+        self._quiet_until: dict[tuple[str, str], float] = {}
+
+    @property
+    def people(self) -> int:
+        """People currently tracked."""
+        return len(self._tracks)
+
+    def zone_of(self, point: Point) -> str:
+        for name, polygon in self.zones:
+            if point_in_polygon(point, polygon):
+                return name
+        return "frame"
+
+    # -- tracking ----------------------------------------------------------------------
+
+    def _associate(self, poses: Sequence[Pose], t: float) -> list[_Track]:
+        """Match poses to tracks greedily by box overlap (then centre distance); returns the
+        tracks seen in this frame."""
+        pairs: list[tuple[float, int, int]] = []
+        for ti, track in enumerate(self._tracks):
+            for pi, pose in enumerate(poses):
+                iou = _iou(track.pose.bbox, pose.bbox)
+                if iou > 0.05:
+                    pairs.append((1.0 - iou, ti, pi))
+                    continue
+                (ax, ay), (bx, by) = _centre(track.pose.bbox), _centre(pose.bbox)
+                size = max(track.pose.bbox[2] - track.pose.bbox[0],
+                           track.pose.bbox[3] - track.pose.bbox[1])
+                distance = math.hypot(ax - bx, ay - by)
+                if distance < 0.5 * size:
+                    pairs.append((1.0 + distance / max(size, 1e-6), ti, pi))
+        pairs.sort()
+        used_t: set[int] = set()
+        used_p: set[int] = set()
+        seen: list[_Track] = []
+        for _, ti, pi in pairs:
+            if ti in used_t or pi in used_p:
+                continue
+            used_t.add(ti)
+            used_p.add(pi)
+            track = self._tracks[ti]
+            self._observe_limbs(track, poses[pi], t)
+            track.pose, track.last_seen, track.missed = poses[pi], t, 0
+            track.reading = read_posture(poses[pi], self.posture)
+            seen.append(track)
+        for ti, track in enumerate(self._tracks):
+            if ti not in used_t:
+                track.missed += 1
+        self._tracks = [tr for tr in self._tracks if tr.missed <= self.max_missed]
+        for pi, pose in enumerate(poses):
+            if pi not in used_p:
+                track = _Track(self._next_id, pose, t, read_posture(pose, self.posture))
+                self._next_id += 1
+                self._tracks.append(track)
+                seen.append(track)
+        return seen
+
+    def _observe_limbs(self, track: _Track, pose: Pose, t: float) -> None:
+        dt = t - track.last_seen
+        # Speeds over gaps longer than half a second (frames the gate skipped) say nothing
+        # about fast limbs.
+        if 0 < dt <= 0.5:
+            speed = _limb_speed(track.pose, pose, dt, self.posture.min_keypoint_score)
+            if speed is not None:
+                track.limb_speeds.append((t, speed))
+        while track.limb_speeds and track.limb_speeds[0][0] < t - self.fight.window_seconds:
+            track.limb_speeds.popleft()
+
+    # -- decisions -----------------------------------------------------------------------
+
+    def update(self, poses: Sequence[Pose] | None, t: float) -> list[Detection]:
+        """Feed one frame's people (None: frame not inferred, scene unchanged); returns the
+        detections to report now."""
+        seen = self._tracks if poses is None else self._associate(poses, t)
+        detections: list[Detection] = []
+        if self.person_down_enabled:
+            for track in seen:
+                detection = self._person_down(track, t, fresh=poses is not None)
+                if detection is not None:
+                    detections.append(detection)
+        if self.fight.enabled and poses is not None:
+            detection = self._fight(t)
+            if detection is not None:
+                detections.append(detection)
+        return detections
+
+    def _person_down(self, track: _Track, t: float, *, fresh: bool) -> Detection | None:
+        reading = track.reading
+        if fresh:
+            if reading is not None and reading.down:
+                track.not_down_streak = 0
+                w, h = track.pose.frame_size
+                drift = (math.hypot((reading.centre[0] - track.anchor[0]) * w,
+                                    (reading.centre[1] - track.anchor[1]) * h)
+                         if track.anchor is not None else math.inf)
+                if track.down_since is None or drift > (self.person_down.still_tolerance
+                                                        * reading.body_length_px):
+                    # Lay down just now, or moved along the ground: the stillness clock
+                    # starts (again) here.
+                    track.down_since, track.anchor = t, reading.centre
+            else:
+                track.not_down_streak += 1
+                if track.not_down_streak >= 2:
+                    track.down_since, track.anchor, track.reported_down = None, None, False
+        if track.down_since is None or reading is None:
+            return None
+        key = ("person_down", self.zone_of(reading.centre))
+        if track.reported_down:
+            # Still down: the incident goes on, and so does its zone's quiet time.
+            self._quiet_until[key] = t + self.cooldown_seconds
+            return None
+        if t - track.down_since < self.person_down.still_seconds:
+            return None
+        track.reported_down = True
+        quiet = self._quiet_until.get(key)
+        self._quiet_until[key] = t + self.cooldown_seconds
+        if quiet is not None and t < quiet:
+            return None
+        return Detection("person_down", reading.score, t, track.pose.bbox, key[1], 1)
+
+    def _fight(self, t: float) -> Detection | None:
+        rule = self.fight
+        active = [tr for tr in self._tracks
+                  if tr.last_seen == t and len(tr.limb_speeds) >= rule.min_frames]
+        best: tuple[float, list[_Track]] | None = None
+        for i, a in enumerate(active):
+            group = [a]
+            for b in active[i + 1:]:
+                if self._close(a, b):
+                    group.append(b)
+            if len(group) < max(2, rule.min_people):
+                continue
+            speeds = [float(np.median([s for _, s in tr.limb_speeds])) for tr in group]
+            speed = float(np.mean(sorted(speeds, reverse=True)[:2]))
+            if speed >= rule.min_limb_speed and (best is None or speed > best[0]):
+                best = (speed, group)
+        if best is None:
+            return None
+        speed, group = best
+        box = _union([tr.pose.bbox for tr in group])
+        key = ("fight", self.zone_of(_centre(box)))
+        quiet = self._quiet_until.get(key)
+        self._quiet_until[key] = t + self.cooldown_seconds
+        if quiet is not None and t < quiet:
+            return None
+        score = min(1.0, speed / (2.0 * rule.min_limb_speed))
+        return Detection("fight", round(score, 4), t, box, key[1], len(group))
+
+    def _close(self, a: _Track, b: _Track) -> bool:
+        w, h = a.pose.frame_size
+        (ax, ay), (bx, by) = _centre(a.pose.bbox), _centre(b.pose.bbox)
+        distance = math.hypot((ax - bx) * w, (ay - by) * h)
+        la = max((a.pose.bbox[2] - a.pose.bbox[0]) * w, (a.pose.bbox[3] - a.pose.bbox[1]) * h)
+        lb = max((b.pose.bbox[2] - b.pose.bbox[0]) * w, (b.pose.bbox[3] - b.pose.bbox[1]) * h)
+        return distance <= self.fight.max_distance * (la + lb) / 2
+

@@ -1,0 +1,307 @@
+"""The pose model: MoveNet MultiPose Lightning on LiteRT.
+
+Frames are numpy arrays ``(height, width, 3)`` of ``uint8`` in **BGR** order, the order
+OpenCV and picamera2's ``RGB888`` format deliver; pass ``color_order="rgb"`` for frames
+that are RGB. Every coordinate that leaves this module is a fraction of the frame's
+width (x) or height (y), so callers never see the model's input size.
+
+The model takes ``[1, H, W, 3]`` uint8 with H and W free multiples of 32 and returns
+``[1, 6, 56]`` float32: per person 17 keypoints as (y, x, score), a box as (ymin, xmin,
+ymax, xmax) and a person score, all relative to the input tensor. The frame is scaled so
+that its long side is ``input_size`` and padded to a multiple of 32 on the short side (the
+layout MoveNet MultiPose was trained for), not squashed into a square.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from ._errors import InferenceRuntimeError
+from ._models import MOVENET, load_verified_model
+
+__all__ = [
+    "KEYPOINT_NAMES",
+    "BBox",
+    "Pose",
+    "PoseDetector",
+    "load_interpreter_class",
+]
+
+KEYPOINT_NAMES: tuple[str, ...] = (
+    "nose", "left_eye", "right_eye", "left_ear", "right_ear",
+    "left_shoulder", "right_shoulder", "left_elbow", "right_elbow",
+    "left_wrist", "right_wrist", "left_hip", "right_hip",
+    "left_knee", "right_knee", "left_ankle", "right_ankle",
+)
+
+BBox = tuple[float, float, float, float]
+"""(x0, y0, x1, y1) as fractions of the frame's width and height."""
+
+Frame = npt.NDArray[np.uint8]
+
+
+@dataclass(frozen=True, eq=False)
+class Pose:
+    """One person the model found in one frame."""
+
+    keypoints: npt.NDArray[np.float32]
+    """(17, 3) read-only: x, y (fractions of the frame) and score, in KEYPOINT_NAMES order."""
+    bbox: BBox
+    """The model's box around the person."""
+    score: float
+    """The model's person score, 0..1."""
+    frame_size: tuple[int, int] = field(default=(1, 1))
+    """(width, height) in pixels of the frame the pose was found in (for true angles)."""
+
+    def __post_init__(self) -> None:
+        if self.keypoints.shape != (17, 3):
+            raise ValueError(f"keypoints must have shape (17, 3), not {self.keypoints.shape}")
+        x0, y0, x1, y1 = self.bbox
+        if not (x1 >= x0 and y1 >= y0):
+            raise ValueError(f"bbox {self.bbox} is not (x0, y0, x1, y1) with x0<=x1, y0<=y1")
+        if self.keypoints.flags.writeable:
+            frozen = self.keypoints.copy()
+            frozen.flags.writeable = False
+            object.__setattr__(self, "keypoints", frozen)
+
+    def points_px(self, min_score: float) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_]]:
+        """Keypoints in pixels (17, 2) and the mask of those scoring at least ``min_score``."""
+        w, h = self.frame_size
+        pts = self.keypoints[:, :2].astype(np.float64) * (w, h)
+        return pts, self.keypoints[:, 2] >= min_score
+
+
+def load_interpreter_class() -> tuple[Any, str]:
+    """The TFLite ``Interpreter`` class and a name for it: LiteRT first, then tflite-runtime."""
+    for module, dist in (("ai_edge_litert.interpreter", "ai-edge-litert"),
+                         ("tflite_runtime.interpreter", "tflite-runtime")):
+        try:
+            mod = importlib.import_module(module)
+        except ImportError:
+            continue
+        try:
+            from importlib.metadata import version
+            label = f"{dist} {version(dist)}"
+        except Exception:  # metadata missing in odd installs: the name is enough
+            label = dist
+        return mod.Interpreter, label
+    raise InferenceRuntimeError(
+        "no TFLite runtime is installed: install LiteRT (`pip install ai-edge-litert`, "
+        "scripts/setup.sh does) or, on systems without it, `pip install tflite-runtime` "
+        "(needs numpy<2 and runs 5-10x slower)")
+
+
+@dataclass(frozen=True)
+class _Letterbox:
+    """How a frame region was placed into the input tensor."""
+
+    crop_x: int
+    crop_y: int
+    scale: float
+    pad_x: int
+    pad_y: int
+    in_w: int
+    in_h: int
+
+
+class PoseDetector:
+    """MoveNet MultiPose Lightning behind a small ``detect(frame)`` call.
+
+    ``tiles=(cols, rows)`` other than (1, 1) also runs the model on overlapping tiles of
+    the frame (or of ``roi``) and merges the people found, which finds small distant
+    people the whole-frame pass misses, at (1 + cols*rows) times the cost.
+    """
+
+    def __init__(
+        self,
+        model: bytes,
+        *,
+        input_size: int = 256,
+        threads: int = 2,
+        min_pose_score: float = 0.15,
+        tiles: tuple[int, int] = (1, 1),
+        tile_overlap: float = 0.2,
+        roi: BBox | None = None,
+        color_order: Literal["bgr", "rgb"] = "bgr",
+        model_name: str = MOVENET.name,
+    ) -> None:
+        if input_size % 32 or not 96 <= input_size <= 1024:
+            raise ValueError(f"input_size {input_size} must be a multiple of 32 in 96..1024")
+        interpreter_class, self.runtime = load_interpreter_class()
+        try:
+            self._interpreter = interpreter_class(model_content=model, num_threads=threads)
+        except (ValueError, RuntimeError) as exc:
+            raise InferenceRuntimeError(f"{self.runtime} cannot load {model_name}: {exc}") from None
+        inp = self._interpreter.get_input_details()[0]
+        out = self._interpreter.get_output_details()
+        if len(out) != 1 or tuple(out[0]["shape"])[-1] != 56 or inp["dtype"] not in (
+                np.uint8, np.int32):
+            raise InferenceRuntimeError(
+                f"{model_name} is not MoveNet MultiPose: input {inp['dtype']} "
+                f"{list(inp['shape_signature'])}, outputs {[list(o['shape']) for o in out]}")
+        self._input_index = int(inp["index"])
+        self._input_dtype = inp["dtype"]
+        self._output_index = int(out[0]["index"])
+        self._shape: tuple[int, int] | None = None
+        self.input_size = input_size
+        self.threads = threads
+        self.min_pose_score = min_pose_score
+        self.tiles = tiles
+        self.tile_overlap = tile_overlap
+        self.roi = roi
+        self.color_order = color_order
+        self.model_name = model_name
+        self.invocations = 0
+
+    @classmethod
+    def from_file(cls, path: Path | str, **kwargs: Any) -> PoseDetector:
+        """Load the model from a file or models folder, refusing one that is not the pin."""
+        return cls(load_verified_model(path, MOVENET), **kwargs)
+
+    # -- inference -------------------------------------------------------------------
+
+    def _ensure_shape(self, in_h: int, in_w: int) -> None:
+        if self._shape != (in_h, in_w):
+            self._interpreter.resize_tensor_input(self._input_index, [1, in_h, in_w, 3])
+            self._interpreter.allocate_tensors()
+            self._shape = (in_h, in_w)
+
+    def _run(self, region: Frame, crop_x: int,
+             crop_y: int) -> tuple[npt.NDArray[np.float32], _Letterbox]:
+        """Infer on one region; returns the raw (6, 56) rows and the letterbox used."""
+        h, w = region.shape[:2]
+        size = self.input_size
+        scale = size / max(w, h)
+        rw, rh = max(1, round(w * scale)), max(1, round(h * scale))
+        in_w = max(32, math.ceil(rw / 32) * 32)
+        in_h = max(32, math.ceil(rh / 32) * 32)
+        canvas = np.zeros((in_h, in_w, 3), dtype=np.uint8)
+        pad_x, pad_y = (in_w - rw) // 2, (in_h - rh) // 2
+        canvas[pad_y:pad_y + rh, pad_x:pad_x + rw] = cv2.resize(
+            region, (rw, rh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+        if self.color_order == "bgr":
+            canvas = cv2.cvtColor(canvas, cv2.COLOR_BGR2RGB)
+        self._ensure_shape(in_h, in_w)
+        self._interpreter.set_tensor(self._input_index,
+                                     canvas[np.newaxis].astype(self._input_dtype, copy=False))
+        self._interpreter.invoke()
+        self.invocations += 1
+        raw = np.array(self._interpreter.get_tensor(self._output_index)[0], dtype=np.float32)
+        return raw, _Letterbox(crop_x, crop_y, scale, pad_x, pad_y, in_w, in_h)
+
+    def _to_poses(self, raw: npt.NDArray[np.float32], box: _Letterbox,
+                  frame_w: int, frame_h: int) -> list[Pose]:
+        poses = []
+        for row in raw:
+            score = float(row[55])
+            if score < self.min_pose_score:
+                continue
+            yxs = row[:51].reshape(17, 3)
+            kp = np.empty((17, 3), dtype=np.float32)
+            kp[:, 0] = ((yxs[:, 1] * box.in_w - box.pad_x) / box.scale + box.crop_x) / frame_w
+            kp[:, 1] = ((yxs[:, 0] * box.in_h - box.pad_y) / box.scale + box.crop_y) / frame_h
+            kp[:, 2] = yxs[:, 2]
+            kp[:, :2] = np.clip(kp[:, :2], 0.0, 1.0)
+            ymin, xmin, ymax, xmax = (float(v) for v in row[51:55])
+            x0 = ((xmin * box.in_w - box.pad_x) / box.scale + box.crop_x) / frame_w
+            x1 = ((xmax * box.in_w - box.pad_x) / box.scale + box.crop_x) / frame_w
+            y0 = ((ymin * box.in_h - box.pad_y) / box.scale + box.crop_y) / frame_h
+            y1 = ((ymax * box.in_h - box.pad_y) / box.scale + box.crop_y) / frame_h
+            x0, x1 = sorted((min(max(x0, 0.0), 1.0), min(max(x1, 0.0), 1.0)))
+            y0, y1 = sorted((min(max(y0, 0.0), 1.0), min(max(y1, 0.0), 1.0)))
+            if x1 - x0 <= 0 or y1 - y0 <= 0:
+                continue
+            poses.append(Pose(kp, (x0, y0, x1, y1), score, (frame_w, frame_h)))
+        return poses
+
+    def detect(self, frame: Frame) -> tuple[Pose, ...]:
+        """People in ``frame`` (uint8 HxWx3, in ``color_order``), best score first."""
+        if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+            raise ValueError(f"frame must be uint8 (height, width, 3), not {frame.dtype} "
+                             f"{frame.shape}")
+        frame_h, frame_w = frame.shape[:2]
+        rx0, ry0, rx1, ry1 = 0, 0, frame_w, frame_h
+        if self.roi is not None:
+            rx0, ry0 = int(self.roi[0] * frame_w), int(self.roi[1] * frame_h)
+            rx1, ry1 = math.ceil(self.roi[2] * frame_w), math.ceil(self.roi[3] * frame_h)
+        regions = self._regions(rx0, ry0, rx1, ry1)
+        passes: list[list[Pose]] = []
+        for x0, y0, x1, y1 in regions:
+            raw, box = self._run(frame[y0:y1, x0:x1], x0, y0)
+            passes.append(self._to_poses(raw, box, frame_w, frame_h))
+        if len(passes) == 1:
+            poses = passes[0]
+        else:
+            whole = (rx0 / frame_w, ry0 / frame_h, rx1 / frame_w, ry1 / frame_h)
+            tiles = [(x0 / frame_w, y0 / frame_h, x1 / frame_w, y1 / frame_h)
+                     for x0, y0, x1, y1 in regions[1:]]
+            poses = _merge_passes(passes[0], list(zip(tiles, passes[1:], strict=True)), whole)
+        return tuple(sorted(poses, key=lambda p: p.score, reverse=True))
+
+    def _regions(self, x0: int, y0: int, x1: int, y1: int) -> list[tuple[int, int, int, int]]:
+        regions = [(x0, y0, x1, y1)]
+        cols, rows = self.tiles
+        if cols * rows <= 1:
+            return regions
+        w, h = x1 - x0, y1 - y0
+        tw = w / (cols - (cols - 1) * self.tile_overlap)
+        th = h / (rows - (rows - 1) * self.tile_overlap)
+        for r in range(rows):
+            for c in range(cols):
+                tx = x0 + c * tw * (1 - self.tile_overlap)
+                ty = y0 + r * th * (1 - self.tile_overlap)
+                regions.append((int(tx), int(ty), min(x1, math.ceil(tx + tw)),
+                                min(y1, math.ceil(ty + th))))
+        return regions
+
+
+def _iou(a: BBox, b: BBox) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _merge_passes(whole_pass: Sequence[Pose], tile_passes: Sequence[tuple[BBox, Sequence[Pose]]],
+                  whole: BBox, edge: float = 0.01) -> list[Pose]:
+    """The people of the whole-frame pass, plus those only a tile found.
+
+    A tile sees a large person cut in pieces: a pose whose box touches a tile border
+    that is not a border of the whole region is dropped (the whole-frame pass or the
+    neighbouring tile sees that person whole). A tile pose overlapping a pose already
+    kept from another pass is the same person seen twice. People within one pass are
+    never merged: two people close together (a fight) must stay two.
+    """
+    kept: list[tuple[Pose, int]] = [(pose, 0) for pose in whole_pass]
+    candidates: list[tuple[Pose, int]] = []
+    for index, (tile, poses) in enumerate(tile_passes, start=1):
+        for pose in poses:
+            b = pose.bbox
+            cut = ((tile[0] > whole[0] + edge and b[0] <= tile[0] + edge)
+                   or (tile[1] > whole[1] + edge and b[1] <= tile[1] + edge)
+                   or (tile[2] < whole[2] - edge and b[2] >= tile[2] - edge)
+                   or (tile[3] < whole[3] - edge and b[3] >= tile[3] - edge))
+            if not cut:
+                candidates.append((pose, index))
+    for pose, source in sorted(candidates, key=lambda item: item[0].score, reverse=True):
+        if not any(source != other_source and _same_person(pose.bbox, other.bbox)
+                   for other, other_source in kept):
+            kept.append((pose, source))
+    return [pose for pose, _ in kept]
+
+
+def _same_person(a: BBox, b: BBox) -> bool:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    smaller = min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
+    return _iou(a, b) > 0.3 or (smaller > 0 and ix * iy / smaller > 0.6)

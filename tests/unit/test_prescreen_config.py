@@ -1,0 +1,93 @@
+"""The pre-screen configuration: strict, documented, errors naming the file and the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from edge import PreScreenConfig, PreScreenConfigError, load_prescreen_config
+
+
+def test_defaults_are_valid_and_documented() -> None:
+    config = PreScreenConfig()
+    assert config.model.input_size % 32 == 0
+    assert config.motion.enabled and config.person_down.enabled and config.fight.enabled
+    for section in (config.model, config.motion, config.person_down, config.fight):
+        for name, field in type(section).model_fields.items():
+            assert field.description, f"{type(section).__name__}.{name} has no description"
+
+
+def test_unknown_keys_are_refused_with_file_and_key(tmp_path: Path) -> None:
+    path = tmp_path / "edge.toml"
+    path.write_text("[prescreen.person_down]\nstill_secs = 3\n")
+    with pytest.raises(PreScreenConfigError) as info:
+        load_prescreen_config(path, "prescreen")
+    assert str(path) in str(info.value)
+    assert "prescreen.person_down.still_secs" in str(info.value)
+
+
+@pytest.mark.parametrize(("toml", "key"), [
+    ("[model]\ninput_size = 250\n", "model.input_size"),
+    ("[model]\ntiles = [0, 2]\n", "model"),
+    ("[model]\nroi = [0.5, 0.0, 0.4, 1.0]\n", "model"),
+    ("[person_down]\nexclusion_zones = [[[0.1, 0.1], [0.2, 0.2]]]\n",
+     "person_down.exclusion_zones.0"),
+    ("[person_down]\nground_region = [[0, 0.5], [1.5, 0.5], [1, 1]]\n",
+     "person_down.ground_region"),
+    ("[[zones]]\nname = \"frame\"\npolygon = [[0, 0], [1, 0], [1, 1]]\n", "(top level)"),
+    ("cooldown_seconds = -1\n", "cooldown_seconds"),
+])
+def test_invalid_values_name_the_key(tmp_path: Path, toml: str, key: str) -> None:
+    path = tmp_path / "prescreen.toml"
+    path.write_text(toml)
+    with pytest.raises(PreScreenConfigError, match=str(path)) as info:
+        load_prescreen_config(path)
+    assert key in str(info.value)
+
+
+def test_a_full_configuration_loads(tmp_path: Path) -> None:
+    path = tmp_path / "edge.toml"
+    path.write_text("""
+[prescreen]
+cooldown_seconds = 300
+
+[prescreen.model]
+input_size = 320
+threads = 4
+tiles = [2, 1]
+roi = [0.0, 0.2, 1.0, 1.0]
+
+[prescreen.motion]
+recheck_seconds = 1.5
+
+[prescreen.person_down]
+still_seconds = 8
+ground_region = [[0, 0.4], [1, 0.4], [1, 1], [0, 1]]
+exclusion_zones = [[[0.1, 0.6], [0.3, 0.6], [0.3, 0.8], [0.1, 0.8]]]
+
+[[prescreen.zones]]
+name = "crossing"
+polygon = [[0.5, 0.5], [1, 0.5], [1, 1], [0.5, 1]]
+""")
+    config = load_prescreen_config(path, "prescreen")
+    assert config.model.input_size == 320 and config.model.tiles == (2, 1)
+    assert config.person_down.ground_region is not None
+    assert config.zones[0].name == "crossing"
+    assert config.cooldown_seconds == 300
+
+
+def test_broken_toml_and_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(PreScreenConfigError, match="no such file"):
+        load_prescreen_config(tmp_path / "absent.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[model\n")
+    with pytest.raises(PreScreenConfigError, match="not valid TOML"):
+        load_prescreen_config(bad)
+
+
+def test_config_is_frozen() -> None:
+    config = PreScreenConfig()
+    with pytest.raises(ValidationError):
+        config.cooldown_seconds = 5  # type: ignore[misc]
