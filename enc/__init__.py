@@ -12,6 +12,7 @@ protocol.md section 5) and the dashboard. The exception tree is in ``enc._errors
     └── LoginRefused         wrong password, unknown, disabled or locked-out operator
 """
 
+from ._cap import CAP_NAMESPACE, cap_identifier, cap_message, cap_time
 from ._config import (
     CapSection,
     DashboardSection,
@@ -26,13 +27,21 @@ from ._config import (
     load_config,
 )
 from ._errors import ActionRefused, ConfigError, EncError, LoginRefused, NotFound, StoreError
+from ._handling import ALERT_TRANSITIONS, AlertAction, Role, apply_action, escalate_due
+from ._live import LiveFeed
+from ._operators import MIN_PASSWORD_LENGTH, Operator, OperatorDirectory, Session
 from ._receiver import COSE_CONTENT_TYPE, AlertReceiver
+from ._service import EncService, build_app
 from ._store import Alert, AlertStatus, AlertStore, AuditEntry, migrate
 
 __all__ = [
+    "ALERT_TRANSITIONS",
+    "CAP_NAMESPACE",
     "COSE_CONTENT_TYPE",
+    "MIN_PASSWORD_LENGTH",
     "ActionRefused",
     "Alert",
+    "AlertAction",
     "AlertReceiver",
     "AlertStatus",
     "AlertStore",
@@ -43,14 +52,26 @@ __all__ = [
     "DatabaseSection",
     "EncConfig",
     "EncError",
+    "EncService",
     "HttpSection",
     "LimitsSection",
+    "LiveFeed",
     "LoginRefused",
     "NotFound",
+    "Operator",
+    "OperatorDirectory",
+    "Role",
     "ServerTrust",
+    "Session",
     "StoreError",
     "TrustedServer",
+    "apply_action",
+    "build_app",
+    "cap_identifier",
+    "cap_message",
+    "cap_time",
     "config_from_mapping",
+    "escalate_due",
     "example_config",
     "load_config",
     "migrate",

@@ -1,0 +1,169 @@
+"""An alert as an OASIS Common Alerting Protocol 1.2 message.
+
+A new or acknowledged alert exports as msgType "Alert"; once an operator dispatched
+help it exports as an "Update", and a false alarm as a "Cancel", each referencing the
+original message (``references`` = sender,identifier,sent). Exporting the same state
+twice gives the same message: identifiers and times come from the store and the audit
+trail, never from the clock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from ._config import CapSection
+from ._store import Alert, AlertStatus, AuditEntry
+
+__all__ = ["CAP_NAMESPACE", "cap_identifier", "cap_message", "cap_time"]
+
+CAP_NAMESPACE = "urn:oasis:names:tc:emergency:cap:1.2"
+_NS = "{" + CAP_NAMESPACE + "}"
+# CAP identifiers must not contain spaces, commas or restricted characters.
+_SAFE = re.compile(r"^[A-Za-z0-9._:@-]{1,64}$")
+_STATUS_CHANGES = ("dispatched", "dismissed", "reopened")
+
+_LABELS = {"person_down": "Person down", "fall": "Fall", "fight": "Fight"}
+# CAP categories: a person on the ground is a medical matter, a fight a police one.
+_CATEGORY = {"person_down": "Health", "fall": "Health", "fight": "Security"}
+
+
+def cap_time(ms: int) -> str:
+    """CAP 1.2 date-time: seconds, and UTC written as -00:00 (no "Z")."""
+    return datetime.fromtimestamp(ms // 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S") + "-00:00"
+
+
+def cap_identifier(alert: Alert) -> str:
+    """Identifier of an alert's original CAP message."""
+    inc = alert.incident_id
+    safe = inc if _SAFE.match(inc) else hashlib.sha256(inc.encode()).hexdigest()[:40]
+    return f"citywatch.{safe}"
+
+
+def _label(label: str) -> str:
+    return _LABELS.get(label, label.replace("_", " ").capitalize())
+
+
+# Characters XML 1.0 cannot carry at all (a device UID or a comment might hold one).
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def _sub(parent: ET.Element, tag: str, text: str | None = None) -> ET.Element:
+    e = ET.SubElement(parent, _NS + tag)
+    if text is not None:
+        e.text = _NOT_XML.sub("\ufffd", text)
+    return e
+
+
+def _hemi(v: float, pos: str, neg: str) -> str:
+    return f"{abs(v):.5f} {pos if v >= 0 else neg}"
+
+
+def cap_message(alert: Alert, trail: Sequence[AuditEntry], settings: CapSection, *,
+                photo: bytes | None = None) -> bytes:
+    """The CAP 1.2 XML (UTF-8, with declaration) for the alert's current state."""
+    changes = [e for e in trail if e.action in _STATUS_CHANGES]
+    last = changes[-1] if changes else None
+    original_id = cap_identifier(alert)
+    original_sent = cap_time(alert.received_at)
+    if alert.status is AlertStatus.DISMISSED:
+        msg_type = "Cancel"
+    elif alert.status is AlertStatus.DISPATCHED or last is not None:
+        msg_type = "Update"
+    else:
+        msg_type = "Alert"
+
+    root = ET.Element(_NS + "alert")
+    if msg_type == "Alert" or last is None:
+        _sub(root, "identifier", original_id)
+        _sub(root, "sender", settings.sender)
+        _sub(root, "sent", original_sent)
+    else:
+        _sub(root, "identifier", f"{original_id}.{last.id}")
+        _sub(root, "sender", settings.sender)
+        _sub(root, "sent", cap_time(last.at))
+    _sub(root, "status", settings.status)
+    _sub(root, "msgType", msg_type)
+    _sub(root, "source", f"CityWatch device {alert.device_uid}")
+    _sub(root, "scope", "Restricted")
+    _sub(root, "restriction", settings.restriction)
+
+    note = None
+    if last is not None:
+        d = last.detail
+        if last.action == "dispatched":
+            note = f"Dispatched {d.get('unit', '')} ({last.actor})"
+            if d.get("comment"):
+                note += f": {d['comment']}"
+        elif last.action == "dismissed":
+            note = f"False alarm ({last.actor}): {d.get('reason', '')}"
+        else:
+            note = f"Reopened ({last.actor}): {d.get('reason', '')}"
+        _sub(root, "note", note)
+    if msg_type != "Alert":
+        _sub(root, "references", f"{settings.sender},{original_id},{original_sent}")
+    _sub(root, "incidents", original_id)
+
+    info = _sub(root, "info")
+    _sub(info, "language", "en-US")
+    _sub(info, "category", _CATEGORY.get(alert.label, "Safety"))
+    _sub(info, "event", _label(alert.label))
+    if msg_type == "Cancel":
+        _sub(info, "responseType", "AllClear")
+        urgency, severity, certainty = "Past", "Minor", "Unlikely"
+    else:
+        urgency = "Immediate"
+        severity = "Severe" if alert.score >= 0.7 else "Moderate"
+        if alert.status is AlertStatus.DISPATCHED:
+            certainty = "Observed"  # an operator looked at the photo and sent help
+        else:
+            certainty = "Likely" if alert.score >= 0.8 else "Possible"
+    _sub(info, "urgency", urgency)
+    _sub(info, "severity", severity)
+    _sub(info, "certainty", certainty)
+    _sub(info, "onset", cap_time(alert.captured_at))
+    _sub(info, "senderName", settings.sender_name)
+    c = alert.coords
+    _sub(info, "headline", f"{_label(alert.label)} at {_hemi(c.lat, 'N', 'S')} "
+                           f"{_hemi(c.lon, 'E', 'W')}"[:160])
+    desc = (f"{_label(alert.label)} detected by street-pole device {alert.device_uid} "
+            f"(confidence {alert.score:.0%}), captured {cap_time(alert.captured_at)}, "
+            f"position {c.lat:.6f},{c.lon:.6f}"
+            + (f" +/- {c.acc:.0f} m" if c.acc is not None else "")
+            + f" ({'GNSS fix' if c.src == 'gps' else 'registered pole position'}).")
+    if note:
+        desc += f" {note}."
+    _sub(info, "description", desc)
+    if alert.status is AlertStatus.DISPATCHED and last is not None:
+        _sub(info, "instruction", f"Unit dispatched: {last.detail.get('unit', '')}.")
+    if settings.public_url:
+        _sub(info, "web", f"{settings.public_url.rstrip('/')}/alerts/{alert.incident_id}")
+    for name, value in (("CITYWATCH-INCIDENT", alert.incident_id),
+                        ("CITYWATCH-DEVICE", alert.device_uid),
+                        ("CITYWATCH-CONFIDENCE", f"{alert.score:.3f}"),
+                        ("CITYWATCH-STATUS", alert.status.value)):
+        param = _sub(info, "parameter")
+        _sub(param, "valueName", name)
+        _sub(param, "value", value)
+    if photo is not None:
+        res = _sub(info, "resource")
+        _sub(res, "resourceDesc", "Photo from the street-pole camera")
+        _sub(res, "mimeType", "image/jpeg")
+        _sub(res, "size", str(len(photo)))
+        if settings.public_url:
+            _sub(res, "uri", f"{settings.public_url.rstrip('/')}/alerts/"
+                             f"{alert.incident_id}/photo.jpg")
+        # CAP 1.2 names SHA-1 for the digest.
+        _sub(res, "digest", hashlib.sha1(photo, usedforsecurity=False).hexdigest())
+    area = _sub(info, "area")
+    radius_m = max(c.acc or 0.0, settings.min_radius_m)
+    _sub(area, "areaDesc", f"Within {radius_m:.0f} m of street-pole device {alert.device_uid}")
+    _sub(area, "circle", f"{c.lat:.6f},{c.lon:.6f} {radius_m / 1000:.3f}")
+
+    ET.register_namespace("", CAP_NAMESPACE)
+    ET.indent(root)
+    xml: bytes = ET.tostring(root, encoding="utf-8", xml_declaration=True)
+    return xml + b"\n"

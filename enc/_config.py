@@ -1,0 +1,316 @@
+"""The ENC's configuration: one strict TOML file (``citywatch enc run --config enc.toml``).
+
+Relative paths in the file are relative to the folder the file is in, so a config and
+its data directory can be moved together. ``example_config()`` is the commented example
+that ``citywatch enc config example`` prints; it runs as it is on one machine.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import stat
+import tomllib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ._errors import ConfigError
+
+__all__ = [
+    "CapSection",
+    "DashboardSection",
+    "DatabaseSection",
+    "EncConfig",
+    "HttpSection",
+    "LimitsSection",
+    "ServerTrust",
+    "TrustedServer",
+    "config_from_mapping",
+    "example_config",
+    "load_config",
+]
+
+_KID_HEX = re.compile(r"^[0-9a-f]{16}$")
+# CAP 1.2: sender must not contain spaces, commas or restricted characters.
+_CAP_SENDER = re.compile(r"^[^\s,&<]+$")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class DatabaseSection(_Section):
+    """Where alerts, operators and the audit trail live."""
+
+    url: str = ""
+    """SQLAlchemy URL; empty means an SQLite file ``enc.sqlite3`` in the data directory.
+    PostgreSQL: ``postgresql+psycopg://user@host/dbname``."""
+
+
+class HttpSection(_Section):
+    """The HTTP(S) listener: the alert endpoint and the dashboard."""
+
+    host: str = "127.0.0.1"
+    """Address to listen on."""
+    port: Annotated[int, Field(ge=1, le=65535)] = 8700
+    """TCP port."""
+    tls_cert: str = ""
+    """PEM certificate chain; with ``tls_key``, the ENC speaks HTTPS."""
+    tls_key: str = ""
+    """PEM private key of ``tls_cert``."""
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_cert)
+
+
+class ServerTrust(_Section):
+    """A trusted server, known by its kid: the K_SENC key it shares with this ENC."""
+
+    key_file: str
+    """File holding K_SENC (16 or 32 bytes, raw or as hex text); must be mode 0600 or stricter."""
+    name: str = ""
+    """A name for people (shown in logs and the audit trail)."""
+
+
+class LimitsSection(_Section):
+    """Limits applied before anything is decrypted."""
+
+    max_body_bytes: Annotated[int, Field(ge=1024, le=64 * 1024 * 1024)] = 2 * 1024 * 1024 + 4096
+    """Largest request body accepted by ``POST /v1/alerts`` (413 above it)."""
+    max_photo_bytes: Annotated[int, Field(ge=1024, le=64 * 1024 * 1024)] = 2 * 1024 * 1024
+    """Largest photo inside an N1."""
+    timestamp_window_seconds: Annotated[int, Field(ge=1, le=3600)] = 30
+    """An N1's T_S is accepted within +/- this of the ENC's clock."""
+
+
+class DashboardSection(_Section):
+    """The operators' dashboard."""
+
+    session_lifetime_minutes: Annotated[int, Field(ge=1, le=24 * 60)] = 12 * 60
+    """A login lasts at most this long (a night shift), whatever the activity."""
+    session_idle_minutes: Annotated[int, Field(ge=1, le=24 * 60)] = 60
+    """A session with no request for this long ends."""
+    escalate_after_seconds: Annotated[int, Field(ge=1, le=24 * 3600)] = 120
+    """An alert nobody has taken after this long is shown as escalated."""
+    lockout_failures: Annotated[int, Field(ge=1, le=100)] = 5
+    """Failed logins in a row that lock an operator out."""
+    lockout_minutes: Annotated[int, Field(ge=1, le=24 * 60)] = 15
+    """How long a lock-out lasts (a supervisor can lift it with ``operator passwd``)."""
+    secure_cookies: bool | None = None
+    """Mark cookies Secure; unset means "when the ENC speaks HTTPS"."""
+    map_tile_url: str = ""
+    """A tile server the operators' browsers can reach, as a template with {z}, {x} and
+    {y} (``https://tiles.city.example/{z}/{x}/{y}.png``); empty: coordinates only."""
+    max_form_bytes: Annotated[int, Field(ge=1024, le=1024 * 1024)] = 64 * 1024
+    """Largest request body the dashboard accepts (413 above it)."""
+
+    @field_validator("map_tile_url")
+    @classmethod
+    def _tiles(cls, v: str) -> str:
+        if v and not (v.startswith(("https://", "http://")) and
+                      all(p in v for p in ("{z}", "{x}", "{y}"))):
+            raise ValueError("must be an http(s) URL template with {z}, {x} and {y}")
+        return v
+
+
+class CapSection(_Section):
+    """CAP 1.2 export."""
+
+    sender: str = "enc@citywatch.invalid"
+    """CAP ``sender``: an identifier of this ENC (no spaces or commas)."""
+    sender_name: str = "CityWatch Emergency Notification Center"
+    """CAP ``senderName``."""
+    min_radius_m: Annotated[float, Field(ge=1.0, le=100_000.0)] = 50.0
+    """Radius of the CAP area circle when the fix is more accurate than this."""
+    status: Literal["Actual", "Exercise", "Test"] = "Actual"
+    """CAP ``status``: "Exercise" or "Test" for drills and demos."""
+    restriction: str = "For emergency services only: contains a photo of a person."
+    """CAP ``restriction`` (the scope is always "Restricted")."""
+    public_url: str = ""
+    """Base URL at which recipients reach this dashboard (CAP ``web``); empty: left out."""
+
+    @field_validator("sender")
+    @classmethod
+    def _sender(cls, v: str) -> str:
+        if not _CAP_SENDER.match(v):
+            raise ValueError("must not contain spaces, commas, '&' or '<' (CAP 1.2)")
+        return v
+
+
+class _FileModel(_Section):
+    data_dir: str = "var/enc"
+    """Folder for the SQLite database and anything else the ENC keeps."""
+    database: DatabaseSection = DatabaseSection()
+    http: HttpSection = HttpSection()
+    servers: dict[str, ServerTrust] = {}
+    """Trusted servers: kid (16 lowercase hex digits) -> key file."""
+    limits: LimitsSection = LimitsSection()
+    dashboard: DashboardSection = DashboardSection()
+    cap: CapSection = CapSection()
+
+    @field_validator("servers")
+    @classmethod
+    def _kids(cls, v: dict[str, ServerTrust]) -> dict[str, ServerTrust]:
+        for kid in v:
+            if not _KID_HEX.match(kid):
+                raise ValueError(f"server kid {kid!r} must be 16 lowercase hex digits")
+        return v
+
+
+@dataclass(frozen=True, slots=True)
+class TrustedServer:
+    """A trusted server with its key loaded."""
+
+    kid: bytes
+    """The server's kid (8 bytes)."""
+    key: bytes = b""
+    """K_SENC, 16 or 32 bytes."""
+    name: str = ""
+    """A name for people."""
+
+    def __repr__(self) -> str:  # never print a key
+        return f"TrustedServer(kid={self.kid.hex()}, name={self.name!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class EncConfig:
+    """A loaded, checked configuration: paths absolute, keys read."""
+
+    source: Path | None
+    """The file it came from (None when built in code)."""
+    data_dir: Path
+    """Folder for the SQLite database."""
+    database_url: str
+    """SQLAlchemy URL."""
+    http: HttpSection
+    """Listener."""
+    servers: tuple[TrustedServer, ...]
+    """Servers whose N1s are accepted."""
+    limits: LimitsSection
+    """Limits."""
+    dashboard: DashboardSection
+    """Dashboard."""
+    cap: CapSection
+    """CAP export."""
+
+    @property
+    def base_url(self) -> str:
+        scheme = "https" if self.http.tls else "http"
+        host = f"[{self.http.host}]" if ":" in self.http.host else self.http.host
+        return f"{scheme}://{host}:{self.http.port}"
+
+    @property
+    def secure_cookies(self) -> bool:
+        s = self.dashboard.secure_cookies
+        return self.http.tls if s is None else s
+
+
+def example_config() -> str:
+    """The commented example config (``citywatch enc config example``)."""
+    return resources.files("enc").joinpath("example.toml").read_text(encoding="utf-8")
+
+
+def _where(file: str, loc: tuple[Any, ...]) -> str:
+    return f"{file}: {'.'.join(str(p) for p in loc) or '(top level)'}"
+
+
+def load_config(path: str | os.PathLike[str]) -> EncConfig:
+    """Read and check a config file; raise ``ConfigError`` naming the file and the key."""
+    file = Path(path)
+    try:
+        raw = tomllib.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{file}: no such file (write one with `citywatch enc config "
+                          "example > enc.toml`)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{file}: cannot read it: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{file}: not valid TOML: {exc}") from None
+    return config_from_mapping(raw, source=file)
+
+
+def config_from_mapping(raw: dict[str, Any], *, source: Path | None) -> EncConfig:
+    """Check a parsed config; relative paths are taken from ``source``'s folder."""
+    name = str(source) if source else "<config>"
+    try:
+        m = _FileModel.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(f"{_where(name, e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(problems) from None
+    base = source.resolve().parent if source else Path.cwd()
+
+    def resolve(p: str) -> Path:
+        q = Path(p).expanduser()
+        return q if q.is_absolute() else base / q
+
+    data_dir = resolve(m.data_dir)
+    url = m.database.url or f"sqlite:///{data_dir / 'enc.sqlite3'}"
+    if not url.startswith(("sqlite", "postgresql")):
+        raise ConfigError(f"{_where(name, ('database', 'url'))}: only SQLite and PostgreSQL "
+                          "URLs are supported")
+    http = m.http
+    if bool(http.tls_cert) != bool(http.tls_key):
+        raise ConfigError(f"{_where(name, ('http', 'tls_key'))}: set both tls_cert and tls_key, "
+                          "or neither")
+    if http.tls:
+        for key in ("tls_cert", "tls_key"):
+            p = resolve(getattr(http, key))
+            if not p.is_file():
+                raise ConfigError(f"{_where(name, ('http', key))}: no such file {p}")
+        http = http.model_copy(update={"tls_cert": str(resolve(http.tls_cert)),
+                                       "tls_key": str(resolve(http.tls_key))})
+    elif not _is_loopback(http.host):
+        raise ConfigError(f"{_where(name, ('http', 'host'))}: plain HTTP is only allowed on "
+                          "a loopback address; set http.tls_cert and http.tls_key to listen on "
+                          f"{http.host}")
+    if m.limits.max_body_bytes < m.limits.max_photo_bytes:
+        raise ConfigError(f"{_where(name, ('limits', 'max_body_bytes'))}: must be at least "
+                          "limits.max_photo_bytes")
+    servers = tuple(
+        _load_server(kid, t, resolve(t.key_file), _where(name, ("servers", kid, "key_file")))
+        for kid, t in sorted(m.servers.items())
+    )
+    return EncConfig(source=source, data_dir=data_dir, database_url=url, http=http,
+                     servers=servers, limits=m.limits, dashboard=m.dashboard, cap=m.cap)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _load_server(kid: str, trust: ServerTrust, path: Path, where: str) -> TrustedServer:
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read {path}: {exc.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ConfigError(f"{where}: {path} is not a regular file")
+    if st.st_mode & 0o077:
+        raise ConfigError(f"{where}: {path} is readable by others (mode "
+                          f"{stat.S_IMODE(st.st_mode):04o}); run chmod 600 {path}")
+    data = path.read_bytes()
+    key = _parse_key(data)
+    if key is None:
+        raise ConfigError(f"{where}: {path} must hold a 16- or 32-byte key, raw or as hex text")
+    return TrustedServer(kid=bytes.fromhex(kid), key=key, name=trust.name)
+
+
+def _parse_key(data: bytes) -> bytes | None:
+    text = data.strip()
+    if len(text) in (32, 64):
+        try:
+            return bytes.fromhex(text.decode("ascii"))
+        except (UnicodeDecodeError, ValueError):
+            pass
+    return data if len(data) in (16, 32) else None

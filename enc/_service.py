@@ -1,0 +1,185 @@
+"""The ENC as one application object: config in, an HTTP(S) service out.
+
+``EncService(config).run()`` opens the store (running the migrations), serves the alert
+endpoint and the dashboard with uvicorn until SIGINT/SIGTERM, and tells systemd when
+it is ready (``Type=notify``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import signal
+import socket
+import time
+from collections.abc import AsyncIterator, Callable
+from types import FrameType
+from urllib.parse import urlsplit
+
+import uvicorn
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+import protocol as p
+
+from ._config import EncConfig
+from ._dashboard import Dashboard, HttpHardening, dashboard_lifespan
+from ._live import LiveFeed
+from ._receiver import AlertReceiver
+from ._store import AlertStore
+
+__all__ = ["EncService", "build_app"]
+
+log = logging.getLogger("citywatch.enc")
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def build_endpoint(config: EncConfig) -> p.EncEndpoint:
+    return p.EncEndpoint(
+        servers={s.kid: p.AesGcmCipher(s.key) for s in config.servers},
+        random=secrets.token_bytes,
+        timing=p.Timing(window_ms=config.limits.timestamp_window_seconds * 1000),
+        limits=p.Limits(max_photo=config.limits.max_photo_bytes,
+                        envelope_overhead=max(4096, config.limits.max_body_bytes
+                                              - config.limits.max_photo_bytes)),
+    )
+
+
+def _install_error_pages(app: FastAPI) -> None:
+    """Errors answer with a status phrase only: no stack trace, no framework detail."""
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        body = {"error": _phrase(exc.status_code)}
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+    async def invalid(request: Request, exc: Exception) -> Response:
+        return JSONResponse({"error": "bad request"}, status_code=400)
+
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return PlainTextResponse("service unavailable, try again\n", status_code=503)
+
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, invalid)
+    app.add_exception_handler(Exception, unexpected)
+
+
+def _phrase(status: int) -> str:
+    from http import HTTPStatus
+
+    try:
+        return HTTPStatus(status).phrase.lower()
+    except ValueError:
+        return "error"
+
+
+def build_app(config: EncConfig, store: AlertStore, *,
+              clock: Callable[[], int] = _now_ms) -> FastAPI:
+    """The ASGI app: alert endpoint, health check, and the operators' dashboard."""
+    feed = LiveFeed()
+    dashboard = Dashboard(config=config, store=store, feed=feed, clock=clock)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with dashboard_lifespan(dashboard):
+            yield
+
+    app = FastAPI(title="CityWatch ENC", version="1", docs_url=None, redoc_url=None,
+                  openapi_url="/openapi.json", lifespan=lifespan,
+                  description="The dashboard's JSON API. The alert endpoint POST /v1/alerts "
+                              "speaks COSE (protocol.md section 5) and is not listed here.")
+    _install_error_pages(app)
+
+    async def on_stored(incident_id: str) -> None:
+        feed.notify()
+
+    receiver = AlertReceiver(endpoint=build_endpoint(config), store=store,
+                             max_body=config.limits.max_body_bytes, clock=clock,
+                             on_stored=on_stored)
+    app.include_router(receiver.router)
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> Response:
+        try:
+            store.last_audit_id()
+        except Exception:  # any store failure means "not healthy", nothing more
+            return PlainTextResponse("store unavailable\n", status_code=503)
+        return PlainTextResponse("ok\n")
+
+    dashboard.install(app)
+    img_src = "'self' data:"
+    if config.dashboard.map_tile_url:
+        u = urlsplit(config.dashboard.map_tile_url)
+        img_src += f" {u.scheme}://{u.netloc}"
+    app.add_middleware(HttpHardening, max_body=config.dashboard.max_form_bytes,
+                       exempt=frozenset({"/v1/alerts"}), img_src=img_src)
+    app.state.config = config
+    app.state.store = store
+    app.state.dashboard = dashboard
+    return app
+
+
+def _notify_systemd(state: str) -> None:
+    """sd_notify without a library: one datagram to $NOTIFY_SOCKET, if set."""
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.connect(addr)
+            s.sendall(state.encode())
+    except OSError as exc:
+        log.warning("cannot notify systemd: %s", exc)
+
+
+class _Server(uvicorn.Server):
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        # SIGTERM is how systemd and the tests stop the ENC: a clean stop, exit status 0
+        # (uvicorn would re-raise it after the graceful shutdown).
+        self._captured_signals = [s for s in self._captured_signals if s != signal.SIGTERM]
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            _notify_systemd("READY=1\nSTATUS=accepting alerts")
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        _notify_systemd("STOPPING=1")
+        await super().shutdown(sockets)
+
+
+class EncService:
+    """The ENC process: store + app + listener."""
+
+    def __init__(self, config: EncConfig) -> None:
+        self.config = config
+        self.store = AlertStore.open(config.database_url)
+        self.app = build_app(config, self.store)
+
+    def run(self) -> None:
+        c = self.config
+        if not c.servers:
+            log.warning("no trusted server is configured: every alert will be refused")
+        uc = uvicorn.Config(
+            self.app, host=c.http.host, port=c.http.port,
+            ssl_certfile=c.http.tls_cert or None, ssl_keyfile=c.http.tls_key or None,
+            server_header=False, proxy_headers=False, log_config=None, access_log=False,
+            timeout_graceful_shutdown=5,
+        )
+        log.info("ENC listening on %s (%d trusted server(s), store %s)", c.base_url,
+                 len(c.servers), self.store.engine.url.render_as_string(hide_password=True))
+        try:
+            _Server(uc).run()
+        finally:
+            self.store.close()

@@ -1,0 +1,299 @@
+"""The alert store: alerts keyed by incident id, their photos, and the audit trail.
+
+SQLite (the embedded default) or PostgreSQL, through SQLAlchemy 2; the schema is
+brought up to date by the Alembic migrations in ``enc/migrations`` when the store
+opens. Every method is one transaction; database failures surface as ``StoreError``.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from sqlalchemy import Engine, create_engine, event, func, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+import protocol as p
+
+from ._errors import NotFound, StoreError
+from ._schema import AlertRow, AuditRow, PhotoRow
+
+__all__ = ["Alert", "AlertStatus", "AlertStore", "AuditEntry", "migrate"]
+
+_MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+
+
+class AlertStatus(enum.StrEnum):
+    """Where an alert is in the operators' hands."""
+
+    NEW = "new"
+    """Nobody has taken it (also after a reopen)."""
+    ACKNOWLEDGED = "acknowledged"
+    """An operator has taken it and is deciding."""
+    DISPATCHED = "dispatched"
+    """Help was sent."""
+    DISMISSED = "dismissed"
+    """A false alarm."""
+
+    @property
+    def handled(self) -> bool:
+        return self in (AlertStatus.DISPATCHED, AlertStatus.DISMISSED)
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """An alert as stored (without its photo)."""
+
+    incident_id: str
+    """The server's incident id (the key)."""
+    server_kid: str
+    """kid of the server that sent it, hex."""
+    device_uid: str
+    """The reporting device."""
+    label: str
+    """What the device and server saw ("person_down", ...)."""
+    score: float
+    """The server's confidence, 0..1."""
+    coords: p.Coords
+    """Where."""
+    captured_at: int
+    """Capture time, ms."""
+    sent_at: int
+    """T_S of the first N1 accepted, ms."""
+    received_at: int
+    """When this ENC stored it, ms."""
+    photo_size: int
+    """Photo size, bytes."""
+    photo_sha256: str
+    """SHA-256 of the photo, hex (shown so a copy can be checked)."""
+    status: AlertStatus
+    """Where it is in the operators' hands."""
+    status_at: int
+    """When the status last changed, ms."""
+    taken_by: str | None
+    """The operator who acknowledged, dispatched or dismissed it."""
+    escalated_at: int | None = None
+    """When it was escalated for lack of an operator taking it (None: not escalated)."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "incident_id": self.incident_id, "server_kid": self.server_kid,
+            "device_uid": self.device_uid, "label": self.label, "score": self.score,
+            "coords": self.coords.to_map(), "captured_at": self.captured_at,
+            "sent_at": self.sent_at, "received_at": self.received_at,
+            "photo_size": self.photo_size, "photo_sha256": self.photo_sha256,
+            "status": self.status.value, "status_at": self.status_at, "taken_by": self.taken_by,
+            "escalated_at": self.escalated_at,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One line of the append-only audit trail."""
+
+    id: int
+    """Increasing; also the cursor of the live feed."""
+    at: int
+    """When, ms."""
+    incident_id: str | None
+    """The alert concerned, if any."""
+    actor: str
+    """An operator's name, ``server:<kid>`` or ``system``."""
+    action: str
+    """What happened ("received", "acknowledged", "photo_viewed", ...)."""
+    detail: dict[str, Any]
+    """Particulars (unit, comment, reason ...)."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "at": self.at, "incident_id": self.incident_id,
+                "actor": self.actor, "action": self.action, "detail": self.detail}
+
+
+def _alert(r: AlertRow) -> Alert:
+    return Alert(
+        incident_id=r.incident_id, server_kid=r.server_kid, device_uid=r.device_uid,
+        label=r.label, score=r.score,
+        coords=p.Coords(lat=r.lat, lon=r.lon, alt=r.alt, acc=r.acc, src=r.coord_src),
+        captured_at=r.captured_at, sent_at=r.sent_at, received_at=r.received_at,
+        photo_size=r.photo_size, photo_sha256=r.photo_sha256, status=AlertStatus(r.status),
+        status_at=r.status_at, taken_by=r.taken_by, escalated_at=r.escalated_at,
+    )
+
+
+def _entry(r: AuditRow) -> AuditEntry:
+    return AuditEntry(id=r.id, at=r.at, incident_id=r.incident_id, actor=r.actor,
+                      action=r.action, detail=json.loads(r.detail))
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the schema up to date (idempotent)."""
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(_MIGRATIONS))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    # WAL lets the dashboard read while an alert is written; FULL makes a commit
+    # durable before the N2 goes out.
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=FULL")
+    cur.execute("PRAGMA busy_timeout=10000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+class AlertStore:
+    """Alerts, photos and the audit trail in one database."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+        # SQLite has one writer at a time; serialising writes here avoids
+        # "database is locked" between threads of this process.
+        self._write_lock = threading.Lock() if engine.dialect.name == "sqlite" else None
+
+    @classmethod
+    def open(cls, url: str) -> AlertStore:
+        """Connect, create the SQLite folder if needed, run the migrations."""
+        try:
+            u = make_url(url)
+            if u.get_backend_name() == "sqlite":
+                if u.database and u.database != ":memory:":
+                    Path(u.database).parent.mkdir(parents=True, exist_ok=True)
+                engine = create_engine(u)
+                event.listen(engine, "connect", _sqlite_pragmas)
+            else:
+                engine = create_engine(u, pool_pre_ping=True)
+            migrate(engine)
+        except (SQLAlchemyError, OSError) as exc:
+            raise StoreError(f"cannot open the alert store: {exc}") from exc
+        return cls(engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def transaction(self, *, write: bool) -> Iterator[Session]:
+        """One transaction; ``write`` serialises writers on SQLite."""
+        lock = self._write_lock if write else None
+        try:
+            if lock:
+                lock.acquire()
+            with self._sessions.begin() as s:
+                yield s
+        except (NotFound, IntegrityError):
+            raise
+        except SQLAlchemyError as exc:
+            raise StoreError(f"alert store: {type(exc).__name__}") from exc
+        finally:
+            if lock:
+                lock.release()
+
+    @staticmethod
+    def audit(s: Session, *, at: int, incident_id: str | None, actor: str, action: str,
+               detail: dict[str, Any] | None = None) -> AuditRow:
+        row = AuditRow(at=at, incident_id=incident_id, actor=actor, action=action,
+                       detail=json.dumps(detail or {}, sort_keys=True))
+        s.add(row)
+        return row
+
+    # -- alerts -------------------------------------------------------------------
+
+    def record_alert(self, alert: p.AlertReceived, *, received_at: int) -> bool:
+        """Store a valid N1's alert; True if new, False if that incident was already
+        stored (then nothing changes). Durable when it returns."""
+        actor = f"server:{alert.server_kid.hex()}"
+        row = AlertRow(
+            incident_id=alert.incident_id, server_kid=alert.server_kid.hex(),
+            device_uid=alert.device_uid, label=alert.label, score=alert.score,
+            lat=alert.coords.lat, lon=alert.coords.lon, alt=alert.coords.alt,
+            acc=alert.coords.acc, coord_src=alert.coords.src, captured_at=alert.captured_at,
+            sent_at=alert.ts, received_at=received_at, photo_size=len(alert.photo),
+            photo_sha256=hashlib.sha256(alert.photo).hexdigest(), status=AlertStatus.NEW.value,
+            status_at=received_at, taken_by=None,
+        )
+        try:
+            with self.transaction(write=True) as s:
+                if s.get(AlertRow, alert.incident_id) is not None:
+                    return False
+                s.add(row)
+                s.flush()  # the photo's foreign key needs the alert first
+                s.add(PhotoRow(incident_id=alert.incident_id, jpeg=alert.photo))
+                self.audit(s, at=received_at, incident_id=alert.incident_id, actor=actor,
+                            action="received",
+                            detail={"device": alert.device_uid, "label": alert.label,
+                                    "score": alert.score})
+        except IntegrityError:
+            # Another process stored the same incident between our check and insert.
+            return False
+        return True
+
+    def alert(self, incident_id: str) -> Alert:
+        with self.transaction(write=False) as s:
+            r = s.get(AlertRow, incident_id)
+            if r is None:
+                raise NotFound(f"no alert {incident_id!r}")
+            return _alert(r)
+
+    def alerts(self, *, limit: int = 500, device_uid: str | None = None,
+               before: int | None = None) -> list[Alert]:
+        """Newest first."""
+        q = select(AlertRow).order_by(AlertRow.received_at.desc(), AlertRow.incident_id)
+        if device_uid is not None:
+            q = q.where(AlertRow.device_uid == device_uid)
+        if before is not None:
+            q = q.where(AlertRow.received_at < before)
+        with self.transaction(write=False) as s:
+            return [_alert(r) for r in s.scalars(q.limit(limit))]
+
+    def count(self) -> int:
+        with self.transaction(write=False) as s:
+            return int(s.scalar(select(func.count()).select_from(AlertRow)) or 0)
+
+    def photo(self, incident_id: str) -> bytes:
+        with self.transaction(write=False) as s:
+            r = s.get(PhotoRow, incident_id)
+            if r is None:
+                raise NotFound(f"no alert {incident_id!r}")
+            return bytes(r.jpeg)
+
+    # -- audit --------------------------------------------------------------------
+
+    def append_audit(self, *, at: int, actor: str, action: str,
+                     incident_id: str | None = None,
+                     detail: dict[str, Any] | None = None) -> AuditEntry:
+        with self.transaction(write=True) as s:
+            row = self.audit(s, at=at, incident_id=incident_id, actor=actor, action=action,
+                              detail=detail)
+            s.flush()
+            return _entry(row)
+
+    def audit_trail(self, incident_id: str) -> list[AuditEntry]:
+        """Everything that happened to one alert, oldest first."""
+        q = select(AuditRow).where(AuditRow.incident_id == incident_id).order_by(AuditRow.id)
+        with self.transaction(write=False) as s:
+            return [_entry(r) for r in s.scalars(q)]
+
+    def audit_since(self, after_id: int, *, limit: int = 1000) -> list[AuditEntry]:
+        """Audit entries with an id above ``after_id``, oldest first (the live feed)."""
+        q = select(AuditRow).where(AuditRow.id > after_id).order_by(AuditRow.id).limit(limit)
+        with self.transaction(write=False) as s:
+            return [_entry(r) for r in s.scalars(q)]
+
+    def last_audit_id(self) -> int:
+        with self.transaction(write=False) as s:
+            return int(s.scalar(select(func.max(AuditRow.id))) or 0)

@@ -1,0 +1,213 @@
+"""``citywatch enc ...``: run the ENC, list alerts, manage operators, export CAP, print
+an example config."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+
+from citywatch.cli import CliError
+
+from ._cap import cap_message
+from ._config import EncConfig, example_config, load_config
+from ._errors import EncError
+from ._handling import Role
+from ._operators import OperatorDirectory
+from ._store import AlertStore
+
+__all__ = ["register"]
+
+
+def _config(args: argparse.Namespace) -> EncConfig:
+    try:
+        return load_config(args.config)
+    except EncError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _store(config: EncConfig) -> AlertStore:
+    try:
+        return AlertStore.open(config.database_url)
+    except EncError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds")
+
+
+def _run(args: argparse.Namespace) -> int:
+    config = _config(args)
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from ._service import EncService
+
+    try:
+        service = EncService(config)
+    except EncError as exc:
+        raise CliError(str(exc)) from None
+    service.run()
+    return 0
+
+
+def _alerts(args: argparse.Namespace) -> int:
+    store = _store(_config(args))
+    try:
+        alerts = store.alerts(limit=args.limit)
+    except EncError as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        store.close()
+    if args.json:
+        json.dump([a.to_json() for a in alerts], sys.stdout, indent=2)
+        print()
+        return 0
+    if not alerts:
+        print("no alerts")
+        return 0
+    print(f"{'received (UTC)':25} {'status':12} {'label':12} {'score':>5}  {'device':16} "
+          f"{'lat,lon':22} incident")
+    for a in alerts:
+        where = f"{a.coords.lat:.5f},{a.coords.lon:.5f}"
+        print(f"{_iso(a.received_at):25} {a.status.value:12} {a.label:12} {a.score:5.2f}  "
+              f"{a.device_uid:16} {where:22} {a.incident_id}")
+    return 0
+
+
+def _config_example(args: argparse.Namespace) -> int:
+    sys.stdout.write(example_config())
+    return 0
+
+
+def _config_check(args: argparse.Namespace) -> int:
+    c = _config(args)
+    print(f"{args.config}: OK; listens on {c.base_url}, store "
+          f"{c.database_url.split('@')[-1]}, {len(c.servers)} trusted server(s)")
+    return 0
+
+
+def _now() -> int:
+    import time
+
+    return time.time_ns() // 1_000_000
+
+
+def _read_password(args: argparse.Namespace) -> str:
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        import getpass
+
+        if not sys.stdin.isatty():
+            raise CliError("no terminal to ask for the password on: use --password-stdin")
+        password = getpass.getpass("New password: ")
+        if getpass.getpass("Again: ") != password:
+            raise CliError("the two passwords differ; nothing was changed")
+    return password
+
+
+def _operators(args: argparse.Namespace) -> tuple[AlertStore, OperatorDirectory]:
+    config = _config(args)
+    store = _store(config)
+    return store, OperatorDirectory(store, config.dashboard)
+
+
+def _operator(args: argparse.Namespace) -> int:
+    store, ops = _operators(args)
+    try:
+        cmd = args.operator_command
+        if cmd == "add":
+            op = ops.add(args.username, _read_password(args), args.role, now=_now())
+            print(f"operator {op.username} added ({op.role.value})")
+        elif cmd == "passwd":
+            ops.set_password(args.username, _read_password(args), now=_now())
+            print(f"password of {args.username} changed; lock-out lifted, sessions ended")
+        elif cmd in ("disable", "enable"):
+            ops.set_disabled(args.username, cmd == "disable", now=_now())
+            print(f"operator {args.username} {cmd}d")
+        else:
+            for op in ops.list():
+                state = "disabled" if op.disabled else (
+                    "locked" if op.locked_until and op.locked_until > _now() else "active")
+                print(f"{op.username:24} {op.role.value:11} {state}")
+    except EncError as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        store.close()
+    return 0
+
+
+def _cap(args: argparse.Namespace) -> int:
+    config = _config(args)
+    store = _store(config)
+    try:
+        alert = store.alert(args.incident_id)
+        xml = cap_message(alert, store.audit_trail(args.incident_id), config.cap,
+                          photo=store.photo(args.incident_id))
+        store.append_audit(at=_now(), actor="cli", action="cap_exported",
+                           incident_id=args.incident_id)
+    except EncError as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        store.close()
+    if args.out:
+        with open(args.out, "wb") as f:
+            f.write(xml)
+    else:
+        sys.stdout.buffer.write(xml)
+    return 0
+
+
+def _add_config_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, metavar="FILE", help="the ENC's TOML config")
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="enc_command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("run", help="serve the alert endpoint and the dashboard")
+    _add_config_arg(p)
+    p.add_argument("--log-level", default="info",
+                   choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=_run)
+
+    p = sub.add_parser("alerts", help="list stored alerts, newest first")
+    _add_config_arg(p)
+    p.add_argument("--json", action="store_true", help="print JSON (photos left out)")
+    p.add_argument("--limit", type=int, default=500, help="at most this many (500)")
+    p.set_defaults(func=_alerts)
+
+    p = sub.add_parser("operator", help="dashboard accounts: add, passwd, disable, enable, list")
+    osub = p.add_subparsers(dest="operator_command", metavar="COMMAND", required=True)
+    for name, help_ in (("add", "add an operator"),
+                        ("passwd", "set a new password (also lifts a lock-out)"),
+                        ("disable", "disable an account and end its sessions"),
+                        ("enable", "enable a disabled account"),
+                        ("list", "list the accounts")):
+        q = osub.add_parser(name, help=help_)
+        _add_config_arg(q)
+        if name != "list":
+            q.add_argument("username")
+        if name == "add":
+            q.add_argument("--role", choices=[r.value for r in Role], default="operator")
+        if name in ("add", "passwd"):
+            q.add_argument("--password-stdin", action="store_true",
+                           help="read the password from the first line of standard input")
+        q.set_defaults(func=_operator)
+
+    p = sub.add_parser("cap", help="export an alert as a CAP 1.2 message")
+    _add_config_arg(p)
+    p.add_argument("incident_id", metavar="ID")
+    p.add_argument("--out", metavar="FILE", help="write it here instead of standard output")
+    p.set_defaults(func=_cap)
+
+    p = sub.add_parser("config", help="example config, check a config")
+    csub = p.add_subparsers(dest="config_command", metavar="COMMAND", required=True)
+    q = csub.add_parser("example", help="print a complete commented config")
+    q.set_defaults(func=_config_example)
+    q = csub.add_parser("check", help="load a config and report what is wrong")
+    _add_config_arg(q)
+    q.set_defaults(func=_config_check)
