@@ -35,6 +35,7 @@ import httpx
 import tomli_w
 from rich.console import Console
 
+from ._poles import EdgePole, SceneFootage, find_footage
 from ._sample import sample_jpeg
 from ._services import Broker, ServiceUnavailable, free_port, start_mosquitto
 
@@ -57,8 +58,13 @@ def register(parser: argparse.ArgumentParser) -> None:
                         metavar=f"1..{len(POLES)}", help="how many poles (default 4)")
     parser.add_argument("--dir", type=Path, default=None,
                         help="working folder (default: a new temporary folder, removed after)")
-    parser.add_argument("--timeout", type=float, default=120.0,
-                        help="seconds to wait for the alert (default 120)")
+    parser.add_argument("--timeout", type=float, default=180.0,
+                        help="seconds to wait for the alert (default 180)")
+    parser.add_argument("--poles", choices=("auto", "edge", "simulated"), default="auto",
+                        help="edge: real `citywatch edge run` daemons on fake hardware (scene "
+                             "player, gpsd through gpsfake, SoftHSM2); simulated: in-process "
+                             "protocol clients; auto (default): edge where footage for the "
+                             "scenes is on this machine")
     parser.set_defaults(func=_run_cmd)
 
 
@@ -86,7 +92,18 @@ def _run_cmd(args: argparse.Namespace) -> int:
 
 
 async def _main(workdir: Path, args: argparse.Namespace, console: Console) -> dict[str, Any]:
-    district = DemoDistrict(workdir, devices=args.devices, console=console)
+    footage = find_footage()
+    mode = args.poles
+    if mode == "auto":
+        mode = "edge" if footage is not None else "simulated"
+        if footage is None:
+            console.print("[yellow]no footage for the scenes on this machine (the shared "
+                          "labelled images): the poles are simulated protocol clients[/]")
+    if mode == "edge" and footage is None:
+        raise DemoFailed("--poles edge needs footage for the scenes (the shared labelled "
+                         "images, ../shared/data/smoke)")
+    district = DemoDistrict(workdir, devices=args.devices, console=console,
+                            footage=footage if mode == "edge" else None)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -131,6 +148,8 @@ class DemoDistrict:
     console: Console = field(default_factory=Console)
     broker: Broker | None = None
     processes: list[_Process] = field(default_factory=list)
+    footage: SceneFootage | None = None
+    """Scenes for real edge daemons; None: simulated poles."""
     poles: list[Any] = field(default_factory=list)
     operator: str = "demo"
     operator_password: str = field(default_factory=lambda: secrets.token_urlsafe(9))
@@ -160,13 +179,21 @@ class DemoDistrict:
         say(f"[green]ENC[/]      alert endpoint and dashboard on {self.dashboard_url}")
         await self._wait_http(f"http://127.0.0.1:{self.admin_port}/healthz", "server")
         say(f"[green]server[/]   trusted server up (admin API on 127.0.0.1:{self.admin_port})")
-        await self._start_poles(bundles)
-        say(f"[green]devices[/]  {len(self.poles)} poles online in zone {ZONE}, keys held in "
-            "SoftHSM2 tokens (non-extractable)")
+        if self.footage is not None:
+            await self._start_edge_poles(bundles)
+            say(f"[green]devices[/]  {len(self.poles)} `citywatch edge run` daemons in zone "
+                f"{ZONE}: scene-player cameras, gpsd through gpsfake, keys in SoftHSM2 tokens")
+        else:
+            await self._start_poles(bundles)
+            say(f"[green]devices[/]  {len(self.poles)} simulated poles online in zone {ZONE}, "
+                "keys held in SoftHSM2 tokens (non-extractable)")
         until = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
         self._cli("server", "window", "open", "--config", str(self.server_config), "--zone",
                   ZONE, "--until", until.isoformat(timespec="seconds"), "--actor", "demo")
-        await asyncio.gather(*(pole.wait_for_window(timeout=30) for pole in self.poles))
+        if self.footage is not None:
+            await self._wait_edge_windows(timeout=60)
+        else:
+            await asyncio.gather(*(pole.wait_for_window(timeout=30) for pole in self.poles))
         say(f"[green]broadcast[/] monitoring window open for {ZONE} until "
             f"{until:%H:%M} UTC: B1 sent, B2 confirmed by {len(self.poles)}/{len(self.poles)}")
 
@@ -232,6 +259,11 @@ class DemoDistrict:
 
     async def incident(self, *, timeout: float) -> dict[str, Any]:
         """One pole sees a person down; wait until the alert is stored at the ENC."""
+        if self.footage is not None:
+            return await self._edge_incident(timeout=timeout)
+        return await self._simulated_incident(timeout=timeout)
+
+    async def _simulated_incident(self, *, timeout: float) -> dict[str, Any]:
         from protocol import Coords, MessageType
 
         say = self.console.print
@@ -259,17 +291,109 @@ class DemoDistrict:
         say(f"[green]verified[/] server score {record['server_score']:.2f} "
             f"({record['decision']}); N1 sent to the ENC")
         say(f"[green]N2[/]       alert stored at the ENC ({n2_at - c4_at} ms after C4)")
+        self._check_enc_has(inc)
+        return {"incident_id": inc, "device": pole.uid,
+                "phases_ms": {"detection_to_c1": c1_at - detected, "c1_to_c4": c4_at - c1_at,
+                              "c4_to_n2": max(0, n2_at - c4_at)},
+                "total_ms": n2_at - detected}
+
+    def _check_enc_has(self, inc: str) -> None:
         alerts = json.loads(self._cli("enc", "alerts", "--json", "--config",
                                       str(self.enc_config)))
         ids = [a.get("incident_id") for a in (alerts if isinstance(alerts, list)
                                               else alerts.get("alerts", []))]
         if inc not in ids:
             raise DemoFailed(f"the server says N2 arrived, but the ENC lists no alert {inc}")
-        say(f"[green]ENC[/]      alert {inc} on the operators' dashboard")
+        self.console.print(f"[green]ENC[/]      alert {inc} on the operators' dashboard")
+
+    # -- real edge daemons ----------------------------------------------------------------
+
+    INCIDENT_POLE = 2  # index of the pole whose camera sees someone fall
+
+    async def _start_edge_poles(self, bundles: list[Path]) -> None:
+        from hardware import create_softhsm_tokens
+
+        assert self.footage is not None
+        labels = [f"pole-{i:02d}" for i in range(1, len(bundles) + 1)]
+        conf, tokens = await asyncio.to_thread(create_softhsm_tokens,
+                                               self.workdir / "softhsm", labels)
+        incident = min(self.INCIDENT_POLE, len(bundles) - 1)
+        for i, (path, token) in enumerate(zip(bundles, tokens, strict=True)):
+            lat, lon = POLES[i]
+            if i == incident:
+                # Someone walks by, then lies on the ground and does not get up.
+                timeline = [{"at": 0.0, "play": str(self.footage.upright)},
+                            {"at": 4.0, "play": str(self.footage.lying)}]
+            else:
+                timeline = [{"at": 0.0, "play": str(self.footage.street)}]
+            pole = EdgePole(self.workdir / labels[i], f"WAW-OT-{i + 1:04d}", lat, lon, token,
+                            conf, timeline)
+            await asyncio.to_thread(pole.provision, path)
+            pole.start()
+            self.poles.append(pole)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            for pole in self.poles:
+                if not pole.alive():
+                    raise DemoFailed(f"the daemon of {pole.uid} exited:\n{pole.log()[-1500:]}")
+            states = [pole.status() for pole in self.poles]
+            if all(s and s.get("broker", {}).get("connected") and
+                   (s.get("pipeline") or {}).get("last_frame_at") for s in states):
+                return
+            await asyncio.sleep(0.5)
+        raise DemoFailed("the pole daemons did not come up (camera and broker) within 120 s")
+
+    async def _wait_edge_windows(self, *, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            states = [pole.status() or {} for pole in self.poles]
+            if all((s.get("monitoring") or {}).get("active") for s in states):
+                return
+            await asyncio.sleep(0.3)
+        raise DemoFailed(f"not every pole confirmed the monitoring window within {timeout:.0f} s")
+
+    async def _edge_incident(self, *, timeout: float) -> dict[str, Any]:
+        say = self.console.print
+        pole = self.poles[min(self.INCIDENT_POLE, len(self.poles) - 1)]
+        say(f"[yellow]{pole.uid}[/] camera: someone lies on the ground; the pre-screen watches "
+            "for 5 s of stillness ...")
+        deadline = time.monotonic() + timeout
+        delivered: dict[str, Any] = {}
+        status: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            status = pole.status() or {}
+            delivered = status.get("last_delivered") or {}
+            if delivered.get("incident_id"):
+                break
+            if not pole.alive():
+                raise DemoFailed(f"the daemon of {pole.uid} exited:\n{pole.log()[-1500:]}")
+            self._check_processes()
+            await asyncio.sleep(0.2)
+        else:
+            raise DemoFailed(f"{pole.uid} delivered no incident within {timeout:.0f} s "
+                             f"(status: {json.dumps(status)[:600]})")
+        detection = (status.get("pipeline") or {}).get("last_detection") or {}
+        inc = delivered["incident_id"]
+        detected, c4_at = int(detection.get("at", 0)), int(delivered["at"])
+        c1_at = int(delivered.get("c1_at") or detected)
+        say(f"[yellow]{pole.uid}[/] pre-screen: {detection.get('label')} (score "
+            f"{detection.get('score')}); snapshot and GNSS position stored, contact phase ...")
+        say(f"[green]C4[/]       incident {inc} stored at the server ({c4_at - c1_at} ms after "
+            "C1)")
+        record = await self._wait_enc_delivery(inc, max(10.0, deadline - time.monotonic()))
+        n2_at = int(record["enc_delivered_at"])
+        say(f"[green]verified[/] server score {record['server_score']:.2f} "
+            f"({record['decision']}); position from {record.get('coords_src')}; N1 sent")
+        say(f"[green]N2[/]       alert stored at the ENC ({n2_at - c4_at} ms after C4)")
+        self._check_enc_has(inc)
+        others = [p.uid for p in self.poles if p is not pole and
+                  ((p.status() or {}).get("last_delivered") or {}).get("incident_id")]
+        if others:
+            raise DemoFailed(f"poles watching a street with nobody down reported: {others}")
         return {"incident_id": inc, "device": pole.uid,
-                "phases_ms": {"detection_to_c1": c1_at - detected, "c1_to_c4": c4_at - c1_at,
-                              "c4_to_n2": max(0, n2_at - c4_at)},
-                "total_ms": n2_at - detected}
+                "phases_ms": {"detection_to_c1": max(0, c1_at - detected),
+                              "c1_to_c4": c4_at - c1_at, "c4_to_n2": max(0, n2_at - c4_at)},
+                "total_ms": n2_at - detected, "position": record.get("coords_src")}
 
     async def _wait_enc_delivery(self, incident_id: str, timeout: float) -> dict[str, Any]:
         token = (Path(tomllib.loads(self.server_config.read_text())["data_dir"])
@@ -298,7 +422,10 @@ class DemoDistrict:
     async def stop(self) -> None:
         for pole in self.poles:
             with contextlib.suppress(Exception):
-                await pole.stop()
+                if isinstance(pole, EdgePole):
+                    await asyncio.to_thread(pole.close)
+                else:
+                    await pole.stop()
         for store in getattr(self, "_stores", []):
             with contextlib.suppress(Exception):
                 store.close()

@@ -10,10 +10,8 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
-import logging
 import os
 import signal
-import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -25,11 +23,11 @@ from citywatch.cli import CliError
 from ._config import (
     DEFAULT_CONFIG_PATH,
     DEFAULT_STATE_DIR,
-    EdgeConfig,
     EdgeConfigError,
     load_config,
     parse_config,
 )
+from ._errors import EdgeError
 from ._state import STATUS_FILE, StateError, StatusSnapshot, assess_health, read_status, wall_ms
 from ._state import write_atomic as _write_atomic
 
@@ -408,45 +406,28 @@ def show_status(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    """``citywatch edge run``: so far the delivery side only (key store, outbox, protocol
-    client, status file); the capture pipeline and sd_notify are wired in later."""
+    """``citywatch edge run``: the street-pole daemon, until SIGTERM or SIGINT."""
+    from hardware._service import configure_logging
+
+    from ._daemon import EdgeDaemon, PipelineSettings
+
     try:
         cfg = load_config(args.config)
+        settings = PipelineSettings.from_config(cfg, name=str(args.config),
+                                                base_dir=Path(args.config).resolve().parent)
     except EdgeConfigError as exc:
         raise CliError(str(exc)) from None
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(levelname)s %(name)s: %(message)s")
-    return asyncio.run(_run(cfg))
+    configure_logging()
+    return asyncio.run(_run(EdgeDaemon(cfg, settings)))
 
 
-async def _run(cfg: EdgeConfig) -> int:
-    from hardware import KeyStoreError, Pkcs11KeyStore
-
-    from ._client import ProtocolClient
-    from ._outbox import OUTBOX_FILE, Outbox, OutboxError
-
+async def _run(daemon: Any) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
     try:
-        store = Pkcs11KeyStore(cfg.key_store.module, cfg.key_store.token_label, cfg.read_pin(),
-                               max_key_bits=cfg.key_store.max_key_bits)
-    except (KeyStoreError, EdgeConfigError) as exc:
-        raise CliError(f"cannot open the key store: {exc}") from None
-    try:
-        cipher = store.cipher(cfg.key_label)
-        cfg.state_dir.mkdir(parents=True, exist_ok=True)
-        with Outbox(cfg.state_dir / OUTBOX_FILE, cipher=cipher,
-                    max_incidents=cfg.outbox.max_incidents, max_bytes=cfg.outbox.max_bytes,
-                    max_photo=cfg.protocol.max_photo_bytes) as outbox:
-            client = ProtocolClient.from_config(cfg, cipher=cipher, outbox=outbox)
-            stop = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                with contextlib.suppress(NotImplementedError):
-                    loop.add_signal_handler(sig, stop.set)
-            logging.getLogger("citywatch.edge").warning(
-                "the capture pipeline is not wired in yet: delivering stored incidents only")
-            await client.run(stop)
-    except (KeyStoreError, OutboxError, StateError, OSError) as exc:
+        return int(await daemon.run(stop))
+    except EdgeError as exc:
         raise CliError(str(exc)) from None
-    finally:
-        store.close()
-    return 0

@@ -51,10 +51,12 @@ from protocol import (
     Event,
     Limits,
     MessageDropped,
+    MessageType,
     ReportDelivered,
     ReportRefused,
     Timing,
     WindowAnnounced,
+    decode_envelope,
 )
 
 from ._config import BrokerConfig, EdgeConfigError
@@ -189,6 +191,7 @@ class ProtocolClient:
         self._mqtt: aiomqtt.Client | None = None
         self._current: StoredIncident | None = None
         self._attempts = 0
+        self._c1_at: int | None = None
         self._stop_reports: _Stop | None = None
         self._deferred: dict[bytes, int] = {}  # cid -> not before (ms), after error 8
         self._undeleted: set[bytes] = set()  # delivered, deletion failed (disk full)
@@ -435,7 +438,10 @@ class ProtocolClient:
 
     async def _flush(self) -> None:
         await self._persist()  # before the B2 (or anything) leaves
-        await self._publish(self._conn.data_to_send())
+        out = self._conn.data_to_send()
+        if any(decode_envelope(m, max_size=len(m)).type == MessageType.C1 for m in out):
+            self._c1_at = self._clock()  # for the phase timings in the status
+        await self._publish(out)
 
     async def _on_link(self, link: _Link) -> None:
         now = self._clock()
@@ -484,7 +490,7 @@ class ProtocolClient:
         self._current = None
         self._next_attempt_at = None
         self.status.update(last_delivered=DeliveredIncident(
-            cid=ev.cid.hex(), incident_id=ev.incident_id, at=now))
+            cid=ev.cid.hex(), incident_id=ev.incident_id, at=now, c1_at=self._c1_at))
         try:
             await asyncio.to_thread(self.outbox.delete, ev.cid)
         except OutboxError as exc:

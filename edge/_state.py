@@ -209,6 +209,8 @@ class DeliveredIncident(_Part):
     """The server's incident id."""
     at: int
     """When the C4 arrived (ms)."""
+    c1_at: int | None = None
+    """When the C1 of the attempt that succeeded went out (ms)."""
 
 
 class DetectionStatus(_Part):

@@ -33,6 +33,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     _add_eval(sub)
     _add_eval_video(sub)
     _add_sample_frames(sub)
+    from ._cli_daemon import register_daemon_commands
+
+    register_daemon_commands(sub)
 
 
 # -- models ---------------------------------------------------------------------------------

@@ -1,0 +1,247 @@
+"""The street-pole daemon: one application object with ``run(stop)``.
+
+Threads: the capture loop (camera -> pre-screen -> snapshot + GNSS fix -> outbox) runs
+in a worker thread, because camera reads and inference block; the protocol client, the
+status file and systemd notifications run on the asyncio loop. They share one stop event.
+Supervision is systemd's: ``READY=1`` once the camera gives frames, the key store is
+open and the broker is connected; ``WATCHDOG=1`` only while frames are flowing, so a dead
+camera gets the service restarted; ``STATUS=`` lines a person can read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from hardware import KeyStoreError, Pkcs11KeyStore
+from hardware._gnss import (
+    FixedPosition,
+    GnssReceiver,
+    coords,
+    open_gnss,
+    parse_gnss_config,
+)
+from hardware._service import ServiceNotifier, watchdog_interval
+from hardware.camera import Camera, CameraError, open_camera, parse_camera_config
+
+from ._client import ProtocolClient
+from ._config import EdgeConfig, EdgeConfigError, config_errors
+from ._errors import EdgeError
+from ._outbox import OUTBOX_FILE, Outbox, OutboxError
+from ._prescreen import PreScreen, PreScreenConfig
+from ._state import DetectionStatus, PipelineStatus
+
+__all__ = ["EdgeDaemon", "PipelineSettings"]
+
+log = logging.getLogger("citywatch.edge")
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    """The hardware and pre-screen sections of the device config, validated."""
+
+    camera: Any
+    gnss: Any
+    prescreen: PreScreenConfig
+    position: FixedPosition
+
+    @classmethod
+    def from_config(cls, cfg: EdgeConfig, *, name: str, base_dir: Path | None) -> PipelineSettings:
+        """Validate ``[camera]``, ``[gnss]``, ``[prescreen]``; errors name file and key."""
+        sections: dict[str, Any] = {}
+        for key, parse in (("camera", lambda d: parse_camera_config(d, base_dir=base_dir)),
+                           ("gnss", parse_gnss_config),
+                           ("prescreen", PreScreenConfig.model_validate)):
+            data = getattr(cfg, key)
+            if key == "gnss" and not data:
+                data = {"driver": "none"}
+            if key == "camera" and not data:
+                raise EdgeConfigError(f"{name}: camera: missing: say which camera to use "
+                                      '(driver = "picamera2", "opencv" or "scene")')
+            try:
+                sections[key] = parse(data)
+            except ValidationError as exc:
+                raise EdgeConfigError(config_errors(name, exc).replace(
+                    f"{name}: ", f"{name}: {key}.")) from None
+        pos = cfg.position
+        return cls(camera=sections["camera"], gnss=sections["gnss"],
+                   prescreen=sections["prescreen"],
+                   position=FixedPosition(lat=pos.lat, lon=pos.lon, alt=pos.alt, acc=None))
+
+
+class EdgeDaemon:
+    """Camera, pre-screen, GNSS, key store, outbox and protocol client of one pole."""
+
+    #: With no frame for this long the camera counts as stalled: no more WATCHDOG=1.
+    STALL_SECONDS = 10.0
+
+    def __init__(self, cfg: EdgeConfig, settings: PipelineSettings, *,
+                 notifier: ServiceNotifier | None = None) -> None:
+        self.cfg = cfg
+        self.settings = settings
+        self.notifier = notifier or ServiceNotifier()
+        self.camera: Camera | None = None
+        self.gnss: GnssReceiver | None = None
+        self.prescreen: PreScreen | None = None
+        self.client: ProtocolClient | None = None
+        self._last_frame_mono: float | None = None
+        self._frame_times: deque[float] = deque(maxlen=50)
+        self._camera_problem: str | None = None
+        self._detections = 0
+
+    # -- the application ----------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> int:
+        self.notifier.status("starting: loading the pre-screen model")
+        try:
+            self.prescreen = PreScreen.from_config(self.settings.prescreen)
+        except EdgeError as exc:
+            self.notifier.status(f"cannot start: {exc}")
+            raise
+        try:
+            ks = self.cfg.key_store
+            store = Pkcs11KeyStore(ks.module, ks.token_label, self.cfg.read_pin(),
+                                   max_key_bits=ks.max_key_bits)
+        except KeyStoreError as exc:
+            self.notifier.status(f"cannot start: key store: {exc}")
+            raise EdgeError(f"cannot open the key store: {exc}") from None
+        try:
+            cipher = store.cipher(self.cfg.key_label)
+            self.cfg.state_dir.mkdir(parents=True, exist_ok=True)
+            with Outbox(self.cfg.state_dir / OUTBOX_FILE, cipher=cipher,
+                        max_incidents=self.cfg.outbox.max_incidents,
+                        max_bytes=self.cfg.outbox.max_bytes,
+                        max_photo=self.cfg.protocol.max_photo_bytes) as outbox:
+                self.client = ProtocolClient.from_config(self.cfg, cipher=cipher, outbox=outbox)
+                self.gnss = open_gnss(self.settings.gnss)
+                self.gnss.start()
+                self.camera = open_camera(self.settings.camera)
+                try:
+                    self.camera.start()
+                except CameraError as exc:
+                    self.notifier.status(f"cannot start: camera: {exc}")
+                    raise EdgeError(f"camera: {exc}") from None
+                capture = threading.Thread(target=self._capture_loop, args=(stop,),
+                                           name="edge-capture", daemon=True)
+                capture.start()
+                try:
+                    await asyncio.gather(self.client.run(stop), self._supervise(stop))
+                finally:
+                    stop.set()
+                    self.notifier.stopping("stopping")
+                    await asyncio.to_thread(capture.join, 10)
+                    self.camera.stop()
+                    self.gnss.stop()
+        except (KeyStoreError, OutboxError, OSError) as exc:
+            raise EdgeError(str(exc)) from None
+        finally:
+            store.close()
+        return 0
+
+    # -- capture (worker thread) ----------------------------------------------------------
+
+    def _capture_loop(self, stop: asyncio.Event) -> None:
+        assert self.camera is not None and self.prescreen is not None
+        assert self.client is not None
+        while not stop.is_set():
+            try:
+                frame = self.camera.read(timeout=1.0)
+            except CameraError as exc:
+                self._camera_problem = f"camera: {exc}"
+                time.sleep(0.5)
+                continue
+            if frame is None:
+                continue
+            now = time.monotonic()
+            self._last_frame_mono = now
+            self._frame_times.append(now)
+            self._camera_problem = None
+            if not self.client.monitoring():
+                continue  # outside the window: frames keep flowing, nothing is inferred
+            result = self.prescreen.process(frame.image, frame.timestamp)
+            for detection in result.detections:
+                self._report(detection.label, detection.score)
+
+    def _report(self, label: str, score: float) -> None:
+        assert self.camera is not None and self.gnss is not None and self.client is not None
+        captured_at = time.time_ns() // 1_000_000
+        try:
+            photo = self.camera.snapshot()
+        except CameraError as exc:
+            log.error("a %s was detected but no snapshot could be taken: %s", label, exc)
+            return
+        where = coords(self.gnss.fix(), self.settings.position)
+        self._detections += 1
+        self.client.status.update(pipeline=self._pipeline_status(
+            DetectionStatus(label=label, score=round(score, 3), at=captured_at)))
+        try:
+            cid = self.client.record_incident(photo=photo, coords=where, score=score,
+                                              label=label, captured_at=captured_at)
+        except OutboxError as exc:  # the client already put it in the status
+            log.error("incident not stored: %s", exc)
+            return
+        log.warning("%s detected (score %.2f): incident %s stored, %s position", label, score,
+                    cid.hex(), where.src)
+
+    # -- supervision (asyncio) -------------------------------------------------------------
+
+    def _fps(self) -> float | None:
+        times = list(self._frame_times)
+        if len(times) < 2 or times[-1] == times[0]:
+            return None
+        return round((len(times) - 1) / (times[-1] - times[0]), 2)
+
+    def _pipeline_status(self, detection: DetectionStatus | None = None) -> PipelineStatus:
+        assert self.client is not None
+        last = self.client.status.snapshot().pipeline
+        last_frame_at = None
+        if self._last_frame_mono is not None:
+            age = time.monotonic() - self._last_frame_mono
+            last_frame_at = time.time_ns() // 1_000_000 - int(age * 1000)
+        return PipelineStatus(last_frame_at=last_frame_at, fps=self._fps(),
+                              last_detection=detection or last.last_detection)
+
+    async def _supervise(self, stop: asyncio.Event) -> None:
+        assert self.client is not None
+        interval = watchdog_interval()
+        tick = min(1.0, interval / 3) if interval else 1.0
+        ready = False
+        last_status = ""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=tick)
+            self.client.status.update(pipeline=self._pipeline_status())
+            age = (None if self._last_frame_mono is None
+                   else time.monotonic() - self._last_frame_mono)
+            flowing = age is not None and age < self.STALL_SECONDS
+            if not ready and flowing and self.client.connected:
+                ready = True
+                self.notifier.ready(self._status_text(flowing, age))
+            if flowing:
+                self.notifier.watchdog()
+            text = self._status_text(flowing, age)
+            if text != last_status:
+                self.notifier.status(text)
+                if not flowing and age is not None:
+                    log.error("%s", text)
+                last_status = text
+
+    def _status_text(self, flowing: bool, age: float | None) -> str:
+        assert self.client is not None
+        if not flowing:
+            why = self._camera_problem or ("camera: no frame yet" if age is None else
+                                           f"camera: no frame for {age:.0f} s")
+            return f"{why}; watchdog not fed; {self.client.status_line}"
+        fps = self._fps()
+        window = "monitoring" if self.client.monitoring() else "idle (no monitoring window)"
+        return (f"{window}; {fps or 0:.1f} fps; {self._detections} detections; "
+                f"{self.client.status_line}")
