@@ -150,6 +150,9 @@ class DemoDistrict:
     processes: list[_Process] = field(default_factory=list)
     footage: SceneFootage | None = None
     """Scenes for real edge daemons; None: simulated poles."""
+    layout: list[tuple[str, list[dict[str, Any]]]] | None = None
+    """Tests: (zone, camera timeline) per edge pole, instead of the demo's own; only
+    the demo's zone gets a monitoring window."""
     poles: list[Any] = field(default_factory=list)
     operator: str = "demo"
     operator_password: str = field(default_factory=lambda: secrets.token_urlsafe(9))
@@ -213,13 +216,17 @@ class DemoDistrict:
     def _register_devices(self) -> list[Path]:
         bundles = []
         (self.workdir / "bundles").mkdir(exist_ok=True)
-        for i, (lat, lon) in enumerate(POLES[: self.devices], start=1):
+        for i, (lat, lon) in enumerate(POLES[: self._count()], start=1):
             path = self.workdir / "bundles" / f"pole-{i:02d}.json"
+            zone = self.layout[i - 1][0] if self.layout else ZONE
             self._cli("server", "device", "add", "--config", str(self.server_config), "--uid",
-                      f"WAW-OT-{i:04d}", "--zone", ZONE, "--lat", str(lat), "--lon", str(lon),
+                      f"WAW-OT-{i:04d}", "--zone", zone, "--lat", str(lat), "--lon", str(lon),
                       "--bundle-out", str(path), "--actor", "demo")
             bundles.append(path)
         return bundles
+
+    def _count(self) -> int:
+        return len(self.layout) if self.layout else self.devices
 
     def _write_enc_config(self) -> Path:
         data = tomllib.loads(self._cli("enc", "config", "example"))
@@ -320,7 +327,9 @@ class DemoDistrict:
         incident = min(self.INCIDENT_POLE, len(bundles) - 1)
         for i, (path, token) in enumerate(zip(bundles, tokens, strict=True)):
             lat, lon = POLES[i]
-            if i == incident:
+            if self.layout:
+                timeline = self.layout[i][1]
+            elif i == incident:
                 # Someone walks by, then lies on the ground and does not get up.
                 timeline = [{"at": 0.0, "play": str(self.footage.upright)},
                             {"at": 4.0, "play": str(self.footage.lying)}]
@@ -346,7 +355,9 @@ class DemoDistrict:
     async def _wait_edge_windows(self, *, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            states = [pole.status() or {} for pole in self.poles]
+            zones = [z for z, _ in self.layout] if self.layout else [ZONE] * len(self.poles)
+            states = [pole.status() or {} for pole, z in zip(self.poles, zones, strict=True)
+                      if z == ZONE]
             if all((s.get("monitoring") or {}).get("active") for s in states):
                 return
             await asyncio.sleep(0.3)

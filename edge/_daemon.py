@@ -214,6 +214,8 @@ class EdgeDaemon:
         assert self.client is not None
         interval = watchdog_interval()
         tick = min(1.0, interval / 3) if interval else 1.0
+        # Stop feeding well before systemd's deadline once frames stop.
+        stall = min(self.STALL_SECONDS, interval / 2) if interval else self.STALL_SECONDS
         ready = False
         last_status = ""
         while not stop.is_set():
@@ -222,7 +224,7 @@ class EdgeDaemon:
             self.client.status.update(pipeline=self._pipeline_status())
             age = (None if self._last_frame_mono is None
                    else time.monotonic() - self._last_frame_mono)
-            flowing = age is not None and age < self.STALL_SECONDS
+            flowing = age is not None and age < stall
             if not ready and flowing and self.client.connected:
                 ready = True
                 self.notifier.ready(self._status_text(flowing, age))
