@@ -90,7 +90,7 @@ class EdgePole:
             log = self.workdir / "gps.nmea"
             log.write_text(nmea_log(self.lat, self.lon, alt=112.0,
                                     start=dt.datetime.now(dt.UTC), epochs=120))
-            self.gpsfake = GpsFake.start(log, cycle=0.05, output=self.workdir / "gpsfake.log")
+            self.gpsfake = GpsFake.start(log, cycle=0.2, output=self.workdir / "gpsfake.log")
             gnss = {"driver": "gpsd", "host": "127.0.0.1", "port": self.gpsfake.port,
                     "max_age_s": 30.0}
         sections = {"camera": {"driver": "scene", "fps": self.fps, "timeline": self.timeline},

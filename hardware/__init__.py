@@ -1,4 +1,5 @@
-"""Interfaces and drivers for what a pole has. So far: the key store.
+"""Interfaces and drivers for what a pole has: key store, GNSS, service manager, and
+(in the subpackage ``hardware.camera``, which needs numpy and OpenCV) the camera.
 
 Key stores (``KeyStore``) keep AES-GCM keys under labels and hand out ``protocol``
 ``Cipher`` objects that use a key without revealing it:
@@ -8,7 +9,16 @@ Key stores (``KeyStore``) keep AES-GCM keys under labels and hand out ``protocol
 - ``SoftwareKeyStore``: keys in process memory, for unit tests only.
 
 ``import_bundle`` imports a provisioning bundle; the SoftHSM2 helpers create tokens for
-tests and benchmarks. The exception tree is drawn in ``hardware._errors``.
+tests and benchmarks.
+
+GNSS (``GnssReceiver``): ``GpsdReceiver`` speaks gpsd's JSON protocol; ``NoReceiver``
+where a pole has none; ``coords`` falls back to the registered position. ``GpsFake``
+runs the real gpsd fed by ``gpsfake`` (CI and the demo).
+
+Service manager: ``ServiceNotifier`` (sd_notify READY, STATUS, WATCHDOG, STOPPING),
+``watchdog_interval``, ``configure_logging`` (journald under systemd, else stderr).
+
+The exception tree is drawn in ``hardware._errors``.
 """
 
 from ._errors import (
@@ -30,14 +40,60 @@ from ._errors import (
     UnsupportedKey,
     WrongPin,
 )
+from ._gnss import (
+    Fix,
+    FixedPosition,
+    FixMode,
+    GnssConfig,
+    GnssError,
+    GnssReceiver,
+    GnssStatus,
+    GpsdConfig,
+    GpsdReceiver,
+    GpsFake,
+    NoReceiver,
+    NoReceiverConfig,
+    coords,
+    nmea_log,
+    open_gnss,
+    parse_gnss_config,
+)
 from ._keystore import KeyStore
 from ._pkcs11 import Pkcs11Cipher, Pkcs11KeyStore
 from ._provisioning import ProvisioningBundle, import_bundle, key_label_for_kid
 from ._softhsm import SOFTHSM_MODULE_PATHS, SoftHsmToken, create_softhsm_tokens, find_softhsm_module
+from ._service import (
+    NotifyDriverMissing,
+    ServiceNotifier,
+    configure_logging,
+    journal_is_stderr,
+    watchdog_interval,
+)
 from ._softkeys import SoftwareCipher, SoftwareKeyStore
 
 __all__ = [
     "SOFTHSM_MODULE_PATHS",
+    "Fix",
+    "FixMode",
+    "FixedPosition",
+    "GnssConfig",
+    "GnssError",
+    "GnssReceiver",
+    "GnssStatus",
+    "GpsFake",
+    "GpsdConfig",
+    "GpsdReceiver",
+    "NoReceiver",
+    "NoReceiverConfig",
+    "NotifyDriverMissing",
+    "ServiceNotifier",
+    "configure_logging",
+    "coords",
+    "journal_is_stderr",
+    "nmea_log",
+    "open_gnss",
+    "parse_gnss_config",
+    "watchdog_interval",
     "HardwareError",
     "InvalidBundle",
     "KeyExists",

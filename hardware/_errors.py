@@ -1,25 +1,33 @@
 """Exceptions of the hardware layer.
 
     HardwareError
-    └── KeyStoreError
-        ├── KeyStoreUnavailable          the store cannot be opened: fix the installation or
-        │   │                            the configuration, then restart
-        │   ├── KeyStoreDriverMissing    python-pkcs11 is not installed
-        │   ├── KeyStoreModuleMissing    no file at the configured PKCS#11 module path
-        │   ├── KeyStoreModuleInvalid    the file is not a PKCS#11 module or fails to initialise
-        │   ├── TokenNotFound            no token carries the configured label
-        │   ├── MechanismUnsupported     the token offers no CKM_AES_GCM
-        │   └── WrongPin                 the token refused the user PIN
-        │       └── PinLocked            ... and is locked after too many wrong PINs
-        ├── KeyStoreClosed               we did something wrong: used after ``close()``
-        ├── KeyNotFound                  we did something wrong: no key has that label
-        ├── KeyExists                    we did something wrong: the label holds another key
-        ├── UnsupportedKey               a key length or alg this store cannot hold
-        │                                (AES-256 on an ATECC608, a 24-byte key ...)
-        ├── InvalidBundle                a provisioning bundle is malformed
-        ├── KeyNotProtected              a key in the token is extractable or not sensitive
-        └── TokenOperationFailed         the token failed an operation it should have done
-                                         (removed, out of memory, internal error)
+    ├── KeyStoreError
+    │   ├── KeyStoreUnavailable          the store cannot be opened: fix the installation or
+    │   │   │                            the configuration, then restart
+    │   │   ├── KeyStoreDriverMissing    python-pkcs11 is not installed
+    │   │   ├── KeyStoreModuleMissing    no file at the configured PKCS#11 module path
+    │   │   ├── KeyStoreModuleInvalid    the file is not a PKCS#11 module or fails to initialise
+    │   │   ├── TokenNotFound            no token carries the configured label
+    │   │   ├── MechanismUnsupported     the token offers no CKM_AES_GCM
+    │   │   └── WrongPin                 the token refused the user PIN
+    │   │       └── PinLocked            ... and is locked after too many wrong PINs
+    │   ├── KeyStoreClosed               we did something wrong: used after ``close()``
+    │   ├── KeyNotFound                  we did something wrong: no key has that label
+    │   ├── KeyExists                    we did something wrong: the label holds another key
+    │   ├── UnsupportedKey               a key length or alg this store cannot hold
+    │   │                                (AES-256 on an ATECC608, a 24-byte key ...)
+    │   ├── InvalidBundle                a provisioning bundle is malformed
+    │   ├── KeyNotProtected              a key in the token is extractable or not sensitive
+    │   └── TokenOperationFailed         the token failed an operation it should have done
+    │                                    (removed, out of memory, internal error)
+    ├── CameraError                      (hardware.camera)
+    │   ├── CameraUnavailable            the camera cannot be opened
+    │   │   ├── CameraDriverMissing      picamera2 / OpenCV not installed
+    │   │   └── SceneError               a scene's media or timeline is unusable
+    │   ├── CameraNotRunning             we did something wrong: read before start()
+    │   └── NoFrame                      no frame to snapshot yet
+    ├── GnssError                        gpsfake cannot run (not installed, gpsd not up)
+    └── NotifyDriverMissing              the service-manager backend is not available
 
 A tag that does not verify is not a hardware error: every ``Cipher`` raises the protocol
 core's ``protocol.AuthenticationFailed`` for it, whichever store holds the key.

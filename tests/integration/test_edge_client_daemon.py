@@ -43,6 +43,15 @@ class WithholdingServer(MqttServer):
         await super().send(kid, data)
 
 
+def add_still_camera(config: Path) -> None:
+    """A scene-player camera showing an empty street (the daemon needs a camera)."""
+    still = config.parent / "street.jpg"
+    still.write_bytes(jpeg())
+    with config.open("a") as f:
+        f.write(f'\n[camera]\ndriver = "scene"\nfps = 5.0\n\n[[camera.timeline]]\n'
+                f'at = 0.0\nplay = "{still}"\n')
+
+
 @pytest.mark.slow
 def test_sigkill_between_storing_and_c4_then_restart(
         tmp_path: Path, broker: Broker, softhsm_tokens: dict[str, SoftHsmToken]) -> None:
@@ -62,6 +71,7 @@ def test_sigkill_between_storing_and_c4_then_restart(
     with config.open("a") as f:  # short protocol timeouts, a fast heartbeat
         f.write("\n[protocol]\nc2_timeout_s = 2.0\nc4_timeout_s = 2.0\nbackoff_base_s = 0.2\n"
                 "backoff_max_s = 2.0\n\n[status]\ninterval_s = 0.5\n")
+    add_still_camera(config)
     cfg = load_config(config)
 
     # The incident is stored (sealed by the token) before the daemon ever runs.
@@ -133,6 +143,7 @@ def test_last_will_says_offline_when_the_daemon_dies(
     assert cli("provision", "--bundle", str(bundle), "--config-out", str(config), "--module",
                token.module, "--token-label", token.label, "--pin-file",
                str(tmp_path / "pin"), "--state-dir", str(tmp_path / "state")) == 0
+    add_still_camera(config)
     with (tmp_path / "daemon.log").open("wb") as out:
         daemon = subprocess.Popen([sys.executable, "-c", _RUN, "run", "--config", str(config)],
                                   cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
