@@ -61,7 +61,6 @@ from ._gnss import (
 from ._keystore import KeyStore
 from ._pkcs11 import Pkcs11Cipher, Pkcs11KeyStore
 from ._provisioning import ProvisioningBundle, import_bundle, key_label_for_kid
-from ._softhsm import SOFTHSM_MODULE_PATHS, SoftHsmToken, create_softhsm_tokens, find_softhsm_module
 from ._service import (
     NotifyDriverMissing,
     ServiceNotifier,
@@ -69,6 +68,7 @@ from ._service import (
     journal_is_stderr,
     watchdog_interval,
 )
+from ._softhsm import SOFTHSM_MODULE_PATHS, SoftHsmToken, create_softhsm_tokens, find_softhsm_module
 from ._softkeys import SoftwareCipher, SoftwareKeyStore
 
 __all__ = [
@@ -83,17 +83,6 @@ __all__ = [
     "GpsFake",
     "GpsdConfig",
     "GpsdReceiver",
-    "NoReceiver",
-    "NoReceiverConfig",
-    "NotifyDriverMissing",
-    "ServiceNotifier",
-    "configure_logging",
-    "coords",
-    "journal_is_stderr",
-    "nmea_log",
-    "open_gnss",
-    "parse_gnss_config",
-    "watchdog_interval",
     "HardwareError",
     "InvalidBundle",
     "KeyExists",
@@ -107,10 +96,14 @@ __all__ = [
     "KeyStoreModuleMissing",
     "KeyStoreUnavailable",
     "MechanismUnsupported",
+    "NoReceiver",
+    "NoReceiverConfig",
+    "NotifyDriverMissing",
     "PinLocked",
     "Pkcs11Cipher",
     "Pkcs11KeyStore",
     "ProvisioningBundle",
+    "ServiceNotifier",
     "SoftHsmToken",
     "SoftwareCipher",
     "SoftwareKeyStore",
@@ -118,8 +111,15 @@ __all__ = [
     "TokenOperationFailed",
     "UnsupportedKey",
     "WrongPin",
+    "configure_logging",
+    "coords",
     "create_softhsm_tokens",
     "find_softhsm_module",
     "import_bundle",
+    "journal_is_stderr",
     "key_label_for_kid",
+    "nmea_log",
+    "open_gnss",
+    "parse_gnss_config",
+    "watchdog_interval",
 ]
