@@ -30,8 +30,6 @@ from typing import Any
 import aiomqtt
 
 from protocol import (
-    ALG_A128GCM,
-    ALG_A256GCM,
     AesGcmCipher,
     Cipher,
     ClockCorrected,
@@ -81,10 +79,12 @@ class ProvisioningBundle:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ProvisioningBundle:
+        from hardware import ProvisioningBundle as KeyMaterial
+
+        keys = KeyMaterial.parse(data)  # uid, kid, alg and key, validated
         s = data["server"]
-        alg = {"A128GCM": ALG_A128GCM, "A256GCM": ALG_A256GCM}[data["alg"]]
-        return cls(uid=data["uid"], kid=bytes.fromhex(data["kid_hex"]), alg=alg,
-                   key=bytes.fromhex(data["key_hex"]), host=s["host"], port=int(s["port"]),
+        return cls(uid=keys.uid, kid=keys.kid, alg=keys.alg, key=keys.key,
+                   host=s["host"], port=int(s["port"]),
                    tls=bool(s.get("tls", False)), ca_pem=s.get("ca_pem"),
                    topic_prefix=s.get("topic_prefix", "citywatch/v1"))
 

@@ -40,7 +40,7 @@ import socket
 import subprocess
 import threading
 import time
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
@@ -54,6 +54,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 from protocol import Coords
 
 from ._errors import HardwareError
+from ._lifecycle import Startable
 
 __all__ = [
     "SENTENCES_PER_EPOCH",
@@ -224,7 +225,7 @@ def parse_gnss_config(data: Any) -> GpsdConfig | NoReceiverConfig:
 # -- receivers -----------------------------------------------------------------------
 
 
-class GnssReceiver(ABC):
+class GnssReceiver(Startable):
     """A source of position fixes and of satellite time."""
 
     @property
@@ -255,17 +256,6 @@ class GnssReceiver(ABC):
     def status(self) -> GnssStatus:
         """What the receiver is doing."""
 
-    def __enter__(self) -> GnssReceiver:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 class NoReceiver(GnssReceiver):

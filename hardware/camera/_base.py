@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import re
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from dataclasses import dataclass
-from types import TracebackType
 
 import cv2
 import numpy as np
 import numpy.typing as npt
 
+from .._lifecycle import Startable
 from ._errors import CameraError
 
 __all__ = ["Camera", "Frame", "encode_jpeg", "redact_url"]
@@ -46,7 +46,7 @@ class Frame:
         return int(self.image.shape[1]), int(self.image.shape[0])
 
 
-class Camera(ABC):
+class Camera(Startable):
     """A source of frames: ``start()``, then ``read()`` in the main loop, ``snapshot()``
     when an incident needs a photo, ``stop()`` at the end. Also a context manager."""
 
@@ -72,17 +72,6 @@ class Camera(ABC):
     def stop(self) -> None:
         """Close the camera; safe to call twice."""
 
-    def __enter__(self) -> Camera:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def encode_jpeg(image: Image, quality: int) -> bytes:
