@@ -111,6 +111,16 @@ def _photo(v: Any) -> None:
         raise _bad("pf is not a JPEG image (must start FF D8)")
 
 
+def _check_incident(gc: Any, pf: Any, sc: Any, lb: Any, at: Any) -> None:
+    """The fields C3 and N1 share: where, the photo, the score, the label, when."""
+    if not isinstance(gc, Coords):
+        raise _bad("gc must be coordinates")
+    _photo(pf)
+    _float("sc", sc, 0.0, 1.0)
+    _text("lb", lb, 1, 32)
+    _uint("at", at)
+
+
 @dataclass(frozen=True, slots=True)
 class Coords:
     """Where the device is (protocol.md ``coords``)."""
@@ -280,12 +290,7 @@ class C3Report(Message):
         _text("uid", self.uid, 1, 64)
         _bytes("tk", self.tk, most=128)
         _bytes("cid", self.cid, exact=16)
-        if not isinstance(self.gc, Coords):
-            raise _bad("gc must be coordinates")
-        _photo(self.pf)
-        _float("sc", self.sc, 0.0, 1.0)
-        _text("lb", self.lb, 1, 32)
-        _uint("at", self.at)
+        _check_incident(self.gc, self.pf, self.sc, self.lb, self.at)
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,12 +336,7 @@ class N1Alert(Message):
     def __post_init__(self) -> None:
         _uint("ts", self.ts)
         _text("inc", self.inc, 1, 64)
-        if not isinstance(self.gc, Coords):
-            raise _bad("gc must be coordinates")
-        _photo(self.pf)
-        _float("sc", self.sc, 0.0, 1.0)
-        _text("lb", self.lb, 1, 32)
-        _uint("at", self.at)
+        _check_incident(self.gc, self.pf, self.sc, self.lb, self.at)
         _text("dev", self.dev, 1, 64)
 
 
