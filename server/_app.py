@@ -358,7 +358,14 @@ class TrustedServer:
         info = self.directory.info(kid)
         if info is None or not info.active or info.blocked:
             return
-        until = self.directory.plan.until(info.zone, self._clock())
+        now = self._clock()
+        until = self.directory.plan.until(info.zone, now)
+        if until is None:
+            # The plan may be up to poll_s old (a window opened through another replica
+            # or the CLI): look at the store before telling a device there is none.
+            windows = await asyncio.to_thread(self.store.open_windows, now)
+            self.directory.plan = MonitoringPlan.of(windows, self.config.schedules)
+            until = self.directory.plan.until(info.zone, now)
         if until is not None:
             # A device that (re)connects gets a fresh B1 for the window it missed.
             await self._announce([info], until)

@@ -22,7 +22,7 @@ from edge._state import STATUS_FILE, read_status, wall_ms
 from hardware import Pkcs11KeyStore, SoftHsmToken
 from tests.integration.test_edge_client import PREFIX, MqttServer, read_presence, until
 from tests.support.services import Broker
-from tests.support.world import Directory, jpeg
+from tests.support.world import Directory, add_still_camera, jpeg
 from tests.unit.test_edge_config_cli import cli
 
 REPO = Path(__file__).resolve().parents[2]
@@ -41,15 +41,6 @@ class WithholdingServer(MqttServer):
         if self.withhold_c4 and env.type == p.MessageType.C4:
             return
         await super().send(kid, data)
-
-
-def add_still_camera(config: Path) -> None:
-    """A scene-player camera showing an empty street (the daemon needs a camera)."""
-    still = config.parent / "street.jpg"
-    still.write_bytes(jpeg())
-    with config.open("a") as f:
-        f.write(f'\n[camera]\ndriver = "scene"\nfps = 5.0\n\n[[camera.timeline]]\n'
-                f'at = 0.0\nplay = "{still}"\n')
 
 
 @pytest.mark.slow

@@ -21,7 +21,7 @@ from edge._state import STATUS_FILE, read_status
 from hardware import Pkcs11KeyStore, SoftHsmToken
 from tests.integration.test_edge_client_daemon import _RUN
 from tests.support.services import Broker, free_port
-from tests.support.world import jpeg
+from tests.support.world import add_still_camera, jpeg
 from tests.unit.test_edge_config_cli import cli
 
 REPO = Path(__file__).resolve().parents[2]
@@ -71,6 +71,7 @@ def test_delivered_to_the_real_server(tmp_path: Path, broker: Broker,
                "--delete-bundle") == 0
     with config.open("a") as f:
         f.write("\n[status]\ninterval_s = 0.5\n")
+    add_still_camera(config)
     cfg = load_config(config)
     with Pkcs11KeyStore(*token) as store, \
             Outbox(cfg.state_dir / OUTBOX_FILE, cipher=store.cipher(cfg.key_label)) as ob:

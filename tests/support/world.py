@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import random as _random
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from PIL import Image, ImageDraw
 
@@ -29,6 +30,16 @@ def jpeg(size: tuple[int, int] = (64, 48), quality: int = 80, *, noisy: bool = F
     buf = io.BytesIO()
     img.save(buf, "JPEG", quality=quality)
     return buf.getvalue()
+
+
+def add_still_camera(config: Path) -> None:
+    """Append a scene-player camera showing an empty street to a device config (the
+    daemon refuses to run without a camera)."""
+    still = config.parent / "street.jpg"
+    still.write_bytes(jpeg((160, 120)))
+    with config.open("a") as f:
+        f.write(f'\n[camera]\ndriver = "scene"\nfps = 5.0\n\n[[camera.timeline]]\n'
+                f'at = 0.0\nplay = "{still}"\n')
 
 
 class Rand:
