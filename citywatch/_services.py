@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -59,7 +60,10 @@ class Broker:
             self.process.wait()
 
 
-def start_mosquitto(workdir: Path, *, port: int | None = None) -> Broker:
+def start_mosquitto(workdir: Path, *, port: int | None = None,
+                    tls: tuple[Path, Path, Path] | None = None) -> Broker:
+    """A broker on a free loopback port; ``tls`` = (CA, certificate, key) PEM files makes
+    its listener TLS-only."""
     exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     if not os.path.exists(exe):
         raise ServiceUnavailable("mosquitto is not installed (scripts/setup.sh installs it)")
@@ -67,8 +71,15 @@ def start_mosquitto(workdir: Path, *, port: int | None = None) -> Broker:
     workdir.mkdir(parents=True, exist_ok=True)
     conf = workdir / f"mosquitto-{port}.conf"
     log = workdir / f"mosquitto-{port}.log"
+    tls_lines = "" if tls is None else (
+        f"cafile {tls[0]}\ncertfile {tls[1]}\nkeyfile {tls[2]}\ntls_version tlsv1.2\n")
+    if tls is not None and os.geteuid() == 0:
+        # Started as root, mosquitto drops to its own user before reading the key files,
+        # which live in this user's private temporary folders: keep the user.
+        tls_lines = f"user {pwd.getpwuid(0).pw_name}\n" + tls_lines
     conf.write_text(
         f"listener {port} 127.0.0.1\n"
+        + tls_lines +
         "allow_anonymous true\n"
         "set_tcp_nodelay true\n"
         "persistence false\n"

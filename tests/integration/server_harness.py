@@ -177,7 +177,8 @@ class ServerSetup:
 def make_server(tmp_path: Path, broker: Broker, *, enc_url: str, db_url: str = "",
                 timing: dict[str, Any] | None = None,
                 verification: dict[str, Any] | None = None,
-                enc: dict[str, Any] | None = None, extra: str = "") -> ServerSetup:
+                enc: dict[str, Any] | None = None, extra: str = "",
+                broker_extra: dict[str, Any] | None = None) -> ServerSetup:
     d = tmp_path / "server"
     (d / "data").mkdir(parents=True, exist_ok=True)
     admin_port = free_port()
@@ -194,7 +195,7 @@ def make_server(tmp_path: Path, broker: Broker, *, enc_url: str, db_url: str = "
 
     text = (f'data_dir = "data"\n'
             f"[database]\nurl = {json.dumps(db_url)}\n"
-            f'[broker]\nhost = "127.0.0.1"\nport = {broker.port}\n'
+            f'[broker]\nhost = "127.0.0.1"\nport = {broker.port}\n' + section(broker_extra or {}) +
             f'[enc]\nbase_url = "{enc_url}"\nserver_kid = "{kid.hex()}"\n' + section(e) +
             f'[admin]\nhost = "127.0.0.1"\nport = {admin_port}\n'
             f"[timing]\n" + section(t) +
