@@ -1,0 +1,386 @@
+"""The playbooks against a fake fleet: a server host, an ENC host and six poles in two
+zones, each a folder on this machine (tests/ansible/fleet.py says what is real).
+
+The stages build on each other, in this order: a fresh install (site.yml and
+provision.yml), a second run that changes nothing, a --check --diff run that writes
+nothing, the broker's generated config and ACL in a real Mosquitto, a rollout in which
+one pole of the second batch fails its health check, and a decommissioning.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.services import free_port, wait_for_port
+
+from .fleet import (
+    ENC,
+    POLES,
+    SERVER,
+    ZONES,
+    Fleet,
+    PlaybookRun,
+    build_release_wheel,
+    have_tools,
+    registry,
+    softhsm_module,
+)
+
+pytestmark = pytest.mark.slow
+
+OLD, NEW = "1.0.0", "1.1.0"
+CHECKED_HOSTS = ",".join([SERVER, ENC, *(poles[0] for poles in ZONES.values())])
+FAILING_POLE = POLES[2]
+"""Rollout batches are [1, 2, 25 %, ...] in inventory order: POLES[1:3] is the second."""
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    why = have_tools()
+    if why:
+        pytest.skip(why)
+    module = softhsm_module()
+    if module is None:
+        pytest.skip("SoftHSM2 is not installed (apt install softhsm2)")
+    fleet = Fleet(tmp_path_factory.mktemp("fleet"), module)
+    for version in (OLD, NEW):
+        build_release_wheel(fleet.dist / version, version)
+    fleet.write_inventory()
+    yield fleet
+    for what, seconds, cpu in fleet.logs:
+        print(f"fleet: ansible-playbook {what}: {seconds:.1f} s wall, {cpu:.1f} s CPU",
+              file=sys.stderr)
+
+
+@pytest.fixture(scope="module")
+def fresh_install(fleet: Fleet) -> PlaybookRun:
+    return fleet.run("site.yml", "provision.yml")
+
+
+@pytest.fixture(scope="module")
+def second_run(fleet: Fleet, fresh_install: PlaybookRun) -> PlaybookRun:
+    return fleet.run("site.yml", "provision.yml")
+
+
+@pytest.fixture(scope="module")
+def check_run(fleet: Fleet, second_run: PlaybookRun) -> tuple[PlaybookRun, str, str]:
+    before = fleet.tree_digest()
+    # The server, the ENC and a pole of each zone: every role and play, in a third of the
+    # time of the whole fleet; the digest still covers every host's folder.
+    run = fleet.run("site.yml", "--check", "--diff", "--limit", CHECKED_HOSTS,
+                    "-e", json.dumps({"base_chrony_servers": ["ntp-check.city.example"]}))
+    return run, before, fleet.tree_digest()
+
+
+@pytest.fixture(scope="module")
+def rollout_run(fleet: Fleet, check_run: object) -> PlaybookRun:
+    for pole in POLES:
+        fleet.set_health(pole, pole != FAILING_POLE)
+    return fleet.run("rollout.yml", "-e", f"citywatch_release_version={NEW}")
+
+
+def _fail(run: PlaybookRun) -> str:
+    return run.output[-8000:]
+
+
+_READ_KEY = """
+import json, sys, pkcs11
+from pkcs11 import Attribute, ObjectClass
+module, pin_file, label = sys.argv[1:]
+token = pkcs11.lib(module).get_token(token_label="citywatch-edge")
+with token.open(user_pin=open(pin_file).read().strip()) as session:
+    found = session.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.LABEL: label})
+    print(json.dumps([{"extractable": k[Attribute.EXTRACTABLE],
+                       "sensitive": k[Attribute.SENSITIVE]} for k in found]))
+"""
+
+
+def _token_key(fleet: Fleet, pole: str, label: str) -> dict[str, object] | None:
+    """The attributes of the token's secret key ``label``, read in a process of its own
+    (SoftHSM2 reads SOFTHSM2_CONF once per process)."""
+    root = fleet.root(pole)
+    env = {**os.environ, "SOFTHSM2_CONF": str(root / "etc/citywatch/softhsm2.conf")}
+    done = subprocess.run(
+        [sys.executable, "-c", _READ_KEY, fleet.softhsm_module,
+         str(root / "etc/citywatch/token.pin"), label],
+        env=env, capture_output=True, text=True, timeout=60, check=True)
+    keys = json.loads(done.stdout)
+    return keys[0] if keys else None
+
+
+# -- a fresh install -----------------------------------------------------------------------
+
+
+def test_fresh_install_succeeds_on_every_host(fresh_install: PlaybookRun) -> None:
+    assert fresh_install.returncode == 0, _fail(fresh_install)
+    assert set(fresh_install.recap) == {SERVER, ENC, *POLES}
+    assert not fresh_install.failed_hosts()
+    assert all(r.changed > 0 for r in fresh_install.recap.values())
+
+
+def test_every_host_runs_the_release(fleet: Fleet, fresh_install: PlaybookRun) -> None:
+    for host in (SERVER, ENC, *POLES):
+        assert fleet.current_release(host) == OLD, host
+        assert fleet.installed_releases(host) == [OLD], host
+        assert (fleet.root(host) / "opt/citywatch/current/bin/citywatch").exists()
+        # The copied wheels are gone once the venv is built.
+        assert not (fleet.root(host) / f"opt/citywatch/wheelhouse/{OLD}").exists()
+
+
+def test_units_are_the_repository_s(fleet: Fleet, fresh_install: PlaybookRun) -> None:
+    units = Path(__file__).resolve().parents[2] / "systemd"
+    for host, unit in [(SERVER, "citywatch-server.service"), (ENC, "citywatch-enc.service"),
+                       *[(pole, "citywatch-edge.service") for pole in POLES]]:
+        installed = fleet.root(host) / "etc/systemd/system" / unit
+        assert installed.read_bytes() == (units / unit).read_bytes(), host
+    dropin = fleet.root(SERVER) / "etc/systemd/system/mosquitto.service.d/citywatch.conf"
+    assert dropin.read_bytes() == (units / "mosquitto.service.d/citywatch.conf").read_bytes()
+
+
+def test_every_pole_is_registered_in_its_zone(fleet: Fleet, fresh_install: PlaybookRun) -> None:
+    devices = {d["uid"]: d for d in registry(fleet)}
+    assert set(devices) == set(POLES)
+    for zone, poles in ZONES.items():
+        for pole in poles:
+            assert devices[pole]["zone"] == zone
+            assert devices[pole]["alg"] == "A256GCM"
+
+
+def test_each_pole_s_key_is_in_its_token_and_not_extractable(
+        fleet: Fleet, fresh_install: PlaybookRun) -> None:
+    for device in registry(fleet):
+        key = _token_key(fleet, str(device["uid"]), f"citywatch-{device['kid_hex']}")
+        assert key == {"extractable": False, "sensitive": True}, device["uid"]
+
+
+def test_no_bundle_is_left_on_any_disk(fleet: Fleet, fresh_install: PlaybookRun) -> None:
+    """Neither host keeps the bundle, and nothing Ansible wrote on the control machine
+    (its local temporary folder and home are inside the fleet folder here) holds one."""
+    assert not any((fleet.root(SERVER) / "run/citywatch-provision").iterdir())
+    for pole in POLES:
+        assert not any((fleet.root(pole) / "run/citywatch-provision").iterdir())
+    holders = [p for p in fleet.base.rglob("*") if p.is_file() and not p.is_symlink()
+               and b'"key_hex"' in p.read_bytes()]
+    assert holders == []
+
+
+def test_pins_and_tls_keys_are_made_on_the_pole_and_kept_private(
+        fleet: Fleet, fresh_install: PlaybookRun) -> None:
+    pins = set()
+    for pole in POLES:
+        config = fleet.root(pole) / "etc/citywatch"
+        assert (config / "token.pin").stat().st_mode & 0o777 == 0o640
+        assert (config / "token.so-pin").stat().st_mode & 0o777 == 0o600
+        assert (config / "pki/device.key").stat().st_mode & 0o777 == 0o640
+        assert (config / "edge.toml").stat().st_mode & 0o777 == 0o640
+        pins.add((config / "token.pin").read_text())
+    assert len(pins) == len(POLES)
+
+
+def test_pole_certificates_name_their_kid_and_chain_to_the_district_ca(
+        fleet: Fleet, fresh_install: PlaybookRun) -> None:
+    ca = fleet.root(SERVER) / "etc/citywatch/pki/ca.pem"
+    for device in registry(fleet):
+        cert = fleet.root(str(device["uid"])) / "etc/citywatch/pki/device.pem"
+        subject = subprocess.run(["openssl", "x509", "-in", str(cert), "-noout", "-subject"],
+                                 capture_output=True, text=True, check=True).stdout
+        assert str(device["kid_hex"]) in subject
+        verify = subprocess.run(["openssl", "verify", "-CAfile", str(ca), str(cert)],
+                                capture_output=True, text=True, check=False)
+        assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_the_enc_holds_the_server_s_k_senc(fleet: Fleet, fresh_install: PlaybookRun) -> None:
+    server_key = (fleet.root(SERVER) / "var/lib/citywatch/server/enc.key").read_bytes()
+    held = list((fleet.root(ENC) / "etc/citywatch/enc-keys").glob("*.key"))
+    assert len(held) == 1 and held[0].read_bytes() == server_key
+    assert held[0].stat().st_mode & 0o777 == 0o600
+    assert f"[servers.{held[0].stem}]" in (fleet.root(ENC) / "etc/citywatch/enc.toml").read_text()
+
+
+def test_acl_gives_each_pole_only_its_own_topics(fleet: Fleet, fresh_install: PlaybookRun) -> None:
+    acl = (fleet.root(SERVER) / "etc/mosquitto/citywatch.acl").read_text()
+    for device in registry(fleet):
+        kid = device["kid_hex"]
+        block = re.search(rf"^user {kid}\n((?:topic .*\n)+)", acl, re.M)
+        assert block, kid
+        assert block[1] == (f"topic write citywatch/v1/{kid}/up\n"
+                            f"topic read citywatch/v1/{kid}/down\n")
+
+
+# -- idempotence and check mode ------------------------------------------------------------
+
+
+def test_second_run_changes_nothing(second_run: PlaybookRun) -> None:
+    assert second_run.returncode == 0, _fail(second_run)
+    assert set(second_run.recap) == {SERVER, ENC, *POLES}
+    assert second_run.changed_hosts() == {}, _fail(second_run)
+
+
+def test_check_diff_run_shows_the_change_and_writes_nothing(
+        check_run: tuple[PlaybookRun, str, str]) -> None:
+    run, before, after = check_run
+    assert run.returncode == 0, _fail(run)
+    # Every host would get the new NTP server...
+    assert set(run.recap) == set(CHECKED_HOSTS.split(","))
+    assert all(r.changed > 0 for r in run.recap.values()), run.recap
+    assert "+server ntp-check.city.example iburst" in run.output
+    # ...and nothing was written.
+    assert after == before
+
+
+# -- the broker's config in a real Mosquitto -----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fleet_broker(fleet: Fleet, second_run: PlaybookRun,
+                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """Mosquitto started on the server host's generated config, on a free loopback port."""
+    mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    if not Path(mosquitto).exists() or shutil.which("mosquitto_pub") is None:
+        pytest.skip("mosquitto and mosquitto-clients are not installed")
+    port = free_port()
+    conf = (fleet.root(SERVER) / "etc/mosquitto/conf.d/citywatch.conf").read_text()
+    conf = re.sub(r"^listener 8883 .*$", f"listener {port} 127.0.0.1", conf, flags=re.M)
+    work = tmp_path_factory.mktemp("fleet-broker")
+    # As root, Mosquitto would drop to its own user, who cannot read the fake host's keys.
+    (work / "mosquitto.conf").write_text(conf + "\nuser root\nlog_dest stderr\n")
+    proc = subprocess.Popen([mosquitto, "-c", str(work / "mosquitto.conf")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_for_port(port)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def _client(fleet: Fleet, host: str, name: str) -> list[str]:
+    pki = fleet.root(host) / "etc/citywatch/pki"
+    return ["--cafile", str(fleet.root(SERVER) / "etc/citywatch/pki/ca.pem"),
+            "--cert", str(pki / f"{name}.pem"), "--key", str(pki / f"{name}.key")]
+
+
+def test_broker_delivers_a_pole_s_uplink_but_not_a_forged_one(
+        fleet: Fleet, fleet_broker: int) -> None:
+    """Pole A publishes to pole B's uplink, then to its own; the server's subscription
+    gets only the second. Each publish completes (QoS 1) before the next starts, so a
+    forged message let through would arrive first."""
+    kids = {str(d["uid"]): str(d["kid_hex"]) for d in registry(fleet)}
+    a, b = POLES[0], POLES[1]
+    common = ["-h", "localhost", "-p", str(fleet_broker), "-q", "1"]
+    # stdbuf: mosquitto_sub's stdout is block-buffered on a pipe, and the SUBACK line is
+    # needed as it happens.
+    sub = subprocess.Popen(
+        ["stdbuf", "-oL", "mosquitto_sub", *common, *_client(fleet, SERVER, "server-client"),
+         "-d",
+         "-t", "citywatch/v1/+/up", "-v", "-C", "1", "-W", "60"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert sub.stdout is not None
+        lines = []
+        for line in sub.stdout:  # -d: wait until the broker has acknowledged the subscription
+            lines.append(line)
+            if "SUBACK" in line:
+                break
+        assert any("SUBACK" in line for line in lines), "".join(lines)
+        for topic_kid, message in [(kids[b], "forged"), (kids[a], "genuine")]:
+            done = subprocess.run(
+                ["mosquitto_pub", *common, *_client(fleet, a, "device"),
+                 "-t", f"citywatch/v1/{topic_kid}/up", "-m", message],
+                capture_output=True, text=True, timeout=30, check=False)
+            assert done.returncode == 0, done.stderr
+        out, _ = sub.communicate(timeout=90)
+    finally:
+        if sub.poll() is None:
+            sub.kill()
+    received = [line for line in out.splitlines() if line.startswith("citywatch/v1/")]
+    assert received == [f"citywatch/v1/{kids[a]}/up genuine"], out
+
+
+def test_broker_refuses_a_client_without_a_district_certificate(
+        fleet: Fleet, fleet_broker: int, tmp_path: Path) -> None:
+    key, cert = tmp_path / "rogue.key", tmp_path / "rogue.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:P-256", "-nodes", "-days", "1", "-subj", "/CN=rogue",
+                    "-keyout", str(key), "-out", str(cert)], capture_output=True, check=True)
+    ca = fleet.root(SERVER) / "etc/citywatch/pki/ca.pem"
+    done = subprocess.run(
+        ["mosquitto_pub", "-h", "localhost", "-p", str(fleet_broker), "--cafile", str(ca),
+         "--cert", str(cert), "--key", str(key), "-t", "citywatch/v1/x/up", "-m", "x"],
+        capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode != 0
+
+
+# -- a rollout with a failing pole ---------------------------------------------------------
+
+
+def test_rollout_stops_after_the_batch_with_the_failing_pole(rollout_run: PlaybookRun) -> None:
+    assert rollout_run.returncode != 0, _fail(rollout_run)
+    assert rollout_run.failed_hosts() == {FAILING_POLE}, _fail(rollout_run)
+    assert f"{FAILING_POLE} failed on release {NEW}" in rollout_run.output
+    # Only the canary and the second batch ran; the later batches never started.
+    assert set(POLES[:3]) <= set(rollout_run.recap)
+    assert not set(POLES[3:]) & set(rollout_run.recap)
+
+
+def test_rollout_rolls_the_failing_pole_back(fleet: Fleet, rollout_run: PlaybookRun) -> None:
+    assert fleet.current_release(FAILING_POLE) == OLD
+    assert sorted(fleet.installed_releases(FAILING_POLE)) == [OLD, NEW]
+
+
+def test_rollout_moved_the_canary_and_the_healthy_second_batch_pole(
+        fleet: Fleet, rollout_run: PlaybookRun) -> None:
+    for pole in POLES[:2]:
+        assert fleet.current_release(pole) == NEW, pole
+        assert os.readlink(fleet.root(pole) / "opt/citywatch/previous") == f"releases/{OLD}"
+    assert fleet.current_release(SERVER) == NEW
+
+
+def test_rollout_left_the_later_batches_untouched(fleet: Fleet, rollout_run: PlaybookRun) -> None:
+    for pole in POLES[3:]:
+        assert fleet.current_release(pole) == OLD, pole
+        assert fleet.installed_releases(pole) == [OLD], pole
+        assert not (fleet.root(pole) / "opt/citywatch/previous").exists()
+
+
+# -- decommissioning -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def decommissioned(fleet: Fleet, rollout_run: PlaybookRun) -> tuple[PlaybookRun, PlaybookRun, str]:
+    pole = POLES[-1]
+    kid = next(str(d["kid_hex"]) for d in registry(fleet) if d["uid"] == pole)
+    refused = fleet.run("decommission.yml")
+    done = fleet.run("decommission.yml", "--limit", pole)
+    return refused, done, kid
+
+
+def test_decommission_refuses_to_run_without_limit(
+        fleet: Fleet, decommissioned: tuple[PlaybookRun, PlaybookRun, str]) -> None:
+    refused, _, _ = decommissioned
+    assert refused.returncode != 0
+    assert "needs --limit" in refused.output
+
+
+def test_decommission_forgets_the_pole_everywhere(
+        fleet: Fleet, decommissioned: tuple[PlaybookRun, PlaybookRun, str]) -> None:
+    _, done, kid = decommissioned
+    pole = POLES[-1]
+    assert done.returncode == 0, _fail(done)
+    assert {d["uid"] for d in registry(fleet)} == set(POLES[:-1])
+    acl = (fleet.root(SERVER) / "etc/mosquitto/citywatch.acl").read_text()
+    assert kid not in acl
+    root = fleet.root(pole)
+    for gone in ("var/lib/citywatch/tokens", "etc/citywatch/edge.toml",
+                 "etc/citywatch/pki/device.key", "var/lib/citywatch/edge"):
+        assert not (root / gone).exists(), gone
