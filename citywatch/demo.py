@@ -38,6 +38,7 @@ from rich.console import Console
 from ._poles import EdgePole, SceneFootage, find_footage
 from ._sample import sample_jpeg
 from ._services import Broker, ServiceUnavailable, free_port, start_mosquitto
+from ._simdevice import wall_clock_ms
 
 __all__ = ["DemoDistrict", "DemoFailed", "register"]
 
@@ -278,7 +279,7 @@ class DemoDistrict:
         pole = self.poles[index]
         lat, lon = POLES[index]
         photo = sample_jpeg((640, 480), quality=85)
-        detected = _now_ms()
+        detected = wall_clock_ms()
         say(f"[yellow]{pole.uid}[/] pre-screen: person down (score 0.93); incident stored, "
             "contact phase starts")
         try:
@@ -288,7 +289,7 @@ class DemoDistrict:
                                           timeout=timeout)
         except TimeoutError:
             raise DemoFailed(f"{pole.uid} got no C4 from the server in {timeout:.0f} s") from None
-        c4_at = _now_ms()
+        c4_at = wall_clock_ms()
         c1_at = next(t for t, kind in pole.uplink_log if kind == MessageType.C1 and t >= detected)
         inc = delivered.incident_id
         say(f"[green]C4[/]       incident {inc} stored at the server "
@@ -307,8 +308,7 @@ class DemoDistrict:
     def _check_enc_has(self, inc: str) -> None:
         alerts = json.loads(self._cli("enc", "alerts", "--json", "--config",
                                       str(self.enc_config)))
-        ids = [a.get("incident_id") for a in (alerts if isinstance(alerts, list)
-                                              else alerts.get("alerts", []))]
+        ids = [a["incident_id"] for a in alerts]
         if inc not in ids:
             raise DemoFailed(f"the server says N2 arrived, but the ENC lists no alert {inc}")
         self.console.print(f"[green]ENC[/]      alert {inc} on the operators' dashboard")
@@ -480,7 +480,4 @@ class DemoDistrict:
                 await asyncio.sleep(0.2)
         raise DemoFailed(f"the {what} did not answer {url} within {timeout:.0f} s")
 
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 

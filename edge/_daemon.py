@@ -38,7 +38,7 @@ from ._config import EdgeConfig, EdgeConfigError, config_errors
 from ._errors import EdgeError
 from ._outbox import OUTBOX_FILE, Outbox, OutboxError
 from ._prescreen import PreScreen, PreScreenConfig
-from ._state import DetectionStatus, PipelineStatus
+from ._state import DetectionStatus, PipelineStatus, wall_ms
 
 __all__ = ["EdgeDaemon", "PipelineSettings"]
 
@@ -173,7 +173,7 @@ class EdgeDaemon:
 
     def _report(self, label: str, score: float) -> None:
         assert self.camera is not None and self.gnss is not None and self.client is not None
-        captured_at = time.time_ns() // 1_000_000
+        captured_at = wall_ms()
         try:
             photo = self.camera.snapshot()
         except CameraError as exc:
@@ -206,7 +206,7 @@ class EdgeDaemon:
         last_frame_at = None
         if self._last_frame_mono is not None:
             age = time.monotonic() - self._last_frame_mono
-            last_frame_at = time.time_ns() // 1_000_000 - int(age * 1000)
+            last_frame_at = wall_ms() - int(age * 1000)
         return PipelineStatus(last_frame_at=last_frame_at, fps=self._fps(),
                               last_detection=detection or last.last_detection)
 

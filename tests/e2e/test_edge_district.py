@@ -54,8 +54,7 @@ def district(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoDistrict]
 
 
 def enc_alerts(d: DemoDistrict) -> list[dict[str, Any]]:
-    out = json.loads(d._cli("enc", "alerts", "--json", "--config", str(d.enc_config)))
-    return list(out if isinstance(out, list) else out.get("alerts", []))
+    return list(json.loads(d._cli("enc", "alerts", "--json", "--config", str(d.enc_config))))
 
 
 def test_lying_person_gives_exactly_one_alert_with_photo_and_gps_position(
