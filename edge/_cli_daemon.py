@@ -66,6 +66,10 @@ def register_daemon_commands(subparsers: argparse._SubParsersAction[Any]) -> Non
     p.add_argument("--state-dir", type=Path,
                    help=f"state directory (default: the existing config's, else "
                         f"{DEFAULT_STATE_DIR})")
+    p.add_argument("--tls-cert", type=Path, metavar="FILE",
+                   help="the pole's TLS client certificate (PEM) for the broker; with --tls-key")
+    p.add_argument("--tls-key", type=Path, metavar="FILE",
+                   help="the private key of --tls-cert (PEM)")
     p.add_argument("--delete-bundle", action="store_true",
                    help="overwrite and delete the bundle once the key is in the token")
     p.set_defaults(func=provision)
@@ -217,6 +221,14 @@ def provision(args: argparse.Namespace) -> int:
     if broker is None:
         raise CliError(f"{args.bundle} has no 'server' part and {out} names no broker: ask the "
                        "server for a bundle with the broker's address")
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise CliError("--tls-cert and --tls-key go together: the certificate and its key")
+    if args.tls_cert is not None:
+        if not isinstance(broker.get("tls"), dict):
+            raise CliError(f"--tls-cert given, but the broker of {args.bundle} is not reached "
+                           "over TLS: a client certificate needs a TLS broker")
+        broker = {**broker, "tls": {**broker["tls"], "cert_file": str(args.tls_cert.resolve()),
+                                    "key_file": str(args.tls_key.resolve())}}
     zone = args.zone or bundle.get("zone") or existing.get("zone")
     if not zone:
         raise CliError("no zone: the bundle does not say; pass --zone NAME")

@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(softhsm2 opensc-pkcs11 mosquitto mosquitto-clients postgresql gpsd gpsd-clients
               libsystemd-dev pkg-config build-essential python3-venv
               chromium chromium-driver
-              systemd openssl)  # systemd-analyze for the unit tests; openssl for the roles
+              systemd openssl  # systemd-analyze for the unit tests; openssl for the roles
+              debootstrap openssh-client iproute2)  # street poles over SSH (tests/ansible/poles.py)
 
 need=()
 for p in "${APT_PACKAGES[@]}"; do

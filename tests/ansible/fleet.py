@@ -130,6 +130,11 @@ class Fleet:
         return self.hosts_dir / host
 
     def write_inventory(self) -> None:
+        # JSON is YAML: no YAML writer needed.
+        self.inventory.write_text(json.dumps(self.inventory_data(), indent=2))
+
+    def inventory_data(self, zones: dict[str, list[str]] = ZONES) -> dict[str, object]:
+        """The fleet's inventory: every host a folder reached by the local connection."""
         user = pwd.getpwuid(os.getuid()).pw_name
         group = grp.getgrgid(os.getgid()).gr_name
         # Modules need only the standard library; the system's interpreter starts them
@@ -141,14 +146,14 @@ class Fleet:
             self.root(name).mkdir(parents=True, exist_ok=True)
             return {**local, "citywatch_root": str(self.root(name)), **extra}
 
-        zones = {
+        zone_groups = {
             f"zone_{zone}": {
                 "vars": {"edge_zone": zone},
                 "hosts": {pole: host(pole, edge_lat=50.06 + 0.001 * i,
                                      edge_lon=19.93 + 0.001 * i)
                           for i, pole in enumerate(poles)},
             }
-            for zone, poles in ZONES.items()
+            for zone, poles in zones.items()
         }
         inventory = {
             "all": {
@@ -178,12 +183,11 @@ class Fleet:
                 "children": {
                     "citywatch_servers": {"hosts": {SERVER: host(SERVER)}},
                     "citywatch_enc": {"hosts": {ENC: host(ENC)}},
-                    "citywatch_poles": {"children": {"district_test": {"children": zones}}},
+                    "citywatch_poles": {"children": {"district_test": {"children": zone_groups}}},
                 },
             }
         }
-        # JSON is YAML: no YAML writer needed.
-        self.inventory.write_text(json.dumps(inventory, indent=2))
+        return inventory
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)

@@ -249,3 +249,34 @@ def test_provision_reads_the_servers_bundle_shape(tmp_path: Path, token: SoftHsm
     else:
         assert cfg.broker.tls is not None and cfg.broker.tls.ca_file is not None
         assert cfg.broker.tls.ca_file.read_text() == ca
+
+
+def test_provision_gives_the_pole_its_tls_identity(tmp_path: Path, token: SoftHsmToken,
+                                                   pin_file: Path) -> None:
+    path, _, _ = bundle(tmp_path)
+    out = tmp_path / "edge.toml"
+    cert, key = tmp_path / "pki" / "device.pem", tmp_path / "pki" / "device.key"
+    assert cli("provision", "--bundle", str(path), "--config-out", str(out), "--module",
+               token.module, "--token-label", token.label, "--pin-file", str(pin_file),
+               "--tls-cert", str(cert), "--tls-key", str(key)) == 0
+    tls = load_config(out).broker.tls
+    assert tls is not None
+    assert (tls.cert_file, tls.key_file) == (cert, key)
+    assert tls.ca_file == out.parent / "broker-ca.pem"  # the bundle's CA is kept
+
+
+@pytest.mark.parametrize(("server", "extra", "words"), [
+    (None, ("--tls-cert", "c.pem"), "go together"),
+    (None, ("--tls-key", "c.key"), "go together"),
+    ({"host": "b", "port": 1883, "tls": False, "topic_prefix": "cw/v1"},
+     ("--tls-cert", "c.pem", "--tls-key", "c.key"), "needs a TLS broker"),
+])
+def test_provision_refuses_a_tls_identity_it_cannot_use(
+        tmp_path: Path, token: SoftHsmToken, pin_file: Path, server: dict[str, object] | None,
+        extra: tuple[str, ...], words: str) -> None:
+    path, _, _ = bundle(tmp_path, **({"server": server} if server else {}))
+    with pytest.raises(CliError, match=words):
+        cli("provision", "--bundle", str(path), "--config-out", str(tmp_path / "e.toml"),
+            "--module", token.module, "--token-label", token.label, "--pin-file",
+            str(pin_file), *extra)
+    assert not (tmp_path / "e.toml").exists()
