@@ -66,3 +66,11 @@ class AuthenticationFailed(RemoteProtocolError):
 
 class InvalidPlaintext(RemoteProtocolError):
     reason = "plaintext"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.fields: dict[str, object] | None = None
+        """The decrypted plaintext's map, where it was one: a receiver that answers an
+        authenticated but unacceptable message (error 8) reads T_D from it."""
+        self.envelope: object | None = None
+        """The message's envelope (``protocol.Envelope``), set by ``open_message``."""

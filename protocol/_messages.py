@@ -397,4 +397,8 @@ def decode_plaintext(mtype: int, plaintext: bytes) -> Message:
         raise _bad(f"plaintext is not valid CBOR: {exc}") from None
     if not isinstance(m, dict) or not all(isinstance(k, str) for k in m):
         raise _bad("plaintext is not a map with text keys")
-    return cls.from_map(m)
+    try:
+        return cls.from_map(m)
+    except InvalidPlaintext as exc:
+        exc.fields = m
+        raise

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from ._crypto import Cipher, message_hash, open_envelope, seal_message
 from ._envelope import Envelope, decode_envelope
-from ._errors import MessageTooLarge, UnexpectedMessage, UnknownKey
+from ._errors import InvalidPlaintext, MessageTooLarge, UnexpectedMessage, UnknownKey
 from ._messages import Message, MessageType, decode_plaintext
 from ._timing import Limits
 
@@ -60,7 +60,11 @@ def open_message(
     if env.alg != cipher.alg:
         raise UnexpectedMessage(f"alg {env.alg} is not allowed for kid {env.kid.hex()}")
     plaintext = open_envelope(env, cipher)
-    return Opened(env, decode_plaintext(env.type, plaintext))
+    try:
+        return Opened(env, decode_plaintext(env.type, plaintext))
+    except InvalidPlaintext as exc:
+        exc.envelope = env
+        raise
 
 
 def seal(message: Message, *, cipher: Cipher, kid: bytes, random: Callable[[int], bytes]) -> bytes:

@@ -9,9 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from ._cbor import loads_exact
-from ._crypto import Cipher, open_envelope
-from ._envelope import decode_envelope
+from ._crypto import Cipher
+from ._envelope import Envelope, decode_envelope
 from ._errors import InvalidPlaintext, RemoteProtocolError
 from ._events import (
     AlertConfirmed,
@@ -160,7 +159,7 @@ class ServerEndpoint:
             opened = open_message(data, role="server", accepts=self._ACCEPTS,
                                   limits=self.limits, key_for=self._key_for)
         except InvalidPlaintext as exc:
-            return self._on_invalid_plaintext(data, exc, now)
+            return self._on_invalid_plaintext(exc, now)
         except RemoteProtocolError as exc:
             return [_dropped(exc, data)]
         m, kid = opened.message, opened.envelope.kid
@@ -237,19 +236,15 @@ class ServerEndpoint:
             c3_hash=opened.hash,
         )]
 
-    def _on_invalid_plaintext(self, data: bytes, exc: InvalidPlaintext, now: int) -> list[Event]:
+    def _on_invalid_plaintext(self, exc: InvalidPlaintext, now: int) -> list[Event]:
         """An authenticated C3 whose content is unacceptable (not a JPEG, bad coordinates)
         is answered with error 8 if its T_D can be read; anything else is dropped."""
-        env = decode_envelope(data, max_size=self.limits.max_large_message)
-        record = self._directory.lookup(env.kid)
-        assert record is not None  # open_message got as far as the plaintext
+        env = exc.envelope
+        assert isinstance(env, Envelope)  # open_message got as far as the plaintext
         dropped = MessageDropped(exc.reason, str(exc), env.kid, env.type)
-        if env.type != MessageType.C3:
+        if env.type != MessageType.C3 or exc.fields is None:
             return [dropped]
-        try:
-            td = loads_exact(open_envelope(env, record.cipher)).get("td")
-        except Exception:
-            return [dropped]
+        td = exc.fields.get("td")
         if type(td) is not int or td < 0:
             return [dropped]
         return [dropped, self._refuse(env.kid, MessageType.C3, td,
