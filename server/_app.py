@@ -34,12 +34,13 @@ from protocol import (
     decode_envelope,
 )
 
+from ._batch import GroupCommit
 from ._config import ServerConfig
 from ._directory import RegistryDirectory
 from ._metrics import ServerMetrics
 from ._notifier import EncOutbox
 from ._setup import open_store
-from ._store import DeviceInfo, now_ms
+from ._store import DecisionRecord, DeviceInfo, IncidentInfo, now_ms
 from ._verify import PhotoVerifier, StandInVerifier, decide
 from ._windows import MonitoringPlan
 
@@ -94,6 +95,11 @@ class TrustedServer:
         self.client_id = f"citywatch-server-{secrets.token_hex(4)}"
         self.outbox = EncOutbox(config, self.store, self.metrics, clock=clock,
                                 owner=self.client_id)
+        self._incident_writes: GroupCommit[tuple[IncidentReported, str],
+                                           tuple[IncidentInfo, bool]] = GroupCommit(
+            lambda batch: self.store.store_incidents(batch))
+        self._decisions: GroupCommit[DecisionRecord, bool] = GroupCommit(
+            lambda batch: self.store.decide_many(batch))
         self.prefix = config.broker.topic_prefix
         self._client: aiomqtt.Client | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -287,23 +293,27 @@ class TrustedServer:
     async def _on_incident(self, ev: IncidentReported, t0: float) -> None:
         info = self.directory.info(ev.kid)
         zone = info.zone if info else ""
-        stored, _new = await asyncio.to_thread(self.store.store_incident, ev, zone=zone)
+        # Reports arriving while one is being committed share the next commit.
+        stored, new = await self._incident_writes.submit((ev, zone))
         # C4 only after the incident is durably stored: the device deletes its copy on C4.
         self._publish_down(ev.kid, self.endpoint.receipt(ev, self._clock()))
         self.metrics.c3_to_c4.observe(time.perf_counter() - t0)
         if stored.decision is None:
-            await self._verify(stored.id, t0=t0)
+            # A new incident's photo is at hand; a repeated one's is read back.
+            await self._verify(stored.id, t0=t0, known=(stored, ev.photo) if new else None)
 
-    async def _verify(self, incident_id: str, *, t0: float | None = None) -> None:
+    async def _verify(self, incident_id: str, *, t0: float | None = None,
+                      known: tuple[IncidentInfo, bytes] | None = None) -> None:
         t1 = time.perf_counter()
-        info, photo = await asyncio.to_thread(self.store.incident_for_verification, incident_id)
+        info, photo = known or await asyncio.to_thread(self.store.incident_for_verification,
+                                                       incident_id)
         verdict = await asyncio.to_thread(self.verifier.score, photo,
                                           device_score=info.device_score,
                                           device_label=info.label)
         decision = decide(verdict, threshold=self.config.verification.threshold)
-        changed = await asyncio.to_thread(
-            self.store.decide, incident_id, score=verdict.score, uncertain=verdict.uncertain,
-            dangerous=decision.dangerous, reason=decision.reason)
+        changed = await self._decisions.submit(DecisionRecord(
+            incident_id, score=verdict.score, uncertain=verdict.uncertain,
+            dangerous=decision.dangerous, reason=decision.reason))
         self.metrics.verification.observe(time.perf_counter() - t1)
         if not changed:
             return
@@ -329,8 +339,10 @@ class TrustedServer:
             return
         reason = (f"{n} reports dismissed by verification within {v.dismissed_period_s} s "
                   f"(limit {v.block_after_dismissed})")
-        info = await asyncio.to_thread(self.store.set_device_state, uid, "block",
+        info = await asyncio.to_thread(self.store.block_unless_blocked, uid,
                                        actor=VERIFIER_ACTOR, reason=reason)
+        if info is None:  # blocked meanwhile by another verification or replica
+            return
         self.directory.update(info)
         log.warning("device %s blocked: %s", uid, reason)
 

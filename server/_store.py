@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
@@ -21,6 +21,8 @@ from typing import Any
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import Engine, create_engine, event, func, select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -249,6 +251,17 @@ def migrate(engine: Engine) -> None:
         command.upgrade(cfg, "head")
 
 
+@dataclass(frozen=True, slots=True)
+class DecisionRecord:
+    """What the verification decided about one incident (Store.decide_many)."""
+
+    incident_id: str
+    score: float
+    uncertain: bool
+    dangerous: bool
+    reason: str
+
+
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         path = url.split("///", 1)[1] if "///" in url else ""
@@ -391,6 +404,26 @@ class Store:
             s.flush()
             return _device_info(row)
 
+    def block_unless_blocked(self, uid: str, *, actor: str, reason: str) -> DeviceInfo | None:
+        """Block a device and audit it, unless it is blocked already (None then): one
+        conditional UPDATE, so that two replicas or two verifications deciding at once
+        block it, and audit it, once."""
+        with self._tx() as s:
+            row = s.scalars(select(DeviceRow).where(DeviceRow.uid == uid)).first()
+            if row is None:
+                raise DeviceNotFound(f"no device with UID {uid!r}")
+            res = s.execute(update(DeviceRow)
+                            .where(DeviceRow.uid == uid, DeviceRow.blocked.is_(False))
+                            .values(blocked=True,
+                                    updated_at=max(self._clock(), row.updated_at + 1))
+                            .execution_options(synchronize_session=False))
+            if not res.rowcount:  # type: ignore[attr-defined]
+                return None
+            self._audit(s, actor, "device.block", uid, reason=reason)
+            s.flush()
+            s.refresh(row)
+            return _device_info(row)
+
     def delete_device(self, uid: str, *, actor: str) -> None:
         with self._tx() as s:
             row = s.scalars(select(DeviceRow).where(DeviceRow.uid == uid)).first()
@@ -521,19 +554,40 @@ class Store:
     def store_incident(self, inc: IncidentReported, *, zone: str) -> tuple[IncidentInfo, bool]:
         """Store a reported incident unless it is there already (same kid and cid give
         the same id); returns it and whether it was new."""
+        return self.store_incidents([(inc, zone)])[0]
+
+    def store_incidents(self, batch: Sequence[tuple[IncidentReported, str]]
+                        ) -> list[tuple[IncidentInfo, bool]]:
+        """``store_incident`` for many incidents in one transaction (one durable commit:
+        the server groups the reports that arrive while the last commit runs)."""
         now = self._clock()
-        c = inc.coords
-        row = IncidentRow(
-            id=inc.incident_id, kid=inc.kid, cid=inc.cid, device_uid=inc.uid, zone=zone,
-            lat=c.lat, lon=c.lon, alt=c.alt, acc=c.acc, coords_src=c.src, photo=inc.photo,
-            device_score=inc.score, label=inc.label, captured_at=inc.captured_at, td=inc.td,
-            received_at=now)
-        try:
-            with self._tx() as s:
-                s.add(row)
-            return _incident_info(row, len(inc.photo)), True
-        except IntegrityError:
-            return self.get_incident(inc.incident_id), False
+        rows = [dict(id=inc.incident_id, kid=inc.kid, cid=inc.cid, device_uid=inc.uid,
+                     zone=zone, lat=inc.coords.lat, lon=inc.coords.lon, alt=inc.coords.alt,
+                     acc=inc.coords.acc, coords_src=inc.coords.src, photo=inc.photo,
+                     device_score=inc.score, label=inc.label, captured_at=inc.captured_at,
+                     td=inc.td, received_at=now) for inc, zone in batch]
+        insert = (sqlite_insert if self.engine.dialect.name == "sqlite" else pg_insert)
+        new: set[str] = set()
+        with self._tx() as s:
+            for row in rows:  # one statement a row: RETURNING tells which were new
+                got = s.execute(insert(IncidentRow).values(**row)
+                                .on_conflict_do_nothing(index_elements=[IncidentRow.id])
+                                .returning(IncidentRow.id)).scalar()
+                if got is not None:
+                    new.add(got)
+            old = {t[0]: _incident_from_tuple(t) for t in s.execute(
+                _incident_query().where(IncidentRow.id.in_(
+                    [r["id"] for r in rows if r["id"] not in new])))} if len(new) < len(rows) \
+                else {}
+        out: list[tuple[IncidentInfo, bool]] = []
+        seen: set[str] = set()
+        for (inc, _zone), row in zip(batch, rows, strict=True):
+            if row["id"] in new and row["id"] not in seen:
+                seen.add(row["id"])
+                out.append((_incident_info(IncidentRow(**row), len(inc.photo)), True))
+            else:
+                out.append((old.get(row["id"]) or self.get_incident(row["id"]), False))
+        return out
 
     def get_incident(self, incident_id: str) -> IncidentInfo:
         with self._tx() as s:
@@ -570,19 +624,30 @@ class Store:
                reason: str) -> bool:
         """Record the verification's decision and, for a dangerous incident, queue the
         alert for the ENC in the same transaction. False if it was already decided."""
+        record = DecisionRecord(incident_id, score, uncertain, dangerous, reason)
+        return self.decide_many([record])[0]
+
+    def decide_many(self, decisions: Sequence[DecisionRecord]) -> list[bool]:
+        """``decide`` for many incidents in one transaction."""
         now = self._clock()
+        out: list[bool] = []
         with self._tx() as s:
-            res = s.execute(update(IncidentRow)
-                            .where(IncidentRow.id == incident_id, IncidentRow.decision.is_(None))
-                            .values(server_score=score, uncertain=uncertain,
-                                    decision="dangerous" if dangerous else "dismissed",
-                                    decision_reason=reason, decided_at=now))
-            if not res.rowcount:  # type: ignore[attr-defined]
-                return False
-            if dangerous:
-                s.add(OutboxRow(incident_id=incident_id, state="pending", attempts=0,
-                                next_attempt_at=now, lease_until=0, created_at=now))
-            return True
+            for d in decisions:
+                res = s.execute(update(IncidentRow)
+                                .where(IncidentRow.id == d.incident_id,
+                                       IncidentRow.decision.is_(None))
+                                .values(server_score=d.score, uncertain=d.uncertain,
+                                        decision="dangerous" if d.dangerous else "dismissed",
+                                        decision_reason=d.reason, decided_at=now))
+                if not res.rowcount:  # type: ignore[attr-defined]
+                    out.append(False)
+                    continue
+                if d.dangerous:
+                    s.add(OutboxRow(incident_id=d.incident_id, state="pending", attempts=0,
+                                    next_attempt_at=now, lease_until=0, created_at=now))
+                    s.flush()
+                out.append(True)
+        return out
 
     def dismissed_count(self, uid: str, *, since: int) -> int:
         with self._tx() as s:

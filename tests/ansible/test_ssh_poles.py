@@ -146,6 +146,9 @@ def district(tmp_path_factory: pytest.TempPathFactory) -> Iterator[District]:
     finally:
         for pole in poles.values():
             pole.stop()
+        # Each pole's root is a few hundred MB: not worth keeping among pytest's last runs.
+        shutil.rmtree(base / "poles", ignore_errors=True)
+        shutil.rmtree(base / "wheelhouse", ignore_errors=True)
         for what, seconds, cpu in fleet.logs:
             print(f"ssh district: ansible-playbook {what}: {seconds:.1f} s wall, "
                   f"{cpu:.1f} s CPU", file=sys.stderr)

@@ -193,6 +193,39 @@ def test_incidents_are_idempotent_and_decisions_queue_alerts(store: Store,
     assert [i.id for i in store.list_incidents(decision="dismissed")] == [low.incident_id]
 
 
+def test_a_batch_of_incidents_is_one_transaction_and_still_idempotent(
+        store: Store) -> None:
+    """What the server's group commit writes: new, repeated (in the batch and already
+    stored) and from several devices, in one transaction."""
+    a, _ = store.add_device(uid="pole-a", zone="za", lat=1, lon=1, alg=3, actor="t")
+    b, _ = store.add_device(uid="pole-b", zone="zb", lat=1, lon=1, alg=3, actor="t")
+    earlier = incident(a.kid, a.uid)
+    store.store_incident(earlier, zone="za")
+    store.decide(earlier.incident_id, score=0.9, uncertain=False, dangerous=True, reason="r")
+    first, second = incident(a.kid, a.uid), incident(b.kid, b.uid)
+    got = store.store_incidents([(first, "za"), (earlier, "za"), (second, "zb"),
+                                 (first, "za")])
+    assert [(info.id, new) for info, new in got] == [
+        (first.incident_id, True), (earlier.incident_id, False),
+        (second.incident_id, True), (first.incident_id, False)]
+    assert got[1][0].decision == "dangerous"  # the stored one, not the report again
+    assert got[2][0].zone == "zb" and got[2][0].photo_bytes == len(second.photo)
+    assert len(store.list_incidents()) == 3
+    assert sorted(store.undecided_incidents()) == sorted([first.incident_id,
+                                                          second.incident_id])
+
+    from server._store import DecisionRecord
+
+    assert store.decide_many([
+        DecisionRecord(first.incident_id, 0.9, False, True, "r"),
+        DecisionRecord(second.incident_id, 0.1, False, False, "low"),
+        DecisionRecord(first.incident_id, 0.1, False, False, "second opinion"),
+        DecisionRecord(earlier.incident_id, 0.1, False, False, "decided before"),
+    ]) == [True, True, False, False]
+    assert store.outbox_depth() == 2  # earlier's and first's alerts, once each
+    assert store.get_incident(first.incident_id).decision == "dangerous"
+
+
 def test_outbox_leases_retries_and_delivery(store: Store, clock: Clock) -> None:
     d, _ = store.add_device(uid="pole-1", zone="z", lat=1, lon=1, alg=3, actor="t")
     inc = incident(d.kid, d.uid)
@@ -217,3 +250,15 @@ def test_outbox_leases_retries_and_delivery(store: Store, clock: Clock) -> None:
     assert (got.enc_state, got.enc_attempts) == ("delivered", 2)
     clock.now += 10**9
     assert store.claim_due_alerts(owner="a", lease_ms=10_000, limit=5) == []
+
+
+def test_a_device_is_blocked_and_audited_once(store: Store) -> None:
+    store.add_device(uid="pole-1", zone="z", lat=1, lon=1, alg=3, actor="t")
+    first = store.block_unless_blocked("pole-1", actor="server:verification", reason="2 low")
+    assert first is not None and first.blocked
+    assert store.block_unless_blocked("pole-1", actor="server:verification",
+                                      reason="3 low") is None
+    blocks = [a for a in store.audit_log() if a.action == "device.block"]
+    assert [b.detail for b in blocks] == [{"reason": "2 low"}]
+    with pytest.raises(DeviceNotFound):
+        store.block_unless_blocked("pole-9", actor="t", reason="r")
