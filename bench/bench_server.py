@@ -137,17 +137,21 @@ async def contact_run(bundles: list[ProvisioningBundle], broker: Broker, enc: En
     await asyncio.gather(*(d.wait_for_window(timeout=timeout) for d in devices))
     started: dict[str, float] = {}
 
-    async def run(d: SimulatedDevice) -> int:
+    async def run(i: int, d: SimulatedDevice) -> int:
         done = 0
-        for _ in range(reports):
+        for r in range(reports):
             cid = secrets.token_bytes(16)
             started[p.incident_id_for(d.kid, cid)] = time.perf_counter()
-            await d.report(photo, HERE, 0.9, "person_down", cid=cid, timeout=timeout)
+            # Every report ~200 m from every other: each is a scene of its own, so the
+            # server's fusion looks for neighbours and finds none; each reaches the ENC.
+            where = p.Coords(lat=HERE.lat + 0.002 * i, lon=HERE.lon + 0.003 * r, alt=None,
+                             acc=HERE.acc, src=HERE.src)
+            await d.report(photo, where, 0.9, "person_down", cid=cid, timeout=timeout)
             done += 1
         return done
 
     t0 = time.perf_counter()
-    done = sum(await asyncio.gather(*(run(d) for d in devices)))
+    done = sum(await asyncio.gather(*(run(i, d) for i, d in enumerate(devices))))
     elapsed = time.perf_counter() - t0
     deadline = time.monotonic() + timeout
     while not set(started) <= set(enc.answered_at) and time.monotonic() < deadline:

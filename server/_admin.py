@@ -134,6 +134,9 @@ class IncidentOut(_Model):
     enc_state: str | None
     enc_attempts: int | None
     enc_delivered_at: int | None
+    fused_into: str | None = Field(
+        None, description="the nearby alerted incident this one was fused into (its alert "
+                          "covers both; this one has none of its own)")
 
 
 class AuditOut(_Model):

@@ -98,7 +98,7 @@ class TrustedServer:
         self._incident_writes: GroupCommit[tuple[IncidentReported, str],
                                            tuple[IncidentInfo, bool]] = GroupCommit(
             lambda batch: self.store.store_incidents(batch))
-        self._decisions: GroupCommit[DecisionRecord, bool] = GroupCommit(
+        self._decisions: GroupCommit[DecisionRecord, str | None] = GroupCommit(
             lambda batch: self.store.decide_many(batch))
         self.prefix = config.broker.topic_prefix
         self._client: aiomqtt.Client | None = None
@@ -310,20 +310,21 @@ class TrustedServer:
         verdict = await asyncio.to_thread(self.verifier.score, photo,
                                           device_score=info.device_score,
                                           device_label=info.label)
-        decision = decide(verdict, threshold=self.config.verification.threshold)
-        changed = await self._decisions.submit(DecisionRecord(
+        v = self.config.verification
+        decision = decide(verdict, threshold=v.threshold)
+        outcome = await self._decisions.submit(DecisionRecord(
             incident_id, score=verdict.score, uncertain=verdict.uncertain,
-            dangerous=decision.dangerous, reason=decision.reason))
+            dangerous=decision.dangerous, reason=decision.reason,
+            fuse_within_m=v.fuse_within_m, fuse_within_ms=v.fuse_within_s * 1000))
         self.metrics.verification.observe(time.perf_counter() - t1)
-        if not changed:
+        if outcome is None:  # decided already (a repeated report, another replica)
             return
-        label = "dangerous" if decision.dangerous else "dismissed"
-        self.metrics.incidents.labels(label).inc()
-        log.info("incident %s from %s: %s (%s)", incident_id, info.device_uid, label,
+        self.metrics.incidents.labels(outcome).inc()
+        log.info("incident %s from %s: %s (%s)", incident_id, info.device_uid, outcome,
                  decision.reason)
-        if decision.dangerous:
+        if outcome == "dangerous":
             self.outbox.wake(incident_id, t0)
-        else:
+        elif outcome == "dismissed":
             await self._maybe_block(info.device_uid)
 
     async def _maybe_block(self, uid: str) -> None:

@@ -130,6 +130,12 @@ class VerificationConfig(_Section):
     (0: never block)."""
     dismissed_period_s: int = Field(3600, ge=1)
     """Look-back period for ``block_after_dismissed``."""
+    fuse_within_m: float = Field(50.0, ge=0.0, le=5000.0)
+    """A dangerous incident reported within this distance of one already sent to the
+    ENC, and within ``fuse_within_s`` of it, is fused into it: stored and linked, but
+    no second alert (0: never fuse)."""
+    fuse_within_s: int = Field(120, ge=1, le=3600)
+    """Time window of the fusion, between the two reports' arrival at the server."""
 
 
 class TimingConfig(_Section):
@@ -376,6 +382,11 @@ min_height = 48
 # Block a device after this many dismissed reports within dismissed_period_s (0: never).
 block_after_dismissed = 5
 dismissed_period_s = 3600
+# Poles that see the same scene: a dangerous report within fuse_within_m metres and
+# fuse_within_s seconds of one already alerted is linked to it, with no second alert
+# (0 m: every report alerts on its own).
+fuse_within_m = 50.0
+fuse_within_s = 120
 
 [timing]
 window_s = 30.0               # timestamps accepted within +/- this

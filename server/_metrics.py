@@ -25,7 +25,9 @@ class ServerMetrics:
             "citywatch_server_rejected_messages", "Messages rejected, by reason "
             "(error code name for refusals, drop reason otherwise)", ["reason"], registry=r)
         self.incidents = Counter(
-            "citywatch_server_incidents", "Incidents decided, by decision", ["decision"],
+            "citywatch_server_incidents", "Incidents decided, by decision (dangerous: alert "
+            "queued; fused: dangerous, covered by a nearby incident's alert; dismissed)",
+            ["decision"],
             registry=r)
         self.broadcasts = Counter(
             "citywatch_server_broadcasts", "B1 messages sent", registry=r)

@@ -111,6 +111,9 @@ class IncidentRow(Base):
     """None until verified; then "dangerous" (sent to the ENC) or "dismissed"."""
     decision_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     decided_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    fused_into: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    """For a dangerous incident fused into an earlier nearby one: that incident's id
+    (its alert covers both)."""
 
 
 class OutboxRow(Base):

@@ -9,6 +9,7 @@ table locks: one replica wins a zone's broadcast, one replica holds an outbox le
 from __future__ import annotations
 
 import json
+import math
 import secrets
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -172,6 +173,8 @@ class IncidentInfo:
     """N1 attempts so far."""
     enc_delivered_at: int | None = None
     """When the matching N2 arrived, ms."""
+    fused_into: str | None = None
+    """The alerted incident this one was fused into (no alert of its own)."""
 
     def to_json(self) -> dict[str, Any]:
         out = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "kid"}
@@ -260,6 +263,18 @@ class DecisionRecord:
     uncertain: bool
     dangerous: bool
     reason: str
+    fuse_within_m: float = 0.0
+    """Fuse a dangerous incident into an alerted one this near (0: never)."""
+    fuse_within_ms: int = 0
+    """... that arrived within this time of it."""
+
+
+def distance_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    """Great-circle distance in metres (haversine, mean Earth radius)."""
+    p1, p2 = math.radians(lat1), math.radians(lat2)
+    dp, dl = p2 - p1, math.radians(lon2 - lon1)
+    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
+    return 2 * 6_371_008.8 * math.asin(min(1.0, math.sqrt(a)))
 
 
 def make_engine(url: str) -> Engine:
@@ -625,29 +640,68 @@ class Store:
         """Record the verification's decision and, for a dangerous incident, queue the
         alert for the ENC in the same transaction. False if it was already decided."""
         record = DecisionRecord(incident_id, score, uncertain, dangerous, reason)
-        return self.decide_many([record])[0]
+        return self.decide_many([record])[0] is not None
 
-    def decide_many(self, decisions: Sequence[DecisionRecord]) -> list[bool]:
-        """``decide`` for many incidents in one transaction."""
+    def decide_many(self, decisions: Sequence[DecisionRecord]) -> list[str | None]:
+        """Decisions for many incidents in one transaction. Each gives "dangerous" (alert
+        queued), "fused" (dangerous, linked to an earlier nearby alerted incident, no
+        alert of its own), "dismissed", or None when it was decided already."""
         now = self._clock()
-        out: list[bool] = []
+        out: list[str | None] = []
         with self._tx() as s:
             for d in decisions:
+                primary = self._fusion_primary(s, d) if d.dangerous else None
+                reason = d.reason if primary is None else f"{d.reason}; fused into {primary}"
                 res = s.execute(update(IncidentRow)
                                 .where(IncidentRow.id == d.incident_id,
                                        IncidentRow.decision.is_(None))
                                 .values(server_score=d.score, uncertain=d.uncertain,
                                         decision="dangerous" if d.dangerous else "dismissed",
-                                        decision_reason=d.reason, decided_at=now))
+                                        decision_reason=reason, decided_at=now,
+                                        fused_into=primary)
+                                .execution_options(synchronize_session=False))
                 if not res.rowcount:  # type: ignore[attr-defined]
-                    out.append(False)
+                    out.append(None)
                     continue
-                if d.dangerous:
+                if not d.dangerous:
+                    out.append("dismissed")
+                elif primary is not None:
+                    out.append("fused")
+                else:
                     s.add(OutboxRow(incident_id=d.incident_id, state="pending", attempts=0,
                                     next_attempt_at=now, lease_until=0, created_at=now))
                     s.flush()
-                out.append(True)
+                    out.append("dangerous")
         return out
+
+    def _fusion_primary(self, s: Session, d: DecisionRecord) -> str | None:
+        """The earliest alerted incident (not itself fused) within the fusion distance
+        and time of ``d``'s incident, if any."""
+        if d.fuse_within_m <= 0:
+            return None
+        this = s.execute(select(IncidentRow.lat, IncidentRow.lon, IncidentRow.received_at)
+                         .where(IncidentRow.id == d.incident_id)).first()
+        if this is None:
+            return None
+        lat, lon, at = this
+        # A box around the point (a little larger than the circle) narrows the rows
+        # the database returns; the exact distance is checked below.
+        dlat = d.fuse_within_m / 111_000
+        dlon = dlat / max(math.cos(math.radians(lat)), 0.01)
+        candidates = s.execute(
+            select(IncidentRow.id, IncidentRow.lat, IncidentRow.lon)
+            .join(OutboxRow, OutboxRow.incident_id == IncidentRow.id)
+            .where(IncidentRow.id != d.incident_id,
+                   IncidentRow.fused_into.is_(None),
+                   IncidentRow.received_at >= at - d.fuse_within_ms,
+                   IncidentRow.received_at <= at + d.fuse_within_ms,
+                   IncidentRow.lat.between(lat - dlat, lat + dlat),
+                   IncidentRow.lon.between(lon - dlon, lon + dlon))
+            .order_by(IncidentRow.received_at, IncidentRow.id))
+        for cid, clat, clon in candidates:
+            if distance_m(lat, lon, clat, clon) <= d.fuse_within_m:
+                return str(cid)
+        return None
 
     def dismissed_count(self, uid: str, *, since: int) -> int:
         with self._tx() as s:
@@ -756,6 +810,7 @@ _INCIDENT_COLUMNS = (
     IncidentRow.received_at, func.length(IncidentRow.photo), IncidentRow.server_score,
     IncidentRow.uncertain, IncidentRow.decision, IncidentRow.decision_reason,
     IncidentRow.decided_at, OutboxRow.state, OutboxRow.attempts, OutboxRow.delivered_at,
+    IncidentRow.fused_into,
 )
 
 
@@ -766,13 +821,13 @@ def _incident_query() -> Any:
 
 def _incident_from_tuple(t: Any) -> IncidentInfo:
     (id_, uid, kid, zone, lat, lon, alt, acc, src, dscore, label, cap, rec, size, sscore,
-     unc, dec, reason, dat, state, attempts, deliv) = t
+     unc, dec, reason, dat, state, attempts, deliv, fused) = t
     return IncidentInfo(id=id_, device_uid=uid, kid=bytes(kid), zone=zone, lat=lat, lon=lon,
                         alt=alt, acc=acc, coords_src=src, device_score=dscore, label=label,
                         captured_at=cap, received_at=rec, photo_bytes=int(size or 0),
                         server_score=sscore, uncertain=None if unc is None else bool(unc),
                         decision=dec, decision_reason=reason, decided_at=dat, enc_state=state,
-                        enc_attempts=attempts, enc_delivered_at=deliv)
+                        enc_attempts=attempts, enc_delivered_at=deliv, fused_into=fused)
 
 
 def _incident_info(r: IncidentRow, size: int) -> IncidentInfo:

@@ -206,3 +206,43 @@ def test_sigterm_stops_the_server_cleanly(setup: ServerSetup, server: ServerProc
     server.stop()
     assert server.proc is not None and server.proc.returncode == 0
     assert time.monotonic() - t0 < 10
+
+
+def test_poles_that_see_the_same_scene_send_one_alert(setup: ServerSetup,
+                                                      server: ServerProcess,
+                                                      enc: EncStub) -> None:
+    """Two poles 30 m apart report the same fall: the ENC gets one alert, the second
+    report is stored and linked to it. A pole 500 m away alerts on its own."""
+    near_a, near_b = setup.add_device("pole-a", "z"), setup.add_device("pole-b", "z")
+    far = setup.add_device("pole-far", "z")
+    server.start()
+    server.api("POST", "/v1/windows/z/open", json={"until": "2099-01-01T00:00:00Z"})
+    north = 30 / 111_195
+    b_here = p.Coords(lat=HERE.lat + north, lon=HERE.lon, alt=None, acc=3.0, src="gps")
+    far_here = p.Coords(lat=HERE.lat + 500 / 111_195, lon=HERE.lon, alt=None, acc=3.0,
+                        src="gps")
+
+    async def scenario() -> tuple[str, str, str]:
+        async with SimulatedDevice(near_a) as a, SimulatedDevice(near_b) as b, \
+                SimulatedDevice(far) as f:
+            for d in (a, b, f):
+                await d.wait_for_window(timeout=10)
+            first = await a.report(jpeg((320, 240)), HERE, 0.93, "person_down", timeout=20)
+            await asyncio.to_thread(wait_until, lambda: first.incident_id in enc.alerts,
+                                    timeout=15, what="the first alert at the ENC")
+            second = await b.report(jpeg((320, 240)), b_here, 0.9, "person_down", timeout=20)
+            other = await f.report(jpeg((320, 240)), far_here, 0.9, "person_down", timeout=20)
+            return first.incident_id, second.incident_id, other.incident_id
+
+    first, second, other = asyncio.run(scenario())
+    wait_until(lambda: other in enc.alerts, timeout=15, what="the far pole's alert")
+    wait_until(lambda: server.api("GET", f"/v1/incidents/{second}").json()["decision"],
+               timeout=15, what="the second report decided")
+    record = server.api("GET", f"/v1/incidents/{second}").json()
+    assert record["fused_into"] == first and record["decision"] == "dangerous"
+    assert record["enc_state"] is None
+    wait_until(lambda: server.metric("citywatch_server_outbox_depth") == 0, timeout=15,
+               what="an empty outbox")
+    assert set(enc.alerts) == {first, other}
+    assert server.metric("citywatch_server_incidents_total", decision="fused") == 1
+    assert server.metric("citywatch_server_incidents_total", decision="dangerous") == 2

@@ -15,6 +15,8 @@ from tests.integration.server_harness import EncStub, ServerProcess, make_server
 from tests.support.services import Broker, Postgres, free_port
 from tests.support.world import jpeg
 
+NO_FUSION = {"fuse_within_m": 0}
+"""Reports that all come from one place: each an alert of its own (no fusion)."""
 HERE = p.Coords(lat=52.2297, lon=21.0122, alt=None, acc=3.0, src="gps")
 FOREVER = {"until": "2099-01-01T00:00:00Z"}
 
@@ -94,7 +96,9 @@ def test_unverified_incident_is_verified_and_sent_after_a_restart(
 @pytest.mark.slow
 def test_enc_down_and_back(tmp_path: Path, broker: Broker) -> None:
     port = free_port()
-    setup = make_server(tmp_path, broker, enc_url=f"http://127.0.0.1:{port}")
+    # Every report from the one pole, at one place, is an alert of its own here.
+    setup = make_server(tmp_path, broker, enc_url=f"http://127.0.0.1:{port}",
+                        verification=NO_FUSION)
     bundle = setup.add_device("pole-1", "z")
     server = ServerProcess(setup).start()
     enc = EncStub(server_kid=setup.server_kid, key=setup.enc_key, port=port)
@@ -132,7 +136,8 @@ def test_two_server_processes_share_the_load(tmp_path: Path, broker: Broker,
                                              postgres: Postgres) -> None:
     db = postgres.create_database(f"server_{uuid.uuid4().hex[:12]}")
     port = free_port()
-    first = make_server(tmp_path, broker, enc_url=f"http://127.0.0.1:{port}", db_url=db)
+    first = make_server(tmp_path, broker, enc_url=f"http://127.0.0.1:{port}", db_url=db,
+                        verification=NO_FUSION)
     second = first.variant("second")
     enc = EncStub(server_kid=first.server_kid, key=first.enc_key, port=port).start()
     bundles = [first.add_device(f"pole-{i}", "z") for i in range(6)]

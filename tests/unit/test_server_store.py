@@ -22,6 +22,7 @@ from server import (
     migrate,
 )
 from server._schema import Base
+from server._store import DecisionRecord
 from tests.support.world import T0, jpeg
 
 
@@ -53,11 +54,12 @@ def store(db_url: str, clock: Clock) -> Iterator[Store]:
     s.close()
 
 
-def incident(kid: bytes, uid: str, cid: bytes | None = None) -> p.IncidentReported:
+def incident(kid: bytes, uid: str, cid: bytes | None = None, *, lat: float = 52.2,
+             lon: float = 21.0) -> p.IncidentReported:
     cid = cid or os.urandom(16)
     return p.IncidentReported(
         kid=kid, uid=uid, td=T0, cid=cid, incident_id=p.incident_id_for(kid, cid),
-        coords=p.Coords(lat=52.2, lon=21.0, alt=None, acc=4.0), photo=jpeg(), score=0.9,
+        coords=p.Coords(lat=lat, lon=lon, alt=None, acc=4.0), photo=jpeg(), score=0.9,
         label="person_down", captured_at=T0 - 100, c3_hash=b"h" * 32)
 
 
@@ -214,14 +216,12 @@ def test_a_batch_of_incidents_is_one_transaction_and_still_idempotent(
     assert sorted(store.undecided_incidents()) == sorted([first.incident_id,
                                                           second.incident_id])
 
-    from server._store import DecisionRecord
-
     assert store.decide_many([
         DecisionRecord(first.incident_id, 0.9, False, True, "r"),
         DecisionRecord(second.incident_id, 0.1, False, False, "low"),
         DecisionRecord(first.incident_id, 0.1, False, False, "second opinion"),
         DecisionRecord(earlier.incident_id, 0.1, False, False, "decided before"),
-    ]) == [True, True, False, False]
+    ]) == ["dangerous", "dismissed", None, None]
     assert store.outbox_depth() == 2  # earlier's and first's alerts, once each
     assert store.get_incident(first.incident_id).decision == "dangerous"
 
@@ -262,3 +262,63 @@ def test_a_device_is_blocked_and_audited_once(store: Store) -> None:
     assert [b.detail for b in blocks] == [{"reason": "2 low"}]
     with pytest.raises(DeviceNotFound):
         store.block_unless_blocked("pole-9", actor="t", reason="r")
+
+
+def _fusing(inc: p.IncidentReported, dangerous: bool = True) -> DecisionRecord:
+    return DecisionRecord(inc.incident_id, 0.9 if dangerous else 0.1, False, dangerous, "r",
+                          fuse_within_m=50.0, fuse_within_ms=120_000)
+
+
+def test_nearby_dangerous_reports_fuse_into_the_first_alert(store: Store,
+                                                            clock: Clock) -> None:
+    """Two poles 30 m apart see the same fall: one alert. A third 30 m further (60 m
+    from the first) and a report from across the street after the window alert on
+    their own; a dismissed report is never a fusion target."""
+    poles = [store.add_device(uid=f"pole-{i}", zone="z", lat=1, lon=1, alg=3, actor="t")[0]
+             for i in range(5)]
+    north = 30 / 111_195  # degrees of latitude for 30 m
+    dismissed = incident(poles[4].kid, poles[4].uid)
+    store.store_incident(dismissed, zone="z")
+    assert store.decide_many([_fusing(dismissed, dangerous=False)]) == ["dismissed"]
+
+    first = incident(poles[0].kid, poles[0].uid)
+    second = incident(poles[1].kid, poles[1].uid, lat=52.2 + north)
+    third = incident(poles[2].kid, poles[2].uid, lat=52.2 + 2 * north)
+    for inc in (first, second, third):
+        store.store_incident(inc, zone="z")
+    assert store.decide_many([_fusing(first), _fusing(second)]) == ["dangerous", "fused"]
+    # 60 m from the first, 30 m from the second: the second is fused, not a target.
+    assert store.decide_many([_fusing(third)]) == ["dangerous"]
+    clock.now += 121_000
+    later = incident(poles[3].kid, poles[3].uid)
+    store.store_incident(later, zone="z")
+    assert store.decide_many([_fusing(later)]) == ["dangerous"]
+
+    got = store.get_incident(second.incident_id)
+    assert got.fused_into == first.incident_id and got.decision == "dangerous"
+    assert got.enc_state is None and f"fused into {first.incident_id}" in str(
+        got.decision_reason)
+    assert store.get_incident(first.incident_id).fused_into is None
+    assert store.outbox_depth() == 3  # first, third, later
+    assert store.get_incident(second.incident_id).to_json()["fused_into"] == first.incident_id
+
+
+def test_fusion_off_alerts_every_report(store: Store) -> None:
+    a, _ = store.add_device(uid="pole-a", zone="z", lat=1, lon=1, alg=3, actor="t")
+    b, _ = store.add_device(uid="pole-b", zone="z", lat=1, lon=1, alg=3, actor="t")
+    one, two = incident(a.kid, a.uid), incident(b.kid, b.uid)
+    store.store_incident(one, zone="z")
+    store.store_incident(two, zone="z")
+    assert store.decide(one.incident_id, score=0.9, uncertain=False, dangerous=True,
+                        reason="r")
+    assert store.decide(two.incident_id, score=0.9, uncertain=False, dangerous=True,
+                        reason="r")
+    assert store.outbox_depth() == 2
+
+
+def test_distance_is_great_circle_metres() -> None:
+    from server._store import distance_m
+
+    assert distance_m(52.2, 21.0, 52.2, 21.0) == 0
+    assert distance_m(0, 0, 1, 0) == pytest.approx(111_195, rel=1e-4)
+    assert distance_m(52.2297, 21.0122, 50.0647, 19.9450) == pytest.approx(252_000, rel=0.01)
