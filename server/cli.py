@@ -355,7 +355,9 @@ def _incidents(args: argparse.Namespace) -> int:
         return 0
     rows = [[i.id, _iso(i.received_at), i.device_uid, i.label, f"{i.device_score:.2f}",
              "-" if i.server_score is None else f"{i.server_score:.2f}",
-             i.decision or "pending", i.enc_state or "-"] for i in items]
+             i.decision or "pending",
+             f"fused into {i.fused_into}" if i.fused_into else i.enc_state or "-"]
+            for i in items]
     print(_table(rows, ["INCIDENT", "RECEIVED", "DEVICE", "LABEL", "DEV SCORE",
                         "SRV SCORE", "DECISION", "ENC"]))
     return 0

@@ -83,8 +83,7 @@ def apt_mirror() -> str | None:
         for line in path.read_text().splitlines():
             words = line.split()
             if len(words) >= 3 and words[0] == "deb" and SUITE in words:
-                uri = [w for w in words[1:] if not w.startswith("[")][0]
-                return uri
+                return next(w for w in words[1:] if not w.startswith("["))
     return None
 
 

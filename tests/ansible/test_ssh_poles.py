@@ -24,8 +24,17 @@ from pathlib import Path
 
 import pytest
 
-from .fleet import ENC, PROJECT, SERVER, VENV_BIN, Fleet, PlaybookRun, build_release_wheel, \
-    have_tools, registry, softhsm_module
+from .fleet import (
+    ENC,
+    PROJECT,
+    SERVER,
+    Fleet,
+    PlaybookRun,
+    build_release_wheel,
+    have_tools,
+    registry,
+    softhsm_module,
+)
 from .poles import PILOT_USER, Pole, build_image, missing_tools
 
 pytestmark = pytest.mark.slow

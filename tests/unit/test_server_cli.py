@@ -118,3 +118,39 @@ def test_incidents_empty_and_bad_config(capsys: pytest.CaptureFixture[str], conf
     bad.write_text("[broker]\nport = \"x\"\n")
     code, _, err = run(capsys, "device", "list", "--config", str(bad))
     assert code == 2 and "bad.toml: broker.port: Input should be a valid integer" in err
+
+
+def test_incidents_show_a_fused_report(capsys: pytest.CaptureFixture[str],
+                                       config: Path) -> None:
+    import os
+
+    import protocol as p
+    from server import load_config, open_store
+    from server._store import DecisionRecord
+    from tests.support.world import T0, jpeg
+
+    store, _ = open_store(load_config(config))
+    try:
+        reports = []
+        for i, uid in enumerate(("pole-a", "pole-b")):
+            device, _ = store.add_device(uid=uid, zone="z", lat=52.2, lon=21.0, alg=3,
+                                         actor="t")
+            cid = os.urandom(16)
+            inc = p.IncidentReported(
+                kid=device.kid, uid=uid, td=T0, cid=cid,
+                incident_id=p.incident_id_for(device.kid, cid),
+                coords=p.Coords(lat=52.2 + 0.0001 * i, lon=21.0, alt=None, acc=4.0),
+                photo=jpeg(), score=0.9, label="person_down", captured_at=T0,
+                c3_hash=bytes(32))
+            store.store_incident(inc, zone="z")
+            reports.append(inc)
+        assert store.decide_many([
+            DecisionRecord(r.incident_id, 0.9, False, True, "r", fuse_within_m=50,
+                           fuse_within_ms=120_000) for r in reports]) == ["dangerous", "fused"]
+    finally:
+        store.close()
+    code, out, _ = run(capsys, "incidents", "--config", str(config))
+    assert code == 0 and f"fused into {reports[0].incident_id}" in out
+    code, out, _ = run(capsys, "incidents", "--config", str(config), "--json")
+    fused = {i["id"]: i["fused_into"] for i in json.loads(out)}
+    assert fused == {reports[0].incident_id: None, reports[1].incident_id: reports[0].incident_id}
