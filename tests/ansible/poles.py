@@ -215,6 +215,12 @@ class Pole:
     def start(self) -> None:
         """The namespace, a veth pair to this machine, and sshd as the first process of
         the pole's own PID, mount and UTS namespaces, chrooted into its root."""
+        # A run that was killed leaves its veth (ours: named cw...) with this address.
+        stale = _run(["ip", "-o", "addr", "show", "to", f"{self.host_address}/30"])
+        for line in stale.splitlines():
+            name = line.split()[1].split("@")[0]
+            if name.startswith("cw"):
+                subprocess.run(["ip", "link", "del", name], capture_output=True, check=False)
         _run(["ip", "netns", "add", self.netns])
         _run(["ip", "link", "add", self.veth, "type", "veth", "peer", "name", "eth0",
               "netns", self.netns])

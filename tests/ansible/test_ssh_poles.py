@@ -37,7 +37,8 @@ from .fleet import (
 )
 from .poles import PILOT_USER, Pole, build_image, missing_tools
 
-pytestmark = pytest.mark.slow
+# Making the image and the wheelhouse on a new machine downloads a few hundred MB first.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 ZONES = {"north": ["pole-n1"], "south": ["pole-s1"]}
 POLES = [pole for poles in ZONES.values() for pole in poles]
