@@ -322,3 +322,30 @@ def test_distance_is_great_circle_metres() -> None:
     assert distance_m(52.2, 21.0, 52.2, 21.0) == 0
     assert distance_m(0, 0, 1, 0) == pytest.approx(111_195, rel=1e-4)
     assert distance_m(52.2297, 21.0122, 50.0647, 19.9450) == pytest.approx(252_000, rel=0.01)
+
+
+def test_a_database_of_the_first_schema_is_upgraded_with_its_incidents(db_url: str) -> None:
+    """A server updated in place: its database at revision 0001, with an incident, is
+    brought to the newest schema at start and keeps the incident."""
+    from alembic import command
+    from sqlalchemy import text
+
+    from server._store import _alembic_config
+
+    engine = make_engine(db_url)
+    with engine.begin() as conn:
+        cfg = _alembic_config()
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0001")
+        conn.execute(text(
+            "INSERT INTO incidents (id, kid, cid, device_uid, zone, lat, lon, coords_src, "
+            "photo, device_score, label, captured_at, td, received_at) VALUES ('old', :k, "
+            ":c, 'pole-1', 'z', 52.2, 21.0, 'gps', :p, 0.9, 'fall', 1, 1, 1)"),
+            {"k": b"\x01" * 8, "c": b"\x02" * 16, "p": b"\xff\xd8"})
+    engine.dispose()
+    store = Store.open(db_url, MasterKey(os.urandom(32)))
+    try:
+        got = store.get_incident("old")
+        assert got.fused_into is None and got.device_uid == "pole-1"
+    finally:
+        store.close()
