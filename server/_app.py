@@ -97,9 +97,9 @@ class TrustedServer:
                                 owner=self.client_id)
         self._incident_writes: GroupCommit[tuple[IncidentReported, str],
                                            tuple[IncidentInfo, bool]] = GroupCommit(
-            lambda batch: self.store.store_incidents(batch))
+            self.store.store_incidents)
         self._decisions: GroupCommit[DecisionRecord, str | None] = GroupCommit(
-            lambda batch: self.store.decide_many(batch))
+            self.store.decide_many)
         self.prefix = config.broker.topic_prefix
         self._client: aiomqtt.Client | None = None
         self._tasks: set[asyncio.Task[Any]] = set()

@@ -590,18 +590,18 @@ class Store:
                                 .returning(IncidentRow.id)).scalar()
                 if got is not None:
                     new.add(got)
-            old = {t[0]: _incident_from_tuple(t) for t in s.execute(
-                _incident_query().where(IncidentRow.id.in_(
-                    [r["id"] for r in rows if r["id"] not in new])))} if len(new) < len(rows) \
-                else {}
+            repeated = [r["id"] for r in rows if r["id"] not in new]
+            known = {t[0]: _incident_from_tuple(t) for t in s.execute(
+                _incident_query().where(IncidentRow.id.in_(repeated)))} if repeated else {}
         out: list[tuple[IncidentInfo, bool]] = []
-        seen: set[str] = set()
         for (inc, _zone), row in zip(batch, rows, strict=True):
-            if row["id"] in new and row["id"] not in seen:
-                seen.add(row["id"])
-                out.append((_incident_info(IncidentRow(**row), len(inc.photo)), True))
+            rid = row["id"]
+            if rid in new:  # its first time in this batch: later ones are repeats
+                new.discard(rid)
+                known[rid] = _incident_info(IncidentRow(**row), len(inc.photo))
+                out.append((known[rid], True))
             else:
-                out.append((old.get(row["id"]) or self.get_incident(row["id"]), False))
+                out.append((known[rid], False))
         return out
 
     def get_incident(self, incident_id: str) -> IncidentInfo:
