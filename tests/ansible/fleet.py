@@ -81,6 +81,20 @@ def build_release_wheel(wheelhouse: Path, version: str) -> Path:
     return path
 
 
+TOKEN_KEYS_SCRIPT = """
+import json, sys, pkcs11
+from pkcs11 import Attribute, ObjectClass
+token = pkcs11.lib(sys.argv[1]).get_token(token_label="citywatch-edge")
+with token.open(user_pin=open(sys.argv[2]).read().strip()) as session:
+    keys = list(session.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY}))
+    print(json.dumps([{"label": k[Attribute.LABEL], "extractable": k[Attribute.EXTRACTABLE],
+                       "sensitive": k[Attribute.SENSITIVE]} for k in keys]))
+"""
+"""``python -c`` it with a pole's PKCS#11 module and PIN file (and its SOFTHSM2_CONF):
+every secret key in the pole's token, with its label and protection. No single quote
+in it, so that a shell on the pole can take it quoted."""
+
+
 def softhsm_module() -> str | None:
     from hardware import find_softhsm_module
 

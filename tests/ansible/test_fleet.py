@@ -26,6 +26,7 @@ from .fleet import (
     ENC,
     POLES,
     SERVER,
+    TOKEN_KEYS_SCRIPT,
     ZONES,
     Fleet,
     PlaybookRun,
@@ -92,28 +93,17 @@ def _fail(run: PlaybookRun) -> str:
     return run.output[-8000:]
 
 
-_READ_KEY = """
-import json, sys, pkcs11
-from pkcs11 import Attribute, ObjectClass
-module, pin_file, label = sys.argv[1:]
-token = pkcs11.lib(module).get_token(token_label="citywatch-edge")
-with token.open(user_pin=open(pin_file).read().strip()) as session:
-    found = session.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.LABEL: label})
-    print(json.dumps([{"extractable": k[Attribute.EXTRACTABLE],
-                       "sensitive": k[Attribute.SENSITIVE]} for k in found]))
-"""
-
-
 def _token_key(fleet: Fleet, pole: str, label: str) -> dict[str, object] | None:
     """The attributes of the token's secret key ``label``, read in a process of its own
     (SoftHSM2 reads SOFTHSM2_CONF once per process)."""
     root = fleet.root(pole)
     env = {**os.environ, "SOFTHSM2_CONF": str(root / "etc/citywatch/softhsm2.conf")}
     done = subprocess.run(
-        [sys.executable, "-c", _READ_KEY, fleet.softhsm_module,
-         str(root / "etc/citywatch/token.pin"), label],
+        [sys.executable, "-c", TOKEN_KEYS_SCRIPT, fleet.softhsm_module,
+         str(root / "etc/citywatch/token.pin")],
         env=env, capture_output=True, text=True, timeout=60, check=True)
-    keys = json.loads(done.stdout)
+    keys = [{k: v for k, v in key.items() if k != "label"}
+            for key in json.loads(done.stdout) if key["label"] == label]
     return keys[0] if keys else None
 
 

@@ -28,6 +28,7 @@ from .fleet import (
     ENC,
     PROJECT,
     SERVER,
+    TOKEN_KEYS_SCRIPT,
     Fleet,
     PlaybookRun,
     build_release_wheel,
@@ -220,17 +221,6 @@ def test_unit_is_the_repository_s(district: District, fresh_install: PlaybookRun
             == unit
 
 
-_KEY_CHECK = """
-import json, sys, pkcs11
-from pkcs11 import Attribute, ObjectClass
-token = pkcs11.lib(sys.argv[1]).get_token(token_label="citywatch-edge")
-with token.open(user_pin=open(sys.argv[2]).read().strip()) as session:
-    keys = list(session.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY}))
-    print(json.dumps([{"label": k[Attribute.LABEL], "extractable": k[Attribute.EXTRACTABLE],
-                       "sensitive": k[Attribute.SENSITIVE]} for k in keys]))
-"""
-
-
 def test_each_pole_s_key_is_in_its_own_token_and_not_extractable(
         district: District, fresh_install: PlaybookRun) -> None:
     devices = {str(d["uid"]): d for d in registry(district.fleet)}
@@ -238,7 +228,7 @@ def test_each_pole_s_key_is_in_its_own_token_and_not_extractable(
     for pole in POLES:
         done = district.ssh(
             pole, "sudo -u citywatch env SOFTHSM2_CONF=/etc/citywatch/softhsm2.conf "
-                  f"/opt/citywatch/current/bin/python -c '{_KEY_CHECK}' {POLE_MODULE} "
+                  f"/opt/citywatch/current/bin/python -c '{TOKEN_KEYS_SCRIPT}' {POLE_MODULE} "
                   "/etc/citywatch/token.pin")
         assert json.loads(done.stdout) == [{
             "label": f"citywatch-{devices[pole]['kid_hex']}", "extractable": False,
