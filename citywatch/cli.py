@@ -21,9 +21,32 @@ COMPONENTS: dict[str, tuple[str, str]] = {
     "demo": ("citywatch.demo", "a demo district: broker, server, ENC and devices"),
 }
 
+# subcommand -> the root errors its commands let through: problems the user can fix, printed
+# as one line with exit status 2. Each component raises its own; none imports this module.
+ROOT_ERRORS: dict[str, tuple[str, ...]] = {
+    "protocol": ("protocol:ProtocolError",),
+    "server": ("server._errors:ServerError", "hardware._errors:HardwareError"),
+    "enc": ("enc._errors:EncError",),
+    "edge": ("edge._errors:EdgeError", "hardware._errors:HardwareError"),
+    "demo": (),
+}
+
 
 class CliError(Exception):
-    """A problem the user can fix; printed as one line, exit status 2."""
+    """A problem with the dispatcher's own commands the user can fix; printed as one line,
+    exit status 2. The components raise their own root errors (``ROOT_ERRORS``)."""
+
+
+def _root_errors(component: str | None) -> tuple[type[BaseException], ...]:
+    """The root error classes of ``component`` whose modules are loaded already (a component
+    that failed to import raised nothing of its own)."""
+    found: list[type[BaseException]] = [CliError]
+    for ref in ROOT_ERRORS.get(component or "", ()):
+        module, _, name = ref.partition(":")
+        mod = sys.modules.get(module)
+        if mod is not None:
+            found.append(getattr(mod, name))
+    return tuple(found)
 
 
 def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
@@ -53,7 +76,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.parse_args([*args_list, "--help"])
             return 2
         return int(func(args) or 0)
-    except CliError as exc:
+    except Exception as exc:
+        if not isinstance(exc, _root_errors(args_list[0] if args_list else None)):
+            raise
         print(f"citywatch: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

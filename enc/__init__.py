@@ -26,7 +26,15 @@ from ._config import (
     example_config,
     load_config,
 )
-from ._errors import ActionRefused, ConfigError, EncError, LoginRefused, NotFound, StoreError
+from ._errors import (
+    ActionRefused,
+    ConfigError,
+    EncError,
+    LoginRefused,
+    NotFound,
+    StoreError,
+    UsageError,
+)
 from ._handling import ALERT_TRANSITIONS, AlertAction, Role, apply_action, escalate_due
 from ._live import LiveFeed
 from ._operators import MIN_PASSWORD_LENGTH, Operator, OperatorDirectory, Session
@@ -65,6 +73,7 @@ __all__ = [
     "Session",
     "StoreError",
     "TrustedServer",
+    "UsageError",
     "apply_action",
     "build_app",
     "cap_identifier",

@@ -5,7 +5,8 @@
     ├── StoreError           the alert store failed; the caller answers "retry later"
     ├── NotFound             no such alert or operator
     ├── ActionRefused        an operator action that the alert's state or the role forbids
-    └── LoginRefused         wrong password, unknown, disabled or locked-out operator
+    ├── LoginRefused         wrong password, unknown, disabled or locked-out operator
+    └── UsageError           a command-line option or answer is unusable
 
 ``ConfigError`` and ``StoreError`` are our side; ``ActionRefused`` and ``LoginRefused``
 are the caller's (an operator or an attacker). Messages from the network that are not
@@ -14,7 +15,15 @@ valid N1s never raise: ``protocol.EncEndpoint`` turns them into ``MessageDropped
 
 from __future__ import annotations
 
-__all__ = ["ActionRefused", "ConfigError", "EncError", "LoginRefused", "NotFound", "StoreError"]
+__all__ = [
+    "ActionRefused",
+    "ConfigError",
+    "EncError",
+    "LoginRefused",
+    "NotFound",
+    "StoreError",
+    "UsageError",
+]
 
 
 class EncError(Exception):
@@ -39,3 +48,7 @@ class ActionRefused(EncError):
 
 class LoginRefused(EncError):
     """A login or password check failed; the message is safe to show (says nothing more)."""
+
+
+class UsageError(EncError):
+    """A ``citywatch enc`` option (or an answer at its prompt) cannot be used as given."""

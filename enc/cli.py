@@ -9,11 +9,9 @@ import logging
 import sys
 from datetime import UTC, datetime
 
-from citywatch.cli import CliError
-
 from ._cap import cap_message
 from ._config import EncConfig, example_config, load_config
-from ._errors import EncError
+from ._errors import EncError, UsageError
 from ._handling import Role
 from ._operators import OperatorDirectory
 from ._store import AlertStore
@@ -22,17 +20,11 @@ __all__ = ["register"]
 
 
 def _config(args: argparse.Namespace) -> EncConfig:
-    try:
-        return load_config(args.config)
-    except EncError as exc:
-        raise CliError(str(exc)) from None
+    return load_config(args.config)
 
 
 def _store(config: EncConfig) -> AlertStore:
-    try:
-        return AlertStore.open(config.database_url)
-    except EncError as exc:
-        raise CliError(str(exc)) from None
+    return AlertStore.open(config.database_url)
 
 
 def _iso(ms: int) -> str:
@@ -45,10 +37,7 @@ def _run(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from ._service import EncService
 
-    try:
-        service = EncService(config)
-    except EncError as exc:
-        raise CliError(str(exc)) from None
+    service = EncService(config)
     service.run()
     return 0
 
@@ -57,8 +46,6 @@ def _alerts(args: argparse.Namespace) -> int:
     store = _store(_config(args))
     try:
         alerts = store.alerts(limit=args.limit)
-    except EncError as exc:
-        raise CliError(str(exc)) from None
     finally:
         store.close()
     if args.json:
@@ -102,10 +89,10 @@ def _read_password(args: argparse.Namespace) -> str:
         import getpass
 
         if not sys.stdin.isatty():
-            raise CliError("no terminal to ask for the password on: use --password-stdin")
+            raise UsageError("no terminal to ask for the password on: use --password-stdin")
         password = getpass.getpass("New password: ")
         if getpass.getpass("Again: ") != password:
-            raise CliError("the two passwords differ; nothing was changed")
+            raise UsageError("the two passwords differ; nothing was changed")
     return password
 
 
@@ -134,7 +121,7 @@ def _operator(args: argparse.Namespace) -> int:
                     "locked" if op.locked_until and op.locked_until > _now() else "active")
                 print(f"{op.username:24} {op.role.value:11} {state}")
     except EncError as exc:
-        raise CliError(str(exc)) from None
+        raise UsageError(str(exc)) from None
     finally:
         store.close()
     return 0
@@ -150,7 +137,7 @@ def _cap(args: argparse.Namespace) -> int:
         store.append_audit(at=_now(), actor="cli", action="cap_exported",
                            incident_id=args.incident_id)
     except EncError as exc:
-        raise CliError(str(exc)) from None
+        raise UsageError(str(exc)) from None
     finally:
         store.close()
     if args.out:

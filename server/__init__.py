@@ -10,7 +10,8 @@ Exceptions (``_errors``):
     ├── RegistryError         a registry or window operation cannot be done as asked
     │   ├── DeviceNotFound    no device with that UID
     │   └── DeviceExists      a device with that UID is already registered
-    └── EncDeliveryError      the ENC did not accept an alert (retried by the outbox)
+    ├── EncDeliveryError      the ENC did not accept an alert (retried by the outbox)
+    └── UsageError            a command-line option is unusable, or the server refused it
 """
 
 from ._app import TrustedServer
@@ -38,6 +39,7 @@ from ._errors import (
     MasterKeyError,
     RegistryError,
     ServerError,
+    UsageError,
 )
 from ._keys import MasterKey
 from ._metrics import ServerMetrics
@@ -63,7 +65,7 @@ __all__ = [
     "EncDeliveryError", "EncOutbox", "IncidentInfo", "MasterKey", "MasterKeyConfig",
     "MasterKeyError", "MonitoringPlan", "OutboxItem", "PhotoVerifier", "RegistryDirectory",
     "RegistryError", "ScheduleConfig", "ServerConfig", "ServerError", "ServerMetrics",
-    "StandInVerifier", "Store", "TimingConfig", "TrustedServer", "Verdict",
+    "StandInVerifier", "Store", "TimingConfig", "TrustedServer", "UsageError", "Verdict",
     "VerificationConfig", "WindowInfo", "decide", "example_config", "load_config",
     "make_engine", "migrate", "now_ms", "open_store", "parse_config", "provisioning_bundle",
     "scheduled_until", "write_bundle",

@@ -5,12 +5,14 @@ health check at /healthz without a token (keep the port on a management network)
 # No `from __future__ import annotations`: FastAPI must see the dependency objects in
 # the annotations of the route functions, which are local to admin_app().
 
+import asyncio
 import contextlib
 import datetime as dt
 import secrets
 import socket
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
 
 import uvicorn
 from fastapi import Depends, FastAPI, Header, HTTPException, Path, Query, Request, Response
@@ -20,13 +22,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from protocol import ALG_A128GCM, ALG_A256GCM
 
 from ._bundle import provisioning_bundle
+from ._config import ServerConfig
 from ._errors import DeviceExists, DeviceNotFound, RegistryError, ServerError
 from ._keys import read_token_file
+from ._metrics import ServerMetrics
 from ._store import DEVICE_ACTIONS, Store
 from ._windows import MonitoringPlan
-
-if TYPE_CHECKING:
-    from ._app import TrustedServer
 
 __all__ = ["AdminContext", "admin_app", "serve_admin"]
 
@@ -153,20 +154,31 @@ class Health(_Model):
     outbox_depth: int
 
 
+@dataclass(frozen=True, slots=True)
 class AdminContext:
-    """What the API needs from the running server (or from a bare store in tests)."""
+    """What the API needs from the running server: nothing more, so that the API knows
+    nothing of the server's MQTT link or workers."""
 
-    def __init__(self, server: "TrustedServer") -> None:
-        self.server = server
-        self.store: Store = server.store
-        self.config = server.config
-        self.token = read_token_file(server.config.path(server.config.admin.token_file))
+    config: ServerConfig
+    """The server's configuration (admin listener, schedules, broker for bundles)."""
+    store: Store
+    """The registry, windows, incidents and audit log."""
+    metrics: ServerMetrics
+    """Served at ``/metrics``."""
+    changed: Callable[[], None]
+    """Called after a change to the registry or the windows (the server rebroadcasts)."""
+    mqtt_connected: Callable[[], bool]
+    """Whether the server is connected to the broker now (for ``/healthz``)."""
+    token: str = field(repr=False)
+    """The bearer token every ``/v1`` call needs."""
 
-    def changed(self) -> None:
-        self.server.wake()
-
-    def plan(self) -> MonitoringPlan:
-        return self.server.directory.plan
+    @classmethod
+    def of(cls, config: ServerConfig, store: Store, metrics: ServerMetrics, *,
+           changed: Callable[[], None], mqtt_connected: Callable[[], bool]) -> "AdminContext":
+        """A context that reads the token from the configured token file."""
+        token = read_token_file(config.path(config.admin.token_file))
+        return cls(config=config, store=store, metrics=metrics, changed=changed,
+                   mqtt_connected=mqtt_connected, token=token)
 
 
 @contextlib.contextmanager
@@ -204,13 +216,13 @@ def admin_app(ctx: AdminContext) -> FastAPI:
 
     @app.get("/healthz", response_model=Health, tags=["ops"])
     def healthz() -> Health:
-        return Health(status="ok", mqtt_connected=ctx.server.mqtt_connected,
+        return Health(status="ok", mqtt_connected=ctx.mqtt_connected(),
                       outbox_depth=ctx.store.outbox_depth())
 
     @app.get("/metrics", tags=["ops"], response_class=Response,
              responses={200: {"content": {"text/plain": {}}}})
     def metrics() -> Response:
-        return Response(ctx.server.metrics.exposition(),
+        return Response(ctx.metrics.exposition(),
                         media_type="text/plain; version=0.0.4; charset=utf-8")
 
     # -- devices -------------------------------------------------------------------------
@@ -362,15 +374,22 @@ def bind_admin_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def serve_admin(server: "TrustedServer") -> None:
-    ctx = AdminContext(server)
-    a = server.config.admin
+async def serve_admin(ctx: AdminContext, stop: asyncio.Event) -> None:
+    """Serve the admin API on ``[admin] host:port`` until ``stop`` is set; requests in
+    flight are answered first."""
+    a = ctx.config.admin
     sock = bind_admin_socket(a.host, a.port)
     config = uvicorn.Config(admin_app(ctx), log_level="warning", lifespan="off",
                             access_log=False)
     http = _AdminHttpServer(config)
-    server.admin_http = http
+
+    async def _stop_when_asked() -> None:
+        await stop.wait()
+        http.should_exit = True
+
+    stopper = asyncio.create_task(_stop_when_asked())
     try:
         await http.serve(sockets=[sock])
     finally:
+        stopper.cancel()
         sock.close()

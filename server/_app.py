@@ -106,7 +106,6 @@ class TrustedServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self.connected: asyncio.Event | None = None
-        self.admin_http: Any = None  # the uvicorn server, once the admin API is up
         self.started_at = time.time()
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -122,10 +121,13 @@ class TrustedServer:
             asyncio.create_task(self.outbox.run(), name="enc-outbox"),
         ]
         self._spawn(self._recover())
+        admin_stop = asyncio.Event()
         if self.config.admin.enabled:
-            from ._admin import serve_admin
+            from ._admin import AdminContext, serve_admin
 
-            workers.append(asyncio.create_task(serve_admin(self), name="admin"))
+            admin = AdminContext.of(self.config, self.store, self.metrics, changed=self.wake,
+                                    mqtt_connected=lambda: self.mqtt_connected)
+            workers.append(asyncio.create_task(serve_admin(admin, admin_stop), name="admin"))
         log.info("citywatch server %s starting (broker %s:%d, database %s)", self.client_id,
                  self.config.broker.host, self.config.broker.port,
                  self.store.engine.url.render_as_string(hide_password=True))
@@ -134,10 +136,10 @@ class TrustedServer:
         # with it (systemd restarts it) rather than limping on without, say, its outbox.
         done, _ = await asyncio.wait([stopper, *workers], return_when=asyncio.FIRST_COMPLETED)
         _sd_notify("STOPPING=1")
-        if self.admin_http is not None:
-            self.admin_http.should_exit = True
-            admin = [t for t in workers if t.get_name() == "admin"]
-            await asyncio.wait(admin, timeout=5)
+        admin_stop.set()
+        admin_tasks = [t for t in workers if t.get_name() == "admin" and not t.done()]
+        if admin_tasks:
+            await asyncio.wait(admin_tasks, timeout=5)
         for task in [*workers, *self._tasks, stopper]:
             task.cancel()
         results = await asyncio.gather(*workers, *self._tasks, return_exceptions=True)

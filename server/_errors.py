@@ -6,11 +6,12 @@
     ├── RegistryError         a registry or window operation cannot be done as asked
     │   ├── DeviceNotFound    no device with that UID
     │   └── DeviceExists      a device with that UID (or kid) is already registered
-    └── EncDeliveryError      the ENC did not accept an alert (retried by the outbox)
+    ├── EncDeliveryError      the ENC did not accept an alert (retried by the outbox)
+    └── UsageError            a command-line option is unusable, or the server refused it
 
-The first four are "we (or the operator) did something wrong": they stop a command or
-the start of the server with a message that says what to do. ``EncDeliveryError`` is
-"the peer did": it never escapes the outbox worker, which retries.
+``UsageError`` and the first four are "we (or the operator) did something wrong": they
+stop a command or the start of the server with a message that says what to do.
+``EncDeliveryError`` is "the peer did": it never escapes the outbox worker, which retries.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ __all__ = [
     "MasterKeyError",
     "RegistryError",
     "ServerError",
+    "UsageError",
 ]
 
 
@@ -52,3 +54,8 @@ class DeviceExists(RegistryError):
 
 class EncDeliveryError(ServerError):
     """An N1 was not answered by a valid N2 (HTTP error, timeout, bad N2)."""
+
+
+class UsageError(ServerError):
+    """A ``citywatch server`` option cannot be used as given, or the running server refused
+    the request."""

@@ -16,11 +16,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from citywatch.cli import CliError
 from protocol import ALG_A128GCM, ALG_A256GCM
 
 from ._config import ServerConfig, example_config, load_config
-from ._errors import ServerError
+from ._errors import ServerError, UsageError
 
 __all__ = ["register"]
 
@@ -118,19 +117,13 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def _config(args: argparse.Namespace) -> ServerConfig:
-    try:
-        return load_config(args.config)
-    except ServerError as exc:
-        raise CliError(str(exc)) from None
+    return load_config(args.config)
 
 
 def _store(cfg: ServerConfig) -> Any:
     from ._setup import open_store
 
-    try:
-        store, _master = open_store(cfg)
-    except ServerError as exc:
-        raise CliError(str(exc)) from None
+    store, _master = open_store(cfg)
     return store
 
 
@@ -175,7 +168,7 @@ def _admin_call(cfg: ServerConfig, method: str, path: str, actor: str,
             detail = r.json().get("detail", r.text)
         except ValueError:
             detail = r.text
-        raise CliError(f"the server refused: {detail}")
+        raise UsageError(f"the server refused: {detail}")
     out: dict[str, Any] = r.json()
     return out
 
@@ -202,9 +195,9 @@ def _device_add(args: argparse.Namespace) -> int:
     cfg = _config(args)
     out: Path = args.bundle_out
     if out.exists() and not args.force:
-        raise CliError(f"{out} exists; choose another --bundle-out (or --force)")
+        raise UsageError(f"{out} exists; choose another --bundle-out (or --force)")
     if not out.parent.is_dir():
-        raise CliError(f"folder {out.parent} does not exist")
+        raise UsageError(f"folder {out.parent} does not exist")
     store = _store(cfg)
     try:
         device, key = store.add_device(
@@ -212,7 +205,7 @@ def _device_add(args: argparse.Namespace) -> int:
             alg=ALG_A128GCM if args.alg == "A128GCM" else ALG_A256GCM, actor=args.actor)
         write_bundle(out, provisioning_bundle(cfg, device, key), overwrite=args.force)
     except ServerError as exc:
-        raise CliError(str(exc)) from None
+        raise UsageError(str(exc)) from None
     finally:
         store.close()
     print(f"device {device.uid} registered in zone {device.zone} (kid {device.kid.hex()}); "
@@ -253,7 +246,7 @@ def _device_action(args: argparse.Namespace) -> int:
                                           reason=args.reason)
             print(f"device {info.uid}: {info.status}")
     except ServerError as exc:
-        raise CliError(str(exc)) from None
+        raise UsageError(str(exc)) from None
     finally:
         store.close()
     return 0
@@ -263,8 +256,8 @@ def _parse_until(text: str) -> int:
     try:
         t = dt.datetime.fromisoformat(text)
     except ValueError:
-        raise CliError(f"--until {text!r} is not an ISO 8601 date-time "
-                       "(e.g. 2026-05-01T06:00+02:00)") from None
+        raise UsageError(f"--until {text!r} is not an ISO 8601 date-time "
+                         "(e.g. 2026-05-01T06:00+02:00)") from None
     if t.tzinfo is None:
         t = t.astimezone()  # local time
     return int(t.timestamp() * 1000)
@@ -283,8 +276,6 @@ def _window_open(args: argparse.Namespace) -> int:
     store = _store(cfg)
     try:
         store.open_window(args.zone, until=until, actor=args.actor)
-    except ServerError as exc:
-        raise CliError(str(exc)) from None
     finally:
         store.close()
     print(f"zone {args.zone}: window open until {_iso(until)} (no server answered on the "
@@ -397,8 +388,5 @@ def _run(args: argparse.Namespace) -> int:
         server = TrustedServer(cfg)
         await server.run(stop)
 
-    try:
-        asyncio.run(main())
-    except ServerError as exc:
-        raise CliError(str(exc)) from None
+    asyncio.run(main())
     return 0

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import protocol as p
-from citywatch.cli import CliError
+from edge import UsageError
 from edge._cli_daemon import register_daemon_commands
 from edge._config import load_config
 from edge._state import (
@@ -27,7 +27,7 @@ from hardware import Pkcs11KeyStore, SoftHsmToken
 
 
 def cli(*argv: str) -> int:
-    """``citywatch edge ...`` as the console script runs it (CliError: exit status 2)."""
+    """``citywatch edge ...`` as the console script runs it (UsageError: exit status 2)."""
     parser = argparse.ArgumentParser(prog="citywatch edge")
     register_daemon_commands(parser.add_subparsers(dest="edge_command", required=True))
     args = parser.parse_args(list(argv))
@@ -114,7 +114,7 @@ def test_provision_refuses_a_different_key_for_a_provisioned_kid(
               str(pin_file), "--config-out", str(tmp_path / "edge.toml"))
     assert cli("provision", "--bundle", str(path), *common) == 0
     other, _, _ = bundle(tmp_path, kid_hex=kid.hex())  # the same kid, another key
-    with pytest.raises(CliError, match="DIFFERENT key"):
+    with pytest.raises(UsageError, match="DIFFERENT key"):
         cli("provision", "--bundle", str(other), *common)
 
 
@@ -146,7 +146,7 @@ def test_provision_refuses_bad_bundles_before_touching_the_token(
         else:
             data[k] = v
     path.write_text(json.dumps(data))
-    with pytest.raises(CliError, match=words):
+    with pytest.raises(UsageError, match=words):
         cli("provision", "--bundle", str(path), "--config-out", str(tmp_path / "e.toml"),
             "--module", token.module, "--token-label", token.label, "--pin-file",
             str(pin_file), *extra)
@@ -155,7 +155,7 @@ def test_provision_refuses_bad_bundles_before_touching_the_token(
 
 def test_provision_without_a_pin(tmp_path: Path, token: SoftHsmToken) -> None:
     path, _, _ = bundle(tmp_path)
-    with pytest.raises(CliError, match="--pin-file"):
+    with pytest.raises(UsageError, match="--pin-file"):
         cli("provision", "--bundle", str(path), "--config-out", str(tmp_path / "e.toml"),
             "--module", token.module)
 
@@ -275,7 +275,7 @@ def test_provision_refuses_a_tls_identity_it_cannot_use(
         tmp_path: Path, token: SoftHsmToken, pin_file: Path, server: dict[str, object] | None,
         extra: tuple[str, ...], words: str) -> None:
     path, _, _ = bundle(tmp_path, **({"server": server} if server else {}))
-    with pytest.raises(CliError, match=words):
+    with pytest.raises(UsageError, match=words):
         cli("provision", "--bundle", str(path), "--config-out", str(tmp_path / "e.toml"),
             "--module", token.module, "--token-label", token.label, "--pin-file",
             str(pin_file), *extra)

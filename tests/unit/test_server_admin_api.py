@@ -28,9 +28,14 @@ def server(tmp_path: Path) -> Iterator[TrustedServer]:
     s.store.close()
 
 
+def _context(server: TrustedServer) -> AdminContext:
+    return AdminContext.of(server.config, server.store, server.metrics, changed=server.wake,
+                           mqtt_connected=lambda: server.mqtt_connected)
+
+
 @pytest.fixture
 def client(server: TrustedServer) -> TestClient:
-    ctx = AdminContext(server)
+    ctx = _context(server)
     return TestClient(admin_app(ctx), headers={"Authorization": f"Bearer {ctx.token}"})
 
 
@@ -74,7 +79,7 @@ def test_registry_windows_and_audit_through_the_api(client: TestClient) -> None:
 def test_admin_api_against_its_openapi_schema(server: TrustedServer) -> None:
     """Every operation, a bounded number of generated requests each: never a 500, and
     every answer as the schema says."""
-    schema = schemathesis.openapi.from_asgi("/openapi.json", admin_app(AdminContext(server)))
+    schema = schemathesis.openapi.from_asgi("/openapi.json", admin_app(_context(server)))
     token = server.config.path(server.config.admin.token_file).read_text().strip()
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 12
