@@ -175,7 +175,7 @@ def provision(setup_config: Path, n: int, zone: str) -> list[ProvisioningBundle]
         for i in range(n):
             info, key = store.add_device(uid=f"bench-{zone}-{i}", zone=zone, lat=52.2,
                                          lon=21.0, alg=p.ALG_A256GCM, actor="bench")
-            out.append(ProvisioningBundle.from_json(provisioning_bundle(cfg, info, key)))
+            out.append(provisioning_bundle(cfg, info, key))
         return out
     finally:
         store.close()

@@ -16,16 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import secrets
 import socket
 import ssl
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import aiomqtt
 
@@ -38,11 +34,13 @@ from protocol import (
     DeviceConnection,
     Event,
     PendingReport,
+    ProvisioningBundle,
     ReportDelivered,
     ReportRefused,
     Timing,
     WindowAnnounced,
     decode_envelope,
+    wall_clock_ms,
 )
 
 __all__ = ["MqttLink", "ProvisioningBundle", "SimulatedDevice", "wall_clock_ms"]
@@ -50,50 +48,6 @@ __all__ = ["MqttLink", "ProvisioningBundle", "SimulatedDevice", "wall_clock_ms"]
 log = logging.getLogger("citywatch.simdevice")
 
 
-def wall_clock_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-@dataclass(frozen=True, slots=True)
-class ProvisioningBundle:
-    """What ``citywatch server device add`` writes for one device."""
-
-    uid: str
-    """The device's UID."""
-    kid: bytes
-    """Its 8-byte key id."""
-    alg: int
-    """COSE alg of its key."""
-    key: bytes
-    """K_SD (leaves the bundle only into a key store)."""
-    host: str
-    """Broker host."""
-    port: int
-    """Broker port."""
-    tls: bool
-    """Connect with TLS."""
-    ca_pem: str | None
-    """Broker CA, PEM, when TLS."""
-    topic_prefix: str
-    """Topic prefix, e.g. citywatch/v1."""
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> ProvisioningBundle:
-        from hardware import ProvisioningBundle as KeyMaterial
-
-        keys = KeyMaterial.parse(data)  # uid, kid, alg and key, validated
-        s = data["server"]
-        return cls(uid=keys.uid, kid=keys.kid, alg=keys.alg, key=keys.key,
-                   host=s["host"], port=int(s["port"]),
-                   tls=bool(s.get("tls", False)), ca_pem=s.get("ca_pem"),
-                   topic_prefix=s.get("topic_prefix", "citywatch/v1"))
-
-    @classmethod
-    def load(cls, path: Path | str) -> ProvisioningBundle:
-        return cls.from_json(json.loads(Path(path).read_text()))
-
-    def __repr__(self) -> str:  # never show the key
-        return f"ProvisioningBundle(uid={self.uid!r}, kid={self.kid.hex()})"
 
 
 class MqttLink:
@@ -194,13 +148,16 @@ class SimulatedDevice:
                                      cipher=cipher or AesGcmCipher(bundle.key),
                                      random=secrets.token_bytes, timing=timing,
                                      last_epoch=last_epoch)
-        p = bundle.topic_prefix
+        if bundle.server is None:
+            raise ValueError(f"the bundle of {bundle.uid} names no broker (no 'server' part)")
+        broker = bundle.server
+        p = broker.topic_prefix
         self.up_topic = f"{p}/{bundle.kid.hex()}/up"
         self.status_topic = f"{p}/{bundle.kid.hex()}/status"
         self._own_link = link is None
         self.link = link or MqttLink(
-            host=bundle.host, port=bundle.port, client_id=bundle.kid.hex(), topic_prefix=p,
-            tls=bundle.tls, ca_pem=bundle.ca_pem, tcp_nodelay=tcp_nodelay,
+            host=broker.host, port=broker.port, client_id=bundle.kid.hex(), topic_prefix=p,
+            tls=broker.tls, ca_pem=broker.ca_pem, tcp_nodelay=tcp_nodelay,
             will=aiomqtt.Will(self.status_topic, b"offline", qos=1, retain=True))
         self.events: list[Event] = []
         """Everything the protocol core reported, oldest first."""

@@ -254,12 +254,12 @@ class DemoDistrict:
         os.environ["SOFTHSM2_CONF"] = str(conf)
         self._stores = []
         for path, token in zip(bundles, tokens, strict=True):
-            raw = json.loads(path.read_text())
+            bundle = ProvisioningBundle.parse(json.loads(path.read_text()))
             store = Pkcs11KeyStore(token.module, token.label, token.pin)
             self._stores.append(store)
-            cipher = import_bundle(store, raw)
+            cipher = import_bundle(store, bundle)
             path.unlink()  # the key now lives only in the token (and the server)
-            pole = SimulatedDevice(ProvisioningBundle.from_json(raw), cipher=cipher)
+            pole = SimulatedDevice(bundle, cipher=cipher)
             await pole.start()
             self.poles.append(pole)
 

@@ -16,13 +16,14 @@ import datetime as dt
 import json
 import os
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
+
+from protocol import wall_clock_ms
 
 from ._errors import EdgeError
 
@@ -57,9 +58,7 @@ class StateError(EdgeError):
     """The state directory or a file in it is unusable; the message says what to do."""
 
 
-def wall_ms() -> int:
-    """The local wall clock in ms since the Unix epoch (the protocol's time base)."""
-    return time.time_ns() // 1_000_000
+wall_ms = wall_clock_ms  # the one wall clock (ms since the epoch), under the edge's name
 
 
 def write_atomic(path: Path, data: bytes, *, durable: bool, mode: int = 0o640) -> None:

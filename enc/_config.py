@@ -29,7 +29,7 @@ __all__ = [
     "HttpSection",
     "LimitsSection",
     "ServerTrust",
-    "TrustedServer",
+    "ServerKey",
     "config_from_mapping",
     "example_config",
     "load_config",
@@ -164,8 +164,8 @@ class _FileModel(_Section):
 
 
 @dataclass(frozen=True, slots=True)
-class TrustedServer:
-    """A trusted server with its key loaded."""
+class ServerKey:
+    """The key K_SENC of a trusted server, loaded (the ENC accepts N1s sealed with it)."""
 
     kid: bytes
     """The server's kid (8 bytes)."""
@@ -175,7 +175,7 @@ class TrustedServer:
     """A name for people."""
 
     def __repr__(self) -> str:  # never print a key
-        return f"TrustedServer(kid={self.kid.hex()}, name={self.name!r})"
+        return f"ServerKey(kid={self.kid.hex()}, name={self.name!r})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,7 +190,7 @@ class EncConfig:
     """SQLAlchemy URL."""
     http: HttpSection
     """Listener."""
-    servers: tuple[TrustedServer, ...]
+    servers: tuple[ServerKey, ...]
     """Servers whose N1s are accepted."""
     limits: LimitsSection
     """Limits."""
@@ -289,7 +289,7 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _load_server(kid: str, trust: ServerTrust, path: Path, where: str) -> TrustedServer:
+def _load_server(kid: str, trust: ServerTrust, path: Path, where: str) -> ServerKey:
     try:
         st = path.stat()
     except OSError as exc:
@@ -303,7 +303,7 @@ def _load_server(kid: str, trust: ServerTrust, path: Path, where: str) -> Truste
     key = _parse_key(data)
     if key is None:
         raise ConfigError(f"{where}: {path} must hold a 16- or 32-byte key, raw or as hex text")
-    return TrustedServer(kid=bytes.fromhex(kid), key=key, name=trust.name)
+    return ServerKey(kid=bytes.fromhex(kid), key=key, name=trust.name)
 
 
 def _parse_key(data: bytes) -> bytes | None:

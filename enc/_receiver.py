@@ -9,7 +9,6 @@ status phrase: what was wrong goes to the log, never to the peer.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Awaitable, Callable
 
 import anyio.to_thread
@@ -94,7 +93,7 @@ class AlertReceiver:
         self.endpoint = endpoint
         self.store = store
         self.max_body = max_body
-        self._clock = clock or (lambda: time.time_ns() // 1_000_000)
+        self._clock = clock or p.wall_clock_ms
         self._on_stored = on_stored
         self.router = APIRouter()
         self.router.add_api_route(

@@ -13,7 +13,6 @@ import os
 import secrets
 import signal
 import socket
-import time
 from collections.abc import AsyncIterator, Callable
 from types import FrameType
 from urllib.parse import urlsplit
@@ -37,8 +36,7 @@ __all__ = ["EncService", "build_app"]
 log = logging.getLogger("citywatch.enc")
 
 
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
+_now_ms = p.wall_clock_ms
 
 
 def build_endpoint(config: EncConfig) -> p.EncEndpoint:

@@ -19,12 +19,13 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import Engine, create_engine, event, func, select
+from sqlalchemy import Engine, create_engine, func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 import protocol as p
+from storage import sqlite_engine
 
 from ._errors import NotFound, StoreError
 from ._schema import AlertRow, AuditRow, PhotoRow
@@ -145,17 +146,6 @@ def migrate(engine: Engine) -> None:
         command.upgrade(cfg, "head")
 
 
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-    cur = dbapi_conn.cursor()
-    # WAL lets the dashboard read while an alert is written; FULL makes a commit
-    # durable before the N2 goes out.
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=FULL")
-    cur.execute("PRAGMA busy_timeout=10000")
-    cur.execute("PRAGMA foreign_keys=ON")
-    cur.close()
-
-
 class AlertStore:
     """Alerts, photos and the audit trail in one database."""
 
@@ -172,10 +162,7 @@ class AlertStore:
         try:
             u = make_url(url)
             if u.get_backend_name() == "sqlite":
-                if u.database and u.database != ":memory:":
-                    Path(u.database).parent.mkdir(parents=True, exist_ok=True)
-                engine = create_engine(u)
-                event.listen(engine, "connect", _sqlite_pragmas)
+                engine = sqlite_engine(url, busy_timeout_s=10)
             else:
                 engine = create_engine(u, pool_pre_ping=True)
             migrate(engine)

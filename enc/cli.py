@@ -9,6 +9,8 @@ import logging
 import sys
 from datetime import UTC, datetime
 
+from protocol import wall_clock_ms
+
 from ._cap import cap_message
 from ._config import EncConfig, example_config, load_config
 from ._errors import EncError, UsageError
@@ -76,10 +78,7 @@ def _config_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def _now() -> int:
-    import time
-
-    return time.time_ns() // 1_000_000
+_now = wall_clock_ms
 
 
 def _read_password(args: argparse.Namespace) -> str:

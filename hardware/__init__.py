@@ -23,7 +23,6 @@ The exception tree is drawn in ``hardware._errors``.
 
 from ._errors import (
     HardwareError,
-    InvalidBundle,
     KeyExists,
     KeyNotFound,
     KeyNotProtected,
@@ -60,7 +59,7 @@ from ._gnss import (
 )
 from ._keystore import KeyStore
 from ._pkcs11 import Pkcs11Cipher, Pkcs11KeyStore
-from ._provisioning import ProvisioningBundle, import_bundle, key_label_for_kid
+from ._provisioning import InvalidBundle, ProvisioningBundle, import_bundle, key_label_for_kid
 from ._service import (
     NotifyDriverMissing,
     ServiceNotifier,

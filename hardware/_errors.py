@@ -16,7 +16,6 @@
     │   ├── KeyExists                    we did something wrong: the label holds another key
     │   ├── UnsupportedKey               a key length or alg this store cannot hold
     │   │                                (AES-256 on an ATECC608, a 24-byte key ...)
-    │   ├── InvalidBundle                a provisioning bundle is malformed
     │   ├── KeyNotProtected              a key in the token is extractable or not sensitive
     │   └── TokenOperationFailed         the token failed an operation it should have done
     │                                    (removed, out of memory, internal error)
@@ -29,6 +28,7 @@
     ├── GnssError                        gpsfake cannot run (not installed, gpsd not up)
     └── NotifyDriverMissing              the service-manager backend is not available
 
+A malformed provisioning bundle is the protocol core's ``protocol.InvalidBundle``.
 A tag that does not verify is not a hardware error: every ``Cipher`` raises the protocol
 core's ``protocol.AuthenticationFailed`` for it, whichever store holds the key.
 
@@ -39,7 +39,6 @@ from __future__ import annotations
 
 __all__ = [
     "HardwareError",
-    "InvalidBundle",
     "KeyExists",
     "KeyNotFound",
     "KeyNotProtected",
@@ -112,10 +111,6 @@ class KeyExists(KeyStoreError):
 
 class UnsupportedKey(KeyStoreError):
     """A key length or algorithm that this store cannot hold."""
-
-
-class InvalidBundle(KeyStoreError):
-    """A provisioning bundle is malformed or inconsistent."""
 
 
 class KeyNotProtected(KeyStoreError):

@@ -6,6 +6,8 @@ and the current time in ms and gives back events and bytes to send; no sockets,
 clocks or random sources of their own (all injected).
 """
 
+from ._bundle import DEFAULT_TOPIC_PREFIX, BrokerAddress, ProvisioningBundle
+from ._clock import wall_clock_ms
 from ._crypto import AesGcmCipher, Cipher, alg_for_key_length, message_hash
 from ._device import ContactState, DeviceConnection, PendingReport
 from ._enc import EncEndpoint
@@ -19,6 +21,7 @@ from ._envelope import (
 )
 from ._errors import (
     AuthenticationFailed,
+    InvalidBundle,
     InvalidPlaintext,
     LocalProtocolError,
     MalformedMessage,
@@ -78,18 +81,18 @@ from ._ticket import TicketError, TicketSealer
 from ._timing import Limits, Timing, backoff_delay
 
 __all__ = [
-    "ALG_A128GCM", "ALG_A256GCM", "ALG_NAMES", "DEFAULT_MAX_PHOTO", "EXTERNAL_AAD",
-    "MESSAGE_CLASSES", "AesGcmCipher", "AlertConfirmed", "AlertReceived", "AlertTimedOut",
-    "AuthenticationFailed", "B1Announce", "B2Confirm", "BroadcastConfirmed", "C1Hello",
-    "C2Ready", "C3Report", "C4Receipt", "Cipher", "ClockCorrected", "ContactOpened",
-    "ContactRefused", "ContactState", "ContactTimedOut", "Coords", "DeviceConnection",
-    "DeviceDirectory", "DeviceRecord", "EncEndpoint", "EncNotifier", "Envelope", "ErrorCode",
-    "ErrorMessage", "Event", "IncidentReported", "InvalidPlaintext", "Limits",
-    "LocalProtocolError", "MalformedMessage", "Message", "MessageDropped", "MessageTooLarge",
-    "MessageType", "N1Alert", "N2Receipt", "Opened", "Outgoing", "PendingReport",
-    "ProtocolError", "RateLimit", "RemoteProtocolError", "ReplayCache", "ReportDelivered",
-    "ReportRefused", "ServerEndpoint", "TicketError", "TicketSealer", "Timing",
-    "UnexpectedMessage", "UnknownKey", "WindowAnnounced", "alg_for_key_length",
-    "backoff_delay", "decode_envelope", "decode_plaintext", "epoch_hash", "incident_id_for",
-    "message_hash", "open_message", "seal",
+    "ALG_A128GCM", "ALG_A256GCM", "ALG_NAMES", "DEFAULT_MAX_PHOTO", "DEFAULT_TOPIC_PREFIX",
+    "EXTERNAL_AAD", "MESSAGE_CLASSES", "AesGcmCipher", "AlertConfirmed", "AlertReceived",
+    "AlertTimedOut", "AuthenticationFailed", "B1Announce", "B2Confirm", "BroadcastConfirmed",
+    "BrokerAddress", "C1Hello", "C2Ready", "C3Report", "C4Receipt", "Cipher", "ClockCorrected",
+    "ContactOpened", "ContactRefused", "ContactState", "ContactTimedOut", "Coords",
+    "DeviceConnection", "DeviceDirectory", "DeviceRecord", "EncEndpoint", "EncNotifier",
+    "Envelope", "ErrorCode", "ErrorMessage", "Event", "IncidentReported", "InvalidBundle",
+    "InvalidPlaintext", "Limits", "LocalProtocolError", "MalformedMessage", "Message",
+    "MessageDropped", "MessageTooLarge", "MessageType", "N1Alert", "N2Receipt", "Opened",
+    "Outgoing", "PendingReport", "ProtocolError", "ProvisioningBundle", "RateLimit",
+    "RemoteProtocolError", "ReplayCache", "ReportDelivered", "ReportRefused", "ServerEndpoint",
+    "TicketError", "TicketSealer", "Timing", "UnexpectedMessage", "UnknownKey", "WindowAnnounced",
+    "alg_for_key_length", "backoff_delay", "decode_envelope", "decode_plaintext", "epoch_hash",
+    "incident_id_for", "message_hash", "open_message", "seal", "wall_clock_ms"
 ]

@@ -8,8 +8,9 @@
         ├── UnexpectedMessage       a type this role never receives, or an alg not allowed
         ├── UnknownKey              the kid names no key the receiver knows
         ├── AuthenticationFailed    the AEAD tag does not verify
-        └── InvalidPlaintext        decrypted, but a key is missing, unknown or mistyped,
-                                    or a value is out of range
+        ├── InvalidPlaintext        decrypted, but a key is missing, unknown or mistyped,
+        │                           or a value is out of range
+        └── InvalidBundle           a provisioning bundle is malformed or inconsistent
 
 Every remote error carries ``reason``, a short machine-readable word that adapters
 use as a metrics label (``"malformed"``, ``"too_large"``, ``"auth"`` ...).
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 __all__ = [
     "AuthenticationFailed",
+    "InvalidBundle",
     "InvalidPlaintext",
     "LocalProtocolError",
     "MalformedMessage",
@@ -74,3 +76,10 @@ class InvalidPlaintext(RemoteProtocolError):
         authenticated but unacceptable message (error 8) reads T_D from it."""
         self.envelope: object | None = None
         """The message's envelope (``protocol.Envelope``), set by ``open_message``."""
+
+
+class InvalidBundle(RemoteProtocolError):
+    """A provisioning bundle is malformed or inconsistent (the message names the field,
+    never the key)."""
+
+    reason = "bundle"

@@ -7,17 +7,18 @@ health check at /healthz without a token (keep the port on a management network)
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import secrets
 import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_type_hints
 
 import uvicorn
 from fastapi import Depends, FastAPI, Header, HTTPException, Path, Query, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from protocol import ALG_A128GCM, ALG_A256GCM
 
@@ -26,7 +27,7 @@ from ._config import ServerConfig
 from ._errors import DeviceExists, DeviceNotFound, RegistryError, ServerError
 from ._keys import read_token_file
 from ._metrics import ServerMetrics
-from ._store import DEVICE_ACTIONS, Store
+from ._store import DEVICE_ACTIONS, IncidentInfo, Store
 from ._windows import MonitoringPlan
 
 __all__ = ["AdminContext", "admin_app", "serve_admin"]
@@ -112,32 +113,24 @@ class Closed(_Model):
     monitored_until: int | None = Field(description="Still monitored by a schedule until")
 
 
-class IncidentOut(_Model):
-    id: str
-    device_uid: str
-    kid_hex: str
-    zone: str
-    lat: float
-    lon: float
-    alt: float | None
-    acc: float | None
-    coords_src: str
-    device_score: float
-    label: str
-    captured_at: int
-    received_at: int
-    photo_bytes: int
-    server_score: float | None
-    uncertain: bool | None
-    decision: str | None
-    decision_reason: str | None
-    decided_at: int | None
-    enc_state: str | None
-    enc_attempts: int | None
-    enc_delivered_at: int | None
-    fused_into: str | None = Field(
+def _incident_out() -> type[BaseModel]:
+    """The API's view of ``IncidentInfo``, made from its fields (``kid`` as ``kid_hex``, as
+    ``IncidentInfo.to_json`` writes it), so that the two cannot drift apart."""
+    hints = get_type_hints(IncidentInfo)
+    fields: dict[str, Any] = {}
+    for f in dataclasses.fields(IncidentInfo):
+        if f.name == "kid":
+            fields["kid_hex"] = (str, ...)
+        else:
+            default = ... if f.default is dataclasses.MISSING else f.default
+            fields[f.name] = (hints[f.name], default)
+    fields["fused_into"] = (str | None, Field(
         None, description="the nearby alerted incident this one was fused into (its alert "
-                          "covers both; this one has none of its own)")
+                          "covers both; this one has none of its own)"))
+    return create_model("IncidentOut", __base__=_Model, **fields)
+
+
+IncidentOut = _incident_out()
 
 
 class AuditOut(_Model):
@@ -149,9 +142,12 @@ class AuditOut(_Model):
 
 
 class Health(_Model):
-    status: Literal["ok"]
+    status: Literal["ok", "unavailable"]
+    """``unavailable`` (HTTP 503): the server cannot do its job now (no broker, or the
+    database does not answer)."""
     mqtt_connected: bool
     outbox_depth: int
+    """Alerts waiting for the ENC; -1 when the database did not answer."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,10 +210,19 @@ def admin_app(ctx: AdminContext) -> FastAPI:
     Auth = Depends(authorised)
     Actor = Annotated[str, Depends(actor)]
 
-    @app.get("/healthz", response_model=Health, tags=["ops"])
-    def healthz() -> Health:
-        return Health(status="ok", mqtt_connected=ctx.mqtt_connected(),
-                      outbox_depth=ctx.store.outbox_depth())
+    @app.get("/healthz", response_model=Health, tags=["ops"],
+             responses={503: {"model": Health, "description": "Cannot do its job now"}})
+    def healthz(response: Response) -> Health:
+        connected = ctx.mqtt_connected()
+        try:
+            depth = ctx.store.outbox_depth()
+        except Exception:  # any store failure means "unavailable", nothing more
+            depth = -1
+        if not connected or depth < 0:
+            # Load balancers and monitoring take 503 as "send nothing here".
+            response.status_code = 503
+            return Health(status="unavailable", mqtt_connected=connected, outbox_depth=depth)
+        return Health(status="ok", mqtt_connected=connected, outbox_depth=depth)
 
     @app.get("/metrics", tags=["ops"], response_class=Response,
              responses={200: {"content": {"text/plain": {}}}})
@@ -241,7 +246,7 @@ def admin_app(ctx: AdminContext) -> FastAPI:
                 uid=body.uid, zone=body.zone, lat=body.lat, lon=body.lon,
                 alg=ALG_A128GCM if body.alg == "A128GCM" else ALG_A256GCM, actor=who)
             ctx.changed()
-            return provisioning_bundle(ctx.config, device, key)
+            return provisioning_bundle(ctx.config, device, key).to_json()
 
     @app.get("/v1/devices/{uid}", response_model=DeviceOut, dependencies=[Auth],
              tags=["devices"], responses={404: {"description": "No such device"}})
@@ -311,7 +316,7 @@ def admin_app(ctx: AdminContext) -> FastAPI:
 
     # -- incidents and audit ------------------------------------------------------------
 
-    @app.get("/v1/incidents", response_model=list[IncidentOut], dependencies=[Auth],
+    @app.get("/v1/incidents", response_model=list[IncidentOut],  # type: ignore[valid-type] dependencies=[Auth],
              tags=["incidents"])
     def list_incidents(
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,

@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
 
-from protocol import ALG_NAMES
+from protocol import BrokerAddress, ProvisioningBundle
 
 from ._config import ServerConfig
 from ._errors import RegistryError
@@ -16,10 +15,11 @@ from ._store import DeviceInfo
 __all__ = ["provisioning_bundle", "write_bundle"]
 
 
-def provisioning_bundle(config: ServerConfig, device: DeviceInfo, key: bytes) -> dict[str, Any]:
-    """``{"uid","kid_hex","alg","key_hex","server": {...broker settings}}``. It holds the
-    device key in clear: it goes to the device's token (which imports it as
-    non-extractable) and is then destroyed."""
+def provisioning_bundle(config: ServerConfig, device: DeviceInfo,
+                        key: bytes) -> ProvisioningBundle:
+    """The device's bundle with the broker as devices reach it. It holds the device key in
+    clear: it goes to the device's token (which imports it as non-extractable) and is then
+    destroyed."""
     b = config.broker
     ca_pem = None
     if b.tls and b.ca_file is not None:
@@ -27,25 +27,14 @@ def provisioning_bundle(config: ServerConfig, device: DeviceInfo, key: bytes) ->
             ca_pem = config.path(b.ca_file).read_text()
         except OSError as exc:
             raise RegistryError(f"cannot read broker.ca_file for the bundle: {exc}") from None
-    return {
-        "uid": device.uid,
-        "kid_hex": device.kid.hex(),
-        "alg": ALG_NAMES[device.alg],
-        "key_hex": key.hex(),
-        "zone": device.zone,
-        "lat": device.lat,
-        "lon": device.lon,
-        "server": {
-            "host": b.device_host or b.host,
-            "port": b.device_port or b.port,
-            "tls": b.tls,
-            "ca_pem": ca_pem,
-            "topic_prefix": b.topic_prefix,
-        },
-    }
+    return ProvisioningBundle(
+        uid=device.uid, kid=device.kid, alg=device.alg, key=key,
+        zone=device.zone, lat=device.lat, lon=device.lon,
+        server=BrokerAddress(host=b.device_host or b.host, port=b.device_port or b.port,
+                             tls=b.tls, ca_pem=ca_pem, topic_prefix=b.topic_prefix))
 
 
-def write_bundle(path: Path, bundle: dict[str, Any], *, overwrite: bool = False) -> None:
+def write_bundle(path: Path, bundle: ProvisioningBundle, *, overwrite: bool = False) -> None:
     """Write the bundle with mode 0600 (it holds a key); never replace a file unless
     asked, so one device's key cannot be overwritten by another's by mistake."""
     flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_EXCL)
@@ -57,5 +46,5 @@ def write_bundle(path: Path, bundle: dict[str, Any], *, overwrite: bool = False)
         raise RegistryError(f"cannot write the bundle {path}: {exc.strerror}") from None
     os.fchmod(fd, 0o600)
     with os.fdopen(fd, "w") as f:
-        json.dump(bundle, f, indent=2)
+        json.dump(bundle.to_json(), f, indent=2)
         f.write("\n")

@@ -11,23 +11,22 @@ from __future__ import annotations
 import json
 import math
 import secrets
-import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
-from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import Engine, create_engine, event, func, select, text, update
+from sqlalchemy import Engine, create_engine, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from protocol import ALG_A128GCM, ALG_A256GCM, ALG_NAMES, IncidentReported
+from protocol import ALG_A128GCM, ALG_A256GCM, ALG_NAMES, IncidentReported, wall_clock_ms
+from storage import sqlite_engine
 
 from ._errors import DeviceExists, DeviceNotFound, RegistryError
 from ._keys import MasterKey
@@ -54,8 +53,7 @@ __all__ = [
 DEVICE_ACTIONS = ("activate", "deactivate", "block", "unblock")
 
 
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
+now_ms = wall_clock_ms  # the one wall clock (ms since the epoch), under the server's name
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,23 +277,7 @@ def distance_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
 
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
-        path = url.split("///", 1)[1] if "///" in url else ""
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
-
-        @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-            cur = dbapi_conn.cursor()
-            # WAL lets the CLI read while the server writes; a durable commit per
-            # incident is what "never lose an alert" costs.
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=FULL")
-            cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA busy_timeout=30000")
-            cur.close()
-
-        return engine
+        return sqlite_engine(url, busy_timeout_s=30)
     return create_engine(url, pool_pre_ping=True)
 
 

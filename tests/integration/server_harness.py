@@ -163,7 +163,7 @@ class ServerSetup:
                                "--lat", "52.2297", "--lon", "21.0122", "--alg", alg,
                                "--bundle-out", str(out)])
         assert code == 0
-        return ProvisioningBundle.load(out)
+        return ProvisioningBundle.parse(json.loads(out.read_text()))
 
     def variant(self, name: str, *, admin_port: int | None = None) -> ServerSetup:
         """Another config for the same data directory (a second replica)."""

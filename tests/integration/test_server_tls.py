@@ -18,8 +18,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from citywatch._services import Broker, ServiceUnavailable, free_port, start_mosquitto
-from citywatch._simdevice import ProvisioningBundle, SimulatedDevice
-from protocol import Coords
+from citywatch._simdevice import SimulatedDevice
+from protocol import BrokerAddress, Coords, ProvisioningBundle
 from tests.integration.server_harness import EncStub, ServerProcess, make_server, wait_until
 from tests.support.world import jpeg
 
@@ -82,7 +82,9 @@ def test_contact_over_tls_with_the_ca_from_config_and_bundle(
                         broker_extra={"tls": True, "ca_file": str(ca)})
     enc = EncStub(server_kid=setup.server_kid, key=setup.enc_key, port=port).start()
     bundle = setup.add_device("pole-tls", "z")
-    assert bundle.tls and bundle.ca_pem and "BEGIN CERTIFICATE" in bundle.ca_pem
+    broker_address = bundle.server
+    assert broker_address is not None and broker_address.tls and broker_address.ca_pem
+    assert "BEGIN CERTIFICATE" in broker_address.ca_pem
     server = ServerProcess(setup).start()
     try:
         server.api("POST", "/v1/windows/z/open", json=FOREVER)
@@ -105,8 +107,8 @@ def test_device_that_does_not_trust_the_broker_cannot_connect(
     broker, _ca = tls_broker
     other_ca, _, _ = make_ca_and_cert(tmp_path / "other", name="Someone else's CA")
     bundle = ProvisioningBundle(uid="pole-x", kid=bytes(8), alg=3, key=bytes(32),
-                                host=broker.host, port=broker.port, tls=True,
-                                ca_pem=other_ca.read_text(), topic_prefix="citywatch/v1")
+                                server=BrokerAddress(host=broker.host, port=broker.port,
+                                                     tls=True, ca_pem=other_ca.read_text()))
 
     async def connect() -> None:
         async with SimulatedDevice(bundle):
