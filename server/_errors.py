@@ -3,13 +3,14 @@
     ServerError
     ├── ConfigError           the configuration file is missing, unreadable or invalid
     ├── MasterKeyError        the master key file is absent, malformed or too readable
+    ├── VerifierModelError    a model file of the photo check is missing or not the pinned one
     ├── RegistryError         a registry or window operation cannot be done as asked
     │   ├── DeviceNotFound    no device with that UID
     │   └── DeviceExists      a device with that UID (or kid) is already registered
     ├── EncDeliveryError      the ENC did not accept an alert (retried by the outbox)
     └── UsageError            a command-line option is unusable, or the server refused it
 
-``UsageError`` and the first four are "we (or the operator) did something wrong": they
+``UsageError`` and the first five are "we (or the operator) did something wrong": they
 stop a command or the start of the server with a message that says what to do.
 ``EncDeliveryError`` is "the peer did": it never escapes the outbox worker, which retries.
 """
@@ -25,6 +26,7 @@ __all__ = [
     "RegistryError",
     "ServerError",
     "UsageError",
+    "VerifierModelError",
 ]
 
 
@@ -38,6 +40,11 @@ class ConfigError(ServerError):
 
 class MasterKeyError(ServerError):
     """The master key cannot be used; the message says what to do."""
+
+
+class VerifierModelError(ServerError):
+    """A model file of the photo check is missing or not the pinned file; the message
+    names the file and says how to install it."""
 
 
 class RegistryError(ServerError):

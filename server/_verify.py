@@ -1,20 +1,60 @@
-"""Photo verification between C3 and N1: a score for "this photo shows a dangerous
-situation" and the decision that follows from the configured threshold.
+"""Photo verification between C3 and N1: the server's own look at the photo, a score for
+"this photo shows a dangerous situation" and the decision that follows from the threshold.
 
-``PhotoVerifier`` is the interface; ``StandInVerifier`` is the placeholder until the
-person/pose models arrive: it checks that the photo is a usable picture and otherwise
-trusts the device's own score, nudged by how much the frame has in it.
+``PoseVerifier`` is the real check (the paper's "the trusted server can analyze and
+authenticate the received photograph using AI methods"):
+
+1. ``_photo.prepare_photo``: the JPEG decoded with a cap on its pixels, rejected when it
+   cannot show anything (not a JPEG, undecodable, tiny, a decompression bomb, one colour),
+   then CLAHE and a light Gaussian blur.
+2. ``_scene.SceneReader``: the people in it at any rotation and how each body lies.
+3. Scores from that geometry:
+   - *person down*, per person: a logistic model over the body's tilt, how far the head
+     is above the hips and the ankles below them, fitted once on a tuning split
+     (``bench/fit_verifier.py`` refits it and prints the figures; docs/detection.md says
+     on which data);
+   - *fight*: a single photo shows no motion, so the pole's temporal decision is checked
+     against the photo: people in it, two close together agreeing best.
+4. The device's own score is one input, with a small weight, and only when the photo
+   shows a person: a photo of nobody scores 0 whatever the device says.
+
+``VerifierPool`` runs a verifier off the event loop: worker processes that each load
+the models once (``workers`` >= 1), or one worker thread in the server's process
+(``workers = 0``, for small installations and tests).
 """
 
 from __future__ import annotations
 
-import io
+import asyncio
+import concurrent.futures
+import math
+import multiprocessing
+import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
-from PIL import Image, ImageStat, UnidentifiedImageError
+from edge import ModelError
 
-__all__ = ["Decision", "PhotoVerifier", "StandInVerifier", "Verdict", "decide"]
+from ._errors import VerifierModelError
+from ._models import VerifierModels
+from ._photo import PhotoRejected, prepare_photo
+from ._scene import BodyGeometry, SceneReader
+
+__all__ = [
+    "Decision",
+    "PhotoVerifier",
+    "PoseVerifier",
+    "Verdict",
+    "VerifierPool",
+    "VerifierSettings",
+    "decide",
+    "fight_score",
+    "person_down_score",
+    "togetherness",
+    "usable",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,9 +64,13 @@ class Verdict:
     score: float
     """0.0 (nothing dangerous) .. 1.0 (certainly dangerous)."""
     label: str
-    """What it saw ("person_down", "blank_frame", ...)."""
+    """What it saw: ``person_down``, ``fight``, ``no_danger``, ``no_person``, or why the photo
+    is unusable (``not_jpeg``, ``undecodable``, ``too_small``, ``too_large``,
+    ``blank_frame``)."""
     uncertain: bool
-    """True when the score is too close to call."""
+    """True when the score is too close to the threshold to call."""
+    detail: str = ""
+    """What the score rests on, in words (people found, their scores, a rejection reason)."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.score <= 1.0:
@@ -35,9 +79,9 @@ class Verdict:
 
 class PhotoVerifier(Protocol):
     """Scores a photo. ``device_score``/``device_label`` are the device's own opinion,
-    which a verifier may use or ignore."""
+    which a verifier may use as one input but must not follow alone."""
 
-    def score(self, photo: bytes, *, device_score: float = 0.0,
+    def score(self, photo: bytes, *, device_score: float | None = None,
               device_label: str = "") -> Verdict:
         ...
 
@@ -57,41 +101,236 @@ class Decision:
 def decide(verdict: Verdict, *, threshold: float) -> Decision:
     dangerous = verdict.score >= threshold
     rel = ">=" if dangerous else "<"
+    detail = f"; {verdict.detail}" if verdict.detail else ""
     return Decision(dangerous, verdict,
                     f"{verdict.label}: score {verdict.score:.3f} {rel} threshold {threshold:.3f}"
-                    + (" (uncertain)" if verdict.uncertain else ""))
+                    + (" (uncertain)" if verdict.uncertain else "") + detail)
 
 
-class StandInVerifier:
-    """Placeholder verifier: unusable photos (undecodable, too small, a uniform frame)
-    score 0; usable ones get the device's score blended with a little image evidence."""
+# -- the scores -------------------------------------------------------------------------
 
-    # A frame whose luminance barely varies is a covered lens or a dead sensor.
-    _BLANK_STDDEV = 3.0
+# A reading is used only when the landmark model is sure it shows a person whose torso it
+# can see, and the torso is not implausibly large (a ghost spanning the picture).
+_MIN_PRESENCE = 0.6
+_MIN_TORSO_VISIBLE = 0.7
+_MAX_TORSO_SHARE = 0.35
+# Logistic weights over ``_down_features`` (head rise, sine of the body's tilt, ankle
+# drop) and bias; fitted by bench/fit_verifier.py on GMDCSA24 subjects 1-2 and the
+# lower-numbered half of the no-fight clips (docs/detection.md).
+_DOWN_WEIGHTS = (-0.255, 1.781, -1.71)
+_DOWN_BIAS = 0.313
+# People closer than this many torso lengths (hips to hips) count as together.
+_TOGETHER = 2.5
 
-    def __init__(self, *, threshold: float, uncertainty_band: float, min_width: int = 64,
-                 min_height: int = 48) -> None:
-        self.threshold = threshold
-        self.band = uncertainty_band
-        self.min_width = min_width
-        self.min_height = min_height
 
-    def score(self, photo: bytes, *, device_score: float = 0.0,
+def _sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, x))))
+
+
+def usable(body: BodyGeometry, long_side: int) -> bool:
+    """Whether a reading is trustworthy enough to score (see the constants above)."""
+    return (body.presence >= _MIN_PRESENCE and body.torso_visible >= _MIN_TORSO_VISIBLE
+            and body.torso_px <= _MAX_TORSO_SHARE * long_side)
+
+
+def _down_features(b: BodyGeometry) -> tuple[float, float, float]:
+    head, ankles = b.head_rise, b.ankle_drop
+    if head < -0.5 and ankles < -0.5:
+        # Head below the hips and ankles above them: an upright person read upside down
+        # (people are not found standing on their heads), so read it the right way up.
+        head, ankles = -head, -ankles
+    legs = b.legs_visible >= 0.4
+    tilt = (b.torso_tilt + b.body_tilt) / 2 if legs else b.torso_tilt
+    return (max(-1.5, min(1.5, head)), math.sin(math.radians(tilt)),
+            max(-1.0, min(2.0, ankles)) if legs else 0.6)
+
+
+def person_down_score(body: BodyGeometry, weights: Sequence[float] = _DOWN_WEIGHTS,
+                      bias: float = _DOWN_BIAS) -> float:
+    """How likely this person is lying or collapsed, 0..1."""
+    return _sigmoid(sum(w * f for w, f in zip(weights, _down_features(body), strict=True))
+                    + bias)
+
+
+def togetherness(people: Sequence[BodyGeometry]) -> float:
+    """How close the closest two people are, 0..1: 1 touching, about 0.2 at
+    ``_TOGETHER`` torso lengths apart, 0 with fewer than two people."""
+    best = 0.0
+    for i, a in enumerate(people):
+        for b in people[i + 1:]:
+            gap = math.dist(a.centre, b.centre) / max(a.torso_px, b.torso_px, 1.0)
+            best = max(best, math.exp(-gap / (_TOGETHER / 1.6)))
+    return best
+
+
+def fight_score(people: Sequence[BodyGeometry], device_score: float | None) -> float:
+    """The photo's support for a fight the device saw, 0..1.
+
+    A single photo shows no motion: the pole decides "fight" from limb speed over time.
+    The server checks that the photo agrees: people in it (two, close together, agree
+    best). With nobody in it the score is 0 whatever the device says.
+    """
+    if not people or device_score is None:
+        return 0.0
+    support = 0.6 + 0.4 * togetherness(people) if len(people) >= 2 else 0.5
+    return max(0.0, min(1.0, device_score)) * support
+
+
+# -- the verifier -----------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class VerifierSettings:
+    """What a ``PoseVerifier`` needs besides its models (from ``[verification]``)."""
+
+    threshold: float = 0.7
+    """The decision threshold (for the uncertainty flag)."""
+    uncertainty_band: float = 0.1
+    """Scores within this of the threshold are uncertain."""
+    min_width: int = 64
+    """Narrower photos are unusable."""
+    min_height: int = 48
+    """Lower photos are unusable."""
+    max_pixels: int = 24_000_000
+    """Photos with more pixels are refused before decoding (decompression bombs)."""
+    long_side: int = 960
+    """Photos are analysed with their long side at most this many pixels."""
+    device_weight: float = 0.1
+    """How far the device's own score moves a person-down score (by up to half this
+    either way), when the photo shows a person."""
+
+
+class PoseVerifier:
+    """The server's photo check (module docstring). Not thread-safe: one per worker."""
+
+    def __init__(self, models: VerifierModels, settings: VerifierSettings | None = None) -> None:
+        self.settings = settings or VerifierSettings()
+        self.reader = SceneReader(models)
+
+    def score(self, photo: bytes, *, device_score: float | None = None,
               device_label: str = "") -> Verdict:
+        """``device_score=None``: no device opinion (an evaluation of bare photos)."""
+        s = self.settings
+        prepared = prepare_photo(photo, max_pixels=s.max_pixels, min_width=s.min_width,
+                                 min_height=s.min_height, long_side=s.long_side)
+        if isinstance(prepared, PhotoRejected):
+            return Verdict(0.0, prepared.label, False, prepared.reason)
+        long_side = max(prepared.rgb.shape[:2])
+        people = [p for p in self.reader.read(prepared.rgb) if usable(p, long_side)]
+        if not people:
+            return Verdict(0.0, "no_person", False, "nobody in the photo")
+        down = max(person_down_score(p) for p in people)
+        fight = fight_score(people, device_score if device_label == "fight" else None)
+        if device_score is not None:
+            down += s.device_weight * (max(0.0, min(1.0, device_score)) - 0.5)
+        down = max(0.0, min(1.0, down))
+        score, label = (fight, "fight") if fight > down else (down, "person_down")
+        if score < s.threshold:
+            label = "no_danger"
+        score = round(score, 4)
+        uncertain = abs(score - s.threshold) < s.uncertainty_band
+        device = "none" if device_score is None else f"{device_score:.2f}"
+        detail = (f"{len(people)} {'person' if len(people) == 1 else 'people'}, person down "
+                  f"{down:.2f}, fight {fight:.2f}, device {device}"
+                  + (f" ({device_label})" if device_label else ""))
+        return Verdict(score, label, uncertain, detail)
+
+
+# -- off the event loop -----------------------------------------------------------------
+
+_worker: PoseVerifier | None = None
+
+
+def _init_worker(models_dir: str | None, settings: VerifierSettings) -> None:
+    global _worker
+    _worker = PoseVerifier(VerifierModels(Path(models_dir) if models_dir else None), settings)
+
+
+def _score_in_worker(photo: bytes, device_score: float | None, device_label: str) -> Verdict:
+    assert _worker is not None, "worker not initialised"
+    return _worker.score(photo, device_score=device_score, device_label=device_label)
+
+
+def _ready() -> bool:
+    return _worker is not None
+
+
+class VerifierPool:
+    """Runs photo checks off the event loop; ``await pool.verify(...)``.
+
+    ``workers`` >= 1: that many worker processes, each loading the models once at start
+    (``start()`` waits until they have, so a missing model stops the server at start-up).
+    ``workers = 0``: one thread in this process. ``verifier=`` runs a given verifier (one
+    thread, calls serialised), for tests and embedders.
+    """
+
+    def __init__(self, *, models_dir: Path | None = None, settings: VerifierSettings | None = None,
+                 workers: int = 1, verifier: PhotoVerifier | None = None) -> None:
+        self.models_dir = models_dir
+        self.settings = settings or VerifierSettings()
+        self.workers = workers
+        self._verifier = verifier
+        self._lock = threading.Lock()
+        self._threads: concurrent.futures.ThreadPoolExecutor | None = None
+        self._processes: concurrent.futures.ProcessPoolExecutor | None = None
+
+    def start(self) -> None:
+        """Load the models (in every worker). Raises ``VerifierModelError`` when one is
+        missing or not the pinned file."""
         try:
-            with Image.open(io.BytesIO(photo)) as img:
-                if img.format != "JPEG":
-                    return Verdict(0.0, "not_jpeg", False)
-                img.load()
-                width, height = img.size
-                stddev = ImageStat.Stat(img.convert("L")).stddev[0]
-        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
-            return Verdict(0.0, "undecodable", False)
-        if width < self.min_width or height < self.min_height:
-            return Verdict(0.0, "too_small", False)
-        if stddev < self._BLANK_STDDEV:
-            return Verdict(0.0, "blank_frame", False)
-        texture = min(1.0, stddev / 40.0)
-        score = max(0.0, min(1.0, 0.85 * device_score + 0.15 * texture))
-        uncertain = abs(score - self.threshold) < self.band
-        return Verdict(round(score, 4), device_label or "unknown", uncertain)
+            models = VerifierModels(self.models_dir) if self._verifier is None else None
+        except ModelError as exc:
+            raise VerifierModelError(f"photo check: {exc}") from None
+        if models is not None and self.workers == 0:
+            self._verifier = PoseVerifier(models, self.settings)
+        del models
+        if self._verifier is not None:
+            self._threads = concurrent.futures.ThreadPoolExecutor(
+                1, thread_name_prefix="citywatch-verify")
+            return
+        # spawn: the server's process has threads (asyncio, MQTT); forking it is unsafe.
+        self._processes = concurrent.futures.ProcessPoolExecutor(
+            self.workers, mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(str(self.models_dir) if self.models_dir else None, self.settings))
+        # Each worker loads its models in its initializer; one call per worker makes every
+        # worker start now, and a failing initializer breaks the pool here, not later.
+        try:
+            for f in [self._processes.submit(_ready) for _ in range(self.workers)]:
+                f.result()
+        except concurrent.futures.process.BrokenProcessPool as exc:
+            self.close()
+            raise VerifierModelError(f"photo check: a worker process could not start ({exc})"
+                                     ) from None
+
+    def score_sync(self, photo: bytes, *, device_score: float | None = None,
+                   device_label: str = "") -> Verdict:
+        """The check in the caller's thread (``citywatch server eval``)."""
+        if self._verifier is None:
+            try:
+                self._verifier = PoseVerifier(VerifierModels(self.models_dir), self.settings)
+            except ModelError as exc:
+                raise VerifierModelError(f"photo check: {exc}") from None
+        with self._lock:
+            return self._verifier.score(photo, device_score=device_score,
+                                        device_label=device_label)
+
+    async def verify(self, photo: bytes, *, device_score: float | None = None,
+                     device_label: str = "") -> Verdict:
+        loop = asyncio.get_running_loop()
+        if self._processes is not None:
+            return await loop.run_in_executor(self._processes, _score_in_worker, photo,
+                                              device_score, device_label)
+        if self._threads is None:
+            self.start()
+        assert self._threads is not None
+        return await loop.run_in_executor(
+            self._threads, lambda: self.score_sync(photo, device_score=device_score,
+                                                   device_label=device_label))
+
+    def close(self) -> None:
+        if self._processes is not None:
+            self._processes.shutdown(wait=True, cancel_futures=True)
+            self._processes = None
+        if self._threads is not None:
+            self._threads.shutdown(wait=True, cancel_futures=True)
+            self._threads = None
