@@ -17,7 +17,7 @@ from typing import Any
 import tomli_w
 
 from hardware import SoftHsmToken
-from hardware._gnss import GpsFake, nmea_log
+from hardware._gpsfake import GpsFake, nmea_log
 
 __all__ = ["EdgePole", "SceneFootage", "find_footage"]
 

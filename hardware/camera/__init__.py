@@ -10,19 +10,8 @@ Frames are BGR uint8 arrays with a monotonic timestamp and an index (``Frame``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from ._base import Camera, Frame, encode_jpeg, redact_url
-from ._config import (
-    CameraConfig,
-    OpenCvConfig,
-    Picamera2Config,
-    SceneConfig,
-    SceneSegment,
-    Size,
-    load_timeline,
-    parse_camera_config,
-)
+from ._config import CAMERA_DRIVERS, CameraConfig, open_camera, parse_camera_config
 from ._errors import (
     CameraDriverMissing,
     CameraError,
@@ -31,11 +20,13 @@ from ._errors import (
     NoFrame,
     SceneError,
 )
-from ._opencv import OpenCvCamera
-from ._picamera2 import MISSING_PICAMERA2, Picamera2Camera, import_picamera2
-from ._scene import IMAGE_SUFFIXES, SceneCamera
+from ._opencv import OpenCvCamera, OpenCvConfig
+from ._picamera2 import MISSING_PICAMERA2, Picamera2Camera, Picamera2Config, import_picamera2
+from ._scene import IMAGE_SUFFIXES, SceneCamera, SceneConfig, SceneSegment, load_timeline
+from ._section import CameraSection, Size
 
 __all__ = [
+    "CAMERA_DRIVERS",
     "IMAGE_SUFFIXES",
     "MISSING_PICAMERA2",
     "Camera",
@@ -43,6 +34,7 @@ __all__ = [
     "CameraDriverMissing",
     "CameraError",
     "CameraNotRunning",
+    "CameraSection",
     "CameraUnavailable",
     "Frame",
     "NoFrame",
@@ -62,20 +54,3 @@ __all__ = [
     "parse_camera_config",
     "redact_url",
 ]
-
-
-def open_camera(
-    config: Picamera2Config | OpenCvConfig | SceneConfig,
-    *,
-    clock: Callable[[], float] | None = None,
-) -> Camera:
-    """The driver the configuration names, not started yet. A driver whose library is
-    missing raises ``CameraDriverMissing`` here, at start-up. ``clock`` drives the scene
-    player's time (tests); the real drivers follow real time and refuse one."""
-    if isinstance(config, SceneConfig):
-        return SceneCamera(config, clock=clock)
-    if clock is not None:
-        raise ValueError(f"the {config.driver} driver follows real time: no clock can drive it")
-    if isinstance(config, OpenCvConfig):
-        return OpenCvCamera(config)
-    return Picamera2Camera(config)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import re
 from abc import abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import cv2
 import numpy as np
@@ -48,7 +50,20 @@ class Frame:
 
 class Camera(Startable):
     """A source of frames: ``start()``, then ``read()`` in the main loop, ``snapshot()``
-    when an incident needs a photo, ``stop()`` at the end. Also a context manager."""
+    when an incident needs a photo, ``stop()`` at the end. Also a context manager.
+
+    A driver names itself (``driver``, the ``[camera] driver`` value) and builds itself from
+    its configuration model, which lives beside it in the driver's module."""
+
+    driver: ClassVar[str]
+    """The ``[camera] driver`` value that picks this camera."""
+
+    @classmethod
+    @abstractmethod
+    def from_config(cls, config: Any, *, clock: Callable[[], float] | None = None) -> Camera:
+        """The camera for its configuration model, not started yet. A driver whose library
+        is missing raises ``CameraDriverMissing`` here. ``clock`` drives a fake's time
+        (tests); real drivers follow real time and refuse one (``ValueError``)."""
 
     @property
     @abstractmethod

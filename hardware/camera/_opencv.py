@@ -13,21 +13,67 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import cv2
 import numpy as np
+from pydantic import Field, field_validator, model_validator
 
 from ._base import Camera, Frame, Image, encode_jpeg, redact_url
-from ._config import OpenCvConfig
 from ._errors import CameraNotRunning, CameraUnavailable, NoFrame
+from ._section import CameraSection, Size
 
-__all__ = ["OpenCvCamera"]
+__all__ = ["OpenCvCamera", "OpenCvConfig"]
 
 _log = logging.getLogger(__name__)
 
 SourceKind = Literal["device", "stream", "file"]
+
+
+class OpenCvConfig(CameraSection):
+    """A camera through OpenCV's ``VideoCapture``: USB/V4L2 device, network stream, video file."""
+
+    driver: Literal["opencv"]
+    source: int | str
+    """A V4L2 device number (``0``) or path (``/dev/video0``), a stream URL
+    (``rtsp://user:password@camera/stream1``, ``http://.../video.mjpg``), or a video file."""
+    size: Size | None = None
+    """Capture size asked of a V4L2 device; none: the device's default. Ignored for streams
+    and files."""
+    fps: float | None = Field(None, gt=0, le=120)
+    """Frame rate asked of a V4L2 device; for a video file, the rate it is played at
+    (none: the file's own rate)."""
+    lores_size: Size | None = None
+    """Size of the frames ``read()`` returns (scaled down from the full frame); none: full size."""
+    loop: bool = False
+    """Video file only: start again at the end (else the camera stops delivering)."""
+    open_timeout_s: float = Field(10.0, gt=0, le=300)
+    """How long to wait for a network stream to open."""
+    read_timeout_s: float = Field(5.0, gt=0, le=300)
+    """A network stream silent for this long is treated as dropped and reconnected."""
+    reconnect_initial_s: float = Field(0.5, gt=0, le=600)
+    """First wait before reconnecting a dropped stream or device; doubles on every failure."""
+    reconnect_max_s: float = Field(30.0, gt=0, le=3600)
+    """Longest wait between two reconnection attempts."""
+    jpeg_quality: int = Field(90, ge=1, le=100)
+    """JPEG quality of the snapshot."""
+
+    @field_validator("source")
+    @classmethod
+    def _non_empty(cls, v: int | str) -> int | str:
+        if isinstance(v, str) and not v.strip():
+            raise ValueError("source must not be empty")
+        if isinstance(v, int) and v < 0:
+            raise ValueError("a device number is 0 or more")
+        return v
+
+    @model_validator(mode="after")
+    def _backoff(self) -> OpenCvConfig:
+        if self.reconnect_initial_s > self.reconnect_max_s:
+            raise ValueError("reconnect_initial_s must not exceed reconnect_max_s")
+        return self
 
 
 def _kind(source: int | str) -> SourceKind:
@@ -40,6 +86,15 @@ def _kind(source: int | str) -> SourceKind:
 
 class OpenCvCamera(Camera):
     """``VideoCapture`` behind the camera interface."""
+
+    driver: ClassVar[str] = "opencv"
+
+    @classmethod
+    def from_config(cls, config: OpenCvConfig, *,
+                    clock: Callable[[], float] | None = None) -> OpenCvCamera:
+        if clock is not None:
+            raise ValueError(f"the {cls.driver} driver follows real time: no clock can drive it")
+        return cls(config)
 
     def __init__(self, config: OpenCvConfig) -> None:
         self._config = config

@@ -13,17 +13,19 @@ import importlib
 import logging
 import threading
 import time
+from collections.abc import Callable
 from types import ModuleType
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import cv2
 import numpy as np
+from pydantic import Field
 
 from ._base import Camera, Frame, Image, encode_jpeg
-from ._config import Picamera2Config
 from ._errors import CameraDriverMissing, CameraError, CameraNotRunning, CameraUnavailable
+from ._section import CameraSection, Size
 
-__all__ = ["MISSING_PICAMERA2", "Picamera2Camera", "import_picamera2"]
+__all__ = ["MISSING_PICAMERA2", "Picamera2Camera", "Picamera2Config", "import_picamera2"]
 
 _log = logging.getLogger(__name__)
 
@@ -33,6 +35,31 @@ MISSING_PICAMERA2 = (
     "virtual environment with `python3 -m venv --system-site-packages` so that it sees it; "
     'for a USB or network camera choose driver = "opencv" instead'
 )
+
+
+class Picamera2Config(CameraSection):
+    """A Raspberry Pi camera through picamera2 (libcamera)."""
+
+    driver: Literal["picamera2"]
+    camera: int = Field(0, ge=0, le=7)
+    """Camera number (``rpicam-hello --list-cameras`` lists them)."""
+    main_size: Size | None = None
+    """Size of the full-resolution stream the snapshot comes from; none: the sensor's full
+    resolution. Lower it (e.g. [2304, 1296] on a Camera Module 3) if the camera cannot
+    allocate its buffers (the kernel's CMA memory is too small)."""
+    lores_size: Size | None = None
+    """Size of the low-resolution stream ``read()`` returns; none: 640 pixels wide with the
+    main stream's aspect ratio. It is aligned to what the ISP wants, so it may change a little."""
+    fps: float = Field(10.0, gt=0, le=120)
+    """Frame rate asked of the sensor."""
+    hflip: bool = False
+    """Mirror the image left-right."""
+    vflip: bool = False
+    """Turn the image upside down (with ``hflip``: a camera mounted upside down)."""
+    buffer_count: int = Field(4, ge=2, le=8)
+    """Buffers per stream; fewer saves CMA memory, more absorbs a slow consumer."""
+    jpeg_quality: int = Field(90, ge=1, le=100)
+    """JPEG quality of the snapshot."""
 
 
 def import_picamera2() -> ModuleType:
@@ -51,6 +78,15 @@ def import_picamera2() -> ModuleType:
 
 class Picamera2Camera(Camera):
     """picamera2 behind the camera interface."""
+
+    driver: ClassVar[str] = "picamera2"
+
+    @classmethod
+    def from_config(cls, config: Picamera2Config, *,
+                    clock: Callable[[], float] | None = None) -> Picamera2Camera:
+        if clock is not None:
+            raise ValueError(f"the {cls.driver} driver follows real time: no clock can drive it")
+        return cls(config)
 
     def __init__(self, config: Picamera2Config) -> None:
         self._config = config

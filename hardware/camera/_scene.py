@@ -20,24 +20,138 @@ import logging
 import math
 import threading
 import time
+import tomllib
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
+from typing import ClassVar, Literal
 
 import cv2
 import numpy as np
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from ._base import Camera, Frame, Image, encode_jpeg
-from ._config import SceneConfig, SceneSegment, Size
 from ._errors import CameraNotRunning, NoFrame, SceneError
+from ._section import CameraSection, PathLike, Size, resolve_path
 
-__all__ = ["IMAGE_SUFFIXES", "SceneCamera"]
+__all__ = ["IMAGE_SUFFIXES", "SceneCamera", "SceneConfig", "SceneSegment", "load_timeline"]
 
 _log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm"})
 """Files of a folder that the scene player shows; anything else in the folder is ignored."""
 _EPS = 1e-9  # slot arithmetic in floats: 0.3 * 10 must be slot 3, not 2.999...
+
+
+# -- configuration -------------------------------------------------------------------
+
+
+class SceneSegment(CameraSection):
+    """From second ``at`` on, the scene plays ``play`` (or stalls), until the next segment."""
+
+    at: float = Field(ge=0)
+    """Seconds after ``start()`` at which this segment begins."""
+    play: PathLike | None = None
+    """A folder of images (played in name order), a video file, or one image (held)."""
+    stall: bool = False
+    """The camera delivers no frames during this segment (for fault tests)."""
+    loop: bool = True
+    """Start the media again when it ends; false: hold its last frame."""
+    media_fps: float | None = Field(None, gt=0, le=1000)
+    """Rate of the media: images per second for a folder (none: the scene's ``fps``), or
+    to override a video file's own rate."""
+
+    @field_validator("play")
+    @classmethod
+    def _relative(cls, v: Path | None, info: ValidationInfo) -> Path | None:
+        return None if v is None else resolve_path(v, info)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> SceneSegment:
+        if (self.play is None) == (not self.stall):
+            raise ValueError("a segment has either play = PATH or stall = true")
+        return self
+
+
+def _check_order(segments: list[SceneSegment] | tuple[SceneSegment, ...]) -> None:
+    if not segments:
+        raise ValueError("the timeline has no segment")
+    if segments[0].at != 0:
+        raise ValueError("the first segment must start at 0")
+    for i in range(1, len(segments)):
+        if segments[i].at <= segments[i - 1].at:
+            raise ValueError(
+                f"segment {i} starts at {segments[i].at} s, not after segment {i - 1} "
+                f"({segments[i - 1].at} s): segments go in time order"
+            )
+
+
+class _TimelineFile(CameraSection):
+    segment: list[SceneSegment]
+    """The segments, as ``[[segment]]`` tables."""
+
+
+def load_timeline(path: Path) -> tuple[SceneSegment, ...]:
+    """Segments of a timeline TOML file (``[[segment]]`` tables); ``ValueError`` naming the
+    file and the key when it is wrong."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ValueError(f"timeline file {path}: cannot read it ({exc.strerror})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"timeline file {path}: not valid TOML ({exc})") from None
+    try:
+        parsed = _TimelineFile.model_validate(data, context={"base_dir": path.parent})
+        _check_order(parsed.segment)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join(str(p) for p in first["loc"])
+        raise ValueError(f"timeline file {path}: {key}: {first['msg']}") from None
+    except ValueError as exc:
+        raise ValueError(f"timeline file {path}: {exc}") from None
+    return tuple(parsed.segment)
+
+
+class SceneConfig(CameraSection):
+    """The scene player: a fake camera that plays images and videos on a scripted timeline."""
+
+    driver: Literal["scene"]
+    fps: float = Field(10.0, gt=0, le=120)
+    """Frames per second the fake camera delivers."""
+    size: Size | None = None
+    """Full-resolution size every frame is scaled to; none: each medium's own size."""
+    lores_size: Size | None = None
+    """Size of the frames ``read()`` returns; none: full size."""
+    timeline: tuple[SceneSegment, ...] = Field((), strict=False)
+    """The segments, inline (``[[camera.timeline]]`` tables)."""
+    timeline_file: PathLike | None = None
+    """A TOML file of ``[[segment]]`` tables, instead of an inline ``timeline``."""
+    jpeg_quality: int = Field(90, ge=1, le=100)
+    """JPEG quality of the snapshot."""
+
+    @field_validator("timeline_file")
+    @classmethod
+    def _relative(cls, v: Path | None, info: ValidationInfo) -> Path | None:
+        return None if v is None else resolve_path(v, info)
+
+    @model_validator(mode="after")
+    def _timeline(self) -> SceneConfig:
+        if bool(self.timeline) == (self.timeline_file is not None):
+            raise ValueError("give either timeline (inline segments) or timeline_file")
+        if self.timeline_file is not None:
+            load_timeline(self.timeline_file)  # raises ValueError naming file and key
+        else:
+            _check_order(self.timeline)
+        return self
+
+    def segments(self) -> tuple[SceneSegment, ...]:
+        """The timeline, read from ``timeline_file`` where that is given."""
+        if self.timeline_file is not None:
+            return load_timeline(self.timeline_file)
+        return self.timeline
+
+
+# -- the player ----------------------------------------------------------------------
 
 
 def _read_image(path: Path) -> Image:
@@ -164,6 +278,13 @@ def _scaled(image: Image, size: Size | None) -> Image:
 
 class SceneCamera(Camera):
     """Plays a ``SceneConfig`` timeline as a camera."""
+
+    driver: ClassVar[str] = "scene"
+
+    @classmethod
+    def from_config(cls, config: SceneConfig, *,
+                    clock: Callable[[], float] | None = None) -> SceneCamera:
+        return cls(config, clock=clock)
 
     def __init__(self, config: SceneConfig, *, clock: Callable[[], float] | None = None) -> None:
         try:
