@@ -30,7 +30,7 @@ from hardware._gnss import (
     open_gnss,
     parse_gnss_config,
 )
-from hardware._service import ServiceNotifier, watchdog_interval
+from hardware._service import ServiceNotifier, WatchdogKeeper
 from hardware.camera import Camera, CameraError, open_camera, parse_camera_config
 
 from ._client import ProtocolClient
@@ -210,38 +210,44 @@ class EdgeDaemon:
         return PipelineStatus(last_frame_at=last_frame_at, fps=self._fps(),
                               last_detection=detection or last.last_detection)
 
+    def _frame_age(self) -> float | None:
+        return None if self._last_frame_mono is None else time.monotonic() - self._last_frame_mono
+
+    def _camera_stalled(self, stall: float) -> str | None:
+        """Why frames are not flowing, or None: the watchdog keeper's check."""
+        age = self._frame_age()
+        if age is not None and age < stall:
+            return None
+        return self._camera_problem or ("camera: no frame yet" if age is None else
+                                        f"camera: no frame for {age:.0f} s")
+
     async def _supervise(self, stop: asyncio.Event) -> None:
         assert self.client is not None
-        interval = watchdog_interval()
-        tick = min(1.0, interval / 3) if interval else 1.0
-        # Stop feeding well before systemd's deadline once frames stop.
-        stall = min(self.STALL_SECONDS, interval / 2) if interval else self.STALL_SECONDS
+        stall = self.STALL_SECONDS
+        keeper = WatchdogKeeper(self.notifier, lambda: self._camera_stalled(stall), status=False)
+        if keeper.period:  # stop feeding well before systemd's deadline once frames stop
+            stall = min(self.STALL_SECONDS, keeper.period / 2)
         ready = False
         last_status = ""
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=tick)
+                await asyncio.wait_for(stop.wait(), timeout=keeper.tick)
             self.client.status.update(pipeline=self._pipeline_status())
-            age = (None if self._last_frame_mono is None
-                   else time.monotonic() - self._last_frame_mono)
-            flowing = age is not None and age < stall
+            # The keeper runs here, on the loop, so a stuck loop stops the feed as well.
+            flowing = keeper.beat()
+            age = self._frame_age()
             if not ready and flowing and self.client.connected:
                 ready = True
                 self.notifier.ready(self._status_text(flowing, age))
-            if flowing:
-                self.notifier.watchdog()
             text = self._status_text(flowing, age)
             if text != last_status:
                 self.notifier.status(text)
-                if not flowing and age is not None:
-                    log.error("%s", text)
                 last_status = text
 
     def _status_text(self, flowing: bool, age: float | None) -> str:
         assert self.client is not None
         if not flowing:
-            why = self._camera_problem or ("camera: no frame yet" if age is None else
-                                           f"camera: no frame for {age:.0f} s")
+            why = self._camera_stalled(stall=0.0)  # the reason, whatever the age
             return f"{why}; watchdog not fed; {self.client.status_line}"
         fps = self._fps()
         window = "monitoring" if self.client.monitoring() else "idle (no monitoring window)"

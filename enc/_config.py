@@ -28,8 +28,9 @@ __all__ = [
     "EncConfig",
     "HttpSection",
     "LimitsSection",
-    "ServerTrust",
+    "MetricsSection",
     "ServerKey",
+    "ServerTrust",
     "config_from_mapping",
     "example_config",
     "load_config",
@@ -143,6 +144,29 @@ class CapSection(_Section):
         return v
 
 
+class MetricsSection(_Section):
+    allow_from: list[Annotated[str, Field(min_length=1)]] = ["127.0.0.1/32", "::1/128"]
+    """Networks whose requests ``GET /metrics`` answers; any other gets 404."""
+
+    @field_validator("allow_from")
+    @classmethod
+    def _networks(cls, v: list[str]) -> list[str]:
+        for net in v:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                raise ValueError(f"{net!r} is not an address or network") from None
+        return v
+
+    def allows(self, host: str | None) -> bool:
+        """Whether a client at ``host`` may read the metrics."""
+        try:
+            addr = ipaddress.ip_address(host or "")
+        except ValueError:
+            return False
+        return any(addr in ipaddress.ip_network(net, strict=False) for net in self.allow_from)
+
+
 class _FileModel(_Section):
     data_dir: str = "var/enc"
     """Folder for the SQLite database and anything else the ENC keeps."""
@@ -153,6 +177,7 @@ class _FileModel(_Section):
     limits: LimitsSection = LimitsSection()
     dashboard: DashboardSection = DashboardSection()
     cap: CapSection = CapSection()
+    metrics: MetricsSection = MetricsSection()
 
     @field_validator("servers")
     @classmethod
@@ -198,6 +223,8 @@ class EncConfig:
     """Dashboard."""
     cap: CapSection
     """CAP export."""
+    metrics: MetricsSection
+    """Who may read ``/metrics``."""
 
     @property
     def base_url(self) -> str:
@@ -277,7 +304,8 @@ def config_from_mapping(raw: dict[str, Any], *, source: Path | None) -> EncConfi
         for kid, t in sorted(m.servers.items())
     )
     return EncConfig(source=source, data_dir=data_dir, database_url=url, http=http,
-                     servers=servers, limits=m.limits, dashboard=m.dashboard, cap=m.cap)
+                     servers=servers, limits=m.limits, dashboard=m.dashboard, cap=m.cap,
+                     metrics=m.metrics)
 
 
 def _is_loopback(host: str) -> bool:

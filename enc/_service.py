@@ -1,20 +1,20 @@
 """The ENC as one application object: config in, an HTTP(S) service out.
 
-``EncService(config).run()`` opens the store (running the migrations), serves the alert
-endpoint and the dashboard with uvicorn until SIGINT/SIGTERM, and tells systemd when
-it is ready (``Type=notify``).
+``EncService(config)`` opens the store (running the migrations); ``await
+service.run(stop)`` serves the alert endpoint and the dashboard with uvicorn until
+``stop`` is set, tells systemd when it is ready (``Type=notify``) and feeds its watchdog
+from the event loop. ``GET /healthz`` answers 503 while the store does not answer;
+``GET /metrics`` (Prometheus) answers the networks in ``[metrics] allow_from``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
-import os
 import secrets
-import signal
 import socket
-from collections.abc import AsyncIterator, Callable
-from types import FrameType
+from collections.abc import AsyncIterator, Callable, Iterator
 from urllib.parse import urlsplit
 
 import uvicorn
@@ -24,10 +24,12 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import protocol as p
+from hardware._service import ServiceNotifier, WatchdogKeeper
 
 from ._config import EncConfig
 from ._dashboard import Dashboard, HttpHardening, dashboard_lifespan
 from ._live import LiveFeed
+from ._metrics import EncMetrics, RequestCounter
 from ._receiver import AlertReceiver
 from ._store import AlertStore
 
@@ -83,6 +85,7 @@ def build_app(config: EncConfig, store: AlertStore, *,
               clock: Callable[[], int] = _now_ms) -> FastAPI:
     """The ASGI app: alert endpoint, health check, and the operators' dashboard."""
     feed = LiveFeed()
+    metrics = EncMetrics(store.status_counts)
     dashboard = Dashboard(config=config, store=store, feed=feed, clock=clock)
 
     @contextlib.asynccontextmanager
@@ -97,6 +100,7 @@ def build_app(config: EncConfig, store: AlertStore, *,
     _install_error_pages(app)
 
     async def on_stored(incident_id: str) -> None:
+        metrics.stored.inc()
         feed.notify()
 
     receiver = AlertReceiver(endpoint=build_endpoint(config), store=store,
@@ -112,6 +116,13 @@ def build_app(config: EncConfig, store: AlertStore, *,
             return PlainTextResponse("store unavailable\n", status_code=503)
         return PlainTextResponse("ok\n")
 
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics_page(request: Request) -> Response:
+        if not config.metrics.allows(request.client.host if request.client else None):
+            return JSONResponse({"error": "not found"}, status_code=404)
+        body = await asyncio.to_thread(metrics.exposition)  # the store is read for it
+        return Response(body, media_type="text/plain; version=0.0.4")
+
     dashboard.install(app)
     img_src = "'self' data:"
     if config.dashboard.map_tile_url:
@@ -122,38 +133,28 @@ def build_app(config: EncConfig, store: AlertStore, *,
     app.state.config = config
     app.state.store = store
     app.state.dashboard = dashboard
+    app.state.metrics = metrics
+    app.add_middleware(RequestCounter, metrics=metrics)
     return app
 
 
-def _notify_systemd(state: str) -> None:
-    """sd_notify without a library: one datagram to $NOTIFY_SOCKET, if set."""
-    addr = os.environ.get("NOTIFY_SOCKET")
-    if not addr:
-        return
-    if addr.startswith("@"):
-        addr = "\0" + addr[1:]
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-            s.connect(addr)
-            s.sendall(state.encode())
-    except OSError as exc:
-        log.warning("cannot notify systemd: %s", exc)
-
-
 class _Server(uvicorn.Server):
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        super().handle_exit(sig, frame)
-        # SIGTERM is how systemd and the tests stop the ENC: a clean stop, exit status 0
-        # (uvicorn would re-raise it after the graceful shutdown).
-        self._captured_signals = [s for s in self._captured_signals if s != signal.SIGTERM]
+    def __init__(self, config: uvicorn.Config, notifier: ServiceNotifier) -> None:
+        super().__init__(config)
+        self.notifier = notifier
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # Signals are the caller's: they set the stop event given to EncService.run.
+        yield
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
         if self.started:
-            _notify_systemd("READY=1\nSTATUS=accepting alerts")
+            self.notifier.ready("accepting alerts")
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        _notify_systemd("STOPPING=1")
+        self.notifier.stopping()
         await super().shutdown(sockets)
 
 
@@ -164,8 +165,11 @@ class EncService:
         self.config = config
         self.store = AlertStore.open(config.database_url)
         self.app = build_app(config, self.store)
+        #: READY/STATUS/STOPPING to systemd; WATCHDOG=1 from the loop (``run``).
+        self.notifier = ServiceNotifier()
 
-    def run(self) -> None:
+    async def run(self, stop: asyncio.Event) -> None:
+        """Serve until ``stop`` is set; closes the store on the way out."""
         c = self.config
         if not c.servers:
             log.warning("no trusted server is configured: every alert will be refused")
@@ -177,7 +181,17 @@ class EncService:
         )
         log.info("ENC listening on %s (%d trusted server(s), store %s)", c.base_url,
                  len(c.servers), self.store.engine.url.render_as_string(hide_password=True))
+        server = _Server(uc, self.notifier)
+        serving = asyncio.create_task(server.serve(), name="http")
+        stopper = asyncio.create_task(stop.wait(), name="stop")
+        # WATCHDOG=1 from this loop: a stuck loop (not only a dead process) is restarted.
+        keeper = asyncio.create_task(WatchdogKeeper(self.notifier).run(stop), name="watchdog")
         try:
-            _Server(uc).run()
+            await asyncio.wait([serving, stopper], return_when=asyncio.FIRST_COMPLETED)
+            server.should_exit = True
+            await serving  # uvicorn's graceful shutdown: open requests finish
         finally:
+            stop.set()
+            stopper.cancel()
+            await asyncio.gather(keeper, stopper, return_exceptions=True)
             self.store.close()

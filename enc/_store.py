@@ -247,6 +247,14 @@ class AlertStore:
         with self.transaction(write=False) as s:
             return [_alert(r) for r in s.scalars(q.limit(limit))]
 
+    def status_counts(self) -> dict[str, int]:
+        """How many alerts are in each status (every status listed, zero included)."""
+        q = select(AlertRow.status, func.count()).group_by(AlertRow.status)
+        with self.transaction(write=False) as s:
+            counts = {status.value: 0 for status in AlertStatus}
+            counts.update({str(st): int(n) for st, n in s.execute(q)})
+            return counts
+
     def count(self) -> int:
         with self.transaction(write=False) as s:
             return int(s.scalar(select(func.count()).select_from(AlertRow)) or 0)

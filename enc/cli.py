@@ -4,10 +4,12 @@ an example config."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
-import logging
+import signal
 import sys
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from protocol import wall_clock_ms
 
@@ -17,6 +19,9 @@ from ._errors import EncError, UsageError
 from ._handling import Role
 from ._operators import OperatorDirectory
 from ._store import AlertStore
+
+if TYPE_CHECKING:
+    from ._service import EncService
 
 __all__ = ["register"]
 
@@ -35,12 +40,27 @@ def _iso(ms: int) -> str:
 
 def _run(args: argparse.Namespace) -> int:
     config = _config(args)
-    logging.basicConfig(level=getattr(logging, args.log_level.upper()), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from hardware._service import configure_logging
+
+    # journald with priorities under systemd, stderr with timestamps elsewhere.
+    configure_logging(args.log_level.upper(), identifier="citywatch-enc")
     from ._service import EncService
 
     service = EncService(config)
-    service.run()
+    return _serve(service)
+
+
+def _serve(service: EncService) -> int:
+    """Serve until SIGTERM (how systemd stops it) or SIGINT: a clean stop, status 0."""
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await service.run(stop)
+
+    asyncio.run(main())
     return 0
 
 

@@ -16,6 +16,7 @@ where a pole has none; ``coords`` falls back to the registered position. ``GpsFa
 runs the real gpsd fed by ``gpsfake`` (CI and the demo).
 
 Service manager: ``ServiceNotifier`` (sd_notify READY, STATUS, WATCHDOG, STOPPING),
+``WatchdogKeeper`` (feeds the watchdog from the event loop while a check passes),
 ``watchdog_interval``, ``configure_logging`` (journald under systemd, else stderr).
 
 The exception tree is drawn in ``hardware._errors``.
@@ -63,6 +64,7 @@ from ._provisioning import InvalidBundle, ProvisioningBundle, import_bundle, key
 from ._service import (
     NotifyDriverMissing,
     ServiceNotifier,
+    WatchdogKeeper,
     configure_logging,
     journal_is_stderr,
     watchdog_interval,
@@ -109,6 +111,7 @@ __all__ = [
     "TokenNotFound",
     "TokenOperationFailed",
     "UnsupportedKey",
+    "WatchdogKeeper",
     "WrongPin",
     "configure_logging",
     "coords",

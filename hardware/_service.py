@@ -6,6 +6,11 @@ logging, for daemons started by a ``Type=notify`` unit.
 socket named by ``NOTIFY_SOCKET`` (the protocol is one datagram of ``KEY=value`` lines).
 Outside systemd (no ``NOTIFY_SOCKET``) every call does nothing and returns False.
 
+``WatchdogKeeper`` feeds systemd's watchdog from the asyncio loop (``await
+keeper.run(stop)``), and only while the daemon's own check says it is doing its work: a
+loop that is stuck (blocking call, deadlock, ``SIGSTOP``) or a check that fails (no
+camera frames) stops the ``WATCHDOG=1`` messages, and systemd kills and restarts it.
+
 ``configure_logging()`` sends log records to journald when stderr is the journal
 (``JOURNAL_STREAM`` names stderr's device and inode), with the logger name and the
 priority as journal fields, and to stderr with timestamps otherwise.
@@ -19,12 +24,14 @@ delivered is logged once and dropped, like ``sd_notify`` does. The one error:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import importlib
 import logging
 import os
 import socket
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import ModuleType
 from typing import Literal, TextIO
 
@@ -33,6 +40,7 @@ from ._errors import HardwareError
 __all__ = [
     "NotifyDriverMissing",
     "ServiceNotifier",
+    "WatchdogKeeper",
     "configure_logging",
     "journal_is_stderr",
     "watchdog_interval",
@@ -161,6 +169,55 @@ def watchdog_interval(environ: Mapping[str, str] | None = None) -> float | None:
     except ValueError:
         return None
     return usec / 1_000_000 if usec > 0 else None
+
+
+class WatchdogKeeper:
+    """Sends ``WATCHDOG=1`` every third of ``WatchdogSec=`` from the event loop while
+    ``check()`` returns None; a string from ``check()`` says why the daemon is not doing
+    its work: no ``WATCHDOG=1`` then, and that reason goes to ``STATUS=`` and the log
+    once (``status=False``: the daemon writes its own ``STATUS=`` lines). Without a
+    watchdog (outside systemd, or no ``WatchdogSec=``) it still runs the check every
+    second, so ``failing`` means the same everywhere."""
+
+    def __init__(self, notifier: ServiceNotifier, check: Callable[[], str | None] | None = None,
+                 *, status: bool = True, environ: Mapping[str, str] | None = None) -> None:
+        self.notifier = notifier
+        self._check = check or (lambda: None)
+        self._report_status = status
+        self.period = watchdog_interval(environ)
+        #: Seconds between two checks (and two ``WATCHDOG=1``).
+        self.tick = min(1.0, self.period / 3) if self.period else 1.0
+        #: Why the last check failed, or None.
+        self.failing: str | None = None
+        #: ``WATCHDOG=1`` messages systemd took.
+        self.fed = 0
+
+    def beat(self) -> bool:
+        """One check, and one ``WATCHDOG=1`` if it passed; True if the check passed."""
+        try:
+            why = self._check()
+        except Exception as exc:  # a broken check means "not healthy", not a dead keeper
+            why = f"health check failed: {exc}"
+        if why is not None:
+            if why != self.failing:
+                _log.error("service: not doing its work (%s): watchdog not fed", why)
+                if self._report_status:
+                    self.notifier.status(f"{why}; watchdog not fed")
+            self.failing = why
+            return False
+        if self.failing is not None:
+            _log.warning("service: working again after: %s", self.failing)
+            self.failing = None
+        if self.notifier.watchdog():
+            self.fed += 1
+        return True
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Beat every ``tick`` seconds until ``stop`` is set."""
+        while not stop.is_set():
+            self.beat()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=self.tick)
 
 
 def journal_is_stderr(environ: Mapping[str, str] | None = None) -> bool:

@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import os
 import secrets
 import socket
 import ssl
@@ -20,6 +19,7 @@ from typing import Any
 
 import aiomqtt
 
+from hardware._service import ServiceNotifier, WatchdogKeeper
 from protocol import (
     BroadcastConfirmed,
     ContactOpened,
@@ -61,17 +61,6 @@ def mqtt_tls_context(*, ca_file: str | None, cert_file: str | None, key_file: st
     return ctx
 
 
-def _sd_notify(state: str) -> None:
-    """Tell systemd (Type=notify) about our state; a no-op outside systemd."""
-    addr = os.environ.get("NOTIFY_SOCKET")
-    if not addr:
-        return
-    if addr.startswith("@"):
-        addr = "\0" + addr[1:]
-    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-        s.sendto(state.encode(), addr)
-
-
 class TrustedServer:
     """One server process. Several may run against one PostgreSQL database and one
     broker; they share device traffic and coordinate through the database."""
@@ -107,6 +96,8 @@ class TrustedServer:
         self._wake: asyncio.Event | None = None
         self.connected: asyncio.Event | None = None
         self.started_at = time.time()
+        #: READY/STATUS/STOPPING to systemd; WATCHDOG=1 from the loop (``run``).
+        self.notifier = ServiceNotifier()
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -121,6 +112,9 @@ class TrustedServer:
             asyncio.create_task(self.outbox.run(), name="enc-outbox"),
         ]
         self._spawn(self._recover())
+        # WATCHDOG=1 from this loop: a stuck loop is restarted, a missing broker is not
+        # (reconnecting is the server's job; /healthz says 503 meanwhile).
+        self._spawn(WatchdogKeeper(self.notifier).run(stop))
         admin_stop = asyncio.Event()
         if self.config.admin.enabled:
             from ._admin import AdminContext, serve_admin
@@ -135,7 +129,7 @@ class TrustedServer:
         # The workers run forever: one that ends has failed, and takes the process down
         # with it (systemd restarts it) rather than limping on without, say, its outbox.
         done, _ = await asyncio.wait([stopper, *workers], return_when=asyncio.FIRST_COMPLETED)
-        _sd_notify("STOPPING=1")
+        self.notifier.stopping()
         admin_stop.set()
         admin_tasks = [t for t in workers if t.get_name() == "admin" and not t.done()]
         if admin_tasks:
@@ -196,7 +190,7 @@ class TrustedServer:
                     self._client = client
                     self.connected.set()
                     self.wake()
-                    _sd_notify("READY=1\nSTATUS=connected to the broker")
+                    self.notifier.ready("connected to the broker")
                     log.info("connected to the broker as %s", self.client_id)
                     delay = 0.5
                     async for msg in client.messages:
@@ -207,7 +201,7 @@ class TrustedServer:
             except aiomqtt.MqttError as exc:
                 self._client = None
                 self.connected.clear()
-                _sd_notify(f"STATUS=broker unreachable: {exc}")
+                self.notifier.status(f"broker unreachable: {exc}")
                 log.warning("broker connection lost or refused (%s); retrying in %.1f s",
                             exc, delay)
                 await asyncio.sleep(delay)

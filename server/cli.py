@@ -375,8 +375,10 @@ def _run(args: argparse.Namespace) -> int:
     cfg = _config(args)
     # `kill -USR1 <pid>` prints every thread's stack: where a stuck server is stuck.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
-    logging.basicConfig(level=args.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from hardware._service import configure_logging
+
+    # journald with priorities under systemd, stderr with timestamps elsewhere.
+    configure_logging(args.log_level, identifier="citywatch-server")
     for noisy in ("httpx", "httpcore", "uvicorn.error"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
