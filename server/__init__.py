@@ -7,6 +7,7 @@ Exceptions (``_errors``):
     ServerError
     ├── ConfigError           the configuration file is missing, unreadable or invalid
     ├── MasterKeyError        the master key file is absent, malformed or too readable
+    ├── VerifierModelError    a model file of the photo check is missing or not the pinned one
     ├── RegistryError         a registry or window operation cannot be done as asked
     │   ├── DeviceNotFound    no device with that UID
     │   └── DeviceExists      a device with that UID is already registered
@@ -40,6 +41,7 @@ from ._errors import (
     RegistryError,
     ServerError,
     UsageError,
+    VerifierModelError,
 )
 from ._keys import MasterKey
 from ._metrics import ServerMetrics
@@ -56,7 +58,16 @@ from ._store import (
     migrate,
     now_ms,
 )
-from ._verify import Decision, PhotoVerifier, StandInVerifier, Verdict, decide
+from ._models import SERVER_MODEL_PINS, VerifierModels
+from ._verify import (
+    Decision,
+    PhotoVerifier,
+    PoseVerifier,
+    Verdict,
+    VerifierPool,
+    VerifierSettings,
+    decide,
+)
 from ._windows import MonitoringPlan, scheduled_until
 
 __all__ = [
@@ -65,7 +76,8 @@ __all__ = [
     "EncDeliveryError", "EncOutbox", "IncidentInfo", "MasterKey", "MasterKeyConfig",
     "MasterKeyError", "MonitoringPlan", "OutboxItem", "PhotoVerifier", "RegistryDirectory",
     "RegistryError", "ScheduleConfig", "ServerConfig", "ServerError", "ServerMetrics",
-    "StandInVerifier", "Store", "TimingConfig", "TrustedServer", "UsageError", "Verdict",
+    "PoseVerifier", "SERVER_MODEL_PINS", "VerifierModelError", "VerifierModels", "VerifierPool",
+    "VerifierSettings", "Store", "TimingConfig", "TrustedServer", "UsageError", "Verdict",
     "VerificationConfig", "WindowInfo", "decide", "example_config", "load_config",
     "make_engine", "migrate", "now_ms", "open_store", "parse_config", "provisioning_bundle",
     "scheduled_until", "write_bundle",

@@ -116,8 +116,9 @@ class EncConfig(_Section):
 
 
 class VerificationConfig(_Section):
-    threshold: float = Field(0.6, ge=0.0, le=1.0)
-    """Incidents whose server score is at or above this go to the ENC."""
+    threshold: float = Field(0.7, ge=0.0, le=1.0)
+    """Incidents whose server score is at or above this go to the ENC (docs/detection.md
+    shows recall and false alarms at other thresholds)."""
     uncertainty_band: float = Field(0.1, ge=0.0, le=0.5)
     """Scores within this of the threshold are flagged as uncertain (they still follow
     the threshold; the ENC operator sees the flag)."""
@@ -136,6 +137,26 @@ class VerificationConfig(_Section):
     no second alert (0: never fuse)."""
     fuse_within_s: int = Field(120, ge=1, le=3600)
     """Time window of the fusion, between the two reports' arrival at the server."""
+    models_dir: PathLike | None = None
+    """Folder of the photo check's model files (``citywatch server models install``);
+    relative to ``data_dir``. Unset or "": ``$CITYWATCH_MODELS_DIR``, else ``var/models``
+    in a source checkout, else ``/var/lib/citywatch/models``."""
+
+    @field_validator("models_dir", mode="before")
+    @classmethod
+    def _empty_is_default(cls, value: Any) -> Any:
+        return None if value == "" else value
+    workers: int = Field(1, ge=0, le=64)
+    """Worker processes that check photos, each with its own copy of the models (about
+    100 ms of one core per photo); 0 checks them in one thread of the server's process."""
+    max_pixels: int = Field(24_000_000, ge=10_000, le=400_000_000)
+    """Photos with more pixels are refused before they are decoded (decompression bombs)."""
+    analysis_long_side: int = Field(960, ge=224, le=4096)
+    """Photos are analysed with their long side scaled down to at most this."""
+    device_weight: float = Field(0.1, ge=0.0, le=0.5)
+    """How far the device's own score moves the server's (by up to half this either
+    way), when the photo shows a person; a photo of nobody scores 0 whatever the device
+    says."""
 
 
 class TimingConfig(_Section):
@@ -153,6 +174,9 @@ class TimingConfig(_Section):
     """C1s a device may send back to back."""
     rate_limit_per_minute: float = Field(30.0, gt=0)
     """Sustained C1s per minute per device."""
+    replay_capacity: int = Field(100_000, ge=100)
+    """C1/C3 timestamps the replay cache holds (all devices together); when it is full of
+    live entries new contacts get error 9. Refused C1s never take an entry."""
     poll_s: float = Field(2.0, gt=0, le=60)
     """How often the server re-reads the registry and the windows table (changes made
     by the CLI without the admin API, or by another replica)."""
@@ -372,13 +396,21 @@ request_timeout_s = 30.0
 concurrency = 4
 
 [verification]
-# Incidents whose server score is >= threshold go to the ENC; the others are dismissed.
-threshold = 0.6
+# Incidents whose server score is >= threshold go to the ENC; the others are dismissed
+# (docs/detection.md: recall and false alarms at other thresholds).
+threshold = 0.7
 # Scores within this of the threshold are flagged uncertain for the ENC operator.
 uncertainty_band = 0.1
 # Photos smaller than this are unusable (score 0).
 min_width = 64
 min_height = 48
+# The photo check's model files (`citywatch server models install`); "": the default
+# ($CITYWATCH_MODELS_DIR, var/models in a checkout, /var/lib/citywatch/models).
+models_dir = ""
+workers = 1                   # processes checking photos (~100 ms of one core each); 0: in-process
+max_pixels = 24000000         # larger photos are refused before decoding
+analysis_long_side = 960      # photos are analysed at most this large
+device_weight = 0.1           # how far the device's own score moves the server's
 # Block a device after this many dismissed reports within dismissed_period_s (0: never).
 block_after_dismissed = 5
 dismissed_period_s = 3600
@@ -396,6 +428,7 @@ backoff_max_s = 300.0         # ... doubling up to this
 max_photo_bytes = 2097152
 rate_limit_burst = 10         # C1s per device back to back ...
 rate_limit_per_minute = 30.0  # ... and sustained
+replay_capacity = 100000      # replay cache entries, all devices together
 poll_s = 2.0                  # re-read registry and windows (CLI changes, other replicas)
 
 [admin]

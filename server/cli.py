@@ -18,6 +18,7 @@ from typing import Any
 
 from protocol import ALG_A128GCM, ALG_A256GCM
 
+from ._cli_detect import register_detection
 from ._config import ServerConfig, example_config, load_config
 from ._errors import ServerError, UsageError
 
@@ -99,6 +100,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     wl = win_sub.add_parser("list", parents=[common], help="zones monitored now, recent windows")
     wl.add_argument("--json", action="store_true")
     wl.set_defaults(func=_window_list)
+
+    register_detection(sub)
 
     inc = sub.add_parser("incidents", parents=[common], help="list incidents")
     inc.add_argument("--json", action="store_true", help="JSON instead of a table")
