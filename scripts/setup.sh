@@ -8,7 +8,8 @@ APT_PACKAGES=(softhsm2 opensc-pkcs11 mosquitto mosquitto-clients postgresql gpsd
               libsystemd-dev pkg-config build-essential python3-venv
               chromium chromium-driver
               systemd openssl  # systemd-analyze for the unit tests; openssl for the roles
-              debootstrap openssh-client iproute2)  # street poles over SSH (tests/ansible/poles.py)
+              debootstrap openssh-client iproute2  # street poles over SSH (tests/ansible/poles.py)
+              systemd-container)  # units under a real systemd (tests/systemd: systemd-nspawn)
 
 need=()
 for p in "${APT_PACKAGES[@]}"; do

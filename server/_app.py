@@ -106,6 +106,10 @@ class TrustedServer:
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         self.connected = asyncio.Event()
+        # WATCHDOG=1 from this loop from the start (models may load for a while): a stuck
+        # loop is restarted, a missing broker is not (reconnecting is the server's job;
+        # /healthz says 503 meanwhile).
+        self._spawn(WatchdogKeeper(self.notifier).run(stop))
         workers = [
             asyncio.create_task(self._mqtt_loop(), name="mqtt"),
             asyncio.create_task(self._scheduler_loop(), name="scheduler"),
