@@ -116,9 +116,6 @@ class TrustedServer:
             asyncio.create_task(self.outbox.run(), name="enc-outbox"),
         ]
         self._spawn(self._recover())
-        # WATCHDOG=1 from this loop: a stuck loop is restarted, a missing broker is not
-        # (reconnecting is the server's job; /healthz says 503 meanwhile).
-        self._spawn(WatchdogKeeper(self.notifier).run(stop))
         admin_stop = asyncio.Event()
         if self.config.admin.enabled:
             from ._admin import AdminContext, serve_admin
