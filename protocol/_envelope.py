@@ -21,6 +21,7 @@ __all__ = [
     "EXTERNAL_AAD",
     "IV_LENGTH",
     "KID_LENGTH",
+    "MAX_TYPE",
     "TAG_LENGTH",
     "TYPE_LABEL",
     "Envelope",
@@ -40,6 +41,9 @@ TAG_LENGTH = 16
 # COSE header labels: 1 alg, 4 kid, 5 IV; the message type is a private label.
 _ALG, _KID, _IV = 1, 4, 5
 TYPE_LABEL = -65537
+MAX_TYPE = 2**64 - 1
+"""The largest message type an envelope may carry: a CBOR unsigned integer, never a
+bignum (section 3 uses 1..9; the others are refused as unexpected)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,11 +109,12 @@ def decode_envelope(data: bytes, *, max_size: int) -> Envelope:
         raise MalformedMessage("protected header must hold exactly alg (1), kid (4), type (-65537)")
     alg, kid, mtype = header[_ALG], header[_KID], header[TYPE_LABEL]
     if type(alg) is not int or alg not in ALG_NAMES:
-        raise MalformedMessage(f"alg {alg!r} is not A128GCM (1) or A256GCM (3)")
+        # Never the peer's value in the message: a huge integer cannot even be printed.
+        raise MalformedMessage("alg is not A128GCM (1) or A256GCM (3)")
     if not isinstance(kid, bytes) or len(kid) != KID_LENGTH:
         raise MalformedMessage(f"kid must be {KID_LENGTH} bytes")
-    if type(mtype) is not int or mtype < 0:
-        raise MalformedMessage("type is not an unsigned integer")
+    if type(mtype) is not int or not 0 <= mtype <= MAX_TYPE:
+        raise MalformedMessage("type is not an unsigned integer of at most 64 bits")
     return Envelope(
         alg=alg, kid=kid, type=mtype, protected=protected, iv=iv, ciphertext=ciphertext, raw=data
     )

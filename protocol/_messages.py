@@ -19,6 +19,9 @@ from ._errors import InvalidPlaintext
 
 __all__ = [
     "DEFAULT_MAX_PHOTO",
+    "MAX_CODE",
+    "MAX_EPOCH",
+    "MAX_TIME_MS",
     "MESSAGE_CLASSES",
     "B1Announce",
     "B2Confirm",
@@ -38,7 +41,13 @@ __all__ = [
 ]
 
 DEFAULT_MAX_PHOTO = 2 * 1024 * 1024
-_U64 = 2**64 - 1
+MAX_TIME_MS = 253_402_300_799_999
+"""The latest time a message may carry: 9999-12-31T23:59:59.999Z (protocol.md section 3),
+so every time converts to a calendar date and fits a signed 64-bit database column."""
+MAX_EPOCH = 2**63 - 1
+"""The largest broadcast epoch (a signed 64-bit database column)."""
+MAX_CODE = 255
+"""The largest message type or error code an error message may name."""
 
 
 class MessageType(enum.IntEnum):
@@ -76,14 +85,22 @@ def _bad(msg: str) -> InvalidPlaintext:
     return InvalidPlaintext(msg)
 
 
-def _uint(name: str, v: Any) -> None:
-    if type(v) is not int or not 0 <= v <= _U64:
-        raise _bad(f"{name} must be an unsigned integer")
+def _uint(name: str, v: Any, hi: int) -> None:
+    # The value itself is never shown: a peer's huge integer is no message's business.
+    if type(v) is not int or not 0 <= v <= hi:
+        raise _bad(f"{name} must be an unsigned integer from 0 to {hi}")
+
+
+def _time(name: str, v: Any) -> None:
+    _uint(name, v, MAX_TIME_MS)
 
 
 def _text(name: str, v: Any, lo: int, hi: int) -> None:
     if not isinstance(v, str) or not lo <= len(v) <= hi:
         raise _bad(f"{name} must be text of {lo}..{hi} characters")
+    if not v.isprintable():
+        # No control characters: text fields end up in logs, CAP files and web pages.
+        raise _bad(f"{name} must not hold control characters")
 
 
 def _bytes(name: str, v: Any, *, exact: int | None = None, most: int | None = None) -> None:
@@ -118,7 +135,7 @@ def _check_incident(gc: Any, pf: Any, sc: Any, lb: Any, at: Any) -> None:
     _photo(pf)
     _float("sc", sc, 0.0, 1.0)
     _text("lb", lb, 1, 32)
-    _uint("at", at)
+    _time("at", at)
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,7 +199,8 @@ class Message:
         if missing:
             raise _bad(f"{cls.TYPE.name} plaintext lacks key(s) {', '.join(missing)}")
         if unknown:
-            raise _bad(f"{cls.TYPE.name} plaintext has unknown key(s) {unknown!r}")
+            shown = ", ".join(repr(k[:32]) for k in unknown[:5])
+            raise _bad(f"{cls.TYPE.name} plaintext has {len(unknown)} unknown key(s): {shown}")
         kwargs = dict(m)
         if "gc" in kwargs:
             kwargs["gc"] = Coords.from_map(kwargs["gc"])
@@ -204,10 +222,10 @@ class B1Announce(Message):
     """Broadcast epoch, strictly increasing per device."""
 
     def __post_init__(self) -> None:
-        _uint("ts", self.ts)
-        _uint("tx", self.tx)
+        _time("ts", self.ts)
+        _time("tx", self.tx)
         _bytes("h", self.h, exact=32)
-        _uint("ep", self.ep)
+        _uint("ep", self.ep, MAX_EPOCH)
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,8 +241,8 @@ class B2Confirm(Message):
     """H(B1)."""
 
     def __post_init__(self) -> None:
-        _uint("ts", self.ts)
-        _uint("ep", self.ep)
+        _time("ts", self.ts)
+        _uint("ep", self.ep, MAX_EPOCH)
         _bytes("h", self.h, exact=32)
 
 
@@ -239,7 +257,7 @@ class C1Hello(Message):
     """The device's UID (only ever sent encrypted)."""
 
     def __post_init__(self) -> None:
-        _uint("td", self.td)
+        _time("td", self.td)
         _text("uid", self.uid, 1, 64)
 
 
@@ -256,7 +274,7 @@ class C2Ready(Message):
     """H(C1)."""
 
     def __post_init__(self) -> None:
-        _uint("td", self.td)
+        _time("td", self.td)
         _bytes("tk", self.tk, most=128)
         _bytes("h", self.h, exact=32)
 
@@ -286,7 +304,7 @@ class C3Report(Message):
     """When the photo was taken, ms."""
 
     def __post_init__(self) -> None:
-        _uint("td", self.td)
+        _time("td", self.td)
         _text("uid", self.uid, 1, 64)
         _bytes("tk", self.tk, most=128)
         _bytes("cid", self.cid, exact=16)
@@ -306,7 +324,7 @@ class C4Receipt(Message):
     """H(C3)."""
 
     def __post_init__(self) -> None:
-        _uint("td", self.td)
+        _time("td", self.td)
         _text("inc", self.inc, 1, 64)
         _bytes("h", self.h, exact=32)
 
@@ -334,7 +352,7 @@ class N1Alert(Message):
     """UID of the reporting device."""
 
     def __post_init__(self) -> None:
-        _uint("ts", self.ts)
+        _time("ts", self.ts)
         _text("inc", self.inc, 1, 64)
         _check_incident(self.gc, self.pf, self.sc, self.lb, self.at)
         _text("dev", self.dev, 1, 64)
@@ -353,7 +371,7 @@ class N2Receipt(Message):
     """H(N1)."""
 
     def __post_init__(self) -> None:
-        _uint("tenc", self.tenc)
+        _time("tenc", self.tenc)
         _text("inc", self.inc, 1, 64)
         _bytes("h", self.h, exact=32)
 
@@ -373,10 +391,10 @@ class ErrorMessage(Message):
     """Server time in ms, so the device can correct its clock."""
 
     def __post_init__(self) -> None:
-        _uint("re", self.re)
-        _uint("td", self.td)
-        _uint("code", self.code)
-        _uint("now", self.now)
+        _uint("re", self.re, MAX_CODE)
+        _time("td", self.td)
+        _uint("code", self.code, MAX_CODE)
+        _time("now", self.now)
 
 
 MESSAGE_CLASSES: dict[int, type[Message]] = {
@@ -390,7 +408,7 @@ def decode_plaintext(mtype: int, plaintext: bytes) -> Message:
     """Parse a decrypted plaintext of type ``mtype`` strictly."""
     cls = MESSAGE_CLASSES.get(mtype)
     if cls is None:
-        raise _bad(f"unknown message type {mtype}")
+        raise _bad("unknown message type")
     try:
         m = loads_exact(plaintext)
     except Exception as exc:

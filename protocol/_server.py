@@ -23,6 +23,7 @@ from ._events import (
     MessageDropped,
 )
 from ._messages import (
+    MAX_TIME_MS,
     B1Announce,
     B2Confirm,
     C1Hello,
@@ -200,14 +201,17 @@ class ServerEndpoint:
         code = self._device_refusal(kid, m.uid, now, check_window=True)
         if code is None and abs(m.td - now) > self.timing.window_ms:
             code = ErrorCode.TIMESTAMP_OUT_OF_WINDOW
-        if code is None:
-            fresh = self._replay.check_and_add((kid, MessageType.C1, m.td), now)
-            if fresh is None:
-                code = ErrorCode.RATE_LIMITED
-            elif not fresh:
-                code = ErrorCode.REPLAY
+        key = (kid, MessageType.C1, m.td)
+        # The rate comes before the replay cache takes an entry: the cache is shared by
+        # every device, and a flood that is refused must not fill it for the others.
+        if code is None and self._replay.seen(key, now):
+            code = ErrorCode.REPLAY
         if code is None and not self._take_token(kid, now):
             code = ErrorCode.RATE_LIMITED
+        if code is None:
+            fresh = self._replay.check_and_add(key, now)
+            if not fresh:
+                code = ErrorCode.REPLAY if fresh is False else ErrorCode.RATE_LIMITED
         if code is not None:
             return [self._refuse(kid, MessageType.C1, m.td, code, now)]
         tk = self._tickets.issue(kid=kid, td=m.td, expires=now + self.timing.ticket_lifetime_ms)
@@ -228,6 +232,8 @@ class ServerEndpoint:
                 code = ErrorCode.REPLAY if fresh is False else ErrorCode.RATE_LIMITED
         if code is None and len(m.pf) > self.limits.max_photo:
             code = ErrorCode.PAYLOAD_REJECTED
+        if code is None and m.at > now + self.timing.window_ms:
+            code = ErrorCode.PAYLOAD_REJECTED  # captured later than the server's now
         if code is not None:
             return [self._refuse(kid, MessageType.C3, m.td, code, now)]
         return [IncidentReported(
@@ -245,7 +251,7 @@ class ServerEndpoint:
         if env.type != MessageType.C3 or exc.fields is None:
             return [dropped]
         td = exc.fields.get("td")
-        if type(td) is not int or td < 0:
+        if type(td) is not int or not 0 <= td <= MAX_TIME_MS:
             return [dropped]
         return [dropped, self._refuse(env.kid, MessageType.C3, td,
                                       ErrorCode.PAYLOAD_REJECTED, now)]

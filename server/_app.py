@@ -37,7 +37,8 @@ from protocol import (
 from ._batch import GroupCommit
 from ._config import ServerConfig
 from ._directory import RegistryDirectory
-from ._metrics import ServerMetrics
+from ._logsafe import EscapeControlCharacters
+from ._metrics import ServerMetrics, type_label
 from ._notifier import EncOutbox
 from ._setup import open_store
 from ._store import DecisionRecord, DeviceInfo, IncidentInfo, now_ms
@@ -47,6 +48,7 @@ from ._windows import MonitoringPlan
 __all__ = ["TrustedServer", "mqtt_tls_context"]
 
 log = logging.getLogger("citywatch.server")
+log.addFilter(EscapeControlCharacters())
 
 VERIFIER_ACTOR = "server:verification"
 
@@ -76,7 +78,8 @@ class TrustedServer:
         t = config.timing
         self.endpoint = ServerEndpoint(
             directory=self.directory, ticket_key=master.ticket_key, random=secrets.token_bytes,
-            timing=t.protocol_timing(), limits=t.limits(), rate_limit=t.rate_limit())
+            timing=t.protocol_timing(), limits=t.limits(), rate_limit=t.rate_limit(),
+            replay_capacity=t.replay_capacity)
         v = config.verification
         self.verifier: PhotoVerifier = verifier or StandInVerifier(
             threshold=v.threshold, uncertainty_band=v.uncertainty_band,
@@ -246,8 +249,7 @@ class TrustedServer:
             m.messages.labels("unknown", "dropped").inc()
             m.rejected.labels(exc.reason).inc()
             return
-        type_name = MessageType(env.type).name if env.type in MessageType._value2member_map_ \
-            else str(env.type)
+        type_name = type_label(env.type)
         if env.kid.hex() != kid_hex.lower():
             # The broker's ACL should stop this; count it, never answer it.
             m.messages.labels(type_name, "dropped").inc()

@@ -7,7 +7,17 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-__all__ = ["ServerMetrics"]
+from protocol import MessageType
+
+__all__ = ["ServerMetrics", "type_label"]
+
+_TYPE_NAMES = {int(t): t.name for t in MessageType}
+
+
+def type_label(mtype: int) -> str:
+    """The ``type`` label of a message: one of the nine names, or ``"unknown"``. Never
+    the number itself: a peer choosing type numbers must not choose metric series."""
+    return _TYPE_NAMES.get(mtype, "unknown")
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                     10.0, 30.0, 60.0)
