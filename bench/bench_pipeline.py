@@ -8,6 +8,12 @@ Frames come from a GMDCSA24 video in the shared data (a walk, a fall and lying s
 still) with a message saying so.
 
     .venv/bin/python bench/bench_pipeline.py [--input-size 256] [--threads 2] [--video FILE]
+        [--rotations 0,90,270]
+
+"Model alone" is one upright inference per frame (what the pre-screen cost before the
+rotated passes); the pipeline rows run the configured rotations (default 0, 90 and 270:
+three inferences per inferred frame), the low-light check, the motion gate and the fight
+rule's optical flow.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from edge import (  # noqa: E402
     default_models_dir,
     load_verified_model,
 )
+from edge._motion import MotionChaos  # noqa: E402
 
 Frame = npt.NDArray[np.uint8]
 DEFAULT_VIDEO = ROOT.parent / "shared" / "data" / "gmdcsa24" / "Subject 3" / "Fall" / "16.mp4"
@@ -124,11 +131,20 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=PreScreenConfig().model.threads)
     parser.add_argument("--video", type=Path, default=DEFAULT_VIDEO)
     parser.add_argument("--repeat", type=int, default=3, help="passes over the clip")
+    parser.add_argument("--rotations", default=",".join(
+        str(r) for r in PreScreenConfig().model.rotations),
+        help="rotations of the pipeline rows, comma-separated (0 must be one)")
     args = parser.parse_args()
     console = Console(width=150)
 
+    try:
+        rotations = [int(r) for r in args.rotations.split(",") if r.strip()]
+    except ValueError:
+        console.print(f"[red]--rotations {args.rotations!r}: give angles like 0,90,270[/red]")
+        return 2
     config = PreScreenConfig.model_validate(
-        {"model": {"input_size": args.input_size, "threads": args.threads}})
+        {"model": {"input_size": args.input_size, "threads": args.threads,
+                   "rotations": rotations}})
     rss_imports, _ = rss_mib()
     try:
         model = load_verified_model(default_models_dir() / MOVENET.name)
@@ -136,10 +152,12 @@ def main() -> int:
         console.print(f"[red]{exc}[/red]")
         return 1
 
-    def make_detector() -> PoseDetector:
+    def make_detector(upright_only: bool = False) -> PoseDetector:
         mc = config.model
         return PoseDetector(model, input_size=mc.input_size, threads=mc.threads,
-                            min_pose_score=mc.min_pose_score)
+                            min_pose_score=mc.min_pose_score,
+                            rotations=(0,) if upright_only else mc.rotations,
+                            low_light=0.0 if upright_only else mc.low_light)
 
     # What a daemon holds: one pre-screen, warmed up on one frame of the camera's size.
     gated = PreScreen(config, make_detector())
@@ -160,19 +178,26 @@ def main() -> int:
         return 1
     h, w = frames[0].shape[:2]
 
-    detector = make_detector()
+    detector = make_detector(upright_only=True)
+    upright_config = config.model_copy(
+        update={"model": config.model.model_copy(update={"rotations": (0,)})})
+    upright = PreScreen(upright_config, make_detector(upright_only=True))
     ungated_config = config.model_copy(
         update={"motion": config.motion.model_copy(update={"enabled": False})})
     ungated = PreScreen(ungated_config, make_detector())
     gate = MotionGate()
+    chaos = MotionChaos()
     for frame in frames[:5]:  # warm-up: tensor allocation, XNNPACK weight packing
         detector.detect(frame)
         ungated.detector.detect(frame)
+        upright.detector.detect(frame)
     lat = timed(frames, fps, {
         "model": lambda f, _t: detector.detect(f),
         "gated": gated.process,
         "ungated": ungated.process,
+        "upright": upright.process,
         "gate": gate.check,
+        "chaos": chaos.update,
     }, args.repeat)
     model_lat, gated_lat, ungated_lat, gate_lat = (
         lat["model"], lat["gated"], lat["ungated"], lat["gate"])
@@ -186,11 +211,15 @@ def main() -> int:
     for col in ("what", "frames/s", "mean ms", "p50 ms", "p95 ms", "max ms", "÷ model", "note"):
         table.add_column(col, justify="right" if col not in ("what", "note") else "left")
     row(table, "model alone (letterbox + infer)", model_lat, model_mean)
-    row(table, "pipeline, motion gate on (default)", gated_lat, model_mean,
-        f"model ran on {gated.inferences}/{gated.frames} frames")
-    row(table, "pipeline, gate off", ungated_lat, model_mean,
+    row(table, f"pipeline, rotations {args.rotations}, gate on (default)", gated_lat,
+        model_mean, f"model ran on {gated.inferences}/{gated.frames} frames, "
+        f"{gated.detector.invocations} inferences")
+    row(table, f"pipeline, rotations {args.rotations}, gate off", ungated_lat, model_mean,
         f"model ran on {ungated.inferences}/{ungated.frames} frames")
+    row(table, "pipeline, upright only, gate on", lat["upright"], model_mean,
+        f"model ran on {upright.inferences}/{upright.frames} frames")
     row(table, "motion gate alone", gate_lat, model_mean)
+    row(table, "fight rule's optical flow alone", lat["chaos"], model_mean)
     console.print(table)
     console.print(f"load average (1 min) at the end: {load:.2f} on {os.cpu_count()} CPUs: "
                   "other work on the machine inflates the figures")
@@ -198,7 +227,7 @@ def main() -> int:
                   f"MiB (Python, numpy, OpenCV, pydantic and rich imported: "
                   f"{rss_imports:.0f} MiB); peak of this benchmark {rss_peak:.0f} MiB (it "
                   f"also holds the decoded clip, {sum(f.nbytes for f in frames) / 2**20:.0f} "
-                  "MiB, and three pre-screens)")
+                  "MiB, and four pre-screens)")
     return 0
 
 

@@ -3,17 +3,24 @@
 Pure logic on ``Pose`` objects and timestamps (seconds, any monotonic origin): no model,
 no clock of its own, so tests drive it with hand-made poses.
 
-- **Posture** (one frame): a person is *lying* when the main axis of their confident
-  keypoints is within ``90 - min_axis_angle`` degrees of horizontal and their box is at
-  least ``min_aspect`` times as wide as tall (in pixels), their centre is on the ground
-  region (if one is configured) and outside every exclusion zone (a bench, a bed).
+- **Posture** (one frame): a person is *down* (lying, or on the way down) when the main
+  axis of their confident keypoints is within ``90 - min_axis_angle`` degrees of
+  horizontal and their box is at least ``min_aspect`` times as wide as tall (in pixels),
+  or when the line from their hips to their shoulders is at least ``min_torso_angle``
+  degrees from upright (a falling or lying torso, whatever the legs and the box do); and
+  their centre is on the ground region (if one is configured) and outside every
+  exclusion zone (a bench, a bed).
 - **Person down** (over time): a tracked person lies, staying within ``still_tolerance``
   of a body length of where they lay down, for ``still_seconds``. One frame without the
   lying posture is forgiven (the model's keypoints flicker); two in a row end the streak.
-- **Fight**: at least ``min_people`` tracked people close together (centres within
-  ``max_distance`` body lengths) whose wrists and elbows move fast relative to their
-  shoulders (median over ``window_seconds`` of at least ``min_limb_speed`` body lengths
-  per second, averaged over the pair) in at least ``min_frames`` inferred frames.
+- **Fight**, on either of two cues over the last ``window_seconds``:
+  *limbs*: at least ``min_people`` people seen now, close together (centres within
+  ``max_distance`` body lengths), whose wrists and elbows move fast relative to their
+  shoulders (the 75th percentile of the group's limb speeds over the window, at least
+  ``min_frames`` of them, is ``min_limb_speed`` body lengths per second or more); or
+  *chaos*: at least ``min_people`` people seen now in a scene whose motion is violent
+  and disorderly (the medians over the window of the ``MotionChaos`` samples reach
+  ``min_motion_change`` and ``min_motion_spread``, at least ``min_frames`` samples).
 - **One incident, one report**: a person (track) is reported once while they stay down;
   and a zone (a configured polygon, or the whole frame) reports a label again only when
   ``cooldown_seconds`` have passed since that incident was last seen.
@@ -28,13 +35,16 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
+import numpy.typing as npt
 
 from ._detector import BBox, Pose
+from ._motion import ChaosSample
 
 __all__ = [
     "DangerTracker",
     "Detection",
     "PostureReading",
+    "close_group",
     "point_in_polygon",
     "read_posture",
 ]
@@ -96,6 +106,9 @@ class PostureReading:
 
     axis_angle: float
     """Angle of the body's main axis from vertical, degrees (90 = horizontal)."""
+    torso_angle: float | None
+    """Angle of the hips-to-shoulders line from upright, degrees (0 = head up, 90 =
+    horizontal, 180 = head down); None when no shoulder or no hip is confident."""
     aspect: float
     """Box width / height in pixels."""
     centre: Point
@@ -103,7 +116,8 @@ class PostureReading:
     body_length_px: float
     """Longest side of the box, in pixels."""
     lying_posture: bool
-    """Axis and aspect say lying (before the ground and exclusion checks)."""
+    """Axis and aspect, or the torso, say lying or falling (before the ground and
+    exclusion checks)."""
     on_ground: bool
     """Inside the ground region (always true when none is configured)."""
     excluded: bool
@@ -121,8 +135,9 @@ class PostureReading:
 class PostureRule:
     """The posture thresholds (copied from the pydantic config so this module stays plain)."""
 
-    min_axis_angle: float = 60.0
-    min_aspect: float = 1.0
+    min_axis_angle: float = 55.0
+    min_aspect: float = 0.8
+    min_torso_angle: float | None = 55.0
     min_keypoints: int = 5
     min_keypoint_score: float = 0.2
     ground_region: tuple[Point, ...] | None = None
@@ -147,13 +162,50 @@ def read_posture(pose: Pose, rule: PostureRule) -> PostureReading | None:
     box_w, box_h = (x1 - x0) * w, (y1 - y0) * h
     aspect = box_w / box_h if box_h > 0 else float("inf")
     cx, cy = (float(v) for v in confident.mean(axis=0) / (w, h))
-    lying = angle >= rule.min_axis_angle and aspect >= rule.min_aspect
+    torso = _torso_angle(pts, ok)
+    lying = (angle >= rule.min_axis_angle and aspect >= rule.min_aspect) or (
+        rule.min_torso_angle is not None and torso is not None
+        and torso >= rule.min_torso_angle)
     on_ground = rule.ground_region is None or point_in_polygon((cx, cy), rule.ground_region)
     excluded = any(point_in_polygon((cx, cy), zone) for zone in rule.exclusion_zones)
-    horizontality = min(1.0, max(0.0, (angle - 45.0) / 35.0))
+    tilt = max(angle, min(torso, 90.0) if torso is not None else 0.0)
+    horizontality = min(1.0, max(0.0, (tilt - 40.0) / 40.0))
     score = horizontality * (0.5 + 0.5 * min(1.0, pose.score / 0.3))
-    return PostureReading(angle, aspect, (cx, cy), max(box_w, box_h), lying, on_ground,
-                          excluded, round(score, 4))
+    return PostureReading(angle, torso, aspect, (cx, cy), max(box_w, box_h), lying,
+                          on_ground, excluded, round(score, 4))
+
+
+def _torso_angle(pts: npt.NDArray[np.float64], ok: npt.NDArray[np.bool_]) -> float | None:
+    """Degrees of the hips-to-shoulders line from upright (0 = head up, 180 = head down)."""
+    shoulders = [i for i in _SHOULDERS if ok[i]]
+    hips = [i for i in _HIPS if ok[i]]
+    if not shoulders or not hips:
+        return None
+    vx, vy = pts[shoulders].mean(axis=0) - pts[hips].mean(axis=0)
+    if vx == 0 and vy == 0:
+        return None
+    return math.degrees(math.atan2(abs(float(vx)), -float(vy)))
+
+
+def close_group(poses: Sequence[Pose], readings: Sequence[PostureReading | None],
+                min_people: int, max_distance: float) -> bool:
+    """At least ``min_people`` judged people (a reading each) with every one within
+    ``max_distance`` body lengths (the mean of the pair's) of another of the group: one
+    picture's hint of a fight."""
+    people = [(pose, r) for pose, r in zip(poses, readings, strict=True) if r is not None]
+    if len(people) < min_people:
+        return False
+    close: dict[int, set[int]] = {i: {i} for i in range(len(people))}
+    for i in range(len(people)):
+        for j in range(i + 1, len(people)):
+            (pa, ra), (_, rb) = people[i], people[j]
+            w, h = pa.frame_size
+            d = math.hypot((ra.centre[0] - rb.centre[0]) * w, (ra.centre[1] - rb.centre[1]) * h)
+            if d <= max_distance * (ra.body_length_px + rb.body_length_px) / 2:
+                merged = close[i] | close[j]
+                for k in merged:
+                    close[k] = merged
+    return max(len(g) for g in close.values()) >= min_people
 
 
 @dataclass(frozen=True)
@@ -166,10 +218,12 @@ class PersonDownRule:
 class FightRule:
     enabled: bool = True
     min_people: int = 2
-    max_distance: float = 1.2
-    min_limb_speed: float = 2.0
+    max_distance: float = 1.5
+    min_limb_speed: float = 0.8
     window_seconds: float = 2.0
     min_frames: int = 4
+    min_motion_change: float | None = 0.08
+    min_motion_spread: float = 0.3
 
 
 @dataclass
@@ -253,6 +307,7 @@ class DangerTracker:
         self._tracks: list[_Track] = []
         self._next_id = 1
         self._quiet_until: dict[tuple[str, str], float] = {}
+        self._chaos: deque[ChaosSample] = deque()
 
     @property
     def people(self) -> int:
@@ -322,9 +377,15 @@ class DangerTracker:
 
     # -- decisions -----------------------------------------------------------------------
 
-    def update(self, poses: Sequence[Pose] | None, t: float) -> list[Detection]:
-        """Feed one frame's people (None: frame not inferred, scene unchanged); returns the
-        detections to report now."""
+    def update(self, poses: Sequence[Pose] | None, t: float,
+               chaos: ChaosSample | None = None) -> list[Detection]:
+        """Feed one frame's people (None: frame not inferred, scene unchanged) and, when
+        there is one, the frame's ``MotionChaos`` sample; returns the detections to report
+        now."""
+        if chaos is not None:
+            self._chaos.append(chaos)
+        while self._chaos and self._chaos[0].t < t - self.fight.window_seconds:
+            self._chaos.popleft()
         seen = self._tracks if poses is None else self._associate(poses, t)
         detections: list[Detection] = []
         if self.person_down_enabled:
@@ -374,31 +435,45 @@ class DangerTracker:
 
     def _fight(self, t: float) -> Detection | None:
         rule = self.fight
-        active = [tr for tr in self._tracks
-                  if tr.last_seen == t and len(tr.limb_speeds) >= rule.min_frames]
+        active = [tr for tr in self._tracks if tr.last_seen == t]
         best: tuple[float, list[_Track]] | None = None
         for i, a in enumerate(active):
-            group = [a]
-            for b in active[i + 1:]:
-                if self._close(a, b):
-                    group.append(b)
+            group = [a] + [b for b in active[i + 1:] if self._close(a, b)]
             if len(group) < max(2, rule.min_people):
                 continue
-            speeds = [float(np.median([s for _, s in tr.limb_speeds])) for tr in group]
-            speed = float(np.mean(sorted(speeds, reverse=True)[:2]))
+            speeds = [s for tr in group for _, s in tr.limb_speeds]
+            if len(speeds) < rule.min_frames:
+                continue
+            speed = float(np.percentile(speeds, 75))
             if speed >= rule.min_limb_speed and (best is None or speed > best[0]):
                 best = (speed, group)
-        if best is None:
-            return None
-        speed, group = best
+        if best is not None:
+            score = min(1.0, best[0] / (2.0 * rule.min_limb_speed))
+            group = best[1]
+        else:
+            chaos = self._chaos_score(active)
+            if chaos is None:
+                return None
+            score, group = chaos, active
         box = _union([tr.pose.bbox for tr in group])
         key = ("fight", self.zone_of(_centre(box)))
         quiet = self._quiet_until.get(key)
         self._quiet_until[key] = t + self.cooldown_seconds
         if quiet is not None and t < quiet:
             return None
-        score = min(1.0, speed / (2.0 * rule.min_limb_speed))
         return Detection("fight", round(score, 4), t, box, key[1], len(group))
+
+    def _chaos_score(self, active: Sequence[_Track]) -> float | None:
+        """The chaos cue's score (0..1) when it holds with people in view, else None."""
+        rule = self.fight
+        if (rule.min_motion_change is None or len(active) < max(2, rule.min_people)
+                or len(self._chaos) < rule.min_frames):
+            return None
+        change = float(np.median([c.changing for c in self._chaos]))
+        spread = float(np.median([c.spread for c in self._chaos]))
+        if change < rule.min_motion_change or spread < rule.min_motion_spread:
+            return None
+        return min(1.0, change / (2.0 * rule.min_motion_change))
 
     def _close(self, a: _Track, b: _Track) -> bool:
         w, h = a.pose.frame_size

@@ -30,6 +30,7 @@ from ._models import MOVENET, load_verified_model
 
 __all__ = [
     "KEYPOINT_NAMES",
+    "ROTATIONS",
     "BBox",
     "Pose",
     "PoseDetector",
@@ -42,6 +43,9 @@ KEYPOINT_NAMES: tuple[str, ...] = (
     "left_wrist", "right_wrist", "left_hip", "right_hip",
     "left_knee", "right_knee", "left_ankle", "right_ankle",
 )
+
+ROTATIONS = (0, 90, 270)
+"""Rotations (degrees clockwise) the model may also be run at, for people lying down."""
 
 BBox = tuple[float, float, float, float]
 """(x0, y0, x1, y1) as fractions of the frame's width and height."""
@@ -133,9 +137,17 @@ class PoseDetector:
         roi: BBox | None = None,
         color_order: Literal["bgr", "rgb"] = "bgr",
         model_name: str = MOVENET.name,
+        rotations: Sequence[int] = (0,),
+        low_light: float = 0.0,
     ) -> None:
         if input_size % 32 or not 96 <= input_size <= 1024:
             raise ValueError(f"input_size {input_size} must be a multiple of 32 in 96..1024")
+        if not rotations or 0 not in rotations or any(r not in ROTATIONS for r in rotations) \
+                or len(set(rotations)) != len(rotations):
+            raise ValueError(f"rotations {list(rotations)} must include 0, each of 0, 90, 270 "
+                             "at most once")
+        if not 0.0 <= low_light <= 255.0:
+            raise ValueError("low_light must be a mean grey level 0..255")
         interpreter_class, self.runtime = load_interpreter_class()
         try:
             self._interpreter = interpreter_class(model_content=model, num_threads=threads)
@@ -160,7 +172,11 @@ class PoseDetector:
         self.roi = roi
         self.color_order = color_order
         self.model_name = model_name
+        self.rotations = tuple(rotations)
+        self.low_light = low_light
         self.invocations = 0
+        self.brightened = 0
+        self._clahe = cv2.createCLAHE(clipLimit=2.5, tileGridSize=(8, 8))
 
     @classmethod
     def from_file(cls, path: Path | str, **kwargs: Any) -> PoseDetector:
@@ -224,10 +240,22 @@ class PoseDetector:
         return poses
 
     def detect(self, frame: Frame) -> tuple[Pose, ...]:
-        """People in ``frame`` (uint8 HxWx3, in ``color_order``), best score first."""
+        """People in ``frame`` (uint8 HxWx3, in ``color_order``), best score first.
+
+        With more than one rotation, each person is the best-scoring of the views of
+        them (a person lying is often found only, or better, in the rotated frame)."""
+        passes = self.detect_passes(frame)
+        if len(passes) == 1:
+            return passes[0]
+        return _merge_rotations(passes)
+
+    def detect_passes(self, frame: Frame) -> list[tuple[Pose, ...]]:
+        """The people of each rotation's pass, in ``rotations`` order (coordinates of the
+        unrotated frame)."""
         if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
             raise ValueError(f"frame must be uint8 (height, width, 3), not {frame.dtype} "
                              f"{frame.shape}")
+        frame = self._brighten(frame)
         frame_h, frame_w = frame.shape[:2]
         rx0, ry0, rx1, ry1 = 0, 0, frame_w, frame_h
         if self.roi is not None:
@@ -245,7 +273,34 @@ class PoseDetector:
             tiles = [(x0 / frame_w, y0 / frame_h, x1 / frame_w, y1 / frame_h)
                      for x0, y0, x1, y1 in regions[1:]]
             poses = _merge_passes(passes[0], list(zip(tiles, passes[1:], strict=True)), whole)
-        return tuple(sorted(poses, key=lambda p: p.score, reverse=True))
+        upright = tuple(sorted(poses, key=lambda p: p.score, reverse=True))
+        region = frame[ry0:ry1, rx0:rx1]
+        result: list[tuple[Pose, ...]] = []
+        for rotation in self.rotations:
+            if rotation == 0:
+                result.append(upright)
+                continue
+            code = cv2.ROTATE_90_CLOCKWISE if rotation == 90 else cv2.ROTATE_90_COUNTERCLOCKWISE
+            turned = np.ascontiguousarray(cv2.rotate(region, code), dtype=np.uint8)
+            raw, box = self._run(turned, 0, 0)
+            th, tw = turned.shape[:2]
+            found = [_unrotate(p, rotation, (rx0, ry0, rx1, ry1), frame_w, frame_h)
+                     for p in self._to_poses(raw, box, tw, th)]
+            result.append(tuple(sorted(found, key=lambda p: p.score, reverse=True)))
+        return result
+
+    def _brighten(self, frame: Frame) -> Frame:
+        """A dark frame (mean grey below ``low_light``) with its contrast equalised
+        (CLAHE on the lightness channel); other frames unchanged."""
+        if self.low_light <= 0:
+            return frame
+        small = cv2.resize(frame, (64, 36), interpolation=cv2.INTER_AREA)
+        if float(small.mean()) >= self.low_light:
+            return frame
+        self.brightened += 1
+        lab = cv2.cvtColor(frame, cv2.COLOR_BGR2LAB)  # channel order does not matter for L
+        lab[:, :, 0] = self._clahe.apply(lab[:, :, 0])
+        return np.asarray(cv2.cvtColor(lab, cv2.COLOR_LAB2BGR), dtype=np.uint8)
 
     def _regions(self, x0: int, y0: int, x1: int, y1: int) -> list[tuple[int, int, int, int]]:
         regions = [(x0, y0, x1, y1)]
@@ -305,3 +360,41 @@ def _same_person(a: BBox, b: BBox) -> bool:
     iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
     smaller = min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
     return _iou(a, b) > 0.3 or (smaller > 0 and ix * iy / smaller > 0.6)
+
+
+def _unrotate(pose: Pose, rotation: int, region: tuple[int, int, int, int], frame_w: int,
+              frame_h: int) -> Pose:
+    """A pose found in the region rotated by ``rotation`` degrees clockwise, in the
+    unrotated frame's fractions."""
+    rx0, ry0, rx1, ry1 = region
+    rw, rh = rx1 - rx0, ry1 - ry0
+    kp = pose.keypoints.copy()
+    u, v = kp[:, 0].astype(np.float64), kp[:, 1].astype(np.float64)  # fractions of turned
+    if rotation == 90:  # clockwise: turned (u, v) came from region (v, 1 - u)
+        fx, fy = v, 1.0 - u
+    else:  # counter-clockwise: turned (u, v) came from region (1 - v, u)
+        fx, fy = 1.0 - v, u
+    kp[:, 0] = np.clip((rx0 + fx * rw) / frame_w, 0.0, 1.0)
+    kp[:, 1] = np.clip((ry0 + fy * rh) / frame_h, 0.0, 1.0)
+    x0, y0, x1, y1 = pose.bbox
+    cu, cv = np.array([x0, x1, x0, x1]), np.array([y0, y0, y1, y1])
+    if rotation == 90:
+        bx, by = cv, 1.0 - cu
+    else:
+        bx, by = 1.0 - cv, cu
+    bx = np.clip((rx0 + bx * rw) / frame_w, 0.0, 1.0)
+    by = np.clip((ry0 + by * rh) / frame_h, 0.0, 1.0)
+    return Pose(kp, (float(bx.min()), float(by.min()), float(bx.max()), float(by.max())),
+                pose.score, (frame_w, frame_h))
+
+
+def _merge_rotations(passes: Sequence[Sequence[Pose]]) -> tuple[Pose, ...]:
+    """One pose per person over the rotations' passes: the best-scoring view of each
+    person; people within one pass are never merged (two people close together stay two)."""
+    candidates = [(pose, index) for index, poses in enumerate(passes) for pose in poses]
+    kept: list[tuple[Pose, int]] = []
+    for pose, source in sorted(candidates, key=lambda item: item[0].score, reverse=True):
+        if not any(source != other_source and _same_person(pose.bbox, other.bbox)
+                   for other, other_source in kept):
+            kept.append((pose, source))
+    return tuple(pose for pose, _ in kept)

@@ -10,11 +10,16 @@ others.
 activity time ranges) into such a folder of JPEGs and a ``labels.csv``, with the labels
 ``upright`` (Standing, Walking), ``sitting``, ``lying_bed`` (Sleeping on a bed, or a fall
 that ends on a bed) and ``lying_ground`` (the end of a fall onto the floor, or lying on the
-floor). Frames during the fall itself (the first ``settle`` seconds of a Falling range) and
-frames whose ranges disagree are left out.
+floor). Frames during the fall itself (the first ``settle`` seconds of a Falling range) are
+labelled ``falling`` when asked for, else left out; frames whose ranges disagree are left
+out.
 
 ``evaluate_videos`` plays each GMDCSA24 video through the whole pre-screen (gate, model,
 decision over time), holding the last frame, and records what was reported.
+
+``evaluate_clips`` plays labelled clips (a ``labels.csv`` with ``file`` and ``label``
+columns listing videos, such as ``fight`` / ``no_fight`` clips) through the whole
+pre-screen and records what each reported.
 """
 
 from __future__ import annotations
@@ -34,15 +39,20 @@ from ._errors import EvalError
 from ._prescreen import PreScreen
 
 __all__ = [
+    "VIDEO_SUFFIXES",
     "ActivityRange",
+    "ClipOutcome",
     "EvalReport",
     "LabelCount",
     "LabelledImage",
     "SampledFrame",
     "VideoOutcome",
+    "evaluate_clips",
     "evaluate_images",
     "evaluate_videos",
+    "is_clip_folder",
     "parse_activity_ranges",
+    "read_clip_labels",
     "read_labels",
     "sample_gmdcsa24",
 ]
@@ -215,7 +225,7 @@ def _fall_ends_on(description: str) -> str:
 
 
 def _label_at(t: float, ranges: Sequence[ActivityRange], description: str, settle: float,
-              margin: float) -> tuple[str, str] | None:
+              margin: float, falling: bool = False) -> tuple[str, str] | None:
     """(label, activity) of the frame at ``t``, or None when unknown or ambiguous."""
     labels: set[str] = set()
     activities: list[str] = []
@@ -223,6 +233,9 @@ def _label_at(t: float, ranges: Sequence[ActivityRange], description: str, settl
         if r.activity == "Falling":
             if r.start + settle <= t <= r.end:
                 labels.add(_fall_ends_on(description))
+                activities.append("Falling")
+            elif falling and r.start <= t < r.start + settle:
+                labels.add("falling")
                 activities.append("Falling")
             elif r.start - margin <= t < r.start + settle:
                 return None  # the fall itself: neither upright nor lying
@@ -286,9 +299,13 @@ def sample_gmdcsa24(
     settle: float = 1.5,
     margin: float = 0.2,
     subjects: Sequence[int] | None = None,
+    falling: bool = False,
 ) -> list[SampledFrame]:
     """Write one labelled JPEG every ``every`` seconds of each GMDCSA24 video under
-    ``root`` into ``out_dir``, with a ``labels.csv``; returns what was written."""
+    ``root`` into ``out_dir``, with a ``labels.csv``; returns what was written.
+
+    ``falling``: also write the frames of the fall itself (the first ``settle`` seconds
+    of a Falling range), labelled ``falling``; otherwise they are left out."""
     if every <= 0:
         raise ValueError("every must be positive")
     rows = [r for r in _video_rows(root) if subjects is None or r[0] in subjects]
@@ -314,7 +331,7 @@ def sample_gmdcsa24(
                 if t + 1e-6 < next_t:
                     continue
                 next_t += every
-                found = _label_at(t, ranges, description, settle, margin)
+                found = _label_at(t, ranges, description, settle, margin, falling)
                 if found is None:
                     continue
                 label, activity = found
@@ -394,4 +411,93 @@ def evaluate_videos(
             n += 1
         outcomes.append(VideoOutcome(str(video.relative_to(root)), kind_label, tuple(reports),
                                      n, prescreen.inferences))
+    return outcomes
+
+
+# -- labelled clips (fights) ------------------------------------------------------------
+
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".webm", ".mpg", ".mpeg"}
+
+
+@dataclass(frozen=True)
+class ClipOutcome:
+    """What the whole pre-screen reported on one labelled clip."""
+
+    source: str
+    """Clip file, as written in the labels CSV."""
+    label: str
+    """Its label (``fight`` / ``no_fight`` in the fight data set; any label is kept)."""
+    reports: tuple[tuple[str, float], ...]
+    """(label, frame time) of each detection."""
+    frames: int
+    """Frames processed."""
+    inferred: int
+    """Frames the model ran on."""
+
+    def flagged(self, report_label: str) -> bool:
+        """The clip gave at least one report of ``report_label``."""
+        return any(label == report_label for label, _ in self.reports)
+
+
+def read_clip_labels(csv_path: Path, clips_dir: Path | None = None) -> list[LabelledImage]:
+    """The rows of a clip labels CSV (columns ``file`` and ``label``; files are videos
+    relative to ``clips_dir``, default the CSV's folder)."""
+    items = read_labels(csv_path, clips_dir)
+    for item in items:
+        if item.path.suffix.lower() not in VIDEO_SUFFIXES:
+            raise EvalError(f"{csv_path}: {item.path.name} is not a video file "
+                            f"({', '.join(sorted(VIDEO_SUFFIXES))})")
+    return items
+
+
+def is_clip_folder(root: Path) -> bool:
+    """``root`` holds a ``labels.csv`` listing video clips (the fight data set's layout)."""
+    table = root / "labels.csv"
+    if not table.is_file():
+        return False
+    try:
+        with table.open(newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            first = next(reader, None)
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return False
+    if first is None or "file" not in first:
+        return False
+    return Path((first["file"] or "").strip()).suffix.lower() in VIDEO_SUFFIXES
+
+
+def evaluate_clips(
+    items: Iterable[LabelledImage],
+    make_prescreen: Callable[[], PreScreen],
+    *,
+    fps: float = 10.0,
+) -> list[ClipOutcome]:
+    """Play each labelled clip through a fresh pre-screen at ``fps`` (no held frame: a
+    fight is in the motion, not in the last picture)."""
+    outcomes: list[ClipOutcome] = []
+    for item in items:
+        prescreen = make_prescreen()
+        cap = cv2.VideoCapture(str(item.path))
+        if not cap.isOpened():
+            raise EvalError(f"{item.path} cannot be opened by OpenCV")
+        native = cap.get(cv2.CAP_PROP_FPS) or 25.0
+        every = max(1, round(native / fps))
+        reports: list[tuple[str, float]] = []
+        index = n = 0
+        try:
+            while True:
+                ok, frame = cap.read()
+                if not ok:
+                    break
+                if index % every == 0:
+                    result = prescreen.process(np.asarray(frame, dtype=np.uint8), index / native)
+                    reports.extend((d.label, d.frame_time) for d in result.detections)
+                    n += 1
+                index += 1
+        finally:
+            cap.release()
+        if n == 0:
+            raise EvalError(f"{item.path} has no frames OpenCV can read")
+        outcomes.append(ClipOutcome(item.path.name, item.label, tuple(reports), n,
+                                    prescreen.inferences))
     return outcomes

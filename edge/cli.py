@@ -12,7 +12,16 @@ import sys
 from pathlib import Path
 
 from ._errors import EdgeError, UsageError
-from ._eval import evaluate_images, evaluate_videos, read_labels, sample_gmdcsa24
+from ._eval import (
+    ClipOutcome,
+    evaluate_clips,
+    evaluate_images,
+    evaluate_videos,
+    is_clip_folder,
+    read_clip_labels,
+    read_labels,
+    sample_gmdcsa24,
+)
 from ._models import (
     MODEL_PINS,
     default_models_dir,
@@ -189,20 +198,27 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _add_eval_video(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ev = sub.add_parser(
-        "eval-video", help="run the whole pre-screen over the GMDCSA24 videos",
-        description="Plays each GMDCSA24 video through the whole pre-screen (motion gate, "
-        "model, decision over time) and holds its last frame, then prints per video what "
-        "was reported. A fall to the floor should give one person_down report, everything "
-        "else none.")
-    ev.add_argument("dataset", type=Path, metavar="GMDCSA24_DIR")
+        "eval-video", help="run the whole pre-screen over GMDCSA24 videos or labelled clips",
+        description="Plays videos through the whole pre-screen (motion gate, model, decision "
+        "over time). A GMDCSA24 folder: each video, then its last frame held; a fall to the "
+        "floor should give one person_down report, everything else none. A folder of "
+        "labelled clips (--labels CSV with the columns file and label, or a labels.csv in "
+        "DIR listing videos, like the fight clips): per label, how many clips there are and "
+        "how many gave a report (flagged), and of which kind.")
+    ev.add_argument("dataset", type=Path, metavar="DIR",
+                    help="GMDCSA24 folder, or folder of labelled clips")
+    ev.add_argument("--labels", type=Path, default=None, metavar="CSV",
+                    help="labels CSV of clips (file names relative to DIR); default: DIR's "
+                    "labels.csv when it lists videos")
     ev.add_argument("--fps", type=float, default=10.0, help="frames per second to play")
     ev.add_argument("--hold", type=float, default=8.0,
-                    help="seconds to hold the last frame (the person stays down)")
+                    help="GMDCSA24: seconds to hold the last frame (the person stays down)")
     ev.add_argument("--config", type=Path, default=None,
                     help="TOML pre-screen configuration (its [prescreen] table if it has one)")
     ev.add_argument("--input-size", type=int, default=None)
     ev.add_argument("--models-dir", type=Path, default=None)
-    ev.add_argument("--subjects", default=None, help="comma-separated subject numbers")
+    ev.add_argument("--subjects", default=None, help="GMDCSA24: comma-separated subject "
+                    "numbers")
     ev.add_argument("--json", action="store_true", help="one JSON object")
     ev.set_defaults(func=_eval_video)
 
@@ -210,6 +226,12 @@ def _add_eval_video(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def _eval_video(args: argparse.Namespace) -> int:
     if args.fps <= 0 or args.hold < 0:
         raise UsageError("--fps must be positive and --hold not negative")
+    labels = args.labels
+    if labels is not None and not labels.is_absolute() and not labels.exists() and (
+            args.dataset / labels).exists():
+        labels = args.dataset / labels
+    if labels is not None or is_clip_folder(args.dataset):
+        return _eval_clips(args, labels if labels is not None else args.dataset / "labels.csv")
     try:
         config = _load_config(args)
         PreScreen.from_config(config)  # fail early on a missing or wrong model
@@ -240,6 +262,49 @@ def _eval_video(args: argparse.Namespace) -> int:
         print(f"{kind}: {s['reported']} of {s['videos']} videos reported "
               f"({s['reports']} reports)")
     return 0
+
+
+def _eval_clips(args: argparse.Namespace, labels: Path) -> int:
+    try:
+        config = _load_config(args)
+        items = read_clip_labels(labels, args.dataset)
+        PreScreen.from_config(config)  # fail early on a missing or wrong model
+        outcomes = evaluate_clips(items, lambda: PreScreen.from_config(config), fps=args.fps)
+    except EdgeError as exc:
+        raise UsageError(str(exc)) from None
+    counts: dict[str, dict[str, int]] = {}
+    by_report: dict[str, dict[str, int]] = {}
+    for o in outcomes:
+        c = counts.setdefault(o.label, {"n": 0, "flagged": 0})
+        c["n"] += 1
+        c["flagged"] += bool(o.reports)
+        kinds = by_report.setdefault(o.label, {"fight": 0, "person_down": 0})
+        for kind in kinds:
+            kinds[kind] += o.flagged(kind)
+    if args.json:
+        print(json.dumps({
+            "labels": counts, "by_report": by_report,
+            "clips": [_clip_json(o) for o in outcomes],
+            "model": MODEL_PINS[0].name, "input_size": config.model.input_size,
+            "fps": args.fps}))
+        return 0
+    for o in outcomes:
+        found = ", ".join(f"{lb} at {t:.1f} s" for lb, t in o.reports) or "nothing"
+        print(f"{o.source:<24} {o.label:<10} model on {o.inferred:>3}/{o.frames:<3} frames: "
+              f"{found}")
+    width = max([len("label"), *(len(k) for k in counts)])
+    print(f"{'label':<{width}}  {'n':>5}  {'flagged':>7}  {'rate':>6}  {'fight':>5}  "
+          f"{'person_down':>11}")
+    for label, c in counts.items():
+        rate = c["flagged"] / c["n"] if c["n"] else 0.0
+        print(f"{label:<{width}}  {c['n']:>5}  {c['flagged']:>7}  {rate:>6.1%}  "
+              f"{by_report[label]['fight']:>5}  {by_report[label]['person_down']:>11}")
+    return 0
+
+
+def _clip_json(o: ClipOutcome) -> dict[str, object]:
+    return {"source": o.source, "label": o.label, "frames": o.frames, "inferred": o.inferred,
+            "reports": [{"label": lb, "t": round(t, 2)} for lb, t in o.reports]}
 
 
 # -- sample-frames --------------------------------------------------------------------------
