@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import sys
 from collections.abc import Sequence
 
@@ -49,8 +50,17 @@ def _root_errors(component: str | None) -> tuple[type[BaseException], ...]:
     return tuple(found)
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("citywatch")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
+        return "unknown (not installed)"
+
+
 def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="citywatch", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}",
+                        help="print the version of citywatch and exit")
     sub = parser.add_subparsers(dest="component", metavar="COMPONENT", required=True)
     wanted = argv[0] if argv else None
     for name, (module, help_) in COMPONENTS.items():

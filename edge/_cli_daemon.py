@@ -93,6 +93,9 @@ def register_daemon_commands(subparsers: argparse._SubParsersAction[Any]) -> Non
                               description="Run the daemon (under systemd: Type=notify).")
     r.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH,
                    help=f"device config (default {DEFAULT_CONFIG_PATH})")
+    r.add_argument("--log-level", type=str.lower, default="info",
+                   choices=("debug", "info", "warning", "error"),
+                   help="how much to log: debug, info (the default), warning or error")
     r.set_defaults(func=run)
 
 
@@ -427,7 +430,7 @@ def run(args: argparse.Namespace) -> int:
                                                 base_dir=Path(args.config).resolve().parent)
     except EdgeConfigError as exc:
         raise UsageError(str(exc)) from None
-    configure_logging()
+    configure_logging(args.log_level.upper(), identifier="citywatch-edge")
     return asyncio.run(_run(EdgeDaemon(cfg, settings)))
 
 

@@ -215,8 +215,9 @@ def _add_eval_video(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                     help="GMDCSA24: seconds to hold the last frame (the person stays down)")
     ev.add_argument("--config", type=Path, default=None,
                     help="TOML pre-screen configuration (its [prescreen] table if it has one)")
-    ev.add_argument("--input-size", type=int, default=None)
-    ev.add_argument("--models-dir", type=Path, default=None)
+    ev.add_argument("--input-size", type=int, default=None,
+                    help="override the model input size (multiple of 32)")
+    ev.add_argument("--models-dir", type=Path, default=None, help="models folder")
     ev.add_argument("--subjects", default=None, help="GMDCSA24: comma-separated subject "
                     "numbers")
     ev.add_argument("--json", action="store_true", help="one JSON object")

@@ -176,8 +176,9 @@ def register(parser: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("run", help="serve the alert endpoint and the dashboard")
     _add_config_arg(p)
-    p.add_argument("--log-level", default="info",
-                   choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-level", type=str.lower, default="info",
+                   choices=("debug", "info", "warning", "error"),
+                   help="how much to log: debug, info (the default), warning or error")
     p.set_defaults(func=_run)
 
     p = sub.add_parser("alerts", help="list stored alerts, newest first")
@@ -196,9 +197,10 @@ def register(parser: argparse.ArgumentParser) -> None:
         q = osub.add_parser(name, help=help_)
         _add_config_arg(q)
         if name != "list":
-            q.add_argument("username")
+            q.add_argument("username", help="the operator's login name")
         if name == "add":
-            q.add_argument("--role", choices=[r.value for r in Role], default="operator")
+            q.add_argument("--role", choices=[r.value for r in Role], default="operator",
+                           help="what the operator may do (default operator)")
         if name in ("add", "passwd"):
             q.add_argument("--password-stdin", action="store_true",
                            help="read the password from the first line of standard input")
@@ -206,7 +208,7 @@ def register(parser: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("cap", help="export an alert as a CAP 1.2 message")
     _add_config_arg(p)
-    p.add_argument("incident_id", metavar="ID")
+    p.add_argument("incident_id", metavar="ID", help="the alert's incident id")
     p.add_argument("--out", metavar="FILE", help="write it here instead of standard output")
     p.set_defaults(func=_cap)
 

@@ -46,7 +46,9 @@ def register(parser: argparse.ArgumentParser) -> None:
 
     run = sub.add_parser("run", parents=[common], help="run the server (MQTT, ENC "
                          "notifier, admin API) until SIGTERM/Ctrl-C")
-    run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"])
+    run.add_argument("--log-level", type=str.lower, default="info",
+                     choices=("debug", "info", "warning", "error"),
+                     help="how much to log: debug, info (the default), warning or error")
     run.set_defaults(func=_run)
 
     cfg = sub.add_parser("config", help="example config, check a config")
@@ -83,35 +85,36 @@ def register(parser: argparse.ArgumentParser) -> None:
                           ("unblock", "lift a block"),
                           ("delete", "remove the device and its key")]:
         p = dev_sub.add_parser(action, parents=[common], help=help_)
-        p.add_argument("uid", metavar="UID")
+        p.add_argument("uid", metavar="UID", help="the device's UID")
         p.add_argument("--reason", default="", help="why (kept in the audit log)")
         p.set_defaults(func=_device_action, action=action)
 
     win = sub.add_parser("window", help="monitoring windows")
     win_sub = win.add_subparsers(dest="window_command", metavar="COMMAND", required=True)
     wo = win_sub.add_parser("open", parents=[common], help="open a window for a zone now")
-    wo.add_argument("--zone", required=True)
+    wo.add_argument("--zone", required=True, help="the zone to monitor")
     wo.add_argument("--until", required=True,
                     help="end, ISO 8601 (e.g. 2026-05-01T06:00+02:00; no offset: local time)")
     wo.set_defaults(func=_window_open)
     wc = win_sub.add_parser("close", parents=[common], help="end a zone's operator windows now")
-    wc.add_argument("--zone", required=True)
+    wc.add_argument("--zone", required=True, help="the zone whose windows end")
     wc.set_defaults(func=_window_close)
     wl = win_sub.add_parser("list", parents=[common], help="zones monitored now, recent windows")
-    wl.add_argument("--json", action="store_true")
+    wl.add_argument("--json", action="store_true", help="JSON instead of a table")
     wl.set_defaults(func=_window_list)
 
     register_detection(sub)
 
     inc = sub.add_parser("incidents", parents=[common], help="list incidents")
     inc.add_argument("--json", action="store_true", help="JSON instead of a table")
-    inc.add_argument("--limit", type=int, default=50)
-    inc.add_argument("--decision", choices=["dangerous", "dismissed"])
+    inc.add_argument("--limit", type=int, default=50, help="at most this many (50)")
+    inc.add_argument("--decision", choices=["dangerous", "dismissed"],
+                     help="only incidents with this decision")
     inc.set_defaults(func=_incidents)
 
     aud = sub.add_parser("audit", parents=[common], help="the audit log, newest first")
-    aud.add_argument("--json", action="store_true")
-    aud.add_argument("--limit", type=int, default=50)
+    aud.add_argument("--json", action="store_true", help="JSON instead of a table")
+    aud.add_argument("--limit", type=int, default=50, help="at most this many (50)")
     aud.add_argument("--subject", help="only entries about this UID or zone")
     aud.set_defaults(func=_audit)
 
@@ -381,7 +384,7 @@ def _run(args: argparse.Namespace) -> int:
     from hardware._service import configure_logging
 
     # journald with priorities under systemd, stderr with timestamps elsewhere.
-    configure_logging(args.log_level, identifier="citywatch-server")
+    configure_logging(args.log_level.upper(), identifier="citywatch-server")
     for noisy in ("httpx", "httpcore", "uvicorn.error"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
