@@ -42,7 +42,7 @@ from ._metrics import ServerMetrics, type_label
 from ._notifier import EncOutbox
 from ._setup import open_store
 from ._store import DecisionRecord, DeviceInfo, IncidentInfo, now_ms
-from ._verify import PhotoVerifier, StandInVerifier, decide
+from ._verify import PhotoVerifier, VerifierPool, VerifierSettings, decide
 from ._windows import MonitoringPlan
 
 __all__ = ["TrustedServer", "mqtt_tls_context"]
@@ -81,9 +81,14 @@ class TrustedServer:
             timing=t.protocol_timing(), limits=t.limits(), rate_limit=t.rate_limit(),
             replay_capacity=t.replay_capacity)
         v = config.verification
-        self.verifier: PhotoVerifier = verifier or StandInVerifier(
-            threshold=v.threshold, uncertainty_band=v.uncertainty_band,
-            min_width=v.min_width, min_height=v.min_height)
+        #: The photo check, off the event loop; ``verifier=`` replaces it (tests, embedders).
+        self.verifier = VerifierPool(
+            models_dir=config.path(v.models_dir) if v.models_dir else None,
+            settings=VerifierSettings(
+                threshold=v.threshold, uncertainty_band=v.uncertainty_band,
+                min_width=v.min_width, min_height=v.min_height, max_pixels=v.max_pixels,
+                long_side=v.analysis_long_side, device_weight=v.device_weight),
+            workers=v.workers, verifier=verifier)
         self.client_id = f"citywatch-server-{secrets.token_hex(4)}"
         self.outbox = EncOutbox(config, self.store, self.metrics, clock=clock,
                                 owner=self.client_id)
@@ -118,6 +123,8 @@ class TrustedServer:
             asyncio.create_task(self._scheduler_loop(), name="scheduler"),
             asyncio.create_task(self.outbox.run(), name="enc-outbox"),
         ]
+        # The models load before anything else: a missing model stops the start-up here.
+        await asyncio.to_thread(self.verifier.start)
         self._spawn(self._recover())
         admin_stop = asyncio.Event()
         if self.config.admin.enabled:
@@ -141,6 +148,7 @@ class TrustedServer:
         for task in [*workers, *self._tasks, stopper]:
             task.cancel()
         results = await asyncio.gather(*workers, *self._tasks, return_exceptions=True)
+        await asyncio.to_thread(self.verifier.close)
         self.store.close()
         for task, res in zip(workers, results, strict=False):
             if task in done and isinstance(res, BaseException) and not isinstance(
@@ -306,9 +314,8 @@ class TrustedServer:
         t1 = time.perf_counter()
         info, photo = known or await asyncio.to_thread(self.store.incident_for_verification,
                                                        incident_id)
-        verdict = await asyncio.to_thread(self.verifier.score, photo,
-                                          device_score=info.device_score,
-                                          device_label=info.label)
+        verdict = await self.verifier.verify(photo, device_score=info.device_score,
+                                             device_label=info.label)
         v = self.config.verification
         decision = decide(verdict, threshold=v.threshold)
         outcome = await self._decisions.submit(DecisionRecord(

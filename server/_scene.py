@@ -124,8 +124,9 @@ class SceneReader:
                  max_people: int = 8) -> None:
         self._detector = BlazePoseDetector(models.detector, threads=1)
         self._landmarker = PoseLandmarker(models.landmarks, threads=1)
+        # A low person score: MoveNet only proposes; the landmark model's presence decides.
         self._movenet = PoseDetector(models.movenet, threads=1, color_order="rgb",
-                                     rotations=(0, 90, 270), min_pose_score=0.15)
+                                     rotations=(0, 90, 270), min_pose_score=0.05)
         self.tiles_from = tiles_from
         self.max_people = max_people
 

@@ -111,14 +111,14 @@ def decide(verdict: Verdict, *, threshold: float) -> Decision:
 
 # A reading is used only when the landmark model is sure it shows a person whose torso it
 # can see, and the torso is not implausibly large (a ghost spanning the picture).
-_MIN_PRESENCE = 0.6
+_MIN_PRESENCE = 0.55
 _MIN_TORSO_VISIBLE = 0.7
 _MAX_TORSO_SHARE = 0.35
 # Logistic weights over ``_down_features`` (head rise, sine of the body's tilt, ankle
 # drop) and bias; fitted by bench/fit_verifier.py on GMDCSA24 subjects 1-2 and the
 # lower-numbered half of the no-fight clips (docs/detection.md).
-_DOWN_WEIGHTS = (-0.255, 1.781, -1.71)
-_DOWN_BIAS = 0.313
+_DOWN_WEIGHTS = (0.018, 2.235, -1.358)
+_DOWN_BIAS = -0.359
 # People closer than this many torso lengths (hips to hips) count as together.
 _TOGETHER = 2.5
 
@@ -134,11 +134,9 @@ def usable(body: BodyGeometry, long_side: int) -> bool:
 
 
 def _down_features(b: BodyGeometry) -> tuple[float, float, float]:
+    # Head below the hips and ankles above them is a person lying towards the camera
+    # (a pole looks down: what is nearer is lower in the picture), not one upside down.
     head, ankles = b.head_rise, b.ankle_drop
-    if head < -0.5 and ankles < -0.5:
-        # Head below the hips and ankles above them: an upright person read upside down
-        # (people are not found standing on their heads), so read it the right way up.
-        head, ankles = -head, -ankles
     legs = b.legs_visible >= 0.4
     tilt = (b.torso_tilt + b.body_tilt) / 2 if legs else b.torso_tilt
     return (max(-1.5, min(1.5, head)), math.sin(math.radians(tilt)),
@@ -182,7 +180,7 @@ def fight_score(people: Sequence[BodyGeometry], device_score: float | None) -> f
 class VerifierSettings:
     """What a ``PoseVerifier`` needs besides its models (from ``[verification]``)."""
 
-    threshold: float = 0.7
+    threshold: float = 0.6
     """The decision threshold (for the uncertainty flag)."""
     uncertainty_band: float = 0.1
     """Scores within this of the threshold are uncertain."""

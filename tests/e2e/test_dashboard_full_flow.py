@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 
 import protocol as p
+from citywatch._footage import fall_photo
 from tests.e2e.test_dashboard_browser import CHROMIUM, CHROMIUM_ARGS, WAIT_MS, login, shot
 from tests.integration.test_enc_dashboard import add_operators
 from tests.integration.test_enc_endpoint import EncProcess
 from tests.support.services import Broker, free_port
-from tests.support.world import jpeg
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
 harness = pytest.importorskip("tests.integration.server_harness",
@@ -72,7 +72,7 @@ def test_alert_forwarded_by_the_real_server_arrives_live(stack) -> None:  # type
                                                     "2099-01-01T00:00Z")
                 assert code == 0, out
                 await d.wait_for_window(timeout=15)
-                r = await d.report(jpeg((320, 240)), HERE, 0.94, "person_down", timeout=30)
+                r = await d.report(fall_photo(), HERE, 0.94, "person_down", timeout=30)
                 delivered.append(r.incident_id)
 
         def run() -> None:

@@ -15,13 +15,14 @@ from pathlib import Path
 import pytest
 
 import protocol as p
+from citywatch._footage import fall_photo
 from edge._config import load_config
 from edge._outbox import OUTBOX_FILE, Outbox
 from edge._state import STATUS_FILE, read_status
 from hardware import Pkcs11KeyStore, SoftHsmToken
 from tests.integration.test_edge_client_daemon import _RUN
 from tests.support.services import Broker, free_port
-from tests.support.world import add_still_camera, jpeg
+from tests.support.world import add_still_camera
 from tests.unit.test_edge_config_cli import cli
 
 REPO = Path(__file__).resolve().parents[2]
@@ -76,7 +77,7 @@ def test_delivered_to_the_real_server(tmp_path: Path, broker: Broker,
     with Pkcs11KeyStore(*token) as store, \
             Outbox(cfg.state_dir / OUTBOX_FILE, cipher=store.cipher(cfg.key_label)) as ob:
         here = p.Coords(lat=cfg.position.lat, lon=cfg.position.lon, src="fixed")
-        cid = ob.add(photo=jpeg((320, 240)), coords=here, score=0.9, label="person_down",
+        cid = ob.add(photo=fall_photo(), coords=here, score=0.9, label="person_down",
                      captured_at=int(time.time() * 1000))
 
     logs = tmp_path / "logs.txt"

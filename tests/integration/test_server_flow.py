@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import protocol as p
+from citywatch._footage import fall_photo
 from citywatch._simdevice import SimulatedDevice
 from tests.integration.server_harness import (
     EncStub,
@@ -68,17 +69,17 @@ def test_broadcast_contact_and_enc_notification(setup: ServerSetup, server: Serv
             assert w1.tx == w2.tx == 4070908800000 and w1.ep >= 1
             assert not d9.window.is_set()
 
-            delivered = await d1.report(jpeg((320, 240)), HERE, 0.93, "person_down",
+            delivered = await d1.report(fall_photo(), HERE, 0.93, "person_down",
                                         timeout=20)
             await asyncio.to_thread(wait_until, lambda: delivered.incident_id in enc.alerts,
                                     timeout=15, what="alert at the ENC")
             alert = enc.alerts[delivered.incident_id]
             assert alert.device_uid == "pole-1" and alert.label == "person_down"
-            assert alert.coords == HERE and alert.photo == jpeg((320, 240))
+            assert alert.coords == HERE and alert.photo == fall_photo()
 
             # Outside a window: error 4, and the report waits for the next B1.
             with pytest.raises(TimeoutError):
-                await d9.report(jpeg((320, 240)), HERE, 0.93, "fall", timeout=1.5)
+                await d9.report(fall_photo(), HERE, 0.93, "fall", timeout=1.5)
             assert [r.code for r in d9.refusals()][:1] == [p.ErrorCode.FRAMEWORK_INACTIVE]
 
     asyncio.run(scenario())
@@ -91,7 +92,7 @@ def test_broadcast_contact_and_enc_notification(setup: ServerSetup, server: Serv
                timeout=10, what="delivered state")
     [inc] = server.api("GET", "/v1/incidents").json()
     assert inc["decision"] == "dangerous" and inc["device_uid"] == "pole-1"
-    assert server.api("GET", f"/v1/incidents/{inc['id']}/photo").content == jpeg((320, 240))
+    assert server.api("GET", f"/v1/incidents/{inc['id']}/photo").content == fall_photo()
     code, out = setup.cli("incidents", "--json")
     assert code == 0 and inc["id"] in out
     assert server.metric("citywatch_server_messages_total", type="C3", outcome="accepted") == 1
@@ -165,13 +166,13 @@ def test_device_state_changes_reach_the_running_server(setup: ServerSetup,
             assert code == 0
             await asyncio.sleep(1.0)  # poll_s is 0.3 in these tests
             with pytest.raises(TimeoutError):
-                await d.report(jpeg((320, 240)), HERE, 0.9, "fall", timeout=1.0)
+                await d.report(fall_photo(), HERE, 0.9, "fall", timeout=1.0)
             assert d.refusals()[0].code == p.ErrorCode.DEVICE_INACTIVE
 
     asyncio.run(scenario())
 
 
-def test_low_score_reports_are_dismissed_and_the_sender_blocked(tmp_path: Path,
+def test_photos_of_nobody_are_dismissed_and_the_sender_blocked(tmp_path: Path,
                                                                broker: Broker) -> None:
     setup = make_server(tmp_path, broker, enc_url="http://127.0.0.1:9",
                         verification={"block_after_dismissed": 2})
@@ -196,6 +197,34 @@ def test_low_score_reports_are_dismissed_and_the_sender_blocked(tmp_path: Path,
                    if a["action"] == "device.block"]
         assert block["actor"] == "server:verification" and "2 reports" in block["detail"]["reason"]
         assert server.metric("citywatch_server_incidents_total", decision="dismissed") == 2
+    finally:
+        server.stop()
+
+
+def test_a_device_reporting_real_people_is_not_blocked_even_with_low_own_scores(
+        tmp_path: Path, broker: Broker) -> None:
+    # The blocking rule runs on the server's own scores: a pole whose pre-screen is unsure
+    # (0.05) but whose photos show a person lying is right, and stays unblocked.
+    setup = make_server(tmp_path, broker, enc_url="http://127.0.0.1:9",
+                        verification={"block_after_dismissed": 2, "fuse_within_m": 0})
+    bundle = setup.add_device("pole-1", "z")
+    server = ServerProcess(setup).start()
+    try:
+        server.api("POST", "/v1/windows/z/open", json={"until": "2099-01-01T00:00:00Z"})
+
+        async def scenario() -> None:
+            async with SimulatedDevice(bundle) as d:
+                await d.wait_for_window(timeout=10)
+                for _ in range(3):
+                    await d.report(fall_photo(), HERE, 0.05, "fall", timeout=10)
+
+        asyncio.run(scenario())
+        wait_until(lambda: all(i["decision"] for i in server.api("GET", "/v1/incidents").json()),
+                   timeout=20, what="decisions")
+        incidents = server.api("GET", "/v1/incidents").json()
+        assert len(incidents) == 3
+        assert {i["decision"] for i in incidents} == {"dangerous"}
+        assert not server.api("GET", "/v1/devices/pole-1").json()["blocked"]
     finally:
         server.stop()
 
@@ -227,11 +256,11 @@ def test_poles_that_see_the_same_scene_send_one_alert(setup: ServerSetup,
                 SimulatedDevice(far) as f:
             for d in (a, b, f):
                 await d.wait_for_window(timeout=10)
-            first = await a.report(jpeg((320, 240)), HERE, 0.93, "person_down", timeout=20)
+            first = await a.report(fall_photo(), HERE, 0.93, "person_down", timeout=20)
             await asyncio.to_thread(wait_until, lambda: first.incident_id in enc.alerts,
                                     timeout=15, what="the first alert at the ENC")
-            second = await b.report(jpeg((320, 240)), b_here, 0.9, "person_down", timeout=20)
-            other = await f.report(jpeg((320, 240)), far_here, 0.9, "person_down", timeout=20)
+            second = await b.report(fall_photo(), b_here, 0.9, "person_down", timeout=20)
+            other = await f.report(fall_photo(), far_here, 0.9, "person_down", timeout=20)
             return first.incident_id, second.incident_id, other.incident_id
 
     first, second, other = asyncio.run(scenario())

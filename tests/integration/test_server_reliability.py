@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 import protocol as p
+from citywatch._footage import fall_photo
 from citywatch._simdevice import SimulatedDevice
 from tests.integration.server_harness import EncStub, ServerProcess, make_server, wait_until
 from tests.support.services import Broker, Postgres, free_port
-from tests.support.world import jpeg
 
 NO_FUSION = {"fuse_within_m": 0}
 """Reports that all come from one place: each an alert of its own (no fusion)."""
@@ -37,7 +37,7 @@ def test_server_killed_between_c3_and_n1_loses_and_duplicates_nothing(
         async def report() -> str:
             async with SimulatedDevice(bundle) as d:
                 await d.wait_for_window(timeout=10)
-                delivered = await d.report(jpeg((320, 240)), HERE, 0.9, "person_down",
+                delivered = await d.report(fall_photo(), HERE, 0.9, "person_down",
                                            timeout=15)
                 return delivered.incident_id
 
@@ -79,7 +79,7 @@ def test_unverified_incident_is_verified_and_sent_after_a_restart(
     inc = p.IncidentReported(
         kid=bundle.kid, uid=bundle.uid, td=1, cid=b"c" * 16,
         incident_id=p.incident_id_for(bundle.kid, b"c" * 16), coords=HERE,
-        photo=jpeg((320, 240)), score=0.95, label="fall", captured_at=1, c3_hash=b"h" * 32)
+        photo=fall_photo(), score=0.95, label="fall", captured_at=1, c3_hash=b"h" * 32)
     store.store_incident(inc, zone="z")
     store.close()
     enc.start()
@@ -108,7 +108,7 @@ def test_enc_down_and_back(tmp_path: Path, broker: Broker) -> None:
         async def report(n: int) -> list[str]:
             async with SimulatedDevice(bundle) as d:
                 await d.wait_for_window(timeout=10)
-                return [(await d.report(jpeg((320, 240)), HERE, 0.9, "fall", timeout=15))
+                return [(await d.report(fall_photo(), HERE, 0.9, "fall", timeout=15))
                         .incident_id for _ in range(n)]
 
         ids = asyncio.run(report(3))  # the ENC is not listening at all
@@ -155,7 +155,7 @@ def test_two_server_processes_share_the_load(tmp_path: Path, broker: Broker,
                     await d.wait_for_window(timeout=15)
 
                 async def two_reports(d: SimulatedDevice) -> list[str]:
-                    return [(await d.report(jpeg((320, 240)), HERE, 0.9, "fall",
+                    return [(await d.report(fall_photo(), HERE, 0.9, "fall",
                                             timeout=20)).incident_id for _ in range(2)]
 
                 got = await asyncio.gather(*(two_reports(d) for d in devices))

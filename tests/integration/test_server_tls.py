@@ -17,11 +17,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from citywatch._footage import fall_photo
 from citywatch._services import Broker, ServiceUnavailable, free_port, start_mosquitto
 from citywatch._simdevice import SimulatedDevice
 from protocol import BrokerAddress, Coords, ProvisioningBundle
 from tests.integration.server_harness import EncStub, ServerProcess, make_server, wait_until
-from tests.support.world import jpeg
 
 FOREVER = {"until": "2099-01-01T00:00:00Z"}
 HERE = Coords(lat=52.2297, lon=21.0122, alt=None, acc=None, src="fixed")
@@ -92,7 +92,7 @@ def test_contact_over_tls_with_the_ca_from_config_and_bundle(
         async def contact() -> str:
             async with SimulatedDevice(bundle) as dev:
                 await dev.wait_for_window(timeout=20)
-                delivered = await dev.report(jpeg((320, 240)), HERE, 0.9, "fall", timeout=30)
+                delivered = await dev.report(fall_photo(), HERE, 0.9, "fall", timeout=30)
                 return delivered.incident_id
 
         incident_id = asyncio.run(contact())

@@ -13,11 +13,11 @@ import cbor2
 import pytest
 
 import protocol as p
+from citywatch._footage import fall_photo
 from citywatch._simdevice import ProvisioningBundle, SimulatedDevice
 from protocol._crypto import seal_message
 from tests.integration.server_harness import ServerProcess, ServerSetup, make_server, wait_until
 from tests.support.services import Broker
-from tests.support.world import jpeg
 
 HERE = p.Coords(lat=52.2297, lon=21.0122, alt=None, acc=3.0, src="gps")
 
@@ -84,7 +84,7 @@ class Wire:
     def c3(self, td: int, tk: bytes, *, photo: bytes | None = None) -> bytes:
         if photo is None or photo.startswith(b"\xff\xd8"):
             return self.seal(p.C3Report(td=td, uid=self.b.uid, tk=tk, cid=secrets.token_bytes(16),
-                                        gc=HERE, pf=photo or jpeg((320, 240)), sc=0.9,
+                                        gc=HERE, pf=photo or fall_photo(), sc=0.9,
                                         lb="fall", at=td))
         # Not a JPEG: the message class refuses to build it, so build the plaintext by hand.
         plaintext = cbor2.dumps({"td": td, "uid": self.b.uid, "tk": tk,
@@ -152,7 +152,7 @@ def test_replays_reflections_and_forgeries_are_dropped(setup: ServerSetup,
         async with SimulatedDevice(ba) as da, SimulatedDevice(bb):
             await da.wait_for_window(timeout=10)
             a = Wire(da, ba)
-            delivered = await da.report(jpeg((320, 240)), HERE, 0.9, "fall", timeout=10)
+            delivered = await da.report(fall_photo(), HERE, 0.9, "fall", timeout=10)
             def sent(kind: p.MessageType, messages: list[bytes]) -> bytes:
                 return [m for m in messages
                         if p.decode_envelope(m, max_size=10**7).type == kind][-1]
