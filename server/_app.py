@@ -312,8 +312,9 @@ class TrustedServer:
     async def _verify(self, incident_id: str, *, t0: float | None = None,
                       known: tuple[IncidentInfo, bytes] | None = None) -> None:
         t1 = time.perf_counter()
-        info, photo = known or await asyncio.to_thread(self.store.incident_for_verification,
-                                                       incident_id)
+        if known is None:
+            known = await asyncio.to_thread(self.store.incident_for_verification, incident_id)
+        info, photo = known
         verdict = await self.verifier.verify(photo, device_score=info.device_score,
                                              device_label=info.label)
         v = self.config.verification

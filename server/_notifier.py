@@ -90,8 +90,7 @@ class EncOutbox:
                         for item in items:
                             task = asyncio.create_task(self._deliver(http, item))
                             in_flight.add(task)
-                            task.add_done_callback(lambda t: (in_flight.discard(t),
-                                                              self._wake and self._wake.set()))
+                            task.add_done_callback(self._delivered(in_flight))
                     due = await asyncio.to_thread(self.store.next_alert_due)
                     delay = poll if due is None else min(poll, max(0.02, (due - self._clock())
                                                                    / 1000))
@@ -101,6 +100,17 @@ class EncOutbox:
                 for task in in_flight:
                     task.cancel()
                 await asyncio.gather(*in_flight, return_exceptions=True)
+
+    def _delivered(self, in_flight: set[asyncio.Task[Any]]
+                   ) -> Callable[[asyncio.Task[Any]], None]:
+        """A delivery's done-callback: forget the task, wake the loop to claim the next."""
+
+        def done(task: asyncio.Task[Any]) -> None:
+            in_flight.discard(task)
+            if self._wake is not None:
+                self._wake.set()
+
+        return done
 
     async def _deliver(self, http: httpx.AsyncClient, item: OutboxItem) -> None:
         try:
