@@ -100,9 +100,11 @@ class DashboardSection(_Section):
     escalate_after_seconds: Annotated[int, Field(ge=1, le=24 * 3600)] = 120
     """An alert nobody has taken after this long is shown as escalated."""
     lockout_failures: Annotated[int, Field(ge=1, le=100)] = 5
-    """Failed logins in a row that lock an operator out."""
+    """Failed logins an address (or an account name) may make before each further one
+    doubles its wait, from 1 s. Never a lock-out: an account's wait is at most 30 s, and
+    an address that logged in as the operator before skips it."""
     lockout_minutes: Annotated[int, Field(ge=1, le=24 * 60)] = 15
-    """How long a lock-out lasts (a supervisor can lift it with ``operator passwd``)."""
+    """The longest wait of one address after repeated failures."""
     secure_cookies: bool | None = None
     """Mark cookies Secure; unset means "when the ENC speaks HTTPS"."""
     map_tile_url: str = ""

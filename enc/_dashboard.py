@@ -31,7 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ._cap import cap_message
 from ._config import EncConfig
-from ._errors import ActionRefused, LoginRefused, NotFound
+from ._errors import ActionRefused, LoginRefused, LoginThrottled, NotFound
 from ._handling import Role, apply_action, escalate_due
 from ._live import LiveFeed, sse_event
 from ._operators import OperatorDirectory, Session
@@ -43,6 +43,7 @@ log = logging.getLogger("citywatch.enc.dashboard")
 
 SESSION_COOKIE = "cw_session"
 LOGIN_COOKIE = "cw_login"
+_LOGINS_WAITING = 16
 FLASH_COOKIE = "cw_flash"
 _STATIC = Path(__file__).resolve().parent / "static"
 _INCIDENT_PATH = r"^[^/]{1,64}$"
@@ -262,6 +263,10 @@ class Dashboard:
         self.feed = feed
         self.clock = clock
         self.operators = OperatorDirectory(store, config.dashboard)
+        # Password checks get worker threads of their own, one at a time, and at most
+        # _LOGINS_WAITING of them queue: a login flood neither takes the threads that
+        # alert intake stores with nor stacks up without bound.
+        self._logins = anyio.CapacityLimiter(1)
         self.escalate_ms = config.dashboard.escalate_after_seconds * 1000
         self.templates = Environment(loader=PackageLoader("enc", "templates"),
                                      autoescape=select_autoescape(default=True),
@@ -345,10 +350,10 @@ class Dashboard:
             return resp
 
         @r.post("/login", include_in_schema=False)
-        def login(request: Request, username: str = Form("", max_length=200),
-                  password: str = Form("", max_length=1024),
-                  csrf: str = Form("", max_length=200),
-                  next: str = Form("/", max_length=500)) -> Response:
+        async def login(request: Request, username: str = Form("", max_length=200),
+                        password: str = Form("", max_length=1024),
+                        csrf: str = Form("", max_length=200),
+                        next: str = Form("/", max_length=500)) -> Response:
             cookie = request.cookies.get(LOGIN_COOKIE, "")
             if not cookie or not csrf or not hmac.compare_digest(cookie.encode(),
                                                                   csrf.encode()):
@@ -358,12 +363,22 @@ class Dashboard:
                 self._set_cookie(resp, LOGIN_COOKIE, token, 3600)
                 return resp
             peer = request.client.host if request.client else "?"
+            busy = self._logins.statistics().tasks_waiting >= _LOGINS_WAITING
             try:
-                token, _ = ops.login(username, password, now=self.clock(), peer=peer)
+                if busy:
+                    raise LoginThrottled("the dashboard is busy: try again in a moment",
+                                         retry_after_s=5)
+                token, _ = await anyio.to_thread.run_sync(
+                    lambda: ops.login(username, password, now=self.clock(), peer=peer),
+                    limiter=self._logins)
             except LoginRefused as exc:
                 t = secrets.token_urlsafe(24)
-                resp = self._page("login.html", 401, login_csrf=t, next=_safe_next(next),
-                                  error=str(exc).capitalize() + ".", username=username[:64])
+                throttled = isinstance(exc, LoginThrottled)
+                resp = self._page("login.html", 429 if throttled else 401, login_csrf=t,
+                                  next=_safe_next(next), error=str(exc).capitalize() + ".",
+                                  username=username[:64])
+                if isinstance(exc, LoginThrottled):
+                    resp.headers["Retry-After"] = str(exc.retry_after_s)
                 self._set_cookie(resp, LOGIN_COOKIE, t, 3600)
                 return resp
             done = RedirectResponse(_safe_next(next), status_code=303)

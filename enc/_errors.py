@@ -5,7 +5,9 @@
     ├── StoreError           the alert store failed; the caller answers "retry later"
     ├── NotFound             no such alert or operator
     ├── ActionRefused        an operator action that the alert's state or the role forbids
-    ├── LoginRefused         wrong password, unknown, disabled or locked-out operator
+    ├── LoginRefused         wrong password, unknown or disabled operator
+    │   └── LoginThrottled   too many failures from that address or for that account:
+    │                        try again after ``retry_after_s``
     └── UsageError           a command-line option or answer is unusable
 
 ``ConfigError`` and ``StoreError`` are our side; ``ActionRefused`` and ``LoginRefused``
@@ -20,6 +22,7 @@ __all__ = [
     "ConfigError",
     "EncError",
     "LoginRefused",
+    "LoginThrottled",
     "NotFound",
     "StoreError",
     "UsageError",
@@ -48,6 +51,14 @@ class ActionRefused(EncError):
 
 class LoginRefused(EncError):
     """A login or password check failed; the message is safe to show (says nothing more)."""
+
+
+class LoginThrottled(LoginRefused):
+    """Not checked at all: the address or the account is in its back-off."""
+
+    def __init__(self, message: str, *, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class UsageError(EncError):

@@ -1,6 +1,11 @@
-"""Operators of the dashboard: accounts (argon2id password hashes), lock-out after
-repeated failures, and sessions (the cookie holds a random token; the database keeps
-only its SHA-256, with the session's CSRF token and expiry)."""
+"""Operators of the dashboard: accounts (argon2id password hashes), a back-off after
+repeated failures (per address and per account, never a lock-out), and sessions (the
+cookie holds a random token; the database keeps only its SHA-256, with the session's
+CSRF token and expiry).
+
+A password is checked outside any database transaction: argon2id takes a large share of
+a core for a good fraction of a second, and the ENC's SQLite writers (alert intake among
+them) share one lock."""
 
 from __future__ import annotations
 
@@ -8,6 +13,8 @@ import hashlib
 import hmac
 import re
 import secrets
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from argon2 import PasswordHasher
@@ -15,16 +22,19 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import delete, select
 
 from ._config import DashboardSection
-from ._errors import ActionRefused, LoginRefused, NotFound
+from ._errors import ActionRefused, LoginRefused, LoginThrottled, NotFound
 from ._handling import Role
 from ._schema import OperatorRow, SessionRow
 from ._store import AlertStore
 
-__all__ = ["MIN_PASSWORD_LENGTH", "Operator", "OperatorDirectory", "Session"]
+__all__ = ["MIN_PASSWORD_LENGTH", "LoginThrottle", "Operator", "OperatorDirectory", "Session"]
 
 MIN_PASSWORD_LENGTH = 10
 _USERNAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-_REFUSED = "wrong name or password, or the account is locked or disabled"
+_REFUSED = "wrong name or password, or the account is disabled"
+_THROTTLED = "too many failed logins: wait a little and try again"
+# Failed logins of one actor from one address share an audit row for this long.
+_AUDIT_SUMMARY_MS = 10 * 60_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +65,72 @@ class Session:
     """SHA-256 of the cookie's token, hex (the row's key)."""
 
 
+class _Strikes:
+    __slots__ = ("failures", "not_before")
+
+    def __init__(self) -> None:
+        self.failures = 0
+        self.not_before = 0
+
+
+class LoginThrottle:
+    """Back-off after failed logins, kept in memory, bounded in size.
+
+    Every address and every account name may fail ``free`` times; after that each further
+    failure doubles the wait before the next attempt from that address (up to
+    ``address_max_ms``) or for that account (up to ``account_max_ms``, short: the real
+    operator is slowed, never locked out). An address that logged in as an account before
+    skips that account's back-off, so an attacker elsewhere cannot keep its operator out.
+    A success clears both."""
+
+    def __init__(self, *, free: int, address_max_ms: int, account_max_ms: int = 30_000,
+                 base_ms: int = 1_000, capacity: int = 10_000) -> None:
+        self.free, self.base_ms, self.capacity = free, base_ms, capacity
+        self.address_max_ms, self.account_max_ms = address_max_ms, account_max_ms
+        self._addresses: OrderedDict[str, _Strikes] = OrderedDict()
+        self._accounts: OrderedDict[str, _Strikes] = OrderedDict()
+        self._trusted: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def wait_ms(self, address: str, account: str, now: int) -> int:
+        """How long ``address`` must wait before trying ``account``; 0: go ahead."""
+        with self._lock:
+            wait = 0
+            if (a := self._addresses.get(address)) is not None:
+                wait = a.not_before - now
+            if (address, account) not in self._trusted and \
+                    (c := self._accounts.get(account)) is not None:
+                wait = max(wait, c.not_before - now)
+            return max(0, wait)
+
+    def failed(self, address: str, account: str, now: int) -> None:
+        with self._lock:
+            self._strike(self._addresses, address, now, self.address_max_ms)
+            self._strike(self._accounts, account, now, self.account_max_ms)
+
+    def succeeded(self, address: str, account: str) -> None:
+        with self._lock:
+            self._addresses.pop(address, None)
+            self._accounts.pop(account, None)
+            self._trusted[(address, account)] = None
+            self._trusted.move_to_end((address, account))
+            while len(self._trusted) > self.capacity:
+                self._trusted.popitem(last=False)
+
+    def _strike(self, table: OrderedDict[str, _Strikes], key: str, now: int,
+                cap: int) -> None:
+        st = table.get(key)
+        if st is None:
+            st = table[key] = _Strikes()
+            while len(table) > self.capacity:
+                table.popitem(last=False)
+        table.move_to_end(key)
+        st.failures += 1
+        over = st.failures - self.free
+        if over > 0:
+            st.not_before = now + min(cap, self.base_ms * 2 ** min(over - 1, 30))
+
+
 def _token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -74,6 +150,12 @@ class OperatorDirectory:
         # a cheaper argon2id so that they stay fast.
         self._hasher = hasher or PasswordHasher()
         self._dummy: str | None = None
+        self.throttle = LoginThrottle(free=settings.lockout_failures,
+                                      address_max_ms=settings.lockout_minutes * 60_000)
+        # Failed logins not yet written to the audit: (actor, peer) -> (count, first at,
+        # last row at). One row per pair and period, with the count, instead of one each.
+        self._failures: dict[tuple[str, str], tuple[int, int, int]] = {}
+        self._failures_lock = threading.Lock()
 
     @property
     def _dummy_hash(self) -> str:
@@ -157,35 +239,40 @@ class OperatorDirectory:
     def login(self, username: str, password: str, *, now: int,
               peer: str = "?") -> tuple[str, Session]:
         """Check the password; return a new session token (for the cookie) and the
-        session. ``LoginRefused`` says the same thing whatever was wrong."""
+        session. ``LoginRefused`` says the same thing whatever was wrong;
+        ``LoginThrottled`` that the address or account must wait first."""
         username = username.strip().lower()[:64]
+        known_name = bool(_USERNAME.match(username))
+        wait = self.throttle.wait_ms(peer, username, now)
+        if wait > 0:
+            self._record_failure("anonymous", peer, now, {"reason": "throttled"})
+            raise LoginThrottled(_THROTTLED, retry_after_s=-(-wait // 1000))
+        # Read, check the password with no transaction open, then write the outcome in a
+        # short transaction that looks at the row again.
+        with self.store.transaction(write=False) as s:
+            r = s.get(OperatorRow, username) if known_name else None
+            seen = None if r is None else (r.password_hash, r.disabled, r.password_changed_at)
+        if seen is None or seen[1]:
+            self._verify(self._dummy_hash, password)
+            ok = False
+        else:
+            ok = self._verify(seen[0], password)
+        rehash = self._hasher.hash(password) if ok and self._hasher.check_needs_rehash(
+            seen[0]) else None  # type: ignore[index]
+        if not ok:
+            self.throttle.failed(peer, username, now)
+            reason = "unknown name" if seen is None else "disabled" if seen[1] else "password"
+            self._record_failure(username if seen is not None else "anonymous", peer, now,
+                                 {"reason": reason})
+            raise LoginRefused(_REFUSED)
         s_ = self.settings
-        # A refusal is recorded (failure count, lock-out, audit) and committed before it
-        # is raised, so it happens outside the transaction.
         with self.store.transaction(write=True) as s:
-            r = s.get(OperatorRow, username) if _USERNAME.match(username) else None
-            refusal: dict[str, object] | None = None
-            if r is None:
-                self._verify(self._dummy_hash, password)
-                refusal = {"reason": "unknown name"}
-            elif r.disabled or (r.locked_until is not None and r.locked_until > now):
-                self._verify(self._dummy_hash, password)
-                refusal = {"reason": "disabled" if r.disabled else "locked"}
-            elif not self._verify(r.password_hash, password):
-                r.failed_logins += 1
-                refusal = {"reason": "password", "failures": r.failed_logins}
-                if r.failed_logins >= s_.lockout_failures:
-                    r.locked_until = now + s_.lockout_minutes * 60_000
-                    r.failed_logins = 0
-                    refusal["locked_until"] = r.locked_until
-            if refusal is not None or r is None:
-                self.store.audit(s, at=now, incident_id=None,
-                                 actor=username if r is not None else "anonymous",
-                                 action="login_failed", detail={"peer": peer, **(refusal or {})})
-                session = None
+            r = s.get(OperatorRow, username)
+            if r is None or r.disabled or r.password_changed_at != seen[2]:  # type: ignore[index]
+                session = None  # changed while the password was being checked
             else:
-                if self._hasher.check_needs_rehash(r.password_hash):
-                    r.password_hash = self._hasher.hash(password)
+                if rehash is not None:
+                    r.password_hash = rehash
                 r.failed_logins = 0
                 r.locked_until = None
                 token = secrets.token_urlsafe(32)
@@ -193,12 +280,42 @@ class OperatorDirectory:
                                  csrf=secrets.token_urlsafe(32), created_at=now, last_seen=now,
                                  expires_at=now + s_.session_lifetime_minutes * 60_000)
                 s.add(row)
+                detail: dict[str, object] = {"peer": peer}
+                failed = self._take_failures(username, peer)
+                if failed:
+                    detail["failed_before"] = failed
                 self.store.audit(s, at=now, incident_id=None, actor=username, action="login",
-                                 detail={"peer": peer})
+                                 detail=detail)
                 session = Session(_operator(r), row.csrf, row.expires_at, row.token_hash)
         if session is None:
             raise LoginRefused(_REFUSED)
+        self.throttle.succeeded(peer, username)
         return token, session
+
+    def _record_failure(self, actor: str, peer: str, now: int,
+                        detail: dict[str, object]) -> None:
+        """Audit a failed login, summarised: the first of a period gets a row; the
+        others are counted into the next row of the period after (or the login)."""
+        key = (actor, peer)
+        with self._failures_lock:
+            count, first, last_row = self._failures.get(key, (0, now, 0))
+            count += 1
+            if now - last_row < _AUDIT_SUMMARY_MS:
+                self._failures[key] = (count, first, last_row)
+                return
+            self._failures[key] = (0, now, now)
+            if len(self._failures) > 10_000:  # forget the oldest summaries, bounded
+                for k in list(self._failures)[:1_000]:
+                    del self._failures[k]
+        self.store.append_audit(at=now, actor=actor, action="login_failed", incident_id=None,
+                                detail={"peer": peer, "count": count, "since": first,
+                                        **detail})
+
+    def _take_failures(self, actor: str, peer: str) -> int:
+        with self._failures_lock:
+            count, _, _ = self._failures.pop((actor, peer), (0, 0, 0))
+            anonymous, _, _ = self._failures.pop(("anonymous", peer), (0, 0, 0))
+        return count + anonymous
 
     def _verify(self, hash_: str, password: str) -> bool:
         try:

@@ -198,13 +198,19 @@ def test_the_enc_holds_the_server_s_k_senc(fleet: Fleet, fresh_install: Playbook
 
 
 def test_acl_gives_each_pole_only_its_own_topics(fleet: Fleet, fresh_install: PlaybookRun) -> None:
-    acl = (fleet.root(SERVER) / "etc/mosquitto/citywatch.acl").read_text()
+    acl = json.loads((fleet.root(SERVER) / "etc/mosquitto/citywatch-dynsec.json").read_text())
+    roles = {r["rolename"]: r["acls"] for r in acl["roles"]}
+    clients = {c["username"]: c for c in acl["clients"]}
     for device in registry(fleet):
         kid = device["kid_hex"]
-        block = re.search(rf"^user {kid}\n((?:topic .*\n)+)", acl, re.M)
-        assert block, kid
-        assert block[1] == (f"topic write citywatch/v1/{kid}/up\n"
-                            f"topic read citywatch/v1/{kid}/down\n")
+        assert clients[kid]["roles"] == [{"rolename": f"pole-{kid}"}]
+        assert {(a["acltype"], a["topic"]) for a in roles[f"pole-{kid}"]} == {
+            ("publishClientSend", f"citywatch/v1/{kid}/up"),
+            ("publishClientSend", f"citywatch/v1/{kid}/status"),
+            ("subscribeLiteral", f"citywatch/v1/{kid}/down"),
+            ("unsubscribeLiteral", f"citywatch/v1/{kid}/down"),
+            ("publishClientReceive", f"citywatch/v1/{kid}/down")}
+    assert not (fleet.root(SERVER) / "etc/mosquitto/citywatch.acl").exists()
 
 
 # -- idempotence and check mode ------------------------------------------------------------
@@ -273,7 +279,7 @@ def test_broker_delivers_a_pole_s_uplink_but_not_a_forged_one(
     sub = subprocess.Popen(
         ["stdbuf", "-oL", "mosquitto_sub", *common, *_client(fleet, SERVER, "server-client"),
          "-d",
-         "-t", "citywatch/v1/+/up", "-v", "-C", "1", "-W", "60"],
+         "-t", "$share/citywatch-server/citywatch/v1/+/up", "-v", "-C", "1", "-W", "60"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         assert sub.stdout is not None
@@ -368,7 +374,7 @@ def test_decommission_forgets_the_pole_everywhere(
     pole = POLES[-1]
     assert done.returncode == 0, _fail(done)
     assert {d["uid"] for d in registry(fleet)} == set(POLES[:-1])
-    acl = (fleet.root(SERVER) / "etc/mosquitto/citywatch.acl").read_text()
+    acl = (fleet.root(SERVER) / "etc/mosquitto/citywatch-dynsec.json").read_text()
     assert kid not in acl
     root = fleet.root(pole)
     for gone in ("var/lib/citywatch/tokens", "etc/citywatch/edge.toml",

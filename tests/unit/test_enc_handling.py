@@ -17,6 +17,9 @@ from enc._schema import SessionRow
 from tests.support.world import T0
 from tests.unit.test_enc_store import received
 
+STORE_KEY = bytes(range(32))
+"""The store key photos and positions are sealed under in these tests."""
+
 SETTINGS = enc.DashboardSection(lockout_failures=3, lockout_minutes=10,
                                 session_lifetime_minutes=60, session_idle_minutes=15)
 PW = "night shift 2026"
@@ -31,7 +34,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[enc.AlertS
     else:
         url = str(request.getfixturevalue("postgres").create_database(
             f"ench_{secrets.token_hex(4)}"))
-    s = enc.AlertStore.open(url)
+    s = enc.AlertStore.open(url, key=STORE_KEY)
     yield s
     s.close()
 
@@ -222,21 +225,29 @@ def test_sessions_expire_when_idle_and_absolutely(ops: enc.OperatorDirectory) ->
     assert ops.session(token, now=T0 + 60 * 60_000) is None  # lifetime over
 
 
-def test_wrong_passwords_lock_the_account(store: enc.AlertStore,
-                                          ops: enc.OperatorDirectory) -> None:
-    for i in range(3):
-        with pytest.raises(enc.LoginRefused):
-            ops.login("olga", "wrong password!", now=T0 + i)
-    # Locked: even the right password is refused, with the same words.
-    with pytest.raises(enc.LoginRefused) as e:
-        ops.login("olga", PW, now=T0 + 60_000)
+def test_wrong_passwords_back_off_the_address_and_the_account(
+        store: enc.AlertStore, ops: enc.OperatorDirectory) -> None:
+    from enc._errors import LoginThrottled
+
+    for i in range(4):  # three free failures; the fourth starts a 1 s back-off
+        with pytest.raises(enc.LoginRefused) as e:
+            ops.login("olga", "wrong password!", now=T0 + i, peer="10.0.0.1")
+        assert not isinstance(e.value, LoginThrottled)
+    with pytest.raises(LoginThrottled) as t:  # not even checked
+        ops.login("olga", PW, now=T0 + 10, peer="10.0.0.1")
+    assert t.value.retry_after_s == 1
     with pytest.raises(enc.LoginRefused) as e2:
-        ops.login("nobody", PW, now=T0 + 60_000)
-    assert str(e.value) == str(e2.value)
-    assert ops.login("olga", PW, now=T0 + 2 + 10 * 60_000)[1].operator.username == "olga"
+        ops.login("nobody", PW, now=T0 + 10, peer="10.0.0.3")
+    assert str(e2.value) != str(t.value) and not isinstance(e2.value, LoginThrottled)
+    # Elsewhere, the account's back-off slows the operator briefly; never a lock-out.
+    with pytest.raises(LoginThrottled):
+        ops.login("olga", PW, now=T0 + 10, peer="10.0.0.2")
+    assert ops.login("olga", PW, now=T0 + 1_010, peer="10.0.0.2")[1].operator.username == "olga"
     failed = [x for x in store.audit_since(0) if x.action == "login_failed"]
-    assert [x.detail["reason"] for x in failed] == ["password"] * 3 + ["locked", "unknown name"]
-    assert "locked_until" in failed[2].detail
+    # One summary row per actor and address, not one per failure.
+    assert sorted((x.actor, x.detail["peer"], x.detail["reason"]) for x in failed) == [
+        ("anonymous", "10.0.0.1", "throttled"), ("anonymous", "10.0.0.2", "throttled"),
+        ("anonymous", "10.0.0.3", "unknown name"), ("olga", "10.0.0.1", "password")]
 
 
 def test_passwd_lifts_a_lock_out_and_ends_sessions(ops: enc.OperatorDirectory) -> None:
@@ -248,7 +259,8 @@ def test_passwd_lifts_a_lock_out_and_ends_sessions(ops: enc.OperatorDirectory) -
     assert ops.session(token, now=T0 + 20) is None
     with pytest.raises(enc.LoginRefused):
         ops.login("olga", PW, now=T0 + 30)
-    assert ops.login("olga", "a new password", now=T0 + 40)[1].operator.username == "olga"
+    # That failure was the fourth in a row from this address: a 1 s back-off first.
+    assert ops.login("olga", "a new password", now=T0 + 1_040)[1].operator.username == "olga"
 
 
 def test_disabled_operator_cannot_log_in_and_loses_sessions(ops: enc.OperatorDirectory) -> None:
