@@ -13,8 +13,10 @@ session (and one lock), which the last ``close()`` logs out.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hmac
 import os
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar, cast
@@ -45,6 +47,20 @@ try:
     from pkcs11 import exceptions as p11
 except ImportError as exc:  # reported by Pkcs11KeyStore(), so SoftwareKeyStore still works
     _IMPORT_ERROR = exc
+else:
+    from pkcs11.attributes import ATTRIBUTE_TYPES
+
+    # python-pkcs11 has no codec for CKA_ALLOWED_MECHANISMS, an array of CK_ULONG
+    # mechanism numbers: register one, so keys can be limited to the one they need.
+    def _pack_mechanisms(mechanisms: Any) -> bytes:
+        return b"".join(int(m).to_bytes(_ULONG, _BYTE_ORDER) for m in mechanisms)
+
+    def _unpack_mechanisms(data: bytes) -> list[Any]:
+        return [Mechanism(int.from_bytes(data[i:i + _ULONG], _BYTE_ORDER))
+                for i in range(0, len(data) - _ULONG + 1, _ULONG)]
+
+    ATTRIBUTE_TYPES.setdefault(Attribute.ALLOWED_MECHANISMS,
+                               (_pack_mechanisms, _unpack_mechanisms))
 
 if TYPE_CHECKING:
     from pkcs11 import Session, Token
@@ -55,6 +71,8 @@ __all__ = ["Pkcs11Cipher", "Pkcs11KeyStore"]
 _T = TypeVar("_T")
 
 _TAG_LENGTH = 16
+_ULONG = ctypes.sizeof(ctypes.c_ulong)  # CK_ULONG
+_BYTE_ORDER = sys.byteorder
 # Authenticated data of the probe that compares a re-imported key with the stored one.
 _PROBE_AAD = b"citywatch/keystore-probe"
 _PIN_DIGEST_KEY = os.urandom(32)
@@ -482,6 +500,11 @@ def _key_template(label: str) -> dict[Attribute, Any]:
         Attribute.SIGN: False,
         Attribute.VERIFY: False,
         Attribute.DERIVE: False,
+        # ... and AES-GCM only (raw AES-ECB would be an oracle on the key), with no way
+        # to switch any of this on later or to copy the key to an object that could.
+        Attribute.ALLOWED_MECHANISMS: [Mechanism.AES_GCM],
+        Attribute.MODIFIABLE: False,
+        Attribute.COPYABLE: False,
     }
 
 
