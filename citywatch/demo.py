@@ -76,7 +76,11 @@ def _run_cmd(args: argparse.Namespace) -> int:
     if temporary:
         workdir = Path(tempfile.mkdtemp(prefix="citywatch-demo-"))
     workdir = workdir.resolve()
+    # The databases hold photos and positions, the folders keys: this user's alone, for
+    # the demo's own files and everything its servers and poles create.
+    os.umask(0o077)
     workdir.mkdir(parents=True, exist_ok=True)
+    workdir.chmod(0o700)
     try:
         result = asyncio.run(_main(workdir, args, console))
     except DemoFailed as exc:

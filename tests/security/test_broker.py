@@ -23,7 +23,7 @@ from tests.integration.server_harness import (
 from tests.support.services import free_port
 
 from .poles import PREFIX, Pole, now_ms, pole_for
-from .production_broker import ProductionBroker, DeviceCa, start_production_broker
+from .production_broker import DeviceCa, ProductionBroker, start_production_broker
 
 FOREVER = {"until": "2099-01-01T00:00:00Z"}
 
