@@ -120,8 +120,12 @@ def evaluate_photos(items: Sequence[LabelledImage], verifier: PhotoVerifier, *,
             if not assessment.flagged:
                 continue  # the pole would not have reported it
             counts.edge += 1
-            device_score = assessment.score
-            device_label = "person_down" if assessment.person_down else "fight"
+            if assessment.person_down:
+                device_score, device_label = assessment.score, "person_down"
+            else:
+                # A close group: one frame has no motion, so no fight score of its own;
+                # the server gets the lowest score a pole reports a fight with.
+                device_score, device_label = 0.5, "fight"
         photo = _jpeg_bytes(item.path)
         t0 = time.perf_counter()
         verdict = verifier.score(photo, device_score=device_score, device_label=device_label)

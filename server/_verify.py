@@ -164,14 +164,15 @@ def togetherness(people: Sequence[BodyGeometry]) -> float:
 def fight_score(people: Sequence[BodyGeometry], device_score: float | None) -> float:
     """The photo's support for a fight the device saw, 0..1.
 
-    A single photo shows no motion: the pole decides "fight" from limb speed over time.
-    The server checks that the photo agrees: people in it (two, close together, agree
-    best). With nobody in it the score is 0 whatever the device says.
+    A single photo shows no motion: the pole decides "fight" from limb speed over time and
+    reports it with a score of 0.5 or more. The server checks that the photo agrees:
+    people in it, two or more close together agreeing best. With nobody in it the score
+    is 0 whatever the device says.
     """
     if not people or device_score is None:
         return 0.0
-    support = 0.6 + 0.4 * togetherness(people) if len(people) >= 2 else 0.5
-    return max(0.0, min(1.0, device_score)) * support
+    support = 0.85 + 0.15 * togetherness(people) if len(people) >= 2 else 0.75
+    return support * (0.5 + 0.5 * max(0.0, min(1.0, device_score)))
 
 
 # -- the verifier -----------------------------------------------------------------------
@@ -192,7 +193,7 @@ class VerifierSettings:
     """Photos with more pixels are refused before decoding (decompression bombs)."""
     long_side: int = 960
     """Photos are analysed with their long side at most this many pixels."""
-    device_weight: float = 0.1
+    device_weight: float = 0.3
     """How far the device's own score moves a person-down score (by up to half this
     either way), when the photo shows a person."""
 

@@ -86,8 +86,8 @@ def test_the_device_score_nudges_but_never_decides(verifier: PoseVerifier) -> No
     doubtful = verifier.score(sitting, device_score=0.0)
     alone = verifier.score(sitting)
     assert doubtful.score < alone.score < sure.score
-    assert sure.score - doubtful.score <= 0.1 + 1e-6
-    assert not decide(sure, threshold=0.7).dangerous
+    assert sure.score - doubtful.score <= 0.3 + 1e-6
+    assert not decide(sure, threshold=0.6).dangerous
 
 
 def test_a_fight_report_needs_people_in_the_photo(verifier: PoseVerifier) -> None:
