@@ -5,7 +5,7 @@
 # tokens) on free loopback ports and in temporary folders.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-./scripts/setup.sh
+./scripts/setup.sh --tests  # with what only the tests need (Chromium, PostgreSQL ...)
 status=0
 .venv/bin/python -m pytest "$@" || status=$?
 if [ "$status" -eq 5 ]; then

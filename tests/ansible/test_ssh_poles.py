@@ -50,14 +50,15 @@ POLE_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
 
 def build_wheelhouse(dest: Path, work: Path) -> None:
     """`pip wheel` of the project (the sources a release is made of) and every
-    dependency, as docs/operations.md says a release is built."""
+    dependency of a pole (the [edge] extra, pinned by constraints.txt), as
+    docs/operations.md says a release is built."""
     src = work / "src"
     shutil.copytree(PROJECT, src, ignore=shutil.ignore_patterns(
         ".git", ".venv", "tests", "artifacts", "bench", "docs", "ansible", "var", "build",
         "dist", "*.egg-info", "__pycache__", ".*_cache", ".hypothesis"))
     done = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check",
-         "--wheel-dir", str(dest), str(src)],
+         "-c", str(src / "constraints.txt"), "--wheel-dir", str(dest), f"{src}[edge]"],
         capture_output=True, text=True, timeout=1200, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"pip wheel failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
