@@ -11,6 +11,9 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+import numpy.typing as npt
+
 from ._errors import EdgeError, UsageError
 from ._eval import (
     ClipOutcome,
@@ -137,7 +140,7 @@ def _add_eval(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                     "not exist is also looked for in DIR")
     ev.add_argument("--json", action="store_true",
                     help='one JSON object {"labels": {LABEL: {"n", "flagged"}}, "model", '
-                    '"input_size"}')
+                    '"input_size", "counted"}')
     ev.add_argument("--config", type=Path, default=None,
                     help="TOML pre-screen configuration (its [prescreen] table if it has one)")
     ev.add_argument("--input-size", type=int, default=None,
@@ -145,6 +148,10 @@ def _add_eval(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ev.add_argument("--models-dir", type=Path, default=None, help="models folder")
     ev.add_argument("--show-flagged", action="store_true",
                     help="also list the flagged images (not with --json)")
+    ev.add_argument("--count", choices=("person_down", "flagged"), default="person_down",
+                    help="what counts as flagged: a person-down posture (default), or "
+                    "everything the pre-screen escalates for one image (a person down or a "
+                    "close group that could be a fight)")
     ev.set_defaults(func=_eval)
 
 
@@ -180,15 +187,21 @@ def _eval(args: argparse.Namespace) -> int:
         config = _load_config(args)
         items = read_labels(labels, args.images)
         prescreen = PreScreen.from_config(config)
-        report = evaluate_images(items, lambda f: prescreen.assess_image(f).person_down,
-                                 model=prescreen.model_name,
+        if args.count == "flagged":
+            def judge(frame: npt.NDArray[np.uint8]) -> bool:
+                return prescreen.assess_image(frame).flagged
+        else:
+            def judge(frame: npt.NDArray[np.uint8]) -> bool:
+                return prescreen.assess_image(frame).person_down
+        report = evaluate_images(items, judge, model=prescreen.model_name,
                                  input_size=config.model.input_size)
     except EdgeError as exc:
         raise UsageError(str(exc)) from None
     if args.json:
-        print(json.dumps(report.to_json()))
+        print(json.dumps({**report.to_json(), "counted": args.count}))
     else:
         print(report.format_table())
+        print(f"counted as flagged: {args.count}")
         if args.show_flagged:
             print("flagged: " + (", ".join(report.flagged_files) or "none"))
     return 0

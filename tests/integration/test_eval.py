@@ -1,8 +1,9 @@
 """``citywatch edge eval`` and ``sample-frames`` as a user runs them, on the shared data.
 
-Thresholds are well below what was measured (README: smoke 8/8 lying flagged, 0/13
-upright or sitting; GMDCSA24 subjects 3-4: ~92% lying on the ground, 0% upright, ~4%
-sitting), so they catch a broken pipeline, not noise.
+Thresholds are well below what was measured (docs/prescreen.md: smoke 8/8 lying flagged,
+1/13 upright or sitting; GMDCSA24 subjects 3-4: ~100% lying on the ground, 0% upright,
+~15% sitting, the price of the looser posture rule that catches people falling), so they
+catch a broken pipeline, not noise.
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ def test_eval_json_on_the_smoke_set(shared_data: Path) -> None:
     proc = citywatch("eval", smoke, "--labels", "labels.csv", "--json")
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
-    assert set(report) == {"labels", "model", "input_size"}
+    assert set(report) == {"labels", "model", "input_size", "counted"}
+    assert report["counted"] == "person_down"
     assert report["model"] == MOVENET.name and report["input_size"] == 256
     expected = label_counts(smoke / "labels.csv")
     assert {k: v["n"] for k, v in report["labels"].items()} == dict(expected)
@@ -55,6 +57,19 @@ def test_eval_json_on_the_smoke_set(shared_data: Path) -> None:
     upright_or_sitting = [report["labels"][k] for k in
                           ("upright", "sitting", "upright_street_crowd")]
     assert sum(c["flagged"] for c in upright_or_sitting) <= 2
+
+
+def test_eval_can_count_everything_the_prescreen_escalates(shared_data: Path) -> None:
+    smoke = shared_data / "smoke"
+    down = json.loads(citywatch("eval", smoke, "--labels", "labels.csv", "--json").stdout)
+    proc = citywatch("eval", smoke, "--labels", "labels.csv", "--json", "--count", "flagged")
+    assert proc.returncode == 0, proc.stderr
+    flagged = json.loads(proc.stdout)
+    assert flagged["counted"] == "flagged"
+    for label, counts in down["labels"].items():
+        # A person down is always escalated; close groups may add to it.
+        assert flagged["labels"][label]["flagged"] >= counts["flagged"], label
+        assert flagged["labels"][label]["n"] == counts["n"]
 
 
 def test_eval_table_names_every_label(shared_data: Path) -> None:
@@ -93,7 +108,7 @@ def test_gmdcsa24_sampled_frames(shared_data: Path, tmp_path: Path) -> None:
     labels = json.loads(proc.stdout)["labels"]
     assert labels["lying_ground"]["flagged"] / labels["lying_ground"]["n"] >= 0.7
     assert labels["upright"]["flagged"] / labels["upright"]["n"] <= 0.05
-    assert labels["sitting"]["flagged"] / labels["sitting"]["n"] <= 0.15
+    assert labels["sitting"]["flagged"] / labels["sitting"]["n"] <= 0.25
 
     # The same frames with the floor drawn as the ground region: beds no longer count.
     config = tmp_path / "indoor.toml"
