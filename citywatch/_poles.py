@@ -1,59 +1,211 @@
 """Street poles on fake hardware: the real ``citywatch edge run`` daemon with a scene
 player for a camera, a real gpsd fed by ``gpsfake`` for a GPS hat, and a SoftHSM2
-token for a secure element. Used by ``citywatch demo`` and the end-to-end tests."""
+token for a secure element. Used by ``citywatch demo`` and the end-to-end tests.
+
+``SceneFootage`` is what their cameras show: by default the clip that ships with
+CityWatch (``citywatch/footage``: a GMDCSA24 fall, MIT licence), or a user's own
+(``citywatch demo --footage PATH``, checked by ``user_footage``). Nothing outside the
+repository is needed.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import tomli_w
 
-from hardware import SoftHsmToken
-from hardware._gpsfake import GpsFake, nmea_log
+from hardware import GpsFake, SoftHsmToken, nmea_log
+from hardware.camera import IMAGE_SUFFIXES
 
-__all__ = ["EdgePole", "SceneFootage", "find_footage"]
+from ._footage import DEMO_FALL, fall_photo, footage_frame
 
-SHARED_SMOKE = Path(__file__).resolve().parents[2] / "shared" / "data" / "smoke"
-VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
+__all__ = ["USER_FOOTAGE_HELP", "VIDEO_SUFFIXES", "EdgePole", "FootageError", "SceneFootage",
+           "find_footage", "user_footage"]
+
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg")
+"""Files ``user_footage`` takes for videos."""
+FOLDER_FPS = 10.0
+"""Images per second at which a folder of footage plays."""
+CALM_SECONDS = 1.5
+"""The part of the shipped clip the calm poles loop: the person still sits."""
+SHIPPED_SOURCE = ("GMDCSA24 subject 1, fall 15 (MIT licence; citywatch/footage/README.md "
+                  "has the citation), shipped with CityWatch")
+
+
+class FootageError(ValueError):
+    """Footage given for the demo cannot be played; the message says what is wrong."""
 
 
 @dataclass(frozen=True)
 class SceneFootage:
-    """Real pictures for scenes: someone upright, someone lying on the ground, a street."""
+    """What the poles' scene-player cameras show."""
 
+    incident: Path
+    """Someone falls and stays down: a video, one image, or a folder of images, played
+    once with its last frame held (so the person stays down for the pre-screen's
+    ``still_seconds``)."""
+    calm: Path
+    """Nothing dangerous, looped by the other poles: a video or a folder of images."""
     upright: Path
+    """One image of a person who is not down (sitting, standing)."""
     lying: Path
-    street: Path
-    """A video of people walking, or a folder of street frames."""
+    """One image of a person lying on the ground (what the incident ends with)."""
+    source: str
+    """Where the footage comes from, in words (the demo prints it)."""
+
+    @property
+    def street(self) -> Path:
+        """What a pole that sees nobody in danger plays (``calm``)."""
+        return self.calm
+
+    def segment(self, path: Path, *, at: float = 0.0, loop: bool = True) -> dict[str, Any]:
+        """A scene-player timeline segment that plays ``path``."""
+        seg: dict[str, Any] = {"at": at, "play": str(path), "loop": loop}
+        if path.is_dir():
+            seg["media_fps"] = FOLDER_FPS
+        return seg
+
+    def incident_timeline(self, *, fall_at: float = 0.0) -> list[dict[str, Any]]:
+        """The calm scene until ``fall_at`` seconds, then the incident, held at its end."""
+        if fall_at <= 0:
+            return [self.segment(self.incident, loop=False)]
+        return [self.segment(self.calm), self.segment(self.incident, at=fall_at, loop=False)]
+
+    def calm_timeline(self) -> list[dict[str, Any]]:
+        return [self.segment(self.calm)]
 
 
-def find_footage(smoke: Path = SHARED_SMOKE) -> SceneFootage | None:
-    """Footage from the shared labelled images (and OpenCV's street video where Debian's
-    opencv-doc is installed), or None where there is none on this machine."""
-    labels = smoke / "labels.csv"
-    if not labels.is_file():
-        return None
-    import csv
+def _write_jpeg(path: Path, data: bytes) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
 
-    by_label: dict[str, list[Path]] = {}
-    with labels.open(newline="") as f:
-        for row in csv.DictReader(f):
-            by_label.setdefault(row["label"], []).append(smoke / row["file"])
+
+def find_footage(folder: Path | None = None) -> SceneFootage:
+    """The shipped footage: the fall clip itself for the incident, and stills and the
+    clip's first ``CALM_SECONDS`` (the person sitting) written as JPEGs into ``folder``
+    (default: a cache folder in the system's temporary folder, named after the clip's
+    hash, so that every run reuses it)."""
+    if folder is None:
+        digest = hashlib.sha256(DEMO_FALL.read_bytes()).hexdigest()[:12]
+        folder = Path(tempfile.gettempdir()) / f"citywatch-footage-{os.getuid()}-{digest}"
+    calm = folder / "calm"
+    calm.mkdir(parents=True, exist_ok=True)
+    frames = round(CALM_SECONDS * FOLDER_FPS)
+    for k in range(frames):
+        path = calm / f"{k:03d}.jpg"
+        if not path.is_file():
+            _write_jpeg(path, footage_frame(k / FOLDER_FPS, quality=92))
+    upright, lying = folder / "sitting.jpg", folder / "lying.jpg"
+    if not upright.is_file():
+        _write_jpeg(upright, footage_frame(1.0, quality=92))
+    if not lying.is_file():
+        _write_jpeg(lying, fall_photo())
+    return SceneFootage(incident=DEMO_FALL, calm=calm, upright=upright, lying=lying,
+                        source=SHIPPED_SOURCE)
+
+
+# -- a user's own footage -----------------------------------------------------------------
+
+USER_FOOTAGE_HELP = (
+    "PATH is what the incident pole's camera sees, played once with its last frame held: "
+    "a video file, one image, or a folder holding one video or images (played in name "
+    f"order at {FOLDER_FPS:g} fps). A subfolder calm/ (images or one video), if present, "
+    "is what the other poles see, looped; otherwise they see the shipped clip's first "
+    f"{CALM_SECONDS:g} s (a person sitting).")
+
+
+def _check_image(path: Path) -> Any:
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise FootageError(f"footage image {path} cannot be read (not an image, or damaged)")
+    return image
+
+
+def _last_video_frame(path: Path) -> Any:
+    cap = cv2.VideoCapture(str(path))
     try:
-        upright = by_label["upright"][0]
-        lying = by_label["lying_ground"][0]
-    except (KeyError, IndexError):
-        return None
-    street = VTEST if VTEST.is_file() else upright
-    return SceneFootage(upright=upright, lying=lying, street=street)
+        if not cap.isOpened():
+            raise FootageError(f"footage video {path} cannot be opened (format or codec "
+                               "OpenCV cannot read)")
+        fps = cap.get(cv2.CAP_PROP_FPS)
+        if not (fps and fps > 0):
+            raise FootageError(f"footage video {path} does not say its frame rate")
+        last = None
+        while True:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            last = frame
+    finally:
+        cap.release()
+    if last is None:
+        raise FootageError(f"footage video {path} has no frame that decodes")
+    return last
+
+
+def _medium(path: Path, what: str) -> tuple[Path, Any]:
+    """``path`` checked as playable: (what to play, its last frame)."""
+    if path.is_file():
+        suffix = path.suffix.lower()
+        if suffix in IMAGE_SUFFIXES:
+            return path, _check_image(path)
+        if suffix in VIDEO_SUFFIXES:
+            return path, _last_video_frame(path)
+        raise FootageError(f"{what} {path} is neither a video ({', '.join(VIDEO_SUFFIXES)}) "
+                           f"nor an image ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    if not path.is_dir():
+        raise FootageError(f"{what} {path}: no such file or folder")
+    files = sorted(p for p in path.iterdir() if p.is_file())
+    images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+    videos = [p for p in files if p.suffix.lower() in VIDEO_SUFFIXES]
+    if images and videos:
+        raise FootageError(f"{what} {path} holds both images and videos: put either images "
+                           "(played in name order) or one video in it")
+    if len(videos) > 1:
+        raise FootageError(f"{what} {path} holds {len(videos)} videos "
+                           f"({', '.join(v.name for v in videos[:4])}): put one in it")
+    if videos:
+        return videos[0], _last_video_frame(videos[0])
+    if not images:
+        raise FootageError(f"{what} {path} holds no video ({', '.join(VIDEO_SUFFIXES)}) and "
+                           f"no image ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    last = None
+    for image in images:  # every one, so that a damaged file fails now, not mid-scene
+        last = _check_image(image)
+    return path, last
+
+
+def user_footage(path: Path, folder: Path) -> SceneFootage:
+    """A user's own footage (``USER_FOOTAGE_HELP``), checked: ``FootageError`` saying what
+    is wrong. Stills it needs are written into ``folder``."""
+    path = path.expanduser().resolve()
+    incident, last = _medium(path, "--footage")
+    shipped = find_footage(folder / "shipped")
+    calm, upright = shipped.calm, shipped.upright
+    if path.is_dir() and (path / "calm").exists():
+        calm, _ = _medium(path / "calm", "--footage calm")
+        if calm.is_file() and calm.suffix.lower() in IMAGE_SUFFIXES:
+            upright = calm
+    folder.mkdir(parents=True, exist_ok=True)
+    lying = folder / "incident-last-frame.jpg"
+    ok, data = cv2.imencode(".jpg", last, [cv2.IMWRITE_JPEG_QUALITY, 92])
+    if not ok:
+        raise FootageError(f"the last frame of {incident} cannot be encoded as a JPEG")
+    _write_jpeg(lying, bytes(data.tobytes()))
+    return SceneFootage(incident=incident, calm=calm, upright=upright, lying=lying,
+                        source=f"your footage, {incident}")
 
 
 @dataclass

@@ -1,14 +1,22 @@
 """``citywatch demo``: a demo district on one machine.
 
-It starts a Mosquitto broker, the trusted server (SQLite), the ENC with its operators'
-dashboard, and a handful of street-pole devices whose keys live in SoftHSM2 tokens;
-opens a monitoring window for the district's zone, lets one pole see a person down,
-and shows the alert travelling: contact phase to the server, verification, ENC
-notification, the alert on the dashboard. Ctrl-C stops everything cleanly.
+It starts a Mosquitto broker, the trusted server (SQLite, its real photo check), the ENC
+with its operators' dashboard, and a handful of street poles: real ``citywatch edge run``
+daemons on fake hardware whose scene-player cameras play footage (the GMDCSA24 fall clip
+that ships in ``citywatch/footage``, or ``--footage PATH``), with the real pre-screen
+model. It opens a monitoring window for the district's zone; one pole's camera sees a
+person fall and stay down, and the alert travels: pre-screen, contact phase to the
+server, the server's own look at the photo, ENC notification, the alert on the
+dashboard. Ctrl-C stops everything cleanly.
+
+``--poles simulated`` replaces the daemons by in-process protocol clients: no camera and
+no pre-screen, a scripted report carrying a real photo from the footage, which the
+server's photo check judges as it would any other.
 
 ``--once`` runs the same scenario headless until the first alert is stored at the ENC,
-prints one JSON object (incident id and the time spent in each phase) and exits 0, or
-exits 1 with the reason when no alert arrives in time.
+prints one JSON object (incident id, the time spent in each phase, which poles ran and
+the footage) and exits 0, or exits 1 with the reason when no alert arrives in time.
+Footage that cannot be played is refused before anything starts (exit status 2).
 """
 
 from __future__ import annotations
@@ -34,9 +42,16 @@ from typing import Any
 import httpx
 import tomli_w
 from rich.console import Console
+from rich.markup import escape
 
-from ._poles import EdgePole, SceneFootage, find_footage
-from ._sample import sample_jpeg
+from ._poles import (
+    USER_FOOTAGE_HELP,
+    EdgePole,
+    FootageError,
+    SceneFootage,
+    find_footage,
+    user_footage,
+)
 from ._services import Broker, ServiceUnavailable, free_port, start_mosquitto
 from ._simdevice import wall_clock_ms
 
@@ -52,6 +67,10 @@ class DemoFailed(Exception):
     """The demo could not start or no alert arrived; the message says why."""
 
 
+class _BadFootage(DemoFailed):
+    """The footage given cannot be played (nothing was started)."""
+
+
 def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--once", action="store_true",
                         help="headless: stop at the first alert stored at the ENC, print JSON")
@@ -63,9 +82,13 @@ def register(parser: argparse.ArgumentParser) -> None:
                         help="seconds to wait for the alert (default 180)")
     parser.add_argument("--poles", choices=("auto", "edge", "simulated"), default="auto",
                         help="edge: real `citywatch edge run` daemons on fake hardware (scene "
-                             "player, gpsd through gpsfake, SoftHSM2); simulated: in-process "
-                             "protocol clients; auto (default): edge where footage for the "
-                             "scenes is on this machine")
+                             "player, gpsd through gpsfake, SoftHSM2) with the pre-screen "
+                             "model; simulated: in-process protocol clients that send a "
+                             "scripted report with a real photo from the footage; auto "
+                             "(default): edge where gpsfake is installed")
+    parser.add_argument("--footage", type=Path, default=None, metavar="PATH",
+                        help="play your own footage instead of the shipped GMDCSA24 clip. "
+                             + USER_FOOTAGE_HELP.replace("%", "%%"))
     parser.set_defaults(func=_run_cmd)
 
 
@@ -83,6 +106,11 @@ def _run_cmd(args: argparse.Namespace) -> int:
     workdir.chmod(0o700)
     try:
         result = asyncio.run(_main(workdir, args, console))
+    except _BadFootage as exc:
+        print(f"citywatch demo: {exc}", file=sys.stderr)
+        if temporary:
+            shutil.rmtree(workdir, ignore_errors=True)
+        return 2
     except DemoFailed as exc:
         print(f"citywatch demo: {exc}", file=sys.stderr)
         print(f"citywatch demo: logs are in {workdir}", file=sys.stderr)
@@ -96,19 +124,34 @@ def _run_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
+def _footage(args: argparse.Namespace, workdir: Path) -> SceneFootage:
+    try:
+        if args.footage is not None:
+            return user_footage(args.footage, workdir / "footage")
+        return find_footage(workdir / "footage")
+    except FootageError as exc:
+        raise _BadFootage(f"{exc}\n--footage: {USER_FOOTAGE_HELP}") from None
+    except OSError as exc:
+        raise DemoFailed(f"the demo footage cannot be prepared: {exc}") from None
+
+
 async def _main(workdir: Path, args: argparse.Namespace, console: Console) -> dict[str, Any]:
-    footage = find_footage()
+    footage = _footage(args, workdir)
     mode = args.poles
     if mode == "auto":
-        mode = "edge" if footage is not None else "simulated"
-        if footage is None:
-            console.print("[yellow]no footage for the scenes on this machine (the shared "
-                          "labelled images): the poles are simulated protocol clients[/]")
-    if mode == "edge" and footage is None:
-        raise DemoFailed("--poles edge needs footage for the scenes (the shared labelled "
-                         "images, ../shared/data/smoke)")
-    district = DemoDistrict(workdir, devices=args.devices, console=console,
-                            footage=footage if mode == "edge" else None)
+        mode = "edge" if shutil.which("gpsfake") else "simulated"
+        if mode == "simulated":
+            console.print("[yellow]gpsfake (Debian package gpsd-clients) is not installed: "
+                          "the poles are simulated protocol clients[/]")
+    if mode == "edge" and not shutil.which("gpsfake"):
+        raise DemoFailed("--poles edge needs gpsfake (Debian package gpsd-clients; "
+                         "scripts/setup.sh installs it)")
+    if args.once:
+        _stderr(f"footage: {footage.source}")
+    else:
+        console.print(f"[green]footage[/]  {escape(footage.source)}")
+    district = DemoDistrict(workdir, devices=args.devices, console=console, footage=footage,
+                            mode=mode)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -126,6 +169,10 @@ async def _main(workdir: Path, args: argparse.Namespace, console: Console) -> di
     finally:
         console.print("stopping ...")
         await district.stop()
+
+
+def _stderr(line: str) -> None:
+    print(f"citywatch demo: {line}", file=sys.stderr)
 
 
 @dataclass
@@ -154,7 +201,10 @@ class DemoDistrict:
     broker: Broker | None = None
     processes: list[_Process] = field(default_factory=list)
     footage: SceneFootage | None = None
-    """Scenes for real edge daemons; None: simulated poles."""
+    """What the cameras show (and where a simulated pole's photo comes from); None: the
+    shipped footage, prepared in ``workdir``."""
+    mode: str = "edge"
+    """``edge``: real edge daemons; ``simulated``: in-process protocol clients."""
     layout: list[tuple[str, list[dict[str, Any]]]] | None = None
     """Tests: (zone, camera timeline) per edge pole, instead of the demo's own; only
     the demo's zone gets a monitoring window."""
@@ -167,6 +217,14 @@ class DemoDistrict:
 
     async def start(self) -> None:
         say = self.console.print
+        if self.mode not in ("edge", "simulated"):
+            raise DemoFailed(f"unknown pole mode {self.mode!r}: edge or simulated")
+        if self.footage is None:
+            try:
+                self.footage = await asyncio.to_thread(find_footage,
+                                                       self.workdir / "footage")
+            except OSError as exc:
+                raise DemoFailed(f"the demo footage cannot be prepared: {exc}") from None
         try:
             self.broker = start_mosquitto(self.workdir / "broker")
         except ServiceUnavailable as exc:
@@ -187,18 +245,20 @@ class DemoDistrict:
         say(f"[green]ENC[/]      alert endpoint and dashboard on {self.dashboard_url}")
         await self._wait_http(f"http://127.0.0.1:{self.admin_port}/healthz", "server")
         say(f"[green]server[/]   trusted server up (admin API on 127.0.0.1:{self.admin_port})")
-        if self.footage is not None:
+        if self.mode == "edge":
             await self._start_edge_poles(bundles)
             say(f"[green]devices[/]  {len(self.poles)} `citywatch edge run` daemons in zone "
-                f"{ZONE}: scene-player cameras, gpsd through gpsfake, keys in SoftHSM2 tokens")
+                f"{ZONE}: scene-player cameras playing the footage, the pre-screen model, "
+                "gpsd through gpsfake, keys in SoftHSM2 tokens")
         else:
             await self._start_poles(bundles)
-            say(f"[green]devices[/]  {len(self.poles)} simulated poles online in zone {ZONE}, "
-                "keys held in SoftHSM2 tokens (non-extractable)")
+            say(f"[green]devices[/]  {len(self.poles)} simulated poles online in zone {ZONE} "
+                "(protocol clients: no camera, no pre-screen model), keys held in SoftHSM2 "
+                "tokens (non-extractable)")
         until = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
         self._cli("server", "window", "open", "--config", str(self.server_config), "--zone",
                   ZONE, "--until", until.isoformat(timespec="seconds"), "--actor", "demo")
-        if self.footage is not None:
+        if self.mode == "edge":
             await self._wait_edge_windows(timeout=60)
         else:
             await asyncio.gather(*(pole.wait_for_window(timeout=30) for pole in self.poles))
@@ -271,7 +331,7 @@ class DemoDistrict:
 
     async def incident(self, *, timeout: float) -> dict[str, Any]:
         """One pole sees a person down; wait until the alert is stored at the ENC."""
-        if self.footage is not None:
+        if self.mode == "edge":
             return await self._edge_incident(timeout=timeout)
         return await self._simulated_incident(timeout=timeout)
 
@@ -282,15 +342,20 @@ class DemoDistrict:
         index = min(2, len(self.poles) - 1)
         pole = self.poles[index]
         lat, lon = POLES[index]
-        photo = sample_jpeg((640, 480), quality=85)
+        assert self.footage is not None
+        # A real photo (the footage's last frame: someone lying on the floor); the device
+        # score is scripted, there is no pre-screen model in a simulated pole.
+        photo = self.footage.lying.read_bytes()
         detected = wall_clock_ms()
-        say(f"[yellow]{pole.uid}[/] pre-screen: person down (score 0.93); incident stored, "
-            "contact phase starts")
+        say(f"[yellow]{pole.uid}[/] scripted report (a simulated pole has no camera and no "
+            f"pre-screen model): person_down, device score {self.SCRIPTED_SCORE:.2f} set by "
+            f"the demo, photo {escape(self.footage.lying.name)} from the footage; contact "
+            "phase starts")
         try:
             delivered = await pole.report(photo, Coords(lat=lat, lon=lon, alt=None, acc=None,
                                                         src="fixed"),
-                                          0.93, "person_down", captured_at=detected,
-                                          timeout=timeout)
+                                          self.SCRIPTED_SCORE, "person_down",
+                                          captured_at=detected, timeout=timeout)
         except TimeoutError:
             raise DemoFailed(f"{pole.uid} got no C4 from the server in {timeout:.0f} s") from None
         c4_at = wall_clock_ms()
@@ -300,14 +365,24 @@ class DemoDistrict:
             f"({c4_at - c1_at} ms after C1)")
         record = await self._wait_enc_delivery(inc, timeout)
         n2_at = int(record["enc_delivered_at"])
-        say(f"[green]verified[/] server score {record['server_score']:.2f} "
-            f"({record['decision']}); N1 sent to the ENC")
+        self._say_verdict(record)
         say(f"[green]N2[/]       alert stored at the ENC ({n2_at - c4_at} ms after C4)")
         self._check_enc_has(inc)
-        return {"incident_id": inc, "device": pole.uid,
+        return {"incident_id": inc, "device": pole.uid, "poles": "simulated",
+                "device_score": {"value": self.SCRIPTED_SCORE, "from": "scripted"},
+                "server_score": record.get("server_score"),
                 "phases_ms": {"detection_to_c1": c1_at - detected, "c1_to_c4": c4_at - c1_at,
                               "c4_to_n2": max(0, n2_at - c4_at)},
-                "total_ms": n2_at - detected}
+                "total_ms": n2_at - detected, "footage": self.footage.source}
+
+    SCRIPTED_SCORE = 0.9
+    """The device score a simulated pole's report carries (no model computed it)."""
+
+    def _say_verdict(self, record: dict[str, Any]) -> None:
+        reason = record.get("decision_reason") or ""
+        self.console.print(f"[green]verified[/] the server's photo check: score "
+                           f"{record['server_score']:.2f} ({record['decision']}"
+                           + (f"; {escape(reason)}" if reason else "") + "); N1 sent")
 
     def _check_enc_has(self, inc: str) -> None:
         alerts = json.loads(self._cli("enc", "alerts", "--json", "--config",
@@ -320,6 +395,10 @@ class DemoDistrict:
     # -- real edge daemons ----------------------------------------------------------------
 
     INCIDENT_POLE = 2  # index of the pole whose camera sees someone fall
+    # Seconds of the calm scene before the incident footage starts on that pole's camera:
+    # about when the monitoring window is open, so that the fall happens while the pole
+    # watches. Later windows find the person still down (the last frame is held).
+    FALL_AT = 8.0
 
     async def _start_edge_poles(self, bundles: list[Path]) -> None:
         from hardware import create_softhsm_tokens
@@ -334,11 +413,10 @@ class DemoDistrict:
             if self.layout:
                 timeline = self.layout[i][1]
             elif i == incident:
-                # Someone walks by, then lies on the ground and does not get up.
-                timeline = [{"at": 0.0, "play": str(self.footage.upright)},
-                            {"at": 4.0, "play": str(self.footage.lying)}]
+                # Someone sits, falls, and does not get up (the last frame is held).
+                timeline = self.footage.incident_timeline(fall_at=self.FALL_AT)
             else:
-                timeline = [{"at": 0.0, "play": str(self.footage.street)}]
+                timeline = self.footage.calm_timeline()
             pole = EdgePole(self.workdir / labels[i], f"WAW-OT-{i + 1:04d}", lat, lon, token,
                             conf, timeline)
             await asyncio.to_thread(pole.provision, path)
@@ -370,8 +448,8 @@ class DemoDistrict:
     async def _edge_incident(self, *, timeout: float) -> dict[str, Any]:
         say = self.console.print
         pole = self.poles[min(self.INCIDENT_POLE, len(self.poles) - 1)]
-        say(f"[yellow]{pole.uid}[/] camera: someone lies on the ground; the pre-screen watches "
-            "for 5 s of stillness ...")
+        say(f"[yellow]{pole.uid}[/] camera: someone sits, falls and stays down; the pre-screen "
+            "model watches for 5 s of stillness ...")
         deadline = time.monotonic() + timeout
         delivered: dict[str, Any] = {}
         status: dict[str, Any] = {}
@@ -391,24 +469,32 @@ class DemoDistrict:
         inc = delivered["incident_id"]
         detected, c4_at = int(detection.get("at", 0)), int(delivered["at"])
         c1_at = int(delivered.get("c1_at") or detected)
-        say(f"[yellow]{pole.uid}[/] pre-screen: {detection.get('label')} (score "
-            f"{detection.get('score')}); snapshot and GNSS position stored, contact phase ...")
+        score = detection.get("score")
+        say(f"[yellow]{pole.uid}[/] pre-screen model: {detection.get('label')} (score "
+            f"{score:.2f}); snapshot and GNSS position stored, contact phase ..."
+            if isinstance(score, float | int) else
+            f"[yellow]{pole.uid}[/] pre-screen model: {detection.get('label')}; snapshot and "
+            "GNSS position stored, contact phase ...")
         say(f"[green]C4[/]       incident {inc} stored at the server ({c4_at - c1_at} ms after "
             "C1)")
         record = await self._wait_enc_delivery(inc, max(10.0, deadline - time.monotonic()))
         n2_at = int(record["enc_delivered_at"])
-        say(f"[green]verified[/] server score {record['server_score']:.2f} "
-            f"({record['decision']}); position from {record.get('coords_src')}; N1 sent")
+        self._say_verdict(record)
+        say(f"[green]position[/] from {record.get('coords_src')}")
         say(f"[green]N2[/]       alert stored at the ENC ({n2_at - c4_at} ms after C4)")
         self._check_enc_has(inc)
         others = [p.uid for p in self.poles if p is not pole and
                   ((p.status() or {}).get("last_delivered") or {}).get("incident_id")]
         if others:
             raise DemoFailed(f"poles watching a street with nobody down reported: {others}")
-        return {"incident_id": inc, "device": pole.uid,
+        assert self.footage is not None
+        return {"incident_id": inc, "device": pole.uid, "poles": "edge",
+                "device_score": {"value": score, "from": "pre-screen model"},
+                "server_score": record.get("server_score"),
                 "phases_ms": {"detection_to_c1": max(0, c1_at - detected),
                               "c1_to_c4": c4_at - c1_at, "c4_to_n2": max(0, n2_at - c4_at)},
-                "total_ms": n2_at - detected, "position": record.get("coords_src")}
+                "total_ms": n2_at - detected, "position": record.get("coords_src"),
+                "footage": self.footage.source}
 
     async def _wait_enc_delivery(self, incident_id: str, timeout: float) -> dict[str, Any]:
         token = (Path(tomllib.loads(self.server_config.read_text())["data_dir"])
