@@ -42,7 +42,7 @@ from ._metrics import ServerMetrics, type_label
 from ._notifier import EncOutbox
 from ._setup import open_store
 from ._store import DecisionRecord, DeviceInfo, IncidentInfo, now_ms
-from ._verify import PhotoVerifier, VerifierPool, VerifierSettings, decide
+from ._verify import PhotoVerifier, VerifierPool, VerifierSettings, check_models, decide
 from ._windows import MonitoringPlan
 
 __all__ = ["TrustedServer", "mqtt_tls_context"]
@@ -71,6 +71,10 @@ class TrustedServer:
                  clock: Callable[[], int] = now_ms) -> None:
         self.config = config
         self._clock = clock
+        v = config.verification
+        if verifier is None:
+            # A missing or altered model stops the start before anything is created.
+            check_models(config.path(v.models_dir) if v.models_dir else None)
         self.store, master = open_store(config)
         self.metrics = ServerMetrics()
         self.metrics.track_outbox(self.store.outbox_depth)
@@ -122,6 +126,7 @@ class TrustedServer:
             asyncio.create_task(self._mqtt_loop(), name="mqtt"),
             asyncio.create_task(self._scheduler_loop(), name="scheduler"),
             asyncio.create_task(self.outbox.run(), name="enc-outbox"),
+            asyncio.create_task(self._purge_loop(), name="retention"),
         ]
         # The models load before anything else: a missing model stops the start-up here.
         await asyncio.to_thread(self.verifier.start)
@@ -169,6 +174,22 @@ class TrustedServer:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("task failed", exc_info=task.exception())
+
+    async def _purge_loop(self) -> None:
+        """Retention: erase and delete what the periods of ``[retention]`` say, for ever;
+        a failed purge (a full disk) changes nothing and is tried again next time."""
+        r = self.config.retention
+        while True:
+            try:
+                report = await asyncio.to_thread(self.store.purge, r.periods_ms())
+            except Exception as exc:
+                log.error("retention purge failed, nothing was removed: %s", exc)
+            else:
+                if report.total:
+                    log.info("retention: %d dismissed and %d alerted photo(s) erased, %d "
+                             "incident(s) deleted", len(report.photos_dismissed),
+                             len(report.photos_alerted), len(report.incidents))
+            await asyncio.sleep(r.purge_every_minutes * 60)
 
     # -- MQTT -------------------------------------------------------------------------
 

@@ -49,6 +49,7 @@ __all__ = [
     "Verdict",
     "VerifierPool",
     "VerifierSettings",
+    "check_models",
     "decide",
     "fight_score",
     "person_down_score",
@@ -251,6 +252,15 @@ def _score_in_worker(photo: bytes, device_score: float | None, device_label: str
 
 def _ready() -> bool:
     return _worker is not None
+
+
+def check_models(models_dir: Path | None) -> None:
+    """Raise ``VerifierModelError`` (naming the file and the install command) unless every
+    model of the photo check is in ``models_dir`` and is the pinned file."""
+    try:
+        VerifierModels(models_dir)
+    except ModelError as exc:
+        raise VerifierModelError(f"photo check: {exc}") from None
 
 
 class VerifierPool:

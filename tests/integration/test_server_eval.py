@@ -69,3 +69,23 @@ def test_a_missing_labels_file_is_a_clear_error(tmp_path: Path) -> None:
     proc = run(str(tmp_path), "--labels", "nope.csv")
     assert proc.returncode != 0
     assert "nope.csv" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_the_server_will_not_start_without_its_models(tmp_path: Path) -> None:
+    import os
+
+    config = tmp_path / "server.toml"
+    example = subprocess.run([sys.executable, "-m", "citywatch", "server", "config", "example",
+                              "--data-dir", "./var"], capture_output=True, text=True,
+                             check=True, timeout=60)
+    config.write_text(example.stdout)
+    (tmp_path / "models").mkdir()
+    env = {**os.environ, "CITYWATCH_MODELS_DIR": str(tmp_path / "models")}
+    proc = subprocess.run([sys.executable, "-m", "citywatch", "server", "run", "--config",
+                           str(config)], capture_output=True, text=True, timeout=120,
+                          check=False, env=env)
+    assert proc.returncode != 0
+    assert "pose_detection.tflite is missing" in proc.stderr
+    assert "citywatch server models install" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "var").exists()  # nothing was created before the check
