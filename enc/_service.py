@@ -25,6 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import protocol as p
 from hardware._service import ServiceNotifier, WatchdogKeeper
+from httpserve import request_deadline
 
 from ._config import EncConfig
 from ._dashboard import Dashboard, HttpHardening, dashboard_lifespan
@@ -177,7 +178,7 @@ class EncService:
             self.app, host=c.http.host, port=c.http.port,
             ssl_certfile=c.http.tls_cert or None, ssl_keyfile=c.http.tls_key or None,
             server_header=False, proxy_headers=False, log_config=None, access_log=False,
-            timeout_graceful_shutdown=5,
+            timeout_graceful_shutdown=5, http=request_deadline(),
         )
         log.info("ENC listening on %s (%d trusted server(s), store %s)", c.base_url,
                  len(c.servers), self.store.engine.url.render_as_string(hide_password=True))

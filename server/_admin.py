@@ -20,6 +20,7 @@ from fastapi import Depends, FastAPI, Header, HTTPException, Path, Query, Reques
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
+from httpserve import request_deadline
 from protocol import ALG_A128GCM, ALG_A256GCM
 
 from ._bundle import provisioning_bundle
@@ -195,8 +196,33 @@ def _errors() -> Iterator[None]:
         raise HTTPException(400, str(exc)) from None
 
 
+def _serve_docs(app: FastAPI) -> None:
+    """/docs from Swagger UI's own files, which the swagger-ui-py package installs: the
+    page loads nothing from elsewhere (FastAPI's default fetches them from a CDN)."""
+    from importlib.resources import files
+
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.responses import HTMLResponse
+    from fastapi.staticfiles import StaticFiles
+
+    static = files("swagger_ui") / "static"
+    app.mount("/docs/static", StaticFiles(directory=str(static)), name="docs-static")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        page = get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json", title=f"{app.title}: docs",
+            swagger_js_url="/docs/static/swagger-ui-bundle.js",
+            swagger_css_url="/docs/static/swagger-ui.css",
+            swagger_favicon_url="/docs/static/favicon-32x32.png")
+        page.headers["Content-Security-Policy"] = (
+            "default-src 'self'; script-src 'self' 'unsafe-inline'; "
+            "style-src 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'self'")
+        return page
+
+
 def admin_app(ctx: AdminContext) -> FastAPI:
-    app = FastAPI(title="CityWatch trusted server: admin API", version="1",
+    app = FastAPI(title="CityWatch trusted server: admin API", version="1", docs_url=None,
                   description="Device registry, monitoring windows and incidents. Every "
                               "/v1 call needs `Authorization: Bearer <token>` (the token "
                               "file in the server's config). `X-Actor` names who acts, for "
@@ -215,6 +241,7 @@ def admin_app(ctx: AdminContext) -> FastAPI:
 
     Auth = Depends(authorised)
     Actor = Annotated[str, Depends(actor)]
+    _serve_docs(app)
 
     @app.get("/healthz", response_model=Health, tags=["ops"],
              responses={503: {"model": Health, "description": "Cannot do its job now"}})
@@ -391,7 +418,7 @@ async def serve_admin(ctx: AdminContext, stop: asyncio.Event) -> None:
     a = ctx.config.admin
     sock = bind_admin_socket(a.host, a.port)
     config = uvicorn.Config(admin_app(ctx), log_level="warning", lifespan="off",
-                            access_log=False)
+                            access_log=False, http=request_deadline())
     http = _AdminHttpServer(config)
 
     async def _stop_when_asked() -> None:

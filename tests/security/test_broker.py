@@ -66,7 +66,7 @@ def district(tmp_path: Path) -> Iterator[District]:
     enc = EncStub(server_kid=setup.server_kid, key=setup.enc_key, port=enc_port).start()
     server = ServerProcess(setup)
     try:
-        server.start()
+        server.start(timeout=90)
         yield District(ca, broker, setup, server, enc, bundles)
     finally:
         server.stop()

@@ -61,7 +61,7 @@ def _stack(tmp_path: Path, timing: dict[str, Any] | None = None) -> Iterator[Sta
                         verification={"block_after_dismissed": 0})
     enc = EncStub(server_kid=setup.server_kid, key=setup.enc_key, port=port).start()
     honest_b, owned_b = setup.add_device("pole-honest", "z"), setup.add_device("pole-owned", "z")
-    server = ServerProcess(setup).start()
+    server = ServerProcess(setup).start(timeout=90)
     poles: list[Pole] = []
     try:
         server.api("POST", "/v1/windows/z/open", json=FOREVER)
