@@ -47,7 +47,7 @@ def test_eval_json_on_the_smoke_set(shared_data: Path) -> None:
     report = json.loads(proc.stdout)
     assert set(report) == {"labels", "model", "input_size", "counted"}
     assert report["counted"] == "person_down"
-    assert report["model"] == MOVENET.name and report["input_size"] == 256
+    assert report["model"] == MOVENET.name and report["input_size"] == 320
     expected = label_counts(smoke / "labels.csv")
     assert {k: v["n"] for k, v in report["labels"].items()} == dict(expected)
     for counts in report["labels"].values():
@@ -78,7 +78,7 @@ def test_eval_table_names_every_label(shared_data: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     for label in label_counts(shared_data / "smoke" / "labels.csv"):
         assert label in proc.stdout
-    assert "flagged: " in proc.stdout and "input size 256" in proc.stdout
+    assert "flagged: " in proc.stdout and "input size 320" in proc.stdout
 
 
 def test_eval_input_errors_are_user_errors(tmp_path: Path, shared_data: Path) -> None:

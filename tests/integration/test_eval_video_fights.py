@@ -87,7 +87,7 @@ def test_a_folder_of_labelled_clips_is_recognised(fights: Path, tmp_path: Path) 
     # nothing is copied).
     folder = tmp_path / "clips"
     folder.mkdir()
-    for name, label in (("fight/fi091.mp4", "fight"), ("no_fight/nofi091.mp4", "no_fight")):
+    for name in ("fight/fi091.mp4", "no_fight/nofi091.mp4"):
         (folder / Path(name).name).symlink_to(fights / name)
     (folder / "labels.csv").write_text("file,label\nfi091.mp4,fight\nnofi091.mp4,no_fight\n")
     proc = citywatch("eval-video", folder)

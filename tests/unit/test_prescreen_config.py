@@ -38,6 +38,13 @@ def test_unknown_keys_are_refused_with_file_and_key(tmp_path: Path) -> None:
      "person_down.ground_region"),
     ("[[zones]]\nname = \"frame\"\npolygon = [[0, 0], [1, 0], [1, 1]]\n", "(top level)"),
     ("cooldown_seconds = -1\n", "cooldown_seconds"),
+    ("[model]\nrotations = [90, 270]\n", "model"),
+    ("[model]\nrotations = [0, 45]\n", "model.rotations.1"),
+    ("[model]\nrotations = [0, 90, 90]\n", "model"),
+    ("[model]\nlow_light = 300\n", "model.low_light"),
+    ("[person_down]\nmin_torso_angle = true\n", "person_down.min_torso_angle"),
+    ("[fight]\nmin_motion_change = 1.5\n", "fight.min_motion_change"),
+    ("[fight]\nimage_group_distance = 0\n", "fight.image_group_distance"),
 ])
 def test_invalid_values_name_the_key(tmp_path: Path, toml: str, key: str) -> None:
     path = tmp_path / "prescreen.toml"
@@ -76,6 +83,38 @@ polygon = [[0.5, 0.5], [1, 0.5], [1, 1], [0.5, 1]]
     assert config.person_down.ground_region is not None
     assert config.zones[0].name == "crossing"
     assert config.cooldown_seconds == 300
+
+
+def test_false_turns_the_new_cues_off_and_old_configs_still_load(tmp_path: Path) -> None:
+    path = tmp_path / "edge.toml"
+    path.write_text("""
+[prescreen.model]
+input_size = 256
+rotations = [0]
+low_light = 0
+
+[prescreen.person_down]
+min_axis_angle = 60
+min_aspect = 1.0
+min_torso_angle = false
+
+[prescreen.fight]
+max_distance = 1.2
+min_limb_speed = 2.0
+min_motion_change = false
+image_group_distance = false
+""")
+    config = load_prescreen_config(path, "prescreen")
+    assert config.model.rotations == (0,) and config.model.low_light == 0.0
+    assert config.person_down.min_torso_angle is None
+    assert config.fight.min_motion_change is None and config.fight.image_group_distance is None
+    # A configuration written before these settings existed keeps loading, with the new
+    # cues at their defaults.
+    path.write_text("[prescreen.person_down]\nstill_seconds = 5\n"
+                    "ground_region = [[0.0, 0.45], [1.0, 0.45], [1.0, 1.0], [0.0, 1.0]]\n"
+                    "[prescreen.model]\ninput_size = 256\nthreads = 2\n")
+    old = load_prescreen_config(path, "prescreen")
+    assert old.model.rotations == (0, 90, 270) and old.person_down.min_torso_angle == 55.0
 
 
 def test_broken_toml_and_missing_file(tmp_path: Path) -> None:
