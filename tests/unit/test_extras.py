@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-FIRST_PARTY = {"citywatch", "protocol", "hardware", "edge", "server", "enc", "storage", "tests"}
+FIRST_PARTY = {"citywatch", "protocol", "hardware", "edge", "server", "enc", "storage",
+               "httpserve", "tests"}
 # Imported by name through importlib (optional drivers) rather than an import statement.
 BY_NAME = {"edge": {"ai_edge_litert", "systemd"}, "server": {"systemd"}, "enc": {"systemd"}}
 # Modules a package's requirement brings with it (FastAPI's own dependencies).
@@ -24,8 +25,9 @@ CARRIED = {"starlette", "anyio", "pydantic_core", "annotated_types", "typing_ext
 # hardware's service module and key stores, not its camera or GNSS drivers).
 USES = {"edge": ["edge/**/*.py", "hardware/**/*.py", "protocol/*.py"],
         "server": ["server/**/*.py", "edge/**/*.py", "hardware/**/*.py", "protocol/*.py",
-                   "storage/*.py"],
-        "enc": ["enc/**/*.py", "hardware/*.py", "protocol/*.py", "storage/*.py"]}
+                   "storage/*.py", "httpserve/*.py"],
+        "enc": ["enc/**/*.py", "hardware/*.py", "protocol/*.py", "storage/*.py",
+                "httpserve/*.py"]}
 # Imported where an ImportError is caught and reported when the driver is chosen.
 OPTIONAL = {"enc": {"pkcs11"}}
 
