@@ -123,8 +123,13 @@ class ServerEndpoint:
         limits: Limits | None = None,
         rate_limit: RateLimit | None = None,
         replay_capacity: int = 100_000,
+        uplink_budget: int | None = None,
     ) -> None:
         self._directory = directory
+        #: Messages of any type a known device may send, as a multiple of its C1 rate (a
+        #: C3 per C1, B2s, retries: 4 is ample), before the rest are dropped unread
+        #: (None: no such budget).
+        self.uplink_budget = uplink_budget
         self._random = random
         self.timing = timing or Timing()
         self.limits = limits or Limits()
@@ -132,6 +137,7 @@ class ServerEndpoint:
         self._tickets = TicketSealer(ticket_key, random=random)
         self._replay = ReplayCache(ttl_ms=self.timing.replay_ttl_ms, capacity=replay_capacity)
         self._buckets: dict[bytes, tuple[float, int]] = {}  # kid -> (tokens, at)
+        self._uplinks: dict[bytes, tuple[float, int]] = {}  # kid -> (tokens, at), any type
         self._broadcasts: dict[bytes, tuple[int, int, bytes]] = {}  # kid -> (ep, ts, H(B1))
         self._outbox: list[Outgoing] = []
 
@@ -156,6 +162,9 @@ class ServerEndpoint:
 
     def receive(self, data: bytes, now: int) -> list[Event]:
         """Handle one message from a device; replies are queued for ``data_to_send``."""
+        flood = self._over_budget(data, now) if self.uplink_budget else None
+        if flood is not None:
+            return [flood]
         try:
             opened = open_message(data, role="server", accepts=self._ACCEPTS,
                                   limits=self.limits, key_for=self._key_for)
@@ -268,6 +277,28 @@ class ServerEndpoint:
             return ErrorCode.DEVICE_INACTIVE
         if check_window and not self._directory.monitoring_active(kid, now):
             return ErrorCode.FRAMEWORK_INACTIVE
+        return None
+
+    def _over_budget(self, data: bytes, now: int) -> MessageDropped | None:
+        """A known device sending far more than the protocol ever needs (B2s, and C1s and
+        C3s at the C1 rate) is dropped before decrypting, unanswered: a flood costs the
+        server a CBOR parse, not an AEAD check and a sealed error 9 per message."""
+        try:
+            env = decode_envelope(data, max_size=self.limits.max_large_message)
+        except RemoteProtocolError:
+            return None  # open_message says why
+        if self._directory.lookup(env.kid) is None:
+            return None
+        rl = self.rate_limit
+        budget = self.uplink_budget or 1
+        burst, per_minute = budget * rl.burst, budget * rl.per_minute
+        tokens, at = self._uplinks.get(env.kid, (float(burst), now))
+        tokens = min(float(burst), tokens + max(0, now - at) * per_minute / 60_000)
+        if tokens < 1:
+            self._uplinks[env.kid] = (tokens, now)
+            return MessageDropped("flood", "more uplink messages than the protocol needs",
+                                  env.kid, env.type)
+        self._uplinks[env.kid] = (tokens - 1, now)
         return None
 
     def _take_token(self, kid: bytes, now: int) -> bool:

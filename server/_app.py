@@ -83,7 +83,7 @@ class TrustedServer:
         self.endpoint = ServerEndpoint(
             directory=self.directory, ticket_key=master.ticket_key, random=secrets.token_bytes,
             timing=t.protocol_timing(), limits=t.limits(), rate_limit=t.rate_limit(),
-            replay_capacity=t.replay_capacity)
+            replay_capacity=t.replay_capacity, uplink_budget=4)
         v = config.verification
         #: The photo check, off the event loop; ``verifier=`` replaces it (tests, embedders).
         self.verifier = VerifierPool(
