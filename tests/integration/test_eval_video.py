@@ -70,6 +70,20 @@ def test_a_fall_to_the_floor_gives_exactly_one_report(shared_data: Path) -> None
     assert prescreen.inferences < 0.7 * prescreen.frames
 
 
+def test_a_backward_fall_towards_the_camera_is_reported(shared_data: Path) -> None:
+    # Subject 1, fall 14: falls backwards towards the camera, ankles out of the picture;
+    # the foreshortened body looks upright to the axis rule, and the old settings (input
+    # 256, upright pass only, axis rule only) never reported it. The defaults (input 320,
+    # rotated passes, torso rule) do; at input 256 even the new rules miss it.
+    found = play(PreScreen.from_config(), shared_data / "gmdcsa24" / "Subject 1" / "Fall" /
+                 "14.mp4")
+    assert [d.label for d in found] == ["person_down"]
+    old = PreScreen.from_config(PreScreenConfig.model_validate({
+        "model": {"input_size": 256, "rotations": [0], "low_light": 0},
+        "person_down": {"min_axis_angle": 60, "min_aspect": 1.0, "min_torso_angle": None}}))
+    assert play(old, shared_data / "gmdcsa24" / "Subject 1" / "Fall" / "14.mp4") == []
+
+
 @pytest.mark.parametrize("video", ["Subject 3/ADL/19.mp4", "Subject 2/ADL/23.mp4"])
 def test_walking_and_sitting_give_no_report(shared_data: Path, video: str) -> None:
     assert play(PreScreen.from_config(), shared_data / "gmdcsa24" / video) == []
