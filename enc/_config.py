@@ -31,6 +31,7 @@ __all__ = [
     "MetricsSection",
     "ServerKey",
     "ServerTrust",
+    "StoreKeySection",
     "config_from_mapping",
     "example_config",
     "load_config",
@@ -146,6 +147,25 @@ class CapSection(_Section):
         return v
 
 
+class StoreKeySection(_Section):
+    source: Literal["file", "pkcs11"] = "file"
+    """Where the store key (photos and positions are sealed under it) is kept.
+    ``"pkcs11"``: on disk only wrapped under a non-extractable key in a PKCS#11 token.
+    ``"file"``: in clear in ``file`` (mode 0600), only where that is accepted."""
+    file: str = "store.key"
+    """``source = "file"``: the key (64 hex digits), created at first start if absent."""
+    wrapped_file: str = "store.key.wrapped"
+    """``source = "pkcs11"``: the key wrapped under the token key, created at first start."""
+    module: str = ""
+    """``source = "pkcs11"``: the token's PKCS#11 module; empty: SoftHSM2's."""
+    token_label: Annotated[str, Field(min_length=1, max_length=32)] = "citywatch-enc"
+    """``source = "pkcs11"``: label of the token."""
+    pin_file: str = "token.pin"
+    """``source = "pkcs11"``: file holding the token's user PIN (first line), mode 0600."""
+    key_label: Annotated[str, Field(min_length=1, max_length=64)] = "citywatch-enc-kek"
+    """``source = "pkcs11"``: label of the token key a new wrapped file is made under."""
+
+
 class MetricsSection(_Section):
     allow_from: list[Annotated[str, Field(min_length=1)]] = ["127.0.0.1/32", "::1/128"]
     """Networks whose requests ``GET /metrics`` answers; any other gets 404."""
@@ -180,6 +200,7 @@ class _FileModel(_Section):
     dashboard: DashboardSection = DashboardSection()
     cap: CapSection = CapSection()
     metrics: MetricsSection = MetricsSection()
+    store_key: StoreKeySection = StoreKeySection()
 
     @field_validator("servers")
     @classmethod
@@ -227,6 +248,8 @@ class EncConfig:
     """CAP export."""
     metrics: MetricsSection
     """Who may read ``/metrics``."""
+    store_key: StoreKeySection
+    """Where the store key is kept; its paths are absolute here."""
 
     @property
     def base_url(self) -> str:
@@ -279,6 +302,10 @@ def config_from_mapping(raw: dict[str, Any], *, source: Path | None) -> EncConfi
         return q if q.is_absolute() else base / q
 
     data_dir = resolve(m.data_dir)
+
+    def resolve_in_data(p: str) -> Path:
+        q = Path(p).expanduser()
+        return q if q.is_absolute() else data_dir / q
     url = m.database.url or f"sqlite:///{data_dir / 'enc.sqlite3'}"
     if not url.startswith(("sqlite", "postgresql")):
         raise ConfigError(f"{_where(name, ('database', 'url'))}: only SQLite and PostgreSQL "
@@ -307,7 +334,9 @@ def config_from_mapping(raw: dict[str, Any], *, source: Path | None) -> EncConfi
     )
     return EncConfig(source=source, data_dir=data_dir, database_url=url, http=http,
                      servers=servers, limits=m.limits, dashboard=m.dashboard, cap=m.cap,
-                     metrics=m.metrics)
+                     metrics=m.metrics, store_key=m.store_key.model_copy(update={
+                         k: str(resolve_in_data(getattr(m.store_key, k)))
+                         for k in ("file", "wrapped_file", "pin_file")}))
 
 
 def _is_loopback(host: str) -> bool:

@@ -13,7 +13,7 @@ from sqlalchemy import CursorResult, select, update
 
 from ._errors import ActionRefused, NotFound
 from ._schema import AlertRow
-from ._store import Alert, AlertStatus, AlertStore, _alert
+from ._store import Alert, AlertStatus, AlertStore
 
 __all__ = ["ALERT_TRANSITIONS", "AlertAction", "Role", "apply_action", "escalate_due"]
 
@@ -129,7 +129,7 @@ def apply_action(store: AlertStore, incident_id: str, action: AlertAction | str,
         s.expire_all()
         fresh = s.get(AlertRow, incident_id)
         assert fresh is not None
-        return _alert(fresh)
+        return store.view(fresh)
 
 
 def escalate_due(store: AlertStore, *, now: int, after_ms: int) -> list[str]:

@@ -38,10 +38,13 @@ class AlertRow(Base):
     device_uid: Mapped[str] = mapped_column(String(64), index=True)
     label: Mapped[str] = mapped_column(String(32))
     score: Mapped[float] = mapped_column(Float)
-    lat: Mapped[float] = mapped_column(Float)
-    lon: Mapped[float] = mapped_column(Float)
+    lat: Mapped[float | None] = mapped_column(Float, nullable=True)
+    """NULL once sealed (``coords_sealed``); set only in rows from before sealing."""
+    lon: Mapped[float | None] = mapped_column(Float, nullable=True)
     alt: Mapped[float | None] = mapped_column(Float, nullable=True)
     acc: Mapped[float | None] = mapped_column(Float, nullable=True)
+    coords_sealed: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    """lat, lon, alt, acc as JSON, sealed under the store key."""
     coord_src: Mapped[str] = mapped_column(String(8))
     captured_at: Mapped[int] = mapped_column(BigInteger)
     sent_at: Mapped[int] = mapped_column(BigInteger)
@@ -60,6 +63,8 @@ class PhotoRow(Base):
     incident_id: Mapped[str] = mapped_column(
         String(64), ForeignKey("enc_alerts.incident_id"), primary_key=True)
     jpeg: Mapped[bytes] = mapped_column(LargeBinary)
+    """The photo, sealed under the store key (in clear only in rows from before
+    sealing, until the store seals them when it opens)."""
 
 
 class AuditRow(Base):

@@ -29,6 +29,7 @@ from httpserve import request_deadline
 
 from ._config import EncConfig
 from ._dashboard import Dashboard, HttpHardening, dashboard_lifespan
+from ._keys import open_alert_store
 from ._live import LiveFeed
 from ._metrics import EncMetrics, RequestCounter
 from ._receiver import AlertReceiver
@@ -164,7 +165,7 @@ class EncService:
 
     def __init__(self, config: EncConfig) -> None:
         self.config = config
-        self.store = AlertStore.open(config.database_url)
+        self.store = open_alert_store(config)
         self.app = build_app(config, self.store)
         #: READY/STATUS/STOPPING to systemd; WATCHDOG=1 from the loop (``run``).
         self.notifier = ServiceNotifier()

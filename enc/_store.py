@@ -1,5 +1,9 @@
 """The alert store: alerts keyed by incident id, their photos, and the audit trail.
 
+Photos and positions are sealed at rest (AES-256-GCM, ``hardware._wrapped.RecordSealer``)
+under the store key (``enc._keys``), each bound to its alert and column; the store
+opened without its key reads and lists nothing sealed and stores no alert.
+
 SQLite (the embedded default) or PostgreSQL, through SQLAlchemy 2; the schema is
 brought up to date by the Alembic migrations in ``enc/migrations`` when the store
 opens. Every method is one transaction; database failures surface as ``StoreError``.
@@ -25,6 +29,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 import protocol as p
+from hardware._wrapped import RecordSealer, SealedRecordError
 from storage import sqlite_engine
 
 from ._errors import NotFound, StoreError
@@ -121,11 +126,15 @@ class AuditEntry:
                 "actor": self.actor, "action": self.action, "detail": self.detail}
 
 
-def _alert(r: AlertRow) -> Alert:
+def _aad(incident_id: str, column: str) -> bytes:
+    # Binds a sealed field to its alert and column: moved elsewhere, it does not open.
+    return f"citywatch enc alert {incident_id} {column}".encode()
+
+
+def _alert(r: AlertRow, coords: p.Coords) -> Alert:
     return Alert(
         incident_id=r.incident_id, server_kid=r.server_kid, device_uid=r.device_uid,
-        label=r.label, score=r.score,
-        coords=p.Coords(lat=r.lat, lon=r.lon, alt=r.alt, acc=r.acc, src=r.coord_src),
+        label=r.label, score=r.score, coords=coords,
         captured_at=r.captured_at, sent_at=r.sent_at, received_at=r.received_at,
         photo_size=r.photo_size, photo_sha256=r.photo_sha256, status=AlertStatus(r.status),
         status_at=r.status_at, taken_by=r.taken_by, escalated_at=r.escalated_at,
@@ -141,24 +150,50 @@ def migrate(engine: Engine) -> None:
     """Bring the schema up to date (idempotent)."""
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(_MIGRATIONS))
+    if engine.dialect.name == "sqlite":
+        sqlite_upgrade(engine, cfg)
+        return
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
 
 
+def sqlite_upgrade(engine: Engine, cfg: AlembicConfig) -> None:
+    """Alembic's upgrade on SQLite with foreign keys off: a column change copies the
+    table and drops the old one, and with foreign keys on that drop would fail (or, with
+    ON DELETE CASCADE, empty the tables that refer to it). Checked afterwards."""
+    with engine.connect() as conn:
+        # PRAGMA foreign_keys is ignored inside a transaction: set it between them.
+        conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
+        conn.commit()
+        try:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+            conn.commit()
+            broken = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+            if broken:
+                raise StoreError(f"the migration left rows without their parent: {broken[:5]}")
+        finally:
+            conn.rollback()
+            conn.exec_driver_sql("PRAGMA foreign_keys=ON")
+            conn.commit()
+
+
 class AlertStore:
     """Alerts, photos and the audit trail in one database."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, key: bytes | None = None) -> None:
         self.engine = engine
+        self._sealer = RecordSealer(key, purpose="enc alerts") if key is not None else None
         self._sessions = sessionmaker(engine, expire_on_commit=False)
         # SQLite has one writer at a time; serialising writes here avoids
         # "database is locked" between threads of this process.
         self._write_lock = threading.Lock() if engine.dialect.name == "sqlite" else None
 
     @classmethod
-    def open(cls, url: str) -> AlertStore:
-        """Connect, create the SQLite folder if needed, run the migrations."""
+    def open(cls, url: str, *, key: bytes | None = None) -> AlertStore:
+        """Connect, create the SQLite folder if needed, run the migrations. ``key``: the
+        store key (32 bytes) photos and positions are sealed under."""
         try:
             u = make_url(url)
             if u.get_backend_name() == "sqlite":
@@ -168,7 +203,7 @@ class AlertStore:
             migrate(engine)
         except (SQLAlchemyError, OSError) as exc:
             raise StoreError(f"cannot open the alert store: {exc}") from exc
-        return cls(engine)
+        return cls(engine, key=key)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -204,11 +239,13 @@ class AlertStore:
         """Store a valid N1's alert; True if new, False if that incident was already
         stored (then nothing changes). Durable when it returns."""
         actor = f"server:{alert.server_kid.hex()}"
+        c = alert.coords
         row = AlertRow(
             incident_id=alert.incident_id, server_kid=alert.server_kid.hex(),
             device_uid=alert.device_uid, label=alert.label, score=alert.score,
-            lat=alert.coords.lat, lon=alert.coords.lon, alt=alert.coords.alt,
-            acc=alert.coords.acc, coord_src=alert.coords.src, captured_at=alert.captured_at,
+            lat=None, lon=None, alt=None, acc=None,
+            coords_sealed=self._seal_coords(alert.incident_id, c.lat, c.lon, c.alt, c.acc),
+            coord_src=alert.coords.src, captured_at=alert.captured_at,
             sent_at=alert.ts, received_at=received_at, photo_size=len(alert.photo),
             photo_sha256=hashlib.sha256(alert.photo).hexdigest(), status=AlertStatus.NEW.value,
             status_at=received_at, taken_by=None,
@@ -219,7 +256,9 @@ class AlertStore:
                     return False
                 s.add(row)
                 s.flush()  # the photo's foreign key needs the alert first
-                s.add(PhotoRow(incident_id=alert.incident_id, jpeg=alert.photo))
+                s.add(PhotoRow(incident_id=alert.incident_id,
+                               jpeg=self._sealer_or_fail().seal(
+                                   alert.photo, aad=_aad(alert.incident_id, "photo"))))
                 self.audit(s, at=received_at, incident_id=alert.incident_id, actor=actor,
                             action="received",
                             detail={"device": alert.device_uid, "label": alert.label,
@@ -234,7 +273,7 @@ class AlertStore:
             r = s.get(AlertRow, incident_id)
             if r is None:
                 raise NotFound(f"no alert {incident_id!r}")
-            return _alert(r)
+            return self.view(r)
 
     def alerts(self, *, limit: int = 500, device_uid: str | None = None,
                before: int | None = None) -> list[Alert]:
@@ -245,7 +284,7 @@ class AlertStore:
         if before is not None:
             q = q.where(AlertRow.received_at < before)
         with self.transaction(write=False) as s:
-            return [_alert(r) for r in s.scalars(q.limit(limit))]
+            return [self.view(r) for r in s.scalars(q.limit(limit))]
 
     def status_counts(self) -> dict[str, int]:
         """How many alerts are in each status (every status listed, zero included)."""
@@ -264,7 +303,77 @@ class AlertStore:
             r = s.get(PhotoRow, incident_id)
             if r is None:
                 raise NotFound(f"no alert {incident_id!r}")
-            return bytes(r.jpeg)
+            return self._open_photo(incident_id, bytes(r.jpeg))
+
+    # -- sealed at rest -------------------------------------------------------------
+
+    def _sealer_or_fail(self) -> RecordSealer:
+        if self._sealer is None:
+            raise StoreError("the alert store was opened without its store key")
+        return self._sealer
+
+    def _seal_coords(self, incident_id: str, lat: float, lon: float, alt: float | None,
+                     acc: float | None) -> bytes:
+        plain = json.dumps([lat, lon, alt, acc]).encode()
+        return self._sealer_or_fail().seal(plain, aad=_aad(incident_id, "coords"))
+
+    def _open_photo(self, incident_id: str, blob: bytes) -> bytes:
+        if not RecordSealer.is_sealed(blob):
+            return blob  # a row from before sealing, until seal_clear_alerts
+        try:
+            return self._sealer_or_fail().open(blob, aad=_aad(incident_id, "photo"))
+        except SealedRecordError:
+            raise StoreError(f"the photo of alert {incident_id} does not open under this "
+                             "store key (another key, or altered)") from None
+
+    def view(self, r: AlertRow) -> Alert:
+        """The alert of a row, its position unsealed."""
+        if r.coords_sealed is None:  # a row from before sealing
+            assert r.lat is not None and r.lon is not None
+            coords = p.Coords(lat=r.lat, lon=r.lon, alt=r.alt, acc=r.acc, src=r.coord_src)
+        else:
+            try:
+                plain = self._sealer_or_fail().open(r.coords_sealed,
+                                                    aad=_aad(r.incident_id, "coords"))
+            except SealedRecordError:
+                raise StoreError(f"the position of alert {r.incident_id} does not open under "
+                                 "this store key (another key, or altered)") from None
+            lat, lon, alt, acc = json.loads(plain)
+            coords = p.Coords(lat=lat, lon=lon, alt=alt, acc=acc, src=r.coord_src)
+        return _alert(r, coords)
+
+    def sealed_counts(self) -> tuple[int, int]:
+        """(alerts sealed, alerts still in clear)."""
+        with self.transaction(write=False) as s:
+            clear = int(s.scalar(select(func.count()).select_from(AlertRow)
+                                 .where(AlertRow.coords_sealed.is_(None))) or 0)
+            total = int(s.scalar(select(func.count()).select_from(AlertRow)) or 0)
+        return total - clear, clear
+
+    def seal_clear_alerts(self, *, at: int, batch: int = 200) -> int:
+        """Seal the photos and positions of alerts stored before sealing existed (one
+        transaction per ``batch`` alerts; an interrupted run resumes); how many."""
+        sealer = self._sealer_or_fail()
+        total = 0
+        while True:
+            with self.transaction(write=True) as s:
+                rows = list(s.scalars(select(AlertRow).where(AlertRow.coords_sealed.is_(None))
+                                      .order_by(AlertRow.incident_id).limit(batch)))
+                for r in rows:
+                    assert r.lat is not None and r.lon is not None
+                    r.coords_sealed = self._seal_coords(r.incident_id, r.lat, r.lon, r.alt,
+                                                        r.acc)
+                    r.lat = r.lon = r.alt = r.acc = None
+                    photo = s.get(PhotoRow, r.incident_id)
+                    if photo is not None and not RecordSealer.is_sealed(photo.jpeg):
+                        photo.jpeg = sealer.seal(bytes(photo.jpeg),
+                                                 aad=_aad(r.incident_id, "photo"))
+                if rows:
+                    self.audit(s, at=at, incident_id=None, actor="enc:migration",
+                               action="store_sealed", detail={"count": len(rows)})
+            total += len(rows)
+            if len(rows) < batch:
+                return total
 
     # -- audit --------------------------------------------------------------------
 

@@ -31,7 +31,9 @@ def _config(args: argparse.Namespace) -> EncConfig:
 
 
 def _store(config: EncConfig) -> AlertStore:
-    return AlertStore.open(config.database_url)
+    from ._keys import open_alert_store
+
+    return open_alert_store(config)
 
 
 def _iso(ms: int) -> str:

@@ -129,9 +129,12 @@ class ServiceNotifier:
             return False
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+                # Never block the caller (an event loop) on a service manager that does
+                # not read: a full queue drops the message, as a failed sd_notify does.
+                sock.setblocking(False)
                 sock.connect(address)
                 sock.sendall(payload)
-        except OSError:
+        except OSError:  # BlockingIOError included
             return False
         return True
 

@@ -92,10 +92,52 @@ class BrokerConfig(_Section):
 
 
 class MasterKeyConfig(_Section):
+    source: Literal["file", "pkcs11"] = "file"
+    """Where the master key is kept. ``"pkcs11"``: on disk only wrapped (AES-GCM) under a
+    non-extractable key in a PKCS#11 token (SoftHSM2, an HSM), unwrapped into memory at
+    start-up. ``"file"``: in clear in ``file`` (mode 0600), for a test bench or an
+    operator who accepts that; configs written before ``source`` existed mean this."""
     file: PathLike = Path("master.key")
-    """The master key (64 hex digits), mode 0600; device keys are encrypted under it at
-    rest and the ticket key is derived from it. Created at first start if absent. Every
-    server replica needs the same file."""
+    """``source = "file"``: the master key (64 hex digits), mode 0600; device keys, photos
+    and coordinates are sealed under keys derived from it and the ticket key is derived
+    from it. Created at first start if absent. Every server replica needs the same file."""
+    wrapped_file: PathLike = Path("master.key.wrapped")
+    """``source = "pkcs11"``: the master key wrapped under the token key (JSON, mode 0600),
+    created at first start if absent. Every replica needs this file and the token key."""
+    module: str = ""
+    """``source = "pkcs11"``: the token's PKCS#11 module; empty: SoftHSM2's."""
+    token_label: str = Field("citywatch-server", min_length=1, max_length=32)
+    """``source = "pkcs11"``: label of the token."""
+    pin_file: PathLike = Path("token.pin")
+    """``source = "pkcs11"``: file holding the token's user PIN (first line), mode 0600."""
+    key_label: str = Field("citywatch-server-kek", min_length=1, max_length=64)
+    """``source = "pkcs11"``: label of the token key a new wrapped file is made under (an
+    existing file names its own, so rotation needs no config change)."""
+
+
+class RetentionConfig(_Section):
+    """How long the server keeps what it no longer needs; 0 keeps it for ever. A purge
+    runs every ``purge_every_minutes`` (and by ``citywatch server purge``). Never purged:
+    incidents not verified yet and alerts the ENC has not acknowledged."""
+
+    dismissed_photo_hours: float = Field(24.0, ge=0)
+    """Photos of incidents the verification dismissed, this long after the decision."""
+    alerted_photo_days: float = Field(7.0, ge=0)
+    """Photos of alerted incidents, this long after the ENC's receipt (the ENC has its
+    own copy; fused incidents count from their decision)."""
+    incident_days: float = Field(90.0, ge=0)
+    """Decided incidents, deleted with their outbox rows this long after the decision
+    (the audit log keeps the purge)."""
+    purge_every_minutes: float = Field(15.0, gt=0)
+    """How often the running server purges."""
+
+    def periods_ms(self) -> tuple[int | None, int | None, int | None]:
+        """(dismissed photos, alerted photos, incidents) in ms; None: kept for ever."""
+        def ms(value: float, unit_s: int) -> int | None:
+            return int(value * unit_s * 1000) if value > 0 else None
+
+        return (ms(self.dismissed_photo_hours, 3600), ms(self.alerted_photo_days, 86400),
+                ms(self.incident_days, 86400))
 
 
 class EncConfig(_Section):
@@ -269,6 +311,7 @@ class ServerConfig(_Section):
     database: DatabaseConfig = DatabaseConfig()
     broker: BrokerConfig = BrokerConfig()
     master_key: MasterKeyConfig = MasterKeyConfig()
+    retention: RetentionConfig = RetentionConfig()
     enc: EncConfig = EncConfig()
     verification: VerificationConfig = VerificationConfig()
     timing: TimingConfig = TimingConfig()
@@ -379,9 +422,29 @@ keepalive_s = 30
 tcp_nodelay = true            # leave on: Nagle + delayed ACKs add ~40 ms per reply
 
 [master_key]
-# 64 hex digits, mode 0600, created at first start if absent. Device keys are stored
-# encrypted under it. Every server replica needs the same file. Back it up offline.
+# Device keys, photos and coordinates are sealed (AES-256-GCM) under keys derived from
+# the master key. source = "pkcs11": the master key is on disk only wrapped under a
+# non-extractable key in a PKCS#11 token (created at first start: a token key labelled
+# key_label and the wrapped file); nothing on disk opens it without the token and its
+# PIN. Every replica needs the wrapped file and a token with the same key.
+# source = "file": the master key sits in clear in `file` (64 hex digits, mode 0600):
+# only where you accept that (a test bench). Key rotation: docs/operations.md.
+source = "file"
 file = "master.key"
+wrapped_file = "master.key.wrapped"
+module = ""                   # empty: SoftHSM2's module
+token_label = "citywatch-server"
+pin_file = "token.pin"        # the token's user PIN, mode 0600
+key_label = "citywatch-server-kek"
+
+[retention]
+# How long what is no longer needed is kept (0: for ever). Never purged: incidents not
+# verified yet, and alerts the ENC has not acknowledged. Each purge is one audit entry
+# (retention.purge); `citywatch server purge --dry-run` shows what the next one removes.
+dismissed_photo_hours = 24.0  # photos of incidents the verification dismissed
+alerted_photo_days = 7.0      # photos of alerted incidents, after the ENC's receipt
+incident_days = 90.0          # decided incidents themselves
+purge_every_minutes = 15.0
 
 [enc]
 # The Emergency Notification Center: N1 is POSTed to <base_url>/v1/alerts.

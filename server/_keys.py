@@ -1,10 +1,14 @@
-"""Key material of the server: the master key (a file readable by the server's user
-only), the device keys encrypted under it, the ticket key derived from it, K_SENC and
-the admin token.
+"""Key material of the server: the master key, the device keys encrypted under it, the
+ticket key and the incidents' record key derived from it, K_SENC and the admin token.
+
+The master key is kept either wrapped under a non-extractable key in a PKCS#11 token
+(``[master_key] source = "pkcs11"``: nothing on disk opens it without the token) or in
+clear in a file readable by the server's user only (``source = "file"``).
 
 Device keys are sealed with AES-256-GCM under a key derived from the master key, with
 the device's kid as associated data, so a sealed key copied onto another device's row
-does not open.
+does not open. Incident photos and coordinates are sealed the same way
+(``MasterKey.records``), bound to their incident id and column.
 """
 
 from __future__ import annotations
@@ -19,9 +23,14 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from hardware._wrapped import RecordSealer, WrappedKeyError, token_data_key
+
 from ._errors import MasterKeyError
 
-__all__ = ["MasterKey", "ensure_secret_file", "read_key_file", "read_token_file"]
+__all__ = ["MASTER_KEY_PURPOSE", "MasterKey", "ensure_secret_file", "read_key_file",
+           "read_pin_file", "read_token_file", "token_master_key"]
+
+MASTER_KEY_PURPOSE = "citywatch server master key"
 
 _DEVICE_KEYS_INFO = b"citywatch server: device keys at rest v1"
 _TICKET_INFO = b"citywatch server: C2 ticket key v1"
@@ -70,6 +79,33 @@ def read_key_file(path: Path, *, what: str, lengths: tuple[int, ...] = (32,)) ->
     return key
 
 
+def read_pin_file(path: Path) -> str:
+    """A token's user PIN: the first line of a file readable by the server's user only."""
+    try:
+        _check_private(path, "token PIN file")
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise MasterKeyError(f"token PIN file {path} does not exist: write the token's "
+                             "user PIN in it (mode 0600)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise MasterKeyError(f"cannot read token PIN file {path}: {exc}") from None
+    if not lines or not lines[0].strip():
+        raise MasterKeyError(f"token PIN file {path} is empty")
+    return lines[0].strip()
+
+
+def token_master_key(*, module: str, token_label: str, pin: str, key_label: str,
+                     wrapped_file: Path, create: bool) -> MasterKey:
+    """The master key unwrapped by the token; with ``create`` and no wrapped file, a new
+    one (and the token key, if the token has none labelled ``key_label``)."""
+    try:
+        return MasterKey(token_data_key(module=module, token_label=token_label, pin=pin,
+                                        kek_label=key_label, path=wrapped_file,
+                                        purpose=MASTER_KEY_PURPOSE, create=create))
+    except WrappedKeyError as exc:
+        raise MasterKeyError(f"master key: {exc}") from None
+
+
 def read_token_file(path: Path) -> str:
     try:
         _check_private(path, "admin token file")
@@ -84,13 +120,15 @@ def read_token_file(path: Path) -> str:
 class MasterKey:
     """The server's master key: seals device keys at rest, derives the ticket key."""
 
-    __slots__ = ("_device_keys", "_ticket_key")
+    __slots__ = ("_device_keys", "_ticket_key", "records")
 
     def __init__(self, master: bytes) -> None:
         if len(master) != 32:
             raise MasterKeyError("the master key is 32 bytes")
         self._device_keys = AESGCM(_derive(master, _DEVICE_KEYS_INFO))
         self._ticket_key = _derive(master, _TICKET_INFO)
+        #: Seals incident photos and coordinates in the database.
+        self.records = RecordSealer(master, purpose="server incidents")
 
     @classmethod
     def from_file(cls, path: Path) -> MasterKey:

@@ -94,12 +94,17 @@ class IncidentRow(Base):
     cid: Mapped[bytes] = mapped_column(LargeBinary(16))
     device_uid: Mapped[str] = mapped_column(String(64), index=True)
     zone: Mapped[str] = mapped_column(String(64))
-    lat: Mapped[float] = mapped_column(Float)
-    lon: Mapped[float] = mapped_column(Float)
+    lat: Mapped[float | None] = mapped_column(Float, nullable=True)
+    """NULL once sealed (``coords_sealed``); set only in rows from before sealing."""
+    lon: Mapped[float | None] = mapped_column(Float, nullable=True)
     alt: Mapped[float | None] = mapped_column(Float, nullable=True)
     acc: Mapped[float | None] = mapped_column(Float, nullable=True)
+    coords_sealed: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    """lat, lon, alt, acc as JSON, sealed under the master key's record key."""
     coords_src: Mapped[str] = mapped_column(String(8))
     photo: Mapped[bytes] = mapped_column(LargeBinary)
+    """The JPEG, sealed (``hardware._wrapped.RecordSealer``); in clear in rows from
+    before sealing until the server seals them at start-up."""
     device_score: Mapped[float] = mapped_column(Float)
     label: Mapped[str] = mapped_column(String(32))
     captured_at: Mapped[int] = mapped_column(BigInteger)

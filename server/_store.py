@@ -19,16 +19,24 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import Engine, create_engine, func, select, text, update
+from sqlalchemy import Engine, create_engine, delete, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from protocol import ALG_A128GCM, ALG_A256GCM, ALG_NAMES, IncidentReported, wall_clock_ms
+from hardware._wrapped import SEAL_OVERHEAD, RecordSealer, SealedRecordError
+from protocol import (
+    ALG_A128GCM,
+    ALG_A256GCM,
+    ALG_NAMES,
+    Coords,
+    IncidentReported,
+    wall_clock_ms,
+)
 from storage import sqlite_engine
 
-from ._errors import DeviceExists, DeviceNotFound, RegistryError
+from ._errors import DeviceExists, DeviceNotFound, MasterKeyError, RegistryError
 from ._keys import MasterKey
 from ._schema import (
     AuditEntry,
@@ -44,6 +52,7 @@ __all__ = [
     "DeviceInfo",
     "IncidentInfo",
     "OutboxItem",
+    "PurgeReport",
     "Store",
     "WindowInfo",
     "migrate",
@@ -211,6 +220,29 @@ class OutboxItem:
 
 
 @dataclass(frozen=True, slots=True)
+class PurgeReport:
+    """What one retention purge removed (or, in a dry run, would remove)."""
+
+    photos_dismissed: tuple[str, ...]
+    """Incidents dismissed by verification whose photo was erased."""
+    photos_alerted: tuple[str, ...]
+    """Alerted (delivered or fused) incidents whose photo was erased."""
+    incidents: tuple[str, ...]
+    """Incidents deleted with everything about them but the audit log."""
+    dry_run: bool
+    """Nothing was changed."""
+
+    @property
+    def total(self) -> int:
+        return len(self.photos_dismissed) + len(self.photos_alerted) + len(self.incidents)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"dry_run": self.dry_run, "photos_dismissed": list(self.photos_dismissed),
+                "photos_alerted": list(self.photos_alerted),
+                "incidents": list(self.incidents)}
+
+
+@dataclass(frozen=True, slots=True)
 class AuditRecord:
     """One audit log entry."""
 
@@ -243,6 +275,9 @@ def _alembic_config() -> AlembicConfig:
 
 def migrate(engine: Engine) -> None:
     """Bring the database to the newest schema (idempotent)."""
+    if engine.dialect.name == "sqlite":
+        _sqlite_upgrade(engine)
+        return
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             # Replicas starting together: one migrates, the others wait and find it done.
@@ -250,6 +285,29 @@ def migrate(engine: Engine) -> None:
         cfg = _alembic_config()
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
+
+
+def _sqlite_upgrade(engine: Engine) -> None:
+    """The upgrade on SQLite with foreign keys off: a column change copies the table
+    and drops the old one, and with foreign keys on that drop would fail or, through
+    ``ON DELETE CASCADE``, empty the ENC outbox. Checked afterwards."""
+    cfg = _alembic_config()
+    with engine.connect() as conn:
+        # PRAGMA foreign_keys is ignored inside a transaction: set it between them.
+        conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
+        conn.commit()
+        try:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+            conn.commit()
+            broken = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+            if broken:
+                raise RegistryError(f"the migration left rows without their parent: "
+                                    f"{broken[:5]}")
+        finally:
+            conn.rollback()
+            conn.exec_driver_sql("PRAGMA foreign_keys=ON")
+            conn.commit()
 
 
 @dataclass(frozen=True, slots=True)
@@ -558,11 +616,15 @@ class Store:
         """``store_incident`` for many incidents in one transaction (one durable commit:
         the server groups the reports that arrive while the last commit runs)."""
         now = self._clock()
+        c = [inc.coords for inc, _zone in batch]
+        # Photos and coordinates reach the database only sealed.
         rows = [dict(id=inc.incident_id, kid=inc.kid, cid=inc.cid, device_uid=inc.uid,
-                     zone=zone, lat=inc.coords.lat, lon=inc.coords.lon, alt=inc.coords.alt,
-                     acc=inc.coords.acc, coords_src=inc.coords.src, photo=inc.photo,
+                     zone=zone, lat=None, lon=None, alt=None, acc=None,
+                     coords_sealed=self._seal_coords(inc.incident_id, co.lat, co.lon, co.alt,
+                                                     co.acc),
+                     coords_src=co.src, photo=self._seal_photo(inc.incident_id, inc.photo),
                      device_score=inc.score, label=inc.label, captured_at=inc.captured_at,
-                     td=inc.td, received_at=now) for inc, zone in batch]
+                     td=inc.td, received_at=now) for (inc, zone), co in zip(batch, c, strict=True)]
         insert = (sqlite_insert if self.engine.dialect.name == "sqlite" else pg_insert)
         new: set[str] = set()
         with self._tx() as s:
@@ -573,14 +635,14 @@ class Store:
                 if got is not None:
                     new.add(got)
             repeated = [r["id"] for r in rows if r["id"] not in new]
-            known = {t[0]: _incident_from_tuple(t) for t in s.execute(
+            known = {t[0]: self._incident_from_tuple(t) for t in s.execute(
                 _incident_query().where(IncidentRow.id.in_(repeated)))} if repeated else {}
         out: list[tuple[IncidentInfo, bool]] = []
         for (inc, _zone), row in zip(batch, rows, strict=True):
             rid = row["id"]
             if rid in new:  # its first time in this batch: later ones are repeats
                 new.discard(rid)
-                known[rid] = _incident_info(IncidentRow(**row), len(inc.photo))
+                known[rid] = _incident_info(IncidentRow(**row), inc.coords, len(inc.photo))
                 out.append((known[rid], True))
             else:
                 out.append((known[rid], False))
@@ -591,14 +653,14 @@ class Store:
             got = s.execute(_incident_query().where(IncidentRow.id == incident_id)).first()
             if got is None:
                 raise RegistryError(f"no incident {incident_id!r}")
-            return _incident_from_tuple(got)
+            return self._incident_from_tuple(got)
 
     def incident_photo(self, incident_id: str) -> bytes:
         with self._tx() as s:
             photo = s.scalar(select(IncidentRow.photo).where(IncidentRow.id == incident_id))
             if photo is None:
                 raise RegistryError(f"no incident {incident_id!r}")
-            return bytes(photo)
+            return self._open_photo(incident_id, photo)
 
     def list_incidents(self, *, limit: int = 100, decision: str | None = None
                        ) -> list[IncidentInfo]:
@@ -606,7 +668,7 @@ class Store:
         if decision is not None:
             q = q.where(IncidentRow.decision == decision)
         with self._tx() as s:
-            return [_incident_from_tuple(t) for t in s.execute(q.limit(limit))]
+            return [self._incident_from_tuple(t) for t in s.execute(q.limit(limit))]
 
     def undecided_incidents(self) -> list[str]:
         """Incidents stored but not verified (the server stopped in between)."""
@@ -661,28 +723,28 @@ class Store:
         and time of ``d``'s incident, if any."""
         if d.fuse_within_m <= 0:
             return None
-        this = s.execute(select(IncidentRow.lat, IncidentRow.lon, IncidentRow.received_at)
+        cols = (IncidentRow.id, IncidentRow.lat, IncidentRow.lon, IncidentRow.alt,
+                IncidentRow.acc, IncidentRow.coords_sealed)
+        this = s.execute(select(*cols, IncidentRow.received_at)
                          .where(IncidentRow.id == d.incident_id)).first()
         if this is None:
             return None
-        lat, lon, at = this
-        # A box around the point (a little larger than the circle) narrows the rows
-        # the database returns; the exact distance is checked below.
-        dlat = d.fuse_within_m / 111_000
-        dlon = dlat / max(math.cos(math.radians(lat)), 0.01)
+        lat, lon, _alt, _acc = self._open_coords(*this[:6])
+        at = this[6]
+        # The coordinates are sealed, so the database narrows by time only (alerted
+        # incidents of a few minutes); the distance is checked here.
         candidates = s.execute(
-            select(IncidentRow.id, IncidentRow.lat, IncidentRow.lon)
+            select(*cols)
             .join(OutboxRow, OutboxRow.incident_id == IncidentRow.id)
             .where(IncidentRow.id != d.incident_id,
                    IncidentRow.fused_into.is_(None),
                    IncidentRow.received_at >= at - d.fuse_within_ms,
-                   IncidentRow.received_at <= at + d.fuse_within_ms,
-                   IncidentRow.lat.between(lat - dlat, lat + dlat),
-                   IncidentRow.lon.between(lon - dlon, lon + dlon))
+                   IncidentRow.received_at <= at + d.fuse_within_ms)
             .order_by(IncidentRow.received_at, IncidentRow.id))
-        for cid, clat, clon in candidates:
+        for row in candidates:
+            clat, clon, _calt, _cacc = self._open_coords(*row)
             if distance_m(lat, lon, clat, clon) <= d.fuse_within_m:
-                return str(cid)
+                return str(row[0])
         return None
 
     def dismissed_count(self, uid: str, *, since: int) -> int:
@@ -719,13 +781,17 @@ class Store:
             rows = s.execute(select(OutboxRow.attempts, IncidentRow)
                              .join(IncidentRow, IncidentRow.id == OutboxRow.incident_id)
                              .where(OutboxRow.incident_id.in_(won))).all()
-            return [OutboxItem(incident_id=r.id, attempts=a, lat=r.lat, lon=r.lon, alt=r.alt,
-                               acc=r.acc, coords_src=r.coords_src, photo=bytes(r.photo),
-                               score=float(r.server_score if r.server_score is not None
-                                           else r.device_score),
-                               label=r.label, captured_at=r.captured_at,
-                               device_uid=r.device_uid)
-                    for a, r in rows]
+            items = []
+            for a, r in rows:
+                lat, lon, alt, acc = self._open_coords(r.id, r.lat, r.lon, r.alt, r.acc,
+                                                       r.coords_sealed)
+                items.append(OutboxItem(
+                    incident_id=r.id, attempts=a, lat=lat, lon=lon, alt=alt, acc=acc,
+                    coords_src=r.coords_src, photo=self._open_photo(r.id, r.photo),
+                    score=float(r.server_score if r.server_score is not None
+                                else r.device_score),
+                    label=r.label, captured_at=r.captured_at, device_uid=r.device_uid))
+            return items
 
     def alert_delivered(self, incident_id: str, *, tenc: int) -> None:
         now = self._clock()
@@ -753,6 +819,145 @@ class Store:
             v = s.scalar(select(func.min(OutboxRow.next_attempt_at))
                          .where(OutboxRow.state == "pending"))
             return int(v) if v is not None else None
+
+    # -- retention ----------------------------------------------------------------------
+
+    def purge(self, periods_ms: tuple[int | None, int | None, int | None], *,
+              dry_run: bool = False, actor: str = "server:retention") -> PurgeReport:
+        """Erase photos and delete incidents older than the retention periods
+        ``(dismissed photos, alerted photos, incidents)`` in ms (None: kept for ever), in
+        one transaction with one ``retention.purge`` audit entry. Never touched:
+        incidents not decided yet, and alerts not delivered to the ENC."""
+        dismissed_photo_ms, alerted_photo_ms, incident_ms = periods_ms
+        now = self._clock()
+        has_photo = func.length(IncidentRow.photo) > 0
+        pending = select(OutboxRow.incident_id).where(OutboxRow.state == "pending")
+        with self._tx() as s:
+            dismissed: list[str] = []
+            if dismissed_photo_ms is not None:
+                dismissed = list(s.scalars(select(IncidentRow.id).where(
+                    IncidentRow.decision == "dismissed", has_photo,
+                    IncidentRow.decided_at <= now - dismissed_photo_ms)
+                    .order_by(IncidentRow.id)))
+            alerted: list[str] = []
+            if alerted_photo_ms is not None:
+                cut = now - alerted_photo_ms
+                delivered = select(OutboxRow.incident_id).where(
+                    OutboxRow.state == "delivered", OutboxRow.delivered_at <= cut)
+                alerted = list(s.scalars(select(IncidentRow.id).where(
+                    IncidentRow.decision == "dangerous", has_photo,
+                    (IncidentRow.id.in_(delivered)
+                     | (IncidentRow.fused_into.is_not(None) & (IncidentRow.decided_at <= cut))))
+                    .order_by(IncidentRow.id)))
+            gone: list[str] = []
+            if incident_ms is not None:
+                gone = list(s.scalars(select(IncidentRow.id).where(
+                    IncidentRow.decision.is_not(None),
+                    IncidentRow.decided_at <= now - incident_ms,
+                    IncidentRow.id.not_in(pending)).order_by(IncidentRow.id)))
+            gone_set = set(gone)
+            dismissed = [i for i in dismissed if i not in gone_set]
+            alerted = [i for i in alerted if i not in gone_set]
+            report = PurgeReport(tuple(dismissed), tuple(alerted), tuple(gone), dry_run)
+            if dry_run or not report.total:
+                return report
+            for chunk in _chunks([*dismissed, *alerted]):
+                s.execute(update(IncidentRow).where(IncidentRow.id.in_(chunk))
+                          .values(photo=b"").execution_options(synchronize_session=False))
+            for chunk in _chunks(gone):
+                s.execute(delete(OutboxRow).where(OutboxRow.incident_id.in_(chunk)))
+                s.execute(delete(IncidentRow).where(IncidentRow.id.in_(chunk)))
+            self._audit(s, actor, "retention.purge", "incidents",
+                        photos_dismissed=len(dismissed), photos_alerted=len(alerted),
+                        incidents=len(gone), ids=sorted([*dismissed, *alerted, *gone])[:1000])
+        return report
+
+    # -- sealed at rest -------------------------------------------------------------------
+
+    def _incident_from_tuple(self, t: Any) -> IncidentInfo:
+        (id_, uid, kid, zone, lat, lon, alt, acc, src, dscore, label, cap, rec, size, sscore,
+         unc, dec, reason, dat, state, attempts, deliv, fused, sealed) = t
+        lat, lon, alt, acc = self._open_coords(id_, lat, lon, alt, acc, sealed)
+        size = int(size or 0) - (SEAL_OVERHEAD if sealed is not None and size else 0)
+        return IncidentInfo(id=id_, device_uid=uid, kid=bytes(kid), zone=zone, lat=lat,
+                            lon=lon, alt=alt, acc=acc, coords_src=src, device_score=dscore,
+                            label=label, captured_at=cap, received_at=rec, photo_bytes=size,
+                            server_score=sscore,
+                            uncertain=None if unc is None else bool(unc), decision=dec,
+                            decision_reason=reason, decided_at=dat, enc_state=state,
+                            enc_attempts=attempts, enc_delivered_at=deliv, fused_into=fused)
+
+    def _seal_photo(self, incident_id: str, photo: bytes) -> bytes:
+        return self._master.records.seal(photo, aad=_aad(incident_id, "photo"))
+
+    def _open_photo(self, incident_id: str, blob: bytes) -> bytes:
+        if not RecordSealer.is_sealed(blob):
+            return bytes(blob)  # a row from before sealing, until seal_clear_incidents
+        try:
+            return self._master.records.open(blob, aad=_aad(incident_id, "photo"))
+        except SealedRecordError:
+            raise MasterKeyError(f"the photo of incident {incident_id} does not open under "
+                                 "this master key (another master key, or altered)") from None
+
+    def _seal_coords(self, incident_id: str, lat: float, lon: float, alt: float | None,
+                     acc: float | None) -> bytes:
+        plain = json.dumps([lat, lon, alt, acc]).encode()
+        return self._master.records.seal(plain, aad=_aad(incident_id, "coords"))
+
+    def _open_coords(self, incident_id: str, lat: float | None, lon: float | None,
+                     alt: float | None, acc: float | None, sealed: bytes | None
+                     ) -> tuple[float, float, float | None, float | None]:
+        if sealed is None:  # a row from before sealing
+            assert lat is not None and lon is not None
+            return lat, lon, alt, acc
+        try:
+            plain = self._master.records.open(sealed, aad=_aad(incident_id, "coords"))
+        except SealedRecordError:
+            raise MasterKeyError(f"the position of incident {incident_id} does not open "
+                                 "under this master key (another master key, or altered)"
+                                 ) from None
+        got = json.loads(plain)
+        return float(got[0]), float(got[1]), got[2], got[3]
+
+    def sealed_counts(self) -> tuple[int, int]:
+        """(incidents sealed, incidents still in clear)."""
+        with self._tx() as s:
+            clear = int(s.scalar(select(func.count()).select_from(IncidentRow)
+                                 .where(IncidentRow.coords_sealed.is_(None))) or 0)
+            total = int(s.scalar(select(func.count()).select_from(IncidentRow)) or 0)
+        return total - clear, clear
+
+    def seal_clear_incidents(self, *, batch: int = 200, actor: str = "server:migration"
+                             ) -> int:
+        """Seal the photos and coordinates of incidents stored before sealing existed
+        (one transaction per ``batch`` rows, so a large database is sealed in steps and
+        an interrupted run resumes); returns how many were sealed."""
+        total = 0
+        while True:
+            with self._tx() as s:
+                rows = s.execute(select(IncidentRow.id, IncidentRow.lat, IncidentRow.lon,
+                                        IncidentRow.alt, IncidentRow.acc, IncidentRow.photo)
+                                 .where(IncidentRow.coords_sealed.is_(None))
+                                 .order_by(IncidentRow.id).limit(batch)).all()
+                done = 0
+                for rid, lat, lon, alt, acc, photo in rows:
+                    assert lat is not None and lon is not None  # unsealed rows have them
+                    photo_sealed = (bytes(photo) if RecordSealer.is_sealed(photo)
+                                    else self._seal_photo(rid, bytes(photo)))
+                    res = s.execute(update(IncidentRow)
+                                    .where(IncidentRow.id == rid,
+                                           IncidentRow.coords_sealed.is_(None))
+                                    .values(coords_sealed=self._seal_coords(rid, lat, lon,
+                                                                            alt, acc),
+                                            photo=photo_sealed, lat=None, lon=None,
+                                            alt=None, acc=None)
+                                    .execution_options(synchronize_session=False))
+                    done += res.rowcount  # type: ignore[attr-defined]
+                if done:
+                    self._audit(s, actor, "store.seal", "incidents", count=done)
+            total += done
+            if len(rows) < batch:
+                return total
 
     # -- audit --------------------------------------------------------------------------
 
@@ -792,7 +997,7 @@ _INCIDENT_COLUMNS = (
     IncidentRow.received_at, func.length(IncidentRow.photo), IncidentRow.server_score,
     IncidentRow.uncertain, IncidentRow.decision, IncidentRow.decision_reason,
     IncidentRow.decided_at, OutboxRow.state, OutboxRow.attempts, OutboxRow.delivered_at,
-    IncidentRow.fused_into,
+    IncidentRow.fused_into, IncidentRow.coords_sealed,
 )
 
 
@@ -801,20 +1006,20 @@ def _incident_query() -> Any:
         OutboxRow, OutboxRow.incident_id == IncidentRow.id)
 
 
-def _incident_from_tuple(t: Any) -> IncidentInfo:
-    (id_, uid, kid, zone, lat, lon, alt, acc, src, dscore, label, cap, rec, size, sscore,
-     unc, dec, reason, dat, state, attempts, deliv, fused) = t
-    return IncidentInfo(id=id_, device_uid=uid, kid=bytes(kid), zone=zone, lat=lat, lon=lon,
-                        alt=alt, acc=acc, coords_src=src, device_score=dscore, label=label,
-                        captured_at=cap, received_at=rec, photo_bytes=int(size or 0),
-                        server_score=sscore, uncertain=None if unc is None else bool(unc),
-                        decision=dec, decision_reason=reason, decided_at=dat, enc_state=state,
-                        enc_attempts=attempts, enc_delivered_at=deliv, fused_into=fused)
+def _chunks(ids: list[str], size: int = 500) -> Iterator[list[str]]:
+    for i in range(0, len(ids), size):
+        yield ids[i:i + size]
 
 
-def _incident_info(r: IncidentRow, size: int) -> IncidentInfo:
+def _aad(incident_id: str, column: str) -> bytes:
+    # Binds a sealed field to its row and column: moved elsewhere, it does not open.
+    return f"citywatch server incident {incident_id} {column}".encode()
+
+
+def _incident_info(r: IncidentRow, coords: Coords, size: int) -> IncidentInfo:
     return IncidentInfo(id=r.id, device_uid=r.device_uid, kid=bytes(r.kid), zone=r.zone,
-                        lat=r.lat, lon=r.lon, alt=r.alt, acc=r.acc, coords_src=r.coords_src,
+                        lat=coords.lat, lon=coords.lon, alt=coords.alt, acc=coords.acc,
+                        coords_src=r.coords_src,
                         device_score=r.device_score, label=r.label, captured_at=r.captured_at,
                         received_at=r.received_at, photo_bytes=size, server_score=None,
                         uncertain=None, decision=None, decision_reason=None, decided_at=None)

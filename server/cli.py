@@ -19,6 +19,8 @@ from typing import Any
 from protocol import ALG_A128GCM, ALG_A256GCM
 
 from ._cli_detect import register_detection
+from ._cli_keys import register_keys
+from ._cli_purge import register_purge
 from ._config import ServerConfig, example_config, load_config
 from ._errors import ServerError, UsageError
 
@@ -104,6 +106,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     wl.set_defaults(func=_window_list)
 
     register_detection(sub)
+    register_keys(sub, common)
+    register_purge(sub, common)
 
     inc = sub.add_parser("incidents", parents=[common], help="list incidents")
     inc.add_argument("--json", action="store_true", help="JSON instead of a table")

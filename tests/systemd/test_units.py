@@ -38,6 +38,15 @@ WATCHDOG_S = 2
 """WatchdogSec= of the drop-in: short, so three periods pass in six seconds."""
 SERVER_KID = "5e5e5e5e00000001"
 MODELS = PROJECT / "var" / "models"
+RELEASE_EXTRAS = ("server", "enc")
+"""What the server and the ENC hosts install, where pyproject.toml splits it out."""
+
+
+def _requirement() -> str:
+    extras = tomllib.loads((PROJECT / "pyproject.toml").read_text())["project"].get(
+        "optional-dependencies", {})
+    wanted = [e for e in RELEASE_EXTRAS if e in extras]
+    return f"citywatch[{','.join(wanted)}]" if wanted else "citywatch"
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
@@ -55,7 +64,9 @@ def build_wheelhouse(work: Path) -> Path:
     """The project's wheel (built now, from the sources) and every dependency's (cached
     per dependency list: a second run downloads nothing)."""
     project = tomllib.loads((PROJECT / "pyproject.toml").read_text())["project"]
-    deps = sorted(project["dependencies"])
+    extras = project.get("optional-dependencies", {})
+    deps = sorted({*project["dependencies"],
+                   *(d for extra in RELEASE_EXTRAS if extra in extras for d in extras[extra])})
     key = hashlib.sha256(repr((sys.version_info[:2], deps)).encode()).hexdigest()[:16]
     deps_dir = cache_dir() / f"wheelhouse-{key}"
     if not (deps_dir / ".complete").exists():
@@ -145,7 +156,7 @@ set -e
 useradd --system --home-dir /var/lib/citywatch --shell /usr/sbin/nologin citywatch
 python3 -m venv /opt/citywatch/releases/{VERSION}
 /opt/citywatch/releases/{VERSION}/bin/pip install --quiet --no-index \\
-    --find-links /var/tmp/wheelhouse citywatch
+    --find-links /var/tmp/wheelhouse '{_requirement()}'
 ln -sfn /opt/citywatch/releases/{VERSION} /opt/citywatch/current
 chown -R citywatch:citywatch /etc/citywatch/keys /var/lib/citywatch
 chmod 700 /etc/citywatch/keys

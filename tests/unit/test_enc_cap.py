@@ -14,6 +14,9 @@ import enc
 from tests.support.world import T0, jpeg
 from tests.unit.test_enc_store import received
 
+STORE_KEY = bytes(range(32))
+"""The store key photos and positions are sealed under in these tests."""
+
 SCHEMA_FILE = Path(__file__).resolve().parents[1] / "data" / "cap" / "CAP-v1.2.xsd"
 NS = {"cap": enc.CAP_NAMESPACE}
 SETTINGS = enc.CapSection(sender="enc.district1@city.invalid", status="Exercise",
@@ -30,7 +33,7 @@ def schema() -> xmlschema.XMLSchema:
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[enc.AlertStore]:
-    s = enc.AlertStore.open(f"sqlite:///{tmp_path / 'enc.sqlite3'}")
+    s = enc.AlertStore.open(f"sqlite:///{tmp_path / 'enc.sqlite3'}", key=STORE_KEY)
     yield s
     s.close()
 

@@ -18,6 +18,9 @@ import protocol as p
 from enc._schema import Base
 from tests.support.world import T0, jpeg
 
+STORE_KEY = bytes(range(32))
+"""The store key photos and positions are sealed under in these tests."""
+
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
@@ -29,7 +32,7 @@ def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 @pytest.fixture
 def store(url: str) -> Iterator[enc.AlertStore]:
-    s = enc.AlertStore.open(url)
+    s = enc.AlertStore.open(url, key=STORE_KEY)
     yield s
     s.close()
 
@@ -105,8 +108,8 @@ def test_audit_trail_is_append_only_in_the_database(store: enc.AlertStore) -> No
 
 
 def test_migrations_are_idempotent_and_match_the_tables(url: str) -> None:
-    enc.AlertStore.open(url).close()
-    s = enc.AlertStore.open(url)  # a second start finds the schema up to date
+    enc.AlertStore.open(url, key=STORE_KEY).close()
+    s = enc.AlertStore.open(url, key=STORE_KEY)  # a second start finds the schema up to date
     try:
         with s.engine.connect() as c:
             ctx = MigrationContext.configure(c, opts={"version_table": "enc_alembic_version"})
