@@ -80,8 +80,9 @@ class LoginThrottle:
     failure doubles the wait before the next attempt from that address (up to
     ``address_max_ms``) or for that account (up to ``account_max_ms``, short: the real
     operator is slowed, never locked out). An address that logged in as an account before
-    skips that account's back-off, so an attacker elsewhere cannot keep its operator out.
-    A success clears both."""
+    skips both back-offs for that account: an attacker elsewhere cannot keep its operator
+    out, nor can a colleague's typos behind the control room's one address. A success
+    clears both."""
 
     def __init__(self, *, free: int, address_max_ms: int, account_max_ms: int = 30_000,
                  base_ms: int = 1_000, capacity: int = 10_000) -> None:
@@ -95,11 +96,12 @@ class LoginThrottle:
     def wait_ms(self, address: str, account: str, now: int) -> int:
         """How long ``address`` must wait before trying ``account``; 0: go ahead."""
         with self._lock:
+            if (address, account) in self._trusted:
+                return 0
             wait = 0
             if (a := self._addresses.get(address)) is not None:
                 wait = a.not_before - now
-            if (address, account) not in self._trusted and \
-                    (c := self._accounts.get(account)) is not None:
+            if (c := self._accounts.get(account)) is not None:
                 wait = max(wait, c.not_before - now)
             return max(0, wait)
 
