@@ -147,6 +147,9 @@ class OutboxConfig(_Section):
     """Most incidents kept waiting for delivery."""
     max_bytes: int = Field(default=256 * 1024 * 1024, ge=64 * 1024)
     """Most bytes of sealed photos kept waiting for delivery."""
+    max_age_hours: float = Field(default=72.0, ge=0)
+    """Retention: an incident not delivered within this long is deleted (its alert is
+    moot by then, and its photo shows a person); 0 keeps it until delivered."""
 
 
 class ProtocolTimingConfig(_Section):

@@ -97,6 +97,8 @@ class EdgeDaemon:
         self._frame_times: deque[float] = deque(maxlen=50)
         self._camera_problem: str | None = None
         self._detections = 0
+        self._outbox: Outbox | None = None
+        self._next_expiry = 0.0
 
     # -- the application ----------------------------------------------------------------
 
@@ -121,6 +123,7 @@ class EdgeDaemon:
                         max_incidents=self.cfg.outbox.max_incidents,
                         max_bytes=self.cfg.outbox.max_bytes,
                         max_photo=self.cfg.protocol.max_photo_bytes) as outbox:
+                self._outbox = outbox
                 self.client = ProtocolClient.from_config(self.cfg, cipher=cipher, outbox=outbox)
                 self.gnss = open_gnss(self.settings.gnss)
                 self.gnss.start()
@@ -239,10 +242,31 @@ class EdgeDaemon:
             if not ready and flowing and self.client.connected:
                 ready = True
                 self.notifier.ready(self._status_text(flowing, age))
+            self._expire_old_incidents()
             text = self._status_text(flowing, age)
             if text != last_status:
                 self.notifier.status(text)
                 last_status = text
+
+    #: Seconds between two retention passes over the outbox.
+    EXPIRY_EVERY_S = 60.0
+
+    def _expire_old_incidents(self) -> None:
+        """Retention (``[outbox] max_age_hours``): incidents never delivered are not kept
+        for ever on the pole."""
+        max_age_h = self.cfg.outbox.max_age_hours
+        now = time.monotonic()
+        if self._outbox is None or max_age_h <= 0 or now < self._next_expiry:
+            return
+        self._next_expiry = now + self.EXPIRY_EVERY_S
+        try:
+            gone = self._outbox.expire(int(max_age_h * 3600_000))
+        except OutboxError as exc:
+            log.error("retention: old incidents not expired: %s", exc)
+            return
+        if gone:
+            log.warning("retention: %d incident(s) older than %g h deleted undelivered: %s",
+                        len(gone), max_age_h, ", ".join(c.hex() for c in gone))
 
     def _status_text(self, flowing: bool, age: float | None) -> str:
         assert self.client is not None

@@ -392,6 +392,29 @@ class Outbox:
             self._refusing = False
         return bool(n)
 
+    def expire(self, max_age_ms: int) -> list[bytes]:
+        """Retention: forget incidents stored longer ago than ``max_age_ms`` (delivered
+        or not, damaged included: a photo of a person is not kept for ever on a pole
+        that cannot reach its server); their capture ids, oldest first.
+
+        ``OutboxDiskFull`` if even the deletion finds no room: nothing was removed, the
+        caller tries again later.
+        """
+        cutoff = self._clock() - max_age_ms
+        try:
+            with self._write() as db:
+                gone = [bytes(r[0]) for r in db.execute(
+                    "SELECT cid FROM incidents WHERE stored_at < ? ORDER BY seq", (cutoff,))]
+                db.execute("DELETE FROM incidents WHERE stored_at < ?", (cutoff,))
+        except (sqlite3.Error, OSError) as exc:
+            if _is_disk_full(exc):
+                raise OutboxDiskFull(f"cannot expire old incidents in {self.path}: the disk "
+                                     "is full; free space on that filesystem") from None
+            raise OutboxError(f"cannot expire old incidents in {self.path}: {exc}") from None
+        if gone:
+            self._refusing = False
+        return gone
+
     def note_attempt(self, cid: bytes, error: str | None = None) -> None:
         """Count a delivery attempt (and why it failed), best effort: a full disk must not
         stop deliveries, so failures here are ignored."""

@@ -29,6 +29,7 @@ __all__ = [
     "HttpSection",
     "LimitsSection",
     "MetricsSection",
+    "RetentionSection",
     "ServerKey",
     "ServerTrust",
     "StoreKeySection",
@@ -166,6 +167,25 @@ class StoreKeySection(_Section):
     """``source = "pkcs11"``: label of the token key a new wrapped file is made under."""
 
 
+class RetentionSection(_Section):
+    """How long the ENC keeps what operators are done with; 0 keeps it for ever. A purge
+    runs every ``purge_every_minutes`` (and by ``citywatch enc purge``); each is one
+    ``purged`` audit entry (the audit trail itself is never purged)."""
+
+    dismissed_photo_hours: Annotated[float, Field(ge=0)] = 24.0
+    """Photos of alerts an operator dismissed (false alarms), this long after."""
+    closed_alert_days: Annotated[float, Field(ge=0)] = 30.0
+    """Alerts dispatched or dismissed, deleted with their photo this long after."""
+    purge_every_minutes: Annotated[float, Field(gt=0)] = 15.0
+    """How often the running ENC purges."""
+
+    def periods_ms(self) -> tuple[int | None, int | None]:
+        """(dismissed photos, closed alerts) in ms; None: kept for ever."""
+        photo = int(self.dismissed_photo_hours * 3600_000) or None
+        closed = int(self.closed_alert_days * 86400_000) or None
+        return photo, closed
+
+
 class MetricsSection(_Section):
     allow_from: list[Annotated[str, Field(min_length=1)]] = ["127.0.0.1/32", "::1/128"]
     """Networks whose requests ``GET /metrics`` answers; any other gets 404."""
@@ -201,6 +221,7 @@ class _FileModel(_Section):
     cap: CapSection = CapSection()
     metrics: MetricsSection = MetricsSection()
     store_key: StoreKeySection = StoreKeySection()
+    retention: RetentionSection = RetentionSection()
 
     @field_validator("servers")
     @classmethod
@@ -250,6 +271,8 @@ class EncConfig:
     """Who may read ``/metrics``."""
     store_key: StoreKeySection
     """Where the store key is kept; its paths are absolute here."""
+    retention: RetentionSection
+    """How long closed alerts and dismissed photos are kept."""
 
     @property
     def base_url(self) -> str:
@@ -334,7 +357,8 @@ def config_from_mapping(raw: dict[str, Any], *, source: Path | None) -> EncConfi
     )
     return EncConfig(source=source, data_dir=data_dir, database_url=url, http=http,
                      servers=servers, limits=m.limits, dashboard=m.dashboard, cap=m.cap,
-                     metrics=m.metrics, store_key=m.store_key.model_copy(update={
+                     metrics=m.metrics, retention=m.retention,
+                     store_key=m.store_key.model_copy(update={
                          k: str(resolve_in_data(getattr(m.store_key, k)))
                          for k in ("file", "wrapped_file", "pin_file")}))
 

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import secrets
 import socket
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from urllib.parse import urlsplit
 
@@ -29,6 +30,7 @@ from httpserve import request_deadline
 
 from ._config import EncConfig
 from ._dashboard import Dashboard, HttpHardening, dashboard_lifespan
+from ._errors import EncError
 from ._keys import open_alert_store
 from ._live import LiveFeed
 from ._metrics import EncMetrics, RequestCounter
@@ -161,7 +163,27 @@ class _Server(uvicorn.Server):
 
 
 class EncService:
-    """The ENC process: store + app + listener."""
+    """The ENC process: store + app + listener + retention."""
+
+    async def _purge_loop(self, stop: asyncio.Event) -> None:
+        """``[retention]`` applied every ``purge_every_minutes``; a failed purge (a full
+        disk) changes nothing and is tried again next time."""
+        r = self.config.retention
+        metrics = self.app.state.metrics
+        while not stop.is_set():
+            try:
+                report = await asyncio.to_thread(self.store.purge, r.periods_ms(),
+                                                 now=time.time_ns() // 1_000_000)
+            except EncError as exc:
+                log.error("retention purge failed, nothing was removed: %s", exc)
+            else:
+                if report.total:
+                    metrics.purged.labels("photo").inc(len(report.photos))
+                    metrics.purged.labels("alert").inc(len(report.alerts))
+                    log.info("retention: %d dismissed alert photo(s) and %d closed alert(s) "
+                             "deleted", len(report.photos), len(report.alerts))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=r.purge_every_minutes * 60)
 
     def __init__(self, config: EncConfig) -> None:
         self.config = config
@@ -188,6 +210,7 @@ class EncService:
         stopper = asyncio.create_task(stop.wait(), name="stop")
         # WATCHDOG=1 from this loop: a stuck loop (not only a dead process) is restarted.
         keeper = asyncio.create_task(WatchdogKeeper(self.notifier).run(stop), name="watchdog")
+        purging = asyncio.create_task(self._purge_loop(stop), name="retention")
         try:
             await asyncio.wait([serving, stopper], return_when=asyncio.FIRST_COMPLETED)
             server.should_exit = True
@@ -195,5 +218,5 @@ class EncService:
         finally:
             stop.set()
             stopper.cancel()
-            await asyncio.gather(keeper, stopper, return_exceptions=True)
+            await asyncio.gather(keeper, stopper, purging, return_exceptions=True)
             self.store.close()

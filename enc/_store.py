@@ -23,7 +23,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import Engine, create_engine, func, select
+from sqlalchemy import Engine, create_engine, delete, func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -35,7 +35,7 @@ from storage import sqlite_engine
 from ._errors import NotFound, StoreError
 from ._schema import AlertRow, AuditRow, PhotoRow
 
-__all__ = ["Alert", "AlertStatus", "AlertStore", "AuditEntry", "migrate"]
+__all__ = ["Alert", "AlertStatus", "AlertStore", "AuditEntry", "PurgeReport", "migrate"]
 
 _MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
@@ -102,6 +102,26 @@ class Alert:
             "status": self.status.value, "status_at": self.status_at, "taken_by": self.taken_by,
             "escalated_at": self.escalated_at,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class PurgeReport:
+    """What one retention purge removed (or, in a dry run, would remove)."""
+
+    photos: tuple[str, ...]
+    """Dismissed alerts whose photo was deleted."""
+    alerts: tuple[str, ...]
+    """Closed alerts deleted with their photo."""
+    dry_run: bool
+    """Nothing was changed."""
+
+    @property
+    def total(self) -> int:
+        return len(self.photos) + len(self.alerts)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"dry_run": self.dry_run, "photos": list(self.photos),
+                "alerts": list(self.alerts)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,6 +324,43 @@ class AlertStore:
             if r is None:
                 raise NotFound(f"no alert {incident_id!r}")
             return self._open_photo(incident_id, bytes(r.jpeg))
+
+    # -- retention ------------------------------------------------------------------
+
+    def purge(self, periods_ms: tuple[int | None, int | None], *, now: int,
+              dry_run: bool = False, actor: str = "enc:retention") -> PurgeReport:
+        """Delete the photos of alerts dismissed longer ago than the first period and
+        the alerts closed (dispatched or dismissed) longer ago than the second (None:
+        kept for ever), in one transaction with one ``purged`` audit entry. Alerts still
+        new or acknowledged are never touched; neither is the audit trail."""
+        photo_ms, closed_ms = periods_ms
+        closed = (AlertStatus.DISPATCHED.value, AlertStatus.DISMISSED.value)
+        with self.transaction(write=not dry_run) as s:
+            alerts: list[str] = []
+            if closed_ms is not None:
+                alerts = list(s.scalars(select(AlertRow.incident_id).where(
+                    AlertRow.status.in_(closed), AlertRow.status_at <= now - closed_ms)
+                    .order_by(AlertRow.incident_id)))
+            photos: list[str] = []
+            if photo_ms is not None:
+                photos = [i for i in s.scalars(
+                    select(PhotoRow.incident_id).join(
+                        AlertRow, AlertRow.incident_id == PhotoRow.incident_id)
+                    .where(AlertRow.status == AlertStatus.DISMISSED.value,
+                           AlertRow.status_at <= now - photo_ms)
+                    .order_by(PhotoRow.incident_id)) if i not in set(alerts)]
+            report = PurgeReport(tuple(photos), tuple(alerts), dry_run)
+            if dry_run or not report.total:
+                return report
+            for i in range(0, report.total, 500):
+                chunk = [*photos, *alerts][i:i + 500]
+                s.execute(delete(PhotoRow).where(PhotoRow.incident_id.in_(chunk)))
+            for i in range(0, len(alerts), 500):
+                s.execute(delete(AlertRow).where(AlertRow.incident_id.in_(alerts[i:i + 500])))
+            self.audit(s, at=now, incident_id=None, actor=actor, action="purged",
+                       detail={"photos": len(photos), "alerts": len(alerts),
+                               "ids": sorted([*photos, *alerts])[:1000]})
+        return report
 
     # -- sealed at rest -------------------------------------------------------------
 

@@ -169,6 +169,30 @@ def _cap(args: argparse.Namespace) -> int:
     return 0
 
 
+def _purge(args: argparse.Namespace) -> int:
+    config = _config(args)
+    store = _store(config)
+    try:
+        report = store.purge(config.retention.periods_ms(), now=_now(), dry_run=args.dry_run,
+                             actor="cli")
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+        return 0
+    r = config.retention
+    verb = "would be" if report.dry_run else "were"
+    print(f"{len(report.photos)} photo(s) of dismissed alerts {verb} deleted "
+          f"({r.dismissed_photo_hours:g} h after the dismissal)")
+    print("".join(f"  {i}\n" for i in report.photos), end="")
+    print(f"{len(report.alerts)} closed alert(s) {verb} deleted "
+          f"({r.closed_alert_days:g} days after dispatch or dismissal)")
+    print("".join(f"  {i}\n" for i in report.alerts), end="")
+    if report.total and not report.dry_run:
+        print("recorded in the audit trail as purged")
+    return 0
+
+
 def _add_config_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, metavar="FILE", help="the ENC's TOML config")
 
@@ -213,6 +237,14 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("incident_id", metavar="ID", help="the alert's incident id")
     p.add_argument("--out", metavar="FILE", help="write it here instead of standard output")
     p.set_defaults(func=_cap)
+
+    p = sub.add_parser("purge", help="delete closed alerts and dismissed alerts' photos "
+                       "past their retention period")
+    _add_config_arg(p)
+    p.add_argument("--dry-run", action="store_true",
+                   help="only show what would be deleted; change nothing")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=_purge)
 
     p = sub.add_parser("config", help="example config, check a config")
     csub = p.add_subparsers(dest="config_command", metavar="COMMAND", required=True)
