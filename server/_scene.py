@@ -2,8 +2,7 @@
 
 ``SceneReader.read(rgb)`` finds people with two detectors of different families, so that
 one's blind spot is covered by the other: the BlazePose detector (any rotation, keyed on
-the head; on a tiled pass as well for people far away, and on the photo upside down) and
-MoveNet on the photo and on
+the head; on a tiled pass as well for people far away) and MoveNet on the photo and on
 the photo turned by 90 degrees either way (MoveNet was trained on upright people; a
 person lying across the picture stands upright in the turned one). Each candidate is
 then read by the BlazePose landmark model on a crop turned so the body stands upright;
@@ -135,10 +134,6 @@ class SceneReader:
         h, w = rgb.shape[:2]
         tiles = 2 if max(h, w) >= self.tiles_from else 1
         candidates = self._detector.detect(rgb, tiles=tiles)
-        # And on the photo upside down: a person lying with the head towards the camera
-        # is upside down in the picture, which the detector finds far better turned.
-        candidates += [_turned_back(d, w, h)
-                       for d in self._detector.detect(np.ascontiguousarray(rgb[::-1, ::-1]))]
         candidates += [_from_movenet(pose.keypoints, pose.bbox, w, h)
                        for pose in self._movenet.detect(rgb)]
         people: list[BodyGeometry] = []
@@ -155,17 +150,6 @@ class SceneReader:
             elif body.presence > people[same].presence:
                 people[same] = body
         return people
-
-
-def _turned_back(d: PersonDetection, w: int, h: int) -> PersonDetection:
-    """A detection made on the photo turned by 180 degrees, in the photo's coordinates."""
-    def back(p: tuple[float, float]) -> tuple[float, float]:
-        return (w - p[0], h - p[1])
-
-    x0, y0, x1, y1 = d.box
-    return PersonDetection(score=d.score, box=(w - x1, h - y1, w - x0, h - y0),
-                           hips=back(d.hips), body_point=back(d.body_point),
-                           shoulders=back(d.shoulders))
 
 
 def _from_movenet(kp: npt.NDArray[np.float32], bbox: tuple[float, float, float, float],
