@@ -172,22 +172,37 @@ def test_device_state_changes_reach_the_running_server(setup: ServerSetup,
     asyncio.run(scenario())
 
 
-def test_photos_of_nobody_are_dismissed_and_the_sender_blocked(tmp_path: Path,
-                                                               broker: Broker) -> None:
+def _one_pole_reports(tmp_path: Path, broker: Broker, photo: bytes, count: int
+                      ) -> ServerProcess:
+    """A server (ENC unreachable, blocking after 2 dismissals, no fusion) with one pole in
+    a monitored zone that reports ``photo`` ``count`` times with its own score 0.05;
+    returns the running server once every report has its decision."""
     setup = make_server(tmp_path, broker, enc_url="http://127.0.0.1:9",
-                        verification={"block_after_dismissed": 2})
+                        verification={"block_after_dismissed": 2, "fuse_within_m": 0})
     bundle = setup.add_device("pole-1", "z")
     server = ServerProcess(setup).start()
+    server.api("POST", "/v1/windows/z/open", json={"until": "2099-01-01T00:00:00Z"})
+
+    async def scenario() -> None:
+        async with SimulatedDevice(bundle) as d:
+            await d.wait_for_window(timeout=10)
+            for _ in range(count):
+                await d.report(photo, HERE, 0.05, "fall", timeout=10)
+
     try:
-        server.api("POST", "/v1/windows/z/open", json={"until": "2099-01-01T00:00:00Z"})
-
-        async def scenario() -> None:
-            async with SimulatedDevice(bundle) as d:
-                await d.wait_for_window(timeout=10)
-                for _ in range(2):
-                    await d.report(jpeg((320, 240)), HERE, 0.05, "fall", timeout=10)
-
         asyncio.run(scenario())
+        wait_until(lambda: len([i for i in server.api("GET", "/v1/incidents").json()
+                                if i["decision"]]) == count, timeout=20, what="decisions")
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def test_photos_of_nobody_are_dismissed_and_the_sender_blocked(tmp_path: Path,
+                                                               broker: Broker) -> None:
+    server = _one_pole_reports(tmp_path, broker, jpeg((320, 240)), 2)
+    try:
         wait_until(lambda: server.api("GET", "/v1/devices/pole-1").json()["blocked"],
                    timeout=10, what="device blocked")
         incidents = server.api("GET", "/v1/incidents").json()
@@ -205,22 +220,8 @@ def test_a_device_reporting_real_people_is_not_blocked_even_with_low_own_scores(
         tmp_path: Path, broker: Broker) -> None:
     # The blocking rule runs on the server's own scores: a pole whose pre-screen is unsure
     # (0.05) but whose photos show a person lying is right, and stays unblocked.
-    setup = make_server(tmp_path, broker, enc_url="http://127.0.0.1:9",
-                        verification={"block_after_dismissed": 2, "fuse_within_m": 0})
-    bundle = setup.add_device("pole-1", "z")
-    server = ServerProcess(setup).start()
+    server = _one_pole_reports(tmp_path, broker, fall_photo(), 3)
     try:
-        server.api("POST", "/v1/windows/z/open", json={"until": "2099-01-01T00:00:00Z"})
-
-        async def scenario() -> None:
-            async with SimulatedDevice(bundle) as d:
-                await d.wait_for_window(timeout=10)
-                for _ in range(3):
-                    await d.report(fall_photo(), HERE, 0.05, "fall", timeout=10)
-
-        asyncio.run(scenario())
-        wait_until(lambda: all(i["decision"] for i in server.api("GET", "/v1/incidents").json()),
-                   timeout=20, what="decisions")
         incidents = server.api("GET", "/v1/incidents").json()
         assert len(incidents) == 3
         assert {i["decision"] for i in incidents} == {"dangerous"}
