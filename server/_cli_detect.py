@@ -19,7 +19,7 @@ from edge import (
 
 from ._config import VerificationConfig, load_config
 from ._errors import UsageError, VerifierModelError
-from ._eval import evaluate_photos
+from ._eval import evaluate_clips, evaluate_photos
 from ._models import SERVER_MODEL_PINS, VerifierModels
 from ._verify import PoseVerifier, VerifierSettings
 
@@ -74,6 +74,31 @@ def register_detection(sub: argparse._SubParsersAction[argparse.ArgumentParser])
                     help="also list the flagged images (not with --json)")
     ev.set_defaults(func=_eval)
 
+    ec = sub.add_parser(
+        "eval-clips", help="the two stages on labelled video clips, as a pole runs them",
+        description="Plays each clip listed in a CSV (columns file and label) through the "
+        "pole's pre-screen; at each report its frame is the snapshot, scored by the "
+        "server's photo check with the report's own score and label. Prints per label "
+        "the clips, those the pole reported and those the server then called dangerous.")
+    ec.add_argument("clips", type=Path, metavar="DIR", help="folder of the clips")
+    ec.add_argument("--labels", type=Path, required=True, metavar="CSV",
+                    help="labels CSV (file names relative to DIR); a relative path that does "
+                         "not exist is also looked for in DIR")
+    ec.add_argument("--json", action="store_true",
+                    help='one JSON object {"labels": {LABEL: {"n", "flagged"}}, "edge", '
+                         '"threshold", "curve"}')
+    ec.add_argument("--fps", type=float, default=10.0, help="frames per second played")
+    ec.add_argument("--hold", type=float, default=0.0,
+                    help="seconds the last frame is held (someone who stays down)")
+    ec.add_argument("--edge-config", type=Path, default=None,
+                    help="TOML pre-screen configuration (its [prescreen] table if it has one)")
+    ec.add_argument("--server-config", type=Path, default=None,
+                    help="server config whose [verification] settings to use")
+    ec.add_argument("--threshold", type=float, default=None,
+                    help="decision threshold (default: the configured one)")
+    ec.add_argument("--models-dir", type=Path, default=None, help="models folder")
+    ec.set_defaults(func=_eval_clips)
+
 
 def _models_install(args: argparse.Namespace) -> int:
     try:
@@ -100,36 +125,44 @@ def _models_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _eval(args: argparse.Namespace) -> int:
-    labels = args.labels
-    if not labels.is_absolute() and not labels.exists() and (args.images / labels).exists():
-        labels = args.images / labels
+def _labels_path(folder: Path, labels: Path) -> Path:
+    if not labels.is_absolute() and not labels.exists() and (folder / labels).exists():
+        return folder / labels
+    return labels
+
+
+def _settings(args: argparse.Namespace) -> VerifierSettings:
     v = (load_config(args.server_config).verification if args.server_config is not None
          else VerificationConfig())
     threshold = v.threshold if args.threshold is None else args.threshold
     if not 0.0 <= threshold <= 1.0:
         raise UsageError(f"--threshold {threshold} is not within 0..1")
-    settings = VerifierSettings(threshold=threshold, uncertainty_band=v.uncertainty_band,
-                                min_width=v.min_width, min_height=v.min_height,
-                                max_pixels=v.max_pixels, long_side=v.analysis_long_side,
-                                device_weight=v.device_weight)
+    return VerifierSettings(threshold=threshold, uncertainty_band=v.uncertainty_band,
+                            min_width=v.min_width, min_height=v.min_height,
+                            max_pixels=v.max_pixels, long_side=v.analysis_long_side,
+                            device_weight=v.device_weight)
+
+
+def _prescreen_config(path: Path | None) -> PreScreenConfig:
+    if path is None:
+        return PreScreenConfig()
+    import tomllib
     try:
-        items = read_labels(labels, args.images)
+        has_table = "prescreen" in tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        has_table = False  # load_prescreen_config says what is wrong
+    return load_prescreen_config(path, "prescreen" if has_table else None)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    try:
+        items = read_labels(_labels_path(args.images, args.labels), args.images)
         verifier = PoseVerifier(VerifierModels(args.models_dir), settings)
-        prescreen = None
-        if args.after_edge:
-            config = PreScreenConfig()
-            if args.edge_config is not None:
-                import tomllib
-                try:
-                    has_table = "prescreen" in tomllib.loads(
-                        args.edge_config.read_text(encoding="utf-8"))
-                except (OSError, ValueError):
-                    has_table = False  # load_prescreen_config says what is wrong
-                config = load_prescreen_config(args.edge_config,
-                                               "prescreen" if has_table else None)
-            prescreen = PreScreen.from_config(config)
-        report = evaluate_photos(items, verifier, threshold=threshold, prescreen=prescreen)
+        prescreen = (PreScreen.from_config(_prescreen_config(args.edge_config))
+                     if args.after_edge else None)
+        report = evaluate_photos(items, verifier, threshold=settings.threshold,
+                                 prescreen=prescreen)
     except ModelError as exc:
         raise VerifierModelError(f"photo check: {exc}") from None
     except EdgeError as exc:
@@ -140,4 +173,22 @@ def _eval(args: argparse.Namespace) -> int:
         print(report.format_table())
         if args.show_flagged:
             print("flagged: " + (", ".join(report.flagged_files) or "none"))
+    return 0
+
+
+def _eval_clips(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if not 0.5 <= args.fps <= 60:
+        raise UsageError(f"--fps {args.fps} is not within 0.5..60")
+    try:
+        items = read_labels(_labels_path(args.clips, args.labels), args.clips)
+        verifier = PoseVerifier(VerifierModels(args.models_dir), settings)
+        config = _prescreen_config(args.edge_config)
+        report = evaluate_clips(items, lambda: PreScreen.from_config(config), verifier,
+                                threshold=settings.threshold, fps=args.fps, hold=args.hold)
+    except ModelError as exc:
+        raise VerifierModelError(f"photo check: {exc}") from None
+    except EdgeError as exc:
+        raise UsageError(str(exc)) from None
+    print(json.dumps(report.to_json()) if args.json else report.format_table())
     return 0

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,8 @@ from edge import EvalError, LabelledImage, PreScreen
 
 from ._verify import PhotoVerifier
 
-__all__ = ["CURVE_THRESHOLDS", "PhotoEvalReport", "evaluate_photos"]
+__all__ = ["CURVE_THRESHOLDS", "ClipEvalReport", "PhotoEvalReport", "evaluate_clips",
+           "evaluate_photos"]
 
 CURVE_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
@@ -122,10 +123,9 @@ def evaluate_photos(items: Sequence[LabelledImage], verifier: PhotoVerifier, *,
             counts.edge += 1
             if assessment.person_down:
                 device_score, device_label = assessment.score, "person_down"
-            else:
-                # A close group: one frame has no motion, so no fight score of its own;
-                # the server gets the lowest score a pole reports a fight with.
-                device_score, device_label = 0.5, "fight"
+            # A close group alone: one frame has no motion, so the pole has no fight to
+            # report yet, and the server judges the photo on its own (``eval-clips``
+            # measures fights the way the pole reports them).
         photo = _jpeg_bytes(item.path)
         t0 = time.perf_counter()
         verdict = verifier.score(photo, device_score=device_score, device_label=device_label)
@@ -138,3 +138,92 @@ def evaluate_photos(items: Sequence[LabelledImage], verifier: PhotoVerifier, *,
     return PhotoEvalReport(labels, threshold, prescreen is not None,
                            1000 * statistics.median(times) if times else 0.0,
                            tuple(flagged_files))
+
+
+@dataclass(frozen=True)
+class ClipEvalReport:
+    """The result of ``evaluate_clips``: per label, clips, clips the pole reported, clips
+    the server then called dangerous."""
+
+    labels: dict[str, _Counts]
+    threshold: float
+    flagged_files: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "labels": {k: {"n": c.n, "flagged": c.flagged} for k, c in self.labels.items()},
+            "edge": {k: {"n": c.n, "flagged": c.edge} for k, c in self.labels.items()},
+            "threshold": self.threshold,
+            "curve": [{"threshold": t, "labels": {k: c.at[t] for k, c in self.labels.items()}}
+                      for t in CURVE_THRESHOLDS],
+        }
+
+    def format_table(self) -> str:
+        width = max([len("label"), *(len(k) for k in self.labels)])
+        lines = [f"{'label':<{width}}  {'clips':>5}  {'pole':>5}  {'flagged':>7}  {'rate':>6}"]
+        for label, c in self.labels.items():
+            rate = c.flagged / c.n if c.n else 0.0
+            lines.append(f"{label:<{width}}  {c.n:>5}  {c.edge:>5}  {c.flagged:>7}  {rate:>6.1%}")
+        lines.append(f"threshold {self.threshold:.2f}; pole: the pre-screen reported during "
+                     "the clip; flagged: the server then called its snapshot dangerous")
+        return "\n".join(lines)
+
+
+def evaluate_clips(items: Sequence[LabelledImage], make_prescreen: Callable[[], PreScreen],
+                   verifier: PhotoVerifier, *, threshold: float, fps: float = 10.0,
+                   hold: float = 0.0) -> ClipEvalReport:
+    """The two stages on video clips, as a pole runs them: each clip plays through a fresh
+    pre-screen at ``fps`` (its last frame held ``hold`` seconds); at each report the frame
+    is the snapshot, and the server scores it with the report's score and label. A clip
+    counts as flagged when the server calls one of its reports dangerous."""
+    labels: dict[str, _Counts] = {}
+    flagged_files: list[str] = []
+    for item in items:
+        counts = labels.setdefault(item.label, _Counts(at={t: 0 for t in CURVE_THRESHOLDS}))
+        counts.n += 1
+        prescreen = make_prescreen()
+        best = -1.0
+        reported = False
+        for frame, t in _clip_frames(item.path, fps, hold):
+            for detection in prescreen.process(frame, t).detections:
+                reported = True
+                ok, buf = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 85])
+                if not ok:
+                    continue
+                verdict = verifier.score(bytes(buf.tobytes()), device_score=detection.score,
+                                         device_label=detection.label)
+                best = max(best, verdict.score)
+        counts.edge += reported
+        for t in CURVE_THRESHOLDS:
+            counts.at[t] += best >= t
+        if best >= threshold:
+            counts.flagged += 1
+            flagged_files.append(item.path.name)
+    return ClipEvalReport(labels, threshold, tuple(flagged_files))
+
+
+def _clip_frames(path: Path, fps: float, hold: float) -> Iterator[
+        tuple[npt.NDArray[np.uint8], float]]:
+    capture = cv2.VideoCapture(str(path))
+    if not capture.isOpened():
+        raise EvalError(f"{path} cannot be opened by OpenCV")
+    native = capture.get(cv2.CAP_PROP_FPS) or 25.0
+    every = max(1, round(native / fps))
+    index = 0
+    last: npt.NDArray[np.uint8] | None = None
+    try:
+        while True:
+            ok, frame = capture.read()
+            if not ok:
+                break
+            if index % every == 0:
+                last = np.asarray(frame, dtype=np.uint8)
+                yield last, index / native
+            index += 1
+    finally:
+        capture.release()
+    if last is None:
+        raise EvalError(f"{path} has no frames OpenCV can read")
+    t = index / native
+    for k in range(round(hold * fps)):
+        yield last, t + k / fps

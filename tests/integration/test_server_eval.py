@@ -89,3 +89,33 @@ def test_the_server_will_not_start_without_its_models(tmp_path: Path) -> None:
     assert "citywatch server models install" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "var").exists()  # nothing was created before the check
+
+
+def test_eval_clips_runs_both_stages_on_a_real_fall_and_on_someone_sitting(
+        tmp_path: Path) -> None:
+    import cv2
+
+    from citywatch._footage import DEMO_FALL
+
+    # The first 1.5 s of the footage: someone sitting on a chair, nothing to report.
+    capture = cv2.VideoCapture(str(DEMO_FALL))
+    fps = capture.get(cv2.CAP_PROP_FPS)
+    ok, frame = capture.read()
+    writer = cv2.VideoWriter(str(tmp_path / "sitting.mp4"), cv2.VideoWriter_fourcc(*"mp4v"),
+                             fps, (frame.shape[1], frame.shape[0]))
+    for _ in range(int(1.5 * fps)):
+        writer.write(frame)
+        ok, frame = capture.read()
+    writer.release()
+    capture.release()
+    (tmp_path / "fall.mp4").write_bytes(DEMO_FALL.read_bytes())
+    (tmp_path / "labels.csv").write_text("file,label\nfall.mp4,fall\nsitting.mp4,sitting\n")
+    proc = subprocess.run([sys.executable, "-m", "citywatch", "server", "eval-clips",
+                           str(tmp_path), "--labels", "labels.csv", "--json", "--hold", "8"],
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["edge"]["fall"] == {"n": 1, "flagged": 1}      # the pole reported the fall
+    assert out["labels"]["fall"] == {"n": 1, "flagged": 1}    # and the server confirmed it
+    assert out["edge"]["sitting"]["flagged"] == 0
+    assert out["labels"]["sitting"]["flagged"] == 0
