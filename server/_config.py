@@ -158,7 +158,7 @@ class EncConfig(_Section):
 
 
 class VerificationConfig(_Section):
-    threshold: float = Field(0.7, ge=0.0, le=1.0)
+    threshold: float = Field(0.6, ge=0.0, le=1.0)
     """Incidents whose server score is at or above this go to the ENC (docs/detection.md
     shows recall and false alarms at other thresholds)."""
     uncertainty_band: float = Field(0.1, ge=0.0, le=0.5)
@@ -195,7 +195,7 @@ class VerificationConfig(_Section):
     """Photos with more pixels are refused before they are decoded (decompression bombs)."""
     analysis_long_side: int = Field(960, ge=224, le=4096)
     """Photos are analysed with their long side scaled down to at most this."""
-    device_weight: float = Field(0.1, ge=0.0, le=0.5)
+    device_weight: float = Field(0.3, ge=0.0, le=0.5)
     """How far the device's own score moves the server's (by up to half this either
     way), when the photo shows a person; a photo of nobody scores 0 whatever the device
     says."""
@@ -461,7 +461,7 @@ concurrency = 4
 [verification]
 # Incidents whose server score is >= threshold go to the ENC; the others are dismissed
 # (docs/detection.md: recall and false alarms at other thresholds).
-threshold = 0.7
+threshold = 0.6
 # Scores within this of the threshold are flagged uncertain for the ENC operator.
 uncertainty_band = 0.1
 # Photos smaller than this are unusable (score 0).
@@ -473,7 +473,7 @@ models_dir = ""
 workers = 1                   # processes checking photos (~100 ms of one core each); 0: in-process
 max_pixels = 24000000         # larger photos are refused before decoding
 analysis_long_side = 960      # photos are analysed at most this large
-device_weight = 0.1           # how far the device's own score moves the server's
+device_weight = 0.3           # how far the device's own score moves the server's
 # Block a device after this many dismissed reports within dismissed_period_s (0: never).
 block_after_dismissed = 5
 dismissed_period_s = 3600
