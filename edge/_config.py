@@ -48,6 +48,7 @@ PathLike = Annotated[Path, Field(strict=False)]
 CameraSection = dict[str, Any]
 GnssSection = dict[str, Any]
 PreScreenSection = dict[str, Any]
+PrivacySection = dict[str, Any]
 
 _ALGS = {"A128GCM": ALG_A128GCM, "A256GCM": ALG_A256GCM}
 _TOPIC_PREFIX = r"^[A-Za-z0-9_/-]{1,64}$"
@@ -213,6 +214,9 @@ class EdgeConfig(_Section):
     """GNSS driver settings."""
     prescreen: PreScreenSection = Field(default_factory=dict)
     """Pre-screen (pose model and decision) settings."""
+    privacy: PrivacySection = Field(default_factory=dict)
+    """Privacy masks (``[[privacy.masks]]``, checked by ``edge._privacy.PrivacyConfig``):
+    regions blacked out in every frame and snapshot."""
 
     source: PathLike | None = Field(default=None, exclude=True)
     """The file this was read from (set by ``load_config``)."""

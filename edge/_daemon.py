@@ -38,11 +38,15 @@ from ._config import EdgeConfig, EdgeConfigError, config_errors
 from ._errors import EdgeError
 from ._outbox import OUTBOX_FILE, Outbox, OutboxError
 from ._prescreen import PreScreen, PreScreenConfig
+from ._privacy import MaskedCamera, PrivacyConfig, PrivacyMask
 from ._state import DetectionStatus, PipelineStatus, wall_ms
 
 __all__ = ["EdgeDaemon", "PipelineSettings"]
 
 log = logging.getLogger("citywatch.edge")
+
+
+_NO_MASKS = PrivacyConfig()
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,7 @@ class PipelineSettings:
     gnss: Any
     prescreen: PreScreenConfig
     position: FixedPosition
+    privacy: PrivacyConfig = _NO_MASKS
 
     @classmethod
     def from_config(cls, cfg: EdgeConfig, *, name: str, base_dir: Path | None) -> PipelineSettings:
@@ -60,7 +65,8 @@ class PipelineSettings:
         sections: dict[str, Any] = {}
         for key, parse in (("camera", lambda d: parse_camera_config(d, base_dir=base_dir)),
                            ("gnss", parse_gnss_config),
-                           ("prescreen", PreScreenConfig.model_validate)):
+                           ("prescreen", PreScreenConfig.model_validate),
+                           ("privacy", PrivacyConfig.model_validate)):
             data = getattr(cfg, key)
             if key == "gnss" and not data:
                 data = {"driver": "none"}
@@ -74,7 +80,7 @@ class PipelineSettings:
                     f"{name}: ", f"{name}: {key}.")) from None
         pos = cfg.position
         return cls(camera=sections["camera"], gnss=sections["gnss"],
-                   prescreen=sections["prescreen"],
+                   prescreen=sections["prescreen"], privacy=sections["privacy"],
                    position=FixedPosition(lat=pos.lat, lon=pos.lon, alt=pos.alt, acc=None))
 
 
@@ -127,7 +133,11 @@ class EdgeDaemon:
                 self.client = ProtocolClient.from_config(self.cfg, cipher=cipher, outbox=outbox)
                 self.gnss = open_gnss(self.settings.gnss)
                 self.gnss.start()
-                self.camera = open_camera(self.settings.camera)
+                # Masks where frames leave the camera: nothing after it sees a masked pixel.
+                self.camera = MaskedCamera(
+                    open_camera(self.settings.camera),
+                    PrivacyMask.from_config(self.settings.privacy),
+                    jpeg_quality=getattr(self.settings.camera, "jpeg_quality", 90))
                 try:
                     self.camera.start()
                 except CameraError as exc:

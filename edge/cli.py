@@ -46,6 +46,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     from ._cli_daemon import register_daemon_commands
 
     register_daemon_commands(sub)
+    from ._cli_privacy import register_privacy_commands
+
+    register_privacy_commands(sub)
 
 
 # -- models ---------------------------------------------------------------------------------
