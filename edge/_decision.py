@@ -218,8 +218,8 @@ class PersonDownRule:
 class FightRule:
     enabled: bool = True
     min_people: int = 2
-    max_distance: float = 1.5
-    min_limb_speed: float = 0.8
+    max_distance: float = 1.0
+    min_limb_speed: float = 1.2
     window_seconds: float = 2.0
     min_frames: int = 4
     min_motion_change: float | None = 0.08

@@ -210,14 +210,14 @@ class FightConfig(_Strict):
     enabled: bool = Field(default=True, description="false: never report fight.")
     min_people: int = Field(default=2, ge=2, le=6, description="People involved, at least.")
     max_distance: float = Field(
-        default=1.5, gt=0.0,
+        default=1.0, gt=0.0,
         description="Limbs cue: centres at most this many body lengths apart.")
     min_limb_speed: float = Field(
-        default=0.8, gt=0.0,
+        default=1.2, gt=0.0,
         description="Limbs cue: 75th percentile of the group's elbow and wrist speeds "
         "relative to the shoulders over the window, in body lengths per second. Measured "
-        "on surveillance clips: fights 0.74 (median clip), no fights 0.38; keypoint jitter "
-        "alone gives 0.3-0.4.")
+        "on surveillance clips (input 256, every person of the clip): fights 0.74 (median "
+        "clip), no fights 0.38; keypoint jitter alone gives 0.3-0.4.")
     window_seconds: float = Field(
         default=2.0, gt=0.0, description="Time the speeds and the motion are taken over.")
     min_frames: int = Field(
