@@ -115,6 +115,8 @@ def decide(verdict: Verdict, *, threshold: float) -> Decision:
 _MIN_PRESENCE = 0.55
 _MIN_TORSO_VISIBLE = 0.7
 _MAX_TORSO_SHARE = 0.35
+# Below this torso length (pixels of the analysed photo) the landmarks are guesses.
+_MIN_TORSO_PX = 20.0
 # Logistic weights over ``_down_features`` (head rise, sine of the body's tilt, ankle
 # drop) and bias; fitted by bench/fit_verifier.py on GMDCSA24 subjects 1-2 and the
 # lower-numbered half of the no-fight clips (docs/detection.md).
@@ -131,7 +133,7 @@ def _sigmoid(x: float) -> float:
 def usable(body: BodyGeometry, long_side: int) -> bool:
     """Whether a reading is trustworthy enough to score (see the constants above)."""
     return (body.presence >= _MIN_PRESENCE and body.torso_visible >= _MIN_TORSO_VISIBLE
-            and body.torso_px <= _MAX_TORSO_SHARE * long_side)
+            and _MIN_TORSO_PX <= body.torso_px <= _MAX_TORSO_SHARE * long_side)
 
 
 def _down_features(b: BodyGeometry) -> tuple[float, float, float]:
@@ -147,6 +149,11 @@ def _down_features(b: BodyGeometry) -> tuple[float, float, float]:
 def person_down_score(body: BodyGeometry, weights: Sequence[float] = _DOWN_WEIGHTS,
                       bias: float = _DOWN_BIAS) -> float:
     """How likely this person is lying or collapsed, 0..1."""
+    if (body.legs_visible >= 0.4 and (body.torso_tilt + body.body_tilt) / 2 > 55
+            and body.ankle_drop > 0.6):
+        # A body across the picture with the ankles well below the hips: someone bent
+        # forward (sitting, picking something up), or a walker read wrongly; not down.
+        return 0.0
     return _sigmoid(sum(w * f for w, f in zip(weights, _down_features(body), strict=True))
                     + bias)
 
