@@ -22,7 +22,7 @@ from alembic.config import Config as AlembicConfig
 from sqlalchemy import Engine, create_engine, delete, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from hardware._wrapped import SEAL_OVERHEAD, RecordSealer, SealedRecordError
@@ -828,6 +828,16 @@ class Store:
         ``(dismissed photos, alerted photos, incidents)`` in ms (None: kept for ever), in
         one transaction with one ``retention.purge`` audit entry. Never touched:
         incidents not decided yet, and alerts not delivered to the ENC."""
+        try:
+            return self._purge(periods_ms, dry_run=dry_run, actor=actor)
+        except SQLAlchemyError as exc:
+            # One transaction: whatever failed (a full disk), nothing was removed.
+            raise RegistryError(f"retention purge failed, nothing was removed: "
+                                f"{type(exc).__name__}: {exc.orig if hasattr(exc, 'orig') else exc}"
+                                ) from None
+
+    def _purge(self, periods_ms: tuple[int | None, int | None, int | None], *,
+               dry_run: bool, actor: str) -> PurgeReport:
         dismissed_photo_ms, alerted_photo_ms, incident_ms = periods_ms
         now = self._clock()
         has_photo = func.length(IncidentRow.photo) > 0

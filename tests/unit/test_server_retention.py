@@ -146,3 +146,42 @@ def test_purge_from_the_command_line(tmp_path: Path) -> None:
     [entry] = [e for e in store.audit_log(limit=10) if e.action == "retention.purge"]
     assert entry.actor.startswith("cli:") and entry.detail["ids"] == [dismissed]
     store.close()
+
+
+def test_a_purge_on_a_full_disk_removes_nothing_and_says_so(tmp_path: Path) -> None:
+    """A real 8 MiB tmpfs, filled: the purge's transaction fails whole."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m,mode=0700", "tmpfs",
+                           str(mnt)], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount an 8 MiB tmpfs ({done.stderr.strip()}): needs root")
+    try:
+        clock = Clock()
+        store = Store.open(f"sqlite:///{mnt / 'server.db'}", MasterKey(os.urandom(32)),
+                           clock=clock)
+        ids = [_incident(store, "dismissed") for _ in range(5)]
+        fd = os.open(mnt / "ballast", os.O_WRONLY | os.O_CREAT, 0o600)
+        try:  # fill what is left
+            while True:
+                os.write(fd, b"\0" * 4096)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        clock.now = T0 + 100 * DAY
+        from server._errors import RegistryError
+
+        try:
+            report = store.purge(PERIODS)
+        except RegistryError as exc:
+            assert "nothing was removed" in str(exc)
+            assert {i.id for i in store.list_incidents(limit=100)} == set(ids)
+            assert all(store.incident_photo(i) for i in ids)
+            (mnt / "ballast").unlink()
+            report = store.purge(PERIODS)
+        assert sorted(report.incidents) == sorted(ids)
+        assert store.list_incidents(limit=100) == []
+        store.close()
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
