@@ -120,3 +120,15 @@ def test_outside_systemd_it_runs_and_sends_nothing(monkeypatch: pytest.MonkeyPat
     keeper = WatchdogKeeper(ServiceNotifier(backend="socket"), environ={})
     assert keeper.beat() is True
     assert keeper.fed == 0
+
+
+def test_a_service_manager_that_does_not_read_never_blocks_the_sender(
+        notify_socket: NotifySocket) -> None:
+    """A unix datagram queue holds a few messages (net.unix.max_dgram_qlen); past that a
+    blocking send would stall the event loop that feeds the watchdog."""
+    notifier = ServiceNotifier(backend="socket")
+    # A blocking send would hang here on the first message past the queue's length.
+    delivered = [notifier.watchdog() for _ in range(2000)]
+    assert delivered[0] is True
+    assert delivered[-1] is False  # the queue is full: dropped, not waited for
+    assert len(notify_socket.pending()) == sum(delivered)
