@@ -87,7 +87,8 @@ class SceneFootage:
 
 
 def _write_jpeg(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(".tmp")
+    # Whole files only, also when two runs prepare the same cache folder at once.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_bytes(data)
     tmp.replace(path)
 
