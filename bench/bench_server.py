@@ -130,8 +130,8 @@ async def echo_ceiling(broker: Broker, *, concurrency: int, rounds: int, big: in
 
 
 async def contact_run(bundles: list[ProvisioningBundle], broker: Broker, enc: EncStub, *,
-                      reports: int, photos: list[bytes], nodelay: bool, timeout: float
-                      ) -> tuple[int, float, list[float], float]:
+                      reports: int, photos: list[bytes], nodelay: bool, timeout: float,
+                      lon_offset: float = 0.0) -> tuple[int, float, list[float], float]:
     """Contacts done, seconds they took, C1->N2 latencies, N2 answered per second."""
     links = [MqttLink(host=broker.host, port=broker.port, client_id=f"bench-{i}-{os.getpid()}",
                       topic_prefix="citywatch/v1", tcp_nodelay=nodelay, shared=True)
@@ -149,9 +149,11 @@ async def contact_run(bundles: list[ProvisioningBundle], broker: Broker, enc: En
         for r in range(reports):
             cid = secrets.token_bytes(16)
             started[p.incident_id_for(d.kid, cid)] = time.perf_counter()
-            # Every report ~200 m from every other: each is a scene of its own, so the
-            # server's fusion looks for neighbours and finds none; each reaches the ENC.
-            where = p.Coords(lat=HERE.lat + 0.002 * i, lon=HERE.lon + 0.003 * r, alt=None,
+            # Every report ~200 m from every other (and each run's a degree of longitude
+            # from the previous run's): each is a scene of its own, so the server's fusion
+            # looks for neighbours and finds none; each reaches the ENC.
+            where = p.Coords(lat=HERE.lat + 0.002 * i,
+                             lon=HERE.lon + lon_offset + 0.003 * r, alt=None,
                              acc=HERE.acc, src=HERE.src)
             await d.report(photos[(i + r) % len(photos)], where, 0.9, "person_down", cid=cid,
                            timeout=timeout)
@@ -262,7 +264,7 @@ def main() -> int:
             bundles_by_n = {n: provision(setup.config, n, f"zone-{n}") for n in label_sizes}
             server = ServerProcess(setup).start(timeout=120)
             try:
-                for n in label_sizes:
+                for size_no, n in enumerate(label_sizes):
                     server.api("POST", f"/v1/windows/zone-{n}/open",
                                json={"until": "2099-01-01T00:00:00Z"})
                     reports = args.reports if n < 1000 else 1
@@ -270,7 +272,7 @@ def main() -> int:
                     cpu0 = tree_cpu_s(server.proc.pid)
                     done, elapsed, lat, alerts_per_s = asyncio.run(contact_run(
                         bundles_by_n[n], broker, enc, reports=reports, photos=photos,
-                        nodelay=nodelay, timeout=args.timeout))
+                        nodelay=nodelay, timeout=args.timeout, lon_offset=float(size_no)))
                     cpu_per_alert = (tree_cpu_s(server.proc.pid) - cpu0) / max(1, len(lat))
                     if nodelay and n not in ceilings:
                         ceilings[n] = asyncio.run(echo_ceiling(
