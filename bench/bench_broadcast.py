@@ -141,11 +141,15 @@ def poles_main(argv: list[str]) -> int:
                 answer({"marked": len(marks)})
             elif cmd["cmd"] == "wait":
                 deadline = time.monotonic() + cmd["timeout"]
+                moved, seen = time.monotonic(), -1
                 while True:
                     got = [next((t for ep, t in pl.announced if ep > marks.get(pl.kid_hex, 0)),
                                 None) for pl in poles]
                     done = [t for t in got if t is not None]
-                    if len(done) == len(poles) or time.monotonic() > deadline:
+                    if len(done) != seen:
+                        moved, seen = time.monotonic(), len(done)
+                    if (len(done) == len(poles) or time.monotonic() > deadline
+                            or time.monotonic() - moved > cmd["stall"]):
                         break
                     await asyncio.sleep(0.05)
                 answer({"announced": len(done), "of": len(poles),
@@ -208,6 +212,35 @@ def ask_all(procs: list[PoleProcess], obj: dict[str, Any], timeout: float) -> li
     return [pp.read(timeout + 30) for pp in procs]
 
 
+def start_broker(workdir: Path, *, port: int | None, queue: int | None) -> Any:
+    """Mosquitto as the tests start it, with ``max_queued_messages`` set when ``queue`` is
+    given (Mosquitto's default: 1000 QoS 1 messages queued per client, then dropped)."""
+    from citywatch._services import Broker, ServiceUnavailable, free_port, wait_for_port
+
+    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    if not os.path.exists(exe):
+        raise ServiceUnavailable("mosquitto is not installed (scripts/setup.sh installs it)")
+    port = port or free_port()
+    workdir.mkdir(parents=True, exist_ok=True)
+    conf, log = workdir / f"mosquitto-{port}.conf", workdir / f"mosquitto-{port}.log"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n"
+                    "persistence false\nmax_packet_size 4194304\nlog_dest stderr\n"
+                    + ("" if queue is None else f"max_queued_messages {queue}\n"))
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([exe, "-c", str(conf)], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(port)
+    except TimeoutError:
+        proc.kill()
+        raise ServiceUnavailable(f"mosquitto did not start: {log.read_text()[-2000:]}") from None
+    return Broker("127.0.0.1", port, proc, log)
+
+
+def cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_mib(pid: int) -> tuple[float, float]:
     """(resident now, peak resident) of a process, MiB."""
     fields = {}
@@ -229,6 +262,11 @@ def main() -> int:
     ap.add_argument("--procs", type=int, default=2, help="pole processes")
     ap.add_argument("--per-conn", type=int, default=100, help="devices per MQTT connection")
     ap.add_argument("--limit", type=float, default=900.0, help="overall limit, seconds")
+    ap.add_argument("--stall", type=float, default=30.0,
+                    help="a phase ends when nothing moved for this many seconds")
+    ap.add_argument("--broker-queue", type=int, default=None,
+                    help="Mosquitto's max_queued_messages (default: Mosquitto's own, 1000; "
+                         "0: unlimited)")
     args = ap.parse_args()
     if not 1 <= args.devices <= 100_000 or not 1 <= args.procs <= 16 or args.per_conn < 1:
         ap.error("--devices 1..100000, --procs 1..16, --per-conn >= 1")
@@ -238,7 +276,6 @@ def main() -> int:
     import protocol as p
     from server import load_config, open_store, provisioning_bundle
     from tests.integration.server_harness import ServerProcess, make_server
-    from tests.support.services import start_mosquitto
 
     def stop(signum: int, _frame: Any) -> None:
         raise _Stop(signal.Signals(signum).name)
@@ -258,7 +295,7 @@ def main() -> int:
     result: dict[str, Any] = {"devices": args.devices, "announce_s": None, "reannounce_s": None,
                               "server_rss_mib": None}
     try:
-        broker = start_mosquitto(work / "broker")
+        broker = start_broker(work / "broker", port=None, queue=args.broker_queue)
         setup = make_server(work, broker, enc_url="http://127.0.0.1:9",
                             timing={"poll_s": 1.0})
         cfg = load_config(setup.config)
@@ -300,29 +337,72 @@ def main() -> int:
               f"{sum(g['of'] for g in got)} connections in {result['connect_s']:.1f} s",
               flush=True)
 
-        def confirmations() -> float:
-            return server.metric("citywatch_server_broadcast_confirmations_total")
+        def counters() -> dict[str, float]:
+            return {"b1_sent": server.metric("citywatch_server_broadcasts_total"),
+                    "b2_accepted": server.metric("citywatch_server_broadcast_confirmations_total"),
+                    "b2_received": server.metric("citywatch_server_messages_total", type="B2"),
+                    "b2_mismatch": server.metric("citywatch_server_rejected_messages_total",
+                                                 reason="mismatch")}
 
-        def phase(name: str, t0: float, base: float) -> float | None:
-            got = ask_all(procs, {"cmd": "wait", "timeout": left()}, left())
+        def confirmed_devices() -> int:
+            # Devices whose last B1 the server holds confirmed (the registry's view).
+            import sqlite3
+            conn = sqlite3.connect(f"file:{setup.dir / 'data' / 'server.db'}?mode=ro", uri=True,
+                                   timeout=10)
+            try:
+                return int(conn.execute("SELECT count(*) FROM devices WHERE confirmed_epoch = "
+                                        "epoch").fetchone()[0])
+            finally:
+                conn.close()
+
+        def settle(what: str) -> float:
+            """Seconds until the server's CPU goes quiet (its backlog worked through)."""
+            assert server is not None and server.proc is not None
+            t, last = time.perf_counter(), cpu_s(server.proc.pid)
+            quiet = 0
+            while quiet < 2 and time.perf_counter() - t < min(120.0, left()):
+                time.sleep(1.0)
+                now = cpu_s(server.proc.pid)
+                quiet = quiet + 1 if now - last < 0.1 else 0
+                last = now
+            took = time.perf_counter() - t - 2.0
+            print(f"  {what}: the server busy for {max(0.0, took):.1f} s more", flush=True)
+            return round(max(0.0, took), 1)
+
+        def phase(name: str, t0: float, base: dict[str, float]) -> float | None:
+            got = ask_all(procs, {"cmd": "wait", "timeout": left(), "stall": args.stall}, left())
             announced = sum(g["announced"] for g in got)
             last_b1 = max((g["last"] for g in got if g["last"] is not None), default=None)
             deadline = time.monotonic() + left()
-            while confirmations() - base < args.devices and time.monotonic() < deadline:
+            moved, seen = time.monotonic(), -1.0
+            while time.monotonic() < deadline and time.monotonic() - moved < args.stall:
+                now = counters()["b2_accepted"] - base["b2_accepted"]
+                if now >= args.devices:
+                    break
+                if now != seen:
+                    moved, seen = time.monotonic(), now
                 time.sleep(0.2)
-            b2 = int(confirmations() - base)
             end = time.time()
+            c = {k: int(v - base[k]) for k, v in counters().items()}
             b1_s = (last_b1 - t0) if last_b1 is not None else float("nan")
-            complete = announced == args.devices and b2 >= args.devices
+            complete = announced == args.devices and c["b2_accepted"] >= args.devices
             print(f"  {name}: B1 accepted by {announced}/{args.devices} poles, the last "
-                  f"{b1_s:.1f} s after the start; B2 accepted by the server {b2}/"
-                  f"{args.devices}, all after {end - t0:.1f} s"
-                  + ("" if complete else " (incomplete: time limit)"), flush=True)
+                  f"{b1_s:.1f} s after the start; B2 accepted by the server "
+                  f"{c['b2_accepted']}/{args.devices} after {end - t0:.1f} s"
+                  + ("" if complete else f" (incomplete: nothing moved for {args.stall:.0f} s "
+                     "or the time limit)")
+                  + f"; B1 sent {c['b1_sent']}, B2 received {c['b2_received']}, "
+                  f"dropped as not matching the last B1 {c['b2_mismatch']}; devices confirmed "
+                  f"in the registry {confirmed_devices()}/{args.devices}", flush=True)
             result[f"{name}_b1_s"] = round(b1_s, 2)
+            result[f"{name}_counts"] = c | {"b1_accepted": announced}
             return round(end - t0, 2) if complete else None
 
+        # The poles' 10,000 `online`s are worked through before the window opens, so that
+        # the announcement is measured alone.
+        result["online_backlog_s"] = settle("after the poles' `online`s")
         ask_all(procs, {"cmd": "mark"}, 10)
-        base = confirmations()
+        base = counters()
         t0 = time.time()
         server.api("POST", "/v1/windows/city/open",
                    json={"until": "2099-01-01T00:00:00Z"}).raise_for_status()
@@ -331,11 +411,12 @@ def main() -> int:
 
         # The broker goes away and comes back empty (no persistence): every pole and the
         # server reconnect; the retained `online`s are published anew, each answered by a B1.
+        settle("after the announcement")
         ask_all(procs, {"cmd": "mark"}, 10)
-        base = confirmations()
+        base = counters()
         port = broker.port
         broker.stop()
-        broker = start_mosquitto(work / "broker", port=port)
+        broker = start_broker(work / "broker", port=port, queue=args.broker_queue)
         t0 = time.time()
         result["reannounce_s"] = phase("reannounce", t0, base)
         got = ask_all(procs, {"cmd": "connected", "timeout": 5}, 5)
