@@ -66,7 +66,7 @@ def poles_main(argv: list[str]) -> int:
     host, port, prefix, per_conn = spec["host"], spec["port"], spec["prefix"], spec["per_conn"]
 
     class Pole:
-        __slots__ = ("conn", "kid_hex", "announced")
+        __slots__ = ("announced", "conn", "kid_hex")
 
         def __init__(self, raw: dict[str, Any]) -> None:
             b = p.ProvisioningBundle.parse(raw)

@@ -533,9 +533,10 @@ class Samples:
 
 
 def orchestrate(args: argparse.Namespace, lab: Lab, work: Path, deadline: float) -> int:
+    import tomllib
+
     import httpx
     import tomli_w
-    import tomllib
 
     import protocol as p
     from server import load_config, open_store, provisioning_bundle
