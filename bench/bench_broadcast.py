@@ -424,6 +424,13 @@ def main() -> int:
         result["server_rss_mib"] = round(max(result["server_rss_mib"] or 0.0, rss), 1)
         result["server_peak_rss_mib"] = round(peak, 1)
         result["mqtt_connects"] = sum(g["connects"] for g in got)
+        drops = [line for line in broker.log.read_text(errors="replace").splitlines()
+                 if "are being dropped" in line]
+        result["broker_drop_notices"] = len(drops)
+        if drops:
+            print(f"  the broker dropped QoS 1 messages for a slow client ({len(drops)} "
+                  f"notice(s) in its log, e.g. {drops[0].split(': ', 1)[-1]!r}); "
+                  "--broker-queue 0 lifts its queue limit", flush=True)
         print(f"  server process: {rss:.0f} MiB resident, {peak:.0f} MiB at its peak (its "
               "photo-check models included)", flush=True)
         print("announce: from the window's opening (admin API) until every pole accepted "
