@@ -114,6 +114,28 @@ class DashboardSection(_Section):
     {y} (``https://tiles.city.example/{z}/{x}/{y}.png``); empty: coordinates only."""
     max_form_bytes: Annotated[int, Field(ge=1024, le=1024 * 1024)] = 64 * 1024
     """Largest request body the dashboard accepts (413 above it)."""
+    escalate_taken_after_seconds: Annotated[int, Field(ge=1, le=24 * 3600)] = 600
+    """An alert taken this long ago and neither dispatched nor dismissed is escalated
+    (the supervisors are told on their screens)."""
+    uncertain_below: Annotated[float, Field(ge=0.0, le=1.0)] = 0.7
+    """An alert scored below this is shown as uncertain, the lowest priority, whatever
+    its label (the server's default threshold 0.6 plus its uncertainty band 0.1)."""
+    sound_repeat_seconds: Annotated[int, Field(ge=2, le=600)] = 10
+    """While an alert nobody has taken is on screen, its sound cue repeats this often."""
+    time_zone: str = "UTC"
+    """IANA time zone the dashboard shows times in, with its abbreviation
+    (``Europe/Warsaw``)."""
+
+    @field_validator("time_zone")
+    @classmethod
+    def _zone(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{v!r} is not an IANA time zone (e.g. Europe/Warsaw)") from None
+        return v
 
     @field_validator("map_tile_url")
     @classmethod

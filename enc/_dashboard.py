@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote, unquote, urlsplit
+from zoneinfo import ZoneInfo
 
 import anyio.to_thread
 from fastapi import APIRouter, FastAPI, Form, Header, Query, Request, Response
@@ -32,10 +33,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ._cap import cap_message
 from ._config import EncConfig
 from ._errors import ActionRefused, LoginRefused, LoginThrottled, NotFound
-from ._handling import Role, apply_action, escalate_due
+from ._handling import Role, apply_action, escalate_due, priority_key
 from ._live import LiveFeed, sse_event
 from ._operators import OperatorDirectory, Session
 from ._store import Alert, AlertStatus, AlertStore, AuditEntry
+from ._wording import Presentation
 
 __all__ = ["Dashboard", "HttpHardening"]
 
@@ -162,6 +164,11 @@ class AlertOut(_Out):
     taken_by: str | None
     escalated_at: int | None
     url: str
+    label_text: str = Field(description="the label in words (\"Person down\")")
+    severity: Literal["fight", "person_down", "uncertain"]
+    priority: int = Field(description="1 fight, 2 person down, 3 uncertain (low score)")
+    escalated: bool = Field(description="escalated in its present state")
+    received_text: str = Field(description="received time in the ENC's time zone")
 
 
 class AuditOut(_Out):
@@ -191,19 +198,24 @@ class ActionIn(BaseModel):
     unit: str | None = Field(default=None, max_length=80)
     comment: str | None = Field(default=None, max_length=500)
     reason: str | None = Field(default=None, max_length=500)
+    seen_status_at: int | None = Field(default=None, ge=0, le=2**62, description=(
+        "the alert's status_at as the operator saw it: refused (409) if it changed since"))
 
 
 class ErrorOut(_Out):
     error: str
 
 
-def alert_out(a: Alert) -> AlertOut:
+def alert_out(a: Alert, ui: Presentation) -> AlertOut:
+    sev = ui.severity(a)
     return AlertOut(
         incident_id=a.incident_id, device_uid=a.device_uid, label=a.label, score=a.score,
         lat=a.coords.lat, lon=a.coords.lon, acc=a.coords.acc, src=a.coords.src,
         captured_at=a.captured_at, received_at=a.received_at, status=a.status.value,
         status_at=a.status_at, taken_by=a.taken_by, escalated_at=a.escalated_at,
-        url=f"/alerts/{quote(a.incident_id, safe='')}",
+        url=f"/alerts/{quote(a.incident_id, safe='')}", label_text=ui.label(a.label),
+        severity=sev.name.lower(),  # type: ignore[arg-type]
+        priority=int(sev), escalated=ui.escalated(a), received_text=ui.time(a.received_at),
     )
 
 
@@ -253,6 +265,29 @@ def _tiles(lat: float, lon: float, zoom: int = 17) -> dict[str, Any]:
             "px": int((x - tx + 1) * 256), "py": int((y - ty + 1) * 256)}
 
 
+def _pixelated(jpeg: bytes, blocks: int = 12) -> bytes:
+    """The photo at its own size in about ``blocks`` coarse squares across; a grey
+    picture if it does not decode."""
+    import io
+
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(jpeg)) as im:
+            if im.width * im.height > 40_000_000:
+                raise ValueError("too large")
+            rgb = im.convert("RGB")
+            w, h = rgb.size
+            step = max(1, max(w, h) // blocks)
+            small = rgb.resize((max(1, w // step), max(1, h // step)), Image.Resampling.BOX)
+            out = small.resize((w, h), Image.Resampling.NEAREST)
+    except (OSError, ValueError, Image.DecompressionBombError):
+        out = Image.new("RGB", (160, 120), (40, 44, 52))
+    buf = io.BytesIO()
+    out.save(buf, "JPEG", quality=70)
+    return buf.getvalue()
+
+
 class Dashboard:
     """Pages, JSON API, event stream, and the escalation watch."""
 
@@ -268,14 +303,28 @@ class Dashboard:
         # alert intake stores with nor stacks up without bound.
         self._logins = anyio.CapacityLimiter(1)
         self.escalate_ms = config.dashboard.escalate_after_seconds * 1000
+        self.escalate_taken_ms = config.dashboard.escalate_taken_after_seconds * 1000
+        self.ui = Presentation(ZoneInfo(config.dashboard.time_zone),
+                               config.dashboard.uncertain_below)
         self.templates = Environment(loader=PackageLoader("enc", "templates"),
                                      autoescape=select_autoescape(default=True),
                                      trim_blocks=True, lstrip_blocks=True)
         self.templates.filters["iso"] = _iso
+        self.templates.filters["when"] = self.ui.time
+        self.templates.filters["words"] = self.ui.label
+        self.templates.globals["ui"] = self.ui
+        self.templates.globals["status_words"] = {
+            "new": "New", "acknowledged": "Acknowledged", "dispatched": "Dispatched",
+            "dismissed": "Dismissed"}
         self.templates.filters["pct"] = lambda v: f"{v:.0%}"
         self.router = self._routes()
 
     # -- helpers ------------------------------------------------------------------
+
+    def _ordered(self, alerts: list[Alert]) -> list[Alert]:
+        """Unhandled first; escalated, then by severity, then newest (``priority_key``)."""
+        below = self.ui.uncertain_below
+        return sorted(alerts, key=lambda a: priority_key(a, uncertain_below=below))
 
     def _session(self, request: Request, *, api: bool) -> Session:
         s = self.operators.session(request.cookies.get(SESSION_COOKIE), now=self.clock())
@@ -290,7 +339,7 @@ class Dashboard:
 
     def _page(self, name: str, status: int = 200, **context: Any) -> HTMLResponse:
         html = self.templates.get_template(name).render(
-            escalate_after_ms=self.escalate_ms, **context)
+            escalate_after_ms=self.escalate_ms, dashboard=self.config.dashboard, **context)
         return HTMLResponse(html, status_code=status,
                             headers={"Cache-Control": "no-store"})
 
@@ -320,14 +369,15 @@ class Dashboard:
 
     async def escalation_watch(self) -> None:
         """Escalate untaken alerts; runs for the life of the app."""
-        period = min(5.0, self.escalate_ms / 4000)
+        period = min(5.0, min(self.escalate_ms, self.escalate_taken_ms) / 4000)
         while True:
             try:
                 due = await anyio.to_thread.run_sync(
                     lambda: escalate_due(self.store, now=self.clock(),
-                                         after_ms=self.escalate_ms))
+                                         after_ms=self.escalate_ms,
+                                         taken_after_ms=self.escalate_taken_ms))
                 if due:
-                    log.warning("escalated %d untaken alert(s): %s", len(due), ", ".join(due))
+                    log.warning("escalated %d alert(s): %s", len(due), ", ".join(due))
                     self.feed.notify()
             except Exception:  # the store may be down for a while; keep watching
                 log.exception("escalation check failed")
@@ -400,7 +450,7 @@ class Dashboard:
         def alert_list(request: Request) -> Response:
             s = self._session(request, api=False)
             cursor = store.last_audit_id()
-            alerts = _ordered(store.alerts(limit=200))
+            alerts = self._ordered(store.alerts(limit=200))
             return self._page("list.html", session=s, alerts=alerts, cursor=cursor,
                               now=self.clock(), wall=request.query_params.get("wall") == "1")
 
@@ -437,12 +487,26 @@ class Dashboard:
                 jpeg = store.photo(incident_id)
             except NotFound:
                 return JSONResponse({"error": "not found"}, status_code=404)
+            view = request.query_params.get("view", "")
+            full = request.query_params.get("full") == "1" or view == "full"
+            view = "full" if full else ("wall" if view == "wall" else "page")
             store.append_audit(at=self.clock(), actor=s.operator.username,
                                action="photo_viewed", incident_id=incident_id,
-                               detail={"full": request.query_params.get("full") == "1"})
+                               detail={"full": full, "view": view})
             self.feed.notify()
             # no-store: every view is fetched, and so audited.
             return Response(jpeg, media_type="image/jpeg",
+                            headers={"Cache-Control": "no-store, private"})
+
+        @r.get("/alerts/{incident_id}/preview.jpg", include_in_schema=False)
+        def preview(request: Request, incident_id: str) -> Response:
+            # Coarse blocks, nobody recognisable: shown on every page load, so not a view.
+            self._session(request, api=False)
+            try:
+                jpeg = store.photo(incident_id)
+            except NotFound:
+                return JSONResponse({"error": "not found"}, status_code=404)
+            return Response(_pixelated(jpeg), media_type="image/jpeg",
                             headers={"Cache-Control": "no-store, private"})
 
         @r.get("/alerts/{incident_id}/cap.xml", include_in_schema=False)
@@ -465,14 +529,26 @@ class Dashboard:
                      csrf: str = Form("", max_length=200),
                      unit: str = Form("", max_length=200),
                      comment: str = Form("", max_length=2000),
-                     reason: str = Form("", max_length=2000)) -> Response:
+                     reason: str = Form("", max_length=2000),
+                     seen: str = Form("", max_length=30),
+                     takeover: str = Form("", max_length=200)) -> Response:
             s = self._session(request, api=False)
             self._check_csrf(s, csrf, api=False)
             url = f"/alerts/{quote(incident_id, safe='')}"
             try:
-                apply_action(store, incident_id, action, operator=s.operator.username,
+                me = s.operator.username
+                a = store.alert(incident_id)
+                # A supervisor's takeover is confirmed on the form, naming whom it is from;
+                # the alert as seen (``seen``) makes sure that is still who has it.
+                if (s.operator.role is Role.SUPERVISOR and a.taken_by not in (None, me)
+                        and a.status is AlertStatus.ACKNOWLEDGED
+                        and takeover != a.taken_by and action != "reopen"):
+                    raise ActionRefused(f"{a.taken_by} has taken this alert: tick "
+                                        f"\"Take over from {a.taken_by}\" to act on it")
+                apply_action(store, incident_id, action, operator=me,
                              role=s.operator.role, now=self.clock(), unit=unit,
-                             comment=comment, reason=reason)
+                             comment=comment, reason=reason,
+                             seen_status_at=int(seen) if seen.isdigit() else None)
             except NotFound:
                 return self._page("error.html", 404, title="No such alert",
                                   message="There is no alert with that id.", session=s)
@@ -506,7 +582,7 @@ class Dashboard:
                        limit: int = Query(200, ge=1, le=500)) -> AlertListOut:
             self._session(request, api=True)
             cursor = store.last_audit_id()  # before the list: a change in between is re-sent
-            return AlertListOut(alerts=[alert_out(a) for a in _ordered(store.alerts(
+            return AlertListOut(alerts=[alert_out(a, self.ui) for a in self._ordered(store.alerts(
                 limit=limit))], cursor=cursor, now=self.clock(),
                 escalate_after_ms=self.escalate_ms)
 
@@ -519,8 +595,9 @@ class Dashboard:
             except NotFound:
                 return JSONResponse({"error": "not found"}, status_code=404)
             out = AlertDetailOut(
-                alert=alert_out(a), audit=[_audit_out(e) for e in store.audit_trail(incident_id)],
-                earlier=[alert_out(x) for x in store.alerts(device_uid=a.device_uid,
+                alert=alert_out(a, self.ui),
+                audit=[_audit_out(e) for e in store.audit_trail(incident_id)],
+                earlier=[alert_out(x, self.ui) for x in store.alerts(device_uid=a.device_uid,
                                                             before=a.received_at, limit=10)])
             return JSONResponse(out.model_dump(mode="json"))
 
@@ -534,13 +611,14 @@ class Dashboard:
             try:
                 a = apply_action(store, incident_id, body.action, operator=s.operator.username,
                                  role=s.operator.role, now=self.clock(), unit=body.unit,
-                                 comment=body.comment, reason=body.reason)
+                                 comment=body.comment, reason=body.reason,
+                                 seen_status_at=body.seen_status_at)
             except NotFound:
                 return JSONResponse({"error": "not found"}, status_code=404)
             except ActionRefused as exc:
                 return JSONResponse({"error": str(exc)}, status_code=409)
             self.feed.notify()
-            return JSONResponse(alert_out(a).model_dump(mode="json"))
+            return JSONResponse(alert_out(a, self.ui).model_dump(mode="json"))
 
         @r.get("/events", include_in_schema=False)
         async def events(request: Request, after: int = Query(0, ge=0, le=2**62),
@@ -580,7 +658,7 @@ class Dashboard:
                         lambda inc=e.incident_id: self.store.alert(inc))  # type: ignore[misc]
                 except NotFound:
                     continue
-                data = alert_out(a).model_dump(mode="json")
+                data = alert_out(a, self.ui).model_dump(mode="json")
                 data["change"] = e.action
                 data["actor"] = e.actor
                 yield sse_event("alert", data, id=e.id)
@@ -607,9 +685,6 @@ def _iso(ms: int | None) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds")
 
 
-def _ordered(alerts: list[Alert]) -> list[Alert]:
-    """Unhandled first, newest first within each group."""
-    return sorted(alerts, key=lambda a: (a.status.handled, -a.received_at))
 
 
 @contextlib.asynccontextmanager

@@ -1,7 +1,8 @@
-"""What operators do with an alert: acknowledge, dispatch, dismiss, reopen; and the
-escalation of alerts nobody takes. Transitions are a table; each one is written with
-its audit entry in one transaction, and only if the alert is still in the state the
-operator saw (two operators clicking at once: one wins, the other is told)."""
+"""What operators do with an alert: acknowledge, dispatch, dismiss, reopen; how urgent
+it is (severity from label and score, escalation); and the escalation of alerts nobody
+takes or nobody finishes. Transitions are a table; each one is written with its audit
+entry in one transaction, and only if the alert is still in the state the operator saw
+(two operators clicking at once: one wins, the other is told)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,14 @@ import enum
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, select, update
+from sqlalchemy import CursorResult, or_, select, update
 
 from ._errors import ActionRefused, NotFound
 from ._schema import AlertRow
 from ._store import Alert, AlertStatus, AlertStore
 
-__all__ = ["ALERT_TRANSITIONS", "AlertAction", "Role", "apply_action", "escalate_due"]
+__all__ = ["ALERT_TRANSITIONS", "AlertAction", "Role", "Severity", "apply_action",
+           "escalate_due", "escalated_now", "label_words", "priority_key", "severity"]
 
 
 class Role(enum.StrEnum):
@@ -35,6 +37,60 @@ class AlertAction(enum.StrEnum):
     REOPEN = "reopen"
 
 
+class Severity(enum.IntEnum):
+    """How urgent an alert is; the lower, the more urgent (the list is sorted by it)."""
+
+    FIGHT = 1
+    """People are hurting each other: police, now."""
+    PERSON_DOWN = 2
+    """Someone fell or lies on the ground: an ambulance."""
+    UNCERTAIN = 3
+    """A score below the ENC's ``uncertain_below``, or a label the ENC does not know."""
+
+    @property
+    def words(self) -> str:
+        return {1: "Fight", 2: "Person down", 3: "Uncertain"}[self.value]
+
+
+_LABEL_SEVERITY = {"fight": Severity.FIGHT, "person_down": Severity.PERSON_DOWN,
+                   "fall": Severity.PERSON_DOWN}
+_LABEL_WORDS = {"fight": "Fight", "person_down": "Person down", "fall": "Fall",
+                "no_danger": "No danger seen", "no_person": "No person seen"}
+
+
+def severity(label: str, score: float, *, uncertain_below: float) -> Severity:
+    """Fight > person down > uncertain; a low score makes any label uncertain."""
+    if score < uncertain_below:
+        return Severity.UNCERTAIN
+    return _LABEL_SEVERITY.get(label, Severity.UNCERTAIN)
+
+
+def label_words(label: str) -> str:
+    """A label as operators read it: "Person down", not ``person_down``."""
+    words = _LABEL_WORDS.get(label)
+    if words is None:
+        text = " ".join(label.replace("_", " ").replace("-", " ").split())
+        words = text[:1].upper() + text[1:] if text else "Unknown"
+    return words
+
+
+def escalated_now(alert: Alert) -> bool:
+    """Escalated in its present state (taking an escalated alert ends that escalation;
+    a taken alert left unfinished is escalated anew)."""
+    return (alert.escalated_at is not None and not alert.status.handled
+            and alert.escalated_at >= alert.status_at)
+
+
+def priority_key(alert: Alert, *, uncertain_below: float) -> tuple[int, int, int, int]:
+    """The list's order: unhandled first; among them escalated first, then by severity,
+    then newest first; handled ones newest first."""
+    if alert.status.handled:
+        return (1, 0, 0, -alert.received_at)
+    return (0, 0 if escalated_now(alert) else 1,
+            int(severity(alert.label, alert.score, uncertain_below=uncertain_below)),
+            -alert.received_at)
+
+
 _S = AlertStatus
 ALERT_TRANSITIONS: dict[tuple[AlertAction, AlertStatus], AlertStatus] = {
     (AlertAction.ACKNOWLEDGE, _S.NEW): _S.ACKNOWLEDGED,
@@ -50,6 +106,10 @@ ALERT_TRANSITIONS: dict[tuple[AlertAction, AlertStatus], AlertStatus] = {
 
 _PAST = {AlertAction.ACKNOWLEDGE: "acknowledged", AlertAction.DISPATCH: "dispatched",
          AlertAction.DISMISS: "dismissed", AlertAction.REOPEN: "reopened"}
+_VERB = {AlertAction.ACKNOWLEDGE: "acknowledge (take)", AlertAction.DISPATCH: "dispatch",
+         AlertAction.DISMISS: "dismiss", AlertAction.REOPEN: "reopen"}
+_WORDS = {_S.NEW: "new (nobody has taken it)", _S.ACKNOWLEDGED: "taken",
+          _S.DISPATCHED: "dispatched", _S.DISMISSED: "dismissed"}
 _MAX_TEXT = {"unit": 80, "comment": 500, "reason": 500}
 
 
@@ -84,9 +144,11 @@ def _clean(name: str, value: str | None) -> str:
 
 def apply_action(store: AlertStore, incident_id: str, action: AlertAction | str, *,
                  operator: str, role: Role | str, now: int, unit: str | None = None,
-                 comment: str | None = None, reason: str | None = None) -> Alert:
+                 comment: str | None = None, reason: str | None = None,
+                 seen_status_at: int | None = None) -> Alert:
     """Do ``action`` as ``operator``; raise ``ActionRefused`` (with a message for the
-    operator) or ``NotFound``."""
+    operator) or ``NotFound``. With ``seen_status_at`` (the alert's ``status_at`` on the
+    operator's screen), refused if the alert changed since."""
     try:
         action = AlertAction(action)
         role = Role(role)
@@ -100,9 +162,13 @@ def apply_action(store: AlertStore, incident_id: str, action: AlertAction | str,
         if row is None:
             raise NotFound(f"no alert {incident_id!r}")
         current = AlertStatus(row.status)
+        if seen_status_at is not None and seen_status_at != row.status_at:
+            who = f" by {row.taken_by}" if row.taken_by else ""
+            raise ActionRefused(f"this alert changed while you looked at it: it is now "
+                                f"{_WORDS[current]}{who}; look again before you act")
         new = ALERT_TRANSITIONS.get((action, current))
         if new is None:
-            raise ActionRefused(f"cannot {action.value} an alert that is {current.value}")
+            raise ActionRefused(f"cannot {_VERB[action]} an alert that is {_WORDS[current]}")
         taken_by_other = row.taken_by is not None and row.taken_by != operator
         if role is not Role.SUPERVISOR:
             if current is AlertStatus.ACKNOWLEDGED and taken_by_other:
@@ -132,28 +198,47 @@ def apply_action(store: AlertStore, incident_id: str, action: AlertAction | str,
         return store.view(fresh)
 
 
-def escalate_due(store: AlertStore, *, now: int, after_ms: int) -> list[str]:
-    """Mark alerts that have been untaken for ``after_ms`` as escalated (once each, with
-    an audit entry); return their incident ids."""
+def escalate_due(store: AlertStore, *, now: int, after_ms: int,
+                 taken_after_ms: int | None = None) -> list[str]:
+    """Mark alerts that have been untaken for ``after_ms`` as escalated, and (with
+    ``taken_after_ms``) alerts taken that long ago and neither dispatched nor dismissed;
+    once each per state, with an audit entry. Return their incident ids."""
     with store.transaction(write=True) as s:
-        due = list(s.scalars(
-            select(AlertRow.incident_id)
-            .where(AlertRow.status == AlertStatus.NEW.value,
-                   AlertRow.escalated_at.is_(None),
-                   AlertRow.status_at <= now - after_ms)
-            .order_by(AlertRow.received_at)
-        ))
+        due: list[tuple[str, str, int, str | None]] = [
+            (r.incident_id, r.status, r.status_at, r.taken_by) for r in s.execute(
+                select(AlertRow.incident_id, AlertRow.status, AlertRow.status_at,
+                       AlertRow.taken_by)
+                .where(AlertRow.status == AlertStatus.NEW.value,
+                       AlertRow.escalated_at.is_(None),
+                       AlertRow.status_at <= now - after_ms)
+                .order_by(AlertRow.received_at))]
+        if taken_after_ms is not None:
+            due += [(r.incident_id, r.status, r.status_at, r.taken_by) for r in s.execute(
+                select(AlertRow.incident_id, AlertRow.status, AlertRow.status_at,
+                       AlertRow.taken_by)
+                .where(AlertRow.status == AlertStatus.ACKNOWLEDGED.value,
+                       or_(AlertRow.escalated_at.is_(None),
+                           AlertRow.escalated_at < AlertRow.status_at),
+                       AlertRow.status_at <= now - taken_after_ms)
+                .order_by(AlertRow.received_at))]
         escalated = []
-        for incident_id in due:
+        for incident_id, status, status_at, taken_by in due:
             # Guarded, so that two ENC processes sharing the store escalate it once.
             done = cast(CursorResult[Any], s.execute(
                 update(AlertRow)
-                .where(AlertRow.incident_id == incident_id, AlertRow.escalated_at.is_(None),
-                       AlertRow.status == AlertStatus.NEW.value)
+                .where(AlertRow.incident_id == incident_id, AlertRow.status == status,
+                       AlertRow.status_at == status_at,
+                       or_(AlertRow.escalated_at.is_(None),
+                           AlertRow.escalated_at < AlertRow.status_at))
                 .values(escalated_at=now).execution_options(synchronize_session=False)
             )).rowcount
-            if done == 1:
-                store.audit(s, at=now, incident_id=incident_id, actor="system",
-                            action="escalated", detail={"untaken_for_s": after_ms // 1000})
-                escalated.append(incident_id)
+            if done != 1:
+                continue
+            if status == AlertStatus.NEW.value:
+                detail: dict[str, Any] = {"untaken_for_s": after_ms // 1000}
+            else:
+                detail = {"taken_by": taken_by, "unfinished_for_s": (now - status_at) // 1000}
+            store.audit(s, at=now, incident_id=incident_id, actor="system",
+                        action="escalated", detail=detail)
+            escalated.append(incident_id)
         return escalated

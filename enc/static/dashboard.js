@@ -1,6 +1,8 @@
-/* CityWatch ENC dashboard: live list (server-sent events), ages that tick, sound cues
-   made with WebAudio, keyboard shortcuts. No libraries, nothing fetched from elsewhere.
-   Untrusted text (labels, device names) only ever goes into textContent. */
+/* CityWatch ENC dashboard: live state on every page (server-sent events), ages that
+   tick, new alerts announced on every page (title, toast, a sound cue that repeats until
+   someone takes the alert), escalations shown to supervisors, keyboard shortcuts.
+   No libraries but Leaflet for the map, nothing fetched from elsewhere. Untrusted text
+   (labels, device names) only ever goes into textContent. */
 "use strict";
 
 (function () {
@@ -8,9 +10,14 @@
   const page = body.dataset.page;
   const meta = (name) => (document.querySelector(`meta[name="${name}"]`) || {}).content;
   const csrf = meta("csrf-token");
+  const role = meta("role");
   const escalateAfter = Number(meta("escalate-after-ms") || 120000);
+  const repeatEvery = Number(meta("sound-repeat-ms") || 10000);
+  const STATUS_WORDS = { new: "New", acknowledged: "Acknowledged", dispatched: "Dispatched", dismissed: "Dismissed" };
+  const SEVERITY_WORDS = { 1: "Fight", 2: "Person down", 3: "Uncertain" };
   // Test and diagnostics hooks: what the page has done so far.
-  const cw = (window.cw = { cues: [], loadedAt: Date.now(), events: 0, clockOffset: 0 });
+  const cw = (window.cw = { cues: [], loadedAt: Date.now(), events: 0, clockOffset: 0, toasts: 0, audioState: "none" });
+  const state = new Map(); // incident id -> the alert as the server last said
 
   // -- time ----------------------------------------------------------------------------
   const serverNow = () => Date.now() + cw.clockOffset;
@@ -33,10 +40,10 @@
     }
     updateCounters();
   }
-  function localTimes(root) {
+  // Times are written by the server in the ENC's zone; the UTC instant is the tooltip.
+  function utcTitles(root) {
     for (const t of (root || document).querySelectorAll("time[datetime]")) {
-      const d = new Date(t.getAttribute("datetime"));
-      if (!isNaN(d)) { t.title = t.getAttribute("datetime") + " UTC"; t.textContent = d.toLocaleString(); }
+      t.title = t.getAttribute("datetime").replace("+00:00", " UTC");
     }
   }
 
@@ -48,6 +55,7 @@
       const AC = window.AudioContext || window.webkitAudioContext;
       if (!AC) return null;
       audio = new AC();
+      audio.addEventListener("statechange", showSound);
     }
     return audio;
   }
@@ -66,51 +74,132 @@
   function cue(kind) {
     cw.cues.push(kind);
     body.dataset.cues = String(cw.cues.length);
-    flashTitle();
     if (!soundOn) return;
     const ctx = audioContext();
     if (!ctx) return;
-    if (ctx.state === "suspended") {
+    if (ctx.state !== "running") {
       ctx.resume().catch(() => {});
       const banner = document.getElementById("sound-blocked");
-      if (banner && ctx.state === "suspended") banner.hidden = false;
+      if (banner && ctx.state !== "running") banner.hidden = false;
+      showSound();
+      return;
     }
     const t = ctx.currentTime + 0.05;
-    if (kind === "escalated") {
+    if (kind.endsWith("escalated")) {
       for (let i = 0; i < 4; i++) tone(ctx, i % 2 ? 440 : 330, t + i * 0.25, 0.22, "square");
     } else {
       for (let i = 0; i < 3; i++) tone(ctx, i % 2 ? 660 : 880, t + i * 0.18, 0.15, "triangle");
     }
   }
   function unlockAudio() {
+    if (!soundOn) return;
+    const ctx = audioContext();
+    if (ctx && ctx.state !== "running") ctx.resume().then(showSound, () => {});
     const banner = document.getElementById("sound-blocked");
     if (banner) banner.hidden = true;
-    if (soundOn && audioContext() && audio.state === "suspended") audio.resume().catch(() => {});
   }
   document.addEventListener("pointerdown", unlockAudio);
   document.addEventListener("keydown", unlockAudio);
   function showSound() {
     const b = document.querySelector("#sound-toggle span");
     if (b) b.textContent = soundOn ? "on" : "off";
+    cw.audioState = audio ? audio.state : "none";
+    const enable = document.getElementById("sound-enable");
+    // Visible until the browser lets the page play sound (it needs one click).
+    if (enable) enable.hidden = !soundOn || (audio !== null && audio.state === "running");
+    if (audio && audio.state === "running") {
+      const banner = document.getElementById("sound-blocked");
+      if (banner) banner.hidden = true;
+    }
   }
   function toggleSound() {
     soundOn = !soundOn;
     localStorage.setItem("cw-sound", soundOn ? "on" : "off");
-    showSound();
     if (soundOn) unlockAudio();
+    showSound();
   }
   const soundButton = document.getElementById("sound-toggle");
   if (soundButton) soundButton.addEventListener("click", toggleSound);
+  const enableButton = document.getElementById("sound-enable");
+  if (enableButton) {
+    enableButton.addEventListener("click", () => {
+      if (!soundOn) toggleSound();
+      unlockAudio();
+      const ctx = audioContext();
+      if (ctx) tone(ctx, 660, ctx.currentTime + 0.05, 0.12, "triangle"); // it works
+    });
+  }
+  if (soundOn && csrf) audioContext(); // learn whether the browser lets it play yet
   showSound();
 
+  // -- what is new, on every page ---------------------------------------------------------
   const baseTitle = document.title;
-  let unseen = 0;
-  function flashTitle() {
-    if (document.hidden) { unseen += 1; document.title = `(${unseen}) ${baseTitle}`; }
+  const untaken = () => [...state.values()].filter((a) => a.status === "new");
+  function showTitle() {
+    const n = untaken().length;
+    const esc = [...state.values()].filter((a) => a.escalated).length;
+    document.title = n ? `(${n} new${esc ? `, ${esc} escalated` : ""}) ${baseTitle}` : baseTitle;
   }
-  document.addEventListener("visibilitychange", () => {
-    if (!document.hidden) { unseen = 0; document.title = baseTitle; }
-  });
+  const toasts = document.getElementById("toasts");
+  function toast(text, { href, kind, incident } = {}) {
+    if (!toasts) return null;
+    const t = document.createElement("div");
+    t.className = `toast ${kind || ""}`;
+    t.setAttribute("role", "alert");
+    if (incident) t.dataset.incident = incident;
+    const p = document.createElement(href ? "a" : "span");
+    if (href) p.href = href;
+    p.textContent = text;
+    t.appendChild(p);
+    const close = document.createElement("button");
+    close.type = "button";
+    close.className = "ghost close";
+    close.textContent = "\u00d7";
+    close.title = "Close";
+    close.addEventListener("click", () => t.remove());
+    t.appendChild(close);
+    toasts.prepend(t);
+    while (toasts.children.length > (page === "list" ? 3 : 5)) toasts.lastChild.remove();
+    cw.toasts += 1;
+    return t;
+  }
+  function announce(a) {
+    if (page === "alert" && article && article.dataset.incident === a.incident_id) return;
+    toast(`New alert: ${a.label_text} (P${a.priority}) at ${a.device_uid}, ${Math.round(a.score * 100)}% \u2014 open it`,
+      { href: a.url, kind: `new prio-${a.priority}`, incident: a.incident_id });
+  }
+  function dropToasts() {
+    // An alert someone took no longer calls for attention.
+    if (!toasts) return;
+    for (const t of toasts.querySelectorAll(".toast.new[data-incident]")) {
+      const a = state.get(t.dataset.incident);
+      if (a && a.status !== "new") t.remove();
+    }
+  }
+  function showEscalations() {
+    const box = document.getElementById("escalations");
+    if (!box || role !== "supervisor") return;
+    const list = box.querySelector("ul");
+    const esc = [...state.values()].filter((a) => a.escalated);
+    list.replaceChildren(...esc.map((a) => {
+      const li = document.createElement("li");
+      li.dataset.incident = a.incident_id;
+      const link = document.createElement("a");
+      link.href = a.url;
+      link.textContent = `${a.label_text} at ${a.device_uid}`;
+      li.appendChild(link);
+      li.appendChild(document.createTextNode(a.status === "new"
+        ? " \u2014 nobody has taken it" : ` \u2014 taken by ${a.taken_by}, not finished`));
+      return li;
+    }));
+    box.hidden = esc.length === 0;
+  }
+  function refresh() { showTitle(); dropToasts(); showEscalations(); }
+  // The cue repeats while an alert waits for someone to take it.
+  setInterval(() => {
+    const waiting = untaken();
+    if (waiting.length) cue(waiting.some((a) => a.escalated) ? "repeat-escalated" : "repeat");
+  }, repeatEvery);
 
   // -- keyboard ----------------------------------------------------------------------------
   const help = document.getElementById("help");
@@ -154,6 +243,23 @@
     });
     return es;
   }
+  // An action from a script; a refusal (409 and friends) is said in a toast.
+  function act(incident, payload) {
+    return fetch(`/api/alerts/${encodeURIComponent(incident)}/actions`, {
+      method: "POST", credentials: "same-origin",
+      headers: { "Content-Type": "application/json", "X-CSRF-Token": csrf },
+      body: JSON.stringify(payload),
+    }).then(async (r) => {
+      let data = {};
+      try { data = await r.json(); } catch (err) { /* not JSON */ }
+      if (!r.ok) {
+        const why = data.error || (r.status === 401 ? "you are logged out" : `refused (${r.status})`);
+        toast(`Not done: ${why}.`, { kind: "refused" });
+        return null;
+      }
+      return data;
+    }, () => { toast("Not done: the ENC did not answer; try again.", { kind: "refused" }); return null; });
+  }
 
   // -- the list ----------------------------------------------------------------------------
   const table = document.getElementById("alerts");
@@ -162,7 +268,7 @@
     if (!tbody) return;
     const rows = [...tbody.rows];
     const un = rows.filter((r) => r.dataset.status === "new" || r.dataset.status === "acknowledged").length;
-    const esc = rows.filter((r) => r.dataset.status === "new" && r.classList.contains("escalated")).length;
+    const esc = rows.filter((r) => r.classList.contains("escalated") && (r.dataset.status === "new" || r.dataset.status === "acknowledged")).length;
     const u = document.getElementById("count-unhandled");
     const x = document.getElementById("count-escalated");
     if (u) u.textContent = String(un);
@@ -179,38 +285,49 @@
   }
   function renderRow(a) {
     const tr = document.createElement("tr");
-    tr.className = `alert status-${a.status}`;
-    if (a.escalated_at && a.status === "new") tr.classList.add("escalated");
+    tr.className = `alert status-${a.status} sev-${a.severity}`;
+    if (a.escalated) tr.classList.add("escalated");
     tr.dataset.incident = a.incident_id;
     tr.dataset.receivedAt = a.received_at;
     tr.dataset.statusAt = a.status_at;
     tr.dataset.status = a.status;
+    tr.dataset.priority = a.priority;
     tr.tabIndex = -1;
     cell(tr, "age").dataset.ageFrom = a.received_at;
     const st = cell(tr, "status");
     const badge = document.createElement("span");
     badge.className = "badge";
-    badge.textContent = a.status;
+    badge.textContent = STATUS_WORDS[a.status] || a.status;
     st.appendChild(badge);
     if (a.taken_by) { const s = document.createElement("small"); s.textContent = " " + a.taken_by; st.appendChild(s); }
+    const prio = document.createElement("span");
+    prio.className = `prio prio-${a.priority}`;
+    prio.textContent = `P${a.priority} ${SEVERITY_WORDS[a.priority]}`;
+    cell(tr, "priority").appendChild(prio);
     const what = cell(tr, "what");
     const link = document.createElement("a");
     link.href = a.url;
-    link.textContent = a.label;
+    link.textContent = a.label_text;
     what.appendChild(link);
     cell(tr, "num", `${Math.round(a.score * 100)}%`);
     cell(tr, "device", a.device_uid);
     cell(tr, "place", `${a.lat.toFixed(5)}, ${a.lon.toFixed(5)}`);
     const time = document.createElement("time");
     time.setAttribute("datetime", new Date(a.received_at).toISOString().replace(".000Z", "+00:00"));
+    time.textContent = a.received_text;
     cell(tr, "time").appendChild(time);
-    localTimes(tr);
+    utcTitles(tr);
     return tr;
   }
+  // The server's order (enc._handling.priority_key): unhandled first; escalated, then
+  // by priority, then newest; handled ones newest first.
   function sortRows() {
     const handled = (r) => (r.dataset.status === "dispatched" || r.dataset.status === "dismissed" ? 1 : 0);
+    const esc = (r) => (r.classList.contains("escalated") ? 0 : 1);
     const rows = [...tbody.rows].sort((x, y) =>
-      handled(x) - handled(y) || Number(y.dataset.receivedAt) - Number(x.dataset.receivedAt));
+      handled(x) - handled(y) ||
+      (handled(x) ? 0 : esc(x) - esc(y) || Number(x.dataset.priority) - Number(y.dataset.priority)) ||
+      Number(y.dataset.receivedAt) - Number(x.dataset.receivedAt));
     for (const r of rows) tbody.appendChild(r);
   }
   function upsert(a, fresh) {
@@ -234,42 +351,31 @@
     select(rows[Math.min(rows.length - 1, Math.max(0, i + step))]);
   }
 
+  let onPageAlert = () => {};
+  let onPageReady = () => {};
   if (page === "list" && tbody) {
     cw.clockOffset = Number(table.dataset.now) - Date.now();
-    for (const tr of tbody.rows) tr.tabIndex = -1;
     tbody.addEventListener("click", (e) => {
       const tr = e.target.closest("tr.alert");
       if (tr && !e.target.closest("a")) location.assign(tr.querySelector("a").href);
     });
-    fetch("/api/alerts?limit=200", { credentials: "same-origin" })
-      .then((r) => (r.ok ? r.json() : Promise.reject(r.status)))
-      .then((data) => {
-        cw.clockOffset = data.now - Date.now();
-        const sel = selected() && selected().dataset.incident;
-        tbody.replaceChildren(...data.alerts.map((a) => renderRow(a)));
-        if (sel) select([...tbody.rows].find((r) => r.dataset.incident === sel));
-        tickAges();
-        openFeed(Math.min(data.cursor, Number(table.dataset.cursor)), (a) => {
-          upsert(a, a.change === "received");
-          if (a.change === "received") cue("new");
-          else if (a.change === "escalated") cue("escalated");
-        });
-        body.dataset.ready = "1";
-      })
-      .catch((status) => { if (status === 401) location.assign("/login"); });
+    onPageReady = (data) => {
+      const sel = selected() && selected().dataset.incident;
+      tbody.replaceChildren(...data.alerts.map((a) => renderRow(a)));
+      if (sel) select([...tbody.rows].find((r) => r.dataset.incident === sel));
+      tickAges();
+    };
+    onPageAlert = (a) => upsert(a, a.change === "received");
     keys.j = keys.ArrowDown = () => move(1);
     keys.k = keys.ArrowUp = () => move(-1);
     keys.Enter = keys.o = () => { const tr = selected(); if (tr) location.assign(tr.querySelector("a").href); };
     keys.a = () => {
       const tr = selected();
       if (!tr) return;
-      fetch(`/api/alerts/${encodeURIComponent(tr.dataset.incident)}/actions`, {
-        method: "POST", credentials: "same-origin",
-        headers: { "Content-Type": "application/json", "X-CSRF-Token": csrf },
-        body: JSON.stringify({ action: "acknowledge" }),
-      }).then((r) => r.json()).then((a) => { if (a.incident_id) upsert(a, false); });
+      act(tr.dataset.incident, { action: "acknowledge", seen_status_at: Number(tr.dataset.statusAt) })
+        .then((a) => { if (a && a.incident_id) upsert(a, false); });
     };
-    localTimes();
+    utcTitles();
     tickAges();
     setInterval(tickAges, 1000);
   }
@@ -281,6 +387,7 @@
     const full = document.getElementById("photo-full");
     const fullImg = document.getElementById("photo-full-img");
     function openPhoto() {
+      // Fetched (and so recorded as viewed) only now, when someone asks to see it.
       if (!fullImg.getAttribute("src")) fullImg.src = fullImg.dataset.src;
       full.showModal();
     }
@@ -307,7 +414,7 @@
       grid.style.left = `${map.clientWidth / 2 - Number(grid.dataset.x)}px`;
       grid.style.top = `${map.clientHeight / 2 - Number(grid.dataset.y)}px`;
     }
-    const focus = (id) => { const el = document.getElementById(id); if (el) { el.focus(); el.scrollIntoView({ block: "center" }); } };
+    const focus = (id) => { const el = document.getElementById(id); if (el) { el.focus(); el.scrollIntoView({ block: "nearest" }); } };
     keys.a = () => { const f = document.getElementById("form-acknowledge"); if (f) f.requestSubmit(); };
     keys.d = () => focus("unit");
     keys.f = () => focus("dismiss-reason");
@@ -315,22 +422,42 @@
     keys.p = openPhoto;
     keys.c = () => copy(document.getElementById("geo-copy").dataset.copy);
     keys.Escape = keys.u = () => location.assign("/");
-    localTimes();
-    cw.clockOffset = 0;
+    utcTitles();
     tickAges();
     setInterval(tickAges, 1000);
-    openFeed(Number(article.dataset.cursor), (a) => {
-      if (a.incident_id !== incident) {
-        if (a.change === "received") cue("new");
-        return;
-      }
-      const inputs = [...article.querySelectorAll("input:not([type=hidden])")];
+    onPageAlert = (a) => {
+      if (a.incident_id !== incident || a.change === "received") return;
+      const inputs = [...article.querySelectorAll("input:not([type=hidden]):not([type=checkbox])")];
       if (inputs.every((i) => !i.value)) { location.reload(); return; }
       const banner = document.getElementById("changed");
       banner.querySelector("b").textContent = a.actor;
       banner.hidden = false;
-    });
+    };
   }
 
-  if (page === "audit") localTimes();
+  if (page !== "list" && page !== "alert") utcTitles();
+
+  // -- every page with a session: the alerts' state and the live feed -------------------
+  if (csrf && page !== "login") {
+    const pageCursor = Number((table || article || {}).dataset ? (table || article).dataset.cursor : NaN);
+    fetch("/api/alerts?limit=200", { credentials: "same-origin" })
+      .then((r) => (r.ok ? r.json() : Promise.reject(r.status)))
+      .then((data) => {
+        cw.clockOffset = data.now - Date.now();
+        for (const a of data.alerts) state.set(a.incident_id, a);
+        onPageReady(data);
+        refresh();
+        const cursor = Number.isFinite(pageCursor) ? Math.min(data.cursor, pageCursor) : data.cursor;
+        openFeed(cursor, (a) => {
+          const before = state.get(a.incident_id);
+          state.set(a.incident_id, a);
+          if (a.change === "received" && !before) { announce(a); cue("new"); }
+          else if (a.change === "escalated") cue("escalated");
+          refresh();
+          onPageAlert(a);
+        });
+        body.dataset.ready = "1";
+      })
+      .catch((status) => { if (status === 401) location.assign("/login"); });
+  }
 })();

@@ -295,3 +295,58 @@ def test_session_row_in_the_past_is_refused(store: enc.AlertStore,
         tx.execute(update(SessionRow).where(SessionRow.token_hash == s.token_hash)
                    .values(expires_at=T0 + 5))
     assert ops.session(token, now=T0 + 6) is None
+
+
+def test_severity_from_label_and_score() -> None:
+    from enc._handling import Severity, label_words, severity
+
+    assert severity("fight", 0.8, uncertain_below=0.7) is Severity.FIGHT
+    assert severity("person_down", 0.8, uncertain_below=0.7) is Severity.PERSON_DOWN
+    assert severity("fall", 0.7, uncertain_below=0.7) is Severity.PERSON_DOWN
+    assert severity("fight", 0.69, uncertain_below=0.7) is Severity.UNCERTAIN
+    assert severity("smoke", 0.99, uncertain_below=0.7) is Severity.UNCERTAIN
+    assert Severity.FIGHT < Severity.PERSON_DOWN < Severity.UNCERTAIN
+    assert label_words("person_down") == "Person down"
+    assert label_words("crowd_crush") == "Crowd crush"
+
+
+def test_a_taken_alert_left_unfinished_is_escalated_once(store: enc.AlertStore) -> None:
+    from enc._handling import escalated_now
+
+    store.record_alert(received("inc-1"), received_at=T0)
+    enc.apply_action(store, "inc-1", "acknowledge", operator="olga", role="operator",
+                     now=T0 + 1000)
+    due = dict(after_ms=120_000, taken_after_ms=600_000)
+    assert enc.escalate_due(store, now=T0 + 600_999, **due) == []
+    assert enc.escalate_due(store, now=T0 + 601_000, **due) == ["inc-1"]
+    assert enc.escalate_due(store, now=T0 + 700_000, **due) == []
+    a = store.alert("inc-1")
+    assert a.escalated_at == T0 + 601_000 and escalated_now(a)
+    assert store.audit_trail("inc-1")[-1].detail == {"taken_by": "olga",
+                                                     "unfinished_for_s": 600}
+    # Finished: no longer escalated; reopened and taken again: the clock starts anew.
+    a = enc.apply_action(store, "inc-1", "dispatch", operator="olga", role="operator",
+                         now=T0 + 700_000, unit="Ambulance 1")
+    assert not escalated_now(a)
+    enc.apply_action(store, "inc-1", "reopen", operator="sue", role="supervisor",
+                     now=T0 + 710_000, reason="again")
+    enc.apply_action(store, "inc-1", "acknowledge", operator="oscar", role="operator",
+                     now=T0 + 711_000)
+    assert enc.escalate_due(store, now=T0 + 1_310_999, **due) == []
+    assert enc.escalate_due(store, now=T0 + 1_311_000, **due) == ["inc-1"]
+
+
+def test_an_action_on_a_state_the_operator_no_longer_sees_is_refused(
+        store: enc.AlertStore) -> None:
+    store.record_alert(received(), received_at=T0)
+    seen = store.alert("inc-1").status_at
+    act(store, "acknowledge", who="olga", at=T0 + 1000)
+    before = store.audit_trail("inc-1")
+    with pytest.raises(enc.ActionRefused, match="changed while you looked at it: it is now "
+                                                "taken by olga"):
+        enc.apply_action(store, "inc-1", "dispatch", operator="sue", role="supervisor",
+                         now=T0 + 2000, unit="Police 1", seen_status_at=seen)
+    assert store.audit_trail("inc-1") == before
+    a = enc.apply_action(store, "inc-1", "dispatch", operator="sue", role="supervisor",
+                         now=T0 + 3000, unit="Police 1", seen_status_at=T0 + 1000)
+    assert a.taken_by == "sue"
