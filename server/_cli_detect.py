@@ -53,23 +53,9 @@ def register_detection(sub: argparse._SubParsersAction[argparse.ArgumentParser])
         "there are and how many were flagged, also at other thresholds. With --after-edge "
         "an image counts only when the pole's pre-screen flags it too (the two-stage path).")
     ev.add_argument("images", type=Path, metavar="DIR", help="folder of the images")
-    ev.add_argument("--labels", type=Path, required=True, metavar="CSV",
-                    help="labels CSV (file names relative to DIR); a relative path that does "
-                         "not exist is also looked for in DIR")
-    ev.add_argument("--json", action="store_true",
-                    help='one JSON object {"labels": {LABEL: {"n", "flagged"}}, "threshold", '
-                         '"after_edge", "curve", "ms_per_photo"[, "edge"]}')
+    _evaluation_options(ev, '"threshold", "after_edge", "curve", "ms_per_photo"[, "edge"]')
     ev.add_argument("--after-edge", action="store_true",
                     help="count an image only when the pre-screen flags it as well")
-    ev.add_argument("--edge-config", type=Path, default=None,
-                    help="TOML pre-screen configuration for --after-edge (its [prescreen] "
-                         "table if it has one)")
-    ev.add_argument("--server-config", type=Path, default=None,
-                    help="server config whose [verification] settings to use (default: the "
-                         "built-in defaults)")
-    ev.add_argument("--threshold", type=float, default=None,
-                    help="decision threshold (default: the configured one)")
-    ev.add_argument("--models-dir", type=Path, default=None, help="models folder")
     ev.add_argument("--show-flagged", action="store_true",
                     help="also list the flagged images (not with --json)")
     ev.set_defaults(func=_eval)
@@ -81,23 +67,30 @@ def register_detection(sub: argparse._SubParsersAction[argparse.ArgumentParser])
         "server's photo check with the report's own score and label. Prints per label "
         "the clips, those the pole reported and those the server then called dangerous.")
     ec.add_argument("clips", type=Path, metavar="DIR", help="folder of the clips")
-    ec.add_argument("--labels", type=Path, required=True, metavar="CSV",
-                    help="labels CSV (file names relative to DIR); a relative path that does "
-                         "not exist is also looked for in DIR")
-    ec.add_argument("--json", action="store_true",
-                    help='one JSON object {"labels": {LABEL: {"n", "flagged"}}, "edge", '
-                         '"threshold", "curve"}')
+    _evaluation_options(ec, '"edge", "threshold", "curve"')
     ec.add_argument("--fps", type=float, default=10.0, help="frames per second played")
     ec.add_argument("--hold", type=float, default=0.0,
                     help="seconds the last frame is held (someone who stays down)")
-    ec.add_argument("--edge-config", type=Path, default=None,
-                    help="TOML pre-screen configuration (its [prescreen] table if it has one)")
-    ec.add_argument("--server-config", type=Path, default=None,
-                    help="server config whose [verification] settings to use")
-    ec.add_argument("--threshold", type=float, default=None,
-                    help="decision threshold (default: the configured one)")
-    ec.add_argument("--models-dir", type=Path, default=None, help="models folder")
     ec.set_defaults(func=_eval_clips)
+
+
+def _evaluation_options(parser: argparse.ArgumentParser, json_keys: str) -> None:
+    """The options ``eval`` and ``eval-clips`` share."""
+    parser.add_argument("--labels", type=Path, required=True, metavar="CSV",
+                        help="labels CSV (file names relative to DIR); a relative path that "
+                             "does not exist is also looked for in DIR")
+    parser.add_argument("--json", action="store_true",
+                        help='one JSON object {"labels": {LABEL: {"n", "flagged"}}, '
+                             f"{json_keys}}}")
+    parser.add_argument("--edge-config", type=Path, default=None,
+                        help="TOML pre-screen configuration (its [prescreen] table if it "
+                             "has one)")
+    parser.add_argument("--server-config", type=Path, default=None,
+                        help="server config whose [verification] settings to use (default: "
+                             "the built-in defaults)")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="decision threshold (default: the configured one)")
+    parser.add_argument("--models-dir", type=Path, default=None, help="models folder")
 
 
 def _models_install(args: argparse.Namespace) -> int:
