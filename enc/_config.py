@@ -125,6 +125,11 @@ class DashboardSection(_Section):
     time_zone: str = "UTC"
     """IANA time zone the dashboard shows times in, with its abbreviation
     (``Europe/Warsaw``)."""
+    leaflet: bool = True
+    """Draw the place on a Leaflet map (served by the ENC itself from
+    ``enc/static/vendor``, where scripts/setup.sh installs it with npm): the alert, its
+    accuracy circle and the other alerts on a plain background, or on ``map_tile_url``'s
+    tiles when set. False, or Leaflet not installed: coordinates (and the 3x3 tiles)."""
 
     @field_validator("time_zone")
     @classmethod

@@ -48,6 +48,7 @@ LOGIN_COOKIE = "cw_login"
 _LOGINS_WAITING = 16
 FLASH_COOKIE = "cw_flash"
 _STATIC = Path(__file__).resolve().parent / "static"
+_LEAFLET = "vendor/node_modules/leaflet/dist"  # under _STATIC, put there by scripts/setup.sh
 _INCIDENT_PATH = r"^[^/]{1,64}$"
 
 
@@ -313,6 +314,12 @@ class Dashboard:
         self.templates.filters["when"] = self.ui.time
         self.templates.filters["words"] = self.ui.label
         self.templates.globals["ui"] = self.ui
+        self.templates.globals["leaflet"] = (
+            f"/static/{_LEAFLET}" if config.dashboard.leaflet
+            and (_STATIC / _LEAFLET / "leaflet.js").is_file() else "")
+        if config.dashboard.leaflet and not self.templates.globals["leaflet"]:
+            log.warning("Leaflet is not installed in %s (scripts/setup.sh does it): the "
+                        "dashboard shows coordinates without a map", _STATIC / _LEAFLET)
         self.templates.globals["status_words"] = {
             "new": "New", "acknowledged": "Acknowledged", "dispatched": "Dispatched",
             "dismissed": "Dismissed"}

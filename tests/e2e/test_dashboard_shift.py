@@ -406,3 +406,123 @@ def test_words_zones_fold_and_photo_views(fast: EncProcess, browser: object,
         assert raw not in audit, raw
     assert "Photo viewed" in audit and "Escalated" in audit and "Logged in" in audit
     shot(p, "shift-audit.png")
+
+
+# -- 5. where: Leaflet, served by the ENC, on a plain background or the city's tiles -----
+
+
+def _need_leaflet() -> None:
+    from enc._dashboard import _LEAFLET, _STATIC
+
+    if not (_STATIC / _LEAFLET / "leaflet.js").is_file():
+        pytest.skip("Leaflet is not installed (scripts/setup.sh installs it with npm)")
+
+
+def test_map_on_a_plain_background_with_the_other_alerts(calm: EncProcess, browser: object,
+                                                         desks: list[Desk]) -> None:
+    _need_leaflet()
+    here = post(calm, label="person_down", score=0.9, device="pole-m1",
+                lat=52.2297, lon=21.0122)
+    post(calm, label="fight", score=0.9, device="pole-m2", lat=52.2310, lon=21.0140)
+    olga = Desk(browser, calm, "olga")
+    desks.append(olga)
+    p = olga.open(f"/alerts/{here}")
+    focus = p.wait_for_selector("#map path.focus", timeout=WAIT_MS)
+    assert p.is_visible("#map path.accuracy")
+    centre = p.evaluate("(() => { const c = window.cw.maps.alert.m.getCenter();"
+                        " return [c.lat, c.lng]; })()")
+    assert centre == pytest.approx([52.2297, 21.0122], abs=1e-6)
+    # The alert sits in the middle of the map; the nearby fight is drawn too.
+    box, frame = focus.bounding_box(), p.query_selector("#map").bounding_box()
+    assert abs(box["x"] + box["width"] / 2 - (frame["x"] + frame["width"] / 2)) < 3
+    assert abs(box["y"] + box["height"] / 2 - (frame["y"] + frame["height"] / 2)) < 3
+    others = [o.bounding_box() for o in p.query_selector_all("#map path.other")]
+    assert others and all(frame["x"] <= o["x"] <= frame["x"] + frame["width"] and
+                          frame["y"] <= o["y"] <= frame["y"] + frame["height"]
+                          for o in others)  # the fight 190 m away is in the frame
+    assert "Person down at pole-m1" in p.text_content("#map .leaflet-tooltip")
+    assert p.query_selector_all("#map img") == []  # no tiles: nothing to fetch
+    assert p.is_visible("#map .leaflet-control-scale")
+    p.query_selector("#map").scroll_into_view_if_needed()
+    shot(p, "shift-map-plain.png")
+
+
+class TileServer:
+    """A tile server on loopback (the city's own, say): any tile is a small PNG."""
+
+    def __init__(self) -> None:
+        import http.server
+        import io
+        import threading
+
+        from PIL import Image
+
+        from tests.support.services import free_port
+
+        buf = io.BytesIO()
+        Image.new("RGB", (256, 256), (60, 90, 70)).save(buf, "PNG")
+        png = buf.getvalue()
+        self.paths: list[str] = []
+        paths = self.paths
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                paths.append(self.path)
+                self.send_response(200)
+                self.send_header("Content-Type", "image/png")
+                self.send_header("Content-Length", str(len(png)))
+                self.end_headers()
+                self.wfile.write(png)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.port = free_port()
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_tiles_by_url_and_the_wall_display_with_photo_and_map(
+        tmp_path_factory: pytest.TempPathFactory, browser: object, desks: list[Desk]) -> None:
+    _need_leaflet()
+    tiles = TileServer()
+    try:
+        gen = _enc(tmp_path_factory, "tiles", '[dashboard]\nmap_tile_url = '
+                   f'"http://127.0.0.1:{tiles.port}/osm/{{z}}/{{x}}/{{y}}.png"\n')
+        enc = next(gen)
+        inc = post(enc, label="fight", score=0.9, device="pole-t1", lat=52.2297, lon=21.0122)
+        olga = Desk(browser, enc, "olga")
+        desks.append(olga)
+        p = olga.open(f"/alerts/{inc}")
+        p.wait_for_selector("#map img.leaflet-tile-loaded", timeout=WAIT_MS)
+        assert "/osm/17/73186/43158.png" in tiles.paths  # the tile the place is in
+        p.query_selector("#map").scroll_into_view_if_needed()
+        shot(p, "shift-map-tiles.png")
+
+        wall = Desk(browser, enc, "oscar", size=(1920, 1080))
+        desks.append(wall)
+        p = wall.open("/?wall=1")
+        p.wait_for_function("() => document.getElementById('wall-photo').naturalWidth === 160",
+                            timeout=WAIT_MS)
+        p.wait_for_selector("#wall-map path.focus", timeout=WAIT_MS)
+        assert "P1 Fight at pole-t1" in p.text_content("#wall-title")
+        views = [e for e in api(enc, "oscar").get(f"/api/alerts/{inc}").json()["audit"]
+                 if e["action"] == "photo_viewed"]
+        assert [(v["actor"], v["detail"]["view"]) for v in views] == [("oscar", "wall")]
+        # A more urgent alert takes the wall.
+        other = post(enc, label="fight", score=0.95, device="pole-t2", lat=52.2301, lon=21.0130)
+        p.wait_for_function(f"() => document.getElementById('wall-photo').src.includes("
+                            f"'{other}')", timeout=WAIT_MS)
+        shot(p, "shift-wall-1920x1080.png")
+        for d in (olga, wall):  # their event streams end before the ENC stops
+            d.close()
+            desks.remove(d)
+        with pytest.raises(StopIteration):
+            next(gen)
+    finally:
+        tiles.close()
