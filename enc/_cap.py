@@ -2,18 +2,23 @@
 
 A new or acknowledged alert exports as msgType "Alert"; once an operator dispatched
 help it exports as an "Update", and a false alarm as a "Cancel", each referencing the
-original message (``references`` = sender,identifier,sent). Exporting the same state
+original message and every earlier update of it (``references``: sender,identifier,sent
+of each, space-separated, oldest first). The photo is a resource with its size and
+SHA-1 digest, its ``uri`` on this ENC with ``cap.public_url``, and the photo itself as
+``derefUri`` (base64) with ``cap.embed_photo``. Exporting the same state
 twice gives the same message: identifiers and times come from the store and the audit
 trail, never from the clock.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from urllib.parse import quote
 
 from ._config import CapSection
 from ._store import Alert, AlertStatus, AuditEntry
@@ -104,7 +109,10 @@ def cap_message(alert: Alert, trail: Sequence[AuditEntry], settings: CapSection,
             note = f"Reopened ({last.actor}): {d.get('reason', '')}"
         _sub(root, "note", note)
     if msg_type != "Alert":
-        _sub(root, "references", f"{settings.sender},{original_id},{original_sent}")
+        # Each status change was an update of its own (same identifiers as its export).
+        cited = [f"{settings.sender},{original_id},{original_sent}"] + [
+            f"{settings.sender},{original_id}.{e.id},{cap_time(e.at)}" for e in changes[:-1]]
+        _sub(root, "references", " ".join(cited))
     _sub(root, "incidents", original_id)
 
     info = _sub(root, "info")
@@ -155,7 +163,9 @@ def cap_message(alert: Alert, trail: Sequence[AuditEntry], settings: CapSection,
         _sub(res, "size", str(len(photo)))
         if settings.public_url:
             _sub(res, "uri", f"{settings.public_url.rstrip('/')}/alerts/"
-                             f"{alert.incident_id}/photo.jpg")
+                             f"{quote(alert.incident_id, safe='')}/photo.jpg")
+        if settings.embed_photo:
+            _sub(res, "derefUri", base64.b64encode(photo).decode("ascii"))
         # CAP 1.2 names SHA-1 for the digest.
         _sub(res, "digest", hashlib.sha1(photo, usedforsecurity=False).hexdigest())
     area = _sub(info, "area")

@@ -166,6 +166,10 @@ class CapSection(_Section):
     """CAP ``restriction`` (the scope is always "Restricted")."""
     public_url: str = ""
     """Base URL at which recipients reach this dashboard (CAP ``web``); empty: left out."""
+    embed_photo: bool = True
+    """Carry the photo itself in the CAP message (its resource's ``derefUri``, base64),
+    so that a recipient who cannot reach this ENC still has it; false: size and digest
+    only (and ``uri`` with ``public_url``)."""
 
     @field_validator("sender")
     @classmethod

@@ -526,3 +526,61 @@ def test_tiles_by_url_and_the_wall_display_with_photo_and_map(
             next(gen)
     finally:
         tiles.close()
+
+
+# -- 6. CAP 1.2: the photo carried, every earlier update cited ---------------------------
+
+
+def test_cap_export_cites_every_earlier_update_and_carries_the_photo(
+        calm: EncProcess, browser: object, desks: list[Desk]) -> None:
+    import base64
+    import hashlib
+    import xml.etree.ElementTree as ET
+
+    xmlschema = pytest.importorskip("xmlschema", reason="xmlschema is not installed")
+    from tests.integration.test_enc_dashboard import SCHEMA_FILE
+
+    schema = xmlschema.XMLSchema(str(SCHEMA_FILE))
+    ns = {"cap": "urn:oasis:names:tc:emergency:cap:1.2"}
+    inc = post(calm, label="fight", score=0.9, device="pole-c1")
+    olga, sue = Desk(browser, calm, "olga"), Desk(browser, calm, "sue")
+    desks += [olga, sue]
+
+    def export(d: Desk) -> ET.Element:
+        r = d.page.request.get(f"{calm.url}/alerts/{inc}/cap.xml")
+        assert r.ok
+        schema.validate(r.body())
+        return ET.fromstring(r.body())
+
+    def own(x: ET.Element) -> str:
+        return ",".join(x.findtext(f"cap:{k}", namespaces=ns) or ""
+                        for k in ("sender", "identifier", "sent"))
+
+    original = own(export(olga))
+    p = olga.open(f"/alerts/{inc}")
+    p.fill("#dismiss-reason", "two friends play-fighting")
+    p.click("#btn-dismiss")
+    p.wait_for_selector("#status:text('dismissed')", timeout=WAIT_MS)
+    cancel = export(olga)
+    assert cancel.findtext("cap:msgType", namespaces=ns) == "Cancel"
+    assert cancel.findtext("cap:references", namespaces=ns) == original
+    p = sue.open(f"/alerts/{inc}")
+    p.fill("#reopen-reason", "one of them is on the ground now")
+    p.click("#btn-reopen")
+    p.wait_for_selector("#status:text('new')", timeout=WAIT_MS)
+    reopened = export(sue)
+    p = olga.open(f"/alerts/{inc}")
+    p.fill("#unit", "Police 2")
+    p.click("#btn-dispatch")
+    p.wait_for_selector("#status:text('dispatched')", timeout=WAIT_MS)
+    update = export(olga)
+    assert update.findtext("cap:msgType", namespaces=ns) == "Update"
+    # The original, the cancel and the reopening, oldest first, as each was exported.
+    assert update.findtext("cap:references", namespaces=ns).split() == [
+        original, own(cancel), own(reopened)]
+    # The photo: the one the ENC holds, carried whole, with its digest and size.
+    res = update.find("cap:info/cap:resource", ns)
+    photo = sue.page.request.get(f"{calm.url}/alerts/{inc}/photo.jpg").body()
+    assert base64.b64decode(res.findtext("cap:derefUri", namespaces=ns)) == photo
+    assert res.findtext("cap:digest", namespaces=ns) == hashlib.sha1(photo).hexdigest()
+    assert res.findtext("cap:size", namespaces=ns) == str(len(photo))
