@@ -22,8 +22,10 @@ step() { echo "setup: [$1/4] $2"; }
 
 # What the demo runs: token, broker, GNSS fake, the build of systemd-python.
 APT_PACKAGES=(softhsm2 opensc-pkcs11 mosquitto mosquitto-clients gpsd gpsd-clients
-              libsystemd-dev pkg-config build-essential python3-venv
-              npm)  # Leaflet for the ENC's map (below)
+              libsystemd-dev pkg-config build-essential python3-venv)
+# npm for Leaflet (the ENC's map, below), from Debian only where no npm is there: a
+# Node.js that ships its own npm conflicts with Debian's npm package.
+command -v npm >/dev/null 2>&1 || APT_PACKAGES+=(npm)
 if [ "$tests" = 1 ]; then
   APT_PACKAGES+=(postgresql  # the stores against PostgreSQL
                  chromium chromium-driver  # the dashboard's browser tests
