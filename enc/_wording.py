@@ -15,7 +15,7 @@ from ._store import Alert
 __all__ = ["Presentation"]
 
 _ACTIONS = {
-    "received": "Received", "acknowledged": "Taken", "dispatched": "Help dispatched",
+    "received": "Received", "acknowledged": "Taken (acknowledged)", "dispatched": "Help dispatched",
     "dismissed": "Dismissed as a false alarm", "reopened": "Reopened",
     "escalated": "Escalated", "photo_viewed": "Photo viewed", "cap_exported": "CAP exported",
     "login": "Logged in", "login_failed": "Failed login", "logout": "Logged out",
