@@ -27,8 +27,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+import ctypes
 import math
 import multiprocessing
+import signal
+import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -247,8 +251,18 @@ class PoseVerifier:
 _worker: PoseVerifier | None = None
 
 
+def _die_with_parent() -> None:
+    # A server killed outright (SIGKILL, OOM) must not leave its workers behind holding
+    # the models' memory: Linux ends this process when its parent ends.
+    if sys.platform == "linux":
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def _init_worker(models_dir: str | None, settings: VerifierSettings) -> None:
     global _worker
+    _die_with_parent()
     _worker = PoseVerifier(VerifierModels(Path(models_dir) if models_dir else None), settings)
 
 

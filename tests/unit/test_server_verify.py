@@ -157,3 +157,38 @@ def test_shared_smoke_images_lying_versus_upright(verifier: PoseVerifier) -> Non
     assert sum(s >= 0.7 for s in lying) >= 6, lying      # of 8 (tuning-set frames)
     for label in ("upright", "upright_street_crowd"):
         assert max(scores[label]) < 0.5, (label, scores[label])
+
+
+def test_workers_end_when_the_server_is_killed_outright() -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    # A parent that starts a pool, prints its worker's pid, then waits to be killed.
+    code = ("import os, sys\n"
+            "from server import VerifierPool\n"
+            "pool = VerifierPool(workers=1); pool.start()\n"
+            "print(*[p for p in pool._processes._processes], flush=True)\n"
+            "sys.stdin.read()\n")
+    parent = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True,
+                              cwd=Path(__file__).resolve().parents[2])
+    assert parent.stdout is not None
+    worker = int(parent.stdout.readline().split()[0])
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait(timeout=10)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            os.kill(worker, 0)
+        except ProcessLookupError:
+            break
+        with open(f"/proc/{worker}/stat") as f:
+            if f.read().split()[2] == "Z":
+                break  # ended, waiting to be reaped by init
+        time.sleep(0.2)
+    else:
+        os.kill(worker, signal.SIGKILL)
+        raise AssertionError("the worker outlived its killed server")
