@@ -72,8 +72,8 @@ class Presentation:
         d = dict(detail)
         out: list[str] = []
         if action == "photo_viewed":
-            d.pop("full", None)
-            where = d.pop("view", "page")
+            full = d.pop("full", False)  # entries older than "view" have only this
+            where = d.pop("view", "full" if full else "page")
             out.append({"full": "full size", "wall": "on the wall display"}.get(
                 str(where), "on the alert page"))
         if "untaken_for_s" in d:

@@ -479,8 +479,13 @@
       grid.style.left = `${map.clientWidth / 2 - Number(grid.dataset.x)}px`;
       grid.style.top = `${map.clientHeight / 2 - Number(grid.dataset.y)}px`;
     }
-    const focus = (id) => { const el = document.getElementById(id); if (el) { el.focus(); el.scrollIntoView({ block: "nearest" }); } };
-    keys.a = () => { const f = document.getElementById("form-acknowledge"); if (f) f.requestSubmit(); };
+    // A key whose form is not there says why, instead of doing nothing.
+    const why = () => {
+      const n = document.getElementById("taken-notice") || document.getElementById("closed-notice");
+      toast(`Not possible: ${n ? n.textContent.trim() : `the alert is ${STATUS_WORDS[article.dataset.status].toLowerCase()}.`}`, { kind: "refused" });
+    };
+    const focus = (id) => { const el = document.getElementById(id); if (el) { el.focus(); el.scrollIntoView({ block: "nearest" }); } else why(); };
+    keys.a = () => { const f = document.getElementById("form-acknowledge"); if (f) f.requestSubmit(); else why(); };
     keys.d = () => focus("unit");
     keys.f = () => focus("dismiss-reason");
     keys.r = () => focus("reopen-reason");
@@ -499,8 +504,22 @@
     onPageAlert = (a) => {
       plot(alertMap, here(), [...state.values()]);
       if (a.incident_id !== incident || a.change === "received") return;
+      if (a.change === "escalated") { // said in place: the forms are the same
+        let line = document.getElementById("escalation");
+        if (!line) {
+          line = document.createElement("p");
+          line.id = "escalation";
+          line.className = "escalation";
+          line.setAttribute("role", "alert");
+          document.querySelector("#alert .title h1").after(line);
+        }
+        line.textContent = a.status === "new" ? "Escalated: nobody has taken this alert."
+          : `Escalated: taken by ${a.taken_by} and not finished.`;
+        return;
+      }
       const inputs = [...article.querySelectorAll("input:not([type=hidden]):not([type=checkbox])")];
-      if (inputs.every((i) => !i.value)) { location.reload(); return; }
+      // Reloaded to show what is allowed now, unless the operator is typing or looking.
+      if (inputs.every((i) => !i.value) && !document.querySelector("dialog[open]")) { location.reload(); return; }
       const banner = document.getElementById("changed");
       banner.querySelector("b").textContent = a.actor;
       banner.hidden = false;
@@ -518,6 +537,8 @@
         cw.clockOffset = data.now - Date.now();
         for (const a of data.alerts) state.set(a.incident_id, a);
         onPageReady(data);
+        // Away from the list, every alert still untaken is announced (after a reload too).
+        if (page !== "list") untaken().slice(0, 5).reverse().forEach(announce);
         refresh();
         const cursor = Number.isFinite(pageCursor) ? Math.min(data.cursor, pageCursor) : data.cursor;
         openFeed(cursor, (a) => {

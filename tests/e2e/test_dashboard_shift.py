@@ -197,6 +197,7 @@ def test_untaken_and_forgotten_alerts_escalate_to_the_supervisor(fast: EncProces
     olga.open(f"/alerts/{taken}")
     olga.page.click("#btn-acknowledge")
     olga.page.wait_for_selector("#status:text('acknowledged')", timeout=WAIT_MS)
+    loaded_at = olga.page.evaluate("window.cw.loadedAt")
     untaken = post(fast, label="person_down", score=0.9, device="pole-e2")
 
     # The supervisor is told on the page, whatever page: both, with what is wrong.
@@ -207,6 +208,10 @@ def test_untaken_and_forgotten_alerts_escalate_to_the_supervisor(fast: EncProces
     assert "taken by olga, not finished" in sue.page.text_content(box.format(taken))
     assert "escalated" in sue.page.evaluate("window.cw.cues")
     shot(sue.page, "shift-escalated-supervisor.png")
+    # The operator who took it and forgot it is told in place (no reload under them).
+    olga.page.wait_for_selector("#escalation", timeout=WAIT_MS)
+    assert "taken by olga and not finished" in olga.page.text_content("#escalation")
+    assert olga.page.evaluate("window.cw.loadedAt") == loaded_at
     # An operator's list shows them too (first, pulsing), without the supervisors' banner.
     olga.open("/")
     assert olga.page.is_hidden("#escalations")
@@ -263,7 +268,7 @@ def test_a_new_alert_is_announced_on_every_page_until_someone_takes_it(
     # Browsers keep sound off until a click in the page: the control to enable it is in
     # sight (a login click in the same tab would have let it play already).
     for d in (olga, sue, oscar):
-        assert d.page.is_visible("#sound-enable"), d
+        d.page.wait_for_selector("#sound-enable", state="visible", timeout=WAIT_MS)
         assert d.page.evaluate("window.cw.audioState") != "running"
     olga.page.click("#sound-enable")
     olga.page.wait_for_function("() => window.cw.audioState === 'running'", timeout=WAIT_MS)
@@ -311,6 +316,9 @@ def test_refusals_are_explained_and_a_takeover_is_confirmed(calm: EncProcess, br
     assert "olga has taken this alert" in p.text_content("#taken-notice")
     for form in ("#form-acknowledge", "#form-dispatch", "#form-dismiss", "#form-reopen"):
         assert p.query_selector(form) is None, form
+    p.keyboard.press("d")  # the shortcut says why instead of doing nothing
+    t = p.wait_for_selector(".toast.refused", timeout=WAIT_MS)
+    assert "Not possible: olga has taken this alert" in t.text_content()
 
     # A form that became stale while open: refused, and said on the page.
     later = post(calm, label="fight", score=0.9, device="pole-r2")

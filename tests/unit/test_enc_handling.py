@@ -350,3 +350,27 @@ def test_an_action_on_a_state_the_operator_no_longer_sees_is_refused(
     a = enc.apply_action(store, "inc-1", "dispatch", operator="sue", role="supervisor",
                          now=T0 + 3000, unit="Police 1", seen_status_at=T0 + 1000)
     assert a.taken_by == "sue"
+
+
+def test_audit_details_and_times_in_words() -> None:
+    from zoneinfo import ZoneInfo
+
+    from enc._wording import Presentation
+
+    ui = Presentation(ZoneInfo("Europe/Warsaw"), 0.7)
+    # 2026-01-15 12:00:00 UTC is 13:00 CET; 2026-07-15 12:00:00 UTC is 14:00 CEST.
+    assert ui.time(1_768_478_400_000) == "2026-01-15 13:00:00 CET"
+    assert ui.time(1_784_116_800_000) == "2026-07-15 14:00:00 CEST"
+    assert ui.detail("escalated", {"untaken_for_s": 120}) == ["nobody took it for 2 min"]
+    assert ui.detail("escalated", {"taken_by": "olga", "unfinished_for_s": 600}) == [
+        "taken by olga and not finished for 10 min"]
+    assert ui.detail("photo_viewed", {"full": False, "view": "page"}) == ["on the alert page"]
+    assert ui.detail("photo_viewed", {"full": True}) == ["full size"]
+    assert ui.detail("dispatched", {"unit": "Police 3", "comment": "",
+                                    "took_over_from": "olga"}) == [
+        "Unit: Police 3", "Taken over from olga"]
+    assert ui.detail("received", {"device": "pole-1", "label": "person_down",
+                                  "score": 0.87}) == [
+        "confidence 87%", "Device: pole-1", "Label: Person down"]
+    assert ui.action("acknowledged") == "Taken (acknowledged)"
+    assert ui.action("some_new_thing") == "Some new thing"
