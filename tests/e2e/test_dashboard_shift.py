@@ -572,11 +572,13 @@ def test_cap_export_cites_every_earlier_update_and_carries_the_photo(
     cancel = export(olga)
     assert cancel.findtext("cap:msgType", namespaces=ns) == "Cancel"
     assert cancel.findtext("cap:references", namespaces=ns) == original
+    olga.open("/")  # (an open alert page reloads when a colleague changes it)
     p = sue.open(f"/alerts/{inc}")
     p.fill("#reopen-reason", "one of them is on the ground now")
     p.click("#btn-reopen")
     p.wait_for_selector("#status:text('new')", timeout=WAIT_MS)
     reopened = export(sue)
+    sue.open("/")
     p = olga.open(f"/alerts/{inc}")
     p.fill("#unit", "Police 2")
     p.click("#btn-dispatch")
