@@ -31,13 +31,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
 import os
 import random
 import secrets
-import select
 import shutil
 import signal
 import subprocess
@@ -50,6 +48,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench._jsonlines import LineProcess  # noqa: E402
 
 # -- one pole process -------------------------------------------------------------------
 
@@ -164,46 +163,10 @@ def poles_main(argv: list[str]) -> int:
     return 0
 
 
-class PoleProcess:
+class PoleProcess(LineProcess):
     def __init__(self, spec: Path, log: Path) -> None:
-        self._log = open(log, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "poles",
-                                      str(spec)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=self._log, cwd=ROOT)
-        self._buf = b""
-
-    def send(self, obj: dict[str, Any]) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write((json.dumps(obj) + "\n").encode())
-        self.proc.stdin.flush()
-
-    def read(self, timeout: float) -> dict[str, Any]:
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + timeout
-        while b"\n" not in self._buf:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"a pole process did not answer within {timeout:.0f} s")
-            ready, _, _ = select.select([self.proc.stdout], [], [], left)
-            if ready:
-                chunk = os.read(self.proc.stdout.fileno(), 65536)
-                if not chunk:
-                    raise RuntimeError(f"a pole process exited ({self.proc.poll()})")
-                self._buf += chunk
-        line, self._buf = self._buf.split(b"\n", 1)
-        out: dict[str, Any] = json.loads(line)
-        return out
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(OSError, ValueError):
-                self.send({"cmd": "stop"})
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
+        super().__init__([sys.executable, str(Path(__file__).resolve()), "poles", str(spec)],
+                         log, cwd=ROOT, who="a pole process")
 
 
 def ask_all(procs: list[PoleProcess], obj: dict[str, Any], timeout: float) -> list[dict[str, Any]]:

@@ -47,7 +47,6 @@ import json
 import math
 import os
 import random
-import select
 import shutil
 import signal
 import socket
@@ -62,6 +61,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench._jsonlines import LineProcess  # noqa: E402
 
 DISTS = ("uniform", "normal", "exponential", "cauchy")
 # The paper's figures, time units: (contact mean, broadcast mean) per distribution.
@@ -434,50 +435,14 @@ def poles_main(argv: list[str]) -> int:
 # -- the orchestration (runs inside the server namespace) ---------------------------------
 
 
-class Poles:
+class Poles(LineProcess):
     """The poles process, spoken to over its stdin and stdout."""
 
     def __init__(self, cmd: list[str], log: Path) -> None:
-        self._log = open(log, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=self._log, cwd=ROOT)
-        self._buf = b""
+        super().__init__(cmd, log, cwd=ROOT, who="the poles")
 
-    def read(self, timeout: float) -> dict[str, Any]:
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + timeout
-        while b"\n" not in self._buf:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"the poles did not answer within {timeout:.0f} s")
-            ready, _, _ = select.select([self.proc.stdout], [], [], left)
-            if ready:
-                chunk = os.read(self.proc.stdout.fileno(), 65536)
-                if not chunk:
-                    raise RuntimeError(f"the poles exited ({self.proc.poll()})")
-                self._buf += chunk
-        line, self._buf = self._buf.split(b"\n", 1)
-        answer: dict[str, Any] = json.loads(line)
-        if "error" in answer:
-            raise RuntimeError(f"poles: {answer['error']}")
-        return answer
-
-    def ask(self, obj: dict[str, Any], timeout: float) -> dict[str, Any]:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write((json.dumps(obj) + "\n").encode())
-        self.proc.stdin.flush()
-        return self.read(timeout)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(Exception):
-                self.ask({"cmd": "stop"}, timeout=0.1)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
+    def stop(self, wait_s: float = 10) -> None:
+        super().stop(wait_s)
 
 
 def stop_process(proc: subprocess.Popen[bytes] | None) -> None:

@@ -3,16 +3,12 @@ it cannot rot). It never judges the figures: benchmarks do not pass or fail on t
 
 from __future__ import annotations
 
-import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-BENCH = ROOT / "bench" / "bench_broadcast.py"
+from tests.support.bench import run_bench
 
 pytestmark = pytest.mark.slow
 
@@ -20,18 +16,11 @@ pytestmark = pytest.mark.slow
 def test_bench_broadcast_smoke() -> None:
     if shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists():
         pytest.skip("mosquitto is not installed (scripts/setup.sh installs it)")
-    proc = subprocess.Popen([sys.executable, str(BENCH), "--devices", "20", "--procs", "2",
-                             "--per-conn", "5", "--limit", "240"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
-    try:
-        out, err = proc.communicate(timeout=400)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 0, out[-3000:] + err[-3000:]
-    assert "B1 accepted by 20/20 poles" in out, out
-    last = json.loads(out.strip().splitlines()[-1])
+    run = run_bench("bench_broadcast.py", "--devices", "20", "--procs", "2", "--per-conn", "5",
+                    "--limit", "240", timeout=400)
+    assert run.returncode == 0, run.why()
+    assert "B1 accepted by 20/20 poles" in run.out, run.out
+    last = run.last_json()
     assert last["devices"] == 20
     # Both phases completed (a number, not null); how long they took is not judged.
     assert isinstance(last["announce_s"], float), last

@@ -4,38 +4,26 @@ time."""
 
 from __future__ import annotations
 
-import json
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-BENCH = ROOT / "bench" / "bench_timing.py"
+from tests.support.bench import run_bench
 
 pytestmark = pytest.mark.slow
 
 
 def test_bench_timing_smoke() -> None:
-    check = subprocess.run([sys.executable, str(BENCH), "--check"], capture_output=True,
-                           text=True, timeout=60, cwd=ROOT)
+    check = run_bench("bench_timing.py", "--check", timeout=60)
     if check.returncode == 3:
-        pytest.skip(check.stdout.strip())
-    assert check.returncode == 0, check.stdout + check.stderr
-    proc = subprocess.Popen([sys.executable, str(BENCH), "--runs", "3", "--devices", "2",
-                             "--dists", "uniform,cauchy", "--limit", "240"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
-    try:
-        out, err = proc.communicate(timeout=420)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 0, out[-3000:] + err[-3000:]
-    assert "contact C1..C4" in out and "broadcast B1/B2" in out, out
-    assert "Protocol timeouts against the longest measured time" in out, out
-    last = json.loads(out.strip().splitlines()[-1])
+        pytest.skip(check.out.strip())
+    assert check.returncode == 0, check.why()
+    run = run_bench("bench_timing.py", "--runs", "3", "--devices", "2", "--dists", "uniform,cauchy",
+                    "--limit", "240", timeout=420)
+    assert run.returncode == 0, run.why()
+    assert "contact C1..C4" in run.out and "broadcast B1/B2" in run.out, run.out
+    assert "Protocol timeouts against the longest measured time" in run.out, run.out
+    last = run.last_json()
     assert set(last["results"]) == {"uniform", "cauchy"}
     for dist in ("uniform", "cauchy"):
         res = last["results"][dist]
@@ -47,4 +35,4 @@ def test_bench_timing_smoke() -> None:
         assert res["broadcast_units"]["min"] >= 2, res
     # Nothing of the benchmark's namespaces is left behind.
     left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    assert f"cwt{proc.pid % 100000}" not in left, left
+    assert f"cwt{run.pid % 100000}" not in left, left
