@@ -38,7 +38,6 @@ import random
 import secrets
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -178,25 +177,10 @@ def ask_all(procs: list[PoleProcess], obj: dict[str, Any], timeout: float) -> li
 def start_broker(workdir: Path, *, port: int | None, queue: int | None) -> Any:
     """Mosquitto as the tests start it, with ``max_queued_messages`` set when ``queue`` is
     given (Mosquitto's default: 1000 QoS 1 messages queued per client, then dropped)."""
-    from citywatch._services import Broker, ServiceUnavailable, free_port, wait_for_port
+    from citywatch._services import start_mosquitto
 
-    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    if not os.path.exists(exe):
-        raise ServiceUnavailable("mosquitto is not installed (scripts/setup.sh installs it)")
-    port = port or free_port()
-    workdir.mkdir(parents=True, exist_ok=True)
-    conf, log = workdir / f"mosquitto-{port}.conf", workdir / f"mosquitto-{port}.log"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n"
-                    "persistence false\nmax_packet_size 4194304\nlog_dest stderr\n"
-                    + ("" if queue is None else f"max_queued_messages {queue}\n"))
-    with open(log, "ab") as out:
-        proc = subprocess.Popen([exe, "-c", str(conf)], stdout=out, stderr=subprocess.STDOUT)
-    try:
-        wait_for_port(port)
-    except TimeoutError:
-        proc.kill()
-        raise ServiceUnavailable(f"mosquitto did not start: {log.read_text()[-2000:]}") from None
-    return Broker("127.0.0.1", port, proc, log)
+    return start_mosquitto(workdir, port=port,
+                           extra="" if queue is None else f"max_queued_messages {queue}\n")
 
 
 def cpu_s(pid: int) -> float:

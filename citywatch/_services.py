@@ -61,9 +61,9 @@ class Broker:
 
 
 def start_mosquitto(workdir: Path, *, port: int | None = None,
-                    tls: tuple[Path, Path, Path] | None = None) -> Broker:
+                    tls: tuple[Path, Path, Path] | None = None, extra: str = "") -> Broker:
     """A broker on a free loopback port; ``tls`` = (CA, certificate, key) PEM files makes
-    its listener TLS-only."""
+    its listener TLS-only; ``extra`` is appended to its configuration file (lines)."""
     exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     if not os.path.exists(exe):
         raise ServiceUnavailable("mosquitto is not installed (scripts/setup.sh installs it)")
@@ -85,6 +85,7 @@ def start_mosquitto(workdir: Path, *, port: int | None = None,
         "persistence false\n"
         "max_packet_size 4194304\n"
         "log_dest stderr\n"
+        + extra
     )
     user = ["-c", str(conf)]
     with open(log, "wb") as out:
