@@ -420,9 +420,9 @@ def test_words_zones_fold_and_photo_views(fast: EncProcess, browser: object,
 
 
 def _need_leaflet() -> None:
-    from enc._dashboard import _LEAFLET, _STATIC
+    from enc._web import LEAFLET, STATIC
 
-    if not (_STATIC / _LEAFLET / "leaflet.js").is_file():
+    if not (STATIC / LEAFLET / "leaflet.js").is_file():
         pytest.skip("Leaflet is not installed (scripts/setup.sh installs it with npm)")
 
 
