@@ -13,8 +13,7 @@ yaml = pytest.importorskip("yaml", reason="PyYAML comes with ansible-core ([dev]
 
 ROOT = Path(__file__).resolve().parents[2]
 ROLES_DIR = ROOT / "ansible" / "roles"
-# The broker role still installs its drop-in from systemd/ and has no argument specs.
-ROLES = sorted(p.name for p in ROLES_DIR.iterdir() if p.is_dir() and p.name != "broker")
+ROLES = sorted(p.name for p in ROLES_DIR.iterdir() if p.is_dir())
 UNITS = {"edge": "citywatch-edge.service", "enc": "citywatch-enc.service",
          "server": "citywatch-server.service"}
 
@@ -31,6 +30,14 @@ def test_the_roles_unit_is_systemds_unit(role: str) -> None:
     assert copy.read_bytes() == original.read_bytes(), (
         f"ansible/roles/{role}/files/{unit} differs from systemd/{unit}: copy it over")
     assert _defaults(role)[f"{role}_unit_src"] == unit
+
+
+def test_the_broker_roles_dropin_is_systemds() -> None:
+    copy = ROLES_DIR / "broker" / "files" / "mosquitto-citywatch.conf"
+    original = ROOT / "systemd" / "mosquitto.service.d" / "citywatch.conf"
+    assert copy.read_bytes() == original.read_bytes(), (
+        f"{copy.relative_to(ROOT)} differs from {original.relative_to(ROOT)}: copy it over")
+    assert _defaults("broker")["broker_dropin_src"] == copy.name
 
 
 @pytest.mark.parametrize("role", ROLES)
