@@ -35,7 +35,14 @@ from ._errors import (
     StoreError,
     UsageError,
 )
-from ._handling import ALERT_TRANSITIONS, AlertAction, Role, apply_action, escalate_due
+from ._handling import (
+    ALERT_TRANSITIONS,
+    RESOLUTIONS,
+    AlertAction,
+    Role,
+    apply_action,
+    escalate_due,
+)
 from ._live import LiveFeed
 from ._operators import MIN_PASSWORD_LENGTH, Operator, OperatorDirectory, Session
 from ._receiver import COSE_CONTENT_TYPE, AlertReceiver
@@ -47,6 +54,7 @@ __all__ = [
     "CAP_NAMESPACE",
     "COSE_CONTENT_TYPE",
     "MIN_PASSWORD_LENGTH",
+    "RESOLUTIONS",
     "ActionRefused",
     "Alert",
     "AlertAction",

@@ -4,7 +4,7 @@ need the ``X-CSRF-Token`` header)."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
 from fastapi import APIRouter, Header, Query, Request, Response
@@ -36,7 +36,7 @@ class AlertOut(_Out):
     src: str
     captured_at: int
     received_at: int
-    status: Literal["new", "acknowledged", "dispatched", "dismissed"]
+    status: Literal["new", "acknowledged", "on_hold", "dispatched", "dismissed", "closed"]
     status_at: int
     taken_by: str | None
     escalated_at: int | None
@@ -46,6 +46,7 @@ class AlertOut(_Out):
     priority: int = Field(description="1 fight, 2 person down, 3 uncertain (low score)")
     escalated: bool = Field(description="escalated in its present state")
     received_text: str = Field(description="received time in the ENC's time zone")
+    zone: str = Field(description="the zone of the district it is in (dashboard.zones), or \"\"")
 
 
 class AuditOut(_Out):
@@ -71,10 +72,17 @@ class AlertDetailOut(_Out):
 
 class ActionIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    action: Literal["acknowledge", "dispatch", "dismiss", "reopen"]
+    action: Literal["acknowledge", "dispatch", "dismiss", "reopen", "hold", "resume", "close",
+                    "assign", "release", "note"]
     unit: str | None = Field(default=None, max_length=80)
-    comment: str | None = Field(default=None, max_length=500)
+    comment: str | None = Field(default=None, max_length=500, description=(
+        "a comment; for \"note\" the note itself"))
     reason: str | None = Field(default=None, max_length=500)
+    resolution: str | None = Field(default=None, max_length=32, description=(
+        "for \"close\": help_arrived, resolved_on_site, false_alarm, duplicate, "
+        "nobody_found or other (with a comment)"))
+    assignee: str | None = Field(default=None, max_length=64, description=(
+        "for \"assign\": the operator it is given to"))
     seen_status_at: int | None = Field(default=None, ge=0, le=2**62, description=(
         "the alert's status_at as the operator saw it: refused (409) if it changed since"))
 
@@ -93,6 +101,7 @@ def alert_out(a: Alert, ui: Presentation) -> AlertOut:
         url=f"/alerts/{quote(a.incident_id, safe='')}", label_text=ui.label(a.label),
         severity=sev.name.lower(),  # type: ignore[arg-type]
         priority=int(sev), escalated=ui.escalated(a), received_text=ui.time(a.received_at),
+        zone=ui.area(a),
     )
 
 
@@ -104,18 +113,32 @@ def api_routes(ctx: WebContext) -> APIRouter:
     r = APIRouter()
     store = ctx.store
     responses: dict[int | str, dict[str, Any]] = {
-        401: {"model": ErrorOut}, 403: {"model": ErrorOut}, 404: {"model": ErrorOut},
-        409: {"model": ErrorOut}}
+        400: {"model": ErrorOut}, 401: {"model": ErrorOut}, 403: {"model": ErrorOut},
+        404: {"model": ErrorOut}, 409: {"model": ErrorOut}}
 
     @r.get("/api/alerts", response_model=AlertListOut, responses=responses,
            tags=["dashboard"], summary="Alerts, unhandled and newest first")
     def api_alerts(request: Request,
-                   limit: int = Query(200, ge=1, le=500)) -> AlertListOut:
+                   limit: int = Query(200, ge=1, le=500),
+                   status: Annotated[list[str] | None, Query(max_length=12, description=(
+                       "new, acknowledged, on_hold, dispatched, dismissed, closed, or open "
+                       "(every unhandled one); repeated for several"))] = None,
+                   label: Annotated[list[str] | None, Query(max_length=12)] = None,
+                   zone: str = Query("", max_length=40),
+                   from_: str = Query("", alias="from", max_length=40, description=(
+                       "received at or after (ISO 8601; without an offset, in the ENC's "
+                       "time zone)")),
+                   to: str = Query("", max_length=40, description="received before"),
+                   q: str = Query("", max_length=80, description=(
+                       "words in the incident id, device, label or operator"))) -> Response:
         ctx.session(request, api=True)
+        f = ctx.alert_filter(request)
+        if f.errors:
+            return JSONResponse({"error": "; ".join(f.errors)}, status_code=400)
         cursor = store.last_audit_id()  # before the list: a change in between is re-sent
-        return AlertListOut(alerts=[alert_out(a, ctx.ui) for a in ctx.ordered(store.alerts(
-            limit=limit))], cursor=cursor, now=ctx.clock(),
-            escalate_after_ms=ctx.escalate_ms)
+        out = AlertListOut(alerts=[alert_out(a, ctx.ui) for a in ctx.filtered(f, limit=limit)],
+                           cursor=cursor, now=ctx.clock(), escalate_after_ms=ctx.escalate_ms)
+        return JSONResponse(out.model_dump(mode="json"))
 
     @r.get("/api/alerts/{incident_id}", response_model=AlertDetailOut,
            responses=responses, tags=["dashboard"], summary="One alert with its audit trail")
@@ -134,7 +157,7 @@ def api_routes(ctx: WebContext) -> APIRouter:
 
     @r.post("/api/alerts/{incident_id}/actions", response_model=AlertOut,
             responses=responses, tags=["dashboard"],
-            summary="Acknowledge, dispatch, dismiss or reopen (needs X-CSRF-Token)")
+            summary="Act on an alert or add a note to it (needs X-CSRF-Token)")
     def api_act(request: Request, body: ActionIn, incident_id: str = incident_id_param(),
                 x_csrf_token: str | None = Header(None, max_length=200)) -> Response:
         s = ctx.session(request, api=True)
@@ -143,6 +166,7 @@ def api_routes(ctx: WebContext) -> APIRouter:
             a = apply_action(store, incident_id, body.action, operator=s.operator.username,
                              role=s.operator.role, now=ctx.clock(), unit=body.unit,
                              comment=body.comment, reason=body.reason,
+                             resolution=body.resolution, assignee=body.assignee,
                              seen_status_at=body.seen_status_at)
         except NotFound:
             return JSONResponse({"error": "not found"}, status_code=404)

@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from urllib.parse import quote
 
 from ._config import CapSection
+from ._handling import RESOLUTIONS
 from ._store import Alert, AlertStatus, AuditEntry
 
 __all__ = ["CAP_NAMESPACE", "cap_identifier", "cap_message", "cap_time"]
@@ -29,7 +30,7 @@ CAP_NAMESPACE = "urn:oasis:names:tc:emergency:cap:1.2"
 _NS = "{" + CAP_NAMESPACE + "}"
 # CAP identifiers must not contain spaces, commas or restricted characters.
 _SAFE = re.compile(r"^[A-Za-z0-9._:@-]{1,64}$")
-_STATUS_CHANGES = ("dispatched", "dismissed", "reopened")
+_STATUS_CHANGES = ("dispatched", "dismissed", "reopened", "closed")
 
 _LABELS = {"person_down": "Person down", "fall": "Fall", "fight": "Fight"}
 # CAP categories: a person on the ground is a medical matter, a fight a police one.
@@ -105,6 +106,11 @@ def cap_message(alert: Alert, trail: Sequence[AuditEntry], settings: CapSection,
                 note += f": {d['comment']}"
         elif last.action == "dismissed":
             note = f"False alarm ({last.actor}): {d.get('reason', '')}"
+        elif last.action == "closed":
+            code = str(d.get("resolution", ""))
+            note = f"Closed ({last.actor}): {RESOLUTIONS.get(code, code)}"
+            if d.get("comment"):
+                note += f": {d['comment']}"
         else:
             note = f"Reopened ({last.actor}): {d.get('reason', '')}"
         _sub(root, "note", note)
@@ -119,7 +125,7 @@ def cap_message(alert: Alert, trail: Sequence[AuditEntry], settings: CapSection,
     _sub(info, "language", "en-US")
     _sub(info, "category", _CATEGORY.get(alert.label, "Safety"))
     _sub(info, "event", _label(alert.label))
-    if msg_type == "Cancel":
+    if msg_type == "Cancel" or alert.status is AlertStatus.CLOSED:
         _sub(info, "responseType", "AllClear")
         urgency, severity, certainty = "Past", "Minor", "Unlikely"
     else:

@@ -131,6 +131,21 @@ class DashboardSection(_Section):
     accuracy circle and the other alerts on a plain background, or on ``map_tile_url``'s
     tiles when set. False, or Leaflet not installed: coordinates (and the 3x3 tiles)."""
 
+    zones: dict[Annotated[str, Field(min_length=1, max_length=40)],
+                Annotated[list[float], Field(min_length=4, max_length=4)]] = {}
+    """Named parts of the district the list and the audit filter by: name ->
+    [south, west, north, east] in degrees (``"Old Town" = [52.22, 21.0, 52.25, 21.03]``).
+    An alert is in the first zone, by name, whose box holds it."""
+
+    @field_validator("zones")
+    @classmethod
+    def _boxes(cls, v: dict[str, list[float]]) -> dict[str, list[float]]:
+        for name, (south, west, north, east) in v.items():
+            if not (-90 <= south < north <= 90 and -180 <= west < east <= 180):
+                raise ValueError(f"zone {name!r}: [south, west, north, east] with south < "
+                                 "north and west < east, in degrees")
+        return dict(sorted(v.items()))
+
     @field_validator("time_zone")
     @classmethod
     def _zone(cls, v: str) -> str:

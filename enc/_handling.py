@@ -1,4 +1,5 @@
-"""What operators do with an alert: acknowledge, dispatch, dismiss, reopen; how urgent
+"""What operators do with an alert: acknowledge, dispatch, dismiss, reopen, put on hold
+and resume, close with a resolution, assign to a colleague and release, note; how urgent
 it is (severity from label and score, escalation); and the escalation of alerts nobody
 takes or nobody finishes. Transitions are a table; each one is written with its audit
 entry in one transaction, and only if the alert is still in the state the operator saw
@@ -13,10 +14,10 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, or_, select, update
 
 from ._errors import ActionRefused, NotFound
-from ._schema import AlertRow
+from ._schema import AlertRow, OperatorRow
 from ._store import Alert, AlertStatus, AlertStore
 
-__all__ = ["ALERT_TRANSITIONS", "AlertAction", "Role", "Severity", "apply_action",
+__all__ = ["ALERT_TRANSITIONS", "RESOLUTIONS", "AlertAction", "Role", "Severity", "apply_action",
            "escalate_due", "escalated_now", "label_words", "priority_key", "severity"]
 
 
@@ -35,6 +36,12 @@ class AlertAction(enum.StrEnum):
     DISPATCH = "dispatch"
     DISMISS = "dismiss"
     REOPEN = "reopen"
+    HOLD = "hold"
+    RESUME = "resume"
+    CLOSE = "close"
+    ASSIGN = "assign"
+    RELEASE = "release"
+    NOTE = "note"
 
 
 class Severity(enum.IntEnum):
@@ -94,23 +101,48 @@ def priority_key(alert: Alert, *, uncertain_below: float) -> tuple[int, int, int
 _S = AlertStatus
 ALERT_TRANSITIONS: dict[tuple[AlertAction, AlertStatus], AlertStatus] = {
     (AlertAction.ACKNOWLEDGE, _S.NEW): _S.ACKNOWLEDGED,
-    (AlertAction.DISPATCH, _S.NEW): _S.DISPATCHED,
-    (AlertAction.DISPATCH, _S.ACKNOWLEDGED): _S.DISPATCHED,
-    (AlertAction.DISMISS, _S.NEW): _S.DISMISSED,
-    (AlertAction.DISMISS, _S.ACKNOWLEDGED): _S.DISMISSED,
-    (AlertAction.REOPEN, _S.ACKNOWLEDGED): _S.NEW,
-    (AlertAction.REOPEN, _S.DISPATCHED): _S.NEW,
-    (AlertAction.REOPEN, _S.DISMISSED): _S.NEW,
+    **{(AlertAction.DISPATCH, s): _S.DISPATCHED for s in (_S.NEW, _S.ACKNOWLEDGED, _S.ON_HOLD)},
+    **{(AlertAction.DISMISS, s): _S.DISMISSED for s in (_S.NEW, _S.ACKNOWLEDGED, _S.ON_HOLD)},
+    **{(AlertAction.REOPEN, s): _S.NEW for s in (_S.ACKNOWLEDGED, _S.ON_HOLD, _S.DISPATCHED,
+                                                 _S.DISMISSED, _S.CLOSED)},
+    (AlertAction.HOLD, _S.NEW): _S.ON_HOLD,
+    (AlertAction.HOLD, _S.ACKNOWLEDGED): _S.ON_HOLD,
+    (AlertAction.RESUME, _S.ON_HOLD): _S.ACKNOWLEDGED,
+    **{(AlertAction.CLOSE, s): _S.CLOSED for s in (_S.ACKNOWLEDGED, _S.ON_HOLD, _S.DISPATCHED,
+                                                   _S.DISMISSED)},
+    (AlertAction.ASSIGN, _S.NEW): _S.ACKNOWLEDGED,
+    (AlertAction.ASSIGN, _S.ACKNOWLEDGED): _S.ACKNOWLEDGED,
+    (AlertAction.ASSIGN, _S.ON_HOLD): _S.ON_HOLD,
+    (AlertAction.RELEASE, _S.ACKNOWLEDGED): _S.NEW,
+    (AlertAction.RELEASE, _S.ON_HOLD): _S.NEW,
 }
-"""(action, current status) -> new status; any other pair is refused."""
+"""(action, current status) -> new status; any other pair is refused. A note
+(``AlertAction.NOTE``) changes no status and may be written in any."""
+
+RESOLUTIONS: dict[str, str] = {
+    "help_arrived": "Help arrived and took over",
+    "resolved_on_site": "Resolved on site, no help needed",
+    "false_alarm": "False alarm",
+    "duplicate": "Duplicate of another alert",
+    "nobody_found": "Nobody found at the place",
+    "other": "Other (see the comment)",
+}
+"""Resolution codes a closed alert carries, with their words."""
 
 _PAST = {AlertAction.ACKNOWLEDGE: "acknowledged", AlertAction.DISPATCH: "dispatched",
-         AlertAction.DISMISS: "dismissed", AlertAction.REOPEN: "reopened"}
+         AlertAction.DISMISS: "dismissed", AlertAction.REOPEN: "reopened",
+         AlertAction.HOLD: "put_on_hold", AlertAction.RESUME: "resumed",
+         AlertAction.CLOSE: "closed", AlertAction.ASSIGN: "assigned",
+         AlertAction.RELEASE: "released", AlertAction.NOTE: "note"}
 _VERB = {AlertAction.ACKNOWLEDGE: "acknowledge (take)", AlertAction.DISPATCH: "dispatch",
-         AlertAction.DISMISS: "dismiss", AlertAction.REOPEN: "reopen"}
+         AlertAction.DISMISS: "dismiss", AlertAction.REOPEN: "reopen",
+         AlertAction.HOLD: "put on hold", AlertAction.RESUME: "resume",
+         AlertAction.CLOSE: "close", AlertAction.ASSIGN: "assign",
+         AlertAction.RELEASE: "release", AlertAction.NOTE: "add a note to"}
 _WORDS = {_S.NEW: "new (nobody has taken it)", _S.ACKNOWLEDGED: "taken",
-          _S.DISPATCHED: "dispatched", _S.DISMISSED: "dismissed"}
-_MAX_TEXT = {"unit": 80, "comment": 500, "reason": 500}
+          _S.DISPATCHED: "dispatched", _S.DISMISSED: "dismissed", _S.ON_HOLD: "on hold",
+          _S.CLOSED: "closed"}
+_MAX_TEXT = {"unit": 80, "comment": 500, "reason": 500, "resolution": 32, "assignee": 64}
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +150,8 @@ class _Particulars:
     unit: str
     comment: str
     reason: str
+    resolution: str
+    assignee: str
 
     def for_action(self, action: AlertAction) -> dict[str, Any]:
         if action is AlertAction.DISPATCH:
@@ -132,6 +166,25 @@ class _Particulars:
             if not self.reason:
                 raise ActionRefused("give the reason for reopening")
             return {"reason": self.reason}
+        if action is AlertAction.HOLD:
+            if not self.reason:
+                raise ActionRefused("say what the alert is waiting for")
+            return {"reason": self.reason}
+        if action is AlertAction.CLOSE:
+            if self.resolution not in RESOLUTIONS:
+                raise ActionRefused("choose a resolution: " + ", ".join(
+                    RESOLUTIONS.values()).lower())
+            if self.resolution == "other" and not self.comment:
+                raise ActionRefused("say in the comment how it was resolved")
+            return {"resolution": self.resolution, "comment": self.comment}
+        if action is AlertAction.ASSIGN:
+            if not self.assignee:
+                raise ActionRefused("choose the operator to assign it to")
+            return {"to": self.assignee, "comment": self.comment}
+        if action is AlertAction.NOTE:
+            if not self.comment:
+                raise ActionRefused("the note is empty")
+            return {"note": self.comment}
         return {"comment": self.comment} if self.comment else {}
 
 
@@ -145,23 +198,30 @@ def _clean(name: str, value: str | None) -> str:
 def apply_action(store: AlertStore, incident_id: str, action: AlertAction | str, *,
                  operator: str, role: Role | str, now: int, unit: str | None = None,
                  comment: str | None = None, reason: str | None = None,
+                 resolution: str | None = None, assignee: str | None = None,
                  seen_status_at: int | None = None) -> Alert:
     """Do ``action`` as ``operator``; raise ``ActionRefused`` (with a message for the
     operator) or ``NotFound``. With ``seen_status_at`` (the alert's ``status_at`` on the
-    operator's screen), refused if the alert changed since."""
+    operator's screen), refused if the alert changed since (a note excepted: it changes
+    nothing but the trail)."""
     try:
         action = AlertAction(action)
         role = Role(role)
     except ValueError:
         raise ActionRefused("no such action") from None
     particulars = _Particulars(_clean("unit", unit), _clean("comment", comment),
-                               _clean("reason", reason))
-    detail = particulars.for_action(action)
+                               _clean("reason", reason), _clean("resolution", resolution),
+                               _clean("assignee", assignee))
+    detail = {k: v for k, v in particulars.for_action(action).items() if v != ""}
     with store.transaction(write=True) as s:
         row = s.get(AlertRow, incident_id)
         if row is None:
             raise NotFound(f"no alert {incident_id!r}")
         current = AlertStatus(row.status)
+        if action is AlertAction.NOTE:
+            store.audit(s, at=now, incident_id=incident_id, actor=operator,
+                        action=_PAST[action], detail=detail)
+            return store.view(row)
         if seen_status_at is not None and seen_status_at != row.status_at:
             who = f" by {row.taken_by}" if row.taken_by else ""
             raise ActionRefused(f"this alert changed while you looked at it: it is now "
@@ -171,13 +231,26 @@ def apply_action(store: AlertStore, incident_id: str, action: AlertAction | str,
             raise ActionRefused(f"cannot {_VERB[action]} an alert that is {_WORDS[current]}")
         taken_by_other = row.taken_by is not None and row.taken_by != operator
         if role is not Role.SUPERVISOR:
-            if current is AlertStatus.ACKNOWLEDGED and taken_by_other:
+            if current.taken and taken_by_other:
                 raise ActionRefused(f"{row.taken_by} has taken this alert; ask a supervisor")
             if action is AlertAction.REOPEN and current.handled:
                 raise ActionRefused("only a supervisor reopens a handled alert")
-        if taken_by_other and current is AlertStatus.ACKNOWLEDGED:
+            if action is AlertAction.CLOSE and current.handled and taken_by_other:
+                raise ActionRefused(f"only {row.taken_by} or a supervisor closes this alert")
+        taken_by: str | None = operator
+        if action is AlertAction.ASSIGN:
+            target = s.get(OperatorRow, particulars.assignee)
+            if target is None or target.disabled:
+                raise ActionRefused(f"there is no active operator {particulars.assignee!r}")
+            if particulars.assignee == row.taken_by:
+                raise ActionRefused(f"it is already {row.taken_by}'s")
+            if row.taken_by:
+                detail["from"] = row.taken_by
+            taken_by = particulars.assignee
+        elif taken_by_other and current.taken:
             detail["took_over_from"] = row.taken_by
-        taken_by = None if new is AlertStatus.NEW else operator
+        if new is AlertStatus.NEW:
+            taken_by = None
         # Only if nobody changed it since we read it (the row is not locked on SQLite).
         done = cast(CursorResult[Any], s.execute(
             update(AlertRow)
@@ -216,7 +289,8 @@ def escalate_due(store: AlertStore, *, now: int, after_ms: int,
             due += [(r.incident_id, r.status, r.status_at, r.taken_by) for r in s.execute(
                 select(AlertRow.incident_id, AlertRow.status, AlertRow.status_at,
                        AlertRow.taken_by)
-                .where(AlertRow.status == AlertStatus.ACKNOWLEDGED.value,
+                .where(AlertRow.status.in_([AlertStatus.ACKNOWLEDGED.value,
+                                            AlertStatus.ON_HOLD.value]),
                        or_(AlertRow.escalated_at.is_(None),
                            AlertRow.escalated_at < AlertRow.status_at),
                        AlertRow.status_at <= now - taken_after_ms)

@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse, RedirectResponse
 
 from ._cap import cap_message
 from ._errors import ActionRefused, LoginRefused, LoginThrottled, NotFound
+from ._filters import AlertFilter
 from ._handling import Role, apply_action
 from ._store import AlertStatus
 from ._web import (
@@ -34,6 +35,12 @@ from ._web import (
 __all__ = ["page_routes"]
 
 _LOGINS_WAITING = 16
+_LABELS = ("fight", "person_down", "fall")
+"""Labels offered in the filters (any other is still shown, and found by words)."""
+_AUDIT_ACTIONS = ("received", "acknowledged", "put_on_hold", "resumed", "assigned",
+                  "released", "dispatched", "dismissed", "closed", "reopened", "note",
+                  "escalated", "photo_viewed", "cap_exported", "login", "login_failed",
+                  "logout")
 
 
 def _dms(v: float, pos: str, neg: str) -> str:
@@ -147,9 +154,12 @@ def page_routes(ctx: WebContext) -> APIRouter:
     def alert_list(request: Request) -> Response:
         s = ctx.session(request, api=False)
         cursor = store.last_audit_id()
-        alerts = ctx.ordered(store.alerts(limit=200))
+        f = ctx.alert_filter(request)
+        alerts = ctx.filtered(f)
         return ctx.page("list.html", session=s, alerts=alerts, cursor=cursor,
-                          now=ctx.clock(), wall=request.query_params.get("wall") == "1")
+                        now=ctx.clock(), wall=request.query_params.get("wall") == "1",
+                        filter=f, query=request.query_params, labels=_LABELS,
+                        zones=list(ctx.config.dashboard.zones))
 
     @r.get("/alerts/{incident_id}", include_in_schema=False)
     def alert_page(request: Request, incident_id: str) -> Response:
@@ -172,6 +182,8 @@ def page_routes(ctx: WebContext) -> APIRouter:
             geo=geo, dms=f"{_dms(c.lat, 'N', 'S')} {_dms(c.lon, 'E', 'W')}",
             tiles=tiles, now=ctx.clock(), Status=AlertStatus,
             supervisor=s.operator.role is Role.SUPERVISOR,
+            colleagues=[o.username for o in ops.list()
+                        if not o.disabled and o.username != s.operator.username],
             cursor=store.last_audit_id(), message=unquote(flash)[:300] if flash else None)
         if flash:
             page.delete_cookie(FLASH_COOKIE, path="/")
@@ -228,7 +240,9 @@ def page_routes(ctx: WebContext) -> APIRouter:
                  comment: str = Form("", max_length=2000),
                  reason: str = Form("", max_length=2000),
                  seen: str = Form("", max_length=30),
-                 takeover: str = Form("", max_length=200)) -> Response:
+                 takeover: str = Form("", max_length=200),
+                 resolution: str = Form("", max_length=64),
+                 assignee: str = Form("", max_length=200)) -> Response:
         s = ctx.session(request, api=False)
         ctx.check_csrf(s, csrf, api=False)
         url = f"/alerts/{quote(incident_id, safe='')}"
@@ -238,13 +252,14 @@ def page_routes(ctx: WebContext) -> APIRouter:
             # A supervisor's takeover is confirmed on the form, naming whom it is from;
             # the alert as seen (``seen``) makes sure that is still who has it.
             if (s.operator.role is Role.SUPERVISOR and a.taken_by not in (None, me)
-                    and a.status is AlertStatus.ACKNOWLEDGED
-                    and takeover != a.taken_by and action != "reopen"):
+                    and a.status.taken and takeover != a.taken_by
+                    and action not in ("reopen", "note")):
                 raise ActionRefused(f"{a.taken_by} has taken this alert: tick "
                                     f"\"Take over from {a.taken_by}\" to act on it")
             apply_action(store, incident_id, action, operator=me,
                          role=s.operator.role, now=ctx.clock(), unit=unit,
-                         comment=comment, reason=reason,
+                         comment=comment, reason=reason, resolution=resolution,
+                         assignee=assignee,
                          seen_status_at=int(seen) if seen.isdigit() else None)
         except NotFound:
             return ctx.page("error.html", 404, title="No such alert",
@@ -263,8 +278,30 @@ def page_routes(ctx: WebContext) -> APIRouter:
         s = ctx.session(request, api=False)
         if s.operator.role is not Role.SUPERVISOR:
             raise Forbidden(False, "the whole audit trail is for supervisors")
-        last = store.last_audit_id()
-        entries = list(reversed(store.audit_since(max(0, last - 500), limit=500)))
-        return ctx.page("audit.html", session=s, entries=entries)
+        q = request.query_params
+        f = ctx.alert_filter(request)
+        errors = list(f.errors)
+        actions = frozenset(v for v in q.getlist("action") if v)
+        actor = q.get("actor", "").strip()[:80]
+        incident = q.get("incident", "").strip()[:64]
+        incidents: list[str] | None = None
+        if f.labels or f.zone or f.statuses or f.text:
+            # The entries about the alerts that pass the alert part of the filter.
+            about = AlertFilter(statuses=f.statuses, labels=f.labels, zone=f.zone,
+                                text=f.text)
+            incidents = [a.incident_id for a in store.alerts(
+                limit=5000, statuses=f.statuses, labels=f.labels)
+                if about.matches(a, ctx.ui.area(a), label_text=ctx.ui.label(a.label))]
+        if incident:
+            incidents = [incident] if incidents is None else [
+                i for i in incidents if i == incident]
+        entries = store.audit_search(limit=500, since=f.since, before=f.until,
+                                     actions=actions, actor=actor or None,
+                                     incidents=incidents)
+        return ctx.page("audit.html", session=s, entries=entries, filter=f, query=q,
+                        errors=errors, labels=_LABELS, zones=list(ctx.config.dashboard.zones),
+                        actions=_AUDIT_ACTIONS, ui_actions=ctx.ui.action,
+                        filtered=bool(actions or actor or incidents is not None
+                                      or f.since or f.until))
 
     return r

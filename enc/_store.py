@@ -15,7 +15,7 @@ import enum
 import hashlib
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,10 +51,20 @@ class AlertStatus(enum.StrEnum):
     """Help was sent."""
     DISMISSED = "dismissed"
     """A false alarm."""
+    ON_HOLD = "on_hold"
+    """Taken, and waiting for something (a call back, a unit, a colleague): still the
+    holder's, still unhandled, escalated like a taken alert when left too long."""
+    CLOSED = "closed"
+    """Finished, with a resolution code: nothing more is done about it."""
 
     @property
     def handled(self) -> bool:
-        return self in (AlertStatus.DISPATCHED, AlertStatus.DISMISSED)
+        return self in (AlertStatus.DISPATCHED, AlertStatus.DISMISSED, AlertStatus.CLOSED)
+
+    @property
+    def taken(self) -> bool:
+        """An operator is working on it (acknowledged or on hold)."""
+        return self in (AlertStatus.ACKNOWLEDGED, AlertStatus.ON_HOLD)
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,13 +306,21 @@ class AlertStore:
             return self.view(r)
 
     def alerts(self, *, limit: int = 500, device_uid: str | None = None,
-               before: int | None = None) -> list[Alert]:
-        """Newest first."""
+               before: int | None = None, since: int | None = None,
+               statuses: Collection[str] = (), labels: Collection[str] = ()) -> list[Alert]:
+        """Newest first; received in [``since``, ``before``) when given, in one of
+        ``statuses`` and ``labels`` when given."""
         q = select(AlertRow).order_by(AlertRow.received_at.desc(), AlertRow.incident_id)
         if device_uid is not None:
             q = q.where(AlertRow.device_uid == device_uid)
         if before is not None:
             q = q.where(AlertRow.received_at < before)
+        if since is not None:
+            q = q.where(AlertRow.received_at >= since)
+        if statuses:
+            q = q.where(AlertRow.status.in_(list(statuses)))
+        if labels:
+            q = q.where(AlertRow.label.in_(list(labels)))
         with self.transaction(write=False) as s:
             return [self.view(r) for r in s.scalars(q.limit(limit))]
 
@@ -334,7 +352,8 @@ class AlertStore:
         kept for ever), in one transaction with one ``purged`` audit entry. Alerts still
         new or acknowledged are never touched; neither is the audit trail."""
         photo_ms, closed_ms = periods_ms
-        closed = (AlertStatus.DISPATCHED.value, AlertStatus.DISMISSED.value)
+        closed = (AlertStatus.DISPATCHED.value, AlertStatus.DISMISSED.value,
+                  AlertStatus.CLOSED.value)
         with self.transaction(write=not dry_run) as s:
             alerts: list[str] = []
             if closed_ms is not None:
@@ -448,6 +467,26 @@ class AlertStore:
         q = select(AuditRow).where(AuditRow.incident_id == incident_id).order_by(AuditRow.id)
         with self.transaction(write=False) as s:
             return [_entry(r) for r in s.scalars(q)]
+
+    def audit_search(self, *, limit: int = 500, since: int | None = None,
+                     before: int | None = None, actions: Collection[str] = (),
+                     actor: str | None = None,
+                     incidents: Collection[str] | None = None) -> list[AuditEntry]:
+        """Audit entries newest first: at in [``since``, ``before``), one of ``actions``,
+        by ``actor``, about one of ``incidents`` (each when given)."""
+        q = select(AuditRow).order_by(AuditRow.id.desc())
+        if since is not None:
+            q = q.where(AuditRow.at >= since)
+        if before is not None:
+            q = q.where(AuditRow.at < before)
+        if actions:
+            q = q.where(AuditRow.action.in_(list(actions)))
+        if actor:
+            q = q.where(AuditRow.actor == actor)
+        if incidents is not None:
+            q = q.where(AuditRow.incident_id.in_(list(incidents)[:5000]))
+        with self.transaction(write=False) as s:
+            return [_entry(r) for r in s.scalars(q.limit(limit))]
 
     def audit_since(self, after_id: int, *, limit: int = 1000) -> list[AuditEntry]:
         """Audit entries with an id above ``after_id``, oldest first (the live feed)."""

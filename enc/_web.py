@@ -17,13 +17,15 @@ from fastapi.responses import HTMLResponse
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from ._config import EncConfig
-from ._handling import priority_key
+from ._filters import AlertFilter
+from ._handling import RESOLUTIONS, priority_key
 from ._live import LiveFeed
 from ._operators import OperatorDirectory, Session
 from ._store import Alert, AlertStore
 from ._wording import Presentation
 
-__all__ = ["FLASH_COOKIE", "LEAFLET", "LOGIN_COOKIE", "SESSION_COOKIE", "STATIC", "Forbidden",
+__all__ = ["FLASH_COOKIE", "LEAFLET", "LOGIN_COOKIE", "SESSION_COOKIE", "STATIC",
+           "STATUS_WORDS", "Forbidden",
            "NeedLogin", "WebContext", "filename", "incident_id_param", "iso", "safe_next"]
 
 log = logging.getLogger("citywatch.enc.dashboard")
@@ -34,6 +36,8 @@ FLASH_COOKIE = "cw_flash"
 STATIC = Path(__file__).resolve().parent / "static"
 LEAFLET = "vendor/node_modules/leaflet/dist"  # under STATIC, put there by scripts/setup.sh
 _INCIDENT_PATH = r"^[^/]{1,64}$"
+STATUS_WORDS = {"new": "New", "acknowledged": "Acknowledged", "on_hold": "On hold",
+                "dispatched": "Dispatched", "dismissed": "Dismissed", "closed": "Closed"}
 
 
 class NeedLogin(Exception):
@@ -90,7 +94,7 @@ class WebContext:
         self.escalate_ms = config.dashboard.escalate_after_seconds * 1000
         self.escalate_taken_ms = config.dashboard.escalate_taken_after_seconds * 1000
         self.ui = Presentation(ZoneInfo(config.dashboard.time_zone),
-                               config.dashboard.uncertain_below)
+                               config.dashboard.uncertain_below, config.dashboard.zones)
         self.templates = Environment(loader=PackageLoader("enc", "templates"),
                                      autoescape=select_autoescape(default=True),
                                      trim_blocks=True, lstrip_blocks=True)
@@ -104,15 +108,28 @@ class WebContext:
         if config.dashboard.leaflet and not self.templates.globals["leaflet"]:
             log.warning("Leaflet is not installed in %s (scripts/setup.sh does it): the "
                         "dashboard shows coordinates without a map", STATIC / LEAFLET)
-        self.templates.globals["status_words"] = {
-            "new": "New", "acknowledged": "Acknowledged", "dispatched": "Dispatched",
-            "dismissed": "Dismissed"}
+        self.templates.globals["status_words"] = STATUS_WORDS
+        self.templates.globals["resolutions"] = RESOLUTIONS
         self.templates.filters["pct"] = lambda v: f"{v:.0%}"
 
     def ordered(self, alerts: list[Alert]) -> list[Alert]:
         """Unhandled first; escalated, then by severity, then newest (``priority_key``)."""
         below = self.ui.uncertain_below
         return sorted(alerts, key=lambda a: priority_key(a, uncertain_below=below))
+
+    def filtered(self, f: AlertFilter, *, limit: int = 200) -> list[Alert]:
+        """Alerts that pass ``f``, in the list's order (status, label and time are
+        asked of the database; zone and words, sealed or loose, are checked here)."""
+        rows = self.store.alerts(limit=2000 if f.zone or f.text else limit,
+                                 statuses=f.statuses, labels=f.labels, since=f.since,
+                                 before=f.until)
+        kept = [a for a in rows
+                if f.matches(a, self.ui.area(a), label_text=self.ui.label(a.label))]
+        return self.ordered(kept[:limit])
+
+    def alert_filter(self, request: Request) -> AlertFilter:
+        return AlertFilter.from_query(request.query_params, self.ui.zone,
+                                      self.config.dashboard.zones)
 
     def session(self, request: Request, *, api: bool) -> Session:
         s = self.operators.session(request.cookies.get(SESSION_COOKIE), now=self.clock())

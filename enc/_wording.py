@@ -4,12 +4,13 @@ audit entries and their details as sentences (``Taken over from olga``, not
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from ._handling import Severity, escalated_now, label_words, severity
+from ._handling import RESOLUTIONS, Severity, escalated_now, label_words, severity
 from ._store import Alert
 
 __all__ = ["Presentation"]
@@ -22,6 +23,8 @@ _ACTIONS = {
     "operator_added": "Operator added", "operator_disabled": "Operator disabled",
     "operator_enabled": "Operator enabled", "password_changed": "Password changed",
     "purged": "Purged", "store_sealed": "Store sealed",
+    "put_on_hold": "Put on hold", "resumed": "Resumed (off hold)", "closed": "Closed",
+    "assigned": "Assigned", "released": "Released (back to new)", "note": "Note",
 }
 
 
@@ -45,6 +48,16 @@ class Presentation:
     """Times are shown in this zone, with its abbreviation."""
     uncertain_below: float
     """Scores below this are "uncertain"."""
+    zones: Mapping[str, Sequence[float]] = field(default_factory=dict)
+    """Named parts of the district (``dashboard.zones``), sorted by name."""
+
+    def area(self, alert: Alert) -> str:
+        """The zone of the district an alert is in ("" for none)."""
+        c = alert.coords
+        for name, (south, west, north, east) in self.zones.items():
+            if south <= c.lat <= north and west <= c.lon <= east:
+                return name
+        return ""
 
     def time(self, ms: int | None) -> str:
         """``2026-12-02 19:03:12 CET``."""
@@ -87,7 +100,8 @@ class Presentation:
                  "device": "Device: {}", "role": "Role: {}", "peer": "From address {}",
                  "count": "{} time(s)", "server": "Server {}",
                  "username": "Operator: {}", "photos": "{} photo(s)",
-                 "alerts": "{} alert(s)"}
+                 "alerts": "{} alert(s)", "to": "To {}", "from": "From {}",
+                 "note": "{}"}
         if "score" in d:
             score = d.pop("score")
             out.append(f"confidence {score:.0%}" if isinstance(score, float)
@@ -99,6 +113,9 @@ class Presentation:
                 continue
             if key == "label":
                 value = label_words(str(value))
+            if key == "resolution":
+                out.append(f"Resolution: {RESOLUTIONS.get(str(value), str(value))}")
+                continue
             if isinstance(value, bool):
                 out.append(f"{key.replace('_', ' ')}: {'yes' if value else 'no'}")
             elif isinstance(value, list):

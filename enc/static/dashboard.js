@@ -13,7 +13,8 @@
   const role = meta("role");
   const escalateAfter = Number(meta("escalate-after-ms") || 120000);
   const repeatEvery = Number(meta("sound-repeat-ms") || 10000);
-  const STATUS_WORDS = { new: "New", acknowledged: "Acknowledged", dispatched: "Dispatched", dismissed: "Dismissed" };
+  const STATUS_WORDS = { new: "New", acknowledged: "Acknowledged", on_hold: "On hold", dispatched: "Dispatched", dismissed: "Dismissed", closed: "Closed" };
+  const OPEN = new Set(["new", "acknowledged", "on_hold"]); // not handled yet
   const SEVERITY_WORDS = { 1: "Fight", 2: "Person down", 3: "Uncertain" };
   // Test and diagnostics hooks: what the page has done so far.
   const cw = (window.cw = { cues: [], loadedAt: Date.now(), events: 0, clockOffset: 0, toasts: 0, audioState: "none" });
@@ -262,7 +263,7 @@
   }
 
   // -- maps (Leaflet, served by the ENC itself) -----------------------------------------
-  const COLOURS = { new: "#ff4d4f", acknowledged: "#ffb020", dispatched: "#3fb950", dismissed: "#8b949e" };
+  const COLOURS = { new: "#ff4d4f", acknowledged: "#ffb020", on_hold: "#d29922", dispatched: "#3fb950", dismissed: "#8b949e", closed: "#6e7681" };
   cw.maps = {};
   function makeMap(el, name) {
     if (!el || !window.L) return null;
@@ -309,8 +310,8 @@
   function updateCounters() {
     if (!tbody) return;
     const rows = [...tbody.rows];
-    const un = rows.filter((r) => r.dataset.status === "new" || r.dataset.status === "acknowledged").length;
-    const esc = rows.filter((r) => r.classList.contains("escalated") && (r.dataset.status === "new" || r.dataset.status === "acknowledged")).length;
+    const un = rows.filter((r) => OPEN.has(r.dataset.status)).length;
+    const esc = rows.filter((r) => r.classList.contains("escalated") && OPEN.has(r.dataset.status)).length;
     const u = document.getElementById("count-unhandled");
     const x = document.getElementById("count-escalated");
     if (u) u.textContent = String(un);
@@ -353,7 +354,9 @@
     what.appendChild(link);
     cell(tr, "num", `${Math.round(a.score * 100)}%`);
     cell(tr, "device", a.device_uid);
-    cell(tr, "place", `${a.lat.toFixed(5)}, ${a.lon.toFixed(5)}`);
+    const place = cell(tr, "place");
+    if (a.zone) { const z = document.createElement("span"); z.className = "zone"; z.textContent = a.zone; place.append(z, " "); }
+    place.append(`${a.lat.toFixed(5)}, ${a.lon.toFixed(5)}`);
     const time = document.createElement("time");
     time.setAttribute("datetime", new Date(a.received_at).toISOString().replace(".000Z", "+00:00"));
     time.textContent = a.received_text;
@@ -364,7 +367,7 @@
   // The server's order (enc._handling.priority_key): unhandled first; escalated, then
   // by priority, then newest; handled ones newest first.
   function sortRows() {
-    const handled = (r) => (r.dataset.status === "dispatched" || r.dataset.status === "dismissed" ? 1 : 0);
+    const handled = (r) => (OPEN.has(r.dataset.status) ? 0 : 1);
     const esc = (r) => (r.classList.contains("escalated") ? 0 : 1);
     const rows = [...tbody.rows].sort((x, y) =>
       handled(x) - handled(y) ||
@@ -372,8 +375,23 @@
       Number(y.dataset.receivedAt) - Number(x.dataset.receivedAt));
     for (const r of rows) tbody.appendChild(r);
   }
+  // The list's filter (enc._filters.AlertFilter), applied to alerts arriving live too.
+  const filter = table && table.dataset.filter ? JSON.parse(table.dataset.filter) : {};
+  function matches(a) {
+    if (filter.statuses && filter.statuses.length && !filter.statuses.includes(a.status)) return false;
+    if (filter.labels && filter.labels.length && !filter.labels.includes(a.label)) return false;
+    if (filter.zone && a.zone !== filter.zone) return false;
+    if (filter.since != null && a.received_at < filter.since) return false;
+    if (filter.until != null && a.received_at >= filter.until) return false;
+    if (filter.text) {
+      const hay = [a.incident_id, a.device_uid, a.label, a.label_text, a.taken_by || ""].join(" ").toLowerCase();
+      if (!filter.text.toLowerCase().split(/\s+/).every((w) => hay.includes(w))) return false;
+    }
+    return true;
+  }
   function upsert(a, fresh) {
     const old = [...tbody.rows].find((r) => r.dataset.incident === a.incident_id);
+    if (!matches(a)) { if (old) old.remove(); updateCounters(); return; }
     const tr = renderRow(a);
     if (old && old.classList.contains("selected")) tr.classList.add("selected");
     if (old) old.replaceWith(tr); else tbody.appendChild(tr);
@@ -403,7 +421,7 @@
     });
     onPageReady = (data) => {
       const sel = selected() && selected().dataset.incident;
-      tbody.replaceChildren(...data.alerts.map((a) => renderRow(a)));
+      tbody.replaceChildren(...data.alerts.filter(matches).map((a) => renderRow(a)));
       if (sel) select([...tbody.rows].find((r) => r.dataset.incident === sel));
       tickAges();
       for (const a of data.alerts) state.set(a.incident_id, a);
@@ -416,11 +434,11 @@
     function showWall() {
       const panel = document.getElementById("wall-focus");
       if (!panel) return;
-      const top = [...tbody.rows].find((r) => r.dataset.status === "new" || r.dataset.status === "acknowledged");
+      const top = [...tbody.rows].find((r) => OPEN.has(r.dataset.status));
       const a = top && state.get(top.dataset.incident);
       panel.hidden = !a;
       if (!a) { wallShown = null; return; }
-      const open = [...state.values()].filter((x) => x.status === "new" || x.status === "acknowledged");
+      const open = [...state.values()].filter((x) => OPEN.has(x.status));
       if (wallMap) plot(wallMap, a, open);
       document.getElementById("wall-title").textContent =
         `P${a.priority} ${a.label_text} at ${a.device_uid} \u2014 ${STATUS_WORDS[a.status]}${a.taken_by ? " by " + a.taken_by : ""}`;
@@ -489,6 +507,7 @@
     keys.d = () => focus("unit");
     keys.f = () => focus("dismiss-reason");
     keys.r = () => focus("reopen-reason");
+    keys.n = () => focus("note-text");
     keys.p = openPhoto;
     keys.c = () => copy(document.getElementById("geo-copy").dataset.copy);
     keys.Escape = keys.u = () => location.assign("/");

@@ -99,17 +99,20 @@ def test_transitions_not_in_the_table_are_refused(store: enc.AlertStore, status_
     assert store.audit_trail("inc-1") == before
 
 
-def test_every_transition_in_the_table_works(store: enc.AlertStore) -> None:
+def test_every_transition_in_the_table_works(store: enc.AlertStore,
+                                             ops: enc.OperatorDirectory) -> None:
     via = {enc.AlertStatus.NEW: [], enc.AlertStatus.ACKNOWLEDGED: ["acknowledge"],
-           enc.AlertStatus.DISPATCHED: ["dispatch"], enc.AlertStatus.DISMISSED: ["dismiss"]}
+           enc.AlertStatus.DISPATCHED: ["dispatch"], enc.AlertStatus.DISMISSED: ["dismiss"],
+           enc.AlertStatus.ON_HOLD: ["hold"], enc.AlertStatus.CLOSED: ["dispatch", "close"]}
     for n, ((action, start), end) in enumerate(enc.ALERT_TRANSITIONS.items()):
         inc = f"inc-t{n}"
         store.record_alert(received(inc), received_at=T0)
         for i, step in enumerate(via[start]):
             enc.apply_action(store, inc, step, operator="sue", role="supervisor", now=T0 + i + 1,
-                             unit="U1", reason="r")
+                             unit="U1", reason="r", resolution="help_arrived")
         a = enc.apply_action(store, inc, action, operator="sue", role="supervisor",
-                             now=T0 + 100, unit="U2", reason="why")
+                             now=T0 + 100, unit="U2", reason="why", resolution="duplicate",
+                             assignee="oscar")
         assert a.status is end, (action, start)
 
 
