@@ -90,8 +90,9 @@ def bodies(row: dict[str, object]) -> list[BodyGeometry]:
     people = row["people"]
     assert isinstance(people, list)
     out = []
+    known = set(BodyGeometry.__dataclass_fields__)
     for p in people:
-        p = dict(p)
+        p = {k: v for k, v in dict(p).items() if k in known}  # a cache of older readings
         p["centre"], p["box"] = tuple(p["centre"]), tuple(p["box"])
         out.append(BodyGeometry(**p))
     long_side = row["long"]

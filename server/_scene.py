@@ -52,18 +52,12 @@ class BodyGeometry:
     """The landmark model's confidence that the crop shows a person, 0..1."""
     torso_tilt: float
     """Degrees of the hips-to-shoulders line from the vertical (0 standing, 90 lying)."""
-    thigh_tilt: float
-    """Degrees of the hips-to-knees line from the vertical."""
-    shin_tilt: float
-    """Degrees of the knees-to-ankles line from the vertical."""
     body_tilt: float
     """Degrees of the ankles-to-shoulders line from the vertical."""
     head_rise: float
     """How far the nose is above the hips, in torso lengths (about 1.3 standing, 0 lying)."""
     ankle_drop: float
     """How far the ankles are below the hips, in torso lengths (about 1.4 standing)."""
-    aspect: float
-    """Height / width of the box around the body's main landmarks."""
     legs_visible: float
     """Mean visibility of knees and ankles, 0..1."""
     torso_visible: float
@@ -74,17 +68,12 @@ class BodyGeometry:
     """Middle of the hips, in pixels."""
     box: tuple[float, float, float, float]
     """(x0, y0, x1, y1) around the body's main landmarks, in pixels."""
-    wrists_raised: float
-    """How far the higher wrist is above the shoulders, in torso lengths (negative: below)."""
-    reach: float
-    """How far the farther wrist is from the shoulders' middle, in torso lengths."""
 
     @classmethod
     def of(cls, lm: BodyLandmarks) -> BodyGeometry:
         p = lm.points
         shoulders = _mid(p, "left_shoulder", "right_shoulder")
         hips = _mid(p, "left_hip", "right_hip")
-        knees = _mid(p, "left_knee", "right_knee")
         ankles = _mid(p, "left_ankle", "right_ankle")
         nose = p[_IDX["nose"]].astype(np.float64)
         torso = max(float(np.linalg.norm(shoulders - hips)), 1.0)
@@ -93,17 +82,13 @@ class BodyGeometry:
                                     "right_ankle")]]
         x0, y0 = main.min(0)
         x1, y1 = main.max(0)
-        wrists = p[[_IDX["left_wrist"], _IDX["right_wrist"]]].astype(np.float64)
         vis = lm.visibility
         return cls(
             presence=lm.presence,
             torso_tilt=_tilt(hips, shoulders),
-            thigh_tilt=_tilt(hips, knees),
-            shin_tilt=_tilt(knees, ankles),
             body_tilt=_tilt(ankles, shoulders),
             head_rise=float((hips[1] - nose[1]) / torso),
             ankle_drop=float((ankles[1] - hips[1]) / torso),
-            aspect=float((y1 - y0) / max(x1 - x0, 1.0)),
             legs_visible=float(vis[[_IDX["left_knee"], _IDX["right_knee"], _IDX["left_ankle"],
                                     _IDX["right_ankle"]]].mean()),
             torso_visible=float(vis[[_IDX["left_shoulder"], _IDX["right_shoulder"],
@@ -111,8 +96,6 @@ class BodyGeometry:
             torso_px=torso,
             centre=(float(hips[0]), float(hips[1])),
             box=(float(x0), float(y0), float(x1), float(y1)),
-            wrists_raised=float((shoulders[1] - wrists[:, 1].min()) / torso),
-            reach=float(np.linalg.norm(wrists - shoulders, axis=1).max() / torso),
         )
 
 
