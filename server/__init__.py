@@ -45,7 +45,9 @@ from ._errors import (
 )
 from ._keys import MasterKey
 from ._metrics import ServerMetrics
+from ._models import SERVER_MODEL_PINS, VerifierModels
 from ._notifier import CONTENT_TYPE, EncOutbox
+from ._outcome import Outcome
 from ._setup import open_store
 from ._store import (
     AuditRecord,
@@ -58,7 +60,6 @@ from ._store import (
     migrate,
     now_ms,
 )
-from ._models import SERVER_MODEL_PINS, VerifierModels
 from ._verify import (
     Decision,
     PhotoVerifier,
@@ -71,14 +72,55 @@ from ._verify import (
 from ._windows import MonitoringPlan, scheduled_until
 
 __all__ = [
-    "CONTENT_TYPE", "AdminConfig", "AuditRecord", "BrokerConfig", "ConfigError",
-    "DatabaseConfig", "Decision", "DeviceExists", "DeviceInfo", "DeviceNotFound", "EncConfig",
-    "EncDeliveryError", "EncOutbox", "IncidentInfo", "MasterKey", "MasterKeyConfig",
-    "MasterKeyError", "MonitoringPlan", "OutboxItem", "PhotoVerifier", "RegistryDirectory",
-    "RegistryError", "ScheduleConfig", "ServerConfig", "ServerError", "ServerMetrics",
-    "PoseVerifier", "SERVER_MODEL_PINS", "VerifierModelError", "VerifierModels", "VerifierPool",
-    "VerifierSettings", "Store", "TimingConfig", "TrustedServer", "UsageError", "Verdict",
-    "VerificationConfig", "WindowInfo", "decide", "example_config", "load_config",
-    "make_engine", "migrate", "now_ms", "open_store", "parse_config", "provisioning_bundle",
-    "scheduled_until", "write_bundle",
+    "CONTENT_TYPE",
+    "SERVER_MODEL_PINS",
+    "AdminConfig",
+    "AuditRecord",
+    "BrokerConfig",
+    "ConfigError",
+    "DatabaseConfig",
+    "Decision",
+    "DeviceExists",
+    "DeviceInfo",
+    "DeviceNotFound",
+    "EncConfig",
+    "EncDeliveryError",
+    "EncOutbox",
+    "IncidentInfo",
+    "MasterKey",
+    "MasterKeyConfig",
+    "MasterKeyError",
+    "MonitoringPlan",
+    "OutboxItem",
+    "Outcome",
+    "PhotoVerifier",
+    "PoseVerifier",
+    "RegistryDirectory",
+    "RegistryError",
+    "ScheduleConfig",
+    "ServerConfig",
+    "ServerError",
+    "ServerMetrics",
+    "Store",
+    "TimingConfig",
+    "TrustedServer",
+    "UsageError",
+    "Verdict",
+    "VerificationConfig",
+    "VerifierModelError",
+    "VerifierModels",
+    "VerifierPool",
+    "VerifierSettings",
+    "WindowInfo",
+    "decide",
+    "example_config",
+    "load_config",
+    "make_engine",
+    "migrate",
+    "now_ms",
+    "open_store",
+    "parse_config",
+    "provisioning_bundle",
+    "scheduled_until",
+    "write_bundle",
 ]

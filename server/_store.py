@@ -9,7 +9,6 @@ table locks: one replica wins a zone's broadcast, one replica holds an outbox le
 from __future__ import annotations
 
 import json
-import math
 import secrets
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -37,7 +36,9 @@ from protocol import (
 from storage import sqlite_engine
 
 from ._errors import DeviceExists, DeviceNotFound, MasterKeyError, RegistryError
+from ._fusion import FusionRule, Sighting
 from ._keys import MasterKey
+from ._outcome import Outcome
 from ._schema import (
     AuditEntry,
     DeviceRow,
@@ -323,14 +324,6 @@ class DecisionRecord:
     """Fuse a dangerous incident into an alerted one this near (0: never)."""
     fuse_within_ms: int = 0
     """... that arrived within this time of it."""
-
-
-def distance_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
-    """Great-circle distance in metres (haversine, mean Earth radius)."""
-    p1, p2 = math.radians(lat1), math.radians(lat2)
-    dp, dl = p2 - p1, math.radians(lon2 - lon1)
-    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
-    return 2 * 6_371_008.8 * math.asin(min(1.0, math.sqrt(a)))
 
 
 def make_engine(url: str) -> Engine:
@@ -686,12 +679,13 @@ class Store:
         record = DecisionRecord(incident_id, score, uncertain, dangerous, reason)
         return self.decide_many([record])[0] is not None
 
-    def decide_many(self, decisions: Sequence[DecisionRecord]) -> list[str | None]:
-        """Decisions for many incidents in one transaction. Each gives "dangerous" (alert
-        queued), "fused" (dangerous, linked to an earlier nearby alerted incident, no
-        alert of its own), "dismissed", or None when it was decided already."""
+    def decide_many(self, decisions: Sequence[DecisionRecord]) -> list[Outcome | None]:
+        """Decisions for many incidents in one transaction. Each gives
+        ``Outcome.DANGEROUS`` (alert queued), ``Outcome.FUSED`` (dangerous, linked to an
+        earlier nearby alerted incident, no alert of its own), ``Outcome.DISMISSED``, or
+        None when it was decided already."""
         now = self._clock()
-        out: list[str | None] = []
+        out: list[Outcome | None] = []
         with self._tx() as s:
             for d in decisions:
                 primary = self._fusion_primary(s, d) if d.dangerous else None
@@ -708,44 +702,41 @@ class Store:
                     out.append(None)
                     continue
                 if not d.dangerous:
-                    out.append("dismissed")
+                    out.append(Outcome.DISMISSED)
                 elif primary is not None:
-                    out.append("fused")
+                    out.append(Outcome.FUSED)
                 else:
                     s.add(OutboxRow(incident_id=d.incident_id, state="pending", attempts=0,
                                     next_attempt_at=now, lease_until=0, created_at=now))
                     s.flush()
-                    out.append("dangerous")
+                    out.append(Outcome.DANGEROUS)
         return out
 
     def _fusion_primary(self, s: Session, d: DecisionRecord) -> str | None:
-        """The earliest alerted incident (not itself fused) within the fusion distance
-        and time of ``d``'s incident, if any."""
-        if d.fuse_within_m <= 0:
+        """The earliest alerted incident (not itself fused) that ``d``'s incident is the
+        same scene as (``_fusion.FusionRule``), if any."""
+        rule = FusionRule(within_m=d.fuse_within_m, within_ms=d.fuse_within_ms)
+        if not rule.enabled:
             return None
         cols = (IncidentRow.id, IncidentRow.lat, IncidentRow.lon, IncidentRow.alt,
-                IncidentRow.acc, IncidentRow.coords_sealed)
-        this = s.execute(select(*cols, IncidentRow.received_at)
-                         .where(IncidentRow.id == d.incident_id)).first()
+                IncidentRow.acc, IncidentRow.coords_sealed, IncidentRow.received_at)
+        this = s.execute(select(*cols).where(IncidentRow.id == d.incident_id)).first()
         if this is None:
             return None
-        lat, lon, _alt, _acc = self._open_coords(*this[:6])
-        at = this[6]
         # The coordinates are sealed, so the database narrows by time only (alerted
-        # incidents of a few minutes); the distance is checked here.
+        # incidents of a few minutes); the distance is checked after unsealing.
         candidates = s.execute(
             select(*cols)
             .join(OutboxRow, OutboxRow.incident_id == IncidentRow.id)
             .where(IncidentRow.id != d.incident_id,
                    IncidentRow.fused_into.is_(None),
-                   IncidentRow.received_at >= at - d.fuse_within_ms,
-                   IncidentRow.received_at <= at + d.fuse_within_ms)
-            .order_by(IncidentRow.received_at, IncidentRow.id))
-        for row in candidates:
-            clat, clon, _calt, _cacc = self._open_coords(*row)
-            if distance_m(lat, lon, clat, clon) <= d.fuse_within_m:
-                return str(row[0])
-        return None
+                   IncidentRow.received_at >= this[6] - rule.within_ms,
+                   IncidentRow.received_at <= this[6] + rule.within_ms))
+        return rule.primary(self._sighting(this), (self._sighting(c) for c in candidates))
+
+    def _sighting(self, row: Any) -> Sighting:
+        lat, lon, _alt, _acc = self._open_coords(*row[:6])
+        return Sighting(str(row[0]), lat, lon, int(row[6]))
 
     def dismissed_count(self, uid: str, *, since: int) -> int:
         with self._tx() as s:

@@ -43,6 +43,7 @@ from edge import ModelError
 
 from ._errors import VerifierModelError
 from ._models import VerifierModels
+from ._outcome import Outcome
 from ._photo import PhotoRejected, prepare_photo
 from ._scene import BodyGeometry, SceneReader
 
@@ -93,21 +94,32 @@ class PhotoVerifier(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """The server's decision on an incident."""
+    """The server's decision on an incident, from its photo alone (fusion with other
+    reports comes after, in the decision's transaction)."""
 
-    dangerous: bool
-    """True: alert the ENC."""
+    outcome: Outcome
+    """``Outcome.DANGEROUS`` (alert the ENC) or ``Outcome.DISMISSED``."""
     verdict: Verdict
     """The verifier's verdict it rests on."""
     reason: str
     """Why, in words (stored with the incident)."""
 
+    def __post_init__(self) -> None:
+        if self.outcome is Outcome.FUSED:
+            raise ValueError("a photo's decision is dangerous or dismissed; fusion is the store's")
+
+    @property
+    def dangerous(self) -> bool:
+        """True: alert the ENC."""
+        return self.outcome is Outcome.DANGEROUS
+
 
 def decide(verdict: Verdict, *, threshold: float) -> Decision:
+    """Dangerous at or above ``threshold``, dismissed below."""
     dangerous = verdict.score >= threshold
     rel = ">=" if dangerous else "<"
     detail = f"; {verdict.detail}" if verdict.detail else ""
-    return Decision(dangerous, verdict,
+    return Decision(Outcome.DANGEROUS if dangerous else Outcome.DISMISSED, verdict,
                     f"{verdict.label}: score {verdict.score:.3f} {rel} threshold {threshold:.3f}"
                     + (" (uncertain)" if verdict.uncertain else "") + detail)
 

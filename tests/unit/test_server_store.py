@@ -316,14 +316,6 @@ def test_fusion_off_alerts_every_report(store: Store) -> None:
     assert store.outbox_depth() == 2
 
 
-def test_distance_is_great_circle_metres() -> None:
-    from server._store import distance_m
-
-    assert distance_m(52.2, 21.0, 52.2, 21.0) == 0
-    assert distance_m(0, 0, 1, 0) == pytest.approx(111_195, rel=1e-4)
-    assert distance_m(52.2297, 21.0122, 50.0647, 19.9450) == pytest.approx(252_000, rel=0.01)
-
-
 def test_a_database_of_the_first_schema_is_upgraded_with_its_incidents(db_url: str) -> None:
     """A server updated in place: its database at revision 0001, with an incident, is
     brought to the newest schema at start and keeps the incident."""
