@@ -69,8 +69,10 @@ def _hemi(v: float, pos: str, neg: str) -> str:
 
 
 def cap_message(alert: Alert, trail: Sequence[AuditEntry], settings: CapSection, *,
-                photo: bytes | None = None) -> bytes:
-    """The CAP 1.2 XML (UTF-8, with declaration) for the alert's current state."""
+                photo: bytes | None = None, photo_uri: str | None = None) -> bytes:
+    """The CAP 1.2 XML (UTF-8, with declaration) for the alert's current state;
+    ``photo_uri``: the photo resource's ``uri`` (default: the dashboard's, which needs
+    a login)."""
     changes = [e for e in trail if e.action in _STATUS_CHANGES]
     last = changes[-1] if changes else None
     original_id = cap_identifier(alert)
@@ -167,7 +169,9 @@ def cap_message(alert: Alert, trail: Sequence[AuditEntry], settings: CapSection,
         _sub(res, "resourceDesc", "Photo from the street-pole camera")
         _sub(res, "mimeType", "image/jpeg")
         _sub(res, "size", str(len(photo)))
-        if settings.public_url:
+        if photo_uri:
+            _sub(res, "uri", photo_uri)
+        elif settings.public_url:
             _sub(res, "uri", f"{settings.public_url.rstrip('/')}/alerts/"
                              f"{quote(alert.incident_id, safe='')}/photo.jpg")
         if settings.embed_photo:

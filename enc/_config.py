@@ -166,8 +166,27 @@ class DashboardSection(_Section):
         return v
 
 
+class CapRecipient(_Section):
+    """Somewhere the ENC POSTs every CAP message to (``[cap.recipients.<name>]``)."""
+
+    url: str
+    """http(s) URL the messages are POSTed to (``Content-Type: application/cap+xml``)."""
+    authorization_file: str = ""
+    """A file (mode 0600) whose first line is sent as the ``Authorization`` header
+    (``Bearer ...``); empty: none."""
+    timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 10.0
+    """How long one POST may take before it counts as failed."""
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not re.match(r"^https?://[^\s/]+", v):
+            raise ValueError("must be an http:// or https:// URL")
+        return v
+
+
 class CapSection(_Section):
-    """CAP 1.2 export."""
+    """CAP 1.2 export and delivery."""
 
     sender: str = "enc@citywatch.invalid"
     """CAP ``sender``: an identifier of this ENC (no spaces or commas)."""
@@ -185,6 +204,20 @@ class CapSection(_Section):
     """Carry the photo itself in the CAP message (its resource's ``derefUri``, base64),
     so that a recipient who cannot reach this ENC still has it; false: size and digest
     only (and ``uri`` with ``public_url``)."""
+    recipients: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")],
+                     CapRecipient] = {}
+    """Where every CAP message is sent, by name; none: messages are kept (the Atom feed
+    and the exports) and sent nowhere."""
+    retry_first_seconds: Annotated[float, Field(ge=0.05, le=3600)] = 2.0
+    """A failed send is tried again after this long, then twice as long each time ..."""
+    retry_max_seconds: Annotated[float, Field(ge=0.05, le=86400)] = 300.0
+    """... up to this long between tries; it is never given up."""
+    photo_token_hours: Annotated[float, Field(gt=0, le=24 * 30)] = 24.0
+    """The photo's ``uri`` in a sent message works without a login, with its token, for
+    this long after the message."""
+    feed_token_file: str = ""
+    """A file (mode 0600) whose first line is the bearer token that reads the Atom feed
+    (``/cap/feed.atom``) without an operator's login; empty: operators only."""
 
     @field_validator("sender")
     @classmethod
@@ -401,8 +434,14 @@ def config_from_mapping(raw: dict[str, Any], *, source: Path | None) -> EncConfi
         _load_server(kid, t, resolve(t.key_file), _where(name, ("servers", kid, "key_file")))
         for kid, t in sorted(m.servers.items())
     )
+    cap = m.cap.model_copy(update={
+        "feed_token_file": str(resolve(m.cap.feed_token_file)) if m.cap.feed_token_file
+        else "",
+        "recipients": {name: r.model_copy(update={"authorization_file": str(resolve(
+            r.authorization_file))}) if r.authorization_file else r
+            for name, r in m.cap.recipients.items()}})
     return EncConfig(source=source, data_dir=data_dir, database_url=url, http=http,
-                     servers=servers, limits=m.limits, dashboard=m.dashboard, cap=m.cap,
+                     servers=servers, limits=m.limits, dashboard=m.dashboard, cap=cap,
                      metrics=m.metrics, retention=m.retention,
                      store_key=m.store_key.model_copy(update={
                          k: str(resolve_in_data(getattr(m.store_key, k)))

@@ -182,6 +182,7 @@ def page_routes(ctx: WebContext) -> APIRouter:
             geo=geo, dms=f"{_dms(c.lat, 'N', 'S')} {_dms(c.lon, 'E', 'W')}",
             tiles=tiles, now=ctx.clock(), Status=AlertStatus,
             supervisor=s.operator.role is Role.SUPERVISOR,
+            cap_deliveries=ctx.cap_deliveries(incident_id),
             colleagues=[o.username for o in ops.list()
                         if not o.disabled and o.username != s.operator.username],
             cursor=store.last_audit_id(), message=unquote(flash)[:300] if flash else None)

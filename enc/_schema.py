@@ -17,10 +17,12 @@ from sqlalchemy import (
     LargeBinary,
     String,
     Text,
+    UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["AlertRow", "AuditRow", "Base", "OperatorRow", "PhotoRow", "SessionRow"]
+__all__ = ["AlertRow", "AuditRow", "Base", "CapCursorRow", "CapDeliveryRow", "CapMessageRow",
+           "OperatorRow", "PhotoRow", "SessionRow", "SettingRow"]
 
 # SQLite only auto-increments an INTEGER PRIMARY KEY.
 _BigId = BigInteger().with_variant(Integer(), "sqlite")
@@ -105,3 +107,56 @@ class SessionRow(Base):
     created_at: Mapped[int] = mapped_column(BigInteger)
     last_seen: Mapped[int] = mapped_column(BigInteger)
     expires_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class CapMessageRow(Base):
+    """A CAP message made from an audit entry (``enc._delivery``); its XML sealed under
+    the store key (it carries the photo). No foreign key: a purged alert's messages are
+    deleted with it, by the purge."""
+
+    __tablename__ = "enc_cap_messages"
+
+    identifier: Mapped[str] = mapped_column(String(128), primary_key=True)
+    incident_id: Mapped[str] = mapped_column(String(64), index=True)
+    audit_id: Mapped[int] = mapped_column(BigInteger, unique=True)
+    sent_at: Mapped[int] = mapped_column(BigInteger)
+    msg_type: Mapped[str] = mapped_column(String(16))
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class CapDeliveryRow(Base):
+    """One CAP message to one recipient: the retry queue."""
+
+    __tablename__ = "enc_cap_deliveries"
+    __table_args__ = (UniqueConstraint("identifier", "recipient",
+                                       name="uq_enc_cap_deliveries_identifier_recipient"),)
+
+    id: Mapped[int] = mapped_column(_BigId, primary_key=True, autoincrement=True)
+    identifier: Mapped[str] = mapped_column(
+        String(128), ForeignKey("enc_cap_messages.identifier", ondelete="CASCADE"), index=True)
+    recipient: Mapped[str] = mapped_column(String(64), index=True)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    attempts: Mapped[int] = mapped_column(Integer)
+    next_at: Mapped[int] = mapped_column(BigInteger)
+    """When it may be sent (again); moved ahead while a send is under way (the lease)."""
+    delivered_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    last_status: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(String(200), nullable=True)
+
+
+class CapCursorRow(Base):
+    """How far into the audit trail the CAP messages are made."""
+
+    __tablename__ = "enc_cap_cursor"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    audit_id: Mapped[int] = mapped_column(BigInteger)
+
+
+class SettingRow(Base):
+    """Values the ENC keeps for itself (the CAP photo tokens' key, sealed)."""
+
+    __tablename__ = "enc_settings"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[bytes] = mapped_column(LargeBinary)

@@ -30,10 +30,12 @@ from httpserve import request_deadline
 
 from ._config import EncConfig
 from ._dashboard import Dashboard, HttpHardening, dashboard_lifespan
+from ._delivery import CapOutbox, CapSender
 from ._errors import EncError
 from ._keys import open_alert_store
 from ._live import LiveFeed
 from ._metrics import EncMetrics, RequestCounter
+from ._outward import outward_routes, read_secret
 from ._receiver import AlertReceiver
 from ._store import AlertStore
 
@@ -91,11 +93,23 @@ def build_app(config: EncConfig, store: AlertStore, *,
     feed = LiveFeed()
     metrics = EncMetrics(store.status_counts)
     dashboard = Dashboard(config=config, store=store, feed=feed, clock=clock)
+    outbox = CapOutbox(store, config.cap)
+    sender = CapSender(outbox, dict(config.cap.recipients), clock=clock, headers={
+        name: {"Authorization": read_secret(r.authorization_file,
+                                            f"cap.recipients.{name}.authorization_file")}
+        for name, r in config.cap.recipients.items() if r.authorization_file})
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with dashboard_lifespan(dashboard):
-            yield
+        stop = asyncio.Event()
+        sending = asyncio.create_task(sender.run(stop), name="cap-delivery")
+        try:
+            async with dashboard_lifespan(dashboard):
+                yield
+        finally:
+            stop.set()
+            sender.poke()
+            await asyncio.gather(sending, return_exceptions=True)
 
     app = FastAPI(title="CityWatch ENC", version="1", docs_url=None, redoc_url=None,
                   openapi_url="/openapi.json", lifespan=lifespan,
@@ -106,6 +120,7 @@ def build_app(config: EncConfig, store: AlertStore, *,
     async def on_stored(incident_id: str) -> None:
         metrics.stored.inc()
         feed.notify()
+        sender.poke()
 
     receiver = AlertReceiver(endpoint=build_endpoint(config), store=store,
                              max_body=config.limits.max_body_bytes, clock=clock,
@@ -127,6 +142,7 @@ def build_app(config: EncConfig, store: AlertStore, *,
         body = await asyncio.to_thread(metrics.exposition)  # the store is read for it
         return Response(body, media_type="text/plain; version=0.0.4")
 
+    app.include_router(outward_routes(dashboard, outbox))
     dashboard.install(app)
     img_src = "'self' data:"
     if config.dashboard.map_tile_url:
@@ -137,6 +153,8 @@ def build_app(config: EncConfig, store: AlertStore, *,
     app.state.config = config
     app.state.store = store
     app.state.dashboard = dashboard
+    app.state.cap_outbox = outbox
+    dashboard.cap_deliveries = outbox.deliveries
     app.state.metrics = metrics
     app.add_middleware(RequestCounter, metrics=metrics)
     return app

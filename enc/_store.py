@@ -33,7 +33,7 @@ from hardware._wrapped import RecordSealer, SealedRecordError
 from storage import sqlite_engine
 
 from ._errors import NotFound, StoreError
-from ._schema import AlertRow, AuditRow, PhotoRow
+from ._schema import AlertRow, AuditRow, CapDeliveryRow, CapMessageRow, PhotoRow
 
 __all__ = ["Alert", "AlertStatus", "AlertStore", "AuditEntry", "PurgeReport", "migrate"]
 
@@ -375,13 +375,30 @@ class AlertStore:
                 chunk = [*photos, *alerts][i:i + 500]
                 s.execute(delete(PhotoRow).where(PhotoRow.incident_id.in_(chunk)))
             for i in range(0, len(alerts), 500):
-                s.execute(delete(AlertRow).where(AlertRow.incident_id.in_(alerts[i:i + 500])))
+                chunk = alerts[i:i + 500]
+                # Their CAP messages carry the photo: they go too (delivered or not).
+                gone = select(CapMessageRow.identifier).where(
+                    CapMessageRow.incident_id.in_(chunk))
+                s.execute(delete(CapDeliveryRow).where(CapDeliveryRow.identifier.in_(gone)))
+                s.execute(delete(CapMessageRow).where(CapMessageRow.incident_id.in_(chunk)))
+                s.execute(delete(AlertRow).where(AlertRow.incident_id.in_(chunk)))
             self.audit(s, at=now, incident_id=None, actor=actor, action="purged",
                        detail={"photos": len(photos), "alerts": len(alerts),
                                "ids": sorted([*photos, *alerts])[:1000]})
         return report
 
     # -- sealed at rest -------------------------------------------------------------
+
+    def seal_record(self, data: bytes, aad: bytes) -> bytes:
+        """``data`` sealed under the store key, bound to ``aad``."""
+        return self._sealer_or_fail().seal(data, aad=aad)
+
+    def open_record(self, blob: bytes, aad: bytes) -> bytes:
+        """What ``seal_record`` sealed; ``StoreError`` if it does not open."""
+        try:
+            return self._sealer_or_fail().open(blob, aad=aad)
+        except SealedRecordError:
+            raise StoreError("a sealed record does not open under this store key") from None
 
     def _sealer_or_fail(self) -> RecordSealer:
         if self._sealer is None:

@@ -18,7 +18,7 @@ from ._web import SESSION_COOKIE, WebContext
 
 __all__ = ["stream_routes"]
 
-_NOT_SENT = ("photo_viewed", "cap_exported")
+_NOT_SENT = ("photo_viewed", "cap_exported", "eido_exported")
 """Audit entries that change nothing on an operator's screen."""
 
 

@@ -111,6 +111,8 @@ class WebContext:
         self.templates.globals["status_words"] = STATUS_WORDS
         self.templates.globals["resolutions"] = RESOLUTIONS
         self.templates.filters["pct"] = lambda v: f"{v:.0%}"
+        #: Each CAP message of an alert to each recipient (set by ``build_app``).
+        self.cap_deliveries: Callable[[str], list[dict[str, Any]]] = lambda _inc: []
 
     def ordered(self, alerts: list[Alert]) -> list[Alert]:
         """Unhandled first; escalated, then by severity, then newest (``priority_key``)."""

@@ -19,6 +19,7 @@ _ACTIONS = {
     "received": "Received", "acknowledged": "Taken (acknowledged)", "dispatched": "Help dispatched",
     "dismissed": "Dismissed as a false alarm", "reopened": "Reopened",
     "escalated": "Escalated", "photo_viewed": "Photo viewed", "cap_exported": "CAP exported",
+    "eido_exported": "EIDO exported",
     "login": "Logged in", "login_failed": "Failed login", "logout": "Logged out",
     "operator_added": "Operator added", "operator_disabled": "Operator disabled",
     "operator_enabled": "Operator enabled", "password_changed": "Password changed",
@@ -87,7 +88,8 @@ class Presentation:
         if action == "photo_viewed":
             full = d.pop("full", False)  # entries older than "view" have only this
             where = d.pop("view", "full" if full else "page")
-            out.append({"full": "full size", "wall": "on the wall display"}.get(
+            out.append({"full": "full size", "wall": "on the wall display",
+                        "cap": "by a CAP recipient, with its token"}.get(
                 str(where), "on the alert page"))
         if "untaken_for_s" in d:
             out.append(f"nobody took it for {_duration(d.pop('untaken_for_s'))}")
