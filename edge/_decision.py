@@ -41,10 +41,14 @@ from ._detector import BBox, Pose
 from ._motion import ChaosSample
 
 __all__ = [
+    "FIGHT_BIAS",
+    "FIGHT_WEIGHTS",
     "DangerTracker",
     "Detection",
+    "FightFeatures",
     "PostureReading",
     "close_group",
+    "fight_probability",
     "point_in_polygon",
     "read_posture",
 ]
@@ -209,6 +213,55 @@ def close_group(poses: Sequence[Pose], readings: Sequence[PostureReading | None]
 
 
 @dataclass(frozen=True)
+class FightFeatures:
+    """What the last ``window_seconds`` of a scene say about a fight: the learned cue's
+    input (``fight_probability``)."""
+
+    people: int
+    """People in view: the most people followed at once over the last second (the pose
+    model finds tangled or small people in some frames only)."""
+    closeness: float
+    """exp(-gap) of the closest two people followed now, the gap between their centres in
+    body lengths (the mean of the pair's): 1 overlapping, 0.37 one body length apart, 0
+    with fewer than two people."""
+    limb_speed: float
+    """75th percentile of the elbow and wrist speeds (relative to the shoulders, body
+    lengths per second) of everyone followed now, over the window; 0 with fewer than
+    ``min_frames`` of them."""
+    motion_change: float
+    """Median over the window of ``ChaosSample.changing`` (0 with fewer than
+    ``min_frames`` samples, as every motion figure here)."""
+    motion_spread: float
+    """Largest ``ChaosSample.spread`` of the window (moments of motion every way)."""
+    motion_jerk: float
+    """Median of ``ChaosSample.jerk``."""
+    motion_reversal: float
+    """Mean of ``ChaosSample.reversal``."""
+
+    def vector(self) -> tuple[float, ...]:
+        """The inputs of the logistic model, in the order of ``FIGHT_WEIGHTS``."""
+        return (min(self.people, 4) / 4.0, self.closeness, min(self.limb_speed, 4.0),
+                self.motion_change, self.motion_spread, min(self.motion_jerk, 3.0),
+                self.motion_reversal)
+
+
+# Logistic weights over ``FightFeatures.vector()`` and bias; fitted by bench/fit_fight.py
+# (class-balanced, L2 1 on standardised inputs) on every inferred frame with two or more
+# people of the fight clips numbered up to 75 and of GMDCSA24 subjects 1-2's videos
+# (docs/prescreen.md).
+FIGHT_WEIGHTS: tuple[float, ...] = (1.022, -0.121, 0.376, 5.275, -0.779, 0.539, 8.636)
+FIGHT_BIAS = -1.781
+
+
+def fight_probability(features: FightFeatures,
+                      weights: Sequence[float] = FIGHT_WEIGHTS, bias: float = FIGHT_BIAS
+                      ) -> float:
+    """The learned cue: how much the window looks like a fight, 0..1."""
+    z = bias + sum(w * x for w, x in zip(weights, features.vector(), strict=True))
+    return 1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, z))))
+
+
+@dataclass(frozen=True)
 class PersonDownRule:
     still_seconds: float = 5.0
     still_tolerance: float = 0.3
@@ -224,6 +277,11 @@ class FightRule:
     min_frames: int = 4
     min_motion_change: float | None = 0.08
     min_motion_spread: float = 0.3
+    # The learned cue: report a fight when ``fight_probability`` reaches this, with at
+    # least ``min_people_learned`` people in view (instead of the limbs and chaos cues);
+    # None: the two hand-set cues.
+    min_probability: float | None = None
+    min_people_learned: int = 2
 
 
 @dataclass
@@ -308,6 +366,8 @@ class DangerTracker:
         self._next_id = 1
         self._quiet_until: dict[tuple[str, str], float] = {}
         self._chaos: deque[ChaosSample] = deque()
+        # (time, people followed) of the inferred frames of the last second
+        self._followed: deque[tuple[float, int]] = deque()
 
     @property
     def people(self) -> int:
@@ -387,6 +447,10 @@ class DangerTracker:
         while self._chaos and self._chaos[0].t < t - self.fight.window_seconds:
             self._chaos.popleft()
         seen = self._tracks if poses is None else self._associate(poses, t)
+        if poses is not None:
+            self._followed.append((t, len(self._tracks)))
+        while self._followed and self._followed[0][0] < t - 1.0:
+            self._followed.popleft()
         detections: list[Detection] = []
         if self.person_down_enabled:
             for track in seen:
@@ -433,9 +497,36 @@ class DangerTracker:
             return None
         return Detection("person_down", reading.score, t, track.pose.bbox, key[1], 1)
 
+    def fight_features(self, t: float) -> FightFeatures:
+        """The learned cue's inputs for the frame at ``t`` (after ``update``)."""
+        rule = self.fight
+        tracks = self._tracks
+        closeness = 0.0
+        for i, a in enumerate(tracks):
+            for b in tracks[i + 1:]:
+                closeness = max(closeness, math.exp(-self._gap(a, b)))
+        speeds = [s for tr in tracks for _, s in tr.limb_speeds]
+        limb = float(np.percentile(speeds, 75)) if len(speeds) >= rule.min_frames else 0.0
+        people = max((n for _, n in self._followed), default=len(tracks))
+        chaos = list(self._chaos)
+        if len(chaos) < rule.min_frames:
+            return FightFeatures(people, closeness, limb, 0.0, 0.0, 0.0, 0.0)
+        return FightFeatures(
+            people, closeness, limb, float(np.median([c.changing for c in chaos])),
+            max(c.spread for c in chaos), float(np.median([c.jerk for c in chaos])),
+            float(np.mean([c.reversal for c in chaos])))
+
     def _fight(self, t: float) -> Detection | None:
         rule = self.fight
         active = [tr for tr in self._tracks if tr.last_seen == t]
+        if rule.min_probability is not None:
+            features = self.fight_features(t)
+            if features.people < max(1, rule.min_people_learned) or not active:
+                return None
+            p = fight_probability(features)
+            if p < rule.min_probability:
+                return None
+            return self._report_fight(t, self._tracks, p)
         best: tuple[float, list[_Track]] | None = None
         for i, a in enumerate(active):
             group = [a] + [b for b in active[i + 1:] if self._close(a, b)]
@@ -455,6 +546,10 @@ class DangerTracker:
             if chaos is None:
                 return None
             score, group = chaos, active
+        return self._report_fight(t, group, score)
+
+    def _report_fight(self, t: float, group: Sequence[_Track], score: float
+                      ) -> Detection | None:
         box = _union([tr.pose.bbox for tr in group])
         key = ("fight", self.zone_of(_centre(box)))
         quiet = self._quiet_until.get(key)
@@ -475,11 +570,15 @@ class DangerTracker:
             return None
         return min(1.0, change / (2.0 * rule.min_motion_change))
 
-    def _close(self, a: _Track, b: _Track) -> bool:
+    def _gap(self, a: _Track, b: _Track) -> float:
+        """Distance of two people's centres in body lengths (the mean of the pair's)."""
         w, h = a.pose.frame_size
         (ax, ay), (bx, by) = _centre(a.pose.bbox), _centre(b.pose.bbox)
         distance = math.hypot((ax - bx) * w, (ay - by) * h)
         la = max((a.pose.bbox[2] - a.pose.bbox[0]) * w, (a.pose.bbox[3] - a.pose.bbox[1]) * h)
         lb = max((b.pose.bbox[2] - b.pose.bbox[0]) * w, (b.pose.bbox[3] - b.pose.bbox[1]) * h)
-        return distance <= self.fight.max_distance * (la + lb) / 2
+        return distance / max((la + lb) / 2, 1e-6)
+
+    def _close(self, a: _Track, b: _Track) -> bool:
+        return self._gap(a, b) <= self.fight.max_distance
 

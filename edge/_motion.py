@@ -107,6 +107,13 @@ class ChaosSample:
     spread: float
     """1 - the mean resultant length of the directions of the moving pixels: 0 when all
     move one way (a walker, a passing car), near 1 when they move every way."""
+    jerk: float = 0.0
+    """How much the moving pixels' motion changed since the step before, relative to how
+    fast they move: the mean length of the change of their flow vectors over their mean
+    speed (a walker keeps his motion: near 0.3; limbs that strike and stop: near 1)."""
+    reversal: float = 0.0
+    """Fraction of the pixels moving in both steps whose motion turned by more than 90
+    degrees from one step to the next (back-and-forth motion)."""
 
 
 class MotionChaos:
@@ -131,6 +138,7 @@ class MotionChaos:
         self._prev: npt.NDArray[np.uint8] | None = None
         self._prev_t = 0.0
         self._prev_speed: npt.NDArray[np.float32] | None = None
+        self._prev_flow: npt.NDArray[np.float32] | None = None
 
     def _small(self, frame: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
         h, w = frame.shape[:2]
@@ -148,6 +156,7 @@ class MotionChaos:
         if prev is None or prev.shape != small.shape or t < self._prev_t \
                 or t - self._prev_t > 4 * self.step_seconds:
             self._prev, self._prev_t, self._prev_speed = small, t, None
+            self._prev_flow = None
             return None
         flow = cv2.calcOpticalFlowFarneback(prev, small, None, 0.5, 2, 9, 2, 5, 1.1, 0)
         # Speeds per step of the nominal length, so the figures do not depend on the fps.
@@ -160,11 +169,23 @@ class MotionChaos:
             spread = 1.0 - float(np.hypot(np.cos(angles).mean(), np.sin(angles).mean()))
         else:
             spread = 0.0
-        last = self._prev_speed
-        changing = (float(np.count_nonzero(np.abs(speed - last) > self.speed_change)) / speed.size
-                    if last is not None else 0.0)
+        last, last_flow = self._prev_speed, self._prev_flow
         self._prev, self._prev_t, self._prev_speed = small, t, speed
-        return ChaosSample(t, changing, spread) if last is not None else None
+        self._prev_flow = residual
+        if last is None or last_flow is None:
+            return None
+        changing = float(np.count_nonzero(np.abs(speed - last) > self.speed_change)) / speed.size
+        jerk = reversal = 0.0
+        if int(moving.sum()) > 20:
+            change = np.hypot(residual[..., 0] - last_flow[..., 0],
+                              residual[..., 1] - last_flow[..., 1])
+            jerk = float(change[moving].mean()) / max(float(speed[moving].mean()), 1e-6)
+            both = moving & (last > self.moving_speed)
+            if int(both.sum()) > 20:
+                dot = (residual[..., 0] * last_flow[..., 0]
+                       + residual[..., 1] * last_flow[..., 1])[both]
+                reversal = float(np.count_nonzero(dot < 0)) / int(both.sum())
+        return ChaosSample(t, changing, spread, jerk, reversal)
 
     def reset(self) -> None:
-        self._prev, self._prev_speed = None, None
+        self._prev, self._prev_speed, self._prev_flow = None, None, None

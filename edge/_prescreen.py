@@ -233,6 +233,13 @@ class FightConfig(_Strict):
         default=0.3, ge=0.0, le=1.0,
         description="Chaos cue: median spread of the moving pixels' directions (0 = all one "
         "way, as a walker or a passing car; 1 = every way).")
+    min_probability: Annotated[float | None, OrOff] = Field(
+        default=0.735, ge=0.0, le=1.0,
+        description="The learned cue: report a fight when the logistic model over the "
+        "window's people and motion (edge._decision.fight_probability, fitted by "
+        "bench/fit_fight.py) reaches this, with at least min_people people in view; it "
+        "replaces the limbs and chaos cues (their thresholds above are then unused). "
+        "0.735 flags 3 of the 38 no-fight tuning clips. false: the limbs and chaos cues.")
     motion_width: int = Field(
         default=160, ge=32, le=640,
         description="Width in pixels of the grey image the chaos cue's optical flow runs "
@@ -376,11 +383,14 @@ class PreScreen:
                       max_distance=fc.max_distance, min_limb_speed=fc.min_limb_speed,
                       window_seconds=fc.window_seconds, min_frames=fc.min_frames,
                       min_motion_change=fc.min_motion_change,
-                      min_motion_spread=fc.min_motion_spread),
+                      min_motion_spread=fc.min_motion_spread,
+                      min_probability=fc.min_probability,
+                      min_people_learned=fc.min_people),
             zones=[(z.name, z.polygon) for z in config.zones],
             cooldown_seconds=config.cooldown_seconds, person_down_enabled=pd.enabled)
         self.chaos = (MotionChaos(width=fc.motion_width, color_order=mc.color_order)
-                      if fc.enabled and fc.min_motion_change is not None else None)
+                      if fc.enabled and (fc.min_motion_change is not None
+                                         or fc.min_probability is not None) else None)
         self.frames = 0
         self.inferences = 0
 

@@ -80,3 +80,24 @@ def test_a_gap_or_a_new_picture_size_restarts() -> None:
     assert chaos.update(np.zeros((90, 160, 3), np.uint8), 5.1) is None
     with pytest.raises(ValueError):
         MotionChaos(width=8)
+
+
+def _block_frames(offsets: list[int]) -> list[npt.NDArray[np.uint8]]:
+    background = textured(1)
+    patch = textured(2)[:48, :48]
+    frames = []
+    for dx in offsets:
+        frame = background.copy()
+        frame[60:108, 100 + dx:148 + dx] = patch
+        frames.append(frame)
+    return frames
+
+
+def test_back_and_forth_motion_reverses_and_jerks_a_steady_one_does_not() -> None:
+    steady = samples(_block_frames([8 * i for i in range(12)]))
+    shaking = samples(_block_frames([0 if i % 2 == 0 else 16 for i in range(12)]))
+    assert steady and shaking
+    assert float(np.median([s.reversal for s in steady])) < 0.2
+    assert float(np.median([s.reversal for s in shaking])) > 0.6
+    assert float(np.median([s.jerk for s in shaking])) > 2 * float(
+        np.median([s.jerk for s in steady]))

@@ -3,10 +3,20 @@ rule's chaos cue, on hand-made poses and motion samples (no model involved)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
+import pytest
 
 from edge import Pose, read_posture
-from edge._decision import DangerTracker, FightRule, PersonDownRule, PostureRule, close_group
+from edge._decision import (
+    DangerTracker,
+    FightRule,
+    PersonDownRule,
+    PostureRule,
+    close_group,
+    fight_probability,
+)
 from edge._motion import ChaosSample
 from tests.unit.test_prescreen_decision import FRAME, figure, standing
 
@@ -117,3 +127,50 @@ def test_old_samples_leave_the_window() -> None:
         times += [t for _ in tracker.update(people, t, sample)]
     assert times and times[0] < 0.5
     assert 2.0 < times[-1] < 3.2, "violent samples count for one window (2 s), then not"
+
+
+def _learned(**kw: object) -> DangerTracker:
+    return DangerTracker(PostureRule(), PersonDownRule(),
+                         FightRule(min_probability=0.735, **kw),  # type: ignore[arg-type]
+                         person_down_enabled=False, cooldown_seconds=60.0)
+
+
+def _feed_learned(tracker: DangerTracker, people: list[Pose], sample: ChaosSample | None,
+                  n: int = 30) -> list[str]:
+    labels: list[str] = []
+    for i in range(n):
+        t = i * 0.1
+        s = None if sample is None else ChaosSample(t, sample.changing, sample.spread,
+                                                    sample.jerk, sample.reversal)
+        labels += [d.label for d in tracker.update(people, t, s)]
+    return labels
+
+
+def test_the_learned_cue_reports_back_and_forth_motion_of_people_together() -> None:
+    pair = [standing(0.42), standing(0.58)]
+    wild = ChaosSample(0.0, 0.15, 0.8, 1.2, 0.5)
+    calm = ChaosSample(0.0, 0.01, 0.2, 0.4, 0.05)
+    assert _feed_learned(_learned(), pair, wild) == ["fight"]
+    assert _feed_learned(_learned(), pair, calm) == []
+    assert _feed_learned(_learned(), pair, None) == [], "no motion measured"
+    assert _feed_learned(_learned(), [standing(0.5)], wild) == [], "one person alone"
+    assert _feed_learned(_learned(), [], wild) == [], "nobody there"
+    # The probability rises with what the fit found for fights: motion turning back.
+    tracker = _learned()
+    _feed_learned(tracker, pair, wild, n=10)
+    f = tracker.fight_features(0.9)
+    assert f.people == 2 and f.motion_reversal == pytest.approx(0.5)
+    assert fight_probability(f) > fight_probability(replace(f, motion_reversal=0.05))
+
+
+def test_the_learned_cue_counts_people_the_model_misses_in_some_frames() -> None:
+    # The pose model finds the second person every other frame only: still two in view.
+    tracker = _learned()
+    wild = ChaosSample(0.0, 0.15, 0.8, 1.2, 0.5)
+    labels: list[str] = []
+    for i in range(30):
+        t = i * 0.1
+        people = [standing(0.42), standing(0.58)] if i % 2 == 0 else [standing(0.42)]
+        labels += [d.label for d in tracker.update(
+            people, t, ChaosSample(t, wild.changing, wild.spread, wild.jerk, wild.reversal))]
+    assert labels == ["fight"]

@@ -1,0 +1,204 @@
+"""Refit the pole's learned fight cue and print what it gives on each split.
+
+    .venv/bin/python bench/fit_fight.py CLIPS_DIR [--videos GMDCSA24_DIR]
+        [--tune-max-clip 75] [--tune-subjects 1,2] [--l2 1.0] [--max-false 0.10]
+        [--cache FILE]
+
+CLIPS_DIR is the fight data set (``labels.csv``: ``fight`` / ``no_fight`` clips,
+``fi<NNN>.mp4`` / ``nofi<NNN>.mp4``). Each clip plays through a fresh pre-screen with the
+default settings at 10 fps, exactly as ``citywatch edge eval-video`` plays it, and at
+every frame the model ran on the tracker's ``FightFeatures`` are recorded (cached in
+``--cache``). With ``--videos``, the GMDCSA24 videos (one person each, falls and
+everyday activities) are played the same way and their frames are negatives too.
+
+The tuning split is the clips numbered up to ``--tune-max-clip`` (and GMDCSA24's
+``--tune-subjects``); the script fits a class-balanced, L2-regularised logistic
+regression over ``FightFeatures.vector()`` of the tuning frames (every frame of a fight
+clip is a positive, every frame of a no-fight clip or a GMDCSA24 video a negative), then
+chooses the threshold on the tuning clips: a clip is flagged when one of its frames
+reaches it with ``min_people_learned`` people in view, and the threshold is the lowest
+whose share of tuning no-fight clips flagged is at most ``--max-false``. It prints the
+weights and the threshold to put into edge/_decision.py and edge/_prescreen.py, and the
+clips flagged on both splits at several thresholds, with the weights now in the code as
+well. Figures on the tuning split are tuning figures; the held-out split is not used for
+any choice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import re
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from edge import PreScreen, PreScreenConfig
+from edge._decision import FIGHT_BIAS, FIGHT_WEIGHTS, FightFeatures, fight_probability
+
+Frames = list[dict[str, object]]
+
+
+def play(path: Path, fps: float = 10.0) -> Frames:
+    """The features at every inferred frame of one video, as eval-video plays it."""
+    config = PreScreenConfig.model_validate({"fight": {"min_probability": False}})
+    prescreen = PreScreen.from_config(config)
+    capture = cv2.VideoCapture(str(path))
+    native = capture.get(cv2.CAP_PROP_FPS) or 25.0
+    every = max(1, round(native / fps))
+    rows: Frames = []
+    index = 0
+    try:
+        while True:
+            ok, frame = capture.read()
+            if not ok:
+                break
+            if index % every == 0:
+                t = index / native
+                result = prescreen.process(np.asarray(frame, dtype=np.uint8), t)
+                if result.inferred:
+                    f = prescreen.tracker.fight_features(t)
+                    rows.append({"t": t, "people": f.people, "x": list(f.vector())})
+            index += 1
+    finally:
+        capture.release()
+    return rows
+
+
+def collect(clips: Path, videos: Path | None, cache: Path, tune_max_clip: int,
+            tune_subjects: set[int]) -> dict[str, dict[str, object]]:
+    data: dict[str, dict[str, object]] = (json.loads(cache.read_text())
+                                          if cache.is_file() else {})
+    todo: list[tuple[str, str, Path]] = []
+    with (clips / "labels.csv").open(newline="") as f:
+        for row in csv.DictReader(f):
+            todo.append((row["file"], row["label"], clips / row["file"]))
+    if videos is not None:
+        for path in sorted(videos.rglob("*.mp4")):
+            name = str(path.relative_to(videos))
+            if split_of(name, tune_max_clip, tune_subjects) == "tune":
+                todo.append((name, "gmdcsa24", path))
+    for i, (name, label, path) in enumerate(todo):
+        if name in data:
+            continue
+        data[name] = {"label": label, "frames": play(path)}
+        if i % 10 == 0:
+            print(f"  {i + 1}/{len(todo)} {name}", file=sys.stderr)
+            cache.write_text(json.dumps(data))
+    cache.write_text(json.dumps(data))
+    return data
+
+
+def split_of(name: str, tune_max_clip: int, tune_subjects: set[int]) -> str:
+    m = re.search(r"(?:no)?fi(\d+)\.", Path(name).name)
+    if m:
+        return "tune" if int(m.group(1)) <= tune_max_clip else "held-out"
+    m = re.search(r"Subject[ _]?(\d+)", name, re.IGNORECASE)
+    if m:
+        return "tune" if int(m.group(1)) in tune_subjects else "held-out"
+    return "held-out"
+
+
+def fit(x: np.ndarray, y: np.ndarray, l2: float) -> tuple[np.ndarray, float]:
+    """Class-balanced logistic regression with an L2 penalty on standardised inputs
+    (Newton's method); returns weights and bias for the raw inputs."""
+    mean, std = x.mean(0), x.std(0) + 1e-9
+    z = np.hstack([(x - mean) / std, np.ones((len(x), 1))])
+    pos = y.sum()
+    sw = np.where(y == 1, len(y) / (2 * pos), len(y) / (2 * (len(y) - pos)))
+    reg = np.diag(np.r_[np.ones(z.shape[1] - 1), 0.0]) * l2
+    w = np.zeros(z.shape[1])
+    for _ in range(50):
+        p = 1 / (1 + np.exp(-(z @ w)))
+        grad = z.T @ (sw * (p - y)) + reg @ w
+        hess = (z.T * (sw * p * (1 - p))) @ z + reg
+        w -= np.linalg.solve(hess, grad)
+    return w[:-1] / std, float(w[-1] - (w[:-1] * mean / std).sum())
+
+
+def clip_scores(data: dict[str, dict[str, object]], weights: np.ndarray, bias: float,
+                min_people: int) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for name, entry in data.items():
+        best = 0.0
+        for frame in entry["frames"]:  # type: ignore[attr-defined]
+            if int(frame["people"]) < min_people:
+                continue
+            f = FightFeatures(int(frame["people"]), *frame["x"][1:])
+            best = max(best, fight_probability(f, tuple(float(v) for v in weights), bias))
+        out[name] = best
+    return out
+
+
+def report(title: str, data: dict[str, dict[str, object]], scores: dict[str, float],
+           tune_max_clip: int, tune_subjects: set[int], thresholds: list[float],
+           splits: tuple[str, ...]) -> None:
+    print(title)
+    for split in splits:
+        for label in ("fight", "no_fight", "gmdcsa24"):
+            names = [n for n, e in data.items() if e["label"] == label
+                     and split_of(n, tune_max_clip, tune_subjects) == split]
+            if not names:
+                continue
+            counts = " ".join(f"{t:.2f}:{sum(scores[n] >= t for n in names):>2}"
+                              for t in thresholds)
+            print(f"  {split:<8} {label:<9} n={len(names):>2}  {counts}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("clips", type=Path)
+    ap.add_argument("--videos", type=Path)
+    ap.add_argument("--tune-max-clip", type=int, default=75)
+    ap.add_argument("--tune-subjects", default="1,2")
+    ap.add_argument("--l2", type=float, default=1.0)
+    ap.add_argument("--max-false", type=float, default=0.10)
+    ap.add_argument("--min-people", type=int, default=2)
+    ap.add_argument("--cache", type=Path, default=Path("fight-features.json"))
+    ap.add_argument("--held-out", action="store_true",
+                    help="print the held-out figures too (only once the choices are made)")
+    args = ap.parse_args()
+    subjects = {int(s) for s in args.tune_subjects.split(",") if s}
+    data = collect(args.clips, args.videos, args.cache, args.tune_max_clip, subjects)
+    xs, ys = [], []
+    for name, entry in data.items():
+        if split_of(name, args.tune_max_clip, subjects) != "tune":
+            continue
+        for frame in entry["frames"]:  # type: ignore[attr-defined]
+            if int(frame["people"]) < args.min_people:
+                continue
+            xs.append(frame["x"])
+            ys.append(1.0 if entry["label"] == "fight" else 0.0)
+    x, y = np.array(xs, dtype=np.float64), np.array(ys)
+    print(f"tuning frames: {int(y.sum())} fight, {int(len(y) - y.sum())} not")
+    w, b = fit(x, y, args.l2)
+    scores = clip_scores(data, w, b, args.min_people)
+    calm = sorted(scores[n] for n, e in data.items() if e["label"] != "fight"
+                  and split_of(n, args.tune_max_clip, subjects) == "tune")
+    allowed = int(args.max_false * sum(1 for n, e in data.items() if e["label"] == "no_fight"
+                                       and split_of(n, args.tune_max_clip, subjects) == "tune"))
+    calm_clips = sorted((scores[n] for n, e in data.items() if e["label"] == "no_fight"
+                         and split_of(n, args.tune_max_clip, subjects) == "tune"),
+                        reverse=True)
+    threshold = calm_clips[allowed] + 1e-3 if allowed < len(calm_clips) else 0.5
+    gmd = [s for s in calm if s >= threshold]
+    print(f"FIGHT_WEIGHTS = ({', '.join(f'{v:.3f}' for v in w)})")
+    print(f"FIGHT_BIAS = {b:.3f}")
+    print(f"min_probability = {threshold:.3f} (at most {allowed} tuning no-fight clips; "
+          f"{len(gmd)} tuning negatives in all reach it)")
+    grid = sorted({round(threshold, 3), 0.3, 0.4, 0.5, 0.6, 0.7, 0.8})
+    splits = ("tune", "held-out") if args.held_out else ("tune",)
+    report("fitted now (clips flagged at each threshold):", data, scores,
+           args.tune_max_clip, subjects, grid, splits)
+    in_code = clip_scores(data, np.array(FIGHT_WEIGHTS), FIGHT_BIAS, args.min_people)
+    report("the weights in edge/_decision.py:", data, in_code, args.tune_max_clip,
+           subjects, grid, splits)
+
+
+if __name__ == "__main__":
+    main()
