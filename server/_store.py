@@ -326,6 +326,25 @@ class DecisionRecord:
     """... that arrived within this time of it."""
 
 
+FUSION_LOCK = 7283642
+"""PostgreSQL advisory lock key of fusion decisions (7283641 is the migrations')."""
+
+
+def _lock_fusion(s: Session) -> None:
+    """Serialise fusion decisions across replicas until this transaction ends.
+
+    Without it, two replicas deciding two reports of one scene at the same instant each
+    look for an alerted neighbour before the other has committed, find none, and both
+    alert. Under the lock the second one to decide sees the first one's alert (READ
+    COMMITTED: each statement sees what was committed before it) and is fused into it.
+    One key for every scene: the coordinates are sealed, so the database cannot tell
+    scenes apart, and only dangerous decisions (alerts, a few a minute) take it. SQLite
+    is one server process, whose decisions are one transaction at a time already.
+    """
+    if s.get_bind().dialect.name == "postgresql":
+        s.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": FUSION_LOCK})
+
+
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         return sqlite_engine(url, busy_timeout_s=30)
@@ -687,6 +706,8 @@ class Store:
         now = self._clock()
         out: list[Outcome | None] = []
         with self._tx() as s:
+            if any(d.dangerous and d.fuse_within_m > 0 for d in decisions):
+                _lock_fusion(s)
             for d in decisions:
                 primary = self._fusion_primary(s, d) if d.dangerous else None
                 reason = d.reason if primary is None else f"{d.reason}; fused into {primary}"
