@@ -43,7 +43,7 @@ _ALG, _KID, _IV = 1, 4, 5
 TYPE_LABEL = -65537
 MAX_TYPE = 2**64 - 1
 """The largest message type an envelope may carry: a CBOR unsigned integer, never a
-bignum (section 3 uses 1..9; the others are refused as unexpected)."""
+bignum (section 3 uses 1..9, N3 is 10; each role refuses the others as unexpected)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -193,6 +193,35 @@ class AlertTimedOut(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class LinkedReportReceived(Event):
+    """A valid N3: store the report with its alert (idempotently by ``report_id``),
+    then call ``EncEndpoint.report_receipt`` for the N2."""
+
+    server_kid: bytes
+    """kid of the sending server."""
+    incident_id: str
+    """The alert it joins."""
+    report_id: str
+    """The report's own incident id."""
+    ts: int
+    """T_S of the N3."""
+    coords: Coords
+    """Where it happened."""
+    photo: bytes
+    """The JPEG."""
+    score: float
+    """The server's score."""
+    label: str
+    """Label."""
+    captured_at: int
+    """Capture time, ms."""
+    device_uid: str
+    """UID of the reporting device."""
+    n3_hash: bytes
+    """H(N3), for the N2."""
+
+
+@dataclass(frozen=True, slots=True)
 class AlertReceived(Event):
     """A valid N1: store it (idempotently by incident id), then call
     ``EncEndpoint.receipt`` for the N2."""

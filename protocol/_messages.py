@@ -36,6 +36,7 @@ __all__ = [
     "MessageType",
     "N1Alert",
     "N2Receipt",
+    "N3LinkedReport",
     "decode_plaintext",
     "epoch_hash",
 ]
@@ -60,6 +61,8 @@ class MessageType(enum.IntEnum):
     N1 = 7
     N2 = 8
     ERROR = 9
+    N3 = 10
+    """A report fused into an alert already sent (docs/protocol.md, Server <-> ENC)."""
 
 
 class ErrorCode(enum.IntEnum):
@@ -359,6 +362,42 @@ class N1Alert(Message):
 
 
 @dataclass(frozen=True, slots=True)
+class N3LinkedReport(Message):
+    """S -> ENC: a verified report that the server fused into an alert it sent before
+    (``inc``); the ENC shows it with that alert. Answered with an N2 whose ``inc`` is
+    ``rep`` and whose ``h`` is H(N3)."""
+
+    TYPE: ClassVar[MessageType] = MessageType.N3
+    ts: int
+    """T_S, fresh for every attempt."""
+    inc: str
+    """Incident id of the alert (an N1 sent before) the report joins."""
+    rep: str
+    """The fused report's own incident id."""
+    gc: Coords
+    """Where it happened."""
+    pf: bytes
+    """The report's photo, a JPEG."""
+    sc: float
+    """The server's score of the report, 0.0..1.0."""
+    lb: str
+    """The report's label (may differ from the alert's)."""
+    at: int
+    """Capture time, ms."""
+    dev: str
+    """UID of the reporting device."""
+
+    def __post_init__(self) -> None:
+        _time("ts", self.ts)
+        _text("inc", self.inc, 1, 64)
+        _text("rep", self.rep, 1, 64)
+        if self.rep == self.inc:
+            raise _bad("rep must differ from inc (a report does not join itself)")
+        _check_incident(self.gc, self.pf, self.sc, self.lb, self.at)
+        _text("dev", self.dev, 1, 64)
+
+
+@dataclass(frozen=True, slots=True)
 class N2Receipt(Message):
     """ENC -> S: the alert is stored at the ENC."""
 
@@ -400,7 +439,7 @@ class ErrorMessage(Message):
 MESSAGE_CLASSES: dict[int, type[Message]] = {
     cls.TYPE: cls
     for cls in (B1Announce, B2Confirm, C1Hello, C2Ready, C3Report, C4Receipt, N1Alert,
-                N2Receipt, ErrorMessage)
+                N2Receipt, ErrorMessage, N3LinkedReport)
 }
 
 

@@ -15,7 +15,7 @@ from ._timing import Limits
 
 __all__ = ["Opened", "open_message", "seal"]
 
-_LARGE_TYPES = frozenset({MessageType.C3, MessageType.N1})
+_LARGE_TYPES = frozenset({MessageType.C3, MessageType.N1, MessageType.N3})
 
 
 @dataclass(frozen=True, slots=True)

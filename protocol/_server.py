@@ -36,6 +36,7 @@ from ._messages import (
     MessageType,
     N1Alert,
     N2Receipt,
+    N3LinkedReport,
     epoch_hash,
 )
 from ._receive import Opened, open_message, seal
@@ -378,6 +379,32 @@ class EncNotifier:
         p.deadline = now + self.timing.n2_timeout_ms
         p.attempts += 1
         return data
+
+    def linked_report(self, *, incident_id: str, report_id: str, coords: Coords,
+                      photo: bytes, score: float, label: str, captured_at: int,
+                      device_uid: str, now: int) -> bytes:
+        """A fresh N3: report ``report_id`` fused into the alert ``incident_id`` sent
+        before. Waits for its N2 (``inc`` = ``report_id``) like an N1; an ENC that
+        answers 404 to ``POST /v1/reports`` does not know N3: send the report as an N1
+        of its own (``alert(incident_id=report_id, ...)``) after ``forget(report_id)``."""
+        data = seal(N3LinkedReport(ts=now, inc=incident_id, rep=report_id, gc=coords,
+                                   pf=photo, sc=score, lb=label, at=captured_at,
+                                   dev=device_uid),
+                    cipher=self._cipher, kid=self.kid, random=self._random)
+        self._track(report_id, data, now)
+        return data
+
+    def forget(self, incident_id: str) -> None:
+        """Stop waiting for an N2 for this id (an N3 the ENC does not know)."""
+        self._pending.pop(incident_id, None)
+
+    def _track(self, key: str, data: bytes, now: int) -> None:
+        p = self._pending.get(key)
+        if p is None:
+            p = self._pending[key] = _PendingAlert([], 0, 0)
+        p.hashes = [*p.hashes[-(self._KEEP_HASHES - 1):], hashlib.sha256(data).digest()]
+        p.deadline = now + self.timing.n2_timeout_ms
+        p.attempts += 1
 
     def receive(self, data: bytes, now: int) -> list[Event]:
         """Check an N2 from the ENC."""
