@@ -32,8 +32,8 @@ from ._mqtt import MqttLink, mqtt_tls_context
 from ._notifier import EncOutbox
 from ._setup import open_store
 from ._store import IncidentInfo, now_ms
-from ._verification import VERIFIER_ACTOR, Verification
-from ._verify import PhotoVerifier, VerifierPool, VerifierSettings, check_models
+from ._verification import VERIFIER_ACTOR, PreloadedPoseVerifier, Verification, read_models
+from ._verify import PhotoVerifier, VerifierPool, VerifierSettings
 
 __all__ = ["VERIFIER_ACTOR", "TrustedServer", "mqtt_tls_context"]
 
@@ -50,9 +50,20 @@ class TrustedServer:
         self.config = config
         self._clock = clock
         v = config.verification
+        models_dir = config.path(v.models_dir) if v.models_dir else None
+        settings = VerifierSettings(
+            threshold=v.threshold, uncertainty_band=v.uncertainty_band,
+            min_width=v.min_width, min_height=v.min_height, max_pixels=v.max_pixels,
+            long_side=v.analysis_long_side, device_weight=v.device_weight)
+        self._preloaded: PreloadedPoseVerifier | None = None
         if verifier is None:
-            # A missing or altered model stops the start before anything is created.
-            check_models(config.path(v.models_dir) if v.models_dir else None)
+            # A missing or altered model stops the start before anything is created. The
+            # bytes read for this check are the ones this process uses (workers = 0);
+            # worker processes read their own.
+            models = read_models(models_dir)
+            if v.workers == 0:
+                verifier = self._preloaded = PreloadedPoseVerifier(models, settings)
+            del models
         self.store, master = open_store(config)
         self.metrics = ServerMetrics()
         self.metrics.track_outbox(self.store.outbox_depth)
@@ -63,13 +74,8 @@ class TrustedServer:
             timing=t.protocol_timing(), limits=t.limits(), rate_limit=t.rate_limit(),
             replay_capacity=t.replay_capacity, uplink_budget=4)
         #: The photo check, off the event loop; ``verifier=`` replaces it (tests, embedders).
-        self.verifier = VerifierPool(
-            models_dir=config.path(v.models_dir) if v.models_dir else None,
-            settings=VerifierSettings(
-                threshold=v.threshold, uncertainty_band=v.uncertainty_band,
-                min_width=v.min_width, min_height=v.min_height, max_pixels=v.max_pixels,
-                long_side=v.analysis_long_side, device_weight=v.device_weight),
-            workers=v.workers, verifier=verifier)
+        self.verifier = VerifierPool(models_dir=models_dir, settings=settings,
+                                     workers=v.workers, verifier=verifier)
         self.client_id = f"citywatch-server-{secrets.token_hex(4)}"
         self.outbox = EncOutbox(config, self.store, self.metrics, clock=clock,
                                 owner=self.client_id)
@@ -116,7 +122,7 @@ class TrustedServer:
             asyncio.create_task(self._purge_loop(), name="retention"),
         ]
         # The models load before anything else: a missing model stops the start-up here.
-        await asyncio.to_thread(self.verifier.start)
+        await asyncio.to_thread(self._start_verifier)
         self._spawn(self.verification.recover())
         admin_stop = asyncio.Event()
         if self.config.admin.enabled:
@@ -147,6 +153,11 @@ class TrustedServer:
             if task in done and isinstance(res, BaseException) and not isinstance(
                     res, asyncio.CancelledError):
                 raise res
+
+    def _start_verifier(self) -> None:
+        if self._preloaded is not None:
+            self._preloaded.load()
+        self.verifier.start()
 
     def wake(self) -> None:
         """Re-read the registry and windows now (thread-safe: the admin API calls it)."""

@@ -7,25 +7,66 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
+
+from edge import ModelError
 
 from ._batch import GroupCommit
 from ._config import VerificationConfig
 from ._directory import RegistryDirectory
+from ._errors import VerifierModelError
 from ._logsafe import EscapeControlCharacters
 from ._metrics import ServerMetrics
+from ._models import VerifierModels
 from ._outcome import Outcome
 from ._store import DecisionRecord, IncidentInfo, Store
-from ._verify import VerifierPool, decide
+from ._verify import PoseVerifier, Verdict, VerifierPool, VerifierSettings, decide
 
-__all__ = ["VERIFIER_ACTOR", "Verification"]
+__all__ = ["VERIFIER_ACTOR", "PreloadedPoseVerifier", "Verification", "read_models"]
 
 log = logging.getLogger("citywatch.server")
 log.addFilter(EscapeControlCharacters())
 
 VERIFIER_ACTOR = "server:verification"
 """The audit log's actor of a block decided by the verification."""
+
+
+def read_models(models_dir: Path | None) -> VerifierModels:
+    """Every model of the photo check, read and checked against its pin; raises
+    ``VerifierModelError`` naming the file and the install command."""
+    try:
+        return VerifierModels(models_dir)
+    except ModelError as exc:
+        raise VerifierModelError(f"photo check: {exc}") from None
+
+
+class PreloadedPoseVerifier:
+    """The photo check in the server's own process (``workers = 0``) over models read
+    once, by the start-up check: ``load`` builds the pose models from those bytes (off
+    the event loop), without reading the files again."""
+
+    def __init__(self, models: VerifierModels, settings: VerifierSettings) -> None:
+        self._models: VerifierModels | None = models
+        self._settings = settings
+        self._verifier: PoseVerifier | None = None
+        self._lock = threading.Lock()
+
+    def load(self) -> None:
+        with self._lock:
+            if self._verifier is None:
+                assert self._models is not None
+                self._verifier = PoseVerifier(self._models, self._settings)
+                self._models = None  # the interpreters hold what they need
+
+    def score(self, photo: bytes, *, device_score: float | None = None,
+              device_label: str = "") -> Verdict:
+        self.load()
+        assert self._verifier is not None
+        return self._verifier.score(photo, device_score=device_score,
+                                    device_label=device_label)
 
 
 class Verification:
