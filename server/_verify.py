@@ -188,15 +188,18 @@ def togetherness(people: Sequence[BodyGeometry]) -> float:
 def fight_score(people: Sequence[BodyGeometry], device_score: float | None) -> float:
     """The photo's support for a fight the device saw, 0..1.
 
-    A single photo shows no motion: the pole decides "fight" from limb speed over time and
-    reports it with a score of 0.5 or more. The server checks that the photo agrees:
-    people in it, two or more close together agreeing best. With nobody in it the score
-    is 0 whatever the device says.
+    A single photo shows no motion: the pole decides "fight" from the motion of people
+    over two seconds and reports it with a score of 0.5 (at its threshold) or more. The
+    server checks that the photo agrees: people in it, two or more close together
+    agreeing best; a report at the pole's threshold with one person in the photo scores
+    0.64. With nobody in it the score is 0 whatever the device says. (Nothing in one
+    photo told fights from people standing together on the tuning frames: raised wrists
+    and reach were at chance, docs/detection.md.)
     """
     if not people or device_score is None:
         return 0.0
     support = 0.85 + 0.15 * togetherness(people) if len(people) >= 2 else 0.75
-    return support * (0.5 + 0.5 * max(0.0, min(1.0, device_score)))
+    return support * (0.7 + 0.3 * max(0.0, min(1.0, device_score)))
 
 
 # -- the verifier -----------------------------------------------------------------------

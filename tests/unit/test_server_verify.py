@@ -99,6 +99,16 @@ def test_a_fight_report_needs_people_in_the_photo(verifier: PoseVerifier) -> Non
     assert verifier.score(empty, device_score=0.9, device_label="fight").score == 0.0
 
 
+def test_a_fight_the_pole_reports_is_confirmed_when_the_photo_shows_people(
+        verifier: PoseVerifier) -> None:
+    # The pole reports a fight with 0.5 at its threshold: a photo with a person in it
+    # confirms it; the photo with people but no report behind it (score 0) does not.
+    photo = footage_frame(0.5)  # a person sitting, not down
+    at_threshold = verifier.score(photo, device_score=0.5, device_label="fight")
+    assert at_threshold.label == "fight" and at_threshold.score >= 0.6, at_threshold
+    assert verifier.score(photo, device_score=0.0, device_label="fight").label != "fight"
+
+
 def test_decision_reason_and_bounds() -> None:
     d = decide(Verdict(0.7, "person_down", True, "1 person"), threshold=0.7)
     assert d.dangerous
