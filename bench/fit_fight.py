@@ -135,6 +135,35 @@ def clip_scores(data: dict[str, dict[str, object]], weights: np.ndarray, bias: f
     return out
 
 
+def cross_validate(data: dict[str, dict[str, object]], args: argparse.Namespace,
+                   subjects: set[int], l2: float, repeats: int = 5) -> float:
+    """Mean recall on the tuning fight clips, over ``repeats`` 5-fold splits by clip, at
+    the threshold that lets through ``--max-false`` of the held-back no-fight clips."""
+    tune = sorted(n for n in data if split_of(n, args.tune_max_clip, subjects) == "tune")
+    recalls = []
+    for r in range(repeats):
+        fold = dict(zip(tune, np.random.default_rng(r).permutation(len(tune)) % 5,
+                        strict=True))
+        scores: dict[str, float] = {}
+        for k in range(5):
+            xs, ys = [], []
+            for n in tune:
+                if fold[n] != k:
+                    for frame in data[n]["frames"]:  # type: ignore[attr-defined]
+                        if int(frame["people"]) >= args.min_people:
+                            xs.append(frame["x"])
+                            ys.append(1.0 if data[n]["label"] == "fight" else 0.0)
+            w, b = fit(np.array(xs, dtype=np.float64), np.array(ys), l2)
+            held = {n: data[n] for n in tune if fold[n] == k}
+            scores.update(clip_scores(held, w, b, args.min_people))
+        calm = sorted((scores[n] for n in tune if data[n]["label"] == "no_fight"),
+                      reverse=True)
+        threshold = calm[int(args.max_false * len(calm))] + 1e-3
+        recalls.append(sum(scores[n] >= threshold for n in tune
+                           if data[n]["label"] == "fight"))
+    return float(np.mean(recalls))
+
+
 def report(title: str, data: dict[str, dict[str, object]], scores: dict[str, float],
            tune_max_clip: int, tune_subjects: set[int], thresholds: list[float],
            splits: tuple[str, ...]) -> None:
@@ -156,7 +185,10 @@ def main() -> None:
     ap.add_argument("--videos", type=Path)
     ap.add_argument("--tune-max-clip", type=int, default=75)
     ap.add_argument("--tune-subjects", default="1,2")
-    ap.add_argument("--l2", type=float, default=1.0)
+    ap.add_argument("--l2", type=float, default=1000.0)
+    ap.add_argument("--cv", default="",
+                    help="comma-separated L2 penalties: print each one's 5-fold "
+                    "cross-validated recall on the tuning clips (at --max-false) first")
     ap.add_argument("--max-false", type=float, default=0.10)
     ap.add_argument("--min-people", type=int, default=2)
     ap.add_argument("--cache", type=Path, default=Path("fight-features.json"))
@@ -165,6 +197,9 @@ def main() -> None:
     args = ap.parse_args()
     subjects = {int(s) for s in args.tune_subjects.split(",") if s}
     data = collect(args.clips, args.videos, args.cache, args.tune_max_clip, subjects)
+    for l2 in (float(v) for v in args.cv.split(",") if v):
+        print(f"L2 {l2:g}: cross-validated recall {cross_validate(data, args, subjects, l2):.1f}"
+              " tuning fight clips")
     xs, ys = [], []
     for name, entry in data.items():
         if split_of(name, args.tune_max_clip, subjects) != "tune":

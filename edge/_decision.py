@@ -246,11 +246,12 @@ class FightFeatures:
 
 
 # Logistic weights over ``FightFeatures.vector()`` and bias; fitted by bench/fit_fight.py
-# (class-balanced, L2 1 on standardised inputs) on every inferred frame with two or more
+# (class-balanced, L2 1000 on standardised inputs, the penalty chosen by 5-fold
+# cross-validation over the tuning clips) on every inferred frame with two or more
 # people of the fight clips numbered up to 75 and of GMDCSA24 subjects 1-2's videos
 # (docs/prescreen.md).
-FIGHT_WEIGHTS: tuple[float, ...] = (1.022, -0.121, 0.376, 5.275, -0.779, 0.539, 8.636)
-FIGHT_BIAS = -1.781
+FIGHT_WEIGHTS: tuple[float, ...] = (0.251, -0.015, 0.143, 1.508, 0.181, 0.368, 1.536)
+FIGHT_BIAS = -0.819
 
 
 def fight_probability(features: FightFeatures,
@@ -526,7 +527,9 @@ class DangerTracker:
             p = fight_probability(features)
             if p < rule.min_probability:
                 return None
-            return self._report_fight(t, self._tracks, p)
+            # Reported as 0.5 at the threshold, 1 at certainty, as the other cues are.
+            score = 0.5 + 0.5 * (p - rule.min_probability) / max(1e-6, 1 - rule.min_probability)
+            return self._report_fight(t, self._tracks, min(1.0, score))
         best: tuple[float, list[_Track]] | None = None
         for i, a in enumerate(active):
             group = [a] + [b for b in active[i + 1:] if self._close(a, b)]

@@ -234,12 +234,13 @@ class FightConfig(_Strict):
         description="Chaos cue: median spread of the moving pixels' directions (0 = all one "
         "way, as a walker or a passing car; 1 = every way).")
     min_probability: Annotated[float | None, OrOff] = Field(
-        default=0.735, ge=0.0, le=1.0,
+        default=0.57, ge=0.0, le=1.0,
         description="The learned cue: report a fight when the logistic model over the "
         "window's people and motion (edge._decision.fight_probability, fitted by "
         "bench/fit_fight.py) reaches this, with at least min_people people in view; it "
         "replaces the limbs and chaos cues (their thresholds above are then unused). "
-        "0.735 flags 3 of the 38 no-fight tuning clips. false: the limbs and chaos cues.")
+        "0.57 flags 3 of the 38 no-fight tuning clips. The report's score is 0.5 at this "
+        "threshold, 1 at certainty. false: the limbs and chaos cues.")
     motion_width: int = Field(
         default=160, ge=32, le=640,
         description="Width in pixels of the grey image the chaos cue's optical flow runs "

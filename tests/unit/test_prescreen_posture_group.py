@@ -131,7 +131,7 @@ def test_old_samples_leave_the_window() -> None:
 
 def _learned(**kw: object) -> DangerTracker:
     return DangerTracker(PostureRule(), PersonDownRule(),
-                         FightRule(min_probability=0.735, **kw),  # type: ignore[arg-type]
+                         FightRule(min_probability=0.57, **kw),  # type: ignore[arg-type]
                          person_down_enabled=False, cooldown_seconds=60.0)
 
 
