@@ -98,7 +98,7 @@ def alert_out(a: Alert, ui: Presentation) -> AlertOut:
         lat=a.coords.lat, lon=a.coords.lon, acc=a.coords.acc, src=a.coords.src,
         captured_at=a.captured_at, received_at=a.received_at, status=a.status.value,
         status_at=a.status_at, taken_by=a.taken_by, escalated_at=a.escalated_at,
-        url=f"/alerts/{quote(a.incident_id, safe='')}", label_text=ui.label(a.label),
+        url=f"/alerts/{quote(a.incident_id, safe='')}", label_text=ui.labels(a),
         severity=sev.name.lower(),  # type: ignore[arg-type]
         priority=int(sev), escalated=ui.escalated(a), received_text=ui.time(a.received_at),
         zone=ui.area(a),

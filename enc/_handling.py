@@ -17,7 +17,8 @@ from ._errors import ActionRefused, NotFound
 from ._schema import AlertRow, OperatorRow
 from ._store import Alert, AlertStatus, AlertStore
 
-__all__ = ["ALERT_TRANSITIONS", "RESOLUTIONS", "AlertAction", "Role", "Severity", "apply_action",
+__all__ = ["ALERT_TRANSITIONS", "LABEL_KIND", "RESOLUTIONS", "AlertAction", "Role", "Severity",
+           "alert_severity", "apply_action",
            "escalate_due", "escalated_now", "label_words", "priority_key", "severity"]
 
 
@@ -61,6 +62,8 @@ class Severity(enum.IntEnum):
 
 _LABEL_SEVERITY = {"fight": Severity.FIGHT, "person_down": Severity.PERSON_DOWN,
                    "fall": Severity.PERSON_DOWN}
+LABEL_KIND = _LABEL_SEVERITY
+"""The kind of each known label: a fall and a person down are one kind, a fight another."""
 _LABEL_WORDS = {"fight": "Fight", "person_down": "Person down", "fall": "Fall",
                 "no_danger": "No danger seen", "no_person": "No person seen"}
 
@@ -81,6 +84,14 @@ def label_words(label: str) -> str:
     return words
 
 
+def alert_severity(alert: Alert, *, uncertain_below: float) -> Severity:
+    """The alert's own severity, raised by its linked reports of another kind
+    (``enc._linked``)."""
+    return min([severity(alert.label, alert.score, uncertain_below=uncertain_below),
+                *(severity(lb, sc, uncertain_below=uncertain_below)
+                  for lb, sc in alert.linked_labels)])
+
+
 def escalated_now(alert: Alert) -> bool:
     """Escalated in its present state (taking an escalated alert ends that escalation;
     a taken alert left unfinished is escalated anew)."""
@@ -94,7 +105,7 @@ def priority_key(alert: Alert, *, uncertain_below: float) -> tuple[int, int, int
     if alert.status.handled:
         return (1, 0, 0, -alert.received_at)
     return (0, 0 if escalated_now(alert) else 1,
-            int(severity(alert.label, alert.score, uncertain_below=uncertain_below)),
+            int(alert_severity(alert, uncertain_below=uncertain_below)),
             -alert.received_at)
 
 

@@ -21,6 +21,7 @@ from ._cap import cap_message
 from ._errors import ActionRefused, LoginRefused, LoginThrottled, NotFound
 from ._filters import AlertFilter
 from ._handling import Role, apply_action
+from ._linked import linked_photo, linked_reports
 from ._store import AlertStatus
 from ._web import (
     FLASH_COOKIE,
@@ -183,6 +184,7 @@ def page_routes(ctx: WebContext) -> APIRouter:
             tiles=tiles, now=ctx.clock(), Status=AlertStatus,
             supervisor=s.operator.role is Role.SUPERVISOR,
             cap_deliveries=ctx.cap_deliveries(incident_id),
+            reports=linked_reports(store, incident_id),
             colleagues=[o.username for o in ops.list()
                         if not o.disabled and o.username != s.operator.username],
             cursor=store.last_audit_id(), message=unquote(flash)[:300] if flash else None)
@@ -205,6 +207,24 @@ def page_routes(ctx: WebContext) -> APIRouter:
                            detail={"full": full, "view": view})
         ctx.feed.notify()
         # no-store: every view is fetched, and so audited.
+        return Response(jpeg, media_type="image/jpeg",
+                        headers={"Cache-Control": "no-store, private"})
+
+    @r.get("/alerts/{incident_id}/reports/{report_id}/photo.jpg", include_in_schema=False)
+    def report_photo(request: Request, incident_id: str, report_id: str) -> Response:
+        s = ctx.session(request, api=False)
+        try:
+            jpeg = linked_photo(store, incident_id, report_id)
+        except NotFound:
+            return JSONResponse({"error": "not found"}, status_code=404)
+        preview = request.query_params.get("view") == "preview"
+        if preview:  # coarse blocks, nobody recognisable: not a view
+            return Response(_pixelated(jpeg), media_type="image/jpeg",
+                            headers={"Cache-Control": "no-store, private"})
+        store.append_audit(at=ctx.clock(), actor=s.operator.username,
+                           action="photo_viewed", incident_id=incident_id,
+                           detail={"view": "full", "report": report_id})
+        ctx.feed.notify()
         return Response(jpeg, media_type="image/jpeg",
                         headers={"Cache-Control": "no-store, private"})
 

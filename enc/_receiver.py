@@ -17,6 +17,7 @@ from fastapi import APIRouter, Request, Response
 import protocol as p
 
 from ._errors import StoreError
+from ._linked import record_linked_report
 from ._store import AlertStore
 
 __all__ = ["COSE_CONTENT_TYPE", "AlertReceiver"]
@@ -98,6 +99,45 @@ class AlertReceiver:
         self.router = APIRouter()
         self.router.add_api_route(
             "/v1/alerts", self.post_alert, methods=["POST"], include_in_schema=False)
+        self.router.add_api_route(
+            "/v1/reports", self.post_report, methods=["POST"], include_in_schema=False)
+
+    async def post_report(self, request: Request) -> Response:
+        """N3 in, N2 out (docs/protocol.md, "N3, a linked report")."""
+        peer = request.client.host if request.client else "?"
+        if not _is_cose_encrypt0(request.headers.get("content-type")):
+            return _refuse(415)
+        try:
+            body = await _read_limited(request, self.max_body)
+        except _TooLarge:
+            log.info("N3 refused from %s: body over %d bytes", peer, self.max_body)
+            return _refuse(413)
+        except _BadLength:
+            return _refuse(400)
+        now = self._clock()
+        events = self.endpoint.receive_report(body, now)
+        report = next((e for e in events if isinstance(e, p.LinkedReportReceived)), None)
+        if report is None:
+            dropped = next((e for e in events if isinstance(e, p.MessageDropped)), None)
+            reason = dropped.reason if dropped else "unknown"
+            log.info("N3 refused from %s: %s (%s)", peer, reason,
+                     dropped.detail if dropped else "")
+            return _refuse(_STATUS.get(reason, 400))
+        try:
+            how, new = await anyio.to_thread.run_sync(
+                lambda: record_linked_report(self.store, report, received_at=now))
+        except StoreError as exc:
+            log.error("report %s (joins %s) not stored: %s", report.report_id,
+                      report.incident_id, exc)
+            return _refuse(503)
+        log.info("report %s joining alert %s from server %s: %s", report.report_id,
+                 report.incident_id, report.server_kid.hex(),
+                 ("stored as its own alert" if how == "own" else "linked") if new
+                 else "already stored")
+        if new and self._on_stored is not None:
+            await self._on_stored(report.incident_id if how == "linked" else report.report_id)
+        n2 = self.endpoint.report_receipt(report, self._clock())
+        return Response(n2, status_code=200, media_type=COSE_CONTENT_TYPE)
 
     async def post_alert(self, request: Request) -> Response:
         peer = request.client.host if request.client else "?"

@@ -22,7 +22,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = ["AlertRow", "AuditRow", "Base", "CapCursorRow", "CapDeliveryRow", "CapMessageRow",
-           "OperatorRow", "PhotoRow", "SessionRow", "SettingRow"]
+           "LinkedReportRow", "OperatorRow", "PhotoRow", "SessionRow", "SettingRow"]
 
 # SQLite only auto-increments an INTEGER PRIMARY KEY.
 _BigId = BigInteger().with_variant(Integer(), "sqlite")
@@ -57,6 +57,9 @@ class AlertRow(Base):
     status_at: Mapped[int] = mapped_column(BigInteger)
     taken_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
     escalated_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    linked_labels: Mapped[str | None] = mapped_column(Text, nullable=True)
+    """Labels and scores of linked reports of another kind, JSON ``[[label, score], ...]``:
+    they raise the alert's priority and are shown with its own label."""
 
 
 class PhotoRow(Base):
@@ -160,3 +163,26 @@ class SettingRow(Base):
 
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class LinkedReportRow(Base):
+    """A report the server fused into an alert (an N3): shown with that alert. Photo and
+    position sealed under the store key, like an alert's."""
+
+    __tablename__ = "enc_linked_reports"
+
+    report_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    incident_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("enc_alerts.incident_id", ondelete="CASCADE"), index=True)
+    server_kid: Mapped[str] = mapped_column(String(16))
+    device_uid: Mapped[str] = mapped_column(String(64))
+    label: Mapped[str] = mapped_column(String(32))
+    score: Mapped[float] = mapped_column(Float)
+    coords_sealed: Mapped[bytes] = mapped_column(LargeBinary)
+    coord_src: Mapped[str] = mapped_column(String(8))
+    captured_at: Mapped[int] = mapped_column(BigInteger)
+    sent_at: Mapped[int] = mapped_column(BigInteger)
+    received_at: Mapped[int] = mapped_column(BigInteger)
+    photo_sealed: Mapped[bytes] = mapped_column(LargeBinary)
+    photo_size: Mapped[int] = mapped_column(Integer)
+    photo_sha256: Mapped[str] = mapped_column(String(64))

@@ -101,6 +101,8 @@ class Alert:
     """The operator who acknowledged, dispatched or dismissed it."""
     escalated_at: int | None = None
     """When it was escalated for lack of an operator taking it (None: not escalated)."""
+    linked_labels: tuple[tuple[str, float], ...] = ()
+    """(label, score) of each linked report of another kind (``enc._linked``)."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -168,6 +170,8 @@ def _alert(r: AlertRow, coords: p.Coords) -> Alert:
         captured_at=r.captured_at, sent_at=r.sent_at, received_at=r.received_at,
         photo_size=r.photo_size, photo_sha256=r.photo_sha256, status=AlertStatus(r.status),
         status_at=r.status_at, taken_by=r.taken_by, escalated_at=r.escalated_at,
+        linked_labels=tuple((str(lb), float(sc)) for lb, sc in json.loads(
+            r.linked_labels or "[]")),
     )
 
 
@@ -265,9 +269,11 @@ class AlertStore:
 
     # -- alerts -------------------------------------------------------------------
 
-    def record_alert(self, alert: p.AlertReceived, *, received_at: int) -> bool:
+    def record_alert(self, alert: p.AlertReceived, *, received_at: int,
+                     joins: dict[str, Any] | None = None) -> bool:
         """Store a valid N1's alert; True if new, False if that incident was already
-        stored (then nothing changes). Durable when it returns."""
+        stored (then nothing changes). Durable when it returns. ``joins``: added to the
+        ``received`` entry of a linked report stored as an alert of its own."""
         actor = f"server:{alert.server_kid.hex()}"
         c = alert.coords
         row = AlertRow(
@@ -292,7 +298,7 @@ class AlertStore:
                 self.audit(s, at=received_at, incident_id=alert.incident_id, actor=actor,
                             action="received",
                             detail={"device": alert.device_uid, "label": alert.label,
-                                    "score": alert.score})
+                                    "score": alert.score, **(joins or {})})
         except IntegrityError:
             # Another process stored the same incident between our check and insert.
             return False

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from ._handling import RESOLUTIONS, Severity, escalated_now, label_words, severity
+from ._handling import RESOLUTIONS, Severity, alert_severity, escalated_now, label_words
 from ._store import Alert
 
 __all__ = ["Presentation"]
@@ -26,6 +26,7 @@ _ACTIONS = {
     "purged": "Purged", "store_sealed": "Store sealed",
     "put_on_hold": "Put on hold", "resumed": "Resumed (off hold)", "closed": "Closed",
     "assigned": "Assigned", "released": "Released (back to new)", "note": "Note",
+    "report_linked": "Another report fused in",
 }
 
 
@@ -68,7 +69,16 @@ class Presentation:
         return t.strftime("%Y-%m-%d %H:%M:%S ") + (t.tzname() or "")
 
     def severity(self, alert: Alert) -> Severity:
-        return severity(alert.label, alert.score, uncertain_below=self.uncertain_below)
+        return alert_severity(alert, uncertain_below=self.uncertain_below)
+
+    def labels(self, alert: Alert) -> str:
+        """Its label in words, and those of linked reports of another kind
+        ("Person down + Fight")."""
+        words = [label_words(alert.label)]
+        for lb, _ in alert.linked_labels:
+            if label_words(lb) not in words:
+                words.append(label_words(lb))
+        return " + ".join(words)
 
     def escalated(self, alert: Alert) -> bool:
         return escalated_now(alert)
@@ -103,7 +113,15 @@ class Presentation:
                  "count": "{} time(s)", "server": "Server {}",
                  "username": "Operator: {}", "photos": "{} photo(s)",
                  "alerts": "{} alert(s)", "to": "To {}", "from": "From {}",
-                 "note": "{}"}
+                 "note": "{}", "report": "Report {}", "joins": "It joins alert {}"}
+        if d.pop("other_kind", False):
+            out.append("of another kind: the priority is raised")
+        if d.pop("own_alert", False):
+            out.append("of another kind on a handled alert: stands as an alert of its own")
+        why = d.pop("why", None)
+        if why:
+            out.append({"unknown": "(that alert is not here)",
+                        "handled": "(that alert was handled)"}.get(str(why), str(why)))
         if "score" in d:
             score = d.pop("score")
             out.append(f"confidence {score:.0%}" if isinstance(score, float)

@@ -564,6 +564,7 @@
           const before = state.get(a.incident_id);
           state.set(a.incident_id, a);
           if (a.change === "received" && !before) { announce(a); cue("new"); }
+          else if (a.change === "report_linked") { announce(a); cue(a.escalated ? "escalated" : "new"); }
           else if (a.change === "escalated") cue("escalated");
           refresh();
           onPageAlert(a);
