@@ -161,13 +161,13 @@ def test_the_list_and_the_audit_filtered_live(work: EncProcess, browser: object,
     inside = post(work, label="fight", score=0.9, device="pole-f5", **PRAGA)
     p.wait_for_selector(f"tr[data-incident='{inside}']", timeout=WAIT_MS)
     assert elsewhere not in rows(p)
+    shot(p, "work-list-filtered.png")
     # ... and one that leaves the filter's status leaves the list.
     p = sue.open("/?status=new&zone=Praga")
     assert inside in rows(p) and down_praga not in rows(p)
     olga_http.post(f"/api/alerts/{inside}/actions", json={"action": "acknowledge"})
     p.wait_for_function(f"() => !document.querySelector(\"tr[data-incident='{inside}']\")",
                         timeout=WAIT_MS)
-    shot(p, "work-list-filtered.png")
     # Label, words, time range (typed in the ENC's zone).
     p = sue.open("/?label=fall")
     assert fall_centre in rows(p) and fight_centre not in rows(p)
