@@ -31,7 +31,9 @@ if [ "$tests" = 1 ]; then
                  chromium chromium-driver  # the dashboard's browser tests
                  systemd openssl  # systemd-analyze for the unit tests; openssl for the roles
                  debootstrap openssh-client iproute2  # street poles over SSH (tests/ansible/poles.py)
-                 systemd-container)  # units under a real systemd (tests/systemd: systemd-nspawn)
+                 systemd-container  # units under a real systemd (tests/systemd: systemd-nspawn)
+                 nats-server  # the city tier on a NATS cluster (tests/integration/test_nats_*)
+                 qemu-user-static binfmt-support)  # the pole on arm64 (tests/arm64: qemu through binfmt_misc)
 fi
 
 need=()

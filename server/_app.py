@@ -81,9 +81,7 @@ class TrustedServer:
                                 owner=self.client_id)
         self.prefix = config.broker.topic_prefix
         #: The transport to the devices.
-        self.link: DeviceLink = MqttLink(
-            config.broker, client_id=self.client_id, path=config.path,
-            on_connected=self._on_connected, on_lost=self._on_lost)
+        self.link: DeviceLink = self._device_link(config)
         self.verification = Verification(
             v, store=self.store, verifier=self.verifier, directory=self.directory,
             metrics=self.metrics, clock=clock, alerted=self.outbox.wake)
@@ -191,6 +189,24 @@ class TrustedServer:
             await asyncio.sleep(r.purge_every_minutes * 60)
 
     # -- the transport -----------------------------------------------------------------
+
+    def _device_link(self, config: ServerConfig) -> DeviceLink:
+        b = config.broker
+        if b.transport == "mqtt":
+            return MqttLink(b, client_id=self.client_id, path=config.path,
+                            on_connected=self._on_connected, on_lost=self._on_lost)
+        from ._nats import NatsLink, NatsSettings
+
+        path = config.path
+        tls = None if not b.tls else mqtt_tls_context(
+            ca_file=str(path(b.ca_file)) if b.ca_file else None,
+            cert_file=str(path(b.cert_file)) if b.cert_file else None,
+            key_file=str(path(b.key_file)) if b.key_file else None, insecure=b.tls_insecure)
+        return NatsLink(NatsSettings(
+            servers=tuple(b.nats_servers), prefix=b.topic_prefix, stream=b.nats_stream,
+            durable=b.share_group, replicas=b.nats_replicas, name=self.client_id, tls=tls,
+            user=b.username, password=b.password),
+            on_connected=self._on_connected, on_lost=self._on_lost)
 
     def _on_connected(self) -> None:
         if self.connected is not None:

@@ -51,6 +51,12 @@ class DatabaseConfig(_Section):
 
 
 class BrokerConfig(_Section):
+    transport: Literal["mqtt", "nats"] = "mqtt"
+    """``"mqtt"``: one MQTT broker (Mosquitto, the pilot's default; replicas share the
+    traffic through ``share_group``). ``"nats"``: a NATS cluster with JetStream, the city
+    tier: poles still speak MQTT (to NATS's MQTT gateway, ``host``/``port`` and
+    ``device_host``/``device_port`` name one node's MQTT listener), the server consumes a
+    replicated stream from ``nats_servers`` (docs/server.md, "A city on a NATS cluster")."""
     host: str = "localhost"
     """MQTT broker the server connects to."""
     port: int = Field(1883, ge=1, le=65535)
@@ -84,10 +90,21 @@ class BrokerConfig(_Section):
     """Set TCP_NODELAY on the broker connection: without it Nagle's algorithm and delayed
     ACKs add tens of ms to every small reply (design.md). Off only to measure that."""
 
+    nats_servers: list[Annotated[str, Field(pattern=r"^(nats|tls)://[^\s/]+:\d{1,5}$")]] = []
+    """``transport = "nats"``: the cluster's client URLs (``nats://host:4222``), several
+    so that the server fails over when a node dies."""
+    nats_stream: str = Field("CITYWATCH_UP", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    """``transport = "nats"``: the JetStream stream that keeps uplink and status messages
+    until a replica has handled them (created at first start)."""
+    nats_replicas: int = Field(3, ge=1, le=5)
+    """``transport = "nats"``: copies of the stream in the cluster (at most its size)."""
+
     @model_validator(mode="after")
     def _tls_files(self) -> BrokerConfig:
         if (self.cert_file is None) != (self.key_file is None):
             raise ValueError("cert_file and key_file go together")
+        if self.transport == "nats" and not self.nats_servers:
+            raise ValueError('transport = "nats" needs nats_servers = ["nats://host:4222", ...]')
         return self
 
 
