@@ -33,7 +33,14 @@ from hardware._wrapped import RecordSealer, SealedRecordError
 from storage import sqlite_engine
 
 from ._errors import NotFound, StoreError
-from ._schema import AlertRow, AuditRow, CapDeliveryRow, CapMessageRow, PhotoRow
+from ._schema import (
+    AlertRow,
+    AuditRow,
+    CapDeliveryRow,
+    CapMessageRow,
+    LinkedReportRow,
+    PhotoRow,
+)
 
 __all__ = ["Alert", "AlertStatus", "AlertStore", "AuditEntry", "PurgeReport", "migrate"]
 
@@ -380,6 +387,9 @@ class AlertStore:
             for i in range(0, report.total, 500):
                 chunk = [*photos, *alerts][i:i + 500]
                 s.execute(delete(PhotoRow).where(PhotoRow.incident_id.in_(chunk)))
+                # The photos of the reports fused into them go too: the reports with
+                # them (their trail entries stay).
+                s.execute(delete(LinkedReportRow).where(LinkedReportRow.incident_id.in_(chunk)))
             for i in range(0, len(alerts), 500):
                 chunk = alerts[i:i + 500]
                 # Their CAP messages carry the photo: they go too (delivered or not).

@@ -79,6 +79,34 @@ def test_each_period_takes_only_what_it_should(store: enc.AlertStore) -> None:
     assert len(entries) == audit_before + 2
 
 
+def test_photos_of_linked_reports_go_with_their_alerts(store: enc.AlertStore) -> None:
+    from enc._linked import linked_reports, record_linked_report
+
+    def report(inc: str, rep: str) -> None:
+        record_linked_report(store, p.LinkedReportReceived(
+            server_kid=bytes.fromhex("5e5e5e5e00000001"), incident_id=inc, report_id=rep,
+            ts=T0, coords=p.Coords(lat=50.06, lon=19.94, alt=None, acc=7.5, src="gps"),
+            photo=b"\xff\xd8" + secrets.token_bytes(100), score=0.9, label="fall",
+            captured_at=T0 - 100, device_uid="pole-2", n3_hash=b"\2" * 32), received_at=T0)
+
+    dismissed = _alert(store, "false-alarm", "acknowledged", T0)
+    kept = _alert(store, "taken", "acknowledged", T0)
+    helped = _alert(store, "helped", "acknowledged", T0)
+    for inc in (dismissed, kept, helped):
+        report(inc, f"{inc}-r")
+    with store.transaction(write=True) as s:
+        s.execute(update(AlertRow).where(AlertRow.incident_id == dismissed)
+                  .values(status="dismissed"))
+        s.execute(update(AlertRow).where(AlertRow.incident_id == helped)
+                  .values(status="dispatched"))
+    assert store.purge(PERIODS, now=T0 + 25 * H).photos == (dismissed,)
+    assert linked_reports(store, dismissed) == []
+    assert [r.report_id for r in linked_reports(store, kept)] == ["taken-r"]
+    assert store.purge(PERIODS, now=T0 + 31 * DAY).alerts == tuple(sorted((dismissed, helped)))
+    assert linked_reports(store, helped) == []  # deleted with its alert
+    assert [e.action for e in store.audit_trail(helped)] == ["received", "report_linked"]
+
+
 def test_a_dry_run_changes_nothing(store: enc.AlertStore) -> None:
     closed = _alert(store, "old", "dispatched", T0)
     report = store.purge(PERIODS, now=T0 + 100 * DAY, dry_run=True)
