@@ -4,7 +4,8 @@ and what the device (``citywatch edge provision``, the simulator) reads back.
     {"uid": "pole-0042", "kid_hex": "0123456789abcdef", "alg": "A256GCM", "key_hex": "...",
      "zone": "old-town", "lat": 52.2297, "lon": 21.0122,
      "server": {"host": "broker.example", "port": 8883, "tls": true, "ca_pem": "...",
-                "topic_prefix": "citywatch/v1"}}
+                "topic_prefix": "citywatch/v1",
+                "alternates": [{"host": "broker-2.example", "port": 8883}]}}
 
 It holds the device key in clear: it goes into the device's key store (non-extractable)
 and is then destroyed. One type, parsed and written here, so that the server, the pole and
@@ -45,6 +46,9 @@ class BrokerAddress:
     """The broker's CA certificate (PEM), when TLS uses a private CA."""
     topic_prefix: str = DEFAULT_TOPIC_PREFIX
     """Topic prefix, e.g. ``citywatch/v1``."""
+    alternates: tuple[tuple[str, int], ...] = ()
+    """Other (host, port) endpoints of the same broker cluster (a city on NATS): the
+    device tries them in turn when ``host`` cannot be reached. Same TLS and CA."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.host, str) or not self.host:
@@ -58,23 +62,47 @@ class BrokerAddress:
             raise InvalidBundle("bundle field 'server.ca_pem' must be a PEM string or null")
         if not isinstance(self.topic_prefix, str) or not self.topic_prefix:
             raise InvalidBundle("bundle field 'server.topic_prefix' must be a non-empty string")
+        for k, alt in enumerate(self.alternates):
+            if not (isinstance(alt, tuple) and len(alt) == 2 and isinstance(alt[0], str)
+                    and alt[0] and isinstance(alt[1], int) and not isinstance(alt[1], bool)
+                    and 0 < alt[1] < 65536):
+                raise InvalidBundle(f"bundle field 'server.alternates[{k}]' must be "
+                                    '{"host": name, "port": 1..65535}')
+
+    @property
+    def endpoints(self) -> tuple[tuple[str, int], ...]:
+        """(host, port) of the broker first, then its alternates: the order to try."""
+        return ((self.host, self.port), *self.alternates)
 
     @classmethod
     def parse(cls, data: object) -> BrokerAddress:
         """Validate the ``server`` object of a bundle (unknown keys are refused)."""
         if not isinstance(data, Mapping):
             raise InvalidBundle("bundle field 'server' must be an object with host, port, tls")
-        known = {"host", "port", "tls", "ca_pem", "topic_prefix"}
+        known = {"host", "port", "tls", "ca_pem", "topic_prefix", "alternates"}
         unknown = sorted(map(str, data.keys() - known))
         if unknown:
             raise InvalidBundle(f"bundle field 'server' has unknown keys {unknown}")
         if "host" not in data:
             raise InvalidBundle("bundle field 'server.host' is missing")
-        return cls(**{k: data[k] for k in known if k in data})
+        fields = {k: data[k] for k in known - {"alternates"} if k in data}
+        alternates = data.get("alternates", [])
+        if not isinstance(alternates, list):
+            raise InvalidBundle("bundle field 'server.alternates' must be a list")
+        alts: list[tuple[str, int]] = []
+        for k, alt in enumerate(alternates):
+            if not isinstance(alt, Mapping) or set(alt) != {"host", "port"}:
+                raise InvalidBundle(f"bundle field 'server.alternates[{k}]' must be "
+                                    '{"host": name, "port": 1..65535}')
+            alts.append((alt["host"], alt["port"]))
+        return cls(**fields, alternates=tuple(alts))
 
     def to_json(self) -> dict[str, Any]:
-        return {"host": self.host, "port": self.port, "tls": self.tls, "ca_pem": self.ca_pem,
-                "topic_prefix": self.topic_prefix}
+        out: dict[str, Any] = {"host": self.host, "port": self.port, "tls": self.tls,
+                               "ca_pem": self.ca_pem, "topic_prefix": self.topic_prefix}
+        if self.alternates:  # absent when there are none: older readers keep working
+            out["alternates"] = [{"host": h, "port": port} for h, port in self.alternates]
+        return out
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,7 +31,15 @@ def provisioning_bundle(config: ServerConfig, device: DeviceInfo,
         uid=device.uid, kid=device.kid, alg=device.alg, key=key,
         zone=device.zone, lat=device.lat, lon=device.lon,
         server=BrokerAddress(host=b.device_host or b.host, port=b.device_port or b.port,
-                             tls=b.tls, ca_pem=ca_pem, topic_prefix=b.topic_prefix))
+                             tls=b.tls, ca_pem=ca_pem, topic_prefix=b.topic_prefix,
+                             alternates=tuple(_endpoint(e) for e in b.device_alternates)))
+
+
+def _endpoint(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not 0 < int(port) < 65536:
+        raise RegistryError(f"broker.device_alternates: {text!r} has no port 1..65535")
+    return host, int(port)
 
 
 def write_bundle(path: Path, bundle: ProvisioningBundle, *, overwrite: bool = False) -> None:

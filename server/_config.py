@@ -65,6 +65,9 @@ class BrokerConfig(_Section):
     """Broker host written into provisioning bundles; empty means ``host``."""
     device_port: int = Field(0, ge=0, le=65535)
     """Broker port written into provisioning bundles; 0 means ``port``."""
+    device_alternates: list[Annotated[str, Field(pattern=r"^[^\s:]+:\d{1,5}$")]] = []
+    """Other ``host:port`` MQTT endpoints of the same cluster written into bundles (a
+    city on NATS: every node's MQTT listener); a pole tries them in turn."""
     tls: bool = False
     """Connect with TLS."""
     ca_file: PathLike | None = None

@@ -35,6 +35,19 @@ def test_round_trip_through_json() -> None:
     assert KEY_HEX not in repr(bundle)
 
 
+def test_alternates_round_trip_and_come_after_the_broker() -> None:
+    server = raw()["server"] | {"alternates": [{"host": "b2.example", "port": 8883},
+                                               {"host": "b3.example", "port": 1883}]}
+    bundle = ProvisioningBundle.parse(raw(server=server))
+    assert bundle.server is not None
+    assert bundle.server.endpoints == (("broker.example", 8883), ("b2.example", 8883),
+                                       ("b3.example", 1883))
+    assert ProvisioningBundle.parse(json.loads(json.dumps(bundle.to_json()))) == bundle
+    # A bundle without alternates is written as before (older poles read it).
+    plain = ProvisioningBundle.parse(raw())
+    assert "alternates" not in plain.to_json()["server"]
+
+
 def test_key_only_bundle() -> None:
     bundle = ProvisioningBundle.parse(raw(zone=..., lat=..., lon=..., server=...))
     assert bundle.server is None and bundle.zone is None
@@ -47,6 +60,12 @@ def test_key_only_bundle() -> None:
     ({"server": {"port": 1883}}, "server.host"),
     ({"server": {"host": "b", "user": "x"}}, "unknown keys"),
     ({"server": "broker"}, "'server' must be an object"),
+    ({"server": {"host": "b", "alternates": "b2:1883"}}, "server.alternates' must be a list"),
+    ({"server": {"host": "b", "alternates": [{"host": "b2"}]}}, r"server.alternates\[0\]"),
+    ({"server": {"host": "b", "alternates": [{"host": "b2", "port": 0}]}},
+     r"server.alternates\[0\]"),
+    ({"server": {"host": "b", "alternates": [{"host": "", "port": 1883}]}},
+     r"server.alternates\[0\]"),
     ({"server": {"host": "b", "tls": "yes"}}, "server.tls"),
     ({"lat": "52"}, "'lat' must be a number"),
     ({"lon": True}, "'lon' must be a number"),
@@ -79,3 +98,22 @@ def test_the_server_writes_what_the_devices_read(tmp_path: Path) -> None:
     bundle = ProvisioningBundle.parse(json.loads(out.read_text()))
     assert (bundle.uid, bundle.kid, bundle.key, bundle.zone) == ("pole-7", device.kid, key, "z")
     assert bundle.server is not None and bundle.server.host == "localhost"
+
+
+def test_the_server_writes_the_clusters_other_endpoints(tmp_path: Path) -> None:
+    pytest.importorskip("sqlalchemy", reason="the server's dependencies are not installed")
+    from server import example_config, load_config, open_store, provisioning_bundle
+
+    path = tmp_path / "server.toml"
+    path.write_text(example_config(data_dir="./var").replace(
+        "[broker]\n", '[broker]\ndevice_alternates = ["node-2.example:1884", "node-3:1885"]\n', 1))
+    cfg = load_config(path)
+    store, _ = open_store(cfg, announce=False)
+    try:
+        device, key = store.add_device(uid="pole-8", zone="z", lat=52.0, lon=21.0, alg=3,
+                                       actor="test")
+    finally:
+        store.close()
+    server = provisioning_bundle(cfg, device, key).server
+    assert server is not None
+    assert server.alternates == (("node-2.example", 1884), ("node-3", 1885))
