@@ -56,7 +56,7 @@ class BrokerConfig(_Section):
     traffic through ``share_group``). ``"nats"``: a NATS cluster with JetStream, the city
     tier: poles still speak MQTT (to NATS's MQTT gateway, ``host``/``port`` and
     ``device_host``/``device_port`` name one node's MQTT listener), the server consumes a
-    replicated stream from ``nats_servers`` (docs/server.md, "A city on a NATS cluster")."""
+    replicated stream from ``nats_servers`` (docs/city.md)."""
     host: str = "localhost"
     """MQTT broker the server connects to."""
     port: int = Field(1883, ge=1, le=65535)
