@@ -106,7 +106,7 @@ def test_a_database_from_before_sealing_is_sealed_at_start(tmp_path: Path) -> No
     engine = create_engine(f"sqlite:///{db}")
     from alembic import command
 
-    from server._store import _alembic_config
+    from server._database import _alembic_config
 
     alembic = _alembic_config()
     with engine.begin() as conn:

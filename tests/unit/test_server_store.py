@@ -322,7 +322,7 @@ def test_a_database_of_the_first_schema_is_upgraded_with_its_incidents(db_url: s
     from alembic import command
     from sqlalchemy import text
 
-    from server._store import _alembic_config
+    from server._database import _alembic_config
 
     engine = make_engine(db_url)
     with engine.begin() as conn:

@@ -1,0 +1,124 @@
+"""The ENC alert queue (the outbox): alerts queued with their decision, leased to one
+replica at a time (``lease_until``; a crashed replica's lease lapses), delivered or
+retried."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from ._database import Database
+from ._schema import IncidentRow, OutboxRow
+
+__all__ = ["AlertQueue", "OutboxItem", "queue_alert"]
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxItem:
+    """An alert claimed for delivery: what N1 needs."""
+
+    incident_id: str
+    """Incident id."""
+    attempts: int
+    """Attempts made before this one."""
+    lat: float
+    """Latitude."""
+    lon: float
+    """Longitude."""
+    alt: float | None
+    """Altitude."""
+    acc: float | None
+    """Accuracy."""
+    coords_src: str
+    """"gps" or "fixed"."""
+    photo: bytes
+    """The JPEG."""
+    score: float
+    """The server's score."""
+    label: str
+    """Label."""
+    captured_at: int
+    """Capture time, ms."""
+    device_uid: str
+    """Reporting device."""
+
+
+def queue_alert(s: Session, incident_id: str, *, now: int) -> None:
+    """Queue an incident's alert in the caller's transaction (the decision's)."""
+    s.add(OutboxRow(incident_id=incident_id, state="pending", attempts=0,
+                    next_attempt_at=now, lease_until=0, created_at=now))
+    s.flush()
+
+
+class AlertQueue:
+    """Alerts for the ENC. Thread-safe."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def claim_due_alerts(self, *, owner: str, lease_ms: int, limit: int) -> list[OutboxItem]:
+        """Pending alerts whose time has come and that no other replica holds; each is
+        leased to ``owner`` for ``lease_ms``."""
+        now = self.db.now()
+        with self.db.tx() as s:
+            ids = list(s.scalars(
+                select(OutboxRow.incident_id)
+                .where(OutboxRow.state == "pending", OutboxRow.next_attempt_at <= now,
+                       OutboxRow.lease_until <= now)
+                .order_by(OutboxRow.next_attempt_at).limit(limit)))
+        won: list[str] = []
+        for incident_id in ids:
+            with self.db.tx() as s:
+                res = s.execute(update(OutboxRow)
+                                .where(OutboxRow.incident_id == incident_id,
+                                       OutboxRow.state == "pending",
+                                       OutboxRow.lease_until <= now)
+                                .values(lease_until=now + lease_ms, lease_owner=owner))
+                if res.rowcount:  # type: ignore[attr-defined]
+                    won.append(incident_id)
+        if not won:
+            return []
+        with self.db.tx() as s:
+            rows = s.execute(select(OutboxRow.attempts, IncidentRow)
+                             .join(IncidentRow, IncidentRow.id == OutboxRow.incident_id)
+                             .where(OutboxRow.incident_id.in_(won))).all()
+            items = []
+            for a, r in rows:
+                lat, lon, alt, acc = self.db.seal.open_coords(r.id, r.lat, r.lon, r.alt, r.acc,
+                                                       r.coords_sealed)
+                items.append(OutboxItem(
+                    incident_id=r.id, attempts=a, lat=lat, lon=lon, alt=alt, acc=acc,
+                    coords_src=r.coords_src, photo=self.db.seal.open_photo(r.id, r.photo),
+                    score=float(r.server_score if r.server_score is not None
+                                else r.device_score),
+                    label=r.label, captured_at=r.captured_at, device_uid=r.device_uid))
+            return items
+
+    def alert_delivered(self, incident_id: str, *, tenc: int) -> None:
+        now = self.db.now()
+        with self.db.tx() as s:
+            s.execute(update(OutboxRow).where(OutboxRow.incident_id == incident_id)
+                      .values(state="delivered", delivered_at=now, tenc=tenc, lease_until=0,
+                              lease_owner=None, last_error=None,
+                              attempts=OutboxRow.attempts + 1))
+
+    def alert_failed(self, incident_id: str, *, retry_at: int, error: str) -> None:
+        with self.db.tx() as s:
+            s.execute(update(OutboxRow).where(OutboxRow.incident_id == incident_id,
+                                              OutboxRow.state == "pending")
+                      .values(attempts=OutboxRow.attempts + 1, next_attempt_at=retry_at,
+                              lease_until=0, lease_owner=None, last_error=error[:2000]))
+
+    def outbox_depth(self) -> int:
+        with self.db.tx() as s:
+            return int(s.scalar(select(func.count()).select_from(OutboxRow)
+                                .where(OutboxRow.state == "pending")) or 0)
+
+    def next_alert_due(self) -> int | None:
+        """Earliest next attempt of a pending alert, ms."""
+        with self.db.tx() as s:
+            v = s.scalar(select(func.min(OutboxRow.next_attempt_at))
+                         .where(OutboxRow.state == "pending"))
+            return int(v) if v is not None else None

@@ -1,0 +1,174 @@
+"""The server's database: one object (``Database``) that every part of the store shares
+(the SQLAlchemy engine and its sessions, the clock, the master key and what it seals),
+and the migrations.
+
+SQLite (embedded default; its pragmas are ``storage.sqlite_engine``'s) or PostgreSQL
+(several replicas). Everything another replica might do at the same moment is written as
+a conditional UPDATE (compare-and-set) or decided under an advisory lock, so that SQLite
+and PostgreSQL give the same guarantees without table locks.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from importlib import resources
+from typing import Any
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from hardware._wrapped import RecordSealer, SealedRecordError
+from protocol import wall_clock_ms
+from storage import sqlite_engine
+
+from ._errors import MasterKeyError, RegistryError
+from ._keys import MasterKey
+from ._schema import AuditEntry
+
+__all__ = ["Database", "IncidentSeal", "make_engine", "migrate", "now_ms"]
+
+now_ms = wall_clock_ms  # the one wall clock (ms since the epoch), under the server's name
+
+MIGRATION_LOCK = 7283641
+"""PostgreSQL advisory lock key of the migrations (replicas starting together)."""
+
+
+# -- engine and migrations -------------------------------------------------------------
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        return sqlite_engine(url, busy_timeout_s=30)
+    return create_engine(url, pool_pre_ping=True)
+
+
+def _alembic_config() -> AlembicConfig:
+    cfg = AlembicConfig()
+    # The migrations ship inside the package; no alembic.ini is needed or read.
+    cfg.set_main_option("script_location",
+                        str(resources.files("server").joinpath("migrations")))
+    return cfg
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the database to the newest schema (idempotent)."""
+    if engine.dialect.name == "sqlite":
+        _sqlite_upgrade(engine)
+        return
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            # Replicas starting together: one migrates, the others wait and find it done.
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
+        cfg = _alembic_config()
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+
+
+def _sqlite_upgrade(engine: Engine) -> None:
+    """The upgrade on SQLite with foreign keys off: a column change copies the table
+    and drops the old one, and with foreign keys on that drop would fail or, through
+    ``ON DELETE CASCADE``, empty the ENC outbox. Checked afterwards."""
+    cfg = _alembic_config()
+    with engine.connect() as conn:
+        # PRAGMA foreign_keys is ignored inside a transaction: set it between them.
+        conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
+        conn.commit()
+        try:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+            conn.commit()
+            broken = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+            if broken:
+                raise RegistryError(f"the migration left rows without their parent: "
+                                    f"{broken[:5]}")
+        finally:
+            conn.rollback()
+            conn.exec_driver_sql("PRAGMA foreign_keys=ON")
+            conn.commit()
+
+
+# -- sealed at rest ------------------------------------------------------------------------
+
+
+def _aad(incident_id: str, column: str) -> bytes:
+    # Binds a sealed field to its row and column: moved elsewhere, it does not open.
+    return f"citywatch server incident {incident_id} {column}".encode()
+
+
+class IncidentSeal:
+    """An incident's photo and position sealed under keys derived from the master key,
+    each bound to its incident and column."""
+
+    def __init__(self, master: MasterKey) -> None:
+        self._records = master.records
+
+    def photo(self, incident_id: str, photo: bytes) -> bytes:
+        return self._records.seal(photo, aad=_aad(incident_id, "photo"))
+
+    def open_photo(self, incident_id: str, blob: bytes) -> bytes:
+        if not RecordSealer.is_sealed(blob):
+            return bytes(blob)  # a row from before sealing, until seal_clear_incidents
+        try:
+            return self._records.open(blob, aad=_aad(incident_id, "photo"))
+        except SealedRecordError:
+            raise MasterKeyError(f"the photo of incident {incident_id} does not open under "
+                                 "this master key (another master key, or altered)") from None
+
+    def coords(self, incident_id: str, lat: float, lon: float, alt: float | None,
+               acc: float | None) -> bytes:
+        plain = json.dumps([lat, lon, alt, acc]).encode()
+        return self._records.seal(plain, aad=_aad(incident_id, "coords"))
+
+    def open_coords(self, incident_id: str, lat: float | None, lon: float | None,
+                    alt: float | None, acc: float | None, sealed: bytes | None
+                    ) -> tuple[float, float, float | None, float | None]:
+        if sealed is None:  # a row from before sealing
+            assert lat is not None and lon is not None
+            return lat, lon, alt, acc
+        try:
+            plain = self._records.open(sealed, aad=_aad(incident_id, "coords"))
+        except SealedRecordError:
+            raise MasterKeyError(f"the position of incident {incident_id} does not open "
+                                 "under this master key (another master key, or altered)"
+                                 ) from None
+        got = json.loads(plain)
+        return float(got[0]), float(got[1]), got[2], got[3]
+
+
+# -- the database object ---------------------------------------------------------------
+
+
+class Database:
+    """What every part of the store shares: the engine (one connection pool), sessions,
+    the clock and the master key. Thread-safe: one session per transaction."""
+
+    def __init__(self, engine: Engine, master_key: MasterKey, *,
+                 clock: Callable[[], int] = now_ms) -> None:
+        self.engine = engine
+        self.master = master_key
+        self.seal = IncidentSeal(master_key)
+        self.now = clock
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+
+    @property
+    def dialect(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+        return self.engine.dialect.name
+
+    @contextmanager
+    def tx(self) -> Iterator[Session]:
+        """One transaction, committed when the block ends without an exception."""
+        with self._sessions.begin() as s:
+            yield s
+
+    def audit(self, s: Session, actor: str, action: str, subject: str, **detail: Any) -> None:
+        """An audit entry in the transaction of the change it records."""
+        s.add(AuditEntry(at=self.now(), actor=actor, action=action, subject=subject,
+                         detail=json.dumps(detail, sort_keys=True, default=str)))
+
+    def close(self) -> None:
+        self.engine.dispose()

@@ -1,0 +1,165 @@
+"""Monitoring windows, what was announced to each zone, and each device's broadcast
+epoch: what the broadcast scheduler of every replica shares, each change a
+compare-and-set so that one replica sends a zone's B1s."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+
+from ._database import Database
+from ._errors import RegistryError
+from ._schema import DeviceRow, WindowRow, ZoneBroadcastRow
+
+__all__ = ["WindowInfo", "ZoneStore"]
+
+
+@dataclass(frozen=True, slots=True)
+class WindowInfo:
+    """An operator's monitoring window."""
+
+    id: int
+    """Row id."""
+    zone: str
+    """Zone it covers."""
+    opens_at: int
+    """Start, ms."""
+    closes_at: int
+    """End, ms (moved to the closing time when closed early)."""
+    opened_by: str
+    """Who opened it."""
+    closed_by: str | None
+    """Who closed it early, if anyone."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "zone": self.zone, "opens_at": self.opens_at,
+                "closes_at": self.closes_at, "opened_by": self.opened_by,
+                "closed_by": self.closed_by}
+
+
+class ZoneStore:
+    """Windows, zone announcements and broadcast epochs. Thread-safe."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def epochs(self, kids: list[bytes]) -> dict[bytes, int]:
+        """Last broadcast epoch of each device, as stored (any replica)."""
+        out: dict[bytes, int] = {}
+        with self.db.tx() as s:
+            for i in range(0, len(kids), 500):
+                out.update({bytes(k): int(e) for k, e in s.execute(
+                    select(DeviceRow.kid, DeviceRow.epoch)
+                    .where(DeviceRow.kid.in_(kids[i:i + 500])))})
+        return out
+
+    def record_broadcasts(self, sent: list[tuple[bytes, int, int, bytes]]) -> list[bool]:
+        """Persist B1s (kid, ep, T_S, H(B1)) before they are sent: each device's epoch
+        moves from ep-1 to ep. False where the epoch moved meanwhile (another replica
+        announced): seal again with a fresh epoch."""
+        out = []
+        with self.db.tx() as s:
+            for kid, ep, ts, b1_hash in sent:
+                res = s.execute(update(DeviceRow)
+                                .where(DeviceRow.kid == kid, DeviceRow.epoch == ep - 1)
+                                .values(epoch=ep, last_b1_ts=ts, last_b1_hash=b1_hash))
+                out.append(bool(res.rowcount))  # type: ignore[attr-defined]
+        return out
+
+    def last_broadcast(self, kid: bytes) -> tuple[int, int, bytes] | None:
+        """(epoch, T_S, H(B1)) of the last B1 sent to the device by any replica, while
+        it is unconfirmed (a confirmed one is not confirmed twice: a replayed B2)."""
+        with self.db.tx() as s:
+            row = s.execute(select(DeviceRow.epoch, DeviceRow.last_b1_ts,
+                                   DeviceRow.last_b1_hash, DeviceRow.confirmed_epoch)
+                            .where(DeviceRow.kid == kid)).first()
+        if row is None or row[1] is None or row[2] is None:
+            return None
+        if row[3] is not None and row[3] >= row[0]:
+            return None
+        return int(row[0]), int(row[1]), bytes(row[2])
+
+    def confirm_broadcast(self, kid: bytes, *, ep: int) -> None:
+        with self.db.tx() as s:
+            s.execute(update(DeviceRow).where(DeviceRow.kid == kid)
+                      .values(confirmed_epoch=ep, confirmed_at=self.db.now()))
+
+    def open_window(self, zone: str, *, until: int, actor: str) -> WindowInfo:
+        now = self.db.now()
+        if not 1 <= len(zone) <= 64:
+            raise RegistryError("a zone name is 1 to 64 characters")
+        if until <= now:
+            raise RegistryError("the window's end is in the past")
+        with self.db.tx() as s:
+            row = WindowRow(zone=zone, opens_at=now, closes_at=until, opened_by=actor,
+                            updated_at=now)
+            s.add(row)
+            s.flush()
+            self.db.audit(s, actor, "window.open", zone, until=until, window=row.id)
+            return _window_info(row)
+
+    def close_window(self, zone: str, *, actor: str) -> int:
+        """End every open operator window of the zone now; returns how many."""
+        now = self.db.now()
+        with self.db.tx() as s:
+            res = s.execute(update(WindowRow)
+                            .where(WindowRow.zone == zone, WindowRow.closes_at > now)
+                            .values(closes_at=now, closed_by=actor, updated_at=now))
+            n = int(res.rowcount)  # type: ignore[attr-defined]
+            self.db.audit(s, actor, "window.close", zone, closed=n)
+            return n
+
+    def open_windows(self, now: int | None = None) -> list[WindowInfo]:
+        now = self.db.now() if now is None else now
+        with self.db.tx() as s:
+            q = (select(WindowRow).where(WindowRow.opens_at <= now, WindowRow.closes_at > now)
+                 .order_by(WindowRow.id))
+            return [_window_info(r) for r in s.scalars(q)]
+
+    def list_windows(self, *, limit: int = 100) -> list[WindowInfo]:
+        with self.db.tx() as s:
+            q = select(WindowRow).order_by(WindowRow.id.desc()).limit(limit)
+            return [_window_info(r) for r in s.scalars(q)]
+
+    def windows_revision(self) -> tuple[int, int]:
+        """Changes to the windows table show up here (count, last change)."""
+        with self.db.tx() as s:
+            n, last = s.execute(select(func.count(WindowRow.id),
+                                       func.max(WindowRow.updated_at))).one()
+            return int(n), int(last or 0)
+
+    def zone_announcements(self) -> dict[str, int | None]:
+        with self.db.tx() as s:
+            return {z: u for z, u in s.execute(
+                select(ZoneBroadcastRow.zone, ZoneBroadcastRow.announced_until))}
+
+    def claim_zone_announcement(self, zone: str, *, old: int | None, new: int | None) -> bool:
+        """Compare-and-set what was announced to a zone; True for the one replica that
+        moved it from ``old`` to ``new`` (and must now send the B1s)."""
+        now = self.db.now()
+        with self.db.tx() as s:
+            exists = s.scalar(select(func.count()).select_from(ZoneBroadcastRow)
+                              .where(ZoneBroadcastRow.zone == zone))
+            if not exists:
+                if old is not None:
+                    return False
+                try:
+                    with s.begin_nested():
+                        s.add(ZoneBroadcastRow(zone=zone, announced_until=new, announced_at=now))
+                    return True
+                except IntegrityError:
+                    return False
+            cond = (ZoneBroadcastRow.announced_until.is_(None) if old is None
+                    else ZoneBroadcastRow.announced_until == old)
+            res = s.execute(update(ZoneBroadcastRow)
+                            .where(ZoneBroadcastRow.zone == zone, cond)
+                            .values(announced_until=new, announced_at=now))
+            return bool(res.rowcount)  # type: ignore[attr-defined]
+
+
+def _window_info(r: WindowRow) -> WindowInfo:
+    return WindowInfo(id=r.id, zone=r.zone, opens_at=r.opens_at, closes_at=r.closes_at,
+                      opened_by=r.opened_by, closed_by=r.closed_by)
