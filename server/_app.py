@@ -32,10 +32,10 @@ from ._mqtt import MqttLink, mqtt_tls_context
 from ._notifier import EncOutbox
 from ._setup import open_store
 from ._store import IncidentInfo, now_ms
-from ._verification import VERIFIER_ACTOR, PreloadedPoseVerifier, Verification, read_models
+from ._verification import PreloadedPoseVerifier, Verification, read_models
 from ._verify import PhotoVerifier, VerifierPool, VerifierSettings
 
-__all__ = ["VERIFIER_ACTOR", "TrustedServer", "mqtt_tls_context"]
+__all__ = ["TrustedServer"]
 
 log = logging.getLogger("citywatch.server")
 log.addFilter(EscapeControlCharacters())

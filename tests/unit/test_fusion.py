@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from server import Decision, Verdict, decide
 from server._fusion import FusionRule, Sighting, distance_m
 from server._outcome import Outcome
 
@@ -59,3 +60,12 @@ def test_outcome_says_what_the_database_and_metrics_say() -> None:
     assert [o.value for o in Outcome] == ["dangerous", "fused", "dismissed"]
     assert Outcome("fused") is Outcome.FUSED
     assert [o for o in Outcome if o.alerts] == [Outcome.DANGEROUS]
+
+
+def test_the_photos_decision_is_dangerous_or_dismissed_never_fused() -> None:
+    high, low = Verdict(0.7, "person_down", True, "1 person"), Verdict(0.2, "no_danger", False)
+    assert decide(high, threshold=0.7).outcome is Outcome.DANGEROUS
+    assert decide(high, threshold=0.7).dangerous
+    assert decide(low, threshold=0.7).outcome is Outcome.DISMISSED
+    with pytest.raises(ValueError):
+        Decision(Outcome.FUSED, high, "fusion is decided with the other reports")
