@@ -24,7 +24,7 @@ from ._config import CapSection
 from ._handling import RESOLUTIONS
 from ._store import Alert, AlertStatus, AuditEntry
 
-__all__ = ["CAP_NAMESPACE", "cap_identifier", "cap_message", "cap_time"]
+__all__ = ["CAP_NAMESPACE", "cap_identifier", "cap_message", "cap_time", "is_cap_change"]
 
 CAP_NAMESPACE = "urn:oasis:names:tc:emergency:cap:1.2"
 _NS = "{" + CAP_NAMESPACE + "}"
@@ -35,6 +35,13 @@ _STATUS_CHANGES = ("dispatched", "dismissed", "reopened", "closed")
 _LABELS = {"person_down": "Person down", "fall": "Fall", "fight": "Fight"}
 # CAP categories: a person on the ground is a medical matter, a fight a police one.
 _CATEGORY = {"person_down": "Health", "fall": "Health", "fight": "Security"}
+
+
+def is_cap_change(e: AuditEntry) -> bool:
+    """Whether an audit entry is a change that makes a CAP message of its own: a status
+    change, or a linked report of another kind (it raises the alert's priority)."""
+    return e.action in _STATUS_CHANGES or (e.action == "report_linked"
+                                           and bool(e.detail.get("other_kind")))
 
 
 def cap_time(ms: int) -> str:
@@ -73,7 +80,7 @@ def cap_message(alert: Alert, trail: Sequence[AuditEntry], settings: CapSection,
     """The CAP 1.2 XML (UTF-8, with declaration) for the alert's current state;
     ``photo_uri``: the photo resource's ``uri`` (default: the dashboard's, which needs
     a login)."""
-    changes = [e for e in trail if e.action in _STATUS_CHANGES]
+    changes = [e for e in trail if is_cap_change(e)]
     last = changes[-1] if changes else None
     original_id = cap_identifier(alert)
     original_sent = cap_time(alert.received_at)
@@ -108,6 +115,10 @@ def cap_message(alert: Alert, trail: Sequence[AuditEntry], settings: CapSection,
                 note += f": {d['comment']}"
         elif last.action == "dismissed":
             note = f"False alarm ({last.actor}): {d.get('reason', '')}"
+        elif last.action == "report_linked":
+            note = (f"Another report fused in: {_label(str(d.get('label', '')))} "
+                    f"({float(d.get('score', 0)):.0%}) from street-pole device "
+                    f"{d.get('device', '')}; the priority is raised")
         elif last.action == "closed":
             code = str(d.get("resolution", ""))
             note = f"Closed ({last.actor}): {RESOLUTIONS.get(code, code)}"

@@ -6,8 +6,9 @@ How it holds together:
 
 - ``CapOutbox.follow`` reads the audit trail from its cursor (kept in the database) and,
   for each ``received``, ``dispatched``, ``dismissed``, ``reopened`` or ``closed``
-  entry, stores the CAP message of the alert *as it was then* (so the same entry always
-  gives the same message, whoever builds it) and one delivery per recipient, and moves
+  entry, and each linked report of another kind (it raises the priority), stores the
+  CAP message of the alert *as it was then* (so the same entry always gives the same
+  message, whoever builds it) and one delivery per recipient, and moves
   the cursor, in one transaction. A crash before the commit leaves the cursor where it
   was; the next run builds the same messages (same identifiers) and the unique keys keep
   one of each. Two ENC processes on one database: the cursor moves only from where the
@@ -48,7 +49,7 @@ import httpx
 from sqlalchemy import CursorResult, func, select, update
 from sqlalchemy.exc import IntegrityError
 
-from ._cap import CAP_NAMESPACE, cap_message, cap_time
+from ._cap import CAP_NAMESPACE, cap_message, cap_time, is_cap_change
 from ._config import CapRecipient, CapSection
 from ._errors import NotFound, StoreError
 from ._schema import CapCursorRow, CapDeliveryRow, CapMessageRow, SettingRow
@@ -65,7 +66,11 @@ _TOKEN_KEY = "cap_photo_token_key"
 _STATUS_AFTER = {"received": AlertStatus.NEW, "dispatched": AlertStatus.DISPATCHED,
                  "dismissed": AlertStatus.DISMISSED, "reopened": AlertStatus.NEW,
                  "closed": AlertStatus.CLOSED}
-"""Audit entries that make a CAP message, and the alert's status after each."""
+"""Status changes that make a CAP message, and the alert's status after each (a linked
+report of another kind makes one too, ``is_cap_change``)."""
+_OTHER_STATUS = {"acknowledged": AlertStatus.ACKNOWLEDGED, "put_on_hold": AlertStatus.ON_HOLD,
+                 "resumed": AlertStatus.ACKNOWLEDGED, "released": AlertStatus.NEW}
+"""Status changes that make no CAP message of their own."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,8 +128,8 @@ class CapOutbox:
             entries = self.store.audit_since(cursor, limit=batch)
             if not entries:
                 return made
-            wanted = [e for e in entries
-                      if e.action in _STATUS_AFTER and e.incident_id is not None]
+            wanted = [e for e in entries if e.incident_id is not None
+                      and (e.action == "received" or is_cap_change(e))]
             messages = [m for m in (self._message_for(e) for e in wanted) if m is not None]
             try:
                 with self.store.transaction(write=True) as s:
@@ -171,8 +176,7 @@ class CapOutbox:
         except NotFound:
             photo = None  # a dismissed alert's photo, purged
         trail = [e for e in self.store.audit_trail(entry.incident_id) if e.id <= entry.id]
-        then = dataclasses.replace(alert, status=_STATUS_AFTER[entry.action],
-                                   status_at=entry.at)
+        then = dataclasses.replace(alert, status=_status_then(trail), status_at=entry.at)
         uri = self.photo_uri(alert.incident_id, at=entry.at) if photo is not None else None
         xml = cap_message(then, trail, self.settings, photo=photo, photo_uri=uri)
         root = ET.fromstring(xml)
@@ -300,6 +304,19 @@ class CapOutbox:
         expires = (at + int(self.settings.photo_token_hours * 3600_000)) // 1000
         return (f"{base}/cap/photo/{quote(incident_id, safe='')}.jpg"
                 f"?token={self.photo_token(incident_id, expires_s=expires)}")
+
+
+def _status_then(trail: list[AuditEntry]) -> AlertStatus:
+    """The alert's status after the last of these entries."""
+    status = AlertStatus.NEW
+    for e in trail:
+        if e.action in _STATUS_AFTER:
+            status = _STATUS_AFTER[e.action]
+        elif e.action in _OTHER_STATUS:
+            status = _OTHER_STATUS[e.action]
+        elif e.action == "assigned" and status is AlertStatus.NEW:
+            status = AlertStatus.ACKNOWLEDGED
+    return status
 
 
 def _aad(name: str) -> bytes:

@@ -86,6 +86,21 @@ def test_a_fight_fused_into_a_fall_raises_it_and_both_are_shown(enc_proc: EncPro
     views = [x["detail"] for x in alert_json(olga, inc)["audit"]  # type: ignore[union-attr]
              if x["action"] == "photo_viewed"]
     assert views == [{"view": "full", "report": rep}]
+    # Recipients hear of it: a CAP Update citing the original, valid against the schema.
+    import xml.etree.ElementTree as ET
+
+    xmlschema = pytest.importorskip("xmlschema", reason="xmlschema is not installed")
+    from tests.integration.test_enc_dashboard import SCHEMA_FILE
+
+    xml = olga.http.get(f"/alerts/{inc}/cap.xml").content
+    xmlschema.XMLSchema(str(SCHEMA_FILE)).validate(xml)
+    ns = {"cap": "urn:oasis:names:tc:emergency:cap:1.2"}
+    root = ET.fromstring(xml)
+    assert root.findtext("cap:msgType", namespaces=ns) == "Update"
+    assert root.findtext("cap:note", namespaces=ns) == (
+        "Another report fused in: Fight (92%) from street-pole device pole-77; "
+        "the priority is raised")
+    assert len(root.findtext("cap:references", namespaces=ns).split()) == 1
     # Another alert's report is not reachable through this one.
     assert olga.http.get(f"/alerts/{new_id()}/reports/{rep}/photo.jpg").status_code == 404
 
