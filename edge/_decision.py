@@ -13,7 +13,12 @@ no clock of its own, so tests drive it with hand-made poses.
 - **Person down** (over time): a tracked person lies, staying within ``still_tolerance``
   of a body length of where they lay down, for ``still_seconds``. One frame without the
   lying posture is forgiven (the model's keypoints flicker); two in a row end the streak.
-- **Fight**, on either of two cues over the last ``window_seconds``:
+- **Fight**, with ``min_probability`` set (as the pre-screen's configuration does by
+  default), the *learned cue*: a logistic model (``fight_probability``,
+  weights fitted by bench/fit_fight.py) over ``FightFeatures`` of the last
+  ``window_seconds`` - people in view, how close, limb speed, and the ``MotionChaos``
+  measures - reaching ``min_probability`` with at least ``min_people_learned`` people in
+  view. With ``min_probability`` None, either of two hand-set cues over the window:
   *limbs*: at least ``min_people`` people seen now, close together (centres within
   ``max_distance`` body lengths), whose wrists and elbows move fast relative to their
   shoulders (the 75th percentile of the group's limb speeds over the window, at least
