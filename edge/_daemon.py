@@ -3,6 +3,8 @@
 Threads: the capture loop (camera -> pre-screen -> snapshot + GNSS fix -> outbox) runs
 in a worker thread, because camera reads and inference block; the protocol client, the
 status file and systemd notifications run on the asyncio loop. They share one stop event.
+The daemon owns the outbox and the status board: it stores each capture itself, then
+wakes the protocol client, which delivers and reports into the same board.
 Supervision is systemd's: ``READY=1`` once the camera gives frames, the key store is
 open and the broker is connected; ``WATCHDOG=1`` only while frames are flowing, so a dead
 camera gets the service restarted; ``STATUS=`` lines a person can read.
@@ -40,6 +42,7 @@ from ._outbox import OUTBOX_FILE, Outbox, OutboxError
 from ._prescreen import PreScreen, PreScreenConfig
 from ._privacy import MaskedCamera, PrivacyConfig, PrivacyMask
 from ._state import DetectionStatus, PipelineStatus, wall_ms
+from ._status import PoleStatus, store_incident
 
 __all__ = ["EdgeDaemon", "PipelineSettings"]
 
@@ -99,6 +102,8 @@ class EdgeDaemon:
         self.gnss: GnssReceiver | None = None
         self.prescreen: PreScreen | None = None
         self.client: ProtocolClient | None = None
+        self.status = PoleStatus.in_state_dir(cfg.state_dir, uid=cfg.uid, kid_hex=cfg.kid.hex(),
+                                              zone=cfg.zone)
         self._last_frame_mono: float | None = None
         self._frame_times: deque[float] = deque(maxlen=50)
         self._camera_problem: str | None = None
@@ -130,7 +135,8 @@ class EdgeDaemon:
                         max_bytes=self.cfg.outbox.max_bytes,
                         max_photo=self.cfg.protocol.max_photo_bytes) as outbox:
                 self._outbox = outbox
-                self.client = ProtocolClient.from_config(self.cfg, cipher=cipher, outbox=outbox)
+                self.client = ProtocolClient.from_config(self.cfg, cipher=cipher, outbox=outbox,
+                                                         status=self.status)
                 self.gnss = open_gnss(self.settings.gnss)
                 self.gnss.start()
                 # Masks where frames leave the camera: nothing after it sees a masked pixel.
@@ -147,7 +153,9 @@ class EdgeDaemon:
                                            name="edge-capture", daemon=True)
                 capture.start()
                 try:
-                    await asyncio.gather(self.client.run(stop), self._supervise(stop))
+                    await asyncio.gather(
+                        self.client.run(stop), self._supervise(stop),
+                        self.status.keep_written(stop, interval_s=self.cfg.status.interval_s))
                 finally:
                     stop.set()
                     self.notifier.stopping("stopping")
@@ -185,7 +193,8 @@ class EdgeDaemon:
                 self._report(detection.label, detection.score)
 
     def _report(self, label: str, score: float) -> None:
-        assert self.camera is not None and self.gnss is not None and self.client is not None
+        assert self.camera is not None and self.gnss is not None
+        assert self.client is not None and self._outbox is not None
         captured_at = wall_ms()
         try:
             photo = self.camera.snapshot()
@@ -194,14 +203,16 @@ class EdgeDaemon:
             return
         where = coords(self.gnss.fix(), self.settings.position)
         self._detections += 1
-        self.client.status.update(pipeline=self._pipeline_status(
+        self.status.update(pipeline=self._pipeline_status(
             DetectionStatus(label=label, score=round(score, 3), at=captured_at)))
         try:
-            cid = self.client.record_incident(photo=photo, coords=where, score=score,
-                                              label=label, captured_at=captured_at)
-        except OutboxError as exc:  # the client already put it in the status
+            cid = store_incident(self._outbox, self.status, photo=photo, coords=where,
+                                 score=score, label=label, captured_at=captured_at)
+        except OutboxError as exc:  # already on the status
             log.error("incident not stored: %s", exc)
             return
+        finally:
+            self.client.wake()
         log.warning("%s detected (score %.2f): incident %s stored, %s position", label, score,
                     cid.hex(), where.src)
 
@@ -214,8 +225,7 @@ class EdgeDaemon:
         return round((len(times) - 1) / (times[-1] - times[0]), 2)
 
     def _pipeline_status(self, detection: DetectionStatus | None = None) -> PipelineStatus:
-        assert self.client is not None
-        last = self.client.status.snapshot().pipeline
+        last = self.status.snapshot().pipeline
         last_frame_at = None
         if self._last_frame_mono is not None:
             age = time.monotonic() - self._last_frame_mono
@@ -245,7 +255,7 @@ class EdgeDaemon:
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=keeper.tick)
-            self.client.status.update(pipeline=self._pipeline_status())
+            self.status.update(pipeline=self._pipeline_status())
             # The keeper runs here, on the loop, so a stuck loop stops the feed as well.
             flowing = keeper.beat()
             age = self._frame_age()
@@ -282,8 +292,8 @@ class EdgeDaemon:
         assert self.client is not None
         if not flowing:
             why = self._camera_stalled(stall=0.0)  # the reason, whatever the age
-            return f"{why}; watchdog not fed; {self.client.status_line}"
+            return f"{why}; watchdog not fed; {self.status.line}"
         fps = self._fps()
         window = "monitoring" if self.client.monitoring() else "idle (no monitoring window)"
         return (f"{window}; {fps or 0:.1f} fps; {self._detections} detections; "
-                f"{self.client.status_line}")
+                f"{self.status.line}")
