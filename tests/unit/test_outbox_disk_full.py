@@ -14,6 +14,7 @@ import protocol as p
 from edge._client import ProtocolClient
 from edge._config import BrokerConfig
 from edge._outbox import Outbox, OutboxDiskFull
+from edge._status import PoleStatus, store_incident
 from tests.support.world import jpeg
 
 HERE = p.Coords(lat=52.2297, lon=21.0122)
@@ -99,6 +100,24 @@ def test_the_daemon_reports_a_full_disk(small_disk: Path, tmp_path: Path) -> Non
         assert any("disk" in problem and "full" in problem for problem in status.problems)
         assert status.last_error is not None and "NOT stored" in status.last_error.message
         assert "FULL" in client.status_line
+
+
+def test_the_daemons_status_board_reports_a_full_disk(small_disk: Path, tmp_path: Path) -> None:
+    # What the daemon does with a capture: store it itself, the status board says why not.
+    key = os.urandom(32)
+    (small_disk / "ballast").write_bytes(os.urandom(900_000))
+    photo = jpeg((160, 120), noisy=True)
+    status = PoleStatus.in_state_dir(tmp_path, uid="pole-1", kid_hex="11" * 8)
+    with Outbox(small_disk / "outbox.sqlite3", cipher=p.AesGcmCipher(key)) as ob:
+        with pytest.raises(OutboxDiskFull):
+            for n in range(100):
+                store_incident(ob, status, photo=photo, coords=HERE, score=0.7, label="fall",
+                               captured_at=n)
+        s = status.snapshot()
+        assert s.outbox.full and s.outbox.refused == 1 and s.outbox.depth == len(ob.cids())
+        assert any("disk" in problem and "full" in problem for problem in s.problems)
+        assert s.last_error is not None and "NOT stored" in s.last_error.message
+        assert "FULL" in status.line
 
 
 def test_no_room_for_a_new_outbox(small_disk: Path) -> None:
