@@ -20,6 +20,7 @@ from edge._client import ProtocolClient
 from edge._config import BrokerConfig
 from edge._outbox import OUTBOX_FILE, Outbox
 from edge._state import STATE_FILE, STATUS_FILE, read_status, wall_ms
+from edge._status import PoleStatus, store_incident
 from hardware import Pkcs11KeyStore, SoftHsmToken
 from tests.support.services import Broker, start_mosquitto
 from tests.support.world import Directory, jpeg
@@ -418,3 +419,38 @@ def test_softhsm_key_seals_the_outbox_and_the_messages(
         [incident] = server.incidents.values()
         assert incident.photo == photo and incident.cid == cids[0]
         assert incident.coords.src == "gps"
+
+
+def test_the_daemons_own_status_board_and_outbox(device: Device, server: MqttServer) -> None:
+    """As ``EdgeDaemon`` wires it: the daemon stores the capture itself and owns the
+    status board; the client delivers and reports into that board, writing no file."""
+    cipher = device.cipher()
+    status = PoleStatus.in_state_dir(device.state_dir, uid=device.uid, kid_hex=device.kid.hex(),
+                                     zone="test-zone")
+    outbox = Outbox(device.state_dir / OUTBOX_FILE, cipher=cipher)
+    broker = BrokerConfig(host="127.0.0.1", port=device.broker_port, reconnect_min_s=0.1,
+                          reconnect_max_s=0.5, keepalive_s=5)
+    client = ProtocolClient(uid=device.uid, kid=device.kid, cipher=cipher, broker=broker,
+                            outbox=outbox, state_dir=device.state_dir, status=status,
+                            timing=FAST, status_interval_s=0.5, listener=device.events.append)
+    assert client.status is status
+
+    async def scenario(stop: asyncio.Event) -> None:
+        await until("B1", client.monitoring)
+        await asyncio.sleep(1.0)  # the client's own writer would have written by now
+        assert not (device.state_dir / STATUS_FILE).exists()
+        writer = asyncio.create_task(status.keep_written(stop, interval_s=0.5))
+        cid = store_incident(outbox, status, photo=jpeg(), coords=p.Coords(lat=52.2, lon=21.0),
+                             score=0.9, label="fall", captured_at=wall_ms())
+        assert status.snapshot().outbox.depth == 1
+        client.wake()
+        await until("delivered", lambda: not outbox.cids())
+        await until("the board's file shows it", lambda: (
+            (s := read_status(device.state_dir / STATUS_FILE)).last_delivered is not None
+            and s.last_delivered.cid == cid.hex() and s.outbox.depth == 0))
+        s = read_status(device.state_dir / STATUS_FILE)
+        assert s.broker.connected and s.monitoring.active and s.delivery.state == "idle"
+        stop.set()
+        await writer
+
+    run(server, scenario, client)
