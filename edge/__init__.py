@@ -1,4 +1,6 @@
-"""The street-pole device: pre-screen (motion gate, pose model, decision), models, eval.
+"""The street-pole device: pre-screen (motion gate, pose model, decision), models, eval,
+and the sans-I/O delivery policy of stored incidents (``DeliveryPolicy``; the daemon's
+adapters around it, broker link and status board, are ``_client``, ``_link``, ``_status``).
 
 Frames are numpy ``uint8`` arrays (height, width, 3) in BGR order (OpenCV's and
 picamera2 ``RGB888``'s), times are seconds; coordinates leaving the package are
@@ -6,6 +8,16 @@ fractions of the frame (x from the left, y from the top). Exceptions: see ``_err
 """
 
 from ._decision import DangerTracker, Detection, PostureReading, point_in_polygon, read_posture
+from ._delivery import (
+    DeleteIncident,
+    Delivered,
+    DeliveryPolicy,
+    DeliveryView,
+    LoadNext,
+    NoteAttempt,
+    Publish,
+    SaveState,
+)
 from ._detector import KEYPOINT_NAMES, BBox, Pose, PoseDetector, load_interpreter_class
 from ._errors import (
     EdgeError,
@@ -60,6 +72,10 @@ __all__ = [
     "POLE_MODELS_DIR",
     "BBox",
     "DangerTracker",
+    "DeleteIncident",
+    "Delivered",
+    "DeliveryPolicy",
+    "DeliveryView",
     "Detection",
     "EdgeError",
     "EvalError",
@@ -72,12 +88,14 @@ __all__ = [
     "InstallResult",
     "LabelCount",
     "LabelledImage",
+    "LoadNext",
     "ModelConfig",
     "ModelError",
     "ModelPin",
     "MotionGate",
     "MotionGateConfig",
     "NamedZone",
+    "NoteAttempt",
     "PersonDownConfig",
     "Pose",
     "PoseDetector",
@@ -85,7 +103,9 @@ __all__ = [
     "PreScreen",
     "PreScreenConfig",
     "PreScreenConfigError",
+    "Publish",
     "SampledFrame",
+    "SaveState",
     "UsageError",
     "VideoOutcome",
     "default_models_dir",
