@@ -20,7 +20,7 @@ from edge._delivery import (
     SaveState,
 )
 from edge._state import ProtocolState
-from tests.support.world import World
+from tests.support.world import Device, World
 
 TIMING = p.Timing()  # protocol.md section 6: C2 10 s, C4 30 s, back-off 1 s .. 300 s
 
@@ -30,7 +30,7 @@ class Pole:
     """A policy with the adapter's side done in memory."""
 
     w: World
-    device: object
+    device: Device
     policy: DeliveryPolicy
     skew: int = 0
     """The pole's clock runs this many ms behind the server's."""
@@ -41,6 +41,10 @@ class Pole:
     done: list[Action] = field(default_factory=list)
     events: list[p.Event] = field(default_factory=list)
     delete_fails: str | None = None
+
+    @property
+    def cipher(self) -> p.Cipher:
+        return p.AesGcmCipher(self.device.key)
 
     @property
     def now(self) -> int:
@@ -132,7 +136,7 @@ def online(pole: Pole) -> Pole:
 
 def c3_cid_and_td(pole: Pole, c3: bytes) -> tuple[bytes, int]:
     opened = p.open_message(c3, role="server", accepts=(p.MessageType.C3,),
-                            limits=p.Limits(), key_for=lambda kid: pole.policy._cipher)
+                            limits=p.Limits(), key_for=lambda kid: pole.cipher)
     m = opened.message
     assert isinstance(m, p.C3Report)
     return m.cid, m.td
@@ -140,7 +144,7 @@ def c3_cid_and_td(pole: Pole, c3: bytes) -> tuple[bytes, int]:
 
 def c1_td(pole: Pole, c1: bytes) -> int:
     opened = p.open_message(c1, role="server", accepts=(p.MessageType.C1,),
-                            limits=p.Limits(), key_for=lambda kid: pole.policy._cipher)
+                            limits=p.Limits(), key_for=lambda kid: pole.cipher)
     assert isinstance(opened.message, p.C1Hello)
     return opened.message.td
 
@@ -178,7 +182,7 @@ def test_one_contact_at_a_time() -> None:
 
 def test_epoch_is_saved_before_the_b2_leaves_and_a_replay_is_dropped() -> None:
     pole = online(make_pole())
-    b1 = pole.w.announce(pole.device)  # type: ignore[arg-type]
+    b1 = pole.w.announce(pole.device)
     pole.done.clear()
     [ev] = pole.deliver(b1)
     assert isinstance(ev, p.WindowAnnounced)
@@ -289,13 +293,13 @@ def test_a_c4_whose_h_does_not_match_the_c3_is_dropped() -> None:
     [c3] = pole.take()
     [inc] = [e for e in pole.to_server(c3)[0] if isinstance(e, p.IncidentReported)]
     forged = p.seal(p.C4Receipt(td=inc.td, inc=inc.incident_id, h=bytes(32)),
-                    cipher=pole.policy._cipher, kid=pole.policy.kid, random=pole.w.rand)
+                    cipher=pole.cipher, kid=pole.policy.kid, random=pole.w.rand)
     [dropped] = pole.deliver(forged)
     assert isinstance(dropped, p.MessageDropped) and dropped.reason == "mismatch"
     assert pole.stored == [r] and pole.policy.view(pole.now).state == "sending"
     # Another T_D with the right h is not a receipt either.
     other_td = p.seal(p.C4Receipt(td=inc.td + 1, inc=inc.incident_id, h=inc.c3_hash),
-                      cipher=pole.policy._cipher, kid=pole.policy.kid, random=pole.w.rand)
+                      cipher=pole.cipher, kid=pole.policy.kid, random=pole.w.rand)
     [dropped] = pole.deliver(other_td)
     assert isinstance(dropped, p.MessageDropped) and dropped.reason == "mismatch"
     [ok] = pole.deliver(pole.w.server.receipt(inc, pole.w.now))
@@ -339,7 +343,7 @@ def test_an_expired_ticket_error_7_retries_the_same_incident() -> None:
 def test_error_5_corrects_the_clock_saves_it_first_and_retries_at_once() -> None:
     skew = 120_000  # the pole's clock is two minutes slow
     pole = online(make_pole(skew=skew))
-    [dropped] = pole.deliver(pole.w.announce(pole.device))  # type: ignore[arg-type]
+    [dropped] = pole.deliver(pole.w.announce(pole.device))
     assert isinstance(dropped, p.MessageDropped) and dropped.reason == "timestamp"
     r = pole.store()
     [c1] = pole.take()
@@ -354,7 +358,7 @@ def test_error_5_corrects_the_clock_saves_it_first_and_retries_at_once() -> None
     [inc] = [e for e in pole.exchange() if isinstance(e, p.IncidentReported)]
     assert inc.cid == r.cid and pole.stored == []
     assert pole.policy.view(pole.now).clock_offset_ms == skew
-    pole.deliver(pole.w.announce(pole.device))  # type: ignore[arg-type]
+    pole.deliver(pole.w.announce(pole.device))
     assert pole.policy.monitoring(pole.now)  # fresh with the corrected clock
 
 
@@ -415,7 +419,7 @@ def test_a_clock_correction_survives_a_restart() -> None:
     pole.exchange()
     saved = pole.saved[-1]
     assert saved.clock_offset_ms == skew
-    again = DeliveryPolicy(kid=pole.policy.kid, uid="pole-1", cipher=pole.policy._cipher,
+    again = DeliveryPolicy(kid=pole.policy.kid, uid="pole-1", cipher=pole.cipher,
                            random=pole.w.rand, state=saved)
     assert again.view(pole.now).clock_offset_ms == skew
     again.connected(pole.now)
@@ -451,7 +455,7 @@ def test_errors_2_and_3_stop_reports_until_the_next_b1(change: dict[str, object]
     pole.store()
     assert not any(isinstance(a, (LoadNext, Publish)) for a in pole.done)  # stopped
     pole.w.directory.set(pole.policy.kid, blocked=False, active=True)
-    pole.deliver(pole.w.announce(pole.device))  # type: ignore[arg-type]
+    pole.deliver(pole.w.announce(pole.device))
     view = pole.policy.view(pole.now)
     assert view.state != "stopped" and view.problems == ()
     reported = [e for e in pole.exchange() if isinstance(e, p.IncidentReported)]
@@ -481,7 +485,7 @@ def test_error_4_holds_reports_without_a_problem_until_the_window_opens() -> Non
     view = pole.policy.view(pole.now)
     assert view.state == "stopped" and "error 4" in (view.stopped_reason or "")
     assert view.problems == ()  # nothing for a person to do
-    pole.deliver(pole.w.announce(pole.device))  # type: ignore[arg-type]
+    pole.deliver(pole.w.announce(pole.device))
     [inc] = [e for e in pole.exchange() if isinstance(e, p.IncidentReported)]
     assert inc.cid == r.cid
 
@@ -519,7 +523,7 @@ def test_other_refusals_back_off_and_retry(code: int) -> None:
     [c1] = pole.take()
     td = c1_td(pole, c1)
     err = p.seal(p.ErrorMessage(re=int(p.MessageType.C1), td=td, code=code, now=pole.w.now),
-                 cipher=pole.policy._cipher, kid=pole.policy.kid, random=pole.w.rand)
+                 cipher=pole.cipher, kid=pole.policy.kid, random=pole.w.rand)
     [refused] = pole.deliver(err)
     assert isinstance(refused, p.ReportRefused) and refused.code == code
     assert pole.policy.view(pole.now).state == "waiting" and pole.wire == []
@@ -540,7 +544,7 @@ def test_an_error_for_another_td_is_dropped() -> None:
     [c1] = pole.take()
     err = p.seal(p.ErrorMessage(re=int(p.MessageType.C1), td=c1_td(pole, c1) - 1, code=3,
                                 now=pole.w.now),
-                 cipher=pole.policy._cipher, kid=pole.policy.kid, random=pole.w.rand)
+                 cipher=pole.cipher, kid=pole.policy.kid, random=pole.w.rand)
     [dropped] = pole.deliver(err)
     assert isinstance(dropped, p.MessageDropped) and dropped.reason == "unexpected"
     assert pole.policy.view(pole.now).state == "sending"
