@@ -204,8 +204,10 @@ class PersonDownConfig(_Strict):
 
 
 class FightConfig(_Strict):
-    """The fight rule: fast limbs of people close together, or violent disorderly motion
-    with at least min_people people in view, over a short window."""
+    """The fight rule over a short window: the learned cue (min_probability; people in
+    view, how close, limb speed and the scene's motion in one logistic model), or with
+    min_probability = false the two hand-set cues: fast limbs of people close together,
+    or violent disorderly motion with at least min_people people in view."""
 
     enabled: bool = Field(default=True, description="false: never report fight.")
     min_people: int = Field(default=2, ge=2, le=6, description="People involved, at least.")
