@@ -45,6 +45,8 @@ def test_unknown_keys_are_refused_with_file_and_key(tmp_path: Path) -> None:
     ("[person_down]\nmin_torso_angle = true\n", "person_down.min_torso_angle"),
     ("[fight]\nmin_motion_change = 1.5\n", "fight.min_motion_change"),
     ("[fight]\nimage_group_distance = 0\n", "fight.image_group_distance"),
+    ("[fight]\nmin_probability = 1.5\n", "fight.min_probability"),
+    ("[fight]\nmin_probability = true\n", "fight.min_probability"),
 ])
 def test_invalid_values_name_the_key(tmp_path: Path, toml: str, key: str) -> None:
     path = tmp_path / "prescreen.toml"
@@ -108,6 +110,9 @@ image_group_distance = false
     assert config.model.rotations == (0,) and config.model.low_light == 0.0
     assert config.person_down.min_torso_angle is None
     assert config.fight.min_motion_change is None and config.fight.image_group_distance is None
+    assert config.fight.min_probability == 0.57, "the learned cue stays on by default"
+    path.write_text("[prescreen.fight]\nmin_probability = false\n")
+    assert load_prescreen_config(path, "prescreen").fight.min_probability is None
     # A configuration written before these settings existed keeps loading, with the new
     # cues at their defaults.
     path.write_text("[prescreen.person_down]\nstill_seconds = 5\n"
