@@ -1,8 +1,8 @@
 """Refit the pole's learned fight cue and print what it gives on each split.
 
     .venv/bin/python bench/fit_fight.py CLIPS_DIR [--videos GMDCSA24_DIR]
-        [--tune-max-clip 75] [--tune-subjects 1,2] [--l2 1.0] [--max-false 0.10]
-        [--cache FILE]
+        [--tune-max-clip 75] [--tune-subjects 1,2] [--l2 1000] [--max-false 0.10]
+        [--cv 1,100,1000,10000] [--held-out] [--cache FILE]
 
 CLIPS_DIR is the fight data set (``labels.csv``: ``fight`` / ``no_fight`` clips,
 ``fi<NNN>.mp4`` / ``nofi<NNN>.mp4``). Each clip plays through a fresh pre-screen with the
@@ -21,7 +21,9 @@ whose share of tuning no-fight clips flagged is at most ``--max-false``. It prin
 weights and the threshold to put into edge/_decision.py and edge/_prescreen.py, and the
 clips flagged on both splits at several thresholds, with the weights now in the code as
 well. Figures on the tuning split are tuning figures; the held-out split is not used for
-any choice.
+any choice, and its figures are printed only with ``--held-out``. ``--cv`` prints the
+cross-validated recall on the tuning clips for each L2 penalty given (how the default
+penalty was chosen).
 """
 
 from __future__ import annotations
