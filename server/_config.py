@@ -421,11 +421,21 @@ data_dir = "@DATA_DIR@"
 url = ""
 
 [broker]
+# "mqtt": one broker (Mosquitto, a pilot). "nats": a NATS cluster with JetStream, the
+# city tier (docs/city.md): poles still speak MQTT to its gateway, the server reads a
+# replicated stream from nats_servers.
+transport = "mqtt"
 host = "localhost"
 port = 1883
-# What provisioning bundles tell devices (empty / 0: the same as host / port).
+# What provisioning bundles tell devices (empty / 0: the same as host / port), and the
+# cluster's other MQTT endpoints ("host:port") a pole tries in turn.
 device_host = ""
 device_port = 0
+device_alternates = []
+# transport = "nats": the cluster's client URLs, the stream and its copies.
+nats_servers = []
+nats_stream = "CITYWATCH_UP"
+nats_replicas = 3
 # TLS to the broker (port 8883 usually). ca_file: the CA that signed the broker's
 # certificate (empty: the system's CAs); cert_file/key_file: a client certificate.
 tls = false
