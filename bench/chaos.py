@@ -283,6 +283,8 @@ class District:
     enc_data: Path | None = None
     poles: list[Pole] = field(default_factory=list)
     footage: SceneFootage | None = None
+    exits: Counter[str] = field(default_factory=Counter)
+    """Components that exited by themselves (not killed), and how often."""
 
     def cli(self, *args: str) -> str:
         r = subprocess.run([sys.executable, "-m", "citywatch", *args], capture_output=True,
@@ -357,7 +359,8 @@ class District:
         for i, (label, token) in enumerate(zip(labels, tokens, strict=True)):
             # Poles 300 m apart, each a scene of its own.
             lat, lon = 52.20 + 0.003 * i, 21.00
-            bundle = self.setup.add_device(f"CHAOS-{i:04d}", ZONE)
+            with contextlib.redirect_stdout(sys.stderr):  # stdout is for the results
+                bundle = self.setup.add_device(f"CHAOS-{i:04d}", ZONE)
             edge = EdgePole(self.workdir / label, bundle.uid, lat, lon, token, conf,
                             alternating(self.footage, self.seconds + 600), fps=3.0, gps=False,
                             prescreen={"cooldown_seconds": 0.0,
@@ -421,6 +424,7 @@ class District:
                 continue
             if comp.down_until == 0.0:  # exited by itself: again in a second
                 comp.down_until = now + 1.0
+                self.exits[name] += 1
             elif now >= comp.down_until:
                 comp.start()
                 comp.down_until = 0.0
@@ -463,7 +467,11 @@ class District:
             received = Counter({r[0]: int(r[1]) for r in db.execute(
                 "SELECT incident_id, count(*) FROM enc_audit WHERE action = 'received' "
                 "GROUP BY incident_id")})
-        return alerts, received
+            cap = Counter({r[0]: int(r[1]) for r in db.execute(
+                "SELECT incident_id, count(*) FROM enc_cap_messages WHERE msg_type = 'Alert' "
+                "GROUP BY incident_id")})
+        # Received twice, or passed on twice as a CAP Alert: either is a duplicate.
+        return alerts, received | cap
 
     def stored(self) -> dict[str, tuple[str, bytes]]:
         """incident id -> (pole uid, cid) of everything the poles stored."""
@@ -482,6 +490,14 @@ class District:
         return set(self.stored()) <= alerts
 
 
+def compare(stored: set[str], alerts: set[str], received: Counter[str]
+            ) -> tuple[list[str], list[str], list[str]]:
+    """(lost, duplicated, unexpected) incident ids: stored by a pole and not at the ENC;
+    received (or passed on) more than once; at the ENC and stored by no pole."""
+    return (sorted(stored - alerts), sorted(i for i, n in received.items() if n > 1),
+            sorted(alerts - stored))
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     seed = args.seed if args.seed is not None else secrets.randbelow(2**32)
     print(f"chaos: seed {seed}", flush=True)
@@ -490,6 +506,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     os.umask(0o077)
     d = District(workdir, args.poles, args.seconds, rng)
     t_start = time.monotonic()
+    lost: list[str] = []
+    duplicated: list[str] = []
     try:
         d.start()
         log(f"district up in {time.monotonic() - t_start:.0f} s: {args.poles} poles, 2 server "
@@ -505,14 +523,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 d.supervise()
                 time.sleep(0.1)
             targets = d.targets()
-            pole_names = [n for n in targets if n.startswith("pole-")]
-            if k in power_cuts:
+            # Only what is up can be killed (a kill of a dead process would count for
+            # nothing); with everything down at once, wait for something to come back.
+            while True:
+                pole_names = [n for n in targets if n.startswith("pole-")
+                              and targets[n].alive()]
+                central = [n for n in names if targets[n].alive()]
+                if pole_names or central:
+                    break
+                d.supervise()
+                time.sleep(0.1)
+            if k in power_cuts and pole_names:
                 kind = "power-cut"
                 name = rng.choice(pole_names)
             else:
                 # Half of the kills hit a pole's daemon, the rest the central services.
-                kind = "edge" if rng.random() < 0.5 else rng.choice(names)
-                name = rng.choice(pole_names) if kind == "edge" else kind
+                edge = rng.random() < 0.5
+                if (edge and not pole_names) or (not edge and not central):
+                    edge = not edge
+                kind = "edge" if edge else rng.choice(central)
+                name = rng.choice(pole_names) if edge else kind
             comp = targets[name]
             if kind == "power-cut":
                 comp.power_cut()
@@ -543,9 +573,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         settle_s = time.monotonic() - begin - chaos_s
         stored = d.stored()
         alerts, received = d.enc_received()
-        lost = sorted(set(stored) - alerts)
-        duplicated = sorted(i for i, n in received.items() if n > 1)
-        unexpected = sorted(alerts - set(stored))
+        lost, duplicated, unexpected = compare(set(stored), alerts, received)
         for i in lost:
             uid, cid = stored[i]
             log(f"LOST: {uid} cid {cid.hex()} incident {i}")
@@ -555,12 +583,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         return {"kills": sum(kinds.values()), "incidents": len(stored), "lost": len(lost),
                 "duplicated": len(duplicated), "unexpected": len(unexpected),
                 "kinds": dict(sorted(kinds.items())), "seed": seed, "poles": args.poles,
+                "exited_by_themselves": dict(sorted(d.exits.items())),
                 "still_in_outboxes": waiting, "chaos_s": round(chaos_s),
                 "settle_s": round(settle_s), "total_s": round(time.monotonic() - t_start),
-                "workdir": str(workdir) if args.keep else None}
+                "workdir": str(workdir) if args.keep or lost or duplicated else None}
+    except BaseException:
+        args.keep = True
+        log(f"failed; logs and databases are kept in {workdir}")
+        raise
     finally:
         d.stop()
-        if not args.keep:
+        if not args.keep and not lost and not duplicated:
             shutil.rmtree(workdir, ignore_errors=True)
 
 

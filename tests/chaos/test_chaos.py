@@ -6,20 +6,40 @@ exactly once. The seed is printed; ``CITYWATCH_CHAOS_SEED`` repeats a run."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
-pytestmark = pytest.mark.slow
+
+def chaos_module() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("citywatch_chaos", ROOT / "bench" / "chaos.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look themselves up there
+    spec.loader.exec_module(module)
+    return module
 
 
+def test_the_comparison_finds_lost_duplicated_and_unexpected_incidents() -> None:
+    compare = chaos_module().compare
+    stored = {"a", "b", "c"}
+    assert compare(stored, {"a", "b", "c"}, Counter(a=1, b=1, c=1)) == ([], [], [])
+    lost, duplicated, unexpected = compare(stored, {"a", "c", "x"},
+                                           Counter(a=1, c=2, x=1))
+    assert (lost, duplicated, unexpected) == (["b"], ["c"], ["x"])
+
+
+@pytest.mark.slow
 def test_nothing_lost_nothing_duplicated_under_100_random_kills() -> None:
     for tool in ("mosquitto", "softhsm2-util"):
         if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
@@ -32,9 +52,13 @@ def test_nothing_lost_nothing_duplicated_under_100_random_kills() -> None:
         cmd += ["--seed", seed]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
     lines = r.stdout.strip().splitlines()
-    assert lines, f"no output; stderr: {r.stderr[-3000:]}"
-    result = json.loads(lines[-1])
+    try:
+        result = json.loads(lines[-1])
+    except (IndexError, ValueError):
+        pytest.fail(f"no result line (exit {r.returncode}); stdout: {r.stdout[-1000:]}; "
+                    f"stderr: {r.stderr[-4000:]}")
     detail = f"{lines[0]}; {lines[-1]}; stderr: {r.stderr[-3000:]}"
+    print(f"{lines[0]}\n{lines[-1]}")  # seed and counts, for the record (pytest -s)
     assert result["kills"] >= 100, detail
     assert result["incidents"] >= 20, detail  # the poles kept reporting through it all
     assert result["lost"] == 0, detail
