@@ -421,17 +421,25 @@ def show_status(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     """``citywatch edge run``: the street-pole daemon, until SIGTERM or SIGINT."""
     from hardware._service import configure_logging
+    from hardware.camera import CameraError
 
+    from ._cli_config import check_config
     from ._daemon import EdgeDaemon, PipelineSettings
 
     try:
+        # Everything `edge config check` checks, the camera driver's library included,
+        # before the key store, the outbox or the broker are touched.
+        check_config(args.config)
         cfg = load_config(args.config)
         settings = PipelineSettings.from_config(cfg, name=str(args.config),
                                                 base_dir=Path(args.config).resolve().parent)
     except EdgeConfigError as exc:
         raise UsageError(str(exc)) from None
     configure_logging(args.log_level.upper(), identifier="citywatch-edge")
-    return asyncio.run(_run(EdgeDaemon(cfg, settings)))
+    try:
+        return asyncio.run(_run(EdgeDaemon(cfg, settings)))
+    except CameraError as exc:  # opening the camera (a scene file, a driver gone since)
+        raise UsageError(f"{args.config}: camera: {exc}") from None
 
 
 async def _run(daemon: Any) -> int:

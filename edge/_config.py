@@ -12,13 +12,16 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from protocol import ALG_A128GCM, ALG_A256GCM, Limits, Timing
 
 from ._errors import EdgeError
+
+if TYPE_CHECKING:
+    from ._prescreen import PreScreenConfig
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
@@ -35,6 +38,7 @@ __all__ = [
     "config_errors",
     "load_config",
     "parse_config",
+    "prescreen_config_from_file",
 ]
 
 DEFAULT_CONFIG_PATH = Path("/etc/citywatch/edge.toml")
@@ -314,3 +318,18 @@ def load_config(path: str | os.PathLike[str]) -> EdgeConfig:
     cfg = parse_config(data, name=str(path), base=path.resolve().parent)
     return cfg.model_copy(update={"source": path})
 
+
+
+def prescreen_config_from_file(path: Path | None) -> PreScreenConfig:
+    """The pre-screen settings of a TOML file: its ``[prescreen]`` table when it has one
+    (a device config), else the whole file (a pre-screen config of its own); the
+    defaults when ``path`` is None. Errors (``PreScreenConfigError``) name file and key."""
+    from ._prescreen import PreScreenConfig, load_prescreen_config
+
+    if path is None:
+        return PreScreenConfig()
+    try:
+        has_table = "prescreen" in tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        has_table = False  # load_prescreen_config says what is wrong
+    return load_prescreen_config(path, "prescreen" if has_table else None)

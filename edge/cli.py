@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from ._config import prescreen_config_from_file
 from ._errors import EdgeError, UsageError
 from ._eval import (
     ClipOutcome,
@@ -31,7 +32,7 @@ from ._models import (
     install_models,
     model_status,
 )
-from ._prescreen import PreScreen, PreScreenConfig, load_prescreen_config
+from ._prescreen import PreScreen, PreScreenConfig
 
 __all__ = ["register"]
 
@@ -49,6 +50,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     from ._cli_privacy import register_privacy_commands
 
     register_privacy_commands(sub)
+    from ._cli_config import register_config_commands
+
+    register_config_commands(sub)
 
 
 # -- models ---------------------------------------------------------------------------------
@@ -159,14 +163,7 @@ def _add_eval(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _load_config(args: argparse.Namespace) -> PreScreenConfig:
-    config = PreScreenConfig()
-    if args.config is not None:
-        try:
-            import tomllib
-            has_table = "prescreen" in tomllib.loads(args.config.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            has_table = False  # load_prescreen_config reports what is wrong
-        config = load_prescreen_config(args.config, "prescreen" if has_table else None)
+    config = prescreen_config_from_file(args.config)
     overrides: dict[str, object] = {}
     if getattr(args, "input_size", None) is not None:
         overrides["input_size"] = args.input_size

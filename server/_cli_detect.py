@@ -12,10 +12,10 @@ from edge import (
     ModelError,
     PreScreen,
     PreScreenConfig,
-    load_prescreen_config,
     model_status,
     read_labels,
 )
+from edge._config import prescreen_config_from_file
 
 from ._config import VerificationConfig, load_config
 from ._errors import UsageError, VerifierModelError
@@ -137,14 +137,7 @@ def _settings(args: argparse.Namespace) -> VerifierSettings:
 
 
 def _prescreen_config(path: Path | None) -> PreScreenConfig:
-    if path is None:
-        return PreScreenConfig()
-    import tomllib
-    try:
-        has_table = "prescreen" in tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        has_table = False  # load_prescreen_config says what is wrong
-    return load_prescreen_config(path, "prescreen" if has_table else None)
+    return prescreen_config_from_file(path)
 
 
 def _eval(args: argparse.Namespace) -> int:
