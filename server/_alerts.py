@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import func, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.orm import Session, aliased
 
 from ._database import Database
 from ._schema import IncidentRow, OutboxRow
@@ -43,12 +43,16 @@ class OutboxItem:
     """Capture time, ms."""
     device_uid: str
     """Reporting device."""
+    linked_to: str | None = None
+    """A linked report: the alert it was fused into (sent as an N3)."""
 
 
-def queue_alert(s: Session, incident_id: str, *, now: int) -> None:
-    """Queue an incident's alert in the caller's transaction (the decision's)."""
+def queue_alert(s: Session, incident_id: str, *, now: int, linked_to: str | None = None) -> None:
+    """Queue an incident's alert in the caller's transaction (the decision's); with
+    ``linked_to``, the incident is a report fused into that alert, for the ENC to show
+    with it."""
     s.add(OutboxRow(incident_id=incident_id, state="pending", attempts=0,
-                    next_attempt_at=now, lease_until=0, created_at=now))
+                    next_attempt_at=now, lease_until=0, created_at=now, linked_to=linked_to))
     s.flush()
 
 
@@ -62,11 +66,15 @@ class AlertQueue:
         """Pending alerts whose time has come and that no other replica holds; each is
         leased to ``owner`` for ``lease_ms``."""
         now = self.db.now()
+        primary = aliased(OutboxRow)
+        delivered = select(primary.incident_id).where(primary.state == "delivered")
         with self.db.tx() as s:
             ids = list(s.scalars(
                 select(OutboxRow.incident_id)
                 .where(OutboxRow.state == "pending", OutboxRow.next_attempt_at <= now,
-                       OutboxRow.lease_until <= now)
+                       OutboxRow.lease_until <= now,
+                       # a linked report waits until the ENC has the alert it joins
+                       or_(OutboxRow.linked_to.is_(None), OutboxRow.linked_to.in_(delivered)))
                 .order_by(OutboxRow.next_attempt_at).limit(limit)))
         won: list[str] = []
         for incident_id in ids:
@@ -81,11 +89,11 @@ class AlertQueue:
         if not won:
             return []
         with self.db.tx() as s:
-            rows = s.execute(select(OutboxRow.attempts, IncidentRow)
+            rows = s.execute(select(OutboxRow.attempts, OutboxRow.linked_to, IncidentRow)
                              .join(IncidentRow, IncidentRow.id == OutboxRow.incident_id)
                              .where(OutboxRow.incident_id.in_(won))).all()
             items = []
-            for a, r in rows:
+            for a, linked_to, r in rows:
                 lat, lon, alt, acc = self.db.seal.open_coords(r.id, r.lat, r.lon, r.alt, r.acc,
                                                        r.coords_sealed)
                 items.append(OutboxItem(
@@ -93,7 +101,8 @@ class AlertQueue:
                     coords_src=r.coords_src, photo=self.db.seal.open_photo(r.id, r.photo),
                     score=float(r.server_score if r.server_score is not None
                                 else r.device_score),
-                    label=r.label, captured_at=r.captured_at, device_uid=r.device_uid))
+                    label=r.label, captured_at=r.captured_at, device_uid=r.device_uid,
+                    linked_to=linked_to))
             return items
 
     def alert_delivered(self, incident_id: str, *, tenc: int) -> None:

@@ -229,7 +229,8 @@ class IncidentStore:
     def decide_many(self, decisions: Sequence[DecisionRecord]) -> list[Outcome | None]:
         """Decisions for many incidents in one transaction. Each gives
         ``Outcome.DANGEROUS`` (alert queued), ``Outcome.FUSED`` (dangerous, linked to an
-        earlier nearby alerted incident, no alert of its own), ``Outcome.DISMISSED``, or
+        earlier nearby alerted incident, no alert of its own: queued as a linked report
+        of that alert), ``Outcome.DISMISSED``, or
         None when it was decided already."""
         now = self.db.now()
         out: list[Outcome | None] = []
@@ -253,6 +254,8 @@ class IncidentStore:
                 if not d.dangerous:
                     out.append(Outcome.DISMISSED)
                 elif primary is not None:
+                    # No alert of its own, but the ENC shows it with the alert (N3).
+                    queue_alert(s, d.incident_id, now=now, linked_to=primary)
                     out.append(Outcome.FUSED)
                 else:
                     queue_alert(s, d.incident_id, now=now)

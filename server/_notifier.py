@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+from sqlalchemy.exc import SQLAlchemyError
 
 from protocol import AesGcmCipher, AlertConfirmed, Coords, EncNotifier, backoff_delay
 
@@ -50,6 +51,7 @@ class EncOutbox:
                                     random=secrets.token_bytes, timing=self.timing,
                                     limits=config.timing.limits())
         self.url = e.base_url.rstrip("/") + "/v1/alerts"
+        self.reports_url = e.base_url.rstrip("/") + "/v1/reports"
         # Held a little longer than one attempt can take, so a crashed replica's lease
         # lapses soon and another picks the alert up.
         self.lease_ms = int((e.connect_timeout_s + e.request_timeout_s + 5) * 1000)
@@ -82,24 +84,35 @@ class EncOutbox:
             try:
                 while True:
                     self._wake.clear()
-                    free = self.config.enc.concurrency - len(in_flight)
-                    if free > 0:
-                        items = await asyncio.to_thread(
-                            self.store.claim_due_alerts, owner=self.owner,
-                            lease_ms=self.lease_ms, limit=free)
-                        for item in items:
-                            task = asyncio.create_task(self._deliver(http, item))
-                            in_flight.add(task)
-                            task.add_done_callback(self._delivered(in_flight))
-                    due = await asyncio.to_thread(self.store.next_alert_due)
-                    delay = poll if due is None else min(poll, max(0.02, (due - self._clock())
-                                                                   / 1000))
+                    try:
+                        delay = await self._claim(http, in_flight, poll)
+                    except SQLAlchemyError as exc:
+                        # The database is down or restarting: the alerts stay queued in
+                        # it; try again, never end the server for it.
+                        log.warning("ENC outbox: the database is unavailable (%s); retrying "
+                                    "in %.0f s", type(exc).__name__, max(poll, 1.0))
+                        delay = max(poll, 1.0)
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), timeout=delay)
             finally:
                 for task in in_flight:
                     task.cancel()
                 await asyncio.gather(*in_flight, return_exceptions=True)
+
+    async def _claim(self, http: httpx.AsyncClient, in_flight: set[asyncio.Task[Any]],
+                     poll: float) -> float:
+        """Start deliveries of the due alerts there is room for; seconds until the next."""
+        free = self.config.enc.concurrency - len(in_flight)
+        if free > 0:
+            items = await asyncio.to_thread(
+                self.store.claim_due_alerts, owner=self.owner,
+                lease_ms=self.lease_ms, limit=free)
+            for item in items:
+                task = asyncio.create_task(self._deliver(http, item))
+                in_flight.add(task)
+                task.add_done_callback(self._delivered(in_flight))
+        due = await asyncio.to_thread(self.store.next_alert_due)
+        return poll if due is None else min(poll, max(0.02, (due - self._clock()) / 1000))
 
     def _delivered(self, in_flight: set[asyncio.Task[Any]]
                    ) -> Callable[[asyncio.Task[Any]], None]:
@@ -112,19 +125,47 @@ class EncOutbox:
 
         return done
 
+    async def _post(self, http: httpx.AsyncClient, url: str, body: bytes) -> httpx.Response:
+        try:
+            return await http.post(url, content=body, headers={"Content-Type": CONTENT_TYPE})
+        except httpx.HTTPError as exc:
+            raise EncDeliveryError(f"{type(exc).__name__}: {exc or 'no answer'}") from None
+
     async def _deliver(self, http: httpx.AsyncClient, item: OutboxItem) -> None:
         try:
-            n1 = self.notifier.alert(
-                incident_id=item.incident_id,
-                coords=Coords(lat=item.lat, lon=item.lon, alt=item.alt, acc=item.acc,
-                              src=item.coords_src),
-                photo=item.photo, score=item.score, label=item.label,
-                captured_at=item.captured_at, device_uid=item.device_uid, now=self._clock())
+            await self._attempt(http, item)
+        except SQLAlchemyError as exc:
+            # The outcome could not be written: the lease lapses and the alert is sent
+            # again (the ENC stores it once, by incident id).
+            log.warning("alert %s: the database is unavailable (%s); it will be sent again",
+                        item.incident_id, type(exc).__name__)
+
+    async def _attempt(self, http: httpx.AsyncClient, item: OutboxItem) -> None:
+        coords = Coords(lat=item.lat, lon=item.lon, alt=item.alt, acc=item.acc,
+                        src=item.coords_src)
+        try:
             t0 = time.perf_counter()
-            try:
-                r = await http.post(self.url, content=n1, headers={"Content-Type": CONTENT_TYPE})
-            except httpx.HTTPError as exc:
-                raise EncDeliveryError(f"{type(exc).__name__}: {exc or 'no answer'}") from None
+            r: httpx.Response | None = None
+            if item.linked_to is not None:
+                # A report fused into an alert sent before: an N3 (docs/protocol.md). An
+                # ENC that does not know N3 answers 404: then it gets an N1 of its own.
+                n3 = self.notifier.linked_report(
+                    incident_id=item.linked_to, report_id=item.incident_id, coords=coords,
+                    photo=item.photo, score=item.score, label=item.label,
+                    captured_at=item.captured_at, device_uid=item.device_uid,
+                    now=self._clock())
+                r = await self._post(http, self.reports_url, n3)
+                if r.status_code == 404:
+                    self.notifier.forget(item.incident_id)
+                    log.info("report %s: the ENC does not know linked reports; sent as an "
+                             "alert of its own", item.incident_id)
+                    r = None
+            if r is None:
+                n1 = self.notifier.alert(
+                    incident_id=item.incident_id, coords=coords, photo=item.photo,
+                    score=item.score, label=item.label, captured_at=item.captured_at,
+                    device_uid=item.device_uid, now=self._clock())
+                r = await self._post(http, self.url, n1)
             if r.status_code != 200:
                 raise EncDeliveryError(f"HTTP {r.status_code} {r.text[:200]!r}")
             events = self.notifier.receive(r.content, self._clock())

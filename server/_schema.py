@@ -140,5 +140,8 @@ class OutboxRow(Base):
     created_at: Mapped[int] = mapped_column(BigInteger)
     delivered_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     tenc: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    linked_to: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    """A report fused into an alert sent before: that alert's incident id (the ENC gets
+    an N3 linked report, or an N1 of its own where it does not know N3)."""
 
     __table_args__ = (Index("ix_enc_outbox_due", "state", "next_attempt_at"),)

@@ -112,6 +112,8 @@ class Verification:
                  decision.reason)
         if outcome is Outcome.DANGEROUS:
             self._alerted(incident_id, t0)
+        elif outcome is Outcome.FUSED:  # queued as a linked report of its alert
+            self._alerted(incident_id, None)
         elif outcome is Outcome.DISMISSED:
             await self.block_if_dismissed_too_often(info.device_uid)
         return outcome

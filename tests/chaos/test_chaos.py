@@ -69,10 +69,6 @@ def test_nothing_lost_nothing_duplicated_under_100_random_kills() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "EncOutbox.run (server/_notifier.py) has no error handling: the first OperationalError "
-    "of claim_due_alerts while PostgreSQL is down ends the task and TrustedServer.run "
-    "(server/_app.py) re-raises it, so the process exits (docs/operations.md, Chaos)"))
 def test_a_server_replica_rides_out_a_database_outage(tmp_path: Path) -> None:
     chaos = chaos_module()
     from citywatch._services import ServiceUnavailable, start_mosquitto

@@ -241,8 +241,10 @@ def test_sigterm_stops_the_server_cleanly(setup: ServerSetup, server: ServerProc
 def test_poles_that_see_the_same_scene_send_one_alert(setup: ServerSetup,
                                                       server: ServerProcess,
                                                       enc: EncStub) -> None:
-    """Two poles 30 m apart report the same fall: the ENC gets one alert, the second
-    report is stored and linked to it. A pole 500 m away alerts on its own."""
+    """Two poles 30 m apart report the same fall: one alert, the second report is stored
+    and linked to it. This ENC knows only N1 (it answers 404 to an N3), so the linked
+    report reaches it as an N1 of its own rather than not at all (the real ENC shows it
+    with its alert: test_server_linked_reports.py). A pole 500 m away alerts on its own."""
     near_a, near_b = setup.add_device("pole-a", "z"), setup.add_device("pole-b", "z")
     far = setup.add_device("pole-far", "z")
     server.start()
@@ -270,9 +272,9 @@ def test_poles_that_see_the_same_scene_send_one_alert(setup: ServerSetup,
                timeout=15, what="the second report decided")
     record = server.api("GET", f"/v1/incidents/{second}").json()
     assert record["fused_into"] == first and record["decision"] == "dangerous"
-    assert record["enc_state"] is None
     wait_until(lambda: server.metric("citywatch_server_outbox_depth") == 0, timeout=15,
                what="an empty outbox")
-    assert set(enc.alerts) == {first, other}
+    assert server.api("GET", f"/v1/incidents/{second}").json()["enc_state"] == "delivered"
+    assert set(enc.alerts) == {first, second, other}
     assert server.metric("citywatch_server_incidents_total", decision="fused") == 1
     assert server.metric("citywatch_server_incidents_total", decision="dangerous") == 2

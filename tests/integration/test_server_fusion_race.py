@@ -91,9 +91,13 @@ def test_two_replicas_racing_on_one_scene_alert_once(tmp_path: Path,
             first, second = a.store.get_incident(one), a.store.get_incident(two)
             alerted, fused = (first, second) if outcomes[0] is Outcome.DANGEROUS else (
                 second, first)
-            assert fused.fused_into == alerted.id and fused.enc_state is None
+            # The fused report waits in the queue as a linked report of the one alert.
+            assert fused.fused_into == alerted.id and fused.enc_state == "pending"
             assert alerted.fused_into is None and alerted.enc_state == "pending"
-        assert a.store.outbox_depth() == SCENES
+        assert a.store.outbox_depth() == 2 * SCENES  # one alert and one linked report each
+        linked = {i.incident_id: i.linked_to
+                  for i in a.store.claim_due_alerts(owner="t", lease_ms=60_000, limit=100)}
+        assert len(linked) == SCENES and set(linked.values()) == {None}  # alerts first
     finally:
         for server in (a, b):
             server.verifier.close()

@@ -105,8 +105,10 @@ def test_the_server_writes_the_clusters_other_endpoints(tmp_path: Path) -> None:
     from server import example_config, load_config, open_store, provisioning_bundle
 
     path = tmp_path / "server.toml"
-    path.write_text(example_config(data_dir="./var").replace(
-        "[broker]\n", '[broker]\ndevice_alternates = ["node-2.example:1884", "node-3:1885"]\n', 1))
+    text = example_config(data_dir="./var")
+    assert "device_alternates = []\n" in text
+    path.write_text(text.replace("device_alternates = []\n",
+                                 'device_alternates = ["node-2.example:1884", "node-3:1885"]\n'))
     cfg = load_config(path)
     store, _ = open_store(cfg, announce=False)
     try:

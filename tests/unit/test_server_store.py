@@ -296,11 +296,21 @@ def test_nearby_dangerous_reports_fuse_into_the_first_alert(store: Store,
 
     got = store.get_incident(second.incident_id)
     assert got.fused_into == first.incident_id and got.decision == "dangerous"
-    assert got.enc_state is None and f"fused into {first.incident_id}" in str(
+    # No alert of its own, but queued as a linked report of the first's alert (N3).
+    assert got.enc_state == "pending" and f"fused into {first.incident_id}" in str(
         got.decision_reason)
     assert store.get_incident(first.incident_id).fused_into is None
-    assert store.outbox_depth() == 3  # first, third, later
+    assert store.outbox_depth() == 4  # first, third, later, and second linked to first
     assert store.get_incident(second.incident_id).to_json()["fused_into"] == first.incident_id
+    # The linked report waits until the ENC has the alert it joins, then goes as such.
+    claimed = store.claim_due_alerts(owner="t", lease_ms=60_000, limit=10)
+    assert {c.incident_id for c in claimed} == {first.incident_id, third.incident_id,
+                                                later.incident_id}
+    assert all(c.linked_to is None for c in claimed)
+    assert store.claim_due_alerts(owner="t", lease_ms=60_000, limit=10) == []
+    store.alert_delivered(first.incident_id, tenc=clock.now)
+    (linked,) = store.claim_due_alerts(owner="t", lease_ms=60_000, limit=10)
+    assert (linked.incident_id, linked.linked_to) == (second.incident_id, first.incident_id)
 
 
 def test_fusion_off_alerts_every_report(store: Store) -> None:
