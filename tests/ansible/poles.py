@@ -10,13 +10,13 @@ from the cache during site.yml (dpkg and maintainer scripts run for real; servic
 not start: there is no systemd in a pole, and ``policy-rc.d`` says so).
 
 Needs root (network namespaces, chroot, mounts), ``debootstrap``, ``ip`` and ``ssh``.
-Images are kept under ``$CITYWATCH_TEST_CACHE`` (default /var/tmp/citywatch-tests), one
-per package list, so a second run does not download them again.
+Images are made and cached by tests/support/rootfs.py (under ``$CITYWATCH_TEST_CACHE``,
+default /var/tmp/citywatch-tests), one per package list, so a second run does not
+download them again.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import signal
@@ -28,10 +28,16 @@ from pathlib import Path
 
 import yaml
 
+from tests.support.rootfs import SUITE, RootSpec, apt_mirror, build_root, cache_dir
+from tests.support.rootfs import missing_tools as _missing_root_tools
+from tests.support.rootfs import run as _run
+
+__all__ = ["PILOT_USER", "SUITE", "Pole", "apt_mirror", "build_image", "cache_dir",
+           "missing_tools", "role_packages"]
+
 PROJECT = Path(__file__).resolve().parents[2]
 ROLES = PROJECT / "ansible" / "roles"
 
-SUITE = "bookworm"
 IMAGE_PACKAGES = ["openssh-server", "python3", "python3-apt", "sudo", "iproute2"]
 """On every pole before Ansible first reaches it (Raspberry Pi OS Lite has them)."""
 ROLE_PACKAGE_LISTS = {
@@ -49,10 +55,6 @@ SUBNET = "198.18"
 """RFC 2544's benchmarking range: addresses of this test's own poles, nothing else's."""
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("CITYWATCH_TEST_CACHE", "/var/tmp/citywatch-tests"))
-
-
 def role_packages() -> list[str]:
     """Every package the pole roles install, read from their defaults."""
     packages: list[str] = []
@@ -62,96 +64,41 @@ def role_packages() -> list[str]:
     return packages
 
 
-def apt_mirror() -> str | None:
-    """The URI this machine's apt takes Debian ``bookworm`` from (deb822 or one-line
-    sources), or None."""
-    sources = Path("/etc/apt")
-    for path in sorted((sources / "sources.list.d").glob("*.sources")):
-        for stanza in path.read_text().split("\n\n"):
-            fields: dict[str, str] = {}
-            for line in stanza.splitlines():
-                if line and not line.startswith(("#", " ")) and ":" in line:
-                    key, _, value = line.partition(":")
-                    fields[key.strip().lower()] = value.strip()
-            if (fields.get("enabled", "yes") != "no" and "deb" in fields.get("types", "").split()
-                    and SUITE in fields.get("suites", "").split()):
-                return fields["uris"].split()[0]
-    lists = [sources / "sources.list", *sorted((sources / "sources.list.d").glob("*.list"))]
-    for path in lists:
-        if not path.is_file():
-            continue
-        for line in path.read_text().splitlines():
-            words = line.split()
-            if len(words) >= 3 and words[0] == "deb" and SUITE in words:
-                return next(w for w in words[1:] if not w.startswith("["))
-    return None
-
-
 def missing_tools() -> str | None:
     """Why poles cannot be made here, or None."""
-    if os.geteuid() != 0:
-        return "poles need root (network namespaces, chroot, mounts)"
-    for tool in ("debootstrap", "ip", "unshare", "ssh", "ssh-keygen"):
-        if shutil.which(tool) is None:
-            return f"{tool} is not installed (scripts/setup.sh installs it)"
+    why = _missing_root_tools(("debootstrap", "ip", "unshare", "ssh", "ssh-keygen"),
+                              why_root="poles need root (network namespaces, chroot, mounts)")
+    if why:
+        return why
     probe = f"cwprobe{os.getpid()}"
     done = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True,
                           check=False)
     if done.returncode != 0:
         return f"cannot make a network namespace here: {done.stderr.strip()}"
     subprocess.run(["ip", "netns", "del", probe], check=False)
-    if apt_mirror() is None:
-        return f"apt has no source for Debian {SUITE} to debootstrap from"
     return None
 
 
-def _run(argv: list[str], timeout: float = 600, **kwargs: object) -> str:
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False,
-                          **kwargs)  # type: ignore[call-overload]
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)} exited {done.returncode}:\n"
-                           f"{done.stdout[-3000:]}{done.stderr[-3000:]}")
-    return str(done.stdout)
+def _download_role_packages(root: Path) -> None:
+    # As in container images: maintainer scripts start no service in a pole.
+    policy = root / "usr/sbin/policy-rc.d"
+    policy.write_text("#!/bin/sh\nexit 101\n")
+    policy.chmod(0o755)
+    env = {"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+    _run(["chroot", str(root), "apt-get", "-q", "update"], env=env)
+    _run(["chroot", str(root), "apt-get", "-q", "-y", "--download-only", "install",
+          *role_packages()], env=env)
+    # No host keys in the image: each pole makes its own.
+    for hostkey in (root / "etc/ssh").glob("ssh_host_*"):
+        hostkey.unlink()
 
 
 def build_image() -> Path:
     """The cached pole image for the current package lists, made if missing. Raises
     RuntimeError with debootstrap's or apt's words when it cannot be made."""
-    mirror = apt_mirror()
-    assert mirror is not None
-    packages = role_packages()
-    key = hashlib.sha256(
-        repr((IMAGE_FORMAT, SUITE, mirror, IMAGE_PACKAGES, packages)).encode()).hexdigest()[:16]
-    image = cache_dir() / f"pole-{SUITE}-{key}"
-    if (image / ".complete").exists():
-        return image
-    cache_dir().mkdir(parents=True, exist_ok=True)
-    building = image.with_name(image.name + f".building-{os.getpid()}")
-    shutil.rmtree(building, ignore_errors=True)
-    try:
-        _run(["debootstrap", "--variant=minbase", f"--include={','.join(IMAGE_PACKAGES)}",
-              SUITE, str(building), mirror], timeout=1200)
-        # As in container images: maintainer scripts start no service in a pole.
-        policy = building / "usr/sbin/policy-rc.d"
-        policy.write_text("#!/bin/sh\nexit 101\n")
-        policy.chmod(0o755)
-        env = {"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
-        _run(["chroot", str(building), "apt-get", "-q", "update"], env=env)
-        _run(["chroot", str(building), "apt-get", "-q", "-y", "--download-only", "install",
-              *packages], env=env)
-        # No host keys in the image: each pole makes its own.
-        for hostkey in (building / "etc/ssh").glob("ssh_host_*"):
-            hostkey.unlink()
-        (building / ".complete").write_text(f"{SUITE} {mirror} {' '.join(packages)}\n")
-        shutil.rmtree(image, ignore_errors=True)
-        building.rename(image)
-    finally:
-        shutil.rmtree(building, ignore_errors=True)
-    # Images of older package lists are not used again.
-    for old in cache_dir().glob(f"pole-{SUITE}-*"):
-        if old != image and ".building-" not in old.name:
-            shutil.rmtree(old, ignore_errors=True)
-    return image
+    spec = RootSpec("pole", tuple(IMAGE_PACKAGES), revision=IMAGE_FORMAT,
+                    extra_key=tuple(role_packages()))
+    return build_root(spec, _download_role_packages, timeout=1200)
 
 
 @dataclass

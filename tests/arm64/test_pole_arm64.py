@@ -40,6 +40,7 @@ from .pole import (
     CITYWATCH,
     MODELS_DIR,
     PROJECT,
+    RELEASE,
     Arm64Pole,
     build_arm64_root,
     dependency_wheels,
@@ -97,7 +98,7 @@ def pole(phases: Phases) -> Iterator[Arm64Pole]:
 def test_the_release_is_the_aarch64_build(pole: Arm64Pole) -> None:
     """What runs is an aarch64 interpreter with the pinned LiteRT, importing the
     project's wheel (not this machine's sources)."""
-    out = pole.run(f"{CITYWATCH.rsplit('/', 1)[0]}/python", "-c",
+    out = pole.run(f"{RELEASE}/bin/python", "-c",
                    "import platform, importlib.metadata as m, edge; "
                    "print(platform.machine(), m.version('ai-edge-litert'), edge.__file__)")
     machine, litert, where = out.split()

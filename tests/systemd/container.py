@@ -1,25 +1,28 @@
 """A Debian bookworm container with systemd as PID 1 (``systemd-nspawn --boot``), for
 running CityWatch's units under a real service manager.
 
-The root is made once by debootstrap from the mirror apt is configured with and kept
-under ``$CITYWATCH_TEST_CACHE`` (default /var/tmp/citywatch-tests), keyed by its package
-list; each test boots a copy of it. Needs root, ``debootstrap`` and ``systemd-nspawn``
-(package systemd-container, installed by scripts/setup.sh).
+The root is made once by debootstrap from the mirror apt is configured with and cached
+by tests/support/rootfs.py (under ``$CITYWATCH_TEST_CACHE``, default
+/var/tmp/citywatch-tests), keyed by its package list; each test boots a copy of it.
+Needs root, ``debootstrap`` and ``systemd-nspawn`` (package systemd-container, installed
+by scripts/setup.sh).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
-import shutil
 import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.ansible.poles import SUITE, apt_mirror, cache_dir
+from tests.support.rootfs import RootSpec, build_root
+from tests.support.rootfs import missing_tools as _missing_root_tools
+from tests.support.rootfs import run as _run
+
+__all__ = ["PACKAGES", "Container", "build_image", "missing_tools"]
 
 PACKAGES = ["systemd", "systemd-sysv", "dbus", "python3", "python3-venv", "softhsm2",
             "mosquitto", "libsystemd0"]
@@ -30,53 +33,21 @@ IMAGE_FORMAT = 1
 
 def missing_tools() -> str | None:
     """Why a container cannot be booted here, or None."""
-    if os.geteuid() != 0:
-        return "booting a container needs root"
-    for tool in ("debootstrap", "systemd-nspawn", "machinectl"):
-        if shutil.which(tool) is None:
-            return f"{tool} is not installed (scripts/setup.sh installs it)"
-    if apt_mirror() is None:
-        return f"apt has no source for Debian {SUITE} to debootstrap from"
-    return None
+    return _missing_root_tools(("debootstrap", "systemd-nspawn", "machinectl"),
+                               why_root="booting a container needs root")
 
 
-def _run(argv: list[str], timeout: float = 600, **kwargs: object) -> str:
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False,
-                          **kwargs)  # type: ignore[call-overload]
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)} exited {done.returncode}:\n"
-                           f"{done.stdout[-3000:]}{done.stderr[-3000:]}")
-    return str(done.stdout)
+def _finish(root: Path) -> None:
+    # The packaged broker is started by the test when it wants one, on its own config.
+    for unit in ("mosquitto.service",):
+        link = root / "etc/systemd/system/multi-user.target.wants" / unit
+        link.unlink(missing_ok=True)
+    (root / "etc/hostname").write_text("citywatch-test\n")
 
 
 def build_image() -> Path:
     """The cached bookworm root with systemd, made if missing."""
-    mirror = apt_mirror()
-    assert mirror is not None
-    key = hashlib.sha256(repr((IMAGE_FORMAT, SUITE, mirror, PACKAGES)).encode()).hexdigest()[:16]
-    image = cache_dir() / f"systemd-{SUITE}-{key}"
-    if (image / ".complete").exists():
-        return image
-    cache_dir().mkdir(parents=True, exist_ok=True)
-    building = image.with_name(image.name + f".building-{os.getpid()}")
-    shutil.rmtree(building, ignore_errors=True)
-    try:
-        _run(["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", SUITE,
-              str(building), mirror], timeout=1800)
-        # The packaged broker is started by the test when it wants one, on its own config.
-        for unit in ("mosquitto.service",):
-            link = building / "etc/systemd/system/multi-user.target.wants" / unit
-            link.unlink(missing_ok=True)
-        (building / "etc/hostname").write_text("citywatch-test\n")
-        (building / ".complete").write_text(f"{SUITE} {mirror} {' '.join(PACKAGES)}\n")
-        shutil.rmtree(image, ignore_errors=True)
-        building.rename(image)
-    finally:
-        shutil.rmtree(building, ignore_errors=True)
-    for old in cache_dir().glob(f"systemd-{SUITE}-*"):
-        if old != image and ".building-" not in old.name:
-            shutil.rmtree(old, ignore_errors=True)
-    return image
+    return build_root(RootSpec("systemd", tuple(PACKAGES), revision=IMAGE_FORMAT), _finish)
 
 
 @dataclass
