@@ -4,12 +4,16 @@ commented device config to start from, and checking one before the daemon reads 
 ``check`` validates every section the daemon validates at start-up (identity, key store,
 broker, camera, GNSS, pre-screen, privacy masks) and also whether the camera driver's
 library is importable, so that a unit never restarts into a config it cannot run.
+``show`` prints a file's settings as JSON (deployment tools read the provisioned
+identity from it).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import tomllib
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -39,6 +43,14 @@ def register_config_commands(sub: argparse._SubParsersAction[Any]) -> None:
     chk.add_argument("config", type=Path, nargs="?", default=DEFAULT_CONFIG_PATH,
                      metavar="FILE", help=f"device config (default {DEFAULT_CONFIG_PATH})")
     chk.set_defaults(func=_config_check)
+    show = csub.add_parser(
+        "show", help="print a device config's settings as one JSON object",
+        description="Validate the file as `edge run` reads it (without the camera driver's "
+                    "check) and print its settings as written, as JSON: what deployment "
+                    "tools read the provisioned identity from.")
+    show.add_argument("config", type=Path, nargs="?", default=DEFAULT_CONFIG_PATH,
+                      metavar="FILE", help=f"device config (default {DEFAULT_CONFIG_PATH})")
+    show.set_defaults(func=_config_show)
 
 
 def check_config(path: Path) -> str:
@@ -76,6 +88,16 @@ def check_config(path: Path) -> str:
 
 def _config_example(args: argparse.Namespace) -> int:
     sys.stdout.write(example_config())
+    return 0
+
+
+def _config_show(args: argparse.Namespace) -> int:
+    try:
+        load_config(args.config)  # refuses what the daemon would refuse
+        data = tomllib.loads(Path(args.config).read_text(encoding="utf-8"))
+    except EdgeConfigError as exc:
+        raise UsageError(str(exc)) from None
+    print(json.dumps(data, default=str, sort_keys=True))
     return 0
 
 

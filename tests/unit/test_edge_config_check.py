@@ -123,3 +123,16 @@ def test_the_prescreen_loader_reads_a_device_config_or_a_bare_file(tmp_path: Pat
     bare.write_text("cooldown_seconds = 7.5\n")
     assert prescreen_config_from_file(bare).cooldown_seconds == 7.5
     assert prescreen_config_from_file(None).cooldown_seconds == 120.0
+
+
+def test_show_prints_the_file_s_settings_as_json(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+    import tomllib
+
+    path = _write(tmp_path, _opencv(example_config()))
+    assert main(["edge", "config", "show", str(path)]) == 0
+    assert json.loads(capsys.readouterr().out) == tomllib.loads(path.read_text())
+    bad = _write(tmp_path, "uid = 1\n", name="bad.toml")
+    assert main(["edge", "config", "show", str(bad)]) == 2
+    assert f"{bad}: uid: Input should be a valid string" in capsys.readouterr().err
