@@ -56,6 +56,7 @@ class TrustedServer:
             min_width=v.min_width, min_height=v.min_height, max_pixels=v.max_pixels,
             long_side=v.analysis_long_side, device_weight=v.device_weight)
         self._preloaded: PreloadedPoseVerifier | None = None
+        self._models_checked = verifier is None
         if verifier is None:
             # A missing or altered model stops the start before anything is created. The
             # bytes read for this check are the ones this process uses (workers = 0);
@@ -155,7 +156,7 @@ class TrustedServer:
     def _start_verifier(self) -> None:
         if self._preloaded is not None:
             self._preloaded.load()
-        self.verifier.start()
+        self.verifier.start(models_checked=self._models_checked)
 
     def wake(self) -> None:
         """Re-read the registry and windows now (thread-safe: the admin API calls it)."""

@@ -318,11 +318,14 @@ class VerifierPool:
         self._threads: concurrent.futures.ThreadPoolExecutor | None = None
         self._processes: concurrent.futures.ProcessPoolExecutor | None = None
 
-    def start(self) -> None:
+    def start(self, *, models_checked: bool = False) -> None:
         """Load the models (in every worker). Raises ``VerifierModelError`` when one is
-        missing or not the pinned file."""
+        missing or not the pinned file. ``models_checked``: the caller has just read and
+        checked them (``read_models``), so this process does not read them again only to
+        check them (the workers read their own)."""
+        load_here = self._verifier is None and not (models_checked and self.workers > 0)
         try:
-            models = VerifierModels(self.models_dir) if self._verifier is None else None
+            models = VerifierModels(self.models_dir) if load_here else None
         except ModelError as exc:
             raise VerifierModelError(f"photo check: {exc}") from None
         if models is not None and self.workers == 0:
