@@ -33,7 +33,7 @@ __all__ = ["provision", "register_daemon_commands", "show_status"]
 
 _BUNDLE_KEY_FIELDS = ("uid", "kid_hex", "alg", "key_hex")
 _SERVER_FIELDS = {"host", "port", "tls", "ca_pem", "topic_prefix", "keepalive_s", "username",
-                  "password"}
+                  "password", "alternates"}
 _TLS_FIELDS = {"ca_file", "ca_pem", "cert_file", "key_file", "insecure", "enabled"}
 _DEFAULT_MAX_AGE_S = 30.0
 
@@ -131,6 +131,13 @@ def _broker_from_bundle(bundle: dict[str, Any], name: Path, config_dir: Path,
     for k in ("port", "topic_prefix", "keepalive_s", "username", "password"):
         if k in server:
             broker[k] = server[k]
+    alternates = server.get("alternates", [])
+    if not isinstance(alternates, list) or not all(
+            isinstance(a, dict) and isinstance(a.get("host"), str)
+            and isinstance(a.get("port"), int) for a in alternates):
+        raise UsageError(f"{name}: server.alternates must be a list of {{host, port}}")
+    if alternates:
+        broker["alternates"] = [f"{a['host']}:{a['port']}" for a in alternates]
     tls = server.get("tls")
     if tls is True and isinstance(server.get("ca_pem"), str):
         tls = {"ca_pem": server["ca_pem"]}  # the server's own shape: tls flag + CA beside it

@@ -126,6 +126,10 @@ class BrokerConfig(_Section):
     """Broker host name or address."""
     port: int = Field(default=1883, ge=1, le=65535)
     """Broker port (8883 is usual with TLS)."""
+    alternates: list[Annotated[str, Field(pattern=r"^[^\s:]+:\d{1,5}$")]] = []
+    """Other ``host:port`` endpoints of the same broker cluster (a city on NATS, from the
+    bundle's ``server.alternates``): when the broker cannot be reached or the connection
+    is lost, the pole tries the next one, in turn. Same TLS and credentials."""
     tls: TlsConfig | None = None
     """TLS settings; absent: plain TCP (only on a closed network)."""
     username: str = ""
@@ -142,6 +146,12 @@ class BrokerConfig(_Section):
     """First delay before reconnecting to a broker that is down."""
     reconnect_max_s: float = Field(default=30.0, gt=0, le=600)
     """Longest delay between reconnection attempts."""
+
+    @property
+    def endpoints(self) -> list[tuple[str, int]]:
+        """(host, port) of the broker, then of its alternates: the order tried."""
+        alts = [(h, int(p)) for h, _, p in (a.rpartition(":") for a in self.alternates)]
+        return [(self.host, self.port), *alts]
 
 
 class OutboxConfig(_Section):

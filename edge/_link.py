@@ -60,14 +60,21 @@ class BrokerLink:
         self._mqtt: aiomqtt.Client | None = None
         self._since: int | None = None
         self._last_error: str | None = None
+        self._endpoints = broker.endpoints
+        self._at = 0  # which endpoint: the broker first, then its alternates in turn
+
+    @property
+    def endpoint(self) -> tuple[str, int]:
+        """The (host, port) in use, or tried next."""
+        return self._endpoints[self._at]
 
     @property
     def connected(self) -> bool:
         return self._mqtt is not None
 
     def status(self) -> BrokerStatus:
-        return BrokerStatus(connected=self.connected, host=self.broker.host,
-                            port=self.broker.port, since=self._since,
+        host, port = self.endpoint
+        return BrokerStatus(connected=self.connected, host=host, port=port, since=self._since,
                             last_error=self._last_error)
 
     async def run(self, stop: asyncio.Event,
@@ -85,8 +92,8 @@ class BrokerLink:
                     await client.publish(self.topic_status, _ONLINE, qos=1, retain=True)
                     self._mqtt = client
                     self._since, self._last_error = self._clock(), None
-                    log.info("connected to the broker %s:%s as %s", self.broker.host,
-                             self.broker.port, self.kid.hex())
+                    log.info("connected to the broker %s:%s as %s", *self.endpoint,
+                             self.kid.hex())
                     deliver(LinkUp())
                     delay = self.broker.reconnect_min_s
                     async for msg in client.messages:
@@ -104,8 +111,17 @@ class BrokerLink:
             if error is not None and not stop.is_set():
                 self._last_error = error
                 deliver(LinkDown(error))
+                host, port = self.endpoint
+                if len(self._endpoints) > 1:
+                    # Another node of the cluster may be up: try it at once, and back off
+                    # only once every endpoint has failed in a row.
+                    self._at = (self._at + 1) % len(self._endpoints)
+                    log.warning("broker %s:%s unreachable (%s); trying %s:%s", host, port,
+                                error, *self.endpoint)
+                    if self._at != 0:
+                        continue
                 log.warning("broker %s:%s unreachable (%s); next attempt in %.1f s",
-                            self.broker.host, self.broker.port, error, delay)
+                            *self.endpoint, error, delay)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay * jitter.uniform(0.5, 1.0))
             delay = min(delay * 2, self.broker.reconnect_max_s)
@@ -135,8 +151,9 @@ class BrokerLink:
         b = self.broker
         # Nagle + delayed ACKs add ~40 ms to every small reply (design.md): send at once.
         options = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)] if b.tcp_nodelay else []
+        host, port = self.endpoint
         return aiomqtt.Client(
-            b.host, b.port, identifier=self.kid.hex(), clean_session=False,
+            host, port, identifier=self.kid.hex(), clean_session=False,
             username=b.username or None, password=b.password or None,
             keepalive=b.keepalive_s, tls_context=self._tls,
             tls_insecure=b.tls.insecure if b.tls is not None else None,

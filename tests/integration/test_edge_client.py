@@ -11,6 +11,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 import pytest
@@ -22,7 +23,7 @@ from edge._outbox import OUTBOX_FILE, Outbox
 from edge._state import STATE_FILE, STATUS_FILE, read_status, wall_ms
 from edge._status import PoleStatus, store_incident
 from hardware import Pkcs11KeyStore, SoftHsmToken
-from tests.support.services import Broker, start_mosquitto
+from tests.support.services import Broker, free_port, start_mosquitto
 from tests.support.world import Directory, jpeg
 
 PREFIX = "citywatch/v1"
@@ -139,11 +140,12 @@ class Device:
         return p.AesGcmCipher(self.key)
 
     def client(self, *, cipher: p.Cipher | None = None,
-               clock: Callable[[], int] = wall_ms) -> ProtocolClient:
+               clock: Callable[[], int] = wall_ms, **broker_settings: Any) -> ProtocolClient:
         cipher = cipher or self.cipher()
         outbox = Outbox(self.state_dir / OUTBOX_FILE, cipher=cipher)
-        broker = BrokerConfig(host="127.0.0.1", port=self.broker_port, reconnect_min_s=0.1,
-                              reconnect_max_s=0.5, keepalive_s=5)
+        broker = BrokerConfig(**{"host": "127.0.0.1", "port": self.broker_port,
+                                 "reconnect_min_s": 0.1, "reconnect_max_s": 0.5,
+                                 "keepalive_s": 5} | broker_settings)
         return ProtocolClient(uid=self.uid, kid=self.kid, cipher=cipher, broker=broker,
                               outbox=outbox, state_dir=self.state_dir, zone="test-zone",
                               timing=FAST, status_interval_s=0.5, clock=clock,
@@ -452,5 +454,25 @@ def test_the_daemons_own_status_board_and_outbox(device: Device, server: MqttSer
         assert s.broker.connected and s.monitoring.active and s.delivery.state == "idle"
         stop.set()
         await writer
+
+    run(server, scenario, client)
+
+
+def test_a_pole_whose_broker_is_down_reaches_the_clusters_other_endpoint(
+        device: Device, server: MqttServer) -> None:
+    """The bundle's first endpoint does not answer (a dead node of the cluster); the pole
+    tries the next one at once, connects there and delivers."""
+    client = device.client(port=free_port(), alternates=[f"127.0.0.1:{device.broker_port}"],
+                           reconnect_min_s=5.0, reconnect_max_s=5.0)
+
+    async def scenario(_: asyncio.Event) -> None:
+        # Well before the 5 s back-off: the alternate was tried at once, not after a wait.
+        await until("B1 through the alternate", client.monitoring, timeout=4)
+        cid = capture(client)
+        await until("delivered", lambda: not client.outbox.cids())
+        assert [e.cid for e in device.delivered()] == [cid]
+        await until("the status names the alternate", lambda: (
+            lambda b: (b.connected, b.port) == (True, device.broker_port))(
+                read_status(device.state_dir / STATUS_FILE).broker))
 
     run(server, scenario, client)

@@ -280,3 +280,20 @@ def test_provision_refuses_a_tls_identity_it_cannot_use(
             "--module", token.module, "--token-label", token.label, "--pin-file",
             str(pin_file), *extra)
     assert not (tmp_path / "e.toml").exists()
+
+
+def test_provision_takes_the_clusters_other_endpoints(tmp_path: Path, token: SoftHsmToken,
+                                                      pin_file: Path) -> None:
+    server = {"host": "node-1.example", "port": 1883, "tls": False,
+              "alternates": [{"host": "node-2.example", "port": 1883},
+                             {"host": "node-3.example", "port": 1884}]}
+    path, _, _ = bundle(tmp_path, server=server)
+    out = tmp_path / "edge.toml"
+    assert cli("provision", "--bundle", str(path), "--config-out", str(out), "--module",
+               token.module, "--token-label", token.label, "--pin-file", str(pin_file)) == 0
+    assert load_config(out).broker.endpoints == [
+        ("node-1.example", 1883), ("node-2.example", 1883), ("node-3.example", 1884)]
+    bad, _, _ = bundle(tmp_path, server=server | {"alternates": [{"host": "x"}]})
+    with pytest.raises(UsageError, match="server.alternates"):
+        cli("provision", "--bundle", str(bad), "--config-out", str(tmp_path / "bad.toml"),
+            "--module", token.module, "--token-label", token.label, "--pin-file", str(pin_file))
