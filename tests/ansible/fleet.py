@@ -41,6 +41,8 @@ ENC = "cw-enc"
 ZONES = {"north": ["pole-n1", "pole-n2", "pole-n3"], "south": ["pole-s1", "pole-s2", "pole-s3"]}
 POLES = [pole for poles in ZONES.values() for pole in poles]
 """Inventory order, which is the order rollout.yml's batches take the poles in."""
+SYSTEM_SITE_POLE = POLES[-2]
+"""Its release venv sees the system's site-packages, as a picamera2 pole's does."""
 
 _RECAP = re.compile(
     r"^(?P<host>\S+)\s*:\s*ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)\s+"
@@ -132,12 +134,19 @@ class PlaybookRun:
 class Fleet:
     """A fleet of host folders under ``base`` and its inventory."""
 
-    def __init__(self, base: Path, module: str) -> None:
+    def __init__(self, base: Path, module: str, *, broker_port: int = 8883,
+                 scene_image: Path | None = None, models_dir: Path | None = None) -> None:
         self.base = base
         self.hosts_dir = base / "hosts"
         self.dist = base / "dist"
         self.inventory = base / "inventory.yml"
         self.softhsm_module = module
+        self.broker_port = broker_port
+        """The broker's port, in its listener and in every pole's bundle."""
+        self.scene_image = scene_image
+        """What every pole's camera sees: the scene player holding this image."""
+        self.models_dir = models_dir
+        """Where the poles' pre-screen finds its models (the project's own)."""
         self.logs: list[tuple[str, float, float]] = []
 
     def root(self, host: str) -> Path:
@@ -164,12 +173,14 @@ class Fleet:
             f"zone_{zone}": {
                 "vars": {"edge_zone": zone},
                 "hosts": {pole: host(pole, edge_lat=50.06 + 0.001 * i,
-                                     edge_lon=19.93 + 0.001 * i)
+                                     edge_lon=19.93 + 0.001 * i,
+                                     **({"citywatch_system_site_packages": True}
+                                        if pole == SYSTEM_SITE_POLE else {}))
                           for i, pole in enumerate(poles)},
             }
             for zone, poles in zones.items()
         }
-        inventory = {
+        inventory: dict[str, object] = {
             "all": {
                 "vars": {
                     "citywatch_release_version": "1.0.0",
@@ -193,6 +204,10 @@ class Fleet:
                     "edge_health_delay": 0,
                     "base_chrony_servers": ["ntp1.city.example"],
                     "server_broker_device_host": "localhost",
+                    "broker_port": self.broker_port,
+                    "server_broker_port": self.broker_port,
+                    "server_broker_device_port": self.broker_port,
+                    **self.pole_settings(),
                 },
                 "children": {
                     "citywatch_servers": {"hosts": {SERVER: host(SERVER)}},
@@ -202,6 +217,28 @@ class Fleet:
             }
         }
         return inventory
+
+    def pole_settings(self) -> dict[str, object]:
+        """The inventory's edge_* variables the edge role writes each pole's config from:
+        the scene player in place of the camera, no GNSS receiver, the project's models,
+        one privacy mask."""
+        camera: dict[str, object] = (
+            {"driver": "scene", "fps": 2.0,
+             "timeline": [{"at": 0.0, "play": str(self.scene_image)}]}
+            if self.scene_image is not None
+            else {"driver": "opencv", "source": "/dev/video0"})  # checked, never opened
+        prescreen: dict[str, object] = {"cooldown_seconds": 60.0}
+        if self.models_dir is not None:
+            prescreen["model"] = {"models_dir": str(self.models_dir), "threads": 1}
+        return {
+            "edge_camera": camera,
+            "edge_gnss": {"driver": "none"},
+            "edge_prescreen": prescreen,
+            "edge_privacy_masks": [{"name": "windows, house no. 12",
+                                    "points": [[0.62, 0.05], [0.98, 0.05], [0.98, 0.4],
+                                               [0.62, 0.4]]}],
+            "edge_outbox": {"max_incidents": 50},
+        }
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)

@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from .fleet import (
     ENC,
     POLES,
     SERVER,
+    SYSTEM_SITE_POLE,
     TOKEN_KEYS_SCRIPT,
     ZONES,
     Fleet,
@@ -52,7 +54,13 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     module = softhsm_module()
     if module is None:
         pytest.skip("SoftHSM2 is not installed (apt install softhsm2)")
-    fleet = Fleet(tmp_path_factory.mktemp("fleet"), module)
+    from citywatch._poles import find_footage
+    from edge import default_models_dir
+
+    base = tmp_path_factory.mktemp("fleet")
+    fleet = Fleet(base, module, broker_port=free_port(),
+                  scene_image=find_footage(base / "footage").upright,
+                  models_dir=default_models_dir())
     for version in (OLD, NEW):
         build_release_wheel(fleet.dist / version, version)
     fleet.write_inventory()
@@ -124,6 +132,14 @@ def test_every_host_runs_the_release(fleet: Fleet, fresh_install: PlaybookRun) -
         assert (fleet.root(host) / "opt/citywatch/current/bin/citywatch").exists()
         # The copied wheels are gone once the venv is built.
         assert not (fleet.root(host) / f"opt/citywatch/wheelhouse/{OLD}").exists()
+
+
+def test_a_pole_s_venv_sees_the_system_s_packages_only_where_asked(
+        fleet: Fleet, fresh_install: PlaybookRun) -> None:
+    for pole in POLES:
+        cfg = (fleet.root(pole) / f"opt/citywatch/releases/{OLD}/pyvenv.cfg").read_text()
+        wanted = "true" if pole == SYSTEM_SITE_POLE else "false"
+        assert f"include-system-site-packages = {wanted}" in cfg, pole
 
 
 def test_units_are_the_repository_s(fleet: Fleet, fresh_install: PlaybookRun) -> None:
@@ -244,9 +260,10 @@ def fleet_broker(fleet: Fleet, second_run: PlaybookRun,
     mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     if not Path(mosquitto).exists() or shutil.which("mosquitto_pub") is None:
         pytest.skip("mosquitto and mosquitto-clients are not installed")
-    port = free_port()
+    port = fleet.broker_port
     conf = (fleet.root(SERVER) / "etc/mosquitto/conf.d/citywatch.conf").read_text()
-    conf = re.sub(r"^listener 8883 .*$", f"listener {port} 127.0.0.1", conf, flags=re.M)
+    conf = re.sub(rf"^listener {fleet.broker_port} .*$", f"listener {port} 127.0.0.1", conf,
+                  flags=re.M)
     work = tmp_path_factory.mktemp("fleet-broker")
     # As root, Mosquitto would drop to its own user, who cannot read the fake host's keys.
     (work / "mosquitto.conf").write_text(conf + "\nuser root\nlog_dest stderr\n")
@@ -301,6 +318,102 @@ def test_broker_delivers_a_pole_s_uplink_but_not_a_forged_one(
             sub.kill()
     received = [line for line in out.splitlines() if line.startswith("citywatch/v1/")]
     assert received == [f"citywatch/v1/{kids[a]}/up genuine"], out
+
+
+def _status_watcher(fleet: Fleet, port: int) -> subprocess.Popen[str]:
+    """The server's subscription to the poles' presence ($share: it gets what is said
+    from now on, no retained message), once the broker has acknowledged it."""
+    sub = subprocess.Popen(
+        ["stdbuf", "-oL", "mosquitto_sub", "-h", "localhost", "-p", str(port), "-q", "1",
+         *_client(fleet, SERVER, "server-client"), "-d", "-v", "-W", "400",
+         "-t", "$share/citywatch-server/citywatch/v1/+/status"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert sub.stdout is not None
+    for line in sub.stdout:
+        if "SUBACK" in line:
+            return sub
+    raise AssertionError("the broker never acknowledged the subscription")
+
+
+def _next_status(sub: subprocess.Popen[str], kid: str) -> str:
+    assert sub.stdout is not None
+    for line in sub.stdout:
+        if line.startswith(f"citywatch/v1/{kid}/status "):
+            return line.split(" ", 1)[1].strip()
+    return ""
+
+
+def test_every_pole_s_config_is_complete_and_passes_the_check(
+        fleet: Fleet, second_run: PlaybookRun) -> None:
+    """The edge role wrote each pole's whole config: the provisioned identity, and
+    position, camera, GNSS, pre-screen, masks and outbox from the inventory."""
+    import tomllib
+
+    kids = {str(d["uid"]): str(d["kid_hex"]) for d in registry(fleet)}
+    for i, pole in enumerate(POLES):
+        path = fleet.root(pole) / "etc/citywatch/edge.toml"
+        done = subprocess.run(
+            [str(fleet.root(pole) / "opt/citywatch/current/bin/citywatch"), "edge", "config",
+             "check", str(path)], capture_output=True, text=True, timeout=120, check=False)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "camera scene" in done.stdout and "1 privacy mask(s)" in done.stdout
+        cfg = tomllib.loads(path.read_text())
+        assert cfg["kid_hex"] == kids[pole] and cfg["uid"] == pole
+        assert cfg["position"] == {"lat": 50.06 + 0.001 * (i % 3),
+                                   "lon": 19.93 + 0.001 * (i % 3)}
+        assert cfg["camera"]["driver"] == "scene" and cfg["gnss"] == {"driver": "none"}
+        assert cfg["privacy"]["masks"][0]["points"][1] == [0.98, 0.05]
+        assert cfg["outbox"] == {"max_incidents": 50}
+        assert cfg["broker"]["port"] == fleet.broker_port
+        assert cfg["broker"]["tls"]["cert_file"].endswith("/pki/device.pem")
+
+
+def test_a_pole_runs_from_the_config_the_roles_wrote(fleet: Fleet, fleet_broker: int) -> None:
+    """The pole's daemon, started as its unit starts it (the release's citywatch, the
+    config the roles wrote, the token the roles filled), plays the scene, reaches the
+    broker with the TLS identity the roles made and says so on its status topic, where
+    the server sees it; stopped, it says "offline"."""
+    from edge import model_status
+
+    assert fleet.models_dir is not None
+    if any(state != "ok" for state in model_status(fleet.models_dir).values()):
+        pytest.skip(f"the pre-screen's models are not in {fleet.models_dir}: "
+                    "citywatch edge models install")
+    pole = POLES[3]  # a pole the rollout below never reaches
+    root = fleet.root(pole)
+    kid = next(str(d["kid_hex"]) for d in registry(fleet) if d["uid"] == pole)
+    citywatch = str(root / "opt/citywatch/current/bin/citywatch")
+    config = str(root / "etc/citywatch/edge.toml")
+    env = {**os.environ, "SOFTHSM2_CONF": str(root / "etc/citywatch/softhsm2.conf")}
+    watcher = _status_watcher(fleet, fleet_broker)
+    daemon = subprocess.Popen([citywatch, "edge", "run", "--config", config], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    status: dict[str, object] = {}
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and daemon.poll() is None:
+            done = subprocess.run([citywatch, "edge", "status", "--json", "--require-broker",
+                                   "--config", config], capture_output=True, text=True,
+                                  timeout=60, check=False)
+            if done.returncode == 0:
+                status = json.loads(done.stdout)
+                pipeline = status.get("pipeline")
+                if isinstance(pipeline, dict) and pipeline.get("last_frame_at"):
+                    break
+            time.sleep(1.0)
+        assert daemon.poll() is None, daemon.stderr.read() if daemon.stderr else ""
+        assert status.get("healthy") is True, status
+        assert status["uid"] == pole and status["kid_hex"] == kid
+        assert _next_status(watcher, kid) == "online"
+        daemon.terminate()
+        daemon.wait(timeout=30)
+        assert daemon.returncode == 0
+        assert _next_status(watcher, kid) == "offline"
+    finally:
+        for proc in (daemon, watcher):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
 
 
 def test_broker_refuses_a_client_without_a_district_certificate(
