@@ -21,8 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from alembic import command
-from alembic.config import Config as AlembicConfig
 from sqlalchemy import Engine, create_engine, delete, func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -31,6 +29,7 @@ from sqlalchemy.orm import Session, sessionmaker
 import protocol as p
 from hardware._wrapped import RecordSealer, SealedRecordError
 from storage import sqlite_engine
+from storage.migrate import MigrationBroken, upgrade
 
 from ._errors import NotFound, StoreError
 from ._schema import (
@@ -45,6 +44,8 @@ from ._schema import (
 __all__ = ["Alert", "AlertStatus", "AlertStore", "AuditEntry", "PurgeReport", "migrate"]
 
 _MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+MIGRATION_LOCK = 7283651
+"""ENC processes starting together on one PostgreSQL: one migrates, the others wait."""
 
 
 class AlertStatus(enum.StrEnum):
@@ -189,35 +190,10 @@ def _entry(r: AuditRow) -> AuditEntry:
 
 def migrate(engine: Engine) -> None:
     """Bring the schema up to date (idempotent)."""
-    cfg = AlembicConfig()
-    cfg.set_main_option("script_location", str(_MIGRATIONS))
-    if engine.dialect.name == "sqlite":
-        sqlite_upgrade(engine, cfg)
-        return
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
-
-
-def sqlite_upgrade(engine: Engine, cfg: AlembicConfig) -> None:
-    """Alembic's upgrade on SQLite with foreign keys off: a column change copies the
-    table and drops the old one, and with foreign keys on that drop would fail (or, with
-    ON DELETE CASCADE, empty the tables that refer to it). Checked afterwards."""
-    with engine.connect() as conn:
-        # PRAGMA foreign_keys is ignored inside a transaction: set it between them.
-        conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
-        conn.commit()
-        try:
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "head")
-            conn.commit()
-            broken = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
-            if broken:
-                raise StoreError(f"the migration left rows without their parent: {broken[:5]}")
-        finally:
-            conn.rollback()
-            conn.exec_driver_sql("PRAGMA foreign_keys=ON")
-            conn.commit()
+    try:
+        upgrade(engine, str(_MIGRATIONS), lock_key=MIGRATION_LOCK)
+    except MigrationBroken as exc:
+        raise StoreError(str(exc)) from None
 
 
 class AlertStore:

@@ -16,14 +16,13 @@ from contextlib import contextmanager
 from importlib import resources
 from typing import Any
 
-from alembic import command
-from alembic.config import Config as AlembicConfig
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, create_engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from hardware._wrapped import RecordSealer, SealedRecordError
 from protocol import wall_clock_ms
 from storage import sqlite_engine
+from storage.migrate import MigrationBroken, upgrade
 
 from ._errors import MasterKeyError, RegistryError
 from ._keys import MasterKey
@@ -46,49 +45,14 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
-def _alembic_config() -> AlembicConfig:
-    cfg = AlembicConfig()
-    # The migrations ship inside the package; no alembic.ini is needed or read.
-    cfg.set_main_option("script_location",
-                        str(resources.files("server").joinpath("migrations")))
-    return cfg
-
-
 def migrate(engine: Engine) -> None:
-    """Bring the database to the newest schema (idempotent)."""
-    if engine.dialect.name == "sqlite":
-        _sqlite_upgrade(engine)
-        return
-    with engine.begin() as conn:
-        if conn.dialect.name == "postgresql":
-            # Replicas starting together: one migrates, the others wait and find it done.
-            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
-        cfg = _alembic_config()
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
-
-
-def _sqlite_upgrade(engine: Engine) -> None:
-    """The upgrade on SQLite with foreign keys off: a column change copies the table
-    and drops the old one, and with foreign keys on that drop would fail or, through
-    ``ON DELETE CASCADE``, empty the ENC outbox. Checked afterwards."""
-    cfg = _alembic_config()
-    with engine.connect() as conn:
-        # PRAGMA foreign_keys is ignored inside a transaction: set it between them.
-        conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
-        conn.commit()
-        try:
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "head")
-            conn.commit()
-            broken = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
-            if broken:
-                raise RegistryError(f"the migration left rows without their parent: "
-                                    f"{broken[:5]}")
-        finally:
-            conn.rollback()
-            conn.exec_driver_sql("PRAGMA foreign_keys=ON")
-            conn.commit()
+    """Bring the database to the newest schema (idempotent; replicas starting together
+    on PostgreSQL: one migrates, the others wait)."""
+    try:
+        upgrade(engine, str(resources.files("server").joinpath("migrations")),
+                lock_key=MIGRATION_LOCK)
+    except MigrationBroken as exc:
+        raise RegistryError(str(exc)) from None
 
 
 # -- sealed at rest ------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import secrets
 import sqlite3
 import subprocess
 import sys
+from importlib import resources
 from pathlib import Path
 
 import pytest
@@ -106,9 +107,9 @@ def test_a_database_from_before_sealing_is_sealed_at_start(tmp_path: Path) -> No
     engine = create_engine(f"sqlite:///{db}")
     from alembic import command
 
-    from server._database import _alembic_config
+    from storage.migrate import alembic_config
 
-    alembic = _alembic_config()
+    alembic = alembic_config(str(resources.files("server").joinpath("migrations")))
     with engine.begin() as conn:
         alembic.attributes["connection"] = conn
         command.upgrade(alembic, "0002")

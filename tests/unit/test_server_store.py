@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from importlib import resources
 from pathlib import Path
 
 import pytest
@@ -332,11 +333,11 @@ def test_a_database_of_the_first_schema_is_upgraded_with_its_incidents(db_url: s
     from alembic import command
     from sqlalchemy import text
 
-    from server._database import _alembic_config
+    from storage.migrate import alembic_config
 
     engine = make_engine(db_url)
     with engine.begin() as conn:
-        cfg = _alembic_config()
+        cfg = alembic_config(str(resources.files("server").joinpath("migrations")))
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "0001")
         conn.execute(text(
