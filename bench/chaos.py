@@ -394,10 +394,17 @@ class District:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             states = [pole.edge.status() or {} for pole in self.poles]
-            dead = [pole.edge.uid for pole in self.poles if not pole.alive()]
-            if dead:
-                raise RuntimeError(f"pole daemons exited: {dead}: "
-                                   f"{self.poles[0].edge.log()[-1500:]}")
+            for pole in self.poles:
+                if pole.alive():
+                    continue
+                # A start can fail on a loaded machine (a token busy): start it again, as
+                # the supervisor does later; give up only on a pole that keeps failing.
+                if pole.starts >= 4:
+                    raise RuntimeError(f"pole daemon {pole.edge.uid} exited {pole.starts} "
+                                       f"times at start: {pole.edge.log()[-1500:]}")
+                self.exits[f"start-{pole.edge.uid}"] += 1
+                time.sleep(1.0)
+                pole.start()
             if all((s.get("monitoring") or {}).get("active") for s in states):
                 return
             time.sleep(0.5)

@@ -22,7 +22,7 @@ from tests.integration.server_harness import EncStub, ServerProcess, make_server
 from tests.support.nats import NatsCluster, start_nats_cluster
 from tests.support.services import Postgres, free_port
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 HERE = p.Coords(lat=52.2297, lon=21.0122, alt=None, acc=3.0, src="gps")
 FOREVER = {"until": "2099-01-01T00:00:00Z"}
@@ -71,8 +71,11 @@ def test_replicas_on_a_nats_cluster_alert_once_with_a_node_killed_under_load(
                     await d.wait_for_window(timeout=30)
 
                 async def reports(d: SimulatedDevice, n: int) -> list[str]:
+                    # Generous: around the kill the gateway may drop what it acknowledged
+                    # (docs/city.md) and the pole then retries with back-off; on a loaded
+                    # machine the leaders' election takes its time too.
                     return [(await d.report(fall_photo(), HERE, 0.9, "fall",
-                                            timeout=60)).incident_id for _ in range(n)]
+                                            timeout=240)).incident_id for _ in range(n)]
 
                 before = await asyncio.gather(*(reports(d, 1) for d in devices))
                 during = asyncio.gather(*(reports(d, 4) for d in devices))
