@@ -21,8 +21,9 @@ class LineProcess:
     def __init__(self, cmd: list[str], log: Path, *, cwd: Path, who: str = "the child") -> None:
         self.who = who
         self._log = open(log, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=self._log, cwd=cwd)
+        self.proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, cwd=cwd
+        )
         self._buf = b""
 
     def send(self, obj: dict[str, Any]) -> None:

@@ -69,12 +69,13 @@ def poles_main(argv: list[str]) -> int:
         def __init__(self, raw: dict[str, Any]) -> None:
             b = p.ProvisioningBundle.parse(raw)
             self.kid_hex = b.kid.hex()
-            self.conn = p.DeviceConnection(kid=b.kid, uid=b.uid, cipher=p.AesGcmCipher(b.key),
-                                           random=secrets.token_bytes)
+            self.conn = p.DeviceConnection(
+                kid=b.kid, uid=b.uid, cipher=p.AesGcmCipher(b.key), random=secrets.token_bytes
+            )
             self.announced: list[tuple[int, float]] = []  # (epoch, wall time) of open B1s
 
     poles = [Pole(raw) for raw in spec["bundles"]]
-    groups = [poles[i:i + per_conn] for i in range(0, len(poles), per_conn)]
+    groups = [poles[i : i + per_conn] for i in range(0, len(poles), per_conn)]
     connected = [asyncio.Event() for _ in groups]
     stats = {"connects": 0, "drops": 0}
 
@@ -83,15 +84,24 @@ def poles_main(argv: list[str]) -> int:
         delay = 0.5
         while True:
             try:
-                async with aiomqtt.Client(host, port, identifier=f"bench-poles-{os.getpid()}-{n}",
-                                          keepalive=60, max_inflight_messages=2000,
-                                          max_queued_outgoing_messages=0,
-                                          clean_session=True) as client:
+                async with aiomqtt.Client(
+                    host,
+                    port,
+                    identifier=f"bench-poles-{os.getpid()}-{n}",
+                    keepalive=60,
+                    max_inflight_messages=2000,
+                    max_queued_outgoing_messages=0,
+                    clean_session=True,
+                ) as client:
                     stats["connects"] += 1
                     delay = 0.5
                     await client.subscribe([(f"{prefix}/{k}/down", 1) for k in by_kid])
-                    await asyncio.gather(*(client.publish(f"{prefix}/{k}/status", b"online",
-                                                          qos=1, retain=True) for k in by_kid))
+                    await asyncio.gather(
+                        *(
+                            client.publish(f"{prefix}/{k}/status", b"online", qos=1, retain=True)
+                            for k in by_kid
+                        )
+                    )
                     ready.set()
                     sends: set[asyncio.Task[None]] = set()
                     async for msg in client.messages:
@@ -104,8 +114,9 @@ def poles_main(argv: list[str]) -> int:
                             if isinstance(ev, p.WindowAnnounced) and ev.tx > ev.ts:
                                 pole.announced.append((ev.ep, now))
                         for data in pole.conn.data_to_send():
-                            task = asyncio.create_task(client.publish(
-                                f"{prefix}/{kid_hex}/up", data, qos=1))
+                            task = asyncio.create_task(
+                                client.publish(f"{prefix}/{kid_hex}/up", data, qos=1)
+                            )
                             sends.add(task)
                             task.add_done_callback(sends.discard)
             except aiomqtt.MqttError:
@@ -132,8 +143,9 @@ def poles_main(argv: list[str]) -> int:
                 deadline = time.monotonic() + cmd["timeout"]
                 while not all(e.is_set() for e in connected) and time.monotonic() < deadline:
                     await asyncio.sleep(0.05)
-                answer({"connected": sum(e.is_set() for e in connected), "of": len(connected),
-                        **stats})
+                answer(
+                    {"connected": sum(e.is_set() for e in connected), "of": len(connected), **stats}
+                )
             elif cmd["cmd"] == "mark":
                 marks = {pl.kid_hex: pl.announced[-1][0] if pl.announced else 0 for pl in poles}
                 answer({"marked": len(marks)})
@@ -141,17 +153,28 @@ def poles_main(argv: list[str]) -> int:
                 deadline = time.monotonic() + cmd["timeout"]
                 moved, seen = time.monotonic(), -1
                 while True:
-                    got = [next((t for ep, t in pl.announced if ep > marks.get(pl.kid_hex, 0)),
-                                None) for pl in poles]
+                    got = [
+                        next((t for ep, t in pl.announced if ep > marks.get(pl.kid_hex, 0)), None)
+                        for pl in poles
+                    ]
                     done = [t for t in got if t is not None]
                     if len(done) != seen:
                         moved, seen = time.monotonic(), len(done)
-                    if (len(done) == len(poles) or time.monotonic() > deadline
-                            or time.monotonic() - moved > cmd["stall"]):
+                    if (
+                        len(done) == len(poles)
+                        or time.monotonic() > deadline
+                        or time.monotonic() - moved > cmd["stall"]
+                    ):
                         break
                     await asyncio.sleep(0.05)
-                answer({"announced": len(done), "of": len(poles),
-                        "last": max(done) if done else None, **stats})
+                answer(
+                    {
+                        "announced": len(done),
+                        "of": len(poles),
+                        "last": max(done) if done else None,
+                        **stats,
+                    }
+                )
             elif cmd["cmd"] == "stop":
                 break
         for t in tasks:
@@ -164,8 +187,12 @@ def poles_main(argv: list[str]) -> int:
 
 class PoleProcess(LineProcess):
     def __init__(self, spec: Path, log: Path) -> None:
-        super().__init__([sys.executable, str(Path(__file__).resolve()), "poles", str(spec)],
-                         log, cwd=ROOT, who="a pole process")
+        super().__init__(
+            [sys.executable, str(Path(__file__).resolve()), "poles", str(spec)],
+            log,
+            cwd=ROOT,
+            who="a pole process",
+        )
 
 
 def ask_all(procs: list[PoleProcess], obj: dict[str, Any], timeout: float) -> list[dict[str, Any]]:
@@ -179,8 +206,9 @@ def start_broker(workdir: Path, *, port: int | None, queue: int | None) -> Any:
     given (Mosquitto's default: 1000 QoS 1 messages queued per client, then dropped)."""
     from citywatch._services import start_mosquitto
 
-    return start_mosquitto(workdir, port=port,
-                           extra="" if queue is None else f"max_queued_messages {queue}\n")
+    return start_mosquitto(
+        workdir, port=port, extra="" if queue is None else f"max_queued_messages {queue}\n"
+    )
 
 
 def cpu_s(pid: int) -> float:
@@ -209,11 +237,18 @@ def main() -> int:
     ap.add_argument("--procs", type=int, default=2, help="pole processes")
     ap.add_argument("--per-conn", type=int, default=100, help="devices per MQTT connection")
     ap.add_argument("--limit", type=float, default=900.0, help="overall limit, seconds")
-    ap.add_argument("--stall", type=float, default=30.0,
-                    help="a phase ends when nothing moved for this many seconds")
-    ap.add_argument("--broker-queue", type=int, default=None,
-                    help="Mosquitto's max_queued_messages (default: Mosquitto's own, 1000; "
-                         "0: unlimited)")
+    ap.add_argument(
+        "--stall",
+        type=float,
+        default=30.0,
+        help="a phase ends when nothing moved for this many seconds",
+    )
+    ap.add_argument(
+        "--broker-queue",
+        type=int,
+        default=None,
+        help="Mosquitto's max_queued_messages (default: Mosquitto's own, 1000; 0: unlimited)",
+    )
     args = ap.parse_args()
     if not 1 <= args.devices <= 100_000 or not 1 <= args.procs <= 16 or args.per_conn < 1:
         ap.error("--devices 1..100000, --procs 1..16, --per-conn >= 1")
@@ -239,66 +274,95 @@ def main() -> int:
     broker = server = None
     procs: list[PoleProcess] = []
     ok = False
-    result: dict[str, Any] = {"devices": args.devices, "announce_s": None, "reannounce_s": None,
-                              "server_rss_mib": None}
+    result: dict[str, Any] = {
+        "devices": args.devices,
+        "announce_s": None,
+        "reannounce_s": None,
+        "server_rss_mib": None,
+    }
     try:
         broker = start_broker(work / "broker", port=None, queue=args.broker_queue)
-        setup = make_server(work, broker, enc_url="http://127.0.0.1:9",
-                            timing={"poll_s": 1.0})
+        setup = make_server(work, broker, enc_url="http://127.0.0.1:9", timing={"poll_s": 1.0})
         cfg = load_config(setup.config)
         store, _ = open_store(cfg, announce=False)
         t = time.perf_counter()
         bundles = []
         try:
             for i in range(args.devices):
-                info, key = store.add_device(uid=f"city-{i}", zone="city", lat=52.2, lon=21.0,
-                                             alg=p.ALG_A256GCM, actor="bench")
+                info, key = store.add_device(
+                    uid=f"city-{i}",
+                    zone="city",
+                    lat=52.2,
+                    lon=21.0,
+                    alg=p.ALG_A256GCM,
+                    actor="bench",
+                )
                 bundles.append(provisioning_bundle(cfg, info, key).to_json())
                 if time.monotonic() - t_start > args.limit / 3:
-                    raise TimeoutError(f"registration: only {i + 1} devices in a third of "
-                                       "--limit")
+                    raise TimeoutError(f"registration: only {i + 1} devices in a third of --limit")
         finally:
             store.close()
         result["register_s"] = round(time.perf_counter() - t, 2)
-        print(f"CityWatch broadcast benchmark: {args.devices} devices registered in "
-              f"{result['register_s']:.1f} s (one transaction each); {args.procs} pole "
-              f"processes, {args.per_conn} devices per MQTT connection "
-              f"({-(-args.devices // args.per_conn)} connections); {os.cpu_count()} CPUs, "
-              f"load average {os.getloadavg()[0]:.2f}", flush=True)
+        print(
+            f"CityWatch broadcast benchmark: {args.devices} devices registered in "
+            f"{result['register_s']:.1f} s (one transaction each); {args.procs} pole "
+            f"processes, {args.per_conn} devices per MQTT connection "
+            f"({-(-args.devices // args.per_conn)} connections); {os.cpu_count()} CPUs, "
+            f"load average {os.getloadavg()[0]:.2f}",
+            flush=True,
+        )
         server = ServerProcess(setup).start(timeout=240)
         assert server.proc is not None
         share = -(-args.devices // args.procs)
         for k in range(args.procs):
-            part = bundles[k * share:(k + 1) * share]
+            part = bundles[k * share : (k + 1) * share]
             if not part:
                 continue
             spec = work / f"poles-{k}.json"
-            spec.write_text(json.dumps({"host": broker.host, "port": broker.port,
-                                        "prefix": "citywatch/v1", "per_conn": args.per_conn,
-                                        "bundles": part}))
+            spec.write_text(
+                json.dumps(
+                    {
+                        "host": broker.host,
+                        "port": broker.port,
+                        "prefix": "citywatch/v1",
+                        "per_conn": args.per_conn,
+                        "bundles": part,
+                    }
+                )
+            )
             procs.append(PoleProcess(spec, work / f"poles-{k}.log"))
         t = time.perf_counter()
         got = ask_all(procs, {"cmd": "connected", "timeout": left()}, left())
         result["connect_s"] = round(time.perf_counter() - t, 2)
-        print(f"  poles connected and online: {sum(g['connected'] for g in got)}/"
-              f"{sum(g['of'] for g in got)} connections in {result['connect_s']:.1f} s",
-              flush=True)
+        print(
+            f"  poles connected and online: {sum(g['connected'] for g in got)}/"
+            f"{sum(g['of'] for g in got)} connections in {result['connect_s']:.1f} s",
+            flush=True,
+        )
 
         def counters() -> dict[str, float]:
-            return {"b1_sent": server.metric("citywatch_server_broadcasts_total"),
-                    "b2_accepted": server.metric("citywatch_server_broadcast_confirmations_total"),
-                    "b2_received": server.metric("citywatch_server_messages_total", type="B2"),
-                    "b2_mismatch": server.metric("citywatch_server_rejected_messages_total",
-                                                 reason="mismatch")}
+            return {
+                "b1_sent": server.metric("citywatch_server_broadcasts_total"),
+                "b2_accepted": server.metric("citywatch_server_broadcast_confirmations_total"),
+                "b2_received": server.metric("citywatch_server_messages_total", type="B2"),
+                "b2_mismatch": server.metric(
+                    "citywatch_server_rejected_messages_total", reason="mismatch"
+                ),
+            }
 
         def confirmed_devices() -> int:
             # Devices whose last B1 the server holds confirmed (the registry's view).
             import sqlite3
-            conn = sqlite3.connect(f"file:{setup.dir / 'data' / 'server.db'}?mode=ro", uri=True,
-                                   timeout=10)
+
+            conn = sqlite3.connect(
+                f"file:{setup.dir / 'data' / 'server.db'}?mode=ro", uri=True, timeout=10
+            )
             try:
-                return int(conn.execute("SELECT count(*) FROM devices WHERE confirmed_epoch = "
-                                        "epoch").fetchone()[0])
+                return int(
+                    conn.execute(
+                        "SELECT count(*) FROM devices WHERE confirmed_epoch = epoch"
+                    ).fetchone()[0]
+                )
             finally:
                 conn.close()
 
@@ -333,14 +397,20 @@ def main() -> int:
             c = {k: int(v - base[k]) for k, v in counters().items()}
             b1_s = (last_b1 - t0) if last_b1 is not None else float("nan")
             complete = announced == args.devices and c["b2_accepted"] >= args.devices
-            print(f"  {name}: B1 accepted by {announced}/{args.devices} poles, the last "
-                  f"{b1_s:.1f} s after the start; B2 accepted by the server "
-                  f"{c['b2_accepted']}/{args.devices} after {end - t0:.1f} s"
-                  + ("" if complete else f" (incomplete: nothing moved for {args.stall:.0f} s "
-                     "or the time limit)")
-                  + f"; B1 sent {c['b1_sent']}, B2 received {c['b2_received']}, "
-                  f"dropped as not matching the last B1 {c['b2_mismatch']}; devices confirmed "
-                  f"in the registry {confirmed_devices()}/{args.devices}", flush=True)
+            print(
+                f"  {name}: B1 accepted by {announced}/{args.devices} poles, the last "
+                f"{b1_s:.1f} s after the start; B2 accepted by the server "
+                f"{c['b2_accepted']}/{args.devices} after {end - t0:.1f} s"
+                + (
+                    ""
+                    if complete
+                    else f" (incomplete: nothing moved for {args.stall:.0f} s or the time limit)"
+                )
+                + f"; B1 sent {c['b1_sent']}, B2 received {c['b2_received']}, "
+                f"dropped as not matching the last B1 {c['b2_mismatch']}; devices confirmed "
+                f"in the registry {confirmed_devices()}/{args.devices}",
+                flush=True,
+            )
             result[f"{name}_b1_s"] = round(b1_s, 2)
             result[f"{name}_counts"] = c | {"b1_accepted": announced}
             return round(end - t0, 2) if complete else None
@@ -351,8 +421,9 @@ def main() -> int:
         ask_all(procs, {"cmd": "mark"}, 10)
         base = counters()
         t0 = time.time()
-        server.api("POST", "/v1/windows/city/open",
-                   json={"until": "2099-01-01T00:00:00Z"}).raise_for_status()
+        server.api(
+            "POST", "/v1/windows/city/open", json={"until": "2099-01-01T00:00:00Z"}
+        ).raise_for_status()
         result["announce_s"] = phase("announce", t0, base)
         result["server_rss_mib"] = round(rss_mib(server.proc.pid)[0], 1)
 
@@ -371,18 +442,29 @@ def main() -> int:
         result["server_rss_mib"] = round(max(result["server_rss_mib"] or 0.0, rss), 1)
         result["server_peak_rss_mib"] = round(peak, 1)
         result["mqtt_connects"] = sum(g["connects"] for g in got)
-        drops = [line for line in broker.log.read_text(errors="replace").splitlines()
-                 if "are being dropped" in line]
+        drops = [
+            line
+            for line in broker.log.read_text(errors="replace").splitlines()
+            if "are being dropped" in line
+        ]
         result["broker_drop_notices"] = len(drops)
         if drops:
-            print(f"  the broker dropped QoS 1 messages for a slow client ({len(drops)} "
-                  f"notice(s) in its log, e.g. {drops[0].split(': ', 1)[-1]!r}); "
-                  "--broker-queue 0 lifts its queue limit", flush=True)
-        print(f"  server process: {rss:.0f} MiB resident, {peak:.0f} MiB at its peak (its "
-              "photo-check models included)", flush=True)
-        print("announce: from the window's opening (admin API) until every pole accepted "
-              "its B1 and the server accepted every B2; reannounce: from the restarted broker "
-              "listening until the same, after every pole and the server reconnected")
+            print(
+                f"  the broker dropped QoS 1 messages for a slow client ({len(drops)} "
+                f"notice(s) in its log, e.g. {drops[0].split(': ', 1)[-1]!r}); "
+                "--broker-queue 0 lifts its queue limit",
+                flush=True,
+            )
+        print(
+            f"  server process: {rss:.0f} MiB resident, {peak:.0f} MiB at its peak (its "
+            "photo-check models included)",
+            flush=True,
+        )
+        print(
+            "announce: from the window's opening (admin API) until every pole accepted "
+            "its B1 and the server accepted every B2; reannounce: from the restarted broker "
+            "listening until the same, after every pole and the server reconnected"
+        )
         print(json.dumps(result))
         ok = True
         return 0

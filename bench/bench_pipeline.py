@@ -73,7 +73,7 @@ def synthetic_frames(n: int = 150) -> tuple[list[Frame], float]:
         frame[450:, :] = 80
         if i < 2 * n // 3:
             x = 100 + 10 * i
-            frame[200:600, x:x + 120] = (40, 60, 160)
+            frame[200:600, x : x + 120] = (40, 60, 160)
         else:
             frame[540:640, 900:1300] = (40, 60, 160)
         noise = rng.integers(-4, 5, frame.shape)
@@ -92,8 +92,9 @@ def rss_mib() -> tuple[float, float]:
     return values.get("VmRSS", float("nan")), values.get("VmHWM", float("nan"))
 
 
-def timed(frames: list[Frame], fps: float, steps: dict[str, Callable[[Frame, float], object]],
-          repeat: int) -> dict[str, list[float]]:
+def timed(
+    frames: list[Frame], fps: float, steps: dict[str, Callable[[Frame, float], object]], repeat: int
+) -> dict[str, list[float]]:
     """Per-frame latencies (seconds) of each step over the clip, ``repeat`` passes each.
     Passes of the different steps take turns, so a burst of load elsewhere on the machine
     does not land on one of them only. Time keeps increasing across passes, as in a
@@ -109,13 +110,21 @@ def timed(frames: list[Frame], fps: float, steps: dict[str, Callable[[Frame, flo
     return latencies
 
 
-def row(table: Table, name: str, latencies: list[float], model_mean: float,
-        extra: str = "") -> None:
+def row(
+    table: Table, name: str, latencies: list[float], model_mean: float, extra: str = ""
+) -> None:
     mean = statistics.fmean(latencies)
     q = statistics.quantiles(latencies, n=20)
-    table.add_row(name, f"{1 / mean:.1f}", f"{1e3 * mean:.2f}", f"{1e3 * q[9]:.2f}",
-                  f"{1e3 * q[18]:.2f}", f"{1e3 * max(latencies):.2f}",
-                  f"{mean / model_mean:.2f}", extra)
+    table.add_row(
+        name,
+        f"{1 / mean:.1f}",
+        f"{1e3 * mean:.2f}",
+        f"{1e3 * q[9]:.2f}",
+        f"{1e3 * q[18]:.2f}",
+        f"{1e3 * max(latencies):.2f}",
+        f"{mean / model_mean:.2f}",
+        extra,
+    )
 
 
 def first_frame(path: Path) -> Frame | None:
@@ -131,9 +140,11 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=PreScreenConfig().model.threads)
     parser.add_argument("--video", type=Path, default=DEFAULT_VIDEO)
     parser.add_argument("--repeat", type=int, default=3, help="passes over the clip")
-    parser.add_argument("--rotations", default=",".join(
-        str(r) for r in PreScreenConfig().model.rotations),
-        help="rotations of the pipeline rows, comma-separated (0 must be one)")
+    parser.add_argument(
+        "--rotations",
+        default=",".join(str(r) for r in PreScreenConfig().model.rotations),
+        help="rotations of the pipeline rows, comma-separated (0 must be one)",
+    )
     args = parser.parse_args()
     console = Console(width=150)
 
@@ -143,8 +154,8 @@ def main() -> int:
         console.print(f"[red]--rotations {args.rotations!r}: give angles like 0,90,270[/red]")
         return 2
     config = PreScreenConfig.model_validate(
-        {"model": {"input_size": args.input_size, "threads": args.threads,
-                   "rotations": rotations}})
+        {"model": {"input_size": args.input_size, "threads": args.threads, "rotations": rotations}}
+    )
     rss_imports, _ = rss_mib()
     try:
         model = load_verified_model(default_models_dir() / MOVENET.name)
@@ -154,10 +165,14 @@ def main() -> int:
 
     def make_detector(upright_only: bool = False) -> PoseDetector:
         mc = config.model
-        return PoseDetector(model, input_size=mc.input_size, threads=mc.threads,
-                            min_pose_score=mc.min_pose_score,
-                            rotations=(0,) if upright_only else mc.rotations,
-                            low_light=0.0 if upright_only else mc.low_light)
+        return PoseDetector(
+            model,
+            input_size=mc.input_size,
+            threads=mc.threads,
+            min_pose_score=mc.min_pose_score,
+            rotations=(0,) if upright_only else mc.rotations,
+            low_light=0.0 if upright_only else mc.low_light,
+        )
 
     # What a daemon holds: one pre-screen, warmed up on one frame of the camera's size.
     gated = PreScreen(config, make_detector())
@@ -169,8 +184,10 @@ def main() -> int:
         frames, fps = read_video(args.video)
         source = f"{args.video.name} of GMDCSA24 {args.video.parent.parent.name}"
     else:
-        console.print(f"[yellow]video {args.video} is absent (the shared data is only on "
-                      "development and CI machines): using synthetic frames[/yellow]")
+        console.print(
+            f"[yellow]video {args.video} is absent (the shared data is only on "
+            "development and CI machines): using synthetic frames[/yellow]"
+        )
         frames, fps = synthetic_frames()
         source = "synthetic frames"
     if not frames:
@@ -180,10 +197,12 @@ def main() -> int:
 
     detector = make_detector(upright_only=True)
     upright_config = config.model_copy(
-        update={"model": config.model.model_copy(update={"rotations": (0,)})})
+        update={"model": config.model.model_copy(update={"rotations": (0,)})}
+    )
     upright = PreScreen(upright_config, make_detector(upright_only=True))
     ungated_config = config.model_copy(
-        update={"motion": config.motion.model_copy(update={"enabled": False})})
+        update={"motion": config.motion.model_copy(update={"enabled": False})}
+    )
     ungated = PreScreen(ungated_config, make_detector())
     gate = MotionGate()
     chaos = MotionChaos()
@@ -191,43 +210,73 @@ def main() -> int:
         detector.detect(frame)
         ungated.detector.detect(frame)
         upright.detector.detect(frame)
-    lat = timed(frames, fps, {
-        "model": lambda f, _t: detector.detect(f),
-        "gated": gated.process,
-        "ungated": ungated.process,
-        "upright": upright.process,
-        "gate": gate.check,
-        "chaos": chaos.update,
-    }, args.repeat)
+    lat = timed(
+        frames,
+        fps,
+        {
+            "model": lambda f, _t: detector.detect(f),
+            "gated": gated.process,
+            "ungated": ungated.process,
+            "upright": upright.process,
+            "gate": gate.check,
+            "chaos": chaos.update,
+        },
+        args.repeat,
+    )
     model_lat, gated_lat, ungated_lat, gate_lat = (
-        lat["model"], lat["gated"], lat["ungated"], lat["gate"])
+        lat["model"],
+        lat["gated"],
+        lat["ungated"],
+        lat["gate"],
+    )
     model_mean = statistics.fmean(model_lat)
     _, rss_peak = rss_mib()
     load = os.getloadavg()[0]
 
-    table = Table(title=f"Pre-screen on {len(frames)} frames x {args.repeat} of {source}, "
-                  f"{w}x{h} at {fps:.0f} fps; input size {args.input_size}, "
-                  f"{args.threads} threads, {detector.runtime}")
+    table = Table(
+        title=f"Pre-screen on {len(frames)} frames x {args.repeat} of {source}, "
+        f"{w}x{h} at {fps:.0f} fps; input size {args.input_size}, "
+        f"{args.threads} threads, {detector.runtime}"
+    )
     for col in ("what", "frames/s", "mean ms", "p50 ms", "p95 ms", "max ms", "÷ model", "note"):
         table.add_column(col, justify="right" if col not in ("what", "note") else "left")
     row(table, "model alone (letterbox + infer)", model_lat, model_mean)
-    row(table, f"pipeline, rotations {args.rotations}, gate on (default)", gated_lat,
-        model_mean, f"model ran on {gated.inferences}/{gated.frames} frames, "
-        f"{gated.detector.invocations} inferences")
-    row(table, f"pipeline, rotations {args.rotations}, gate off", ungated_lat, model_mean,
-        f"model ran on {ungated.inferences}/{ungated.frames} frames")
-    row(table, "pipeline, upright only, gate on", lat["upright"], model_mean,
-        f"model ran on {upright.inferences}/{upright.frames} frames")
+    row(
+        table,
+        f"pipeline, rotations {args.rotations}, gate on (default)",
+        gated_lat,
+        model_mean,
+        f"model ran on {gated.inferences}/{gated.frames} frames, "
+        f"{gated.detector.invocations} inferences",
+    )
+    row(
+        table,
+        f"pipeline, rotations {args.rotations}, gate off",
+        ungated_lat,
+        model_mean,
+        f"model ran on {ungated.inferences}/{ungated.frames} frames",
+    )
+    row(
+        table,
+        "pipeline, upright only, gate on",
+        lat["upright"],
+        model_mean,
+        f"model ran on {upright.inferences}/{upright.frames} frames",
+    )
     row(table, "motion gate alone", gate_lat, model_mean)
     row(table, "fight rule's optical flow alone", lat["chaos"], model_mean)
     console.print(table)
-    console.print(f"load average (1 min) at the end: {load:.2f} on {os.cpu_count()} CPUs: "
-                  "other work on the machine inflates the figures")
-    console.print(f"resident memory with the pre-screen loaded and warmed up: {rss_ready:.0f} "
-                  f"MiB (Python, numpy, OpenCV, pydantic and rich imported: "
-                  f"{rss_imports:.0f} MiB); peak of this benchmark {rss_peak:.0f} MiB (it "
-                  f"also holds the decoded clip, {sum(f.nbytes for f in frames) / 2**20:.0f} "
-                  "MiB, and four pre-screens)")
+    console.print(
+        f"load average (1 min) at the end: {load:.2f} on {os.cpu_count()} CPUs: "
+        "other work on the machine inflates the figures"
+    )
+    console.print(
+        f"resident memory with the pre-screen loaded and warmed up: {rss_ready:.0f} "
+        f"MiB (Python, numpy, OpenCV, pydantic and rich imported: "
+        f"{rss_imports:.0f} MiB); peak of this benchmark {rss_peak:.0f} MiB (it "
+        f"also holds the decoded clip, {sum(f.nbytes for f in frames) / 2**20:.0f} "
+        "MiB, and four pre-screens)"
+    )
     return 0
 
 

@@ -66,8 +66,11 @@ def main() -> None:
             d.conn.start_report(small, w.now)
             w.to_server(d.conn.data_to_send()[0])
             w.to_device(d, w.server_out()[0])
-            inc_holder.extend(e for e in w.to_server(d.conn.data_to_send()[0])
-                              if isinstance(e, p.IncidentReported))
+            inc_holder.extend(
+                e
+                for e in w.to_server(d.conn.data_to_send()[0])
+                if isinstance(e, p.IncidentReported)
+            )
             w.to_device(d, w.server.receipt(inc_holder[0], w.now))
         w.advance(1)
         events, _ = w.notify(inc_holder[0])

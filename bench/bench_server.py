@@ -72,13 +72,15 @@ def pct(values: list[float], q: float) -> float:
 # -- the broker's own ceiling ------------------------------------------------------------
 
 
-async def echo_ceiling(broker: Broker, *, concurrency: int, rounds: int, big: int,
-                       nodelay: bool) -> tuple[float, float, float]:
+async def echo_ceiling(
+    broker: Broker, *, concurrency: int, rounds: int, big: int, nodelay: bool
+) -> tuple[float, float, float]:
     """Round trips/s, p50 and p95 ms of (small, small) and (big, small) request pairs."""
     opts = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)] if nodelay else []
     links = max(1, math.ceil(concurrency / PER_LINK))
-    async with aiomqtt.Client(broker.host, broker.port, socket_options=opts,
-                              max_inflight_messages=1000) as echo:
+    async with aiomqtt.Client(
+        broker.host, broker.port, socket_options=opts, max_inflight_messages=1000
+    ) as echo:
         await echo.subscribe("bench/req/#", qos=1)
 
         async def serve() -> None:
@@ -87,8 +89,12 @@ async def echo_ceiling(broker: Broker, *, concurrency: int, rounds: int, big: in
                 await echo.publish(f"bench/resp/{rid}", b"r" * 80, qos=1)
 
         server = asyncio.create_task(serve())
-        clients = [aiomqtt.Client(broker.host, broker.port, socket_options=opts,
-                                  max_inflight_messages=1000) for _ in range(links)]
+        clients = [
+            aiomqtt.Client(
+                broker.host, broker.port, socket_options=opts, max_inflight_messages=1000
+            )
+            for _ in range(links)
+        ]
         waiters: dict[str, asyncio.Future[None]] = {}
         readers = []
         for c in clients:
@@ -129,13 +135,29 @@ async def echo_ceiling(broker: Broker, *, concurrency: int, rounds: int, big: in
 # -- the real server -------------------------------------------------------------------
 
 
-async def contact_run(bundles: list[ProvisioningBundle], broker: Broker, enc: EncStub, *,
-                      reports: int, photos: list[bytes], nodelay: bool, timeout: float,
-                      lon_offset: float = 0.0) -> tuple[int, float, list[float], float]:
+async def contact_run(
+    bundles: list[ProvisioningBundle],
+    broker: Broker,
+    enc: EncStub,
+    *,
+    reports: int,
+    photos: list[bytes],
+    nodelay: bool,
+    timeout: float,
+    lon_offset: float = 0.0,
+) -> tuple[int, float, list[float], float]:
     """Contacts done, seconds they took, C1->N2 latencies, N2 answered per second."""
-    links = [MqttLink(host=broker.host, port=broker.port, client_id=f"bench-{i}-{os.getpid()}",
-                      topic_prefix="citywatch/v1", tcp_nodelay=nodelay, shared=True)
-             for i in range(max(1, math.ceil(len(bundles) / PER_LINK)))]
+    links = [
+        MqttLink(
+            host=broker.host,
+            port=broker.port,
+            client_id=f"bench-{i}-{os.getpid()}",
+            topic_prefix="citywatch/v1",
+            tcp_nodelay=nodelay,
+            shared=True,
+        )
+        for i in range(max(1, math.ceil(len(bundles) / PER_LINK)))
+    ]
     for link in links:
         await link.start()
     devices = [SimulatedDevice(b, link=links[i % len(links)]) for i, b in enumerate(bundles)]
@@ -152,11 +174,16 @@ async def contact_run(bundles: list[ProvisioningBundle], broker: Broker, enc: En
             # Every report ~200 m from every other (and each run's a degree of longitude
             # from the previous run's): each is a scene of its own, so the server's fusion
             # looks for neighbours and finds none; each reaches the ENC.
-            where = p.Coords(lat=HERE.lat + 0.002 * i,
-                             lon=HERE.lon + lon_offset + 0.003 * r, alt=None,
-                             acc=HERE.acc, src=HERE.src)
-            await d.report(photos[(i + r) % len(photos)], where, 0.9, "person_down", cid=cid,
-                           timeout=timeout)
+            where = p.Coords(
+                lat=HERE.lat + 0.002 * i,
+                lon=HERE.lon + lon_offset + 0.003 * r,
+                alt=None,
+                acc=HERE.acc,
+                src=HERE.src,
+            )
+            await d.report(
+                photos[(i + r) % len(photos)], where, 0.9, "person_down", cid=cid, timeout=timeout
+            )
             done += 1
         return done
 
@@ -209,8 +236,14 @@ def provision(setup_config: Path, n: int, zone: str) -> list[ProvisioningBundle]
     try:
         out = []
         for i in range(n):
-            info, key = store.add_device(uid=f"bench-{zone}-{i}", zone=zone, lat=52.2,
-                                         lon=21.0, alg=p.ALG_A256GCM, actor="bench")
+            info, key = store.add_device(
+                uid=f"bench-{zone}-{i}",
+                zone=zone,
+                lat=52.2,
+                lon=21.0,
+                alg=p.ALG_A256GCM,
+                actor="bench",
+            )
             out.append(provisioning_bundle(cfg, info, key))
         return out
     finally:
@@ -226,8 +259,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="10,100")
     ap.add_argument("--reports", type=int, default=2, help="incidents per device")
-    ap.add_argument("--workers", default="1,2",
-                    help="[verification] workers values to run (processes of the photo check)")
+    ap.add_argument(
+        "--workers",
+        default="1,2",
+        help="[verification] workers values to run (processes of the photo check)",
+    )
     ap.add_argument("--timeout", type=float, default=600.0)
     args = ap.parse_args()
     # aiomqtt warns about every queue of more than 10 publishes: expected here.
@@ -238,46 +274,70 @@ def main() -> int:
     mean_kib = statistics.mean(len(ph) for ph in photos) / 1024
     work = Path(tempfile.mkdtemp(prefix="citywatch-bench-"))
     broker = start_mosquitto(work / "broker")
-    print(f"CityWatch server benchmark: broker 127.0.0.1:{broker.port} (set_tcp_nodelay true), "
-          f"{len(photos)} real photos of {mean_kib:.0f} KiB (shipped footage, 480x360), "
-          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}, server on SQLite "
-          "with the real photo check")
-    print(f"{'workers':>7} {'devices':>8} {'contacts':>9} {'contacts/s':>11} {'alerts/s':>9} "
-          f"{'C1->N2 p50':>11} {'p95':>8} {'at ENC':>7} {'server CPU/alert':>17} | "
-          f"{'echo RTT/s':>10} "
-          f"{'ceiling contacts/s':>19} {'RTT p50':>8}")
+    print(
+        f"CityWatch server benchmark: broker 127.0.0.1:{broker.port} (set_tcp_nodelay true), "
+        f"{len(photos)} real photos of {mean_kib:.0f} KiB (shipped footage, 480x360), "
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}, server on SQLite "
+        "with the real photo check"
+    )
+    print(
+        f"{'workers':>7} {'devices':>8} {'contacts':>9} {'contacts/s':>11} {'alerts/s':>9} "
+        f"{'C1->N2 p50':>11} {'p95':>8} {'at ENC':>7} {'server CPU/alert':>17} | "
+        f"{'echo RTT/s':>10} "
+        f"{'ceiling contacts/s':>19} {'RTT p50':>8}"
+    )
     runs = [(w, True, sizes) for w in workers_list] + [(workers_list[0], False, sizes[:1])]
     ceilings: dict[int, tuple[float, float, float]] = {}
     try:
         for run_no, (workers, nodelay, label_sizes) in enumerate(runs):
             port = free_port()
             # block_after_dismissed = 0: a dismissed photo must not block a bench device.
-            setup = make_server(work / f"run{run_no}", broker,
-                                enc_url=f"http://127.0.0.1:{port}",
-                                timing={"poll_s": 1.0, "rate_limit_burst": 100},
-                                verification={"workers": workers, "block_after_dismissed": 0})
+            setup = make_server(
+                work / f"run{run_no}",
+                broker,
+                enc_url=f"http://127.0.0.1:{port}",
+                timing={"poll_s": 1.0, "rate_limit_burst": 100},
+                verification={"workers": workers, "block_after_dismissed": 0},
+            )
             if not nodelay:
                 text = setup.config.read_text().replace(
-                    f"port = {broker.port}\n", f"port = {broker.port}\ntcp_nodelay = false\n", 1)
+                    f"port = {broker.port}\n", f"port = {broker.port}\ntcp_nodelay = false\n", 1
+                )
                 setup.config.write_text(text)
             enc = EncStub(server_kid=setup.server_kid, key=setup.enc_key, port=port).start()
             bundles_by_n = {n: provision(setup.config, n, f"zone-{n}") for n in label_sizes}
             server = ServerProcess(setup).start(timeout=120)
             try:
                 for size_no, n in enumerate(label_sizes):
-                    server.api("POST", f"/v1/windows/zone-{n}/open",
-                               json={"until": "2099-01-01T00:00:00Z"})
+                    server.api(
+                        "POST", f"/v1/windows/zone-{n}/open", json={"until": "2099-01-01T00:00:00Z"}
+                    )
                     reports = args.reports if n < 1000 else 1
                     assert server.proc is not None
                     cpu0 = tree_cpu_s(server.proc.pid)
-                    done, elapsed, lat, alerts_per_s = asyncio.run(contact_run(
-                        bundles_by_n[n], broker, enc, reports=reports, photos=photos,
-                        nodelay=nodelay, timeout=args.timeout, lon_offset=float(size_no)))
+                    done, elapsed, lat, alerts_per_s = asyncio.run(
+                        contact_run(
+                            bundles_by_n[n],
+                            broker,
+                            enc,
+                            reports=reports,
+                            photos=photos,
+                            nodelay=nodelay,
+                            timeout=args.timeout,
+                            lon_offset=float(size_no),
+                        )
+                    )
                     cpu_per_alert = (tree_cpu_s(server.proc.pid) - cpu0) / max(1, len(lat))
                     if nodelay and n not in ceilings:
-                        ceilings[n] = asyncio.run(echo_ceiling(
-                            broker, concurrency=n, rounds=reports, big=len(photos[0]),
-                            nodelay=nodelay))
+                        ceilings[n] = asyncio.run(
+                            echo_ceiling(
+                                broker,
+                                concurrency=n,
+                                rounds=reports,
+                                big=len(photos[0]),
+                                nodelay=nodelay,
+                            )
+                        )
                     if nodelay:
                         rps, rp50, _ = ceilings[n]
                         ceiling = f"{rps:>10.1f} {rps / 2:>19.1f} {rp50:>6.2f}ms"
@@ -285,14 +345,22 @@ def main() -> int:
                         ceiling = "(TCP_NODELAY off on the server and the devices)"
                     stages = "  ".join(
                         f"{name} {mean_ms(server, metric):.1f}ms"
-                        for name, metric in (("C3->C4", "c3_to_c4"), ("verify", "verification"),
-                                             ("N1->N2", "n1_to_n2")))
+                        for name, metric in (
+                            ("C3->C4", "c3_to_c4"),
+                            ("verify", "verification"),
+                            ("N1->N2", "n1_to_n2"),
+                        )
+                    )
                     p50 = statistics.median(lat) * 1000 if lat else float("nan")
-                    print(f"{workers:>7} {n:>8} {done:>9} {done / elapsed:>11.1f} "
-                          f"{alerts_per_s:>9.1f} {p50:>9.0f}ms {pct(lat, 0.95) * 1000:>6.0f}ms "
-                          f"{len(lat):>7} {cpu_per_alert * 1000:>15.0f}ms | {ceiling}", flush=True)
+                    print(
+                        f"{workers:>7} {n:>8} {done:>9} {done / elapsed:>11.1f} "
+                        f"{alerts_per_s:>9.1f} {p50:>9.0f}ms {pct(lat, 0.95) * 1000:>6.0f}ms "
+                        f"{len(lat):>7} {cpu_per_alert * 1000:>15.0f}ms | {ceiling}",
+                        flush=True,
+                    )
                     print(f"{'':>16} server-side means so far: {stages}", flush=True)
                     server.api("POST", f"/v1/windows/zone-{n}/close")
+
                 def drained(s: ServerProcess = server) -> bool:
                     return s.metric("citywatch_server_outbox_depth") == 0
 
@@ -302,16 +370,18 @@ def main() -> int:
                 enc.stop()
     finally:
         broker.stop()
-    print("contacts/s: C1..C4 completed per second by all devices together (C4 does not wait "
-          "for the photo check); alerts/s: N2 answered by the ENC per second, from the first "
-          "C1 to the last N2 (what the check's workers sustain); C1->N2: from the device's C1 "
-          "to the ENC's N2 (answered in this process), including the wait for a worker; at "
-          "ENC: reports that reached it; server CPU/alert: CPU time of the server's process and "
-          "its photo-check workers per alert (user + system, from /proc; a busy machine does "
-          "not inflate it). verify: the server's mean time from a report's turn to be "
-          "verified to its decision, waiting for a free worker included. "
-          "Ceiling: the same broker echoing the same sizes at the same concurrency, two round "
-          "trips per contact.")
+    print(
+        "contacts/s: C1..C4 completed per second by all devices together (C4 does not wait "
+        "for the photo check); alerts/s: N2 answered by the ENC per second, from the first "
+        "C1 to the last N2 (what the check's workers sustain); C1->N2: from the device's C1 "
+        "to the ENC's N2 (answered in this process), including the wait for a worker; at "
+        "ENC: reports that reached it; server CPU/alert: CPU time of the server's process and "
+        "its photo-check workers per alert (user + system, from /proc; a busy machine does "
+        "not inflate it). verify: the server's mean time from a report's turn to be "
+        "verified to its decision, waiting for a free worker included. "
+        "Ceiling: the same broker echoing the same sizes at the same concurrency, two round "
+        "trips per contact."
+    )
     return 0
 
 

@@ -141,11 +141,25 @@ class Lab:
             _run("ip", "-n", name, "link", "set", "lo", "up")
         s = self.ns["server"]
         for far, (near_if, far_if), near_ip, far_ip in (
-                ("poles", self.links["poles"], SRV_POLES_IP, POLES_IP),
-                ("enc", self.links["enc"], SRV_ENC_IP, ENC_IP)):
+            ("poles", self.links["poles"], SRV_POLES_IP, POLES_IP),
+            ("enc", self.links["enc"], SRV_ENC_IP, ENC_IP),
+        ):
             f = self.ns[far]
-            _run("ip", "link", "add", near_if, "netns", s, "type", "veth", "peer", "name", far_if,
-                 "netns", f)
+            _run(
+                "ip",
+                "link",
+                "add",
+                near_if,
+                "netns",
+                s,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                far_if,
+                "netns",
+                f,
+            )
             _run("ip", "-n", s, "addr", "add", f"{near_ip}/24", "dev", near_if)
             _run("ip", "-n", f, "addr", "add", f"{far_ip}/24", "dev", far_if)
             _run("ip", "-n", s, "link", "set", near_if, "up")
@@ -153,14 +167,32 @@ class Lab:
 
     def ends(self) -> list[tuple[str, str]]:
         s = self.ns["server"]
-        return [(s, self.links["poles"][0]), (self.ns["poles"], self.links["poles"][1]),
-                (s, self.links["enc"][0]), (self.ns["enc"], self.links["enc"][1])]
+        return [
+            (s, self.links["poles"][0]),
+            (self.ns["poles"], self.links["poles"][1]),
+            (s, self.links["enc"][0]),
+            (self.ns["enc"], self.links["enc"][1]),
+        ]
 
     def netem_works(self) -> str | None:
         """None when tc netem can be used here, else why not."""
         ns, dev = self.ends()[0]
-        r = _run("ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", dev, "root", "netem",
-                 "delay", "1ms", check=False)
+        r = _run(
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            "tc",
+            "qdisc",
+            "add",
+            "dev",
+            dev,
+            "root",
+            "netem",
+            "delay",
+            "1ms",
+            check=False,
+        )
         if r.returncode != 0:
             return (r.stderr.strip() or "tc failed") + " (the kernel has no sch_netem)"
         _run("ip", "netns", "exec", ns, "tc", "qdisc", "del", "dev", dev, "root", check=False)
@@ -168,8 +200,19 @@ class Lab:
 
     def set_netem(self, dist: str, unit_ms: float) -> None:
         for ns, dev in self.ends():
-            _run("ip", "netns", "exec", ns, "tc", "qdisc", "replace", "dev", dev, "root",
-                 *netem_args(dist, unit_ms))
+            _run(
+                "ip",
+                "netns",
+                "exec",
+                ns,
+                "tc",
+                "qdisc",
+                "replace",
+                "dev",
+                dev,
+                "root",
+                *netem_args(dist, unit_ms),
+            )
 
     def enter(self, which: str) -> None:
         fd = os.open(f"/run/netns/{self.ns[which]}", os.O_RDONLY)
@@ -246,10 +289,12 @@ class DelayRelay:
         out = {}
         for dist, s in self.stats.items():
             samples, late = s.get("sample_ms", []), s.get("late_ms", [])
-            out[dist] = {"bursts": len(samples),
-                         "mean_sample_ms": statistics.mean(samples) if samples else None,
-                         "late_mean_ms": statistics.mean(late) if late else None,
-                         "late_max_ms": max(late) if late else None}
+            out[dist] = {
+                "bursts": len(samples),
+                "mean_sample_ms": statistics.mean(samples) if samples else None,
+                "late_mean_ms": statistics.mean(late) if late else None,
+                "late_max_ms": max(late) if late else None,
+            }
         self.stats_path.write_text(json.dumps(out))
 
     async def pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -365,8 +410,15 @@ def poles_main(argv: list[str]) -> int:
             for ev in self.events[n_ev:]:
                 if isinstance(ev, p.WindowAnnounced):
                     b2 = [u for u, typ2 in self.up_times[n_up:] if typ2 == 2]
-                    self.b1_log.append({"ts": ev.ts, "tx": ev.tx, "ep": ev.ep, "rx": t,
-                                        "b2_tx": b2[0] if b2 else None})
+                    self.b1_log.append(
+                        {
+                            "ts": ev.ts,
+                            "tx": ev.tx,
+                            "ep": ev.ep,
+                            "rx": t,
+                            "b2_tx": b2[0] if b2 else None,
+                        }
+                    )
 
     spec = json.loads(Path(argv[0]).read_text())
     photos = [footage_frame(k / 10) for k in range(30, 60, 3)]
@@ -399,8 +451,9 @@ def poles_main(argv: list[str]) -> int:
                 answer({"error": f"{type(exc).__name__}: {exc}"})
         await asyncio.gather(*(d.stop() for d in devices.values()), return_exceptions=True)
 
-    async def window(devices: dict[str, TimedDevice], after: dict[str, int],
-                     timeout: float) -> dict[str, Any]:
+    async def window(
+        devices: dict[str, TimedDevice], after: dict[str, int], timeout: float
+    ) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         out: dict[str, Any] = {}
         while time.monotonic() < deadline:
@@ -416,17 +469,23 @@ def poles_main(argv: list[str]) -> int:
     async def report(d: TimedDevice, cmd: dict[str, Any], photos: list[bytes]) -> dict[str, Any]:
         n_up, n_down = len(d.up_times), len(d.down_times)
         where = p.Coords(lat=cmd["lat"], lon=cmd["lon"], alt=None, acc=3.0, src="gps")
-        ev = await d.report(photos[cmd["photo"] % len(photos)], where, 0.9, "person_down",
-                            timeout=cmd["timeout"])
+        ev = await d.report(
+            photos[cmd["photo"] % len(photos)], where, 0.9, "person_down", timeout=cmd["timeout"]
+        )
         ups, downs = d.up_times[n_up:], d.down_times[n_down:]
 
         def last(times: list[tuple[float, int]], typ: int) -> float | None:
             hits = [t for t, ty in times if ty == typ]
             return hits[-1] if hits else None
 
-        return {"incident": ev.incident_id, "c1": last(ups, 3), "c2": last(downs, 4),
-                "c3": last(ups, 5), "c4": last(downs, 6),
-                "attempts": sum(1 for _, ty in ups if ty == 3)}
+        return {
+            "incident": ev.incident_id,
+            "c1": last(ups, 3),
+            "c2": last(downs, 4),
+            "c3": last(ups, 5),
+            "c4": last(downs, 6),
+            "attempts": sum(1 for _, ty in ups if ty == 3),
+        }
 
     asyncio.run(run())
     return 0
@@ -511,38 +570,65 @@ def orchestrate(args: argparse.Namespace, lab: Lab, work: Path, deadline: float)
     procs: list[subprocess.Popen[bytes]] = []
     broker = server = poles = None
     netem_reason = lab.netem_works()
-    injector = "tc netem on the veth links" if netem_reason is None else (
-        "a delaying TCP relay at the far end of each veth link (tc netem unavailable: "
-        f"{netem_reason})")
+    injector = (
+        "tc netem on the veth links"
+        if netem_reason is None
+        else (
+            "a delaying TCP relay at the far end of each veth link (tc netem unavailable: "
+            f"{netem_reason})"
+        )
+    )
     spec = work / "delay.json"
     spec.write_text(json.dumps({"dist": "none", "unit_ms": args.unit_ms, "seed": args.seed}))
     lab.enter("server")
     try:
         broker = start_mosquitto(work / "broker")
-        setup = make_server(work, broker, enc_url=f"http://{ENC_IP}:{ENC_PORT}",
-                            timing={"poll_s": 1.0, "rate_limit_burst": 100},
-                            verification={"block_after_dismissed": 0})
+        setup = make_server(
+            work,
+            broker,
+            enc_url=f"http://{ENC_IP}:{ENC_PORT}",
+            timing={"poll_s": 1.0, "rate_limit_burst": 100},
+            verification={"block_after_dismissed": 0},
+        )
         cfg = load_config(setup.config)
         store, _ = open_store(cfg, announce=False)
         bundles = []
         try:
             for i in range(args.devices):
-                info, key = store.add_device(uid=f"timing-{i}", zone="timing", lat=52.2,
-                                             lon=21.0, alg=p.ALG_A256GCM, actor="bench")
+                info, key = store.add_device(
+                    uid=f"timing-{i}",
+                    zone="timing",
+                    lat=52.2,
+                    lon=21.0,
+                    alg=p.ALG_A256GCM,
+                    actor="bench",
+                )
                 b = provisioning_bundle(cfg, info, key)
                 assert b.server is not None
-                b = dataclasses.replace(b, server=dataclasses.replace(
-                    b.server, host=SRV_POLES_IP, port=RELAY_PORT))
+                b = dataclasses.replace(
+                    b, server=dataclasses.replace(b.server, host=SRV_POLES_IP, port=RELAY_PORT)
+                )
                 bundles.append(b.to_json())
         finally:
             store.close()
-        enc_cfg = tomllib.loads(subprocess.run(
-            [sys.executable, "-m", "citywatch", "enc", "config", "example"], check=True,
-            capture_output=True, text=True, timeout=60, cwd=ROOT).stdout)
+        enc_cfg = tomllib.loads(
+            subprocess.run(
+                [sys.executable, "-m", "citywatch", "enc", "config", "example"],
+                check=True,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                cwd=ROOT,
+            ).stdout
+        )
         enc_cfg["data_dir"] = str(work / "enc-data")
         enc_cfg["http"]["port"] = ENC_PORT
-        enc_cfg["servers"] = {setup.server_kid.hex(): {
-            "key_file": str(setup.dir / "data" / "enc.key"), "name": "timing bench"}}
+        enc_cfg["servers"] = {
+            setup.server_kid.hex(): {
+                "key_file": str(setup.dir / "data" / "enc.key"),
+                "name": "timing bench",
+            }
+        }
         (work / "enc.toml").write_text(tomli_w.dumps(enc_cfg))
 
         def spawn(name: str, cmd: list[str]) -> subprocess.Popen[bytes]:
@@ -552,23 +638,60 @@ def orchestrate(args: argparse.Namespace, lab: Lab, work: Path, deadline: float)
             return proc
 
         me = [sys.executable, str(Path(__file__).resolve())]
-        spawn("enc", [*lab.exec_in("enc"), sys.executable, "-m", "citywatch", "enc", "run",
-                      "--config", str(work / "enc.toml")])
-        relay_dev = spawn("relay-poles", [*me, "relay", "--listen", f"{SRV_POLES_IP}:{RELAY_PORT}",
-                                          "--to", f"127.0.0.1:{broker.port}", "--spec", str(spec),
-                                          "--stats", str(work / "relay-poles.json")])
-        relay_enc = spawn("relay-enc", [*lab.exec_in("enc"), *me, "relay", "--listen",
-                                        f"{ENC_IP}:{ENC_PORT}", "--to", f"127.0.0.1:{ENC_PORT}",
-                                        "--spec", str(spec),
-                                        "--stats", str(work / "relay-enc.json")])
-        enc_up = poll(lambda: _http_ok(httpx, f"http://{ENC_IP}:{ENC_PORT}/healthz"),
-                      timeout=90, interval=0.3)
+        spawn(
+            "enc",
+            [
+                *lab.exec_in("enc"),
+                sys.executable,
+                "-m",
+                "citywatch",
+                "enc",
+                "run",
+                "--config",
+                str(work / "enc.toml"),
+            ],
+        )
+        relay_dev = spawn(
+            "relay-poles",
+            [
+                *me,
+                "relay",
+                "--listen",
+                f"{SRV_POLES_IP}:{RELAY_PORT}",
+                "--to",
+                f"127.0.0.1:{broker.port}",
+                "--spec",
+                str(spec),
+                "--stats",
+                str(work / "relay-poles.json"),
+            ],
+        )
+        relay_enc = spawn(
+            "relay-enc",
+            [
+                *lab.exec_in("enc"),
+                *me,
+                "relay",
+                "--listen",
+                f"{ENC_IP}:{ENC_PORT}",
+                "--to",
+                f"127.0.0.1:{ENC_PORT}",
+                "--spec",
+                str(spec),
+                "--stats",
+                str(work / "relay-enc.json"),
+            ],
+        )
+        enc_up = poll(
+            lambda: _http_ok(httpx, f"http://{ENC_IP}:{ENC_PORT}/healthz"), timeout=90, interval=0.3
+        )
         if not enc_up:
             raise RuntimeError(f"the ENC did not answer: {(work / 'enc.log').read_text()[-1500:]}")
         server = ServerProcess(setup).start(timeout=240)
         (work / "poles.json").write_text(json.dumps({"bundles": bundles}))
-        poles = Poles([*lab.exec_in("poles"), *me, "poles", str(work / "poles.json")],
-                      work / "poles.log")
+        poles = Poles(
+            [*lab.exec_in("poles"), *me, "poles", str(work / "poles.json")], work / "poles.log"
+        )
         poles.read(timeout=120)
         base = int(time.time()) + 3600
         epochs: dict[str, int] = {}
@@ -588,10 +711,13 @@ def orchestrate(args: argparse.Namespace, lab: Lab, work: Path, deadline: float)
         results: dict[str, Samples] = {}
         relay_stats: dict[str, Any] = {}
         report_no = 0
-        print(f"CityWatch timed analysis: 1 time unit = {args.unit_ms:g} ms (a step's delay "
-              f"{LO * args.unit_ms:g}..{HI * args.unit_ms:g} ms); delay by {injector}; "
-              f"{args.devices} poles, {args.runs} runs per distribution; {os.cpu_count()} CPUs, "
-              f"load average {os.getloadavg()[0]:.2f}", flush=True)
+        print(
+            f"CityWatch timed analysis: 1 time unit = {args.unit_ms:g} ms (a step's delay "
+            f"{LO * args.unit_ms:g}..{HI * args.unit_ms:g} ms); delay by {injector}; "
+            f"{args.devices} poles, {args.runs} runs per distribution; {os.cpu_count()} CPUs, "
+            f"load average {os.getloadavg()[0]:.2f}",
+            flush=True,
+        )
         for dist in args.dists:
             if time.monotonic() > deadline:
                 print(f"time limit reached: {dist} not run", flush=True)
@@ -599,8 +725,9 @@ def orchestrate(args: argparse.Namespace, lab: Lab, work: Path, deadline: float)
             if netem_reason is None:
                 lab.set_netem(dist, args.unit_ms)
             else:
-                spec.write_text(json.dumps({"dist": dist, "unit_ms": args.unit_ms,
-                                            "seed": args.seed}))
+                spec.write_text(
+                    json.dumps({"dist": dist, "unit_ms": args.unit_ms, "seed": args.seed})
+                )
                 for relay in (relay_dev, relay_enc):
                     relay.send_signal(signal.SIGHUP)
                 time.sleep(0.3)
@@ -614,9 +741,16 @@ def orchestrate(args: argparse.Namespace, lab: Lab, work: Path, deadline: float)
                 s.missed += len(got.get("missing", []))
                 for uid, b in got["b1"].items():
                     epochs[uid] = b["ep"]
-                    row = poll(lambda uid=uid, ep=b["ep"]: db_row(
-                        db, "SELECT confirmed_at FROM devices WHERE uid = ? AND "
-                        "confirmed_epoch = ?", uid, ep), timeout=10)
+                    row = poll(
+                        lambda uid=uid, ep=b["ep"]: db_row(
+                            db,
+                            "SELECT confirmed_at FROM devices WHERE uid = ? AND "
+                            "confirmed_epoch = ?",
+                            uid,
+                            ep,
+                        ),
+                        timeout=10,
+                    )
                     if not row:
                         s.missed += 1
                         continue
@@ -628,15 +762,29 @@ def orchestrate(args: argparse.Namespace, lab: Lab, work: Path, deadline: float)
                 # server's fusion sends each to the ENC).
                 report_no += 1
                 uid = f"timing-{run % args.devices}"
-                rep = poles.ask({"cmd": "report", "uid": uid, "lat": 52.2 + 0.002 * report_no,
-                                 "lon": 21.0, "photo": report_no, "timeout": 60}, timeout=70)
+                rep = poles.ask(
+                    {
+                        "cmd": "report",
+                        "uid": uid,
+                        "lat": 52.2 + 0.002 * report_no,
+                        "lon": 21.0,
+                        "photo": report_no,
+                        "timeout": 60,
+                    },
+                    timeout=70,
+                )
                 s.retries += rep["attempts"] - 1
                 inc = rep["incident"]
-                row = poll(lambda inc=inc: db_row(
-                    db, "SELECT i.received_at, i.decided_at, o.tenc, o.delivered_at FROM "
-                    "incidents i LEFT JOIN enc_outbox o ON o.incident_id = i.id WHERE i.id = ? "
-                    "AND (i.decision = 'dismissed' OR o.delivered_at IS NOT NULL)", inc),
-                    timeout=60)
+                row = poll(
+                    lambda inc=inc: db_row(
+                        db,
+                        "SELECT i.received_at, i.decided_at, o.tenc, o.delivered_at FROM "
+                        "incidents i LEFT JOIN enc_outbox o ON o.incident_id = i.id WHERE i.id = ? "
+                        "AND (i.decision = 'dismissed' OR o.delivered_at IS NOT NULL)",
+                        inc,
+                    ),
+                    timeout=60,
+                )
                 if not row:
                     s.missed += 1
                     continue
@@ -649,15 +797,21 @@ def orchestrate(args: argparse.Namespace, lab: Lab, work: Path, deadline: float)
                 s.c1_c3.append((rep["c3"] - rep["c1"]) * 1000)
                 s.verify.append(decided - received)
                 if delivered is not None:
-                    alert = db_row(enc_db, "SELECT sent_at, received_at FROM enc_alerts WHERE "
-                                   "incident_id = ?", inc)
+                    alert = db_row(
+                        enc_db,
+                        "SELECT sent_at, received_at FROM enc_alerts WHERE incident_id = ?",
+                        inc,
+                    )
                     if alert:
                         s.n1.append(alert[1] - alert[0])
                         s.n2.append(delivered - tenc)
                         s.enc.append(delivered - alert[0])
                     s.c1_n2.append(delivered - rep["c1"] * 1000)
-            print(f"  {dist}: {len(s.contact)} contact phases, {len(s.broadcast)} broadcast "
-                  "phases measured", flush=True)
+            print(
+                f"  {dist}: {len(s.contact)} contact phases, {len(s.broadcast)} broadcast "
+                "phases measured",
+                flush=True,
+            )
         if netem_reason is not None:
             for relay in (relay_dev, relay_enc):
                 relay.send_signal(signal.SIGHUP)
@@ -690,59 +844,96 @@ def _http_ok(httpx: Any, url: str) -> bool:
 def _fmt(values: list[float], unit_ms: float) -> str:
     if not values:
         return f"{'-':>19}"
-    return (f"{statistics.mean(values) / unit_ms:>6.1f} "
-            f"[{min(values) / unit_ms:>4.1f}-{max(values) / unit_ms:>5.1f}]")
+    return (
+        f"{statistics.mean(values) / unit_ms:>6.1f} "
+        f"[{min(values) / unit_ms:>4.1f}-{max(values) / unit_ms:>5.1f}]"
+    )
 
 
-def report(args: argparse.Namespace, results: dict[str, Samples], relay_stats: dict[str, Any],
-           injector: str, *, netem: bool) -> None:
+def report(
+    args: argparse.Namespace,
+    results: dict[str, Samples],
+    relay_stats: dict[str, Any],
+    injector: str,
+    *,
+    netem: bool,
+) -> None:
     u = args.unit_ms
     print()
-    print(f"Phase times in time units (1 unit = {u:g} ms): mean [min-max] over the runs; "
-          "the paper's means beside them")
-    print(f"{'delay':<12} {'contact C1..C4':>19} {'paper':>6} {'broadcast B1/B2':>19} "
-          f"{'paper':>6} {'ENC N1/N2':>19} {'verify':>19} {'C1->N2':>19}")
+    print(
+        f"Phase times in time units (1 unit = {u:g} ms): mean [min-max] over the runs; "
+        "the paper's means beside them"
+    )
+    print(
+        f"{'delay':<12} {'contact C1..C4':>19} {'paper':>6} {'broadcast B1/B2':>19} "
+        f"{'paper':>6} {'ENC N1/N2':>19} {'verify':>19} {'C1->N2':>19}"
+    )
     for dist, s in results.items():
         pc, pb = PAPER[dist]
-        print(f"{dist:<12} {_fmt(s.contact, u)} {pc:>6} {_fmt(s.broadcast, u)} {pb:>6} "
-              f"{_fmt(s.enc, u)} {_fmt(s.verify, u)} {_fmt(s.c1_n2, u)}")
-    print(f"{'paper range':<12} {f'{PAPER_CONTACT_RANGE[0]}-{PAPER_CONTACT_RANGE[1]}':>19} "
-          f"{'':>6} {f'{PAPER_BROADCAST_RANGE[0]}-{PAPER_BROADCAST_RANGE[1]}':>19}")
+        print(
+            f"{dist:<12} {_fmt(s.contact, u)} {pc:>6} {_fmt(s.broadcast, u)} {pb:>6} "
+            f"{_fmt(s.enc, u)} {_fmt(s.verify, u)} {_fmt(s.c1_n2, u)}"
+        )
+    print(
+        f"{'paper range':<12} {f'{PAPER_CONTACT_RANGE[0]}-{PAPER_CONTACT_RANGE[1]}':>19} "
+        f"{'':>6} {f'{PAPER_BROADCAST_RANGE[0]}-{PAPER_BROADCAST_RANGE[1]}':>19}"
+    )
     print()
-    print("Per step, mean time units: C1+C2 (device's C1 sent to C2 received), the device's "
-          "C2->C3, C3 (sent to stored), C4 (stored to received); B1 (T_S to received), "
-          "B2 (sent to accepted); N1 (T_S to the ENC's receipt), N2 (T_ENC to accepted)")
-    print(f"{'delay':<12} {'C1+C2':>7} {'C2->C3':>7} {'C3':>7} {'C4':>7} {'B1':>7} {'B2':>7} "
-          f"{'N1':>7} {'N2':>7} {'injected':>9} {'fixed C':>8} {'fixed B':>8} {'retries':>8} "
-          f"{'missed':>7}")
+    print(
+        "Per step, mean time units: C1+C2 (device's C1 sent to C2 received), the device's "
+        "C2->C3, C3 (sent to stored), C4 (stored to received); B1 (T_S to received), "
+        "B2 (sent to accepted); N1 (T_S to the ENC's receipt), N2 (T_ENC to accepted)"
+    )
+    print(
+        f"{'delay':<12} {'C1+C2':>7} {'C2->C3':>7} {'C3':>7} {'C4':>7} {'B1':>7} {'B2':>7} "
+        f"{'N1':>7} {'N2':>7} {'injected':>9} {'fixed C':>8} {'fixed B':>8} {'retries':>8} "
+        f"{'missed':>7}"
+    )
     summary: dict[str, Any] = {}
     for dist, s in results.items():
+
         def m(v: list[float]) -> float:
             return statistics.mean(v) / u if v else float("nan")
 
         stats = relay_stats.get("poles", {}).get(dist, {})
-        injected = (stats.get("mean_sample_ms") or float("nan")) / u if not netem else {
-            "uniform": 5.5, "normal": 5.5, "exponential": 2.0, "cauchy": 5.5}[dist]
+        injected = (
+            (stats.get("mean_sample_ms") or float("nan")) / u
+            if not netem
+            else {"uniform": 5.5, "normal": 5.5, "exponential": 2.0, "cauchy": 5.5}[dist]
+        )
         fixed_c = m(s.contact) - 4 * injected
         fixed_b = m(s.broadcast) - 2 * injected
-        print(f"{dist:<12} {m(s.c1c2):>7.1f} {m(s.c2c3):>7.1f} {m(s.c3):>7.1f} {m(s.c4):>7.1f} "
-              f"{m(s.b1):>7.1f} {m(s.b2):>7.1f} {m(s.n1):>7.1f} {m(s.n2):>7.1f} "
-              f"{injected:>9.2f} {fixed_c:>8.1f} {fixed_b:>8.1f} {s.retries:>8} {s.missed:>7}")
+        print(
+            f"{dist:<12} {m(s.c1c2):>7.1f} {m(s.c2c3):>7.1f} {m(s.c3):>7.1f} {m(s.c4):>7.1f} "
+            f"{m(s.b1):>7.1f} {m(s.b2):>7.1f} {m(s.n1):>7.1f} {m(s.n2):>7.1f} "
+            f"{injected:>9.2f} {fixed_c:>8.1f} {fixed_b:>8.1f} {s.retries:>8} {s.missed:>7}"
+        )
         summary[dist] = {
-            "contact_units": _summ(s.contact, u), "broadcast_units": _summ(s.broadcast, u),
-            "enc_units": _summ(s.enc, u), "verify_units": _summ(s.verify, u),
-            "c1_n2_units": _summ(s.c1_n2, u), "injected_mean_units": injected,
-            "fixed_contact_units": fixed_c, "fixed_broadcast_units": fixed_b,
-            "paper_contact_mean": PAPER[dist][0], "paper_broadcast_mean": PAPER[dist][1],
-            "retries": s.retries, "missed": s.missed}
-    print(f"{'paper':<12} fixed cost {PAPER_FIXED['contact']} units in the contact phase, "
-          f"{PAPER_FIXED['broadcast']} in the broadcast phase (its ranges minus 4 x and 2 x "
-          "the 1..10 delays)")
+            "contact_units": _summ(s.contact, u),
+            "broadcast_units": _summ(s.broadcast, u),
+            "enc_units": _summ(s.enc, u),
+            "verify_units": _summ(s.verify, u),
+            "c1_n2_units": _summ(s.c1_n2, u),
+            "injected_mean_units": injected,
+            "fixed_contact_units": fixed_c,
+            "fixed_broadcast_units": fixed_b,
+            "paper_contact_mean": PAPER[dist][0],
+            "paper_broadcast_mean": PAPER[dist][1],
+            "retries": s.retries,
+            "missed": s.missed,
+        }
+    print(
+        f"{'paper':<12} fixed cost {PAPER_FIXED['contact']} units in the contact phase, "
+        f"{PAPER_FIXED['broadcast']} in the broadcast phase (its ranges minus 4 x and 2 x "
+        "the 1..10 delays)"
+    )
     if relay_stats:
-        late = [st.get("late_max_ms") or 0.0 for side in relay_stats.values()
-                for st in side.values()]
-        print(f"relay timer lateness: at most {max(late, default=0.0):.1f} ms past a burst's "
-              "due time")
+        late = [
+            st.get("late_max_ms") or 0.0 for side in relay_stats.values() for st in side.values()
+        ]
+        print(
+            f"relay timer lateness: at most {max(late, default=0.0):.1f} ms past a burst's due time"
+        )
     print()
     # The protocol's timeouts against what the measurements say a step may take.
     every = [s for s in results.values()]
@@ -750,28 +941,51 @@ def report(args: argparse.Namespace, results: dict[str, Samples], relay_stats: d
     def worst(attr: str) -> float:
         return max((max(getattr(s, attr)) for s in every if getattr(s, attr)), default=math.nan)
 
-    checks = [("C2 timeout (C1 sent -> C2 received)", worst("c1c2"), 10_000),
-              ("C4 timeout (C3 sent -> C4 received)",
-               max((a + b for s in every for a, b in zip(s.c3, s.c4, strict=True)),
-                   default=math.nan), 30_000),
-              ("window +-30 s (a timestamp's age on arrival: C3, B1)",
-               max(worst("c3"), worst("b1")), 30_000),
-              ("ticket lifetime (C1 sent -> C3 sent)", worst("c1_c3"), 60_000)]
+    checks = [
+        ("C2 timeout (C1 sent -> C2 received)", worst("c1c2"), 10_000),
+        (
+            "C4 timeout (C3 sent -> C4 received)",
+            max((a + b for s in every for a, b in zip(s.c3, s.c4, strict=True)), default=math.nan),
+            30_000,
+        ),
+        (
+            "window +-30 s (a timestamp's age on arrival: C3, B1)",
+            max(worst("c3"), worst("b1")),
+            30_000,
+        ),
+        ("ticket lifetime (C1 sent -> C3 sent)", worst("c1_c3"), 60_000),
+    ]
     print("Protocol timeouts against the longest measured time:")
     for name, longest, limit in checks:
-        print(f"  {name:<54} longest {longest:>8.0f} ms, limit {limit:>6} ms, "
-              f"margin x{limit / longest if longest else math.inf:.0f}")
-    print(json.dumps({"unit_ms": u, "injector": "netem" if netem else "relay",
-                      "runs": args.runs, "devices": args.devices, "results": summary,
-                      "timeouts": {n: {"longest_ms": round(lg, 1), "limit_ms": lim}
-                                   for n, lg, lim in checks}}))
+        print(
+            f"  {name:<54} longest {longest:>8.0f} ms, limit {limit:>6} ms, "
+            f"margin x{limit / longest if longest else math.inf:.0f}"
+        )
+    print(
+        json.dumps(
+            {
+                "unit_ms": u,
+                "injector": "netem" if netem else "relay",
+                "runs": args.runs,
+                "devices": args.devices,
+                "results": summary,
+                "timeouts": {
+                    n: {"longest_ms": round(lg, 1), "limit_ms": lim} for n, lg, lim in checks
+                },
+            }
+        )
+    )
 
 
 def _summ(values: list[float], u: float) -> dict[str, float] | None:
     if not values:
         return None
-    return {"mean": round(statistics.mean(values) / u, 2), "min": round(min(values) / u, 2),
-            "max": round(max(values) / u, 2), "n": len(values)}
+    return {
+        "mean": round(statistics.mean(values) / u, 2),
+        "min": round(min(values) / u, 2),
+        "max": round(max(values) / u, 2),
+        "n": len(values),
+    }
 
 
 class _Stop(BaseException):
@@ -791,8 +1005,9 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=12)
     ap.add_argument("--limit", type=float, default=900.0, help="overall limit, seconds")
     ap.add_argument("--raw", type=Path, help="also write every sample (ms) to this JSON file")
-    ap.add_argument("--check", action="store_true",
-                    help="only say whether this machine can run the benchmark")
+    ap.add_argument(
+        "--check", action="store_true", help="only say whether this machine can run the benchmark"
+    )
     args = ap.parse_args()
     args.dists = [d for d in args.dists.split(",") if d]
     for d in args.dists:

@@ -118,8 +118,13 @@ class Row:
     calls: dict[str, int] = field(default_factory=dict)
 
 
-def measure(verifier: PoseVerifier, clock: InvokeClock, name: str,
-            photos: list[tuple[str, bytes]], repeat: int) -> Row:
+def measure(
+    verifier: PoseVerifier,
+    clock: InvokeClock,
+    name: str,
+    photos: list[tuple[str, bytes]],
+    repeat: int,
+) -> Row:
     row = Row(name, len(photos))
     for _ in range(repeat):
         for _label, photo in photos:
@@ -141,8 +146,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=3, help="times each photo is scored")
     ap.add_argument("--cpu", type=int, default=0, help="the core to run on")
-    ap.add_argument("--smoke", type=Path, default=SMOKE,
-                    help="a folder of labelled JPEGs (default: the shared smoke images)")
+    ap.add_argument(
+        "--smoke",
+        type=Path,
+        default=SMOKE,
+        help="a folder of labelled JPEGs (default: the shared smoke images)",
+    )
     ap.add_argument("--models-dir", type=Path, default=None)
     args = ap.parse_args()
 
@@ -172,34 +181,48 @@ def main() -> int:
     for _label, photo in groups[0][1][:3]:
         verifier.score(photo)
 
-    print(f"CityWatch photo check benchmark: {reader._movenet.runtime}, {pinned}; "
-          f"1 thread per model, cv2.setNumThreads(1); {os.cpu_count()} CPUs on the machine, "
-          f"load average {os.getloadavg()[0]:.2f}")
+    print(
+        f"CityWatch photo check benchmark: {reader._movenet.runtime}, {pinned}; "
+        f"1 thread per model, cv2.setNumThreads(1); {os.cpu_count()} CPUs on the machine, "
+        f"load average {os.getloadavg()[0]:.2f}"
+    )
     print(f"photos: {DEMO_FALL.name} every frame; {smoke_note}; each scored {args.repeat}x")
-    print(f"{'photos':<30} {'n':>3} {'clock':<5} {'ms/photo p50':>12} {'p95':>7} {'mean':>7} | "
-          f"{'models p50':>10} {'mean':>7} {'ratio':>6}")
+    print(
+        f"{'photos':<30} {'n':>3} {'clock':<5} {'ms/photo p50':>12} {'p95':>7} {'mean':>7} | "
+        f"{'models p50':>10} {'mean':>7} {'ratio':>6}"
+    )
     for name, photos in groups:
         row = measure(verifier, clock, name, photos, args.repeat)
         n = len(row.total_ms)
-        for kind, total, model in (("CPU", row.total_cpu_ms, row.model_cpu_ms),
-                                   ("wall", row.total_ms, row.model_ms)):
+        for kind, total, model in (
+            ("CPU", row.total_cpu_ms, row.model_cpu_ms),
+            ("wall", row.total_ms, row.model_ms),
+        ):
             mean_total, mean_model = sum(total) / n, sum(model) / n
-            print(f"{name if kind == 'CPU' else '':<30} {row.photos if kind == 'CPU' else '':>3} "
-                  f"{kind:<5} {pct(total, 0.5):>10.1f}ms {pct(total, 0.95):>5.1f}ms "
-                  f"{mean_total:>5.1f}ms | {pct(model, 0.5):>8.1f}ms {mean_model:>5.1f}ms "
-                  f"{mean_total / max(mean_model, 1e-9):>5.2f}x", flush=True)
+            print(
+                f"{name if kind == 'CPU' else '':<30} {row.photos if kind == 'CPU' else '':>3} "
+                f"{kind:<5} {pct(total, 0.5):>10.1f}ms {pct(total, 0.95):>5.1f}ms "
+                f"{mean_total:>5.1f}ms | {pct(model, 0.5):>8.1f}ms {mean_model:>5.1f}ms "
+                f"{mean_total / max(mean_model, 1e-9):>5.2f}x",
+                flush=True,
+            )
         per_model = ", ".join(
             f"{m} {row.calls.get(m, 0) / n:.1f}x {row.per_model_ms.get(m, 0.0) / n:.1f}ms"
-            for m in ("detector", "movenet", "landmarks"))
+            for m in ("detector", "movenet", "landmarks")
+        )
         print(f"{'':<30} model invocations and CPU per photo: {per_model}")
-    print(f"resident memory: {rss_start:.0f} MiB at start, {rss_loaded:.0f} MiB with the models "
-          f"loaded, {rss_mib():.0f} MiB after scoring, peak {peak_rss_mib():.0f} MiB "
-          "(one verifier worker)")
-    print("ms/photo: PoseVerifier.score on one core, as CPU time of the scoring thread (what "
-          "one photo costs, whatever else runs) and as wall time (what it took here: with a "
-          "busy machine, waits for the core count too); models: the time inside the three "
-          "models' invoke() calls within it; ratio = whole check / models alone (the rest: "
-          "JPEG decoding, CLAHE and blur, crops and rotations, scoring).")
+    print(
+        f"resident memory: {rss_start:.0f} MiB at start, {rss_loaded:.0f} MiB with the models "
+        f"loaded, {rss_mib():.0f} MiB after scoring, peak {peak_rss_mib():.0f} MiB "
+        "(one verifier worker)"
+    )
+    print(
+        "ms/photo: PoseVerifier.score on one core, as CPU time of the scoring thread (what "
+        "one photo costs, whatever else runs) and as wall time (what it took here: with a "
+        "busy machine, waits for the core count too); models: the time inside the three "
+        "models' invoke() calls within it; ratio = whole check / models alone (the rest: "
+        "JPEG decoding, CLAHE and blur, crops and rotations, scoring)."
+    )
     return 0
 
 

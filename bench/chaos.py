@@ -106,8 +106,14 @@ class Service:
 
     def start(self) -> None:
         with open(self.log_path, "ab") as out:
-            self.proc = subprocess.Popen(self.cmd, stdout=out, stderr=subprocess.STDOUT,
-                                         env=self.env, cwd=ROOT, start_new_session=True)
+            self.proc = subprocess.Popen(
+                self.cmd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                cwd=ROOT,
+                start_new_session=True,
+            )
         self.starts += 1
 
     def alive(self) -> bool:
@@ -193,10 +199,20 @@ class PostgresService:
                 time.sleep(0.05)
 
     def start(self) -> None:
-        cmd = [str(self.pg.bindir / "pg_ctl"), "-D", str(self.pg.datadir), "-w", "-t", "60",
-               "-l", str(self.base / "pg.log"), "-o",
-               f"-p {self.pg.port} -c listen_addresses=127.0.0.1 "
-               f"-c unix_socket_directories={self.base} -c fsync=off", "start"]
+        cmd = [
+            str(self.pg.bindir / "pg_ctl"),
+            "-D",
+            str(self.pg.datadir),
+            "-w",
+            "-t",
+            "60",
+            "-l",
+            str(self.base / "pg.log"),
+            "-o",
+            f"-p {self.pg.port} -c listen_addresses=127.0.0.1 "
+            f"-c unix_socket_directories={self.base} -c fsync=off",
+            "start",
+        ]
         if os.geteuid() == 0:
             cmd = ["runuser", "-u", self.pg.user, "--", *cmd]
         # Orphaned backends of a killed postmaster may hold the port for a moment.
@@ -287,8 +303,13 @@ class District:
     """Components that exited by themselves (not killed), and how often."""
 
     def cli(self, *args: str) -> str:
-        r = subprocess.run([sys.executable, "-m", "citywatch", *args], capture_output=True,
-                           text=True, timeout=180, cwd=ROOT)
+        r = subprocess.run(
+            [sys.executable, "-m", "citywatch", *args],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            cwd=ROOT,
+        )
         if r.returncode != 0:
             raise RuntimeError(f"citywatch {' '.join(args[:3])}: {(r.stderr or r.stdout)[-800:]}")
         return r.stdout
@@ -302,35 +323,63 @@ class District:
         enc_port = free_port()
         # Every report alerts on its own: no fusion, no blocking, threshold 0 (the photo
         # check still runs on every photo; what is checked here is delivery, not it).
-        setup = make_server(w, self.broker.broker, enc_url=f"http://127.0.0.1:{enc_port}",
-                            db_url=db,
-                            timing={"poll_s": 0.5, "rate_limit_burst": 100,
-                                    "rate_limit_per_minute": 600.0},
-                            verification={"fuse_within_m": 0, "block_after_dismissed": 0,
-                                          "threshold": 0.0, "workers": 0},
-                            enc={"connect_timeout_s": 1.0, "request_timeout_s": 3.0})
+        setup = make_server(
+            w,
+            self.broker.broker,
+            enc_url=f"http://127.0.0.1:{enc_port}",
+            db_url=db,
+            timing={"poll_s": 0.5, "rate_limit_burst": 100, "rate_limit_per_minute": 600.0},
+            verification={
+                "fuse_within_m": 0,
+                "block_after_dismissed": 0,
+                "threshold": 0.0,
+                "workers": 0,
+            },
+            enc={"connect_timeout_s": 1.0, "request_timeout_s": 3.0},
+        )
         self.setup = setup
         second = setup.variant("replica-b")
         env = dict(os.environ)
         for name, s in (("server-a", setup), ("server-b", second)):
-            self.servers.append(Service(name, [sys.executable, "-m", "citywatch", "server", "run",
-                                               "--config", str(s.config)],
-                                        w / f"{name}.log", env=env))
+            self.servers.append(
+                Service(
+                    name,
+                    [sys.executable, "-m", "citywatch", "server", "run", "--config", str(s.config)],
+                    w / f"{name}.log",
+                    env=env,
+                )
+            )
         self.enc_data = w / "enc-data"
         enc_conf = self._enc_config(enc_port, setup)
-        self.enc = Service("enc", [sys.executable, "-m", "citywatch", "enc", "run", "--config",
-                                   str(enc_conf)], w / "enc.log", env=env)
+        self.enc = Service(
+            "enc",
+            [sys.executable, "-m", "citywatch", "enc", "run", "--config", str(enc_conf)],
+            w / "enc.log",
+            env=env,
+        )
         self._poles()
         self.enc.start()
         # One replica after the other: the first start creates the admin token.
         for replica in self.servers:
             replica.start()
-            self._wait_http(f"http://127.0.0.1:{self._admin_port(replica)}/healthz",
-                            replica.name, 180)
+            self._wait_http(
+                f"http://127.0.0.1:{self._admin_port(replica)}/healthz", replica.name, 180
+            )
         self._wait_http(f"http://127.0.0.1:{enc_port}/healthz", "ENC")
         until = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=6)).isoformat(timespec="seconds")
-        self.cli("server", "window", "open", "--config", str(setup.config), "--zone", ZONE,
-                 "--until", until, "--actor", "chaos")
+        self.cli(
+            "server",
+            "window",
+            "open",
+            "--config",
+            str(setup.config),
+            "--zone",
+            ZONE,
+            "--until",
+            until,
+            "--actor",
+            "chaos",
+        )
         for pole in self.poles:
             pole.start()
         self._wait_poles_up(timeout=240)
@@ -343,8 +392,12 @@ class District:
         data = tomllib.loads(self.cli("enc", "config", "example"))
         data["data_dir"] = str(self.enc_data)
         data["http"]["port"] = port
-        data["servers"] = {setup.server_kid.hex(): {
-            "key_file": str(setup.dir / "data" / "enc.key"), "name": "chaos server"}}
+        data["servers"] = {
+            setup.server_kid.hex(): {
+                "key_file": str(setup.dir / "data" / "enc.key"),
+                "name": "chaos server",
+            }
+        }
         data["cap"]["status"] = "Exercise"
         path = self.workdir / "enc.toml"
         path.write_text(tomli_w.dumps(data))
@@ -361,11 +414,22 @@ class District:
             lat, lon = 52.20 + 0.003 * i, 21.00
             with contextlib.redirect_stdout(sys.stderr):  # stdout is for the results
                 bundle = self.setup.add_device(f"CHAOS-{i:04d}", ZONE)
-            edge = EdgePole(self.workdir / label, bundle.uid, lat, lon, token, conf,
-                            alternating(self.footage, self.seconds + 600), fps=3.0, gps=False,
-                            prescreen={"cooldown_seconds": 0.0,
-                                       "person_down": {"still_seconds": 2.0},
-                                       "model": {"threads": 1}})
+            edge = EdgePole(
+                self.workdir / label,
+                bundle.uid,
+                lat,
+                lon,
+                token,
+                conf,
+                alternating(self.footage, self.seconds + 600),
+                fps=3.0,
+                gps=False,
+                prescreen={
+                    "cooldown_seconds": 0.0,
+                    "person_down": {"still_seconds": 2.0},
+                    "model": {"threads": 1},
+                },
+            )
             edge.provision(self.setup.dir / f"{bundle.uid}.json")
             self._journal(edge)
             self.poles.append(Pole(edge, bundle.kid))
@@ -400,8 +464,10 @@ class District:
                 # A start can fail on a loaded machine (a token busy): start it again, as
                 # the supervisor does later; give up only on a pole that keeps failing.
                 if pole.starts >= 4:
-                    raise RuntimeError(f"pole daemon {pole.edge.uid} exited {pole.starts} "
-                                       f"times at start: {pole.edge.log()[-1500:]}")
+                    raise RuntimeError(
+                        f"pole daemon {pole.edge.uid} exited {pole.starts} "
+                        f"times at start: {pole.edge.log()[-1500:]}"
+                    )
                 self.exits[f"start-{pole.edge.uid}"] += 1
                 time.sleep(1.0)
                 pole.start()
@@ -414,8 +480,7 @@ class District:
 
     def targets(self) -> dict[str, Any]:
         assert self.broker and self.postgres and self.enc
-        t: dict[str, Any] = {"broker": self.broker, "database": self.postgres,
-                             "enc": self.enc}
+        t: dict[str, Any] = {"broker": self.broker, "database": self.postgres, "enc": self.enc}
         for s in self.servers:
             t[s.name] = s
         for i, pole in enumerate(self.poles):
@@ -468,15 +533,29 @@ class District:
     def enc_received(self) -> tuple[set[str], Counter[str]]:
         assert self.enc_data is not None
         path = self.enc_data / "enc.sqlite3"
-        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True,
-                                                timeout=30)) as db:
+        with contextlib.closing(
+            sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+        ) as db:
             alerts = {r[0] for r in db.execute("SELECT incident_id FROM enc_alerts")}
-            received = Counter({r[0]: int(r[1]) for r in db.execute(
-                "SELECT incident_id, count(*) FROM enc_audit WHERE action = 'received' "
-                "GROUP BY incident_id")})
-            cap = Counter({r[0]: int(r[1]) for r in db.execute(
-                "SELECT incident_id, count(*) FROM enc_cap_messages WHERE msg_type = 'Alert' "
-                "GROUP BY incident_id")})
+            received = Counter(
+                {
+                    r[0]: int(r[1])
+                    for r in db.execute(
+                        "SELECT incident_id, count(*) FROM enc_audit WHERE action = 'received' "
+                        "GROUP BY incident_id"
+                    )
+                }
+            )
+            cap = Counter(
+                {
+                    r[0]: int(r[1])
+                    for r in db.execute(
+                        "SELECT incident_id, count(*) FROM enc_cap_messages "
+                        "WHERE msg_type = 'Alert' "
+                        "GROUP BY incident_id"
+                    )
+                }
+            )
         # Received twice, or passed on twice as a CAP Alert: either is a duplicate.
         return alerts, received | cap
 
@@ -497,12 +576,16 @@ class District:
         return set(self.stored()) <= alerts
 
 
-def compare(stored: set[str], alerts: set[str], received: Counter[str]
-            ) -> tuple[list[str], list[str], list[str]]:
+def compare(
+    stored: set[str], alerts: set[str], received: Counter[str]
+) -> tuple[list[str], list[str], list[str]]:
     """(lost, duplicated, unexpected) incident ids: stored by a pole and not at the ENC;
     received (or passed on) more than once; at the ENC and stored by no pole."""
-    return (sorted(stored - alerts), sorted(i for i, n in received.items() if n > 1),
-            sorted(alerts - stored))
+    return (
+        sorted(stored - alerts),
+        sorted(i for i, n in received.items() if n > 1),
+        sorted(alerts - stored),
+    )
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -517,8 +600,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     duplicated: list[str] = []
     try:
         d.start()
-        log(f"district up in {time.monotonic() - t_start:.0f} s: {args.poles} poles, 2 server "
-            f"replicas on PostgreSQL, the ENC, Mosquitto ({workdir})")
+        log(
+            f"district up in {time.monotonic() - t_start:.0f} s: {args.poles} poles, 2 server "
+            f"replicas on PostgreSQL, the ENC, Mosquitto ({workdir})"
+        )
         # Kill moments, uniform over the run; power cuts among them (at least 3).
         begin = time.monotonic()
         moments = sorted(rng.uniform(0, args.seconds) for _ in range(args.kills))
@@ -533,8 +618,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             # Only what is up can be killed (a kill of a dead process would count for
             # nothing); with everything down at once, wait for something to come back.
             while True:
-                pole_names = [n for n in targets if n.startswith("pole-")
-                              and targets[n].alive()]
+                pole_names = [n for n in targets if n.startswith("pole-") and targets[n].alive()]
                 central = [n for n in names if targets[n].alive()]
                 if pole_names or central:
                     break
@@ -587,13 +671,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for i in duplicated:
             log(f"DUPLICATED: incident {i} received {received[i]} times")
         waiting = {pole.edge.uid: pole.waiting() for pole in d.poles if pole.waiting()}
-        return {"kills": sum(kinds.values()), "incidents": len(stored), "lost": len(lost),
-                "duplicated": len(duplicated), "unexpected": len(unexpected),
-                "kinds": dict(sorted(kinds.items())), "seed": seed, "poles": args.poles,
-                "exited_by_themselves": dict(sorted(d.exits.items())),
-                "still_in_outboxes": waiting, "chaos_s": round(chaos_s),
-                "settle_s": round(settle_s), "total_s": round(time.monotonic() - t_start),
-                "workdir": str(workdir) if args.keep or lost or duplicated else None}
+        return {
+            "kills": sum(kinds.values()),
+            "incidents": len(stored),
+            "lost": len(lost),
+            "duplicated": len(duplicated),
+            "unexpected": len(unexpected),
+            "kinds": dict(sorted(kinds.items())),
+            "seed": seed,
+            "poles": args.poles,
+            "exited_by_themselves": dict(sorted(d.exits.items())),
+            "still_in_outboxes": waiting,
+            "chaos_s": round(chaos_s),
+            "settle_s": round(settle_s),
+            "total_s": round(time.monotonic() - t_start),
+            "workdir": str(workdir) if args.keep or lost or duplicated else None,
+        }
     except BaseException:
         args.keep = True
         log(f"failed; logs and databases are kept in {workdir}")
@@ -612,13 +705,25 @@ def main() -> int:
     g.add_argument("--minutes", type=float, default=None)
     ap.add_argument("--kills", type=int, default=100)
     ap.add_argument("--seed", type=int, default=None)
-    ap.add_argument("--settle", type=float, default=180.0,
-                    help="seconds to wait for everything stored to reach the ENC")
-    ap.add_argument("--keep", action="store_true",
-                    help="keep the working folder (logs, databases) and print its path")
+    ap.add_argument(
+        "--settle",
+        type=float,
+        default=180.0,
+        help="seconds to wait for everything stored to reach the ENC",
+    )
+    ap.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the working folder (logs, databases) and print its path",
+    )
     args = ap.parse_args()
-    args.seconds = (args.minutes * 60 if args.minutes is not None else
-                    args.seconds if args.seconds is not None else 240.0)
+    args.seconds = (
+        args.minutes * 60
+        if args.minutes is not None
+        else args.seconds
+        if args.seconds is not None
+        else 240.0
+    )
     if args.poles < 1 or args.kills < 0 or args.seconds <= 0:
         ap.error("--poles >= 1, --kills >= 0 and a positive duration, please")
     result = run(args)

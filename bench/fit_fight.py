@@ -72,10 +72,10 @@ def play(path: Path, fps: float = 10.0) -> Frames:
     return rows
 
 
-def collect(clips: Path, videos: Path | None, cache: Path, tune_max_clip: int,
-            tune_subjects: set[int]) -> dict[str, dict[str, object]]:
-    data: dict[str, dict[str, object]] = (json.loads(cache.read_text())
-                                          if cache.is_file() else {})
+def collect(
+    clips: Path, videos: Path | None, cache: Path, tune_max_clip: int, tune_subjects: set[int]
+) -> dict[str, dict[str, object]]:
+    data: dict[str, dict[str, object]] = json.loads(cache.read_text()) if cache.is_file() else {}
     todo: list[tuple[str, str, Path]] = []
     with (clips / "labels.csv").open(newline="") as f:
         for row in csv.DictReader(f):
@@ -123,8 +123,9 @@ def fit(x: np.ndarray, y: np.ndarray, l2: float) -> tuple[np.ndarray, float]:
     return w[:-1] / std, float(w[-1] - (w[:-1] * mean / std).sum())
 
 
-def clip_scores(data: dict[str, dict[str, object]], weights: np.ndarray, bias: float,
-                min_people: int) -> dict[str, float]:
+def clip_scores(
+    data: dict[str, dict[str, object]], weights: np.ndarray, bias: float, min_people: int
+) -> dict[str, float]:
     out: dict[str, float] = {}
     for name, entry in data.items():
         best = 0.0
@@ -137,15 +138,19 @@ def clip_scores(data: dict[str, dict[str, object]], weights: np.ndarray, bias: f
     return out
 
 
-def cross_validate(data: dict[str, dict[str, object]], args: argparse.Namespace,
-                   subjects: set[int], l2: float, repeats: int = 5) -> float:
+def cross_validate(
+    data: dict[str, dict[str, object]],
+    args: argparse.Namespace,
+    subjects: set[int],
+    l2: float,
+    repeats: int = 5,
+) -> float:
     """Mean recall on the tuning fight clips, over ``repeats`` 5-fold splits by clip, at
     the threshold that lets through ``--max-false`` of the held-back no-fight clips."""
     tune = sorted(n for n in data if split_of(n, args.tune_max_clip, subjects) == "tune")
     recalls = []
     for r in range(repeats):
-        fold = dict(zip(tune, np.random.default_rng(r).permutation(len(tune)) % 5,
-                        strict=True))
+        fold = dict(zip(tune, np.random.default_rng(r).permutation(len(tune)) % 5, strict=True))
         scores: dict[str, float] = {}
         for k in range(5):
             xs, ys = [], []
@@ -158,26 +163,34 @@ def cross_validate(data: dict[str, dict[str, object]], args: argparse.Namespace,
             w, b = fit(np.array(xs, dtype=np.float64), np.array(ys), l2)
             held = {n: data[n] for n in tune if fold[n] == k}
             scores.update(clip_scores(held, w, b, args.min_people))
-        calm = sorted((scores[n] for n in tune if data[n]["label"] == "no_fight"),
-                      reverse=True)
+        calm = sorted((scores[n] for n in tune if data[n]["label"] == "no_fight"), reverse=True)
         threshold = calm[int(args.max_false * len(calm))] + 1e-3
-        recalls.append(sum(scores[n] >= threshold for n in tune
-                           if data[n]["label"] == "fight"))
+        recalls.append(sum(scores[n] >= threshold for n in tune if data[n]["label"] == "fight"))
     return float(np.mean(recalls))
 
 
-def report(title: str, data: dict[str, dict[str, object]], scores: dict[str, float],
-           tune_max_clip: int, tune_subjects: set[int], thresholds: list[float],
-           splits: tuple[str, ...]) -> None:
+def report(
+    title: str,
+    data: dict[str, dict[str, object]],
+    scores: dict[str, float],
+    tune_max_clip: int,
+    tune_subjects: set[int],
+    thresholds: list[float],
+    splits: tuple[str, ...],
+) -> None:
     print(title)
     for split in splits:
         for label in ("fight", "no_fight", "gmdcsa24"):
-            names = [n for n, e in data.items() if e["label"] == label
-                     and split_of(n, tune_max_clip, tune_subjects) == split]
+            names = [
+                n
+                for n, e in data.items()
+                if e["label"] == label and split_of(n, tune_max_clip, tune_subjects) == split
+            ]
             if not names:
                 continue
-            counts = " ".join(f"{t:.2f}:{sum(scores[n] >= t for n in names):>2}"
-                              for t in thresholds)
+            counts = " ".join(
+                f"{t:.2f}:{sum(scores[n] >= t for n in names):>2}" for t in thresholds
+            )
             print(f"  {split:<8} {label:<9} n={len(names):>2}  {counts}")
 
 
@@ -188,20 +201,28 @@ def main() -> None:
     ap.add_argument("--tune-max-clip", type=int, default=75)
     ap.add_argument("--tune-subjects", default="1,2")
     ap.add_argument("--l2", type=float, default=1000.0)
-    ap.add_argument("--cv", default="",
-                    help="comma-separated L2 penalties: print each one's 5-fold "
-                    "cross-validated recall on the tuning clips (at --max-false) first")
+    ap.add_argument(
+        "--cv",
+        default="",
+        help="comma-separated L2 penalties: print each one's 5-fold "
+        "cross-validated recall on the tuning clips (at --max-false) first",
+    )
     ap.add_argument("--max-false", type=float, default=0.10)
     ap.add_argument("--min-people", type=int, default=2)
     ap.add_argument("--cache", type=Path, default=Path("fight-features.json"))
-    ap.add_argument("--held-out", action="store_true",
-                    help="print the held-out figures too (only once the choices are made)")
+    ap.add_argument(
+        "--held-out",
+        action="store_true",
+        help="print the held-out figures too (only once the choices are made)",
+    )
     args = ap.parse_args()
     subjects = {int(s) for s in args.tune_subjects.split(",") if s}
     data = collect(args.clips, args.videos, args.cache, args.tune_max_clip, subjects)
     for l2 in (float(v) for v in args.cv.split(",") if v):
-        print(f"L2 {l2:g}: cross-validated recall {cross_validate(data, args, subjects, l2):.1f}"
-              " tuning fight clips")
+        print(
+            f"L2 {l2:g}: cross-validated recall {cross_validate(data, args, subjects, l2):.1f}"
+            " tuning fight clips"
+        )
     xs, ys = [], []
     for name, entry in data.items():
         if split_of(name, args.tune_max_clip, subjects) != "tune":
@@ -215,26 +236,56 @@ def main() -> None:
     print(f"tuning frames: {int(y.sum())} fight, {int(len(y) - y.sum())} not")
     w, b = fit(x, y, args.l2)
     scores = clip_scores(data, w, b, args.min_people)
-    calm = sorted(scores[n] for n, e in data.items() if e["label"] != "fight"
-                  and split_of(n, args.tune_max_clip, subjects) == "tune")
-    allowed = int(args.max_false * sum(1 for n, e in data.items() if e["label"] == "no_fight"
-                                       and split_of(n, args.tune_max_clip, subjects) == "tune"))
-    calm_clips = sorted((scores[n] for n, e in data.items() if e["label"] == "no_fight"
-                         and split_of(n, args.tune_max_clip, subjects) == "tune"),
-                        reverse=True)
+    calm = sorted(
+        scores[n]
+        for n, e in data.items()
+        if e["label"] != "fight" and split_of(n, args.tune_max_clip, subjects) == "tune"
+    )
+    allowed = int(
+        args.max_false
+        * sum(
+            1
+            for n, e in data.items()
+            if e["label"] == "no_fight" and split_of(n, args.tune_max_clip, subjects) == "tune"
+        )
+    )
+    calm_clips = sorted(
+        (
+            scores[n]
+            for n, e in data.items()
+            if e["label"] == "no_fight" and split_of(n, args.tune_max_clip, subjects) == "tune"
+        ),
+        reverse=True,
+    )
     threshold = calm_clips[allowed] + 1e-3 if allowed < len(calm_clips) else 0.5
     gmd = [s for s in calm if s >= threshold]
     print(f"FIGHT_WEIGHTS = ({', '.join(f'{v:.3f}' for v in w)})")
     print(f"FIGHT_BIAS = {b:.3f}")
-    print(f"min_probability = {threshold:.3f} (at most {allowed} tuning no-fight clips; "
-          f"{len(gmd)} tuning negatives in all reach it)")
+    print(
+        f"min_probability = {threshold:.3f} (at most {allowed} tuning no-fight clips; "
+        f"{len(gmd)} tuning negatives in all reach it)"
+    )
     grid = sorted({round(threshold, 3), 0.3, 0.4, 0.5, 0.6, 0.7, 0.8})
     splits = ("tune", "held-out") if args.held_out else ("tune",)
-    report("fitted now (clips flagged at each threshold):", data, scores,
-           args.tune_max_clip, subjects, grid, splits)
+    report(
+        "fitted now (clips flagged at each threshold):",
+        data,
+        scores,
+        args.tune_max_clip,
+        subjects,
+        grid,
+        splits,
+    )
     in_code = clip_scores(data, np.array(FIGHT_WEIGHTS), FIGHT_BIAS, args.min_people)
-    report("the weights in edge/_decision.py:", data, in_code, args.tune_max_clip,
-           subjects, grid, splits)
+    report(
+        "the weights in edge/_decision.py:",
+        data,
+        in_code,
+        args.tune_max_clip,
+        subjects,
+        grid,
+        splits,
+    )
 
 
 if __name__ == "__main__":

@@ -72,16 +72,26 @@ def read_all(dirs: list[Path], cache: Path) -> list[dict[str, object]]:
         with (folder / "labels.csv").open(newline="") as f:
             for row in csv.DictReader(f):
                 photo = (folder / row["file"]).read_bytes()
-                prepared = prepare_photo(photo, max_pixels=s.max_pixels,
-                                         min_width=s.min_width, min_height=s.min_height,
-                                         long_side=s.long_side)
+                prepared = prepare_photo(
+                    photo,
+                    max_pixels=s.max_pixels,
+                    min_width=s.min_width,
+                    min_height=s.min_height,
+                    long_side=s.long_side,
+                )
                 people: list[dict[str, object]] = []
                 long_side = 0
                 if not isinstance(prepared, PhotoRejected):
                     long_side = max(prepared.rgb.shape[:2])
                     people = [dataclasses.asdict(b) for b in reader.read(prepared.rgb)]
-                rows.append({"file": row["file"], "label": row["label"], "long": long_side,
-                             "people": people})
+                rows.append(
+                    {
+                        "file": row["file"],
+                        "label": row["label"],
+                        "long": long_side,
+                        "people": people,
+                    }
+                )
     cache.write_text(json.dumps(rows))
     return rows
 
@@ -129,8 +139,9 @@ def fit(rows: list[dict[str, object]], l2: float) -> tuple[np.ndarray, float]:
     return w[:-1] / sd, float(w[-1] - (w[:-1] * mu / sd).sum())
 
 
-def report(name: str, rows: list[dict[str, object]], weights: tuple[float, ...],
-           bias: float) -> None:
+def report(
+    name: str, rows: list[dict[str, object]], weights: tuple[float, ...], bias: float
+) -> None:
     counts: dict[str, list[int]] = collections.defaultdict(lambda: [0] * (1 + len(THRESHOLDS)))
     for row in rows:
         people = bodies(row)
@@ -160,8 +171,10 @@ def main() -> int:
     held = [r for r in rows if r["split"] == "held-out"]
     w, b = fit(tune, args.l2)
     print("weights", tuple(round(float(v), 3) for v in w), "bias", round(b, 3))
-    for title, (weights, bias) in (("refitted", (tuple(float(v) for v in w), b)),
-                                   ("in server/_verify.py", (_DOWN_WEIGHTS, _DOWN_BIAS))):
+    for title, (weights, bias) in (
+        ("refitted", (tuple(float(v) for v in w), b)),
+        ("in server/_verify.py", (_DOWN_WEIGHTS, _DOWN_BIAS)),
+    ):
         print(f"{title}: {tuple(round(v, 3) for v in weights)}, bias {bias:.3f}")
         report("tuning split", tune, weights, bias)
         report("held out", held, weights, bias)

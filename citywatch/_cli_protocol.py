@@ -63,8 +63,9 @@ def inspect_message(data: bytes, key: bytes | None = None) -> dict[str, Any]:
         raise CheckFailed("type", f"unknown message type {env.type}")
     large = env.type in (p.MessageType.C3, p.MessageType.N1)
     if not large and len(data) > p.Limits().max_small_message:
-        raise CheckFailed("size", f"{out['name']} of {len(data)} bytes exceeds "
-                                  f"{p.Limits().max_small_message}")
+        raise CheckFailed(
+            "size", f"{out['name']} of {len(data)} bytes exceeds {p.Limits().max_small_message}"
+        )
     if key is None:
         return out
     try:
@@ -72,8 +73,9 @@ def inspect_message(data: bytes, key: bytes | None = None) -> dict[str, Any]:
     except p.LocalProtocolError as exc:
         raise CheckFailed("key", str(exc)) from None
     if cipher.alg != env.alg:
-        raise CheckFailed("alg", f"message says {p.ALG_NAMES[env.alg]}, the key is "
-                                 f"{p.ALG_NAMES[cipher.alg]}")
+        raise CheckFailed(
+            "alg", f"message says {p.ALG_NAMES[env.alg]}, the key is {p.ALG_NAMES[cipher.alg]}"
+        )
     try:
         plaintext = open_envelope(env, cipher)
     except p.AuthenticationFailed as exc:
@@ -161,14 +163,31 @@ def make_vectors() -> list[dict[str, Any]]:
         p.B2Confirm(ts=_T, ep=42, h=h),
         p.C1Hello(td=_T + 5_000, uid="WAW-MOK-0042"),
         p.C2Ready(td=_T + 5_000, tk=tk, h=h),
-        p.C3Report(td=_T + 5_000, uid="WAW-MOK-0042", tk=tk, cid=cid, gc=coords, pf=photo,
-                   sc=0.91, lb="person_down", at=_T + 4_200),
+        p.C3Report(
+            td=_T + 5_000,
+            uid="WAW-MOK-0042",
+            tk=tk,
+            cid=cid,
+            gc=coords,
+            pf=photo,
+            sc=0.91,
+            lb="person_down",
+            at=_T + 4_200,
+        ),
         p.C4Receipt(td=_T + 5_000, inc=inc, h=h),
         p.ErrorMessage(re=3, td=_T + 5_000, code=5, now=_T + 65_000),
     ]
     enc_msgs: list[p.Message] = [
-        p.N1Alert(ts=_T + 6_000, inc=inc, gc=coords, pf=photo, sc=0.87, lb="person_down",
-                  at=_T + 4_200, dev="WAW-MOK-0042"),
+        p.N1Alert(
+            ts=_T + 6_000,
+            inc=inc,
+            gc=coords,
+            pf=photo,
+            sc=0.87,
+            lb="person_down",
+            at=_T + 4_200,
+            dev="WAW-MOK-0042",
+        ),
         p.N2Receipt(tenc=_T + 6_150, inc=inc, h=h),
     ]
     random = _counter_bytes(1)
@@ -177,11 +196,17 @@ def make_vectors() -> list[dict[str, Any]]:
         for m in msgs:
             iv: bytes = random(12)
             data = p.seal(m, cipher=p.AesGcmCipher(key), kid=kid, random=_fixed(iv))
-            out.append({
-                "type": int(m.TYPE), "name": m.TYPE.name,
-                "key_hex": key.hex(), "kid_hex": kid.hex(), "iv_hex": iv.hex(),
-                "plaintext_cbor_hex": m.to_plaintext().hex(), "message_hex": data.hex(),
-            })
+            out.append(
+                {
+                    "type": int(m.TYPE),
+                    "name": m.TYPE.name,
+                    "key_hex": key.hex(),
+                    "kid_hex": kid.hex(),
+                    "iv_hex": iv.hex(),
+                    "plaintext_cbor_hex": m.to_plaintext().hex(),
+                    "message_hex": data.hex(),
+                }
+            )
     out.sort(key=lambda v: int(v["type"]))
     return out
 

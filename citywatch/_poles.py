@@ -30,8 +30,15 @@ from hardware.camera import IMAGE_SUFFIXES
 
 from ._footage import DEMO_FALL, fall_photo, footage_frame
 
-__all__ = ["USER_FOOTAGE_HELP", "VIDEO_SUFFIXES", "EdgePole", "FootageError", "SceneFootage",
-           "find_footage", "user_footage"]
+__all__ = [
+    "USER_FOOTAGE_HELP",
+    "VIDEO_SUFFIXES",
+    "EdgePole",
+    "FootageError",
+    "SceneFootage",
+    "find_footage",
+    "user_footage",
+]
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg")
 """Files ``user_footage`` takes for videos."""
@@ -39,8 +46,10 @@ FOLDER_FPS = 10.0
 """Images per second at which a folder of footage plays."""
 CALM_SECONDS = 1.5
 """The part of the shipped clip the calm poles loop: the person still sits."""
-SHIPPED_SOURCE = ("GMDCSA24 subject 1, fall 15 (MIT licence; citywatch/footage/README.md "
-                  "has the citation), shipped with CityWatch")
+SHIPPED_SOURCE = (
+    "GMDCSA24 subject 1, fall 15 (MIT licence; citywatch/footage/README.md "
+    "has the citation), shipped with CityWatch"
+)
 
 
 class FootageError(ValueError):
@@ -113,8 +122,9 @@ def find_footage(folder: Path | None = None) -> SceneFootage:
         _write_jpeg(upright, footage_frame(1.0, quality=92))
     if not lying.is_file():
         _write_jpeg(lying, fall_photo())
-    return SceneFootage(incident=DEMO_FALL, calm=calm, upright=upright, lying=lying,
-                        source=SHIPPED_SOURCE)
+    return SceneFootage(
+        incident=DEMO_FALL, calm=calm, upright=upright, lying=lying, source=SHIPPED_SOURCE
+    )
 
 
 # -- a user's own footage -----------------------------------------------------------------
@@ -124,7 +134,8 @@ USER_FOOTAGE_HELP = (
     "a video file, one image, or a folder holding one video or images (played in name "
     f"order at {FOLDER_FPS:g} fps). A subfolder calm/ (images or one video), if present, "
     "is what the other poles see, looped; otherwise they see the shipped clip's first "
-    f"{CALM_SECONDS:g} s (a person sitting).")
+    f"{CALM_SECONDS:g} s (a person sitting)."
+)
 
 
 def _check_image(path: Path) -> Any:
@@ -138,8 +149,9 @@ def _last_video_frame(path: Path) -> Any:
     cap = cv2.VideoCapture(str(path))
     try:
         if not cap.isOpened():
-            raise FootageError(f"footage video {path} cannot be opened (format or codec "
-                               "OpenCV cannot read)")
+            raise FootageError(
+                f"footage video {path} cannot be opened (format or codec OpenCV cannot read)"
+            )
         fps = cap.get(cv2.CAP_PROP_FPS)
         if not (fps and fps > 0):
             raise FootageError(f"footage video {path} does not say its frame rate")
@@ -164,24 +176,32 @@ def _medium(path: Path, what: str) -> tuple[Path, Any]:
             return path, _check_image(path)
         if suffix in VIDEO_SUFFIXES:
             return path, _last_video_frame(path)
-        raise FootageError(f"{what} {path} is neither a video ({', '.join(VIDEO_SUFFIXES)}) "
-                           f"nor an image ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        raise FootageError(
+            f"{what} {path} is neither a video ({', '.join(VIDEO_SUFFIXES)}) "
+            f"nor an image ({', '.join(sorted(IMAGE_SUFFIXES))})"
+        )
     if not path.is_dir():
         raise FootageError(f"{what} {path}: no such file or folder")
     files = sorted(p for p in path.iterdir() if p.is_file())
     images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
     videos = [p for p in files if p.suffix.lower() in VIDEO_SUFFIXES]
     if images and videos:
-        raise FootageError(f"{what} {path} holds both images and videos: put either images "
-                           "(played in name order) or one video in it")
+        raise FootageError(
+            f"{what} {path} holds both images and videos: put either images "
+            "(played in name order) or one video in it"
+        )
     if len(videos) > 1:
-        raise FootageError(f"{what} {path} holds {len(videos)} videos "
-                           f"({', '.join(v.name for v in videos[:4])}): put one in it")
+        raise FootageError(
+            f"{what} {path} holds {len(videos)} videos "
+            f"({', '.join(v.name for v in videos[:4])}): put one in it"
+        )
     if videos:
         return videos[0], _last_video_frame(videos[0])
     if not images:
-        raise FootageError(f"{what} {path} holds no video ({', '.join(VIDEO_SUFFIXES)}) and "
-                           f"no image ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        raise FootageError(
+            f"{what} {path} holds no video ({', '.join(VIDEO_SUFFIXES)}) and "
+            f"no image ({', '.join(sorted(IMAGE_SUFFIXES))})"
+        )
     last = None
     for image in images:  # every one, so that a damaged file fails now, not mid-scene
         last = _check_image(image)
@@ -205,8 +225,13 @@ def user_footage(path: Path, folder: Path) -> SceneFootage:
     if not ok:
         raise FootageError(f"the last frame of {incident} cannot be encoded as a JPEG")
     _write_jpeg(lying, bytes(data.tobytes()))
-    return SceneFootage(incident=incident, calm=calm, upright=upright, lying=lying,
-                        source=f"your footage, {incident}")
+    return SceneFootage(
+        incident=incident,
+        calm=calm,
+        upright=upright,
+        lying=lying,
+        source=f"your footage, {incident}",
+    )
 
 
 @dataclass
@@ -241,21 +266,42 @@ class EdgePole:
         gnss: dict[str, Any] = {"driver": "none"}
         if self.gps:
             log = self.workdir / "gps.nmea"
-            log.write_text(nmea_log(self.lat, self.lon, alt=112.0,
-                                    start=dt.datetime.now(dt.UTC), epochs=120))
+            log.write_text(
+                nmea_log(self.lat, self.lon, alt=112.0, start=dt.datetime.now(dt.UTC), epochs=120)
+            )
             self.gpsfake = GpsFake.start(log, cycle=0.2, output=self.workdir / "gpsfake.log")
-            gnss = {"driver": "gpsd", "host": "127.0.0.1", "port": self.gpsfake.port,
-                    "max_age_s": 30.0}
-        sections = {"camera": {"driver": "scene", "fps": self.fps, "timeline": self.timeline},
-                    "gnss": gnss, "prescreen": self.prescreen}
+            gnss = {
+                "driver": "gpsd",
+                "host": "127.0.0.1",
+                "port": self.gpsfake.port,
+                "max_age_s": 30.0,
+            }
+        sections = {
+            "camera": {"driver": "scene", "fps": self.fps, "timeline": self.timeline},
+            "gnss": gnss,
+            "prescreen": self.prescreen,
+        }
         self.config.write_text(tomli_w.dumps(sections))
         pin_file = self.workdir / "token.pin"
         pin_file.write_text(self.token.pin + "\n")
         pin_file.chmod(0o600)
-        self._cli("edge", "provision", "--bundle", str(bundle), "--config-out", str(self.config),
-                  "--module", self.token.module, "--token-label", self.token.label,
-                  "--pin-file", str(pin_file), "--state-dir", str(self.state_dir),
-                  "--delete-bundle")
+        self._cli(
+            "edge",
+            "provision",
+            "--bundle",
+            str(bundle),
+            "--config-out",
+            str(self.config),
+            "--module",
+            self.token.module,
+            "--token-label",
+            self.token.label,
+            "--pin-file",
+            str(pin_file),
+            "--state-dir",
+            str(self.state_dir),
+            "--delete-bundle",
+        )
 
     def start(self, *, notify_socket: Path | None = None) -> None:
         env = {**os.environ, "SOFTHSM2_CONF": str(self.softhsm_conf)}
@@ -264,7 +310,11 @@ class EdgePole:
         with open(self.workdir / "edge.log", "ab") as out:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "citywatch", "edge", "run", "--config", str(self.config)],
-                stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
 
     def status(self) -> dict[str, Any] | None:
         try:
@@ -303,9 +353,16 @@ class EdgePole:
 
     def _cli(self, *args: str) -> str:
         env = {**os.environ, "SOFTHSM2_CONF": str(self.softhsm_conf)}
-        r = subprocess.run([sys.executable, "-m", "citywatch", *args], capture_output=True,
-                           text=True, timeout=120, env=env)
+        r = subprocess.run(
+            [sys.executable, "-m", "citywatch", *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+        )
         if r.returncode != 0:
-            raise RuntimeError(f"`citywatch {' '.join(args[:2])}` failed for {self.uid}: "
-                               f"{(r.stderr or r.stdout).strip()[-800:]}")
+            raise RuntimeError(
+                f"`citywatch {' '.join(args[:2])}` failed for {self.uid}: "
+                f"{(r.stderr or r.stdout).strip()[-800:]}"
+            )
         return r.stdout

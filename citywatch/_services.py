@@ -60,8 +60,13 @@ class Broker:
             self.process.wait()
 
 
-def start_mosquitto(workdir: Path, *, port: int | None = None,
-                    tls: tuple[Path, Path, Path] | None = None, extra: str = "") -> Broker:
+def start_mosquitto(
+    workdir: Path,
+    *,
+    port: int | None = None,
+    tls: tuple[Path, Path, Path] | None = None,
+    extra: str = "",
+) -> Broker:
     """A broker on a free loopback port; ``tls`` = (CA, certificate, key) PEM files makes
     its listener TLS-only; ``extra`` is appended to its configuration file (lines)."""
     exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -71,21 +76,21 @@ def start_mosquitto(workdir: Path, *, port: int | None = None,
     workdir.mkdir(parents=True, exist_ok=True)
     conf = workdir / f"mosquitto-{port}.conf"
     log = workdir / f"mosquitto-{port}.log"
-    tls_lines = "" if tls is None else (
-        f"cafile {tls[0]}\ncertfile {tls[1]}\nkeyfile {tls[2]}\ntls_version tlsv1.2\n")
+    tls_lines = (
+        ""
+        if tls is None
+        else (f"cafile {tls[0]}\ncertfile {tls[1]}\nkeyfile {tls[2]}\ntls_version tlsv1.2\n")
+    )
     if tls is not None and os.geteuid() == 0:
         # Started as root, mosquitto drops to its own user before reading the key files,
         # which live in this user's private temporary folders: keep the user.
         tls_lines = f"user {pwd.getpwuid(0).pw_name}\n" + tls_lines
     conf.write_text(
-        f"listener {port} 127.0.0.1\n"
-        + tls_lines +
-        "allow_anonymous true\n"
+        f"listener {port} 127.0.0.1\n" + tls_lines + "allow_anonymous true\n"
         "set_tcp_nodelay true\n"
         "persistence false\n"
         "max_packet_size 4194304\n"
-        "log_dest stderr\n"
-        + extra
+        "log_dest stderr\n" + extra
     )
     user = ["-c", str(conf)]
     with open(log, "wb") as out:

@@ -48,15 +48,22 @@ __all__ = ["MqttLink", "ProvisioningBundle", "SimulatedDevice", "wall_clock_ms"]
 log = logging.getLogger("citywatch.simdevice")
 
 
-
-
 class MqttLink:
     """One MQTT connection that carries the traffic of one or more devices."""
 
-    def __init__(self, *, host: str, port: int, client_id: str, topic_prefix: str,
-                 tls: bool = False, ca_pem: str | None = None,
-                 will: aiomqtt.Will | None = None, tcp_nodelay: bool = True,
-                 shared: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        client_id: str,
+        topic_prefix: str,
+        tls: bool = False,
+        ca_pem: str | None = None,
+        will: aiomqtt.Will | None = None,
+        tcp_nodelay: bool = True,
+        shared: bool = False,
+    ) -> None:
         self.host, self.port = host, port
         self.client_id = client_id
         self.prefix = topic_prefix
@@ -78,10 +85,17 @@ class MqttLink:
 
     async def start(self) -> None:
         options = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)] if self.tcp_nodelay else []
-        self._client = aiomqtt.Client(self.host, self.port, identifier=self.client_id,
-                                      will=self.will, tls_context=self._tls_context(),
-                                      socket_options=options, keepalive=30,
-                                      max_inflight_messages=1000, clean_session=True)
+        self._client = aiomqtt.Client(
+            self.host,
+            self.port,
+            identifier=self.client_id,
+            will=self.will,
+            tls_context=self._tls_context(),
+            socket_options=options,
+            keepalive=30,
+            max_inflight_messages=1000,
+            clean_session=True,
+        )
         await self._client.__aenter__()
         if self.shared:
             await self._client.subscribe(f"{self.prefix}/+/down", qos=1)
@@ -136,18 +150,29 @@ class MqttLink:
 class SimulatedDevice:
     """One device. Use as ``async with SimulatedDevice(bundle) as dev: ...``."""
 
-    def __init__(self, bundle: ProvisioningBundle, *, cipher: Cipher | None = None,
-                 link: MqttLink | None = None, clock: Callable[[], int] = wall_clock_ms,
-                 timing: Timing | None = None, last_epoch: int = 0,
-                 tcp_nodelay: bool = True) -> None:
+    def __init__(
+        self,
+        bundle: ProvisioningBundle,
+        *,
+        cipher: Cipher | None = None,
+        link: MqttLink | None = None,
+        clock: Callable[[], int] = wall_clock_ms,
+        timing: Timing | None = None,
+        last_epoch: int = 0,
+        tcp_nodelay: bool = True,
+    ) -> None:
         self.bundle = bundle
         self.uid = bundle.uid
         self.kid = bundle.kid
         self._clock = clock
-        self.conn = DeviceConnection(kid=bundle.kid, uid=bundle.uid,
-                                     cipher=cipher or AesGcmCipher(bundle.key),
-                                     random=secrets.token_bytes, timing=timing,
-                                     last_epoch=last_epoch)
+        self.conn = DeviceConnection(
+            kid=bundle.kid,
+            uid=bundle.uid,
+            cipher=cipher or AesGcmCipher(bundle.key),
+            random=secrets.token_bytes,
+            timing=timing,
+            last_epoch=last_epoch,
+        )
         if bundle.server is None:
             raise ValueError(f"the bundle of {bundle.uid} names no broker (no 'server' part)")
         broker = bundle.server
@@ -156,9 +181,15 @@ class SimulatedDevice:
         self.status_topic = f"{p}/{bundle.kid.hex()}/status"
         self._own_link = link is None
         self.link = link or MqttLink(
-            host=broker.host, port=broker.port, client_id=bundle.kid.hex(), topic_prefix=p,
-            tls=broker.tls, ca_pem=broker.ca_pem, tcp_nodelay=tcp_nodelay,
-            will=aiomqtt.Will(self.status_topic, b"offline", qos=1, retain=True))
+            host=broker.host,
+            port=broker.port,
+            client_id=bundle.kid.hex(),
+            topic_prefix=p,
+            tls=broker.tls,
+            ca_pem=broker.ca_pem,
+            tcp_nodelay=tcp_nodelay,
+            will=aiomqtt.Will(self.status_topic, b"offline", qos=1, retain=True),
+        )
         self.events: list[Event] = []
         """Everything the protocol core reported, oldest first."""
         self.downlinks: list[bytes] = []
@@ -226,8 +257,9 @@ class SimulatedDevice:
         """Publish bytes as they are (attack and error tests)."""
         await self.link.publish(topic or self.up_topic, data)
 
-    async def wait_for(self, predicate: Callable[[Event], bool], *, timeout: float,
-                       start: int = 0) -> Event:
+    async def wait_for(
+        self, predicate: Callable[[Event], bool], *, timeout: float, start: int = 0
+    ) -> Event:
         """The first event from index ``start`` on that matches, waiting up to ``timeout``."""
         deadline = time.monotonic() + timeout
         while True:
@@ -236,28 +268,41 @@ class SimulatedDevice:
                     return ev
             left = deadline - time.monotonic()
             if left <= 0:
-                raise TimeoutError(f"device {self.uid}: no matching event in {timeout} s; "
-                                   f"events: {self.events[start:]}")
+                raise TimeoutError(
+                    f"device {self.uid}: no matching event in {timeout} s; "
+                    f"events: {self.events[start:]}"
+                )
             self._changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), timeout=left)
 
     async def wait_for_window(self, *, timeout: float) -> WindowAnnounced:
-        ev = await self.wait_for(lambda e: isinstance(e, WindowAnnounced), timeout=timeout,
-                                 start=0)
+        ev = await self.wait_for(lambda e: isinstance(e, WindowAnnounced), timeout=timeout, start=0)
         assert isinstance(ev, WindowAnnounced)
         await asyncio.wait_for(self.window.wait(), timeout=timeout)
         return ev
 
-    async def report(self, photo: bytes, coords: Coords, score: float, label: str, *,
-                     captured_at: int | None = None, cid: bytes | None = None,
-                     timeout: float = 60.0) -> ReportDelivered:
+    async def report(
+        self,
+        photo: bytes,
+        coords: Coords,
+        score: float,
+        label: str,
+        *,
+        captured_at: int | None = None,
+        cid: bytes | None = None,
+        timeout: float = 60.0,
+    ) -> ReportDelivered:
         """Deliver one incident; retries (new T_D, same cid) until a matching C4 arrives
         or ``timeout`` seconds pass (then ``TimeoutError``; a real device keeps it)."""
-        report = PendingReport(cid=cid or secrets.token_bytes(16), coords=coords, photo=photo,
-                               score=score, label=label,
-                               captured_at=self._clock() if captured_at is None
-                               else captured_at)
+        report = PendingReport(
+            cid=cid or secrets.token_bytes(16),
+            coords=coords,
+            photo=photo,
+            score=score,
+            label=label,
+            captured_at=self._clock() if captured_at is None else captured_at,
+        )
         async with self._contact:
             deadline = time.monotonic() + timeout
             start = len(self.events)
@@ -276,9 +321,11 @@ class SimulatedDevice:
                     continue
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise TimeoutError(f"device {self.uid}: report {report.cid.hex()} not "
-                                       f"delivered in {timeout} s; last events: "
-                                       f"{self.events[-5:]}")
+                    raise TimeoutError(
+                        f"device {self.uid}: report {report.cid.hex()} not "
+                        f"delivered in {timeout} s; last events: "
+                        f"{self.events[-5:]}"
+                    )
                 wait = left if due is None else min(left, (due - now) / 1000)
                 self._changed.clear()
                 with contextlib.suppress(TimeoutError):

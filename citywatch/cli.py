@@ -59,8 +59,12 @@ def _version() -> str:
 
 def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="citywatch", description=__doc__.splitlines()[0])
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}",
-                        help="print the version of citywatch and exit")
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"%(prog)s {_version()}",
+        help="print the version of citywatch and exit",
+    )
     sub = parser.add_subparsers(dest="component", metavar="COMPONENT", required=True)
     wanted = argv[0] if argv else None
     for name, (module, help_) in COMPONENTS.items():
@@ -68,8 +72,10 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
             try:
                 mod = importlib.import_module(module)
             except ModuleNotFoundError as exc:
-                raise CliError(f"citywatch {name} is not available: {exc}. Run "
-                               "scripts/setup.sh to install its dependencies.") from None
+                raise CliError(
+                    f"citywatch {name} is not available: {exc}. Run "
+                    "scripts/setup.sh to install its dependencies."
+                ) from None
             mod.register(sub.add_parser(name, help=help_, description=help_))
         else:
             sub.add_parser(name, help=help_)

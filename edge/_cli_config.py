@@ -36,20 +36,36 @@ def register_config_commands(sub: argparse._SubParsersAction[Any]) -> None:
     ex = csub.add_parser("example", help="print a complete commented device config")
     ex.set_defaults(func=_config_example)
     chk = csub.add_parser(
-        "check", help="validate a device config; exit 0 with a summary, 2 with what is wrong",
+        "check",
+        help="validate a device config; exit 0 with a summary, 2 with what is wrong",
         description="Validate every section the daemon reads (identity, key store, broker, "
-                    "camera, GNSS, pre-screen, privacy masks) and that the camera driver's "
-                    "library is installed. Reads nothing but the file (no token, no broker).")
-    chk.add_argument("config", type=Path, nargs="?", default=DEFAULT_CONFIG_PATH,
-                     metavar="FILE", help=f"device config (default {DEFAULT_CONFIG_PATH})")
+        "camera, GNSS, pre-screen, privacy masks) and that the camera driver's "
+        "library is installed. Reads nothing but the file (no token, no broker).",
+    )
+    chk.add_argument(
+        "config",
+        type=Path,
+        nargs="?",
+        default=DEFAULT_CONFIG_PATH,
+        metavar="FILE",
+        help=f"device config (default {DEFAULT_CONFIG_PATH})",
+    )
     chk.set_defaults(func=_config_check)
     show = csub.add_parser(
-        "show", help="print a device config's settings as one JSON object",
+        "show",
+        help="print a device config's settings as one JSON object",
         description="Validate the file as `edge run` reads it (without the camera driver's "
-                    "check) and print its settings as written, as JSON: what deployment "
-                    "tools read the provisioned identity from.")
-    show.add_argument("config", type=Path, nargs="?", default=DEFAULT_CONFIG_PATH,
-                      metavar="FILE", help=f"device config (default {DEFAULT_CONFIG_PATH})")
+        "check) and print its settings as written, as JSON: what deployment "
+        "tools read the provisioned identity from.",
+    )
+    show.add_argument(
+        "config",
+        type=Path,
+        nargs="?",
+        default=DEFAULT_CONFIG_PATH,
+        metavar="FILE",
+        help=f"device config (default {DEFAULT_CONFIG_PATH})",
+    )
     show.set_defaults(func=_config_show)
 
 
@@ -65,25 +81,31 @@ def check_config(path: Path) -> str:
     if cfg.camera and named not in CAMERA_DRIVERS:
         known = ", ".join(f'"{d}"' for d in CAMERA_DRIVERS)
         what = "is missing" if named is None else f"{named!r} is not a camera driver"
-        raise EdgeConfigError(f"{path}: camera.driver: {what}: set driver to one of {known} "
-                              "(docs/edge.md, [camera])")
-    settings = PipelineSettings.from_config(cfg, name=str(path),
-                                            base_dir=Path(path).resolve().parent)
+        raise EdgeConfigError(
+            f"{path}: camera.driver: {what}: set driver to one of {known} (docs/edge.md, [camera])"
+        )
+    settings = PipelineSettings.from_config(
+        cfg, name=str(path), base_dir=Path(path).resolve().parent
+    )
     driver = settings.camera.driver
     if driver == "picamera2":
         try:
             import_picamera2()
         except CameraDriverMissing as exc:
-            raise EdgeConfigError(f'{path}: camera.driver: "picamera2" is set, but {exc}'
-                                  ) from None
+            raise EdgeConfigError(f'{path}: camera.driver: "picamera2" is set, but {exc}') from None
     gnss = settings.gnss
-    gnss_text = (f"gpsd at {gnss.host}:{gnss.port}" if gnss.driver == "gpsd"
-                 else "no receiver (the registered position)")
+    gnss_text = (
+        f"gpsd at {gnss.host}:{gnss.port}"
+        if gnss.driver == "gpsd"
+        else "no receiver (the registered position)"
+    )
     masks = len(settings.privacy.masks)
     tls = "TLS" if cfg.broker.tls is not None else "plain TCP"
-    return (f"{path}: valid: {cfg.uid} (kid {cfg.kid_hex.lower()}, zone {cfg.zone}), camera "
-            f"{driver}, GNSS {gnss_text}, {masks} privacy mask(s), broker "
-            f"{cfg.broker.host}:{cfg.broker.port} ({tls})")
+    return (
+        f"{path}: valid: {cfg.uid} (kid {cfg.kid_hex.lower()}, zone {cfg.zone}), camera "
+        f"{driver}, GNSS {gnss_text}, {masks} privacy mask(s), broker "
+        f"{cfg.broker.host}:{cfg.broker.port} ({tls})"
+    )
 
 
 def _config_example(args: argparse.Namespace) -> int:

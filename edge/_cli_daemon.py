@@ -32,8 +32,17 @@ from ._state import write_atomic as _write_atomic
 __all__ = ["provision", "register_daemon_commands", "show_status"]
 
 _BUNDLE_KEY_FIELDS = ("uid", "kid_hex", "alg", "key_hex")
-_SERVER_FIELDS = {"host", "port", "tls", "ca_pem", "topic_prefix", "keepalive_s", "username",
-                  "password", "alternates"}
+_SERVER_FIELDS = {
+    "host",
+    "port",
+    "tls",
+    "ca_pem",
+    "topic_prefix",
+    "keepalive_s",
+    "username",
+    "password",
+    "alternates",
+}
 _TLS_FIELDS = {"ca_file", "ca_pem", "cert_file", "key_file", "insecure", "enabled"}
 _DEFAULT_MAX_AGE_S = 30.0
 
@@ -41,61 +50,113 @@ _DEFAULT_MAX_AGE_S = 30.0
 def register_daemon_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
     """Add ``provision``, ``status`` and ``run`` to the ``edge`` subcommands."""
     p = subparsers.add_parser(
-        "provision", help="import the device key from a provisioning bundle; write the config",
+        "provision",
+        help="import the device key from a provisioning bundle; write the config",
         description="Import the device key from a provisioning bundle into the PKCS#11 token "
-                    "(non-extractable) and write the device config. The bundle holds the key "
-                    "in clear: delete it afterwards (or pass --delete-bundle).")
+        "(non-extractable) and write the device config. The bundle holds the key "
+        "in clear: delete it afterwards (or pass --delete-bundle).",
+    )
     p.add_argument("--bundle", type=Path, required=True, help="the bundle (JSON) from the server")
-    p.add_argument("--config-out", type=Path, default=DEFAULT_CONFIG_PATH,
-                   help=f"device config to write (default {DEFAULT_CONFIG_PATH}); an existing "
-                        "one keeps its other sections (camera, gnss, outbox ...)")
-    p.add_argument("--module", help="PKCS#11 module of the token (default: the existing "
-                                    "config's, else SoftHSM2's)")
-    p.add_argument("--token-label", help="label of the token (default: the existing config's, "
-                                         "else 'citywatch')")
-    p.add_argument("--pin-file", type=Path, help="file holding the token's user PIN (default: "
-                                                 "the existing config's)")
-    p.add_argument("--max-key-bits", type=int, choices=(128, 256),
-                   help="128 for a token that holds AES-128 only (ATECC608)")
+    p.add_argument(
+        "--config-out",
+        type=Path,
+        default=DEFAULT_CONFIG_PATH,
+        help=f"device config to write (default {DEFAULT_CONFIG_PATH}); an existing "
+        "one keeps its other sections (camera, gnss, outbox ...)",
+    )
+    p.add_argument(
+        "--module",
+        help="PKCS#11 module of the token (default: the existing config's, else SoftHSM2's)",
+    )
+    p.add_argument(
+        "--token-label",
+        help="label of the token (default: the existing config's, else 'citywatch')",
+    )
+    p.add_argument(
+        "--pin-file",
+        type=Path,
+        help="file holding the token's user PIN (default: the existing config's)",
+    )
+    p.add_argument(
+        "--max-key-bits",
+        type=int,
+        choices=(128, 256),
+        help="128 for a token that holds AES-128 only (ATECC608)",
+    )
     p.add_argument("--zone", help="zone of the pole, if the bundle does not say")
     p.add_argument("--lat", type=float, help="registered latitude, if the bundle does not say")
     p.add_argument("--lon", type=float, help="registered longitude, if the bundle does not say")
     p.add_argument("--alt", type=float, help="registered altitude in metres")
-    p.add_argument("--state-dir", type=Path,
-                   help=f"state directory (default: the existing config's, else "
-                        f"{DEFAULT_STATE_DIR})")
-    p.add_argument("--tls-cert", type=Path, metavar="FILE",
-                   help="the pole's TLS client certificate (PEM) for the broker; with --tls-key")
-    p.add_argument("--tls-key", type=Path, metavar="FILE",
-                   help="the private key of --tls-cert (PEM)")
-    p.add_argument("--delete-bundle", action="store_true",
-                   help="overwrite and delete the bundle once the key is in the token")
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        help=f"state directory (default: the existing config's, else {DEFAULT_STATE_DIR})",
+    )
+    p.add_argument(
+        "--tls-cert",
+        type=Path,
+        metavar="FILE",
+        help="the pole's TLS client certificate (PEM) for the broker; with --tls-key",
+    )
+    p.add_argument(
+        "--tls-key", type=Path, metavar="FILE", help="the private key of --tls-cert (PEM)"
+    )
+    p.add_argument(
+        "--delete-bundle",
+        action="store_true",
+        help="overwrite and delete the bundle once the key is in the token",
+    )
     p.set_defaults(func=provision)
 
     s = subparsers.add_parser(
-        "status", help="how the daemon is doing; exit 0 when it looks healthy",
+        "status",
+        help="how the daemon is doing; exit 0 when it looks healthy",
         description="Read the daemon's status file and print it. Exit status 0 when the daemon "
-                    "looks healthy (the file was rewritten recently), 1 otherwise, with why.")
+        "looks healthy (the file was rewritten recently), 1 otherwise, with why.",
+    )
     where = s.add_mutually_exclusive_group()
-    where.add_argument("--config", type=Path,
-                       help=f"device config (default {DEFAULT_CONFIG_PATH}); its state_dir is read")
+    where.add_argument(
+        "--config",
+        type=Path,
+        help=f"device config (default {DEFAULT_CONFIG_PATH}); its state_dir is read",
+    )
     where.add_argument("--state-dir", type=Path, help="read <DIR>/status.json directly")
-    s.add_argument("--json", action="store_true", help="print JSON (with 'healthy' and "
-                                                       "'unhealthy_reasons')")
-    s.add_argument("--max-age", type=float, default=None, metavar="SECONDS",
-                   help=f"older status counts as unhealthy (default {_DEFAULT_MAX_AGE_S:g} s, "
-                        "or 3 status intervals if longer)")
-    s.add_argument("--require-broker", action="store_true",
-                   help="also unhealthy while not connected to the broker")
+    s.add_argument(
+        "--json", action="store_true", help="print JSON (with 'healthy' and 'unhealthy_reasons')"
+    )
+    s.add_argument(
+        "--max-age",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help=f"older status counts as unhealthy (default {_DEFAULT_MAX_AGE_S:g} s, "
+        "or 3 status intervals if longer)",
+    )
+    s.add_argument(
+        "--require-broker",
+        action="store_true",
+        help="also unhealthy while not connected to the broker",
+    )
     s.set_defaults(func=show_status)
 
-    r = subparsers.add_parser("run", help="run the street-pole daemon",
-                              description="Run the daemon (under systemd: Type=notify).")
-    r.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH,
-                   help=f"device config (default {DEFAULT_CONFIG_PATH})")
-    r.add_argument("--log-level", type=str.lower, default="info",
-                   choices=("debug", "info", "warning", "error"),
-                   help="how much to log: debug, info (the default), warning or error")
+    r = subparsers.add_parser(
+        "run",
+        help="run the street-pole daemon",
+        description="Run the daemon (under systemd: Type=notify).",
+    )
+    r.add_argument(
+        "--config",
+        type=Path,
+        default=DEFAULT_CONFIG_PATH,
+        help=f"device config (default {DEFAULT_CONFIG_PATH})",
+    )
+    r.add_argument(
+        "--log-level",
+        type=str.lower,
+        default="info",
+        choices=("debug", "info", "warning", "error"),
+        help="how much to log: debug, info (the default), warning or error",
+    )
     r.set_defaults(func=run)
 
 
@@ -114,8 +175,9 @@ def _read_bundle(path: Path) -> dict[str, Any]:
     return data
 
 
-def _broker_from_bundle(bundle: dict[str, Any], name: Path, config_dir: Path,
-                        notes: list[str], files: dict[Path, bytes]) -> dict[str, Any] | None:
+def _broker_from_bundle(
+    bundle: dict[str, Any], name: Path, config_dir: Path, notes: list[str], files: dict[Path, bytes]
+) -> dict[str, Any] | None:
     """The ``[broker]`` table from the bundle's ``server`` part; files to write go into
     ``files`` (written only once the key is in the token)."""
     server = bundle.get("server")
@@ -133,8 +195,9 @@ def _broker_from_bundle(bundle: dict[str, Any], name: Path, config_dir: Path,
             broker[k] = server[k]
     alternates = server.get("alternates", [])
     if not isinstance(alternates, list) or not all(
-            isinstance(a, dict) and isinstance(a.get("host"), str)
-            and isinstance(a.get("port"), int) for a in alternates):
+        isinstance(a, dict) and isinstance(a.get("host"), str) and isinstance(a.get("port"), int)
+        for a in alternates
+    ):
         raise UsageError(f"{name}: server.alternates must be a list of {{host, port}}")
     if alternates:
         broker["alternates"] = [f"{a['host']}:{a['port']}" for a in alternates]
@@ -145,8 +208,9 @@ def _broker_from_bundle(bundle: dict[str, Any], name: Path, config_dir: Path,
         for k in sorted(set(tls) - _TLS_FIELDS):
             notes.append(f"ignored server.tls.{k} of the bundle")
         if tls.get("enabled", True):
-            section: dict[str, Any] = {k: tls[k] for k in ("ca_file", "cert_file", "key_file",
-                                                           "insecure") if k in tls}
+            section: dict[str, Any] = {
+                k: tls[k] for k in ("ca_file", "cert_file", "key_file", "insecure") if k in tls
+            }
             if isinstance(tls.get("ca_pem"), str):
                 ca = config_dir / "broker-ca.pem"
                 files[ca] = tls["ca_pem"].encode()
@@ -160,11 +224,15 @@ def _broker_from_bundle(bundle: dict[str, Any], name: Path, config_dir: Path,
     return broker
 
 
-def _position(bundle: dict[str, Any], args: argparse.Namespace,
-              existing: dict[str, Any]) -> dict[str, Any] | None:
+def _position(
+    bundle: dict[str, Any], args: argparse.Namespace, existing: dict[str, Any]
+) -> dict[str, Any] | None:
     given = bundle.get("position")
-    from_bundle: dict[str, Any] = given if isinstance(given, dict) else {
-        k: bundle[k] for k in ("lat", "lon", "alt") if k in bundle}
+    from_bundle: dict[str, Any] = (
+        given
+        if isinstance(given, dict)
+        else {k: bundle[k] for k in ("lat", "lon", "alt") if k in bundle}
+    )
     pos: dict[str, Any] = {**existing.get("position", {}), **from_bundle}
     for k in ("lat", "lon", "alt"):
         v = getattr(args, k)
@@ -201,8 +269,10 @@ def provision(args: argparse.Namespace) -> int:
         try:
             existing = tomllib.loads(out.read_text(encoding="utf-8"))
         except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise UsageError(f"{out} exists but cannot be read as TOML ({exc}): move it aside "
-                             "or fix it, then provision again") from None
+            raise UsageError(
+                f"{out} exists but cannot be read as TOML ({exc}): move it aside "
+                "or fix it, then provision again"
+            ) from None
     notes: list[str] = []
     known = {*_BUNDLE_KEY_FIELDS, "server", "zone", "position", "lat", "lon", "alt"}
     notes += [f"ignored '{k}' of the bundle" for k in sorted(set(bundle) - known)]
@@ -224,19 +294,30 @@ def provision(args: argparse.Namespace) -> int:
 
     config_dir = out.resolve().parent
     files: dict[Path, bytes] = {}
-    broker = (_broker_from_bundle(bundle, args.bundle, config_dir, notes, files)
-              or existing.get("broker"))
+    broker = _broker_from_bundle(bundle, args.bundle, config_dir, notes, files) or existing.get(
+        "broker"
+    )
     if broker is None:
-        raise UsageError(f"{args.bundle} has no 'server' part and {out} names no broker: ask the "
-                         "server for a bundle with the broker's address")
+        raise UsageError(
+            f"{args.bundle} has no 'server' part and {out} names no broker: ask the "
+            "server for a bundle with the broker's address"
+        )
     if (args.tls_cert is None) != (args.tls_key is None):
         raise UsageError("--tls-cert and --tls-key go together: the certificate and its key")
     if args.tls_cert is not None:
         if not isinstance(broker.get("tls"), dict):
-            raise UsageError(f"--tls-cert given, but the broker of {args.bundle} is not reached "
-                             "over TLS: a client certificate needs a TLS broker")
-        broker = {**broker, "tls": {**broker["tls"], "cert_file": str(args.tls_cert.resolve()),
-                                    "key_file": str(args.tls_key.resolve())}}
+            raise UsageError(
+                f"--tls-cert given, but the broker of {args.bundle} is not reached "
+                "over TLS: a client certificate needs a TLS broker"
+            )
+        broker = {
+            **broker,
+            "tls": {
+                **broker["tls"],
+                "cert_file": str(args.tls_cert.resolve()),
+                "key_file": str(args.tls_key.resolve()),
+            },
+        }
     zone = args.zone or bundle.get("zone") or existing.get("zone")
     if not zone:
         raise UsageError("no zone: the bundle does not say; pass --zone NAME")
@@ -244,9 +325,16 @@ def provision(args: argparse.Namespace) -> int:
     if position is None or "lat" not in position or "lon" not in position:
         raise UsageError("no registered position: the bundle does not say; pass --lat and --lon")
 
-    data: dict[str, Any] = {**existing, "uid": parsed.uid, "kid_hex": parsed.kid.hex(),
-                            "alg": str(bundle["alg"]), "zone": zone, "position": position,
-                            "key_store": ks, "broker": broker}
+    data: dict[str, Any] = {
+        **existing,
+        "uid": parsed.uid,
+        "kid_hex": parsed.kid.hex(),
+        "alg": str(bundle["alg"]),
+        "zone": zone,
+        "position": position,
+        "key_store": ks,
+        "broker": broker,
+    }
     if args.state_dir is not None:
         data["state_dir"] = str(args.state_dir.resolve())
     data.setdefault("state_dir", str(DEFAULT_STATE_DIR))
@@ -258,20 +346,28 @@ def provision(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
 
     try:
-        with Pkcs11KeyStore(cfg.key_store.module, cfg.key_store.token_label, pin,
-                            max_key_bits=cfg.key_store.max_key_bits) as store:
+        with Pkcs11KeyStore(
+            cfg.key_store.module,
+            cfg.key_store.token_label,
+            pin,
+            max_key_bits=cfg.key_store.max_key_bits,
+        ) as store:
             store.import_key(cfg.key_label, parsed.key)
     except KeyExists:
-        raise UsageError(f"token {cfg.key_store.token_label!r} already holds a DIFFERENT key "
-                         f"labelled {cfg.key_label!r}: this kid was provisioned with another "
-                         "key. Ask the server for the right bundle, or delete that key from the "
-                         "token first if the device is being re-keyed") from None
+        raise UsageError(
+            f"token {cfg.key_store.token_label!r} already holds a DIFFERENT key "
+            f"labelled {cfg.key_label!r}: this kid was provisioned with another "
+            "key. Ask the server for the right bundle, or delete that key from the "
+            "token first if the device is being re-keyed"
+        ) from None
     except KeyStoreError as exc:
         raise UsageError(f"could not import the key: {exc}") from None
 
-    text = ("# CityWatch street-pole daemon. Written by `citywatch edge provision`; edit the\n"
-            "# camera, gnss and prescreen sections by hand. Keys: docs/edge.md.\n\n"
-            + tomli_w.dumps(_toml_ready(data)))
+    text = (
+        "# CityWatch street-pole daemon. Written by `citywatch edge provision`; edit the\n"
+        "# camera, gnss and prescreen sections by hand. Keys: docs/edge.md.\n\n"
+        + tomli_w.dumps(_toml_ready(data))
+    )
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         for path, content in files.items():
@@ -279,11 +375,14 @@ def provision(args: argparse.Namespace) -> int:
         _write_atomic(out, text.encode(), durable=True, mode=0o640)
         os.chmod(out, 0o640)  # exactly: the umask may have taken the group's read bit
     except OSError as exc:
-        raise UsageError(f"the key is in the token, but {out} cannot be written: "
-                         f"{exc.strerror}; run provision again with a writable --config-out"
-                         ) from None
-    print(f"imported the key of {parsed.uid} (kid {parsed.kid.hex()}, {bundle['alg']}) into "
-          f"token {cfg.key_store.token_label!r} as {cfg.key_label!r}, non-extractable")
+        raise UsageError(
+            f"the key is in the token, but {out} cannot be written: "
+            f"{exc.strerror}; run provision again with a writable --config-out"
+        ) from None
+    print(
+        f"imported the key of {parsed.uid} (kid {parsed.kid.hex()}, {bundle['alg']}) into "
+        f"token {cfg.key_store.token_label!r} as {cfg.key_label!r}, non-extractable"
+    )
     print(f"wrote {out}")
     for n in notes:
         print(f"note: {n}")
@@ -291,15 +390,18 @@ def provision(args: argparse.Namespace) -> int:
         _destroy(args.bundle)
         print(f"overwrote and deleted {args.bundle}")
     else:
-        print(f"DELETE {args.bundle} NOW: it holds the device key in clear "
-              f"(shred -u {args.bundle}, or run again with --delete-bundle)")
+        print(
+            f"DELETE {args.bundle} NOW: it holds the device key in clear "
+            f"(shred -u {args.bundle}, or run again with --delete-bundle)"
+        )
     return 0
 
 
 def _toml_ready(data: dict[str, Any]) -> dict[str, Any]:
     """TOML has no null: leave out keys whose value is None."""
-    return {k: _toml_ready(v) if isinstance(v, dict) else v
-            for k, v in data.items() if v is not None}
+    return {
+        k: _toml_ready(v) if isinstance(v, dict) else v for k, v in data.items() if v is not None
+    }
 
 
 def _destroy(path: Path) -> None:
@@ -313,8 +415,10 @@ def _destroy(path: Path) -> None:
             os.fsync(f.fileno())
         path.unlink()
     except OSError as exc:
-        raise UsageError(f"the key is imported, but {path} could not be deleted: {exc.strerror}; "
-                         "delete it by hand") from None
+        raise UsageError(
+            f"the key is imported, but {path} could not be deleted: {exc.strerror}; "
+            "delete it by hand"
+        ) from None
 
 
 # -- status -------------------------------------------------------------------------------
@@ -331,9 +435,12 @@ def _when(ms: int | None, now: int) -> str:
 
 def _rows(s: StatusSnapshot, now: int) -> list[tuple[str, str]]:
     m, b, o, d, pl = s.monitoring, s.broker, s.outbox, s.delivery, s.pipeline
-    window = (f"OPEN until {_when(m.until, now)}" if m.active
-              else "closed" + (f" (last ended {_when(m.until, now)})" if m.until else
-                               " (none announced yet)"))
+    window = (
+        f"OPEN until {_when(m.until, now)}"
+        if m.active
+        else "closed"
+        + (f" (last ended {_when(m.until, now)})" if m.until else " (none announced yet)")
+    )
     broker = ("connected" if b.connected else "NOT connected") + f" to {b.host}:{b.port}"
     if b.since is not None:
         broker += f" since {_when(b.since, now)}"
@@ -349,10 +456,18 @@ def _rows(s: StatusSnapshot, now: int) -> list[tuple[str, str]]:
         delivery += f", incident {d.cid}, attempt {d.attempts}"
     if d.next_attempt_at:
         delivery += f", next attempt {_when(d.next_attempt_at, now)}"
-    last = (f"{s.last_delivered.incident_id} (cid {s.last_delivered.cid}) "
-            f"{_when(s.last_delivered.at, now)}" if s.last_delivered else "none yet")
-    detection = (f"{pl.last_detection.label} {pl.last_detection.score:.2f} "
-                 f"{_when(pl.last_detection.at, now)}" if pl.last_detection else "none")
+    last = (
+        f"{s.last_delivered.incident_id} (cid {s.last_delivered.cid}) "
+        f"{_when(s.last_delivered.at, now)}"
+        if s.last_delivered
+        else "none yet"
+    )
+    detection = (
+        f"{pl.last_detection.label} {pl.last_detection.score:.2f} "
+        f"{_when(pl.last_detection.at, now)}"
+        if pl.last_detection
+        else "none"
+    )
     rows = [
         ("status written", _when(s.updated_at, now) + f" by pid {s.pid}"),
         ("device", f"{s.uid} (kid {s.kid_hex}, zone {s.zone})"),
@@ -395,11 +510,15 @@ def show_status(args: argparse.Namespace) -> int:
         else:
             print(f"UNHEALTHY: {exc}")
         return 1
-    reasons = assess_health(snapshot, now=now, max_age_s=max_age,
-                            require_broker=args.require_broker)
+    reasons = assess_health(
+        snapshot, now=now, max_age_s=max_age, require_broker=args.require_broker
+    )
     if args.json:
-        out = {"healthy": not reasons, "unhealthy_reasons": reasons,
-               **snapshot.model_dump(mode="json")}
+        out = {
+            "healthy": not reasons,
+            "unhealthy_reasons": reasons,
+            **snapshot.model_dump(mode="json"),
+        }
         print(json.dumps(out, indent=2))
         return 1 if reasons else 0
     from rich.console import Console
@@ -438,8 +557,9 @@ def run(args: argparse.Namespace) -> int:
         # before the key store, the outbox or the broker are touched.
         check_config(args.config)
         cfg = load_config(args.config)
-        settings = PipelineSettings.from_config(cfg, name=str(args.config),
-                                                base_dir=Path(args.config).resolve().parent)
+        settings = PipelineSettings.from_config(
+            cfg, name=str(args.config), base_dir=Path(args.config).resolve().parent
+        )
     except EdgeConfigError as exc:
         raise UsageError(str(exc)) from None
     configure_logging(args.log_level.upper(), identifier="citywatch-edge")

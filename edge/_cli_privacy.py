@@ -21,12 +21,18 @@ __all__ = ["register_privacy_commands"]
 
 def register_privacy_commands(sub: argparse._SubParsersAction[Any]) -> None:
     p = sub.add_parser(
-        "mask-preview", help="write an image of the view with the privacy masks applied",
+        "mask-preview",
+        help="write an image of the view with the privacy masks applied",
         description="Take a snapshot from the configured camera (or read --image), black "
-                    "out the [[privacy.masks]] polygons as the pole does, outline and name "
-                    "them, and write the result to --out (PNG or JPEG by its suffix).")
-    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH,
-                   help=f"device config (default {DEFAULT_CONFIG_PATH})")
+        "out the [[privacy.masks]] polygons as the pole does, outline and name "
+        "them, and write the result to --out (PNG or JPEG by its suffix).",
+    )
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=DEFAULT_CONFIG_PATH,
+        help=f"device config (default {DEFAULT_CONFIG_PATH})",
+    )
     p.add_argument("--image", type=Path, help="use this picture of the view, not the camera")
     p.add_argument("--out", type=Path, required=True, help="the image to write")
     p.set_defaults(func=mask_preview)
@@ -37,8 +43,9 @@ def mask_preview(args: argparse.Namespace) -> int:
 
     try:
         cfg = load_config(args.config)
-        settings = PipelineSettings.from_config(cfg, name=str(args.config),
-                                                base_dir=Path(args.config).resolve().parent)
+        settings = PipelineSettings.from_config(
+            cfg, name=str(args.config), base_dir=Path(args.config).resolve().parent
+        )
     except EdgeConfigError as exc:
         raise UsageError(str(exc)) from None
     mask = PrivacyMask.from_config(settings.privacy)
@@ -65,6 +72,8 @@ def mask_preview(args: argparse.Namespace) -> int:
         raise UsageError(f"cannot write {args.out} (the suffix says the format: .png, .jpg)")
     h, w = view.shape[:2]
     hidden = float(mask.stencil(h, w).mean()) if mask else 0.0
-    print(f"{len(mask.polygons)} privacy mask(s), {hidden:.1%} of the {w}x{h} view hidden; "
-          f"wrote {args.out}")
+    print(
+        f"{len(mask.polygons)} privacy mask(s), {hidden:.1%} of the {w}x{h} view hidden; "
+        f"wrote {args.out}"
+    )
     return 0

@@ -90,24 +90,47 @@ class ProtocolClient:
         self._status_interval_s = status_interval_s
         self.link = BrokerLink(broker, kid=kid, clock=clock)  # bad TLS files fail here
         self._state_file = StateFile(self.state_dir)
-        self.policy = DeliveryPolicy(kid=kid, uid=uid, cipher=cipher, random=random,
-                                     timing=timing, limits=limits,
-                                     state=self._state_file.load())
+        self.policy = DeliveryPolicy(
+            kid=kid,
+            uid=uid,
+            cipher=cipher,
+            random=random,
+            timing=timing,
+            limits=limits,
+            state=self._state_file.load(),
+        )
         self._owns_status = status is None
-        self.status = status or PoleStatus.in_state_dir(self.state_dir, uid=uid,
-                                                        kid_hex=kid.hex(), zone=zone,
-                                                        clock=clock)
+        self.status = status or PoleStatus.in_state_dir(
+            self.state_dir, uid=uid, kid_hex=kid.hex(), zone=zone, clock=clock
+        )
         self._inbox: asyncio.Queue[bytes | LinkUp | LinkDown | _Wake] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._refresh_status()
 
     @classmethod
-    def from_config(cls, config: EdgeConfig, *, cipher: Cipher, outbox: Outbox,
-                    status: PoleStatus | None = None, **kwargs: object) -> ProtocolClient:
-        return cls(uid=config.uid, kid=config.kid, cipher=cipher, broker=config.broker,
-                   outbox=outbox, state_dir=config.state_dir, status=status, zone=config.zone,
-                   timing=config.protocol.timing(), limits=config.protocol.limits(),
-                   status_interval_s=config.status.interval_s, **kwargs)  # type: ignore[arg-type]
+    def from_config(
+        cls,
+        config: EdgeConfig,
+        *,
+        cipher: Cipher,
+        outbox: Outbox,
+        status: PoleStatus | None = None,
+        **kwargs: object,
+    ) -> ProtocolClient:
+        return cls(
+            uid=config.uid,
+            kid=config.kid,
+            cipher=cipher,
+            broker=config.broker,
+            outbox=outbox,
+            state_dir=config.state_dir,
+            status=status,
+            zone=config.zone,
+            timing=config.protocol.timing(),
+            limits=config.protocol.limits(),
+            status_interval_s=config.status.interval_s,
+            **kwargs,  # type: ignore[arg-type]
+        )
 
     # -- what the rest of the daemon uses ---------------------------------------------------
 
@@ -150,13 +173,21 @@ class ProtocolClient:
         """One line for systemd's STATUS=."""
         return self.status.line
 
-    def record_incident(self, *, photo: bytes, coords: Coords, score: float, label: str,
-                        captured_at: int) -> bytes:
+    def record_incident(
+        self, *, photo: bytes, coords: Coords, score: float, label: str, captured_at: int
+    ) -> bytes:
         """Store a capture durably (``_status.store_incident``) and have it delivered;
         return its capture id. Callable from any thread."""
         try:
-            return store_incident(self.outbox, self.status, photo=photo, coords=coords,
-                                  score=score, label=label, captured_at=captured_at)
+            return store_incident(
+                self.outbox,
+                self.status,
+                photo=photo,
+                coords=coords,
+                score=score,
+                label=label,
+                captured_at=captured_at,
+            )
         finally:
             self.wake()
 
@@ -174,8 +205,12 @@ class ProtocolClient:
         self._inbox = inbox
         tasks = [asyncio.create_task(self.link.run(stop, inbox.put_nowait), name="edge-broker")]
         if self._owns_status:
-            tasks.append(asyncio.create_task(self.status.keep_written(
-                stop, interval_s=self._status_interval_s), name="edge-status"))
+            tasks.append(
+                asyncio.create_task(
+                    self.status.keep_written(stop, interval_s=self._status_interval_s),
+                    name="edge-status",
+                )
+            )
         try:
             await self._protocol_loop(stop, inbox)
         finally:
@@ -187,8 +222,9 @@ class ProtocolClient:
 
     # -- the adapter ------------------------------------------------------------------------
 
-    async def _protocol_loop(self, stop: asyncio.Event,
-                             inbox: asyncio.Queue[bytes | LinkUp | LinkDown | _Wake]) -> None:
+    async def _protocol_loop(
+        self, stop: asyncio.Event, inbox: asyncio.Queue[bytes | LinkUp | LinkDown | _Wake]
+    ) -> None:
         stopper = asyncio.ensure_future(stop.wait())
         try:
             self.policy.on_timeout(self._clock())
@@ -196,8 +232,9 @@ class ProtocolClient:
                 await self._carry_out()
                 self._refresh_status()
                 getter = asyncio.ensure_future(inbox.get())
-                done, _ = await asyncio.wait({getter, stopper}, timeout=self._wait_s(),
-                                             return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(
+                    {getter, stopper}, timeout=self._wait_s(), return_when=asyncio.FIRST_COMPLETED
+                )
                 now = self._clock()
                 if getter not in done:
                     getter.cancel()
@@ -239,14 +276,12 @@ class ProtocolClient:
                 await asyncio.to_thread(self._state_file.save, action.state)
             elif isinstance(action, LoadNext):
                 try:
-                    incident = await asyncio.to_thread(self.outbox.oldest,
-                                                       exclude=action.exclude)
+                    incident = await asyncio.to_thread(self.outbox.oldest, exclude=action.exclude)
                 except OutboxError as exc:
                     self.status.note_error(str(exc))
                     self.policy.load_failed(self._clock())
                     continue
-                self.policy.incident_loaded(incident.report() if incident else None,
-                                            self._clock())
+                self.policy.incident_loaded(incident.report() if incident else None, self._clock())
             elif isinstance(action, DeleteIncident):
                 try:
                     await asyncio.to_thread(self.outbox.delete, action.cid)

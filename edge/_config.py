@@ -185,11 +185,13 @@ class ProtocolTimingConfig(_Section):
     """Largest photo the server accepts; a bigger capture is refused when stored."""
 
     def timing(self) -> Timing:
-        return Timing(window_ms=round(self.window_s * 1000),
-                      c2_timeout_ms=round(self.c2_timeout_s * 1000),
-                      c4_timeout_ms=round(self.c4_timeout_s * 1000),
-                      backoff_base_ms=round(self.backoff_base_s * 1000),
-                      backoff_max_ms=round(self.backoff_max_s * 1000))
+        return Timing(
+            window_ms=round(self.window_s * 1000),
+            c2_timeout_ms=round(self.c2_timeout_s * 1000),
+            c4_timeout_ms=round(self.c4_timeout_s * 1000),
+            backoff_base_ms=round(self.backoff_base_s * 1000),
+            backoff_max_ms=round(self.backoff_max_s * 1000),
+        )
 
     def limits(self) -> Limits:
         return Limits(max_photo=self.max_photo_bytes)
@@ -267,7 +269,8 @@ class EdgeConfig(_Section):
             why = exc.strerror if isinstance(exc, OSError) else "it is empty"
             raise EdgeConfigError(
                 f"{self.name}: key_store.pin_file: cannot read the PIN from {ks.pin_file}: "
-                f"{why}. Write the token's user PIN in it (mode 0600)") from None
+                f"{why}. Write the token's user PIN in it (mode 0600)"
+            ) from None
         if not pin:
             raise EdgeConfigError(f"{self.name}: key_store.pin_file: {ks.pin_file} is empty")
         return pin
@@ -295,15 +298,20 @@ def _resolve(cfg: EdgeConfig, base: Path) -> EdgeConfig:
     ks = cfg.key_store.model_copy(update={"pin_file": absolute(cfg.key_store.pin_file)})
     broker = cfg.broker
     if broker.tls is not None:
-        tls = broker.tls.model_copy(update={f: absolute(getattr(broker.tls, f))
-                                            for f in ("ca_file", "cert_file", "key_file")})
+        tls = broker.tls.model_copy(
+            update={
+                f: absolute(getattr(broker.tls, f)) for f in ("ca_file", "cert_file", "key_file")
+            }
+        )
         broker = broker.model_copy(update={"tls": tls})
-    return cfg.model_copy(update={"key_store": ks, "broker": broker,
-                                  "state_dir": absolute(cfg.state_dir)})
+    return cfg.model_copy(
+        update={"key_store": ks, "broker": broker, "state_dir": absolute(cfg.state_dir)}
+    )
 
 
-def parse_config(data: dict[str, Any], *, name: str = "edge config",
-                 base: Path | None = None) -> EdgeConfig:
+def parse_config(
+    data: dict[str, Any], *, name: str = "edge config", base: Path | None = None
+) -> EdgeConfig:
     """Validate an already-parsed TOML document; relative paths are taken from ``base``."""
     try:
         cfg = EdgeConfig.model_validate(data)
@@ -320,14 +328,14 @@ def load_config(path: str | os.PathLike[str]) -> EdgeConfig:
     except OSError as exc:
         raise EdgeConfigError(
             f"cannot read the device config {path}: {exc.strerror}. "
-            "`citywatch edge provision --bundle FILE` writes one") from None
+            "`citywatch edge provision --bundle FILE` writes one"
+        ) from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise EdgeConfigError(f"{path}: not valid TOML: {exc}") from None
     cfg = parse_config(data, name=str(path), base=path.resolve().parent)
     return cfg.model_copy(update={"source": path})
-
 
 
 def prescreen_config_from_file(path: Path | None) -> PreScreenConfig:

@@ -66,25 +66,34 @@ class PipelineSettings:
     def from_config(cls, cfg: EdgeConfig, *, name: str, base_dir: Path | None) -> PipelineSettings:
         """Validate ``[camera]``, ``[gnss]``, ``[prescreen]``; errors name file and key."""
         sections: dict[str, Any] = {}
-        for key, parse in (("camera", lambda d: parse_camera_config(d, base_dir=base_dir)),
-                           ("gnss", parse_gnss_config),
-                           ("prescreen", PreScreenConfig.model_validate),
-                           ("privacy", PrivacyConfig.model_validate)):
+        for key, parse in (
+            ("camera", lambda d: parse_camera_config(d, base_dir=base_dir)),
+            ("gnss", parse_gnss_config),
+            ("prescreen", PreScreenConfig.model_validate),
+            ("privacy", PrivacyConfig.model_validate),
+        ):
             data = getattr(cfg, key)
             if key == "gnss" and not data:
                 data = {"driver": "none"}
             if key == "camera" and not data:
-                raise EdgeConfigError(f"{name}: camera: missing: say which camera to use "
-                                      '(driver = "picamera2", "opencv" or "scene")')
+                raise EdgeConfigError(
+                    f"{name}: camera: missing: say which camera to use "
+                    '(driver = "picamera2", "opencv" or "scene")'
+                )
             try:
                 sections[key] = parse(data)
             except ValidationError as exc:
-                raise EdgeConfigError(config_errors(name, exc).replace(
-                    f"{name}: ", f"{name}: {key}.")) from None
+                raise EdgeConfigError(
+                    config_errors(name, exc).replace(f"{name}: ", f"{name}: {key}.")
+                ) from None
         pos = cfg.position
-        return cls(camera=sections["camera"], gnss=sections["gnss"],
-                   prescreen=sections["prescreen"], privacy=sections["privacy"],
-                   position=FixedPosition(lat=pos.lat, lon=pos.lon, alt=pos.alt, acc=None))
+        return cls(
+            camera=sections["camera"],
+            gnss=sections["gnss"],
+            prescreen=sections["prescreen"],
+            privacy=sections["privacy"],
+            position=FixedPosition(lat=pos.lat, lon=pos.lon, alt=pos.alt, acc=None),
+        )
 
 
 class EdgeDaemon:
@@ -93,8 +102,13 @@ class EdgeDaemon:
     #: With no frame for this long the camera counts as stalled: no more WATCHDOG=1.
     STALL_SECONDS = 10.0
 
-    def __init__(self, cfg: EdgeConfig, settings: PipelineSettings, *,
-                 notifier: ServiceNotifier | None = None) -> None:
+    def __init__(
+        self,
+        cfg: EdgeConfig,
+        settings: PipelineSettings,
+        *,
+        notifier: ServiceNotifier | None = None,
+    ) -> None:
         self.cfg = cfg
         self.settings = settings
         self.notifier = notifier or ServiceNotifier()
@@ -102,8 +116,9 @@ class EdgeDaemon:
         self.gnss: GnssReceiver | None = None
         self.prescreen: PreScreen | None = None
         self.client: ProtocolClient | None = None
-        self.status = PoleStatus.in_state_dir(cfg.state_dir, uid=cfg.uid, kid_hex=cfg.kid.hex(),
-                                              zone=cfg.zone)
+        self.status = PoleStatus.in_state_dir(
+            cfg.state_dir, uid=cfg.uid, kid_hex=cfg.kid.hex(), zone=cfg.zone
+        )
         self._last_frame_mono: float | None = None
         self._frame_times: deque[float] = deque(maxlen=50)
         self._camera_problem: str | None = None
@@ -122,40 +137,49 @@ class EdgeDaemon:
             raise
         try:
             ks = self.cfg.key_store
-            store = Pkcs11KeyStore(ks.module, ks.token_label, self.cfg.read_pin(),
-                                   max_key_bits=ks.max_key_bits)
+            store = Pkcs11KeyStore(
+                ks.module, ks.token_label, self.cfg.read_pin(), max_key_bits=ks.max_key_bits
+            )
         except KeyStoreError as exc:
             self.notifier.status(f"cannot start: key store: {exc}")
             raise EdgeError(f"cannot open the key store: {exc}") from None
         try:
             cipher = store.cipher(self.cfg.key_label)
             self.cfg.state_dir.mkdir(parents=True, exist_ok=True)
-            with Outbox(self.cfg.state_dir / OUTBOX_FILE, cipher=cipher,
-                        max_incidents=self.cfg.outbox.max_incidents,
-                        max_bytes=self.cfg.outbox.max_bytes,
-                        max_photo=self.cfg.protocol.max_photo_bytes) as outbox:
+            with Outbox(
+                self.cfg.state_dir / OUTBOX_FILE,
+                cipher=cipher,
+                max_incidents=self.cfg.outbox.max_incidents,
+                max_bytes=self.cfg.outbox.max_bytes,
+                max_photo=self.cfg.protocol.max_photo_bytes,
+            ) as outbox:
                 self._outbox = outbox
-                self.client = ProtocolClient.from_config(self.cfg, cipher=cipher, outbox=outbox,
-                                                         status=self.status)
+                self.client = ProtocolClient.from_config(
+                    self.cfg, cipher=cipher, outbox=outbox, status=self.status
+                )
                 self.gnss = open_gnss(self.settings.gnss)
                 self.gnss.start()
                 # Masks where frames leave the camera: nothing after it sees a masked pixel.
                 self.camera = MaskedCamera(
                     open_camera(self.settings.camera),
                     PrivacyMask.from_config(self.settings.privacy),
-                    jpeg_quality=getattr(self.settings.camera, "jpeg_quality", 90))
+                    jpeg_quality=getattr(self.settings.camera, "jpeg_quality", 90),
+                )
                 try:
                     self.camera.start()
                 except CameraError as exc:
                     self.notifier.status(f"cannot start: camera: {exc}")
                     raise EdgeError(f"camera: {exc}") from None
-                capture = threading.Thread(target=self._capture_loop, args=(stop,),
-                                           name="edge-capture", daemon=True)
+                capture = threading.Thread(
+                    target=self._capture_loop, args=(stop,), name="edge-capture", daemon=True
+                )
                 capture.start()
                 try:
                     await asyncio.gather(
-                        self.client.run(stop), self._supervise(stop),
-                        self.status.keep_written(stop, interval_s=self.cfg.status.interval_s))
+                        self.client.run(stop),
+                        self._supervise(stop),
+                        self.status.keep_written(stop, interval_s=self.cfg.status.interval_s),
+                    )
                 finally:
                     stop.set()
                     self.notifier.stopping("stopping")
@@ -203,18 +227,33 @@ class EdgeDaemon:
             return
         where = coords(self.gnss.fix(), self.settings.position)
         self._detections += 1
-        self.status.update(pipeline=self._pipeline_status(
-            DetectionStatus(label=label, score=round(score, 3), at=captured_at)))
+        self.status.update(
+            pipeline=self._pipeline_status(
+                DetectionStatus(label=label, score=round(score, 3), at=captured_at)
+            )
+        )
         try:
-            cid = store_incident(self._outbox, self.status, photo=photo, coords=where,
-                                 score=score, label=label, captured_at=captured_at)
+            cid = store_incident(
+                self._outbox,
+                self.status,
+                photo=photo,
+                coords=where,
+                score=score,
+                label=label,
+                captured_at=captured_at,
+            )
         except OutboxError as exc:  # already on the status
             log.error("incident not stored: %s", exc)
             return
         finally:
             self.client.wake()
-        log.warning("%s detected (score %.2f): incident %s stored, %s position", label, score,
-                    cid.hex(), where.src)
+        log.warning(
+            "%s detected (score %.2f): incident %s stored, %s position",
+            label,
+            score,
+            cid.hex(),
+            where.src,
+        )
 
     # -- supervision (asyncio) -------------------------------------------------------------
 
@@ -230,8 +269,11 @@ class EdgeDaemon:
         if self._last_frame_mono is not None:
             age = time.monotonic() - self._last_frame_mono
             last_frame_at = wall_ms() - int(age * 1000)
-        return PipelineStatus(last_frame_at=last_frame_at, fps=self._fps(),
-                              last_detection=detection or last.last_detection)
+        return PipelineStatus(
+            last_frame_at=last_frame_at,
+            fps=self._fps(),
+            last_detection=detection or last.last_detection,
+        )
 
     def _frame_age(self) -> float | None:
         return None if self._last_frame_mono is None else time.monotonic() - self._last_frame_mono
@@ -241,8 +283,9 @@ class EdgeDaemon:
         age = self._frame_age()
         if age is not None and age < stall:
             return None
-        return self._camera_problem or ("camera: no frame yet" if age is None else
-                                        f"camera: no frame for {age:.0f} s")
+        return self._camera_problem or (
+            "camera: no frame yet" if age is None else f"camera: no frame for {age:.0f} s"
+        )
 
     async def _supervise(self, stop: asyncio.Event) -> None:
         assert self.client is not None
@@ -285,8 +328,12 @@ class EdgeDaemon:
             log.error("retention: old incidents not expired: %s", exc)
             return
         if gone:
-            log.warning("retention: %d incident(s) older than %g h deleted undelivered: %s",
-                        len(gone), max_age_h, ", ".join(c.hex() for c in gone))
+            log.warning(
+                "retention: %d incident(s) older than %g h deleted undelivered: %s",
+                len(gone),
+                max_age_h,
+                ", ".join(c.hex() for c in gone),
+            )
 
     def _status_text(self, flowing: bool, age: float | None) -> str:
         assert self.client is not None
@@ -295,5 +342,4 @@ class EdgeDaemon:
             return f"{why}; watchdog not fed; {self.status.line}"
         fps = self._fps()
         window = "monitoring" if self.client.monitoring() else "idle (no monitoring window)"
-        return (f"{window}; {fps or 0:.1f} fps; {self._detections} detections; "
-                f"{self.status.line}")
+        return f"{window}; {fps or 0:.1f} fps; {self._detections} detections; {self.status.line}"

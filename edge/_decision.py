@@ -173,15 +173,24 @@ def read_posture(pose: Pose, rule: PostureRule) -> PostureReading | None:
     cx, cy = (float(v) for v in confident.mean(axis=0) / (w, h))
     torso = _torso_angle(pts, ok)
     lying = (angle >= rule.min_axis_angle and aspect >= rule.min_aspect) or (
-        rule.min_torso_angle is not None and torso is not None
-        and torso >= rule.min_torso_angle)
+        rule.min_torso_angle is not None and torso is not None and torso >= rule.min_torso_angle
+    )
     on_ground = rule.ground_region is None or point_in_polygon((cx, cy), rule.ground_region)
     excluded = any(point_in_polygon((cx, cy), zone) for zone in rule.exclusion_zones)
     tilt = max(angle, min(torso, 90.0) if torso is not None else 0.0)
     horizontality = min(1.0, max(0.0, (tilt - 40.0) / 40.0))
     score = horizontality * (0.5 + 0.5 * min(1.0, pose.score / 0.3))
-    return PostureReading(angle, torso, aspect, (cx, cy), max(box_w, box_h), lying,
-                          on_ground, excluded, round(score, 4))
+    return PostureReading(
+        angle,
+        torso,
+        aspect,
+        (cx, cy),
+        max(box_w, box_h),
+        lying,
+        on_ground,
+        excluded,
+        round(score, 4),
+    )
 
 
 def _torso_angle(pts: npt.NDArray[np.float64], ok: npt.NDArray[np.bool_]) -> float | None:
@@ -196,8 +205,12 @@ def _torso_angle(pts: npt.NDArray[np.float64], ok: npt.NDArray[np.bool_]) -> flo
     return math.degrees(math.atan2(abs(float(vx)), -float(vy)))
 
 
-def close_group(poses: Sequence[Pose], readings: Sequence[PostureReading | None],
-                min_people: int, max_distance: float) -> bool:
+def close_group(
+    poses: Sequence[Pose],
+    readings: Sequence[PostureReading | None],
+    min_people: int,
+    max_distance: float,
+) -> bool:
     """At least ``min_people`` judged people (a reading each) with every one within
     ``max_distance`` body lengths (the mean of the pair's) of another of the group: one
     picture's hint of a fight."""
@@ -245,9 +258,15 @@ class FightFeatures:
 
     def vector(self) -> tuple[float, ...]:
         """The inputs of the logistic model, in the order of ``FIGHT_WEIGHTS``."""
-        return (min(self.people, 4) / 4.0, self.closeness, min(self.limb_speed, 4.0),
-                self.motion_change, self.motion_spread, min(self.motion_jerk, 3.0),
-                self.motion_reversal)
+        return (
+            min(self.people, 4) / 4.0,
+            self.closeness,
+            min(self.limb_speed, 4.0),
+            self.motion_change,
+            self.motion_spread,
+            min(self.motion_jerk, 3.0),
+            self.motion_reversal,
+        )
 
 
 # Logistic weights over ``FightFeatures.vector()`` and bias; fitted by bench/fit_fight.py
@@ -259,9 +278,9 @@ FIGHT_WEIGHTS: tuple[float, ...] = (0.251, -0.015, 0.143, 1.508, 0.181, 0.368, 1
 FIGHT_BIAS = -0.819
 
 
-def fight_probability(features: FightFeatures,
-                      weights: Sequence[float] = FIGHT_WEIGHTS, bias: float = FIGHT_BIAS
-                      ) -> float:
+def fight_probability(
+    features: FightFeatures, weights: Sequence[float] = FIGHT_WEIGHTS, bias: float = FIGHT_BIAS
+) -> float:
     """The learned cue: how much the window looks like a fight, 0..1."""
     z = bias + sum(w * x for w, x in zip(weights, features.vector(), strict=True))
     return 1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, z))))
@@ -319,8 +338,12 @@ def _centre(box: BBox) -> Point:
 
 
 def _union(boxes: Sequence[BBox]) -> BBox:
-    return (min(b[0] for b in boxes), min(b[1] for b in boxes),
-            max(b[2] for b in boxes), max(b[3] for b in boxes))
+    return (
+        min(b[0] for b in boxes),
+        min(b[1] for b in boxes),
+        max(b[2] for b in boxes),
+        max(b[3] for b in boxes),
+    )
 
 
 def _limb_speed(prev: Pose, cur: Pose, dt: float, min_score: float) -> float | None:
@@ -399,8 +422,9 @@ class DangerTracker:
                     pairs.append((1.0 - iou, ti, pi))
                     continue
                 (ax, ay), (bx, by) = _centre(track.pose.bbox), _centre(pose.bbox)
-                size = max(track.pose.bbox[2] - track.pose.bbox[0],
-                           track.pose.bbox[3] - track.pose.bbox[1])
+                size = max(
+                    track.pose.bbox[2] - track.pose.bbox[0], track.pose.bbox[3] - track.pose.bbox[1]
+                )
                 distance = math.hypot(ax - bx, ay - by)
                 if distance < 0.5 * size:
                     pairs.append((1.0 + distance / max(size, 1e-6), ti, pi))
@@ -443,8 +467,9 @@ class DangerTracker:
 
     # -- decisions -----------------------------------------------------------------------
 
-    def update(self, poses: Sequence[Pose] | None, t: float,
-               chaos: ChaosSample | None = None) -> list[Detection]:
+    def update(
+        self, poses: Sequence[Pose] | None, t: float, chaos: ChaosSample | None = None
+    ) -> list[Detection]:
         """Feed one frame's people (None: frame not inferred, scene unchanged) and, when
         there is one, the frame's ``MotionChaos`` sample; returns the detections to report
         now."""
@@ -475,11 +500,17 @@ class DangerTracker:
             if reading is not None and reading.down:
                 track.not_down_streak = 0
                 w, h = track.pose.frame_size
-                drift = (math.hypot((reading.centre[0] - track.anchor[0]) * w,
-                                    (reading.centre[1] - track.anchor[1]) * h)
-                         if track.anchor is not None else math.inf)
-                if track.down_since is None or drift > (self.person_down.still_tolerance
-                                                        * reading.body_length_px):
+                drift = (
+                    math.hypot(
+                        (reading.centre[0] - track.anchor[0]) * w,
+                        (reading.centre[1] - track.anchor[1]) * h,
+                    )
+                    if track.anchor is not None
+                    else math.inf
+                )
+                if track.down_since is None or drift > (
+                    self.person_down.still_tolerance * reading.body_length_px
+                ):
                     # Lay down just now, or moved along the ground: the stillness clock
                     # starts (again) here.
                     track.down_since, track.anchor = t, reading.centre
@@ -509,7 +540,7 @@ class DangerTracker:
         tracks = self._tracks
         closeness = 0.0
         for i, a in enumerate(tracks):
-            for b in tracks[i + 1:]:
+            for b in tracks[i + 1 :]:
                 closeness = max(closeness, math.exp(-self._gap(a, b)))
         speeds = [s for tr in tracks for _, s in tr.limb_speeds]
         limb = float(np.percentile(speeds, 75)) if len(speeds) >= rule.min_frames else 0.0
@@ -518,9 +549,14 @@ class DangerTracker:
         if len(chaos) < rule.min_frames:
             return FightFeatures(people, closeness, limb, 0.0, 0.0, 0.0, 0.0)
         return FightFeatures(
-            people, closeness, limb, float(np.median([c.changing for c in chaos])),
-            max(c.spread for c in chaos), float(np.median([c.jerk for c in chaos])),
-            float(np.mean([c.reversal for c in chaos])))
+            people,
+            closeness,
+            limb,
+            float(np.median([c.changing for c in chaos])),
+            max(c.spread for c in chaos),
+            float(np.median([c.jerk for c in chaos])),
+            float(np.mean([c.reversal for c in chaos])),
+        )
 
     def _fight(self, t: float) -> Detection | None:
         rule = self.fight
@@ -537,7 +573,7 @@ class DangerTracker:
             return self._report_fight(t, self._tracks, min(1.0, score))
         best: tuple[float, list[_Track]] | None = None
         for i, a in enumerate(active):
-            group = [a] + [b for b in active[i + 1:] if self._close(a, b)]
+            group = [a] + [b for b in active[i + 1 :] if self._close(a, b)]
             if len(group) < max(2, rule.min_people):
                 continue
             speeds = [s for tr in group for _, s in tr.limb_speeds]
@@ -556,8 +592,7 @@ class DangerTracker:
             score, group = chaos, active
         return self._report_fight(t, group, score)
 
-    def _report_fight(self, t: float, group: Sequence[_Track], score: float
-                      ) -> Detection | None:
+    def _report_fight(self, t: float, group: Sequence[_Track], score: float) -> Detection | None:
         box = _union([tr.pose.bbox for tr in group])
         key = ("fight", self.zone_of(_centre(box)))
         quiet = self._quiet_until.get(key)
@@ -569,8 +604,11 @@ class DangerTracker:
     def _chaos_score(self, active: Sequence[_Track]) -> float | None:
         """The chaos cue's score (0..1) when it holds with people in view, else None."""
         rule = self.fight
-        if (rule.min_motion_change is None or len(active) < max(2, rule.min_people)
-                or len(self._chaos) < rule.min_frames):
+        if (
+            rule.min_motion_change is None
+            or len(active) < max(2, rule.min_people)
+            or len(self._chaos) < rule.min_frames
+        ):
             return None
         change = float(np.median([c.changing for c in self._chaos]))
         spread = float(np.median([c.spread for c in self._chaos]))
@@ -589,4 +627,3 @@ class DangerTracker:
 
     def _close(self, a: _Track, b: _Track) -> bool:
         return self._gap(a, b) <= self.fight.max_distance
-

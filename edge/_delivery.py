@@ -77,23 +77,26 @@ log = logging.getLogger("citywatch.edge.delivery")
 #: A deletion that failed (full disk) is tried again this often, in ms.
 DELETE_RETRY_MS = 5_000
 
-_STOPPING_CODES = (ErrorCode.DEVICE_INACTIVE, ErrorCode.DEVICE_BLOCKED,
-                   ErrorCode.FRAMEWORK_INACTIVE)
+_STOPPING_CODES = (
+    ErrorCode.DEVICE_INACTIVE,
+    ErrorCode.DEVICE_BLOCKED,
+    ErrorCode.FRAMEWORK_INACTIVE,
+)
 
 
 def refusal_reason(code: int) -> str:
     """What a refusal means for the pilot engineer, and what to do."""
     reasons: dict[int, str] = {
         ErrorCode.UID_MISMATCH: "the server says this device's UID does not match its key "
-                                "(error 1): check uid in the device config against the "
-                                "registry",
+        "(error 1): check uid in the device config against the "
+        "registry",
         ErrorCode.DEVICE_INACTIVE: "reports stopped: the server has this device deactivated "
-                                   "(error 2); an operator must activate it",
+        "(error 2); an operator must activate it",
         ErrorCode.DEVICE_BLOCKED: "reports stopped: the server has blocked this device "
-                                  "(error 3), e.g. after too many false alarms; an operator "
-                                  "must unblock it",
+        "(error 3), e.g. after too many false alarms; an operator "
+        "must unblock it",
         ErrorCode.FRAMEWORK_INACTIVE: "reports held: no monitoring window is open for this "
-                                      "device (error 4); they go out when the next one opens",
+        "device (error 4); they go out when the next one opens",
         ErrorCode.TIMESTAMP_OUT_OF_WINDOW: "the device clock was off (error 5); corrected",
         ErrorCode.REPLAY: "the server saw this T_D before (error 6); retrying",
         ErrorCode.TICKET_INVALID: "the contact ticket expired (error 7); retrying",
@@ -283,8 +286,13 @@ class DeliveryPolicy:
         self._current = report
         self._attempts += 1
         self._conn.start_report(report, now)
-        log.info("delivering incident %s (%s, captured at %d), attempt %d",
-                 report.cid.hex(), report.label, report.captured_at, self._attempts)
+        log.info(
+            "delivering incident %s (%s, captured at %d), attempt %d",
+            report.cid.hex(),
+            report.label,
+            report.captured_at,
+            self._attempts,
+        )
         self._flush(now)
 
     def load_failed(self, now: int) -> None:
@@ -314,11 +322,16 @@ class DeliveryPolicy:
 
     def next_timeout(self) -> int | None:
         """When ``on_timeout`` must be called next (local clock, ms), or None."""
-        moments = [t for t in (
-            self._conn.next_timeout() if self._connected else None,
-            self._stop.resume_at if self._stop else None,
-            min(self._deferred.values(), default=None),
-            self._delete_retry_at) if t is not None]
+        moments = [
+            t
+            for t in (
+                self._conn.next_timeout() if self._connected else None,
+                self._stop.resume_at if self._stop else None,
+                min(self._deferred.values(), default=None),
+                self._delete_retry_at,
+            )
+            if t is not None
+        ]
         return min(moments, default=None)
 
     def monitoring(self, now: int) -> bool:
@@ -334,8 +347,11 @@ class DeliveryPolicy:
     def state(self) -> ProtocolState:
         """The part that outlives the process (``state.json``)."""
         c = self._conn
-        return ProtocolState(last_epoch=c.last_epoch, clock_offset_ms=c.clock_offset_ms,
-                             monitoring_until=c.monitoring_until)
+        return ProtocolState(
+            last_epoch=c.last_epoch,
+            clock_offset_ms=c.clock_offset_ms,
+            monitoring_until=c.monitoring_until,
+        )
 
     @property
     def contact_state(self) -> ContactState:
@@ -357,13 +373,18 @@ class DeliveryPolicy:
             state = "idle"
         current = self._current
         return DeliveryView(
-            state=state, cid=current.cid if current else None,
+            state=state,
+            cid=current.cid if current else None,
             attempts=self._attempts if current else 0,
             next_attempt_at=self._next_attempt_at if state in ("waiting", "stopped") else None,
             stopped_reason=self._stop.reason if self._stop else None,
-            monitoring=conn.monitoring(now), monitoring_until=conn.monitoring_until,
-            epoch=conn.last_epoch, clock_offset_ms=conn.clock_offset_ms,
-            last_delivered=self._last_delivered, problems=tuple(self._problems.items()))
+            monitoring=conn.monitoring(now),
+            monitoring_until=conn.monitoring_until,
+            epoch=conn.last_epoch,
+            clock_offset_ms=conn.clock_offset_ms,
+            last_delivered=self._last_delivered,
+            problems=tuple(self._problems.items()),
+        )
 
     # -- the policy -----------------------------------------------------------------------
 
@@ -389,8 +410,7 @@ class DeliveryPolicy:
         return events
 
     def _may_start(self) -> bool:
-        return (self._conn.state is ContactState.IDLE and self._connected
-                and self._stop is None)
+        return self._conn.state is ContactState.IDLE and self._connected and self._stop is None
 
     def _handle(self, events: list[Event], now: int) -> None:
         for ev in events:
@@ -417,8 +437,9 @@ class DeliveryPolicy:
         log.info("incident %s delivered: server incident %s", ev.cid.hex(), ev.incident_id)
         self._current = None
         self._next_attempt_at = None
-        self._last_delivered = Delivered(cid=ev.cid, incident_id=ev.incident_id, at=now,
-                                         c1_at=self._c1_at)
+        self._last_delivered = Delivered(
+            cid=ev.cid, incident_id=ev.incident_id, at=now, c1_at=self._c1_at
+        )
         self._undeleted.add(ev.cid)  # never sent again, whatever happens to the deletion
         self._actions.append(DeleteIncident(ev.cid))
 
@@ -437,9 +458,11 @@ class DeliveryPolicy:
         elif ev.code == ErrorCode.PAYLOAD_REJECTED:
             self._deferred[ev.cid] = now + self.timing.backoff_max_ms
             self._abandon_contact()
-            why = (f"the server refused incident {ev.cid.hex()} as invalid (error 8); it is "
-                   f"kept and retried every {self.timing.backoff_max_ms // 1000} s while the "
-                   "next ones go out")
+            why = (
+                f"the server refused incident {ev.cid.hex()} as invalid (error 8); it is "
+                f"kept and retried every {self.timing.backoff_max_ms // 1000} s while the "
+                "next ones go out"
+            )
             self._problems["payload"] = why
             log.warning("%s", why)
         elif ev.code == ErrorCode.UID_MISMATCH:
@@ -467,10 +490,16 @@ class DeliveryPolicy:
             self._actions.append(Publish(data, kind))
 
     def _new_connection(self, state: ProtocolState) -> DeviceConnection:
-        conn = DeviceConnection(kid=self.kid, uid=self.uid, cipher=self._cipher,
-                                random=self._random, timing=self.timing, limits=self.limits,
-                                last_epoch=state.last_epoch,
-                                clock_offset_ms=state.clock_offset_ms)
+        conn = DeviceConnection(
+            kid=self.kid,
+            uid=self.uid,
+            cipher=self._cipher,
+            random=self._random,
+            timing=self.timing,
+            limits=self.limits,
+            last_epoch=state.last_epoch,
+            clock_offset_ms=state.clock_offset_ms,
+        )
         conn.monitoring_until = state.monitoring_until
         return conn
 

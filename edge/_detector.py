@@ -38,10 +38,23 @@ __all__ = [
 ]
 
 KEYPOINT_NAMES: tuple[str, ...] = (
-    "nose", "left_eye", "right_eye", "left_ear", "right_ear",
-    "left_shoulder", "right_shoulder", "left_elbow", "right_elbow",
-    "left_wrist", "right_wrist", "left_hip", "right_hip",
-    "left_knee", "right_knee", "left_ankle", "right_ankle",
+    "nose",
+    "left_eye",
+    "right_eye",
+    "left_ear",
+    "right_ear",
+    "left_shoulder",
+    "right_shoulder",
+    "left_elbow",
+    "right_elbow",
+    "left_wrist",
+    "right_wrist",
+    "left_hip",
+    "right_hip",
+    "left_knee",
+    "right_knee",
+    "left_ankle",
+    "right_ankle",
 )
 
 ROTATIONS = (0, 90, 270)
@@ -86,14 +99,17 @@ class Pose:
 
 def load_interpreter_class() -> tuple[Any, str]:
     """The TFLite ``Interpreter`` class and a name for it: LiteRT first, then tflite-runtime."""
-    for module, dist in (("ai_edge_litert.interpreter", "ai-edge-litert"),
-                         ("tflite_runtime.interpreter", "tflite-runtime")):
+    for module, dist in (
+        ("ai_edge_litert.interpreter", "ai-edge-litert"),
+        ("tflite_runtime.interpreter", "tflite-runtime"),
+    ):
         try:
             mod = importlib.import_module(module)
         except ImportError:
             continue
         try:
             from importlib.metadata import version
+
             label = f"{dist} {version(dist)}"
         except Exception:  # metadata missing in odd installs: the name is enough
             label = dist
@@ -101,7 +117,8 @@ def load_interpreter_class() -> tuple[Any, str]:
     raise InferenceRuntimeError(
         "no TFLite runtime is installed: install LiteRT (`pip install ai-edge-litert`, "
         "scripts/setup.sh does) or, on systems without it, `pip install tflite-runtime` "
-        "(needs numpy<2 and runs 5-10x slower)")
+        "(needs numpy<2 and runs 5-10x slower)"
+    )
 
 
 @dataclass(frozen=True)
@@ -142,10 +159,15 @@ class PoseDetector:
     ) -> None:
         if input_size % 32 or not 96 <= input_size <= 1024:
             raise ValueError(f"input_size {input_size} must be a multiple of 32 in 96..1024")
-        if not rotations or 0 not in rotations or any(r not in ROTATIONS for r in rotations) \
-                or len(set(rotations)) != len(rotations):
-            raise ValueError(f"rotations {list(rotations)} must include 0, each of 0, 90, 270 "
-                             "at most once")
+        if (
+            not rotations
+            or 0 not in rotations
+            or any(r not in ROTATIONS for r in rotations)
+            or len(set(rotations)) != len(rotations)
+        ):
+            raise ValueError(
+                f"rotations {list(rotations)} must include 0, each of 0, 90, 270 at most once"
+            )
         if not 0.0 <= low_light <= 255.0:
             raise ValueError("low_light must be a mean grey level 0..255")
         interpreter_class, self.runtime = load_interpreter_class()
@@ -155,11 +177,15 @@ class PoseDetector:
             raise InferenceRuntimeError(f"{self.runtime} cannot load {model_name}: {exc}") from None
         inp = self._interpreter.get_input_details()[0]
         out = self._interpreter.get_output_details()
-        if len(out) != 1 or tuple(out[0]["shape"])[-1] != 56 or inp["dtype"] not in (
-                np.uint8, np.int32):
+        if (
+            len(out) != 1
+            or tuple(out[0]["shape"])[-1] != 56
+            or inp["dtype"] not in (np.uint8, np.int32)
+        ):
             raise InferenceRuntimeError(
                 f"{model_name} is not MoveNet MultiPose: input {inp['dtype']} "
-                f"{list(inp['shape_signature'])}, outputs {[list(o['shape']) for o in out]}")
+                f"{list(inp['shape_signature'])}, outputs {[list(o['shape']) for o in out]}"
+            )
         self._input_index = int(inp["index"])
         self._input_dtype = inp["dtype"]
         self._output_index = int(out[0]["index"])
@@ -191,8 +217,9 @@ class PoseDetector:
             self._interpreter.allocate_tensors()
             self._shape = (in_h, in_w)
 
-    def _run(self, region: Frame, crop_x: int,
-             crop_y: int) -> tuple[npt.NDArray[np.float32], _Letterbox]:
+    def _run(
+        self, region: Frame, crop_x: int, crop_y: int
+    ) -> tuple[npt.NDArray[np.float32], _Letterbox]:
         """Infer on one region; returns the raw (6, 56) rows and the letterbox used."""
         h, w = region.shape[:2]
         size = self.input_size
@@ -202,20 +229,23 @@ class PoseDetector:
         in_h = max(32, math.ceil(rh / 32) * 32)
         canvas = np.zeros((in_h, in_w, 3), dtype=np.uint8)
         pad_x, pad_y = (in_w - rw) // 2, (in_h - rh) // 2
-        canvas[pad_y:pad_y + rh, pad_x:pad_x + rw] = cv2.resize(
-            region, (rw, rh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+        canvas[pad_y : pad_y + rh, pad_x : pad_x + rw] = cv2.resize(
+            region, (rw, rh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+        )
         if self.color_order == "bgr":
             canvas = cv2.cvtColor(canvas, cv2.COLOR_BGR2RGB)
         self._ensure_shape(in_h, in_w)
-        self._interpreter.set_tensor(self._input_index,
-                                     canvas[np.newaxis].astype(self._input_dtype, copy=False))
+        self._interpreter.set_tensor(
+            self._input_index, canvas[np.newaxis].astype(self._input_dtype, copy=False)
+        )
         self._interpreter.invoke()
         self.invocations += 1
         raw = np.array(self._interpreter.get_tensor(self._output_index)[0], dtype=np.float32)
         return raw, _Letterbox(crop_x, crop_y, scale, pad_x, pad_y, in_w, in_h)
 
-    def _to_poses(self, raw: npt.NDArray[np.float32], box: _Letterbox,
-                  frame_w: int, frame_h: int) -> list[Pose]:
+    def _to_poses(
+        self, raw: npt.NDArray[np.float32], box: _Letterbox, frame_w: int, frame_h: int
+    ) -> list[Pose]:
         poses = []
         for row in raw:
             score = float(row[55])
@@ -253,8 +283,9 @@ class PoseDetector:
         """The people of each rotation's pass, in ``rotations`` order (coordinates of the
         unrotated frame)."""
         if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
-            raise ValueError(f"frame must be uint8 (height, width, 3), not {frame.dtype} "
-                             f"{frame.shape}")
+            raise ValueError(
+                f"frame must be uint8 (height, width, 3), not {frame.dtype} {frame.shape}"
+            )
         frame = self._brighten(frame)
         frame_h, frame_w = frame.shape[:2]
         rx0, ry0, rx1, ry1 = 0, 0, frame_w, frame_h
@@ -270,8 +301,10 @@ class PoseDetector:
             poses = passes[0]
         else:
             whole = (rx0 / frame_w, ry0 / frame_h, rx1 / frame_w, ry1 / frame_h)
-            tiles = [(x0 / frame_w, y0 / frame_h, x1 / frame_w, y1 / frame_h)
-                     for x0, y0, x1, y1 in regions[1:]]
+            tiles = [
+                (x0 / frame_w, y0 / frame_h, x1 / frame_w, y1 / frame_h)
+                for x0, y0, x1, y1 in regions[1:]
+            ]
             poses = _merge_passes(passes[0], list(zip(tiles, passes[1:], strict=True)), whole)
         upright = tuple(sorted(poses, key=lambda p: p.score, reverse=True))
         region = frame[ry0:ry1, rx0:rx1]
@@ -284,8 +317,10 @@ class PoseDetector:
             turned = np.ascontiguousarray(cv2.rotate(region, code), dtype=np.uint8)
             raw, box = self._run(turned, 0, 0)
             th, tw = turned.shape[:2]
-            found = [_unrotate(p, rotation, (rx0, ry0, rx1, ry1), frame_w, frame_h)
-                     for p in self._to_poses(raw, box, tw, th)]
+            found = [
+                _unrotate(p, rotation, (rx0, ry0, rx1, ry1), frame_w, frame_h)
+                for p in self._to_poses(raw, box, tw, th)
+            ]
             result.append(tuple(sorted(found, key=lambda p: p.score, reverse=True)))
         return result
 
@@ -314,8 +349,9 @@ class PoseDetector:
             for c in range(cols):
                 tx = x0 + c * tw * (1 - self.tile_overlap)
                 ty = y0 + r * th * (1 - self.tile_overlap)
-                regions.append((int(tx), int(ty), min(x1, math.ceil(tx + tw)),
-                                min(y1, math.ceil(ty + th))))
+                regions.append(
+                    (int(tx), int(ty), min(x1, math.ceil(tx + tw)), min(y1, math.ceil(ty + th)))
+                )
         return regions
 
 
@@ -327,8 +363,12 @@ def _iou(a: BBox, b: BBox) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def _merge_passes(whole_pass: Sequence[Pose], tile_passes: Sequence[tuple[BBox, Sequence[Pose]]],
-                  whole: BBox, edge: float = 0.01) -> list[Pose]:
+def _merge_passes(
+    whole_pass: Sequence[Pose],
+    tile_passes: Sequence[tuple[BBox, Sequence[Pose]]],
+    whole: BBox,
+    edge: float = 0.01,
+) -> list[Pose]:
     """The people of the whole-frame pass, plus those only a tile found.
 
     A tile sees a large person cut in pieces: a pose whose box touches a tile border
@@ -342,15 +382,19 @@ def _merge_passes(whole_pass: Sequence[Pose], tile_passes: Sequence[tuple[BBox, 
     for index, (tile, poses) in enumerate(tile_passes, start=1):
         for pose in poses:
             b = pose.bbox
-            cut = ((tile[0] > whole[0] + edge and b[0] <= tile[0] + edge)
-                   or (tile[1] > whole[1] + edge and b[1] <= tile[1] + edge)
-                   or (tile[2] < whole[2] - edge and b[2] >= tile[2] - edge)
-                   or (tile[3] < whole[3] - edge and b[3] >= tile[3] - edge))
+            cut = (
+                (tile[0] > whole[0] + edge and b[0] <= tile[0] + edge)
+                or (tile[1] > whole[1] + edge and b[1] <= tile[1] + edge)
+                or (tile[2] < whole[2] - edge and b[2] >= tile[2] - edge)
+                or (tile[3] < whole[3] - edge and b[3] >= tile[3] - edge)
+            )
             if not cut:
                 candidates.append((pose, index))
     for pose, source in sorted(candidates, key=lambda item: item[0].score, reverse=True):
-        if not any(source != other_source and _same_person(pose.bbox, other.bbox)
-                   for other, other_source in kept):
+        if not any(
+            source != other_source and _same_person(pose.bbox, other.bbox)
+            for other, other_source in kept
+        ):
             kept.append((pose, source))
     return [pose for pose, _ in kept]
 
@@ -362,8 +406,9 @@ def _same_person(a: BBox, b: BBox) -> bool:
     return _iou(a, b) > 0.3 or (smaller > 0 and ix * iy / smaller > 0.6)
 
 
-def _unrotate(pose: Pose, rotation: int, region: tuple[int, int, int, int], frame_w: int,
-              frame_h: int) -> Pose:
+def _unrotate(
+    pose: Pose, rotation: int, region: tuple[int, int, int, int], frame_w: int, frame_h: int
+) -> Pose:
     """A pose found in the region rotated by ``rotation`` degrees clockwise, in the
     unrotated frame's fractions."""
     rx0, ry0, rx1, ry1 = region
@@ -384,8 +429,12 @@ def _unrotate(pose: Pose, rotation: int, region: tuple[int, int, int, int], fram
         bx, by = 1.0 - cv, cu
     bx = np.clip((rx0 + bx * rw) / frame_w, 0.0, 1.0)
     by = np.clip((ry0 + by * rh) / frame_h, 0.0, 1.0)
-    return Pose(kp, (float(bx.min()), float(by.min()), float(bx.max()), float(by.max())),
-                pose.score, (frame_w, frame_h))
+    return Pose(
+        kp,
+        (float(bx.min()), float(by.min()), float(bx.max()), float(by.max())),
+        pose.score,
+        (frame_w, frame_h),
+    )
 
 
 def _merge_rotations(passes: Sequence[Sequence[Pose]]) -> tuple[Pose, ...]:
@@ -394,7 +443,9 @@ def _merge_rotations(passes: Sequence[Sequence[Pose]]) -> tuple[Pose, ...]:
     candidates = [(pose, index) for index, poses in enumerate(passes) for pose in poses]
     kept: list[tuple[Pose, int]] = []
     for pose, source in sorted(candidates, key=lambda item: item[0].score, reverse=True):
-        if not any(source != other_source and _same_person(pose.bbox, other.bbox)
-                   for other, other_source in kept):
+        if not any(
+            source != other_source and _same_person(pose.bbox, other.bbox)
+            for other, other_source in kept
+        ):
             kept.append((pose, source))
     return tuple(pose for pose, _ in kept)

@@ -108,8 +108,7 @@ class EvalReport:
         width = max([len("label"), *(len(k) for k in self.labels)])
         lines = [f"{'label':<{width}}  {'n':>5}  {'flagged':>7}  {'rate':>6}"]
         for label, count in self.labels.items():
-            lines.append(f"{label:<{width}}  {count.n:>5}  {count.flagged:>7}  "
-                         f"{count.rate:>6.1%}")
+            lines.append(f"{label:<{width}}  {count.n:>5}  {count.flagged:>7}  {count.rate:>6.1%}")
         lines.append(f"model {self.model}, input size {self.input_size}")
         return "\n".join(lines)
 
@@ -124,10 +123,13 @@ def read_labels(csv_path: Path, images_dir: Path | None = None) -> list[Labelled
             columns = [c.strip() for c in reader.fieldnames or []]
             missing = {"file", "label"} - set(columns)
             if missing:
-                raise EvalError(f"{csv_path}: the header has no column "
-                                f"{' or '.join(sorted(missing))} (it has: {', '.join(columns)})")
-            rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()}
-                    for row in reader]
+                raise EvalError(
+                    f"{csv_path}: the header has no column "
+                    f"{' or '.join(sorted(missing))} (it has: {', '.join(columns)})"
+                )
+            rows = [
+                {(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader
+            ]
     except FileNotFoundError:
         raise EvalError(f"labels file {csv_path} does not exist") from None
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
@@ -170,11 +172,16 @@ def evaluate_images(
         if flagged:
             count[1] += 1
             flagged_files.append(item.path.name)
-    return EvalReport({k: LabelCount(n, f) for k, (n, f) in counts.items()}, model, input_size,
-                      tuple(flagged_files))
+    return EvalReport(
+        {k: LabelCount(n, f) for k, (n, f) in counts.items()},
+        model,
+        input_size,
+        tuple(flagged_files),
+    )
 
 
 # -- GMDCSA24 ---------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class ActivityRange:
@@ -224,8 +231,14 @@ def _fall_ends_on(description: str) -> str:
     return "lying_ground"
 
 
-def _label_at(t: float, ranges: Sequence[ActivityRange], description: str, settle: float,
-              margin: float, falling: bool = False) -> tuple[str, str] | None:
+def _label_at(
+    t: float,
+    ranges: Sequence[ActivityRange],
+    description: str,
+    settle: float,
+    margin: float,
+    falling: bool = False,
+) -> tuple[str, str] | None:
     """(label, activity) of the frame at ``t``, or None when unknown or ambiguous."""
     labels: set[str] = set()
     activities: list[str] = []
@@ -242,8 +255,11 @@ def _label_at(t: float, ranges: Sequence[ActivityRange], description: str, settl
         elif r.activity == "Sleeping":
             if r.start + margin <= t <= r.end - margin:
                 lower = description.lower()
-                labels.add("lying_ground" if any(w in lower for w in _GROUND_WORDS)
-                           and "bed" not in lower else "lying_bed")
+                labels.add(
+                    "lying_ground"
+                    if any(w in lower for w in _GROUND_WORDS) and "bed" not in lower
+                    else "lying_bed"
+                )
                 activities.append("Sleeping")
         elif r.activity in _POSTURE_LABELS and r.start + margin <= t <= r.end - margin:
             labels.add(_POSTURE_LABELS[r.activity])
@@ -287,8 +303,13 @@ def _video_rows(root: Path) -> Iterable[tuple[int, str, Path, str, str]]:
                     row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
                     video = subject_dir / kind / row.get("File Name", "")
                     if video.is_file():
-                        yield (subject, kind, video, row.get("Classes", ""),
-                               row.get("Description", ""))
+                        yield (
+                            subject,
+                            kind,
+                            video,
+                            row.get("Classes", ""),
+                            row.get("Description", ""),
+                        )
 
 
 def sample_gmdcsa24(
@@ -310,8 +331,10 @@ def sample_gmdcsa24(
         raise ValueError("every must be positive")
     rows = [r for r in _video_rows(root) if subjects is None or r[0] in subjects]
     if not rows:
-        raise EvalError(f"{root} has no GMDCSA24 videos (expected 'Subject N/ADL.csv', "
-                        "'Subject N/Fall.csv' and the videos they list)")
+        raise EvalError(
+            f"{root} has no GMDCSA24 videos (expected 'Subject N/ADL.csv', "
+            "'Subject N/Fall.csv' and the videos they list)"
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     frames: list[SampledFrame] = []
     for subject, kind, video, classes, description in rows:
@@ -337,8 +360,11 @@ def sample_gmdcsa24(
                 label, activity = found
                 name = f"gmdcsa24_s{subject}_{kind.lower()}{video.stem}_{t:.1f}s.jpg"
                 cv2.imwrite(str(out_dir / name), image, [cv2.IMWRITE_JPEG_QUALITY, 92])
-                frames.append(SampledFrame(name, label, str(video.relative_to(root)),
-                                           round(t, 3), subject, activity))
+                frames.append(
+                    SampledFrame(
+                        name, label, str(video.relative_to(root)), round(t, 3), subject, activity
+                    )
+                )
         finally:
             cap.release()
     with (out_dir / "labels.csv").open("w", newline="") as fh:
@@ -397,8 +423,9 @@ def evaluate_videos(
                     break
                 if index % every == 0:
                     last, t = np.asarray(frame, dtype=np.uint8), index / native
-                    reports.extend((d.label, d.frame_time)
-                                   for d in prescreen.process(last, t).detections)
+                    reports.extend(
+                        (d.label, d.frame_time) for d in prescreen.process(last, t).detections
+                    )
                     n += 1
                 index += 1
         finally:
@@ -406,11 +433,15 @@ def evaluate_videos(
         if last is None:
             raise EvalError(f"{video} has no frames OpenCV can read")
         for k in range(1, round(hold * fps) + 1):
-            reports.extend((d.label, d.frame_time)
-                           for d in prescreen.process(last, t + k / fps).detections)
+            reports.extend(
+                (d.label, d.frame_time) for d in prescreen.process(last, t + k / fps).detections
+            )
             n += 1
-        outcomes.append(VideoOutcome(str(video.relative_to(root)), kind_label, tuple(reports),
-                                     n, prescreen.inferences))
+        outcomes.append(
+            VideoOutcome(
+                str(video.relative_to(root)), kind_label, tuple(reports), n, prescreen.inferences
+            )
+        )
     return outcomes
 
 
@@ -445,8 +476,10 @@ def read_clip_labels(csv_path: Path, clips_dir: Path | None = None) -> list[Labe
     items = read_labels(csv_path, clips_dir)
     for item in items:
         if item.path.suffix.lower() not in VIDEO_SUFFIXES:
-            raise EvalError(f"{csv_path}: {item.path.name} is not a video file "
-                            f"({', '.join(sorted(VIDEO_SUFFIXES))})")
+            raise EvalError(
+                f"{csv_path}: {item.path.name} is not a video file "
+                f"({', '.join(sorted(VIDEO_SUFFIXES))})"
+            )
     return items
 
 
@@ -498,6 +531,7 @@ def evaluate_clips(
             cap.release()
         if n == 0:
             raise EvalError(f"{item.path} has no frames OpenCV can read")
-        outcomes.append(ClipOutcome(item.path.name, item.label, tuple(reports), n,
-                                    prescreen.inferences))
+        outcomes.append(
+            ClipOutcome(item.path.name, item.label, tuple(reports), n, prescreen.inferences)
+        )
     return outcomes

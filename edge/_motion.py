@@ -125,9 +125,15 @@ class MotionChaos:
     default 160-pixel width.
     """
 
-    def __init__(self, *, width: int = 160, step_seconds: float = 0.1,
-                 moving_speed: float = 1.0, speed_change: float = 1.0,
-                 color_order: Literal["bgr", "rgb"] = "bgr") -> None:
+    def __init__(
+        self,
+        *,
+        width: int = 160,
+        step_seconds: float = 0.1,
+        moving_speed: float = 1.0,
+        speed_change: float = 1.0,
+        color_order: Literal["bgr", "rgb"] = "bgr",
+    ) -> None:
         if width < 16:
             raise ValueError("width must be at least 16 pixels")
         self.width = width
@@ -153,8 +159,12 @@ class MotionChaos:
         if prev is not None and 0 <= t - self._prev_t < self.step_seconds * 0.75:
             return None
         small = self._small(frame)
-        if prev is None or prev.shape != small.shape or t < self._prev_t \
-                or t - self._prev_t > 4 * self.step_seconds:
+        if (
+            prev is None
+            or prev.shape != small.shape
+            or t < self._prev_t
+            or t - self._prev_t > 4 * self.step_seconds
+        ):
             self._prev, self._prev_t, self._prev_speed = small, t, None
             self._prev_flow = None
             return None
@@ -177,13 +187,15 @@ class MotionChaos:
         changing = float(np.count_nonzero(np.abs(speed - last) > self.speed_change)) / speed.size
         jerk = reversal = 0.0
         if int(moving.sum()) > 20:
-            change = np.hypot(residual[..., 0] - last_flow[..., 0],
-                              residual[..., 1] - last_flow[..., 1])
+            change = np.hypot(
+                residual[..., 0] - last_flow[..., 0], residual[..., 1] - last_flow[..., 1]
+            )
             jerk = float(change[moving].mean()) / max(float(speed[moving].mean()), 1e-6)
             both = moving & (last > self.moving_speed)
             if int(both.sum()) > 20:
-                dot = (residual[..., 0] * last_flow[..., 0]
-                       + residual[..., 1] * last_flow[..., 1])[both]
+                dot = (residual[..., 0] * last_flow[..., 0] + residual[..., 1] * last_flow[..., 1])[
+                    both
+                ]
                 reversal = float(np.count_nonzero(dot < 0)) / int(both.sum())
         return ChaosSample(t, changing, spread, jerk, reversal)
 

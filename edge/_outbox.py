@@ -142,8 +142,14 @@ class StoredIncident:
 
     def report(self) -> PendingReport:
         """The incident as the protocol core delivers it."""
-        return PendingReport(cid=self.cid, coords=self.coords, photo=self.photo,
-                             score=self.score, label=self.label, captured_at=self.captured_at)
+        return PendingReport(
+            cid=self.cid,
+            coords=self.coords,
+            photo=self.photo,
+            score=self.score,
+            label=self.label,
+            captured_at=self.captured_at,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,24 +214,29 @@ class Outbox:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # isolation_level=None: we issue BEGIN IMMEDIATE / COMMIT ourselves.
-            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                                 timeout=10.0)
+            db = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=10.0
+            )
         except (OSError, sqlite3.Error) as exc:
             raise self._unusable("cannot open", exc) from None
         try:
             mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if mode != "wal":
-                raise OutboxError(f"the outbox {self.path} cannot use a write-ahead log (the "
-                                  f"filesystem gave journal mode {mode!r}): put state_dir on a "
-                                  "local filesystem")
+                raise OutboxError(
+                    f"the outbox {self.path} cannot use a write-ahead log (the "
+                    f"filesystem gave journal mode {mode!r}): put state_dir on a "
+                    "local filesystem"
+                )
             # FULL: the WAL is fsync'd at every commit, so a committed incident survives a
             # power cut (NORMAL would only keep the database consistent, not durable).
             db.execute("PRAGMA synchronous=FULL")
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version > _SCHEMA_VERSION:
-                raise OutboxError(f"the outbox {self.path} was written by a newer CityWatch "
-                                  f"(schema {version}, this one knows {_SCHEMA_VERSION}): "
-                                  "upgrade this one rather than downgrading")
+                raise OutboxError(
+                    f"the outbox {self.path} was written by a newer CityWatch "
+                    f"(schema {version}, this one knows {_SCHEMA_VERSION}): "
+                    "upgrade this one rather than downgrading"
+                )
             if version < _SCHEMA_VERSION:
                 db.execute("BEGIN IMMEDIATE")
                 db.execute(_SCHEMA)
@@ -243,13 +254,17 @@ class Outbox:
         if _is_disk_full(exc):
             return OutboxDiskFull(
                 f"{what} the outbox {self.path}: the disk is full. Free space on the "
-                f"filesystem of {self.path.parent}, then restart the daemon")
+                f"filesystem of {self.path.parent}, then restart the daemon"
+            )
         if isinstance(exc, sqlite3.DatabaseError) and "not a database" in str(exc):
             return OutboxError(
                 f"{self.path} is not an outbox database ({exc}): move it aside (it may hold "
-                "undelivered incidents worth a look) and restart; a new one is created")
-        return OutboxError(f"{what} the outbox {self.path}: {exc}. Check that state_dir exists "
-                           "and is writable by the daemon")
+                "undelivered incidents worth a look) and restart; a new one is created"
+            )
+        return OutboxError(
+            f"{what} the outbox {self.path}: {exc}. Check that state_dir exists "
+            "and is writable by the daemon"
+        )
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -272,8 +287,16 @@ class Outbox:
 
     # -- capture side --------------------------------------------------------------------
 
-    def add(self, *, photo: bytes, coords: Coords, score: float, label: str,
-            captured_at: int, cid: bytes | None = None) -> bytes:
+    def add(
+        self,
+        *,
+        photo: bytes,
+        coords: Coords,
+        score: float,
+        label: str,
+        captured_at: int,
+        cid: bytes | None = None,
+    ) -> bytes:
         """Store an incident durably; return its capture id once it is on disk.
 
         Raises ``OutboxFull`` (the cap) or ``OutboxDiskFull`` (no space) and stores
@@ -282,12 +305,20 @@ class Outbox:
         cid = self._random(_CID_LENGTH) if cid is None else bytes(cid)
         score = float(score)
         if len(photo) > self.max_photo:
-            raise IncidentRejected(f"the photo is {len(photo)} bytes, above the server's limit "
-                                   f"of {self.max_photo} (protocol.max_photo_bytes): lower the "
-                                   "snapshot resolution or JPEG quality")
+            raise IncidentRejected(
+                f"the photo is {len(photo)} bytes, above the server's limit "
+                f"of {self.max_photo} (protocol.max_photo_bytes): lower the "
+                "snapshot resolution or JPEG quality"
+            )
         try:
-            PendingReport(cid=cid, coords=coords, photo=photo, score=score, label=label,
-                          captured_at=captured_at)
+            PendingReport(
+                cid=cid,
+                coords=coords,
+                photo=photo,
+                score=score,
+                label=label,
+                captured_at=captured_at,
+            )
         except LocalProtocolError as exc:
             raise IncidentRejected(f"this incident could never be delivered: {exc}") from None
         iv = self._random(_IV_LENGTH)
@@ -296,19 +327,31 @@ class Outbox:
         try:
             with self._write() as db:
                 depth, used = db.execute(
-                    "SELECT count(*), coalesce(sum(size), 0) FROM incidents").fetchone()
+                    "SELECT count(*), coalesce(sum(size), 0) FROM incidents"
+                ).fetchone()
                 if depth + 1 > self.max_incidents or used + size > self.max_bytes:
                     raise OutboxFull(
                         f"outbox full: {depth} incidents, {used} bytes stored (caps "
                         f"outbox.max_incidents={self.max_incidents}, outbox.max_bytes="
                         f"{self.max_bytes}). This {label} capture was NOT stored; the stored "
                         "ones are kept and go out first. Find out why deliveries fail "
-                        "(`citywatch edge status`: broker, delivery) or raise the caps")
+                        "(`citywatch edge status`: broker, delivery) or raise the caps"
+                    )
                 db.execute(
                     "INSERT INTO incidents (cid, captured_at, stored_at, label, score, coords,"
                     " photo_iv, photo_sealed, size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (cid, captured_at, self._clock(), label, score,
-                     json.dumps(coords.to_map()), iv, sealed, size))
+                    (
+                        cid,
+                        captured_at,
+                        self._clock(),
+                        label,
+                        score,
+                        json.dumps(coords.to_map()),
+                        iv,
+                        sealed,
+                        size,
+                    ),
+                )
         except OutboxFull:
             self._note_refusal()
             raise
@@ -319,10 +362,12 @@ class Outbox:
                     f"the disk holding the outbox ({self.path.parent}) is full: this {label} "
                     "capture was NOT stored; the incidents already stored are kept and will be "
                     "delivered. Free space on that filesystem (old logs, core dumps) or move "
-                    "state_dir to a bigger one") from None
+                    "state_dir to a bigger one"
+                ) from None
             if isinstance(exc, sqlite3.IntegrityError):
-                raise IncidentRejected(f"an incident with capture id {cid.hex()} is already "
-                                       "stored") from None
+                raise IncidentRejected(
+                    f"an incident with capture id {cid.hex()} is already stored"
+                ) from None
             raise OutboxError(f"cannot store the incident in {self.path}: {exc}") from None
         self._refusing = False
         return cid
@@ -346,7 +391,9 @@ class Outbox:
                 rows = self._db.execute(
                     "SELECT cid, captured_at, stored_at, label, score, coords, photo_iv, "
                     "photo_sealed, attempts FROM incidents WHERE damaged IS NULL "
-                    "ORDER BY seq LIMIT ?", (len(skip) + 1,)).fetchall()
+                    "ORDER BY seq LIMIT ?",
+                    (len(skip) + 1,),
+                ).fetchall()
             row = next((r for r in rows if bytes(r[0]) not in skip), None)
             if row is None:
                 return None
@@ -363,15 +410,16 @@ class Outbox:
             self._check_open()
             row = self._db.execute(
                 "SELECT cid, captured_at, stored_at, label, score, coords, photo_iv, "
-                "photo_sealed, attempts FROM incidents WHERE cid = ?", (cid,)).fetchone()
+                "photo_sealed, attempts FROM incidents WHERE cid = ?",
+                (cid,),
+            ).fetchone()
         return None if row is None else self._incident(row)
 
     def cids(self) -> list[bytes]:
         """Capture ids of every stored incident, oldest first."""
         with self._lock:
             self._check_open()
-            return [bytes(r[0]) for r in
-                    self._db.execute("SELECT cid FROM incidents ORDER BY seq")]
+            return [bytes(r[0]) for r in self._db.execute("SELECT cid FROM incidents ORDER BY seq")]
 
     def delete(self, cid: bytes) -> bool:
         """Forget a delivered incident; False if it was not stored.
@@ -385,8 +433,10 @@ class Outbox:
                 n = db.execute("DELETE FROM incidents WHERE cid = ?", (cid,)).rowcount
         except (sqlite3.Error, OSError) as exc:
             if _is_disk_full(exc):
-                raise OutboxDiskFull(f"cannot delete a delivered incident from {self.path}: the "
-                                     "disk is full; free space on that filesystem") from None
+                raise OutboxDiskFull(
+                    f"cannot delete a delivered incident from {self.path}: the "
+                    "disk is full; free space on that filesystem"
+                ) from None
             raise OutboxError(f"cannot delete an incident from {self.path}: {exc}") from None
         if n:
             self._refusing = False
@@ -403,13 +453,19 @@ class Outbox:
         cutoff = self._clock() - max_age_ms
         try:
             with self._write() as db:
-                gone = [bytes(r[0]) for r in db.execute(
-                    "SELECT cid FROM incidents WHERE stored_at < ? ORDER BY seq", (cutoff,))]
+                gone = [
+                    bytes(r[0])
+                    for r in db.execute(
+                        "SELECT cid FROM incidents WHERE stored_at < ? ORDER BY seq", (cutoff,)
+                    )
+                ]
                 db.execute("DELETE FROM incidents WHERE stored_at < ?", (cutoff,))
         except (sqlite3.Error, OSError) as exc:
             if _is_disk_full(exc):
-                raise OutboxDiskFull(f"cannot expire old incidents in {self.path}: the disk "
-                                     "is full; free space on that filesystem") from None
+                raise OutboxDiskFull(
+                    f"cannot expire old incidents in {self.path}: the disk "
+                    "is full; free space on that filesystem"
+                ) from None
             raise OutboxError(f"cannot expire old incidents in {self.path}: {exc}") from None
         if gone:
             self._refusing = False
@@ -419,18 +475,28 @@ class Outbox:
         """Count a delivery attempt (and why it failed), best effort: a full disk must not
         stop deliveries, so failures here are ignored."""
         with contextlib.suppress(sqlite3.Error, OSError, OutboxError), self._write() as db:
-            db.execute("UPDATE incidents SET attempts = attempts + 1, last_error = ? "
-                       "WHERE cid = ?", (error, cid))
+            db.execute(
+                "UPDATE incidents SET attempts = attempts + 1, last_error = ? WHERE cid = ?",
+                (error, cid),
+            )
 
     def usage(self) -> OutboxUsage:
         with self._lock:
             self._check_open()
             depth, used, oldest, damaged = self._db.execute(
                 "SELECT count(*), coalesce(sum(size), 0), min(captured_at), "
-                "count(damaged) FROM incidents").fetchone()
-        return OutboxUsage(depth=depth, bytes=used, max_incidents=self.max_incidents,
-                           max_bytes=self.max_bytes, oldest_captured_at=oldest,
-                           damaged=damaged, refusing=self._refusing, refused=self._refused)
+                "count(damaged) FROM incidents"
+            ).fetchone()
+        return OutboxUsage(
+            depth=depth,
+            bytes=used,
+            max_incidents=self.max_incidents,
+            max_bytes=self.max_bytes,
+            oldest_captured_at=oldest,
+            damaged=damaged,
+            refusing=self._refusing,
+            refused=self._refused,
+        )
 
     def close(self) -> None:
         """Close the database (idempotent). A clean close also folds the log into the
@@ -444,8 +510,12 @@ class Outbox:
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.close()
 
     # -- helpers -------------------------------------------------------------------------
@@ -459,16 +529,24 @@ class Outbox:
             raise OutboxDamaged(
                 f"the photo of incident {cid.hex()} in {self.path} does not open with the "
                 "device key: it was sealed with another key (the device was provisioned "
-                "again?) or the file is damaged. It is kept but cannot be delivered") from None
+                "again?) or the file is damaged. It is kept but cannot be delivered"
+            ) from None
         try:
             gc = Coords.from_map(json.loads(str(coords)))
         except (ValueError, RemoteProtocolError) as exc:
-            raise OutboxDamaged(f"the coordinates of incident {cid.hex()} in {self.path} are "
-                                f"damaged: {exc}") from None
-        return StoredIncident(cid=cid, captured_at=int(captured_at),  # type: ignore[call-overload]
-                              stored_at=int(stored_at), label=str(label),  # type: ignore[call-overload]
-                              score=float(score), coords=gc, photo=photo,  # type: ignore[arg-type]
-                              attempts=int(attempts))  # type: ignore[call-overload]
+            raise OutboxDamaged(
+                f"the coordinates of incident {cid.hex()} in {self.path} are damaged: {exc}"
+            ) from None
+        return StoredIncident(
+            cid=cid,
+            captured_at=int(captured_at),  # type: ignore[call-overload]
+            stored_at=int(stored_at),  # type: ignore[call-overload]
+            label=str(label),
+            score=float(score),  # type: ignore[arg-type]
+            coords=gc,
+            photo=photo,
+            attempts=int(attempts),  # type: ignore[call-overload]
+        )
 
     def _mark_damaged(self, cid: bytes, why: str) -> None:
         with contextlib.suppress(sqlite3.Error, OSError), self._write() as db:

@@ -98,42 +98,59 @@ class ModelConfig(_Strict):
     models_dir: Path | None = Field(
         default=None,
         description="Folder of the installed models; default: $CITYWATCH_MODELS_DIR, "
-        "<project>/var/models in a source checkout, /var/lib/citywatch/models on a pole.")
+        "<project>/var/models in a source checkout, /var/lib/citywatch/models on a pole.",
+    )
     input_size: int = Field(
-        default=320, ge=128, le=640, multiple_of=32,
+        default=320,
+        ge=128,
+        le=640,
+        multiple_of=32,
         description="Long side of the model input in pixels (a multiple of 32). Larger "
         "finds smaller people and costs time roughly with the pixel count: 320 finds "
-        "twice as many distant people lying down as 256 did, for 1.5x the time.")
+        "twice as many distant people lying down as 256 did, for 1.5x the time.",
+    )
     threads: int = Field(default=2, ge=1, le=16, description="CPU threads for inference.")
     min_pose_score: float = Field(
-        default=0.15, ge=0.0, le=1.0,
+        default=0.15,
+        ge=0.0,
+        le=1.0,
         description="People the model scores below this are ignored. Lying people score "
-        "low (0.2-0.4 measured), so keep this low.")
+        "low (0.2-0.4 measured), so keep this low.",
+    )
     min_keypoint_score: float = Field(
-        default=0.2, ge=0.0, le=1.0, description="Keypoints below this score are not used.")
+        default=0.2, ge=0.0, le=1.0, description="Keypoints below this score are not used."
+    )
     tiles: tuple[int, int] = Field(
         default=(1, 1),
         description="[columns, rows]: also run the model on this grid of overlapping tiles "
         "(for small distant people); [1, 1] = whole frame only. Costs 1 + columns*rows "
-        "inferences per frame.")
+        "inferences per frame.",
+    )
     tile_overlap: float = Field(
-        default=0.2, ge=0.0, le=0.5, description="Overlap of adjacent tiles.")
+        default=0.2, ge=0.0, le=0.5, description="Overlap of adjacent tiles."
+    )
     roi: tuple[float, float, float, float] | None = Field(
         default=None,
         description="[x0, y0, x1, y1]: run the model on this part of the frame only (a crop "
-        "of the region of interest: more pixels per person).")
+        "of the region of interest: more pixels per person).",
+    )
     color_order: Literal["bgr", "rgb"] = Field(
-        default="bgr", description="Channel order of the frames the camera delivers.")
+        default="bgr", description="Channel order of the frames the camera delivers."
+    )
     rotations: tuple[Literal[0, 90, 270], ...] = Field(
         default=(0, 90, 270),
         description="Also run the model on the frame turned by these angles (degrees "
         "clockwise) and map the people found back: MoveNet, trained mostly on upright "
         "people, finds people lying down far more often in a turned frame. Must include "
-        "0; each rotation costs one more inference per inferred frame. [0] = upright only.")
+        "0; each rotation costs one more inference per inferred frame. [0] = upright only.",
+    )
     low_light: float = Field(
-        default=60.0, ge=0.0, le=255.0,
+        default=60.0,
+        ge=0.0,
+        le=255.0,
         description="A frame whose mean grey level (0-255) is below this has its contrast "
-        "equalised (CLAHE on the lightness) before the model sees it; 0 = never.")
+        "equalised (CLAHE on the lightness) before the model sees it; 0 = never.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
@@ -144,8 +161,9 @@ class ModelConfig(_Strict):
         if self.roi is not None:
             x0, y0, x1, y1 = self.roi
             if not (0.0 <= x0 < x1 <= 1.0 and 0.0 <= y0 < y1 <= 1.0):
-                raise ValueError("roi must be [x0, y0, x1, y1] with 0 <= x0 < x1 <= 1 and "
-                                 "0 <= y0 < y1 <= 1")
+                raise ValueError(
+                    "roi must be [x0, y0, x1, y1] with 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1"
+                )
         return self
 
 
@@ -153,18 +171,26 @@ class MotionGateConfig(_Strict):
     """Skipping the model on still frames."""
 
     enabled: bool = Field(default=True, description="false: run the model on every frame.")
-    width: int = Field(
-        default=160, ge=16, le=1920, description="Width of the grey image compared.")
+    width: int = Field(default=160, ge=16, le=1920, description="Width of the grey image compared.")
     pixel_threshold: int = Field(
-        default=18, ge=1, le=255,
-        description="Grey-level change that makes a pixel count as changed.")
+        default=18,
+        ge=1,
+        le=255,
+        description="Grey-level change that makes a pixel count as changed.",
+    )
     min_changed_fraction: float = Field(
-        default=0.003, ge=0.0, le=1.0,
-        description="Fraction of changed pixels that counts as motion.")
+        default=0.003,
+        ge=0.0,
+        le=1.0,
+        description="Fraction of changed pixels that counts as motion.",
+    )
     recheck_seconds: float = Field(
-        default=2.0, gt=0.0, le=60.0,
+        default=2.0,
+        gt=0.0,
+        le=60.0,
         description="Run the model at least this often even without motion, so a person "
-        "lying still is not lost.")
+        "lying still is not lost.",
+    )
 
 
 class PersonDownConfig(_Strict):
@@ -172,35 +198,50 @@ class PersonDownConfig(_Strict):
 
     enabled: bool = Field(default=True, description="false: never report person_down.")
     min_axis_angle: float = Field(
-        default=55.0, ge=0.0, le=90.0,
+        default=55.0,
+        ge=0.0,
+        le=90.0,
         description="Degrees from vertical of the body's main axis from which a person "
-        "counts as lying (90 = horizontal), together with min_aspect.")
+        "counts as lying (90 = horizontal), together with min_aspect.",
+    )
     min_aspect: float = Field(
-        default=0.8, ge=0.0,
+        default=0.8,
+        ge=0.0,
         description="Box width/height (pixels) from which a person can be lying (with "
-        "min_axis_angle).")
+        "min_axis_angle).",
+    )
     min_torso_angle: Annotated[float | None, OrOff] = Field(
-        default=55.0, ge=0.0, le=180.0,
+        default=55.0,
+        ge=0.0,
+        le=180.0,
         description="Degrees from upright of the hips-to-shoulders line from which a "
         "person counts as down (falling or lying) whatever the box and legs do (90 = "
-        "horizontal, 180 = head down). false: only the axis and aspect rule.")
+        "horizontal, 180 = head down). false: only the axis and aspect rule.",
+    )
     min_keypoints: int = Field(
-        default=5, ge=2, le=17, description="Confident keypoints needed to judge a posture.")
+        default=5, ge=2, le=17, description="Confident keypoints needed to judge a posture."
+    )
     still_seconds: float = Field(
-        default=5.0, ge=0.0,
+        default=5.0,
+        ge=0.0,
         description="How long a person must lie, without moving along the ground, before "
-        "it is reported.")
+        "it is reported.",
+    )
     still_tolerance: float = Field(
-        default=0.3, gt=0.0,
-        description="How far (in body lengths) the centre may drift while lying still.")
+        default=0.3,
+        gt=0.0,
+        description="How far (in body lengths) the centre may drift while lying still.",
+    )
     ground_region: Polygon | None = Field(
         default=None,
         description="Where the ground is in the picture; a lying person's centre must be "
-        "inside. None: anywhere. Draw it per camera to ignore beds, tables, walls.")
+        "inside. None: anywhere. Draw it per camera to ignore beds, tables, walls.",
+    )
     exclusion_zones: list[Polygon] = Field(
         default_factory=list,
         description="Polygons where lying is normal (a bench): a person whose centre is "
-        "inside is never reported as down.")
+        "inside is never reported as down.",
+    )
 
 
 class FightConfig(_Strict):
@@ -212,47 +253,66 @@ class FightConfig(_Strict):
     enabled: bool = Field(default=True, description="false: never report fight.")
     min_people: int = Field(default=2, ge=2, le=6, description="People involved, at least.")
     max_distance: float = Field(
-        default=1.0, gt=0.0,
-        description="Limbs cue: centres at most this many body lengths apart.")
+        default=1.0, gt=0.0, description="Limbs cue: centres at most this many body lengths apart."
+    )
     min_limb_speed: float = Field(
-        default=1.2, gt=0.0,
+        default=1.2,
+        gt=0.0,
         description="Limbs cue: 75th percentile of the group's elbow and wrist speeds "
         "relative to the shoulders over the window, in body lengths per second. Measured "
         "on surveillance clips (input 256, every person of the clip): fights 0.74 (median "
-        "clip), no fights 0.38; keypoint jitter alone gives 0.3-0.4.")
+        "clip), no fights 0.38; keypoint jitter alone gives 0.3-0.4.",
+    )
     window_seconds: float = Field(
-        default=2.0, gt=0.0, description="Time the speeds and the motion are taken over.")
+        default=2.0, gt=0.0, description="Time the speeds and the motion are taken over."
+    )
     min_frames: int = Field(
-        default=4, ge=2,
+        default=4,
+        ge=2,
         description="Limb speeds (limbs cue) or motion samples (chaos cue) in the window, "
-        "at least.")
+        "at least.",
+    )
     min_motion_change: Annotated[float | None, OrOff] = Field(
-        default=0.08, gt=0.0, le=1.0,
+        default=0.08,
+        gt=0.0,
+        le=1.0,
         description="Chaos cue: median fraction of the small image's pixels whose motion "
         "speed changes sharply from one 0.1 s step to the next. Measured: fights 0.09 "
-        "(median clip), no fights 0.02. false: the chaos cue is not used.")
+        "(median clip), no fights 0.02. false: the chaos cue is not used.",
+    )
     min_motion_spread: float = Field(
-        default=0.3, ge=0.0, le=1.0,
+        default=0.3,
+        ge=0.0,
+        le=1.0,
         description="Chaos cue: median spread of the moving pixels' directions (0 = all one "
-        "way, as a walker or a passing car; 1 = every way).")
+        "way, as a walker or a passing car; 1 = every way).",
+    )
     min_probability: Annotated[float | None, OrOff] = Field(
-        default=0.57, ge=0.0, le=1.0,
+        default=0.57,
+        ge=0.0,
+        le=1.0,
         description="The learned cue: report a fight when the logistic model over the "
         "window's people and motion (edge._decision.fight_probability, fitted by "
         "bench/fit_fight.py) reaches this, with at least min_people people in view; it "
         "replaces the limbs and chaos cues (their thresholds above are then unused). "
         "0.57 flags 3 of the 38 no-fight tuning clips. The report's score is 0.5 at this "
-        "threshold, 1 at certainty. false: the limbs and chaos cues.")
+        "threshold, 1 at certainty. false: the limbs and chaos cues.",
+    )
     motion_width: int = Field(
-        default=160, ge=32, le=640,
+        default=160,
+        ge=32,
+        le=640,
         description="Width in pixels of the grey image the chaos cue's optical flow runs "
-        "on (cost grows with its area).")
+        "on (cost grows with its area).",
+    )
     image_group_distance: Annotated[float | None, OrOff] = Field(
-        default=2.0, gt=0.0,
+        default=2.0,
+        gt=0.0,
         description="Single-image check (assess_image): at least min_people people whose "
         "centres are at most this many body lengths apart make a close group that could "
         "be a fight, which the image's `flagged` escalates (one picture shows no motion, "
-        "so this is a wide net for the server to judge). false: groups are not flagged.")
+        "so this is a wide net for the server to judge). false: groups are not flagged.",
+    )
 
 
 class NamedZone(_Strict):
@@ -270,13 +330,16 @@ class PreScreenConfig(_Strict):
     person_down: PersonDownConfig = Field(default_factory=lambda: PersonDownConfig())
     fight: FightConfig = Field(default_factory=lambda: FightConfig())
     cooldown_seconds: float = Field(
-        default=120.0, ge=0.0,
+        default=120.0,
+        ge=0.0,
         description="A zone reports the same label again only this long after its last "
-        "incident was last seen.")
+        "incident was last seen.",
+    )
     zones: list[NamedZone] = Field(
         default_factory=list,
         description="Named zones, first match wins; a detection outside all of them is in "
-        "zone 'frame'.")
+        "zone 'frame'.",
+    )
 
     @model_validator(mode="after")
     def _unique_zones(self) -> PreScreenConfig:
@@ -368,32 +431,47 @@ class PreScreen:
         self.detector = detector
         mc, pd = config.model, config.person_down
         self.gate = MotionGate(
-            enabled=config.motion.enabled, width=config.motion.width,
+            enabled=config.motion.enabled,
+            width=config.motion.width,
             pixel_threshold=config.motion.pixel_threshold,
             min_changed_fraction=config.motion.min_changed_fraction,
-            recheck_seconds=config.motion.recheck_seconds, color_order=mc.color_order)
+            recheck_seconds=config.motion.recheck_seconds,
+            color_order=mc.color_order,
+        )
         self.posture_rule = PostureRule(
-            min_axis_angle=pd.min_axis_angle, min_aspect=pd.min_aspect,
+            min_axis_angle=pd.min_axis_angle,
+            min_aspect=pd.min_aspect,
             min_torso_angle=pd.min_torso_angle,
-            min_keypoints=pd.min_keypoints, min_keypoint_score=mc.min_keypoint_score,
+            min_keypoints=pd.min_keypoints,
+            min_keypoint_score=mc.min_keypoint_score,
             ground_region=tuple(pd.ground_region) if pd.ground_region else None,
-            exclusion_zones=tuple(tuple(z) for z in pd.exclusion_zones))
+            exclusion_zones=tuple(tuple(z) for z in pd.exclusion_zones),
+        )
         fc = config.fight
         self.tracker = DangerTracker(
             self.posture_rule,
             PersonDownRule(still_seconds=pd.still_seconds, still_tolerance=pd.still_tolerance),
-            FightRule(enabled=fc.enabled, min_people=fc.min_people,
-                      max_distance=fc.max_distance, min_limb_speed=fc.min_limb_speed,
-                      window_seconds=fc.window_seconds, min_frames=fc.min_frames,
-                      min_motion_change=fc.min_motion_change,
-                      min_motion_spread=fc.min_motion_spread,
-                      min_probability=fc.min_probability,
-                      min_people_learned=fc.min_people),
+            FightRule(
+                enabled=fc.enabled,
+                min_people=fc.min_people,
+                max_distance=fc.max_distance,
+                min_limb_speed=fc.min_limb_speed,
+                window_seconds=fc.window_seconds,
+                min_frames=fc.min_frames,
+                min_motion_change=fc.min_motion_change,
+                min_motion_spread=fc.min_motion_spread,
+                min_probability=fc.min_probability,
+                min_people_learned=fc.min_people,
+            ),
             zones=[(z.name, z.polygon) for z in config.zones],
-            cooldown_seconds=config.cooldown_seconds, person_down_enabled=pd.enabled)
-        self.chaos = (MotionChaos(width=fc.motion_width, color_order=mc.color_order)
-                      if fc.enabled and (fc.min_motion_change is not None
-                                         or fc.min_probability is not None) else None)
+            cooldown_seconds=config.cooldown_seconds,
+            person_down_enabled=pd.enabled,
+        )
+        self.chaos = (
+            MotionChaos(width=fc.motion_width, color_order=mc.color_order)
+            if fc.enabled and (fc.min_motion_change is not None or fc.min_probability is not None)
+            else None
+        )
         self.frames = 0
         self.inferences = 0
 
@@ -405,10 +483,17 @@ class PreScreen:
         mc = config.model
         models_dir = mc.models_dir if mc.models_dir is not None else default_models_dir()
         detector = PoseDetector(
-            load_verified_model(models_dir / MOVENET.name, MOVENET), input_size=mc.input_size,
-            threads=mc.threads, min_pose_score=mc.min_pose_score, tiles=mc.tiles,
-            tile_overlap=mc.tile_overlap, roi=mc.roi, color_order=mc.color_order,
-            rotations=mc.rotations, low_light=mc.low_light)
+            load_verified_model(models_dir / MOVENET.name, MOVENET),
+            input_size=mc.input_size,
+            threads=mc.threads,
+            min_pose_score=mc.min_pose_score,
+            tiles=mc.tiles,
+            tile_overlap=mc.tile_overlap,
+            roi=mc.roi,
+            color_order=mc.color_order,
+            rotations=mc.rotations,
+            low_light=mc.low_light,
+        )
         return cls(config, detector)
 
     @property
@@ -439,8 +524,15 @@ class PreScreen:
         readings = tuple(read_posture(p, self.posture_rule) for p in poses)
         down = [r for r in readings if r is not None and r.down]
         fc = self.config.fight
-        group = (fc.enabled and fc.image_group_distance is not None
-                 and close_group(poses, readings, fc.min_people, fc.image_group_distance))
-        return ImageAssessment(bool(down) and self.config.person_down.enabled,
-                               max((r.score for r in down), default=0.0), poses, readings,
-                               group)
+        group = (
+            fc.enabled
+            and fc.image_group_distance is not None
+            and close_group(poses, readings, fc.min_people, fc.image_group_distance)
+        )
+        return ImageAssessment(
+            bool(down) and self.config.person_down.enabled,
+            max((r.score for r in down), default=0.0),
+            poses,
+            readings,
+            group,
+        )

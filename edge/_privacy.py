@@ -54,18 +54,25 @@ class MaskPolygon(BaseModel):
     def _inside(cls, v: list[tuple[float, float]]) -> list[tuple[float, float]]:
         for x, y in v:
             if not (0.0 <= x <= 1.0 and 0.0 <= y <= 1.0):
-                raise ValueError(f"point [{x}, {y}] is outside the frame: corners are "
-                                 "fractions of the width and height, from 0 to 1")
+                raise ValueError(
+                    f"point [{x}, {y}] is outside the frame: corners are "
+                    "fractions of the width and height, from 0 to 1"
+                )
         return v
 
     @model_validator(mode="after")
     def _simple(self) -> MaskPolygon:
         if _self_intersecting(self.points):
-            raise ValueError(f"mask {self.name or self.points!r} crosses itself: list the "
-                             "corners in order around the region")
+            raise ValueError(
+                f"mask {self.name or self.points!r} crosses itself: list the "
+                "corners in order around the region"
+            )
         pts = np.asarray(self.points, dtype=np.float64)
-        area = 0.5 * abs(float(np.dot(pts[:, 0], np.roll(pts[:, 1], 1))
-                               - np.dot(pts[:, 1], np.roll(pts[:, 0], 1))))
+        area = 0.5 * abs(
+            float(
+                np.dot(pts[:, 0], np.roll(pts[:, 1], 1)) - np.dot(pts[:, 1], np.roll(pts[:, 0], 1))
+            )
+        )
         if area <= 0.0:
             raise ValueError(f"mask {self.name or self.points!r} has no area")
         return self
@@ -84,8 +91,12 @@ def _cross(o: tuple[float, float], a: tuple[float, float], b: tuple[float, float
     return (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0])
 
 
-def _segments_cross(p1: tuple[float, float], p2: tuple[float, float],
-                    q1: tuple[float, float], q2: tuple[float, float]) -> bool:
+def _segments_cross(
+    p1: tuple[float, float],
+    p2: tuple[float, float],
+    q1: tuple[float, float],
+    q2: tuple[float, float],
+) -> bool:
     d1, d2 = _cross(q1, q2, p1), _cross(q1, q2, p2)
     d3, d4 = _cross(p1, p2, q1), _cross(p1, p2, q2)
     return (d1 * d2 < 0) and (d3 * d4 < 0)
@@ -127,13 +138,18 @@ class PrivacyMask:
                 scale = 1 << _SHIFT
                 for poly in self.polygons:
                     # Pixel centres sit at (i + 0.5); corner 1.0 is the far image edge.
-                    pts = np.array([[round((x * width - 0.5) * scale),
-                                     round((y * height - 0.5) * scale)]
-                                    for x, y in poly.points], np.int32)
+                    pts = np.array(
+                        [
+                            [round((x * width - 0.5) * scale), round((y * height - 0.5) * scale)]
+                            for x, y in poly.points
+                        ],
+                        np.int32,
+                    )
                     cv2.fillPoly(canvas, [pts], 255, lineType=cv2.LINE_8, shift=_SHIFT)
                     # The outline too (fillPoly may leave a partly covered edge pixel out).
-                    cv2.polylines(canvas, [pts], True, 255, thickness=1,
-                                  lineType=cv2.LINE_8, shift=_SHIFT)
+                    cv2.polylines(
+                        canvas, [pts], True, 255, thickness=1, lineType=cv2.LINE_8, shift=_SHIFT
+                    )
                 got = canvas.astype(bool)
                 got.flags.writeable = False
                 self._stencils[(height, width)] = got
@@ -155,8 +171,11 @@ class PrivacyMask:
         image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
         if image is None:
             raise CameraError("the camera's snapshot is not a JPEG: not used")
-        ok, encoded = cv2.imencode(".jpg", self.apply(image.astype(np.uint8, copy=False)),
-                                   [cv2.IMWRITE_JPEG_QUALITY, quality])
+        ok, encoded = cv2.imencode(
+            ".jpg",
+            self.apply(image.astype(np.uint8, copy=False)),
+            [cv2.IMWRITE_JPEG_QUALITY, quality],
+        )
         if not ok:
             raise CameraError("the masked snapshot could not be encoded")
         return bytes(encoded.tobytes())
@@ -168,13 +187,22 @@ class PrivacyMask:
         out = np.array(out, copy=True)
         h, w = out.shape[:2]
         for poly in self.polygons:
-            pts = np.array([[round(x * (w - 1)), round(y * (h - 1))] for x, y in poly.points],
-                           np.int32)
+            pts = np.array(
+                [[round(x * (w - 1)), round(y * (h - 1))] for x, y in poly.points], np.int32
+            )
             cv2.polylines(out, [pts], True, (0, 0, 255), thickness=max(1, w // 400))
             if poly.name:
                 x, y = pts.min(axis=0)
-                cv2.putText(out, poly.name, (int(x) + 4, int(y) + 16),
-                            cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 255), 1, cv2.LINE_AA)
+                cv2.putText(
+                    out,
+                    poly.name,
+                    (int(x) + 4, int(y) + 16),
+                    cv2.FONT_HERSHEY_SIMPLEX,
+                    0.5,
+                    (0, 0, 255),
+                    1,
+                    cv2.LINE_AA,
+                )
         return out
 
 
@@ -196,8 +224,7 @@ class MaskedCamera(Camera):
     @property
     def description(self) -> str:
         n = len(self.mask.polygons)
-        return f"{self.camera.description}, {n} privacy mask(s)" if n else \
-            self.camera.description
+        return f"{self.camera.description}, {n} privacy mask(s)" if n else self.camera.description
 
     def start(self) -> None:
         self.camera.start()

@@ -132,15 +132,18 @@ class StateFile:
             raise StateError(
                 f"{self.path} is damaged ({exc}). It holds the last broadcast epoch and the "
                 "clock offset; restore it from a backup, or delete it to start over at epoch "
-                "0 (the server's next B1 is then accepted whatever its epoch)") from None
+                "0 (the server's next B1 is then accepted whatever its epoch)"
+            ) from None
 
     def save(self, state: ProtocolState) -> None:
         data = json.dumps(asdict(state), sort_keys=True).encode() + b"\n"
         try:
             write_atomic(self.path, data, durable=True)
         except OSError as exc:
-            raise StateError(f"cannot write {self.path}: {exc.strerror}: check that the state "
-                             "directory exists, is writable and its disk is not full") from None
+            raise StateError(
+                f"cannot write {self.path}: {exc.strerror}: check that the state "
+                "directory exists, is writable and its disk is not full"
+            ) from None
 
 
 # -- status (status.json) --------------------------------------------------------------
@@ -281,8 +284,9 @@ class StatusBoard:
     ``status.json`` on change and every ``interval_s`` (the heartbeat the health check
     looks at)."""
 
-    def __init__(self, path: Path, initial: StatusSnapshot, *,
-                 clock: Callable[[], int] = wall_ms) -> None:
+    def __init__(
+        self, path: Path, initial: StatusSnapshot, *, clock: Callable[[], int] = wall_ms
+    ) -> None:
         self.path = Path(path)
         self._clock = clock
         self._lock = threading.Lock()
@@ -314,12 +318,14 @@ class StatusBoard:
             self._snapshot = s
         # Rewritten every few seconds: atomic (never half-written) but not fsync'd, which
         # would wear the SD card for a file that is stale after a power cut anyway.
-        write_atomic(self.path, s.model_dump_json(indent=2).encode() + b"\n", durable=False,
-                     mode=0o644)
+        write_atomic(
+            self.path, s.model_dump_json(indent=2).encode() + b"\n", durable=False, mode=0o644
+        )
         return s
 
-    async def keep_written(self, stop: asyncio.Event, *, interval_s: float,
-                           debounce_s: float = 0.2) -> None:
+    async def keep_written(
+        self, stop: asyncio.Event, *, interval_s: float, debounce_s: float = 0.2
+    ) -> None:
         """Write on every change (at most every ``debounce_s``) and every ``interval_s``,
         until ``stop`` is set; write once more at the end."""
         self._loop = asyncio.get_running_loop()
@@ -332,15 +338,22 @@ class StatusBoard:
                     # A full disk must not stop the daemon; the health check sees the stale
                     # file and says so.
                     with self._lock:
-                        self._snapshot = self._snapshot.model_copy(update={
-                            "last_error": ErrorNote(at=self._clock(),
-                                                    message=f"cannot write {self.path}: {exc}")})
+                        self._snapshot = self._snapshot.model_copy(
+                            update={
+                                "last_error": ErrorNote(
+                                    at=self._clock(), message=f"cannot write {self.path}: {exc}"
+                                )
+                            }
+                        )
                 self._changed.clear()
-                waits = [asyncio.ensure_future(self._changed.wait()),
-                         asyncio.ensure_future(stop.wait())]
+                waits = [
+                    asyncio.ensure_future(self._changed.wait()),
+                    asyncio.ensure_future(stop.wait()),
+                ]
                 try:
-                    await asyncio.wait(waits, timeout=interval_s,
-                                       return_when=asyncio.FIRST_COMPLETED)
+                    await asyncio.wait(
+                        waits, timeout=interval_s, return_when=asyncio.FIRST_COMPLETED
+                    )
                 finally:
                     for w in waits:
                         w.cancel()
@@ -357,8 +370,10 @@ def read_status(path: Path) -> StatusSnapshot:
     try:
         raw = Path(path).read_bytes()
     except FileNotFoundError:
-        raise StateError(f"{path} does not exist: the daemon has not run with this state "
-                         "directory (is citywatch-edge started? is the path right?)") from None
+        raise StateError(
+            f"{path} does not exist: the daemon has not run with this state "
+            "directory (is citywatch-edge started? is the path right?)"
+        ) from None
     except OSError as exc:
         raise StateError(f"cannot read {path}: {exc.strerror}") from None
     try:
@@ -367,14 +382,17 @@ def read_status(path: Path) -> StatusSnapshot:
         raise StateError(f"{path} is not a status file: {exc.errors()[0]['msg']}") from None
 
 
-def assess_health(s: StatusSnapshot, *, now: int, max_age_s: float,
-                  require_broker: bool = False) -> list[str]:
+def assess_health(
+    s: StatusSnapshot, *, now: int, max_age_s: float, require_broker: bool = False
+) -> list[str]:
     """Why the daemon does not look healthy; empty when it does."""
     reasons = []
     age = (now - s.updated_at) / 1000
     if age > max_age_s:
-        reasons.append(f"the status file was last written {age:.0f} s ago (limit {max_age_s:g} "
-                       "s): the daemon is stopped, stuck or cannot write its state directory")
+        reasons.append(
+            f"the status file was last written {age:.0f} s ago (limit {max_age_s:g} "
+            "s): the daemon is stopped, stuck or cannot write its state directory"
+        )
     if require_broker and not s.broker.connected:
         why = f" ({s.broker.last_error})" if s.broker.last_error else ""
         reasons.append(f"not connected to the broker {s.broker.host}:{s.broker.port}{why}")

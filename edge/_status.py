@@ -54,13 +54,20 @@ class PoleStatus:
         self._outbox_refusal: str | None = None
 
     @classmethod
-    def in_state_dir(cls, state_dir: Path, *, uid: str, kid_hex: str, zone: str = "",
-                     clock: Callable[[], int] = wall_ms) -> PoleStatus:
+    def in_state_dir(
+        cls,
+        state_dir: Path,
+        *,
+        uid: str,
+        kid_hex: str,
+        zone: str = "",
+        clock: Callable[[], int] = wall_ms,
+    ) -> PoleStatus:
         """A fresh status for a daemon starting now, written to ``<state_dir>/status.json``."""
-        initial = StatusSnapshot(started_at=clock(), pid=os.getpid(), uid=uid,
-                                 kid_hex=kid_hex, zone=zone)
-        return cls(StatusBoard(Path(state_dir) / STATUS_FILE, initial, clock=clock),
-                   clock=clock)
+        initial = StatusSnapshot(
+            started_at=clock(), pid=os.getpid(), uid=uid, kid_hex=kid_hex, zone=zone
+        )
+        return cls(StatusBoard(Path(state_dir) / STATUS_FILE, initial, clock=clock), clock=clock)
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -99,15 +106,26 @@ class PoleStatus:
             except OutboxError as exc:
                 self._set_problem("outbox", str(exc))  # the last figures stay shown
             else:
-                self.board.update(outbox=OutboxStatus(
-                    depth=u.depth, bytes=u.bytes, max_incidents=u.max_incidents,
-                    max_bytes=u.max_bytes, oldest_captured_at=u.oldest_captured_at,
-                    full=u.refusing, refused=u.refused))
+                self.board.update(
+                    outbox=OutboxStatus(
+                        depth=u.depth,
+                        bytes=u.bytes,
+                        max_incidents=u.max_incidents,
+                        max_bytes=u.max_bytes,
+                        oldest_captured_at=u.oldest_captured_at,
+                        full=u.refusing,
+                        refused=u.refused,
+                    )
+                )
                 self._set_problem("outbox", self._outbox_refusal if u.refusing else None)
                 if u.damaged:
-                    self._set_problem("damaged", (
-                        f"{u.damaged} stored incident(s) cannot be opened with the device key "
-                        f"and will not be delivered; see {outbox.path}"))
+                    self._set_problem(
+                        "damaged",
+                        (
+                            f"{u.damaged} stored incident(s) cannot be opened with the device key "
+                            f"and will not be delivered; see {outbox.path}"
+                        ),
+                    )
             self.board.update(problems=tuple(self._problems.values()))
 
     def show_delivery(self, view: DeliveryView) -> None:
@@ -117,17 +135,24 @@ class PoleStatus:
                 self._set_problem(kind, told.get(kind))
             last = view.last_delivered
             self.board.update(
-                monitoring=MonitoringStatus(active=view.monitoring, until=view.monitoring_until,
-                                            epoch=view.epoch),
+                monitoring=MonitoringStatus(
+                    active=view.monitoring, until=view.monitoring_until, epoch=view.epoch
+                ),
                 delivery=DeliveryStatus(
-                    state=view.state, cid=view.cid.hex() if view.cid else None,
-                    attempts=view.attempts, next_attempt_at=view.next_attempt_at,
-                    stopped_reason=view.stopped_reason),
-                last_delivered=None if last is None else DeliveredIncident(
-                    cid=last.cid.hex(), incident_id=last.incident_id, at=last.at,
-                    c1_at=last.c1_at),
+                    state=view.state,
+                    cid=view.cid.hex() if view.cid else None,
+                    attempts=view.attempts,
+                    next_attempt_at=view.next_attempt_at,
+                    stopped_reason=view.stopped_reason,
+                ),
+                last_delivered=None
+                if last is None
+                else DeliveredIncident(
+                    cid=last.cid.hex(), incident_id=last.incident_id, at=last.at, c1_at=last.c1_at
+                ),
                 clock_offset_ms=view.clock_offset_ms,
-                problems=tuple(self._problems.values()))
+                problems=tuple(self._problems.values()),
+            )
 
     def show_broker(self, broker: BrokerStatus) -> None:
         self.board.update(broker=broker)
@@ -143,16 +168,25 @@ class PoleStatus:
             self._problems[kind] = words
 
 
-def store_incident(outbox: Outbox, status: PoleStatus, *, photo: bytes, coords: Coords,
-                   score: float, label: str, captured_at: int) -> bytes:
+def store_incident(
+    outbox: Outbox,
+    status: PoleStatus,
+    *,
+    photo: bytes,
+    coords: Coords,
+    score: float,
+    label: str,
+    captured_at: int,
+) -> bytes:
     """Store a capture durably and show it on the status; return its capture id.
 
     ``OutboxFull`` / ``OutboxDiskFull`` (nothing stored) and ``IncidentRejected``
     propagate after the status says so. Callable from any thread.
     """
     try:
-        return outbox.add(photo=photo, coords=coords, score=score, label=label,
-                          captured_at=captured_at)
+        return outbox.add(
+            photo=photo, coords=coords, score=score, label=label, captured_at=captured_at
+        )
     except OutboxFull as exc:
         status.capture_refused(str(exc))
         log.error("%s", exc)

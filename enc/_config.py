@@ -131,8 +131,10 @@ class DashboardSection(_Section):
     accuracy circle and the other alerts on a plain background, or on ``map_tile_url``'s
     tiles when set. False, or Leaflet not installed: coordinates (and the 3x3 tiles)."""
 
-    zones: dict[Annotated[str, Field(min_length=1, max_length=40)],
-                Annotated[list[float], Field(min_length=4, max_length=4)]] = {}
+    zones: dict[
+        Annotated[str, Field(min_length=1, max_length=40)],
+        Annotated[list[float], Field(min_length=4, max_length=4)],
+    ] = {}
     """Named parts of the district the list and the audit filter by: name ->
     [south, west, north, east] in degrees (``"Old Town" = [52.22, 21.0, 52.25, 21.03]``).
     An alert is in the first zone, by name, whose box holds it."""
@@ -142,8 +144,10 @@ class DashboardSection(_Section):
     def _boxes(cls, v: dict[str, list[float]]) -> dict[str, list[float]]:
         for name, (south, west, north, east) in v.items():
             if not (-90 <= south < north <= 90 and -180 <= west < east <= 180):
-                raise ValueError(f"zone {name!r}: [south, west, north, east] with south < "
-                                 "north and west < east, in degrees")
+                raise ValueError(
+                    f"zone {name!r}: [south, west, north, east] with south < "
+                    "north and west < east, in degrees"
+                )
         return dict(sorted(v.items()))
 
     @field_validator("time_zone")
@@ -160,8 +164,9 @@ class DashboardSection(_Section):
     @field_validator("map_tile_url")
     @classmethod
     def _tiles(cls, v: str) -> str:
-        if v and not (v.startswith(("https://", "http://")) and
-                      all(p in v for p in ("{z}", "{x}", "{y}"))):
+        if v and not (
+            v.startswith(("https://", "http://")) and all(p in v for p in ("{z}", "{x}", "{y}"))
+        ):
             raise ValueError("must be an http(s) URL template with {z}, {x} and {y}")
         return v
 
@@ -204,8 +209,7 @@ class CapSection(_Section):
     """Carry the photo itself in the CAP message (its resource's ``derefUri``, base64),
     so that a recipient who cannot reach this ENC still has it; false: size and digest
     only (and ``uri`` with ``public_url``)."""
-    recipients: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")],
-                     CapRecipient] = {}
+    recipients: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")], CapRecipient] = {}
     """Where every CAP message is sent, by name; none: messages are kept (the Atom feed
     and the exports) and sent nowhere."""
     retry_first_seconds: Annotated[float, Field(ge=0.05, le=3600)] = 2.0
@@ -380,8 +384,9 @@ def load_config(path: str | os.PathLike[str]) -> EncConfig:
     try:
         raw = tomllib.loads(file.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError(f"{file}: no such file (write one with `citywatch enc config "
-                          "example > enc.toml`)") from None
+        raise ConfigError(
+            f"{file}: no such file (write one with `citywatch enc config example > enc.toml`)"
+        ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{file}: cannot read it: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
@@ -408,44 +413,70 @@ def config_from_mapping(raw: dict[str, Any], *, source: Path | None) -> EncConfi
     def resolve_in_data(p: str) -> Path:
         q = Path(p).expanduser()
         return q if q.is_absolute() else data_dir / q
+
     url = m.database.url or f"sqlite:///{data_dir / 'enc.sqlite3'}"
     if not url.startswith(("sqlite", "postgresql")):
-        raise ConfigError(f"{_where(name, ('database', 'url'))}: only SQLite and PostgreSQL "
-                          "URLs are supported")
+        raise ConfigError(
+            f"{_where(name, ('database', 'url'))}: only SQLite and PostgreSQL URLs are supported"
+        )
     http = m.http
     if bool(http.tls_cert) != bool(http.tls_key):
-        raise ConfigError(f"{_where(name, ('http', 'tls_key'))}: set both tls_cert and tls_key, "
-                          "or neither")
+        raise ConfigError(
+            f"{_where(name, ('http', 'tls_key'))}: set both tls_cert and tls_key, or neither"
+        )
     if http.tls:
         for key in ("tls_cert", "tls_key"):
             p = resolve(getattr(http, key))
             if not p.is_file():
                 raise ConfigError(f"{_where(name, ('http', key))}: no such file {p}")
-        http = http.model_copy(update={"tls_cert": str(resolve(http.tls_cert)),
-                                       "tls_key": str(resolve(http.tls_key))})
+        http = http.model_copy(
+            update={"tls_cert": str(resolve(http.tls_cert)), "tls_key": str(resolve(http.tls_key))}
+        )
     elif not _is_loopback(http.host):
-        raise ConfigError(f"{_where(name, ('http', 'host'))}: plain HTTP is only allowed on "
-                          "a loopback address; set http.tls_cert and http.tls_key to listen on "
-                          f"{http.host}")
+        raise ConfigError(
+            f"{_where(name, ('http', 'host'))}: plain HTTP is only allowed on "
+            "a loopback address; set http.tls_cert and http.tls_key to listen on "
+            f"{http.host}"
+        )
     if m.limits.max_body_bytes < m.limits.max_photo_bytes:
-        raise ConfigError(f"{_where(name, ('limits', 'max_body_bytes'))}: must be at least "
-                          "limits.max_photo_bytes")
+        raise ConfigError(
+            f"{_where(name, ('limits', 'max_body_bytes'))}: must be at least limits.max_photo_bytes"
+        )
     servers = tuple(
         _load_server(kid, t, resolve(t.key_file), _where(name, ("servers", kid, "key_file")))
         for kid, t in sorted(m.servers.items())
     )
-    cap = m.cap.model_copy(update={
-        "feed_token_file": str(resolve(m.cap.feed_token_file)) if m.cap.feed_token_file
-        else "",
-        "recipients": {name: r.model_copy(update={"authorization_file": str(resolve(
-            r.authorization_file))}) if r.authorization_file else r
-            for name, r in m.cap.recipients.items()}})
-    return EncConfig(source=source, data_dir=data_dir, database_url=url, http=http,
-                     servers=servers, limits=m.limits, dashboard=m.dashboard, cap=cap,
-                     metrics=m.metrics, retention=m.retention,
-                     store_key=m.store_key.model_copy(update={
-                         k: str(resolve_in_data(getattr(m.store_key, k)))
-                         for k in ("file", "wrapped_file", "pin_file")}))
+    cap = m.cap.model_copy(
+        update={
+            "feed_token_file": str(resolve(m.cap.feed_token_file)) if m.cap.feed_token_file else "",
+            "recipients": {
+                name: r.model_copy(
+                    update={"authorization_file": str(resolve(r.authorization_file))}
+                )
+                if r.authorization_file
+                else r
+                for name, r in m.cap.recipients.items()
+            },
+        }
+    )
+    return EncConfig(
+        source=source,
+        data_dir=data_dir,
+        database_url=url,
+        http=http,
+        servers=servers,
+        limits=m.limits,
+        dashboard=m.dashboard,
+        cap=cap,
+        metrics=m.metrics,
+        retention=m.retention,
+        store_key=m.store_key.model_copy(
+            update={
+                k: str(resolve_in_data(getattr(m.store_key, k)))
+                for k in ("file", "wrapped_file", "pin_file")
+            }
+        ),
+    )
 
 
 def _is_loopback(host: str) -> bool:
@@ -465,8 +496,10 @@ def _load_server(kid: str, trust: ServerTrust, path: Path, where: str) -> Server
     if not stat.S_ISREG(st.st_mode):
         raise ConfigError(f"{where}: {path} is not a regular file")
     if st.st_mode & 0o077:
-        raise ConfigError(f"{where}: {path} is readable by others (mode "
-                          f"{stat.S_IMODE(st.st_mode):04o}); run chmod 600 {path}")
+        raise ConfigError(
+            f"{where}: {path} is readable by others (mode "
+            f"{stat.S_IMODE(st.st_mode):04o}); run chmod 600 {path}"
+        )
     data = path.read_bytes()
     key = _parse_key(data)
     if key is None:

@@ -40,8 +40,9 @@ log = logging.getLogger("citywatch.enc.dashboard")
 class Dashboard(WebContext):
     """Pages, JSON API, event stream, and the escalation watch."""
 
-    def __init__(self, *, config: EncConfig, store: AlertStore, feed: LiveFeed,
-                 clock: Callable[[], int]) -> None:
+    def __init__(
+        self, *, config: EncConfig, store: AlertStore, feed: LiveFeed, clock: Callable[[], int]
+    ) -> None:
         super().__init__(config=config, store=store, feed=feed, clock=clock)
         self.router = APIRouter()
         for routes in (page_routes, api_routes, stream_routes):
@@ -55,8 +56,9 @@ class Dashboard(WebContext):
             assert isinstance(exc, NeedLogin)
             if exc.api:
                 return JSONResponse({"error": "log in first"}, status_code=401)
-            return RedirectResponse(f"/login?next={quote(safe_next(exc.next_path))}",
-                                    status_code=303)
+            return RedirectResponse(
+                f"/login?next={quote(safe_next(exc.next_path))}", status_code=303
+            )
 
         async def forbidden(request: Request, exc: Exception) -> Response:
             assert isinstance(exc, Forbidden)
@@ -73,9 +75,13 @@ class Dashboard(WebContext):
         while True:
             try:
                 due = await anyio.to_thread.run_sync(
-                    lambda: escalate_due(self.store, now=self.clock(),
-                                         after_ms=self.escalate_ms,
-                                         taken_after_ms=self.escalate_taken_ms))
+                    lambda: escalate_due(
+                        self.store,
+                        now=self.clock(),
+                        after_ms=self.escalate_ms,
+                        taken_after_ms=self.escalate_taken_ms,
+                    )
+                )
                 if due:
                     log.warning("escalated %d alert(s): %s", len(due), ", ".join(due))
                     self.feed.notify()

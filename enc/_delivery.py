@@ -55,21 +55,28 @@ from ._errors import NotFound, StoreError
 from ._schema import CapCursorRow, CapDeliveryRow, CapMessageRow, SettingRow
 from ._store import AlertStatus, AlertStore, AuditEntry
 
-__all__ = ["CAP_CONTENT_TYPE", "CapDelivery", "CapMessage", "CapOutbox", "CapSender",
-           "atom_feed"]
+__all__ = ["CAP_CONTENT_TYPE", "CapDelivery", "CapMessage", "CapOutbox", "CapSender", "atom_feed"]
 
 log = logging.getLogger("citywatch.enc.cap")
 
 CAP_CONTENT_TYPE = "application/cap+xml"
 _CURSOR = "cap"
 _TOKEN_KEY = "cap_photo_token_key"
-_STATUS_AFTER = {"received": AlertStatus.NEW, "dispatched": AlertStatus.DISPATCHED,
-                 "dismissed": AlertStatus.DISMISSED, "reopened": AlertStatus.NEW,
-                 "closed": AlertStatus.CLOSED}
+_STATUS_AFTER = {
+    "received": AlertStatus.NEW,
+    "dispatched": AlertStatus.DISPATCHED,
+    "dismissed": AlertStatus.DISMISSED,
+    "reopened": AlertStatus.NEW,
+    "closed": AlertStatus.CLOSED,
+}
 """Status changes that make a CAP message, and the alert's status after each (a linked
 report of another kind makes one too, ``is_cap_change``)."""
-_OTHER_STATUS = {"acknowledged": AlertStatus.ACKNOWLEDGED, "put_on_hold": AlertStatus.ON_HOLD,
-                 "resumed": AlertStatus.ACKNOWLEDGED, "released": AlertStatus.NEW}
+_OTHER_STATUS = {
+    "acknowledged": AlertStatus.ACKNOWLEDGED,
+    "put_on_hold": AlertStatus.ON_HOLD,
+    "resumed": AlertStatus.ACKNOWLEDGED,
+    "released": AlertStatus.NEW,
+}
 """Status changes that make no CAP message of their own."""
 
 
@@ -101,12 +108,12 @@ class CapDelivery:
 class CapOutbox:
     """The CAP messages and their deliveries, in the alert store's database."""
 
-    def __init__(self, store: AlertStore, settings: CapSection, *,
-                 recipients: tuple[str, ...] | None = None) -> None:
+    def __init__(
+        self, store: AlertStore, settings: CapSection, *, recipients: tuple[str, ...] | None = None
+    ) -> None:
         self.store = store
         self.settings = settings
-        self.recipients = (tuple(sorted(settings.recipients)) if recipients is None
-                           else recipients)
+        self.recipients = tuple(sorted(settings.recipients)) if recipients is None else recipients
         self._token_key: bytes | None = None
 
     # -- messages from the audit trail ----------------------------------------------
@@ -128,31 +135,51 @@ class CapOutbox:
             entries = self.store.audit_since(cursor, limit=batch)
             if not entries:
                 return made
-            wanted = [e for e in entries if e.incident_id is not None
-                      and (e.action == "received" or is_cap_change(e))]
+            wanted = [
+                e
+                for e in entries
+                if e.incident_id is not None and (e.action == "received" or is_cap_change(e))
+            ]
             messages = [m for m in (self._message_for(e) for e in wanted) if m is not None]
             try:
                 with self.store.transaction(write=True) as s:
-                    moved = cast(CursorResult[Any], s.execute(
-                        update(CapCursorRow)
-                        .where(CapCursorRow.name == _CURSOR, CapCursorRow.audit_id == cursor)
-                        .values(audit_id=entries[-1].id)
-                        .execution_options(synchronize_session=False))).rowcount
+                    moved = cast(
+                        CursorResult[Any],
+                        s.execute(
+                            update(CapCursorRow)
+                            .where(CapCursorRow.name == _CURSOR, CapCursorRow.audit_id == cursor)
+                            .values(audit_id=entries[-1].id)
+                            .execution_options(synchronize_session=False)
+                        ),
+                    ).rowcount
                     if moved != 1:
                         continue  # another process moved it: read again from there
                     for m in messages:
                         if s.get(CapMessageRow, m.identifier) is not None:
                             continue
-                        s.add(CapMessageRow(
-                            identifier=m.identifier, incident_id=m.incident_id,
-                            audit_id=m.audit_id, sent_at=m.sent_at, msg_type=m.msg_type,
-                            body=self.store.seal_record(m.xml, _aad(m.identifier))))
+                        s.add(
+                            CapMessageRow(
+                                identifier=m.identifier,
+                                incident_id=m.incident_id,
+                                audit_id=m.audit_id,
+                                sent_at=m.sent_at,
+                                msg_type=m.msg_type,
+                                body=self.store.seal_record(m.xml, _aad(m.identifier)),
+                            )
+                        )
                         s.flush()  # the deliveries' foreign key needs the message first
                         for r in self.recipients:
-                            s.add(CapDeliveryRow(identifier=m.identifier, recipient=r,
-                                                 created_at=m.sent_at, attempts=0,
-                                                 next_at=0, delivered_at=None,
-                                                 last_error=None))
+                            s.add(
+                                CapDeliveryRow(
+                                    identifier=m.identifier,
+                                    recipient=r,
+                                    created_at=m.sent_at,
+                                    attempts=0,
+                                    next_at=0,
+                                    delivered_at=None,
+                                    last_error=None,
+                                )
+                            )
                     made += len(messages)
             except IntegrityError as exc:
                 # Another process stored the same messages first: read again. More than
@@ -181,11 +208,14 @@ class CapOutbox:
         xml = cap_message(then, trail, self.settings, photo=photo, photo_uri=uri)
         root = ET.fromstring(xml)
         ns = {"cap": CAP_NAMESPACE}
-        return CapMessage(identifier=root.findtext("cap:identifier", namespaces=ns) or "",
-                          incident_id=alert.incident_id, audit_id=entry.id,
-                          sent_at=entry.at,
-                          msg_type=root.findtext("cap:msgType", namespaces=ns) or "",
-                          xml=xml)
+        return CapMessage(
+            identifier=root.findtext("cap:identifier", namespaces=ns) or "",
+            incident_id=alert.incident_id,
+            audit_id=entry.id,
+            sent_at=entry.at,
+            msg_type=root.findtext("cap:msgType", namespaces=ns) or "",
+            xml=xml,
+        )
 
     def messages(self, *, limit: int = 50, incident_id: str | None = None) -> list[CapMessage]:
         """Stored messages, newest first."""
@@ -203,9 +233,14 @@ class CapOutbox:
             return self._view(r)
 
     def _view(self, r: CapMessageRow) -> CapMessage:
-        return CapMessage(identifier=r.identifier, incident_id=r.incident_id,
-                          audit_id=r.audit_id, sent_at=r.sent_at, msg_type=r.msg_type,
-                          xml=self.store.open_record(bytes(r.body), _aad(r.identifier)))
+        return CapMessage(
+            identifier=r.identifier,
+            incident_id=r.incident_id,
+            audit_id=r.audit_id,
+            sent_at=r.sent_at,
+            msg_type=r.msg_type,
+            xml=self.store.open_record(bytes(r.body), _aad(r.identifier)),
+        )
 
     # -- deliveries -------------------------------------------------------------------
 
@@ -217,42 +252,74 @@ class CapOutbox:
                 head = s.scalars(
                     select(CapDeliveryRow)
                     .join(CapMessageRow, CapMessageRow.identifier == CapDeliveryRow.identifier)
-                    .where(CapDeliveryRow.recipient == recipient,
-                           CapDeliveryRow.delivered_at.is_(None))
-                    .order_by(CapMessageRow.audit_id).limit(1)).first()
+                    .where(
+                        CapDeliveryRow.recipient == recipient, CapDeliveryRow.delivered_at.is_(None)
+                    )
+                    .order_by(CapMessageRow.audit_id)
+                    .limit(1)
+                ).first()
                 if head is None or head.next_at > now:
                     continue
-                taken = cast(CursorResult[Any], s.execute(
-                    update(CapDeliveryRow)
-                    .where(CapDeliveryRow.id == head.id, CapDeliveryRow.next_at == head.next_at,
-                           CapDeliveryRow.delivered_at.is_(None))
-                    .values(next_at=now + lease_ms)
-                    .execution_options(synchronize_session=False))).rowcount
+                taken = cast(
+                    CursorResult[Any],
+                    s.execute(
+                        update(CapDeliveryRow)
+                        .where(
+                            CapDeliveryRow.id == head.id,
+                            CapDeliveryRow.next_at == head.next_at,
+                            CapDeliveryRow.delivered_at.is_(None),
+                        )
+                        .values(next_at=now + lease_ms)
+                        .execution_options(synchronize_session=False)
+                    ),
+                ).rowcount
                 if taken == 1:
-                    out.append(CapDelivery(id=head.id, recipient=recipient,
-                                           identifier=head.identifier, attempts=head.attempts))
+                    out.append(
+                        CapDelivery(
+                            id=head.id,
+                            recipient=recipient,
+                            identifier=head.identifier,
+                            attempts=head.attempts,
+                        )
+                    )
         return out
 
     def delivered(self, d: CapDelivery, *, now: int, status: int) -> None:
         with self.store.transaction(write=True) as s:
-            s.execute(update(CapDeliveryRow).where(CapDeliveryRow.id == d.id).values(
-                delivered_at=now, attempts=d.attempts + 1, last_status=status,
-                last_error=None).execution_options(synchronize_session=False))
+            s.execute(
+                update(CapDeliveryRow)
+                .where(CapDeliveryRow.id == d.id)
+                .values(
+                    delivered_at=now, attempts=d.attempts + 1, last_status=status, last_error=None
+                )
+                .execution_options(synchronize_session=False)
+            )
 
     def failed(self, d: CapDelivery, *, now: int, error: str, status: int | None) -> int:
         """Written down; when it is tried again (ms)."""
         first = self.settings.retry_first_seconds * 1000
         wait = int(min(self.settings.retry_max_seconds * 1000, first * 2 ** min(d.attempts, 30)))
         with self.store.transaction(write=True) as s:
-            s.execute(update(CapDeliveryRow).where(CapDeliveryRow.id == d.id).values(
-                attempts=d.attempts + 1, next_at=now + wait, last_status=status,
-                last_error=error[:200]).execution_options(synchronize_session=False))
+            s.execute(
+                update(CapDeliveryRow)
+                .where(CapDeliveryRow.id == d.id)
+                .values(
+                    attempts=d.attempts + 1,
+                    next_at=now + wait,
+                    last_status=status,
+                    last_error=error[:200],
+                )
+                .execution_options(synchronize_session=False)
+            )
         return now + wait
 
     def pending(self) -> dict[str, int]:
         """Undelivered messages per recipient."""
-        q = (select(CapDeliveryRow.recipient, func.count())
-             .where(CapDeliveryRow.delivered_at.is_(None)).group_by(CapDeliveryRow.recipient))
+        q = (
+            select(CapDeliveryRow.recipient, func.count())
+            .where(CapDeliveryRow.delivered_at.is_(None))
+            .group_by(CapDeliveryRow.recipient)
+        )
         with self.store.transaction(write=False) as s:
             counts = dict.fromkeys(self.recipients, 0)
             counts.update({str(r): int(n) for r, n in s.execute(q)})
@@ -260,14 +327,23 @@ class CapOutbox:
 
     def deliveries(self, incident_id: str) -> list[dict[str, Any]]:
         """Each message of an alert to each recipient: delivered or not, tries."""
-        q = (select(CapDeliveryRow, CapMessageRow.audit_id)
-             .join(CapMessageRow, CapMessageRow.identifier == CapDeliveryRow.identifier)
-             .where(CapMessageRow.incident_id == incident_id)
-             .order_by(CapMessageRow.audit_id, CapDeliveryRow.recipient))
+        q = (
+            select(CapDeliveryRow, CapMessageRow.audit_id)
+            .join(CapMessageRow, CapMessageRow.identifier == CapDeliveryRow.identifier)
+            .where(CapMessageRow.incident_id == incident_id)
+            .order_by(CapMessageRow.audit_id, CapDeliveryRow.recipient)
+        )
         with self.store.transaction(write=False) as s:
-            return [{"identifier": d.identifier, "recipient": d.recipient,
-                     "delivered_at": d.delivered_at, "attempts": d.attempts,
-                     "last_error": d.last_error} for d, _ in s.execute(q)]
+            return [
+                {
+                    "identifier": d.identifier,
+                    "recipient": d.recipient,
+                    "delivered_at": d.delivered_at,
+                    "attempts": d.attempts,
+                    "last_error": d.last_error,
+                }
+                for d, _ in s.execute(q)
+            ]
 
     # -- the photo's token ------------------------------------------------------------
 
@@ -277,24 +353,27 @@ class CapOutbox:
                 row = s.get(SettingRow, _TOKEN_KEY)
                 if row is None:
                     key = secrets.token_bytes(32)
-                    s.add(SettingRow(name=_TOKEN_KEY, value=self.store.seal_record(
-                        key, _aad(_TOKEN_KEY))))
+                    s.add(
+                        SettingRow(
+                            name=_TOKEN_KEY, value=self.store.seal_record(key, _aad(_TOKEN_KEY))
+                        )
+                    )
                 else:
                     key = self.store.open_record(bytes(row.value), _aad(_TOKEN_KEY))
             self._token_key = key
         return self._token_key
 
     def photo_token(self, incident_id: str, *, expires_s: int) -> str:
-        mac = hmac.new(self._key(), f"photo\n{incident_id}\n{expires_s}".encode(),
-                       hashlib.sha256).digest()
+        mac = hmac.new(
+            self._key(), f"photo\n{incident_id}\n{expires_s}".encode(), hashlib.sha256
+        ).digest()
         return f"{expires_s}.{base64.urlsafe_b64encode(mac[:24]).decode()}"
 
     def check_photo_token(self, incident_id: str, token: str, *, now: int) -> bool:
         expiry, _, _mac = token.partition(".")
         if not expiry.isdigit() or len(expiry) > 12:
             return False
-        good = hmac.compare_digest(self.photo_token(incident_id, expires_s=int(expiry)),
-                                   token)
+        good = hmac.compare_digest(self.photo_token(incident_id, expires_s=int(expiry)), token)
         return good and int(expiry) * 1000 > now
 
     def photo_uri(self, incident_id: str, *, at: int) -> str | None:
@@ -302,8 +381,10 @@ class CapOutbox:
         if not base:
             return None
         expires = (at + int(self.settings.photo_token_hours * 3600_000)) // 1000
-        return (f"{base}/cap/photo/{quote(incident_id, safe='')}.jpg"
-                f"?token={self.photo_token(incident_id, expires_s=expires)}")
+        return (
+            f"{base}/cap/photo/{quote(incident_id, safe='')}.jpg"
+            f"?token={self.photo_token(incident_id, expires_s=expires)}"
+        )
 
 
 def _status_then(trail: list[AuditEntry]) -> AlertStatus:
@@ -326,9 +407,15 @@ def _aad(name: str) -> bytes:
 class CapSender:
     """Sends what ``CapOutbox`` hands out, for the life of the ENC."""
 
-    def __init__(self, outbox: CapOutbox, recipients: dict[str, CapRecipient], *,
-                 clock: Callable[[], int], headers: dict[str, dict[str, str]] | None = None,
-                 on_change: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self,
+        outbox: CapOutbox,
+        recipients: dict[str, CapRecipient],
+        *,
+        clock: Callable[[], int],
+        headers: dict[str, dict[str, str]] | None = None,
+        on_change: Callable[[], None] = lambda: None,
+    ) -> None:
         self.outbox = outbox
         self.recipients = recipients
         self.clock = clock
@@ -341,8 +428,9 @@ class CapSender:
         self._wake.set()
 
     async def run(self, stop: asyncio.Event, *, tick_s: float = 0.5) -> None:
-        timeout = max(r.timeout_seconds for r in self.recipients.values()) if (
-            self.recipients) else 10.0
+        timeout = (
+            max(r.timeout_seconds for r in self.recipients.values()) if (self.recipients) else 10.0
+        )
         async with httpx.AsyncClient(follow_redirects=False, trust_env=False) as http:
             while not stop.is_set():
                 try:
@@ -360,8 +448,7 @@ class CapSender:
         made = await asyncio.to_thread(self.outbox.follow)
         if made:
             self.on_change()
-        claimed = await asyncio.to_thread(self.outbox.claim, now=self.clock(),
-                                          lease_ms=lease_ms)
+        claimed = await asyncio.to_thread(self.outbox.claim, now=self.clock(), lease_ms=lease_ms)
         results = await asyncio.gather(*(self._send(http, d) for d in claimed))
         return sum(results)
 
@@ -371,27 +458,36 @@ class CapSender:
         headers = {"Content-Type": CAP_CONTENT_TYPE, **self.headers.get(d.recipient, {})}
         status: int | None = None
         try:
-            answer = await http.post(r.url, content=m.xml, headers=headers,
-                                     timeout=r.timeout_seconds)
+            answer = await http.post(
+                r.url, content=m.xml, headers=headers, timeout=r.timeout_seconds
+            )
             status = answer.status_code
             if 200 <= status < 300:
-                await asyncio.to_thread(self.outbox.delivered, d, now=self.clock(),
-                                        status=status)
-                log.info("CAP %s delivered to %s (try %d)", d.identifier, d.recipient,
-                         d.attempts + 1)
+                await asyncio.to_thread(self.outbox.delivered, d, now=self.clock(), status=status)
+                log.info(
+                    "CAP %s delivered to %s (try %d)", d.identifier, d.recipient, d.attempts + 1
+                )
                 return True
             error = f"answered {status}"
         except httpx.HTTPError as exc:
             error = f"{type(exc).__name__}: {exc}"[:200]
-        retry = await asyncio.to_thread(self.outbox.failed, d, now=self.clock(), error=error,
-                                        status=status)
-        log.warning("CAP %s to %s not delivered (%s); try %d again at %s", d.identifier,
-                    d.recipient, error, d.attempts + 2, cap_time(retry))
+        retry = await asyncio.to_thread(
+            self.outbox.failed, d, now=self.clock(), error=error, status=status
+        )
+        log.warning(
+            "CAP %s to %s not delivered (%s); try %d again at %s",
+            d.identifier,
+            d.recipient,
+            error,
+            d.attempts + 2,
+            cap_time(retry),
+        )
         return False
 
 
-def atom_feed(messages: list[CapMessage], *, base_url: str, sender: str,
-              title: str, now: int) -> bytes:
+def atom_feed(
+    messages: list[CapMessage], *, base_url: str, sender: str, title: str, now: int
+) -> bytes:
     """An Atom 1.0 feed (RFC 4287) of CAP messages, newest first: each entry links to
     its message and carries it whole as its content."""
     atom = "http://www.w3.org/2005/Atom"
@@ -423,8 +519,13 @@ def atom_feed(messages: list[CapMessage], *, base_url: str, sender: str,
         headline = root.findtext("cap:info/cap:headline", namespaces=ns) or m.identifier
         sub(e, "title", f"{m.msg_type}: {headline}")
         sub(e, "updated", when(m.sent_at))
-        sub(e, "link", rel="alternate", type=CAP_CONTENT_TYPE,
-            href=f"{base_url}/cap/messages/{quote(m.identifier, safe='')}.xml")
+        sub(
+            e,
+            "link",
+            rel="alternate",
+            type=CAP_CONTENT_TYPE,
+            href=f"{base_url}/cap/messages/{quote(m.identifier, safe='')}.xml",
+        )
         content = sub(e, "content", type=CAP_CONTENT_TYPE)
         content.append(root)
     ET.indent(feed)

@@ -28,11 +28,26 @@ __all__ = ["EIDO_SCHEMA_ID", "eido_incident", "eido_schema"]
 EIDO_SCHEMA_ID = "urn:citywatch:schema:eido:nena-sta-021:1"
 
 _TYPE = {"fight": "Assault", "person_down": "Medical", "fall": "Fall"}
-_STATUS = {AlertStatus.NEW: "Pending", AlertStatus.ACKNOWLEDGED: "Active",
-           AlertStatus.ON_HOLD: "OnHold", AlertStatus.DISPATCHED: "Dispatched",
-           AlertStatus.DISMISSED: "Cancelled", AlertStatus.CLOSED: "Closed"}
-_WORKED = ("acknowledged", "dispatched", "dismissed", "reopened", "put_on_hold", "resumed",
-           "assigned", "released", "closed", "note")
+_STATUS = {
+    AlertStatus.NEW: "Pending",
+    AlertStatus.ACKNOWLEDGED: "Active",
+    AlertStatus.ON_HOLD: "OnHold",
+    AlertStatus.DISPATCHED: "Dispatched",
+    AlertStatus.DISMISSED: "Cancelled",
+    AlertStatus.CLOSED: "Closed",
+}
+_WORKED = (
+    "acknowledged",
+    "dispatched",
+    "dismissed",
+    "reopened",
+    "put_on_hold",
+    "resumed",
+    "assigned",
+    "released",
+    "closed",
+    "note",
+)
 
 
 def _ts(ms: int) -> str:
@@ -45,8 +60,9 @@ def _domain(settings: CapSection) -> str:
     return (sender.rsplit("@", 1)[-1] if "@" in sender else sender).replace(":", "-")
 
 
-def eido_incident(alert: Alert, trail: Sequence[AuditEntry],
-                  settings: CapSection) -> dict[str, Any]:
+def eido_incident(
+    alert: Alert, trail: Sequence[AuditEntry], settings: CapSection
+) -> dict[str, Any]:
     """The EIDO of an alert as it stands now."""
     domain = _domain(settings)
     inc = alert.incident_id
@@ -60,18 +76,28 @@ def eido_incident(alert: Alert, trail: Sequence[AuditEntry],
         "$id": "location-1",
         "lastUpdateTimeStamp": _ts(alert.captured_at),
         "locationByValue": {
-            "type": "Point", "coordinates": [round(c.lon, 7), round(c.lat, 7)],
+            "type": "Point",
+            "coordinates": [round(c.lon, 7), round(c.lat, 7)],
             **({"uncertaintyRadiusMeters": round(c.acc, 1)} if c.acc is not None else {}),
         },
-        "locationTypeDescription": ("GNSS fix of the street-pole device" if c.src == "gps"
-                                    else "registered position of the street-pole device"),
+        "locationTypeDescription": (
+            "GNSS fix of the street-pole device"
+            if c.src == "gps"
+            else "registered position of the street-pole device"
+        ),
     }
     notes = []
     for n, e in enumerate(worked):
         text = _note_text(e)
         if text:
-            notes.append({"$id": f"note-{n + 1}", "noteDateTimeStamp": _ts(e.at),
-                          "noteText": text, "authorReference": agent_ids[e.actor]})
+            notes.append(
+                {
+                    "$id": f"note-{n + 1}",
+                    "noteDateTimeStamp": _ts(e.at),
+                    "noteText": text,
+                    "authorReference": agent_ids[e.actor],
+                }
+            )
     incident: dict[str, Any] = {
         "$id": "incident-1",
         "componentIdentifier": f"urn:emergency:uid:incidentid:{safe}:{domain}",
@@ -85,7 +111,7 @@ def eido_incident(alert: Alert, trail: Sequence[AuditEntry],
         "locationReference": "location-1",
         "notesReference": [n["$id"] for n in notes],
         "sourceDescription": f"CityWatch street-pole device {alert.device_uid}, confidence "
-                             f"{alert.score:.0%}, photo SHA-256 {alert.photo_sha256}",
+        f"{alert.score:.0%}, photo SHA-256 {alert.photo_sha256}",
     }
     out: dict[str, Any] = {
         "$schema": EIDO_SCHEMA_ID,
@@ -94,21 +120,31 @@ def eido_incident(alert: Alert, trail: Sequence[AuditEntry],
         "sendingSystemIdentifier": settings.sender,
         "incidentComponent": [incident],
         "locationComponent": [location],
-        "agentComponent": [{"$id": agent_ids[a], "agentIdentifier": a,
-                            "agentRoleDescription": "ENC operator"} for a in agents],
+        "agentComponent": [
+            {"$id": agent_ids[a], "agentIdentifier": a, "agentRoleDescription": "ENC operator"}
+            for a in agents
+        ],
         "notesComponent": notes,
     }
     closing = [e for e in trail if e.action in ("closed", "dismissed", "dispatched")]
     if alert.status.handled and closing:
         e = closing[-1]
-        code = (str(e.detail.get("resolution", "")) if e.action == "closed"
-                else {"dismissed": "false_alarm", "dispatched": "dispatched"}[e.action])
-        out["dispositionComponent"] = [{
-            "$id": "disposition-1", "dispositionTimeStamp": _ts(e.at),
-            "dispositionCommonRegistryText": code,
-            "dispositionDescription": RESOLUTIONS.get(code, "Help dispatched" if
-                                                      code == "dispatched" else code),
-            "agentReference": agent_ids[e.actor]}]
+        code = (
+            str(e.detail.get("resolution", ""))
+            if e.action == "closed"
+            else {"dismissed": "false_alarm", "dispatched": "dispatched"}[e.action]
+        )
+        out["dispositionComponent"] = [
+            {
+                "$id": "disposition-1",
+                "dispositionTimeStamp": _ts(e.at),
+                "dispositionCommonRegistryText": code,
+                "dispositionDescription": RESOLUTIONS.get(
+                    code, "Help dispatched" if code == "dispatched" else code
+                ),
+                "agentReference": agent_ids[e.actor],
+            }
+        ]
         incident["dispositionReference"] = "disposition-1"
     return out
 
@@ -117,12 +153,17 @@ def _note_text(e: AuditEntry) -> str:
     d = e.detail
     if e.action == "note":
         return str(d.get("note", ""))
-    words = {"acknowledged": "Taken", "dispatched": f"Dispatched {d.get('unit', '')}",
-             "dismissed": f"Dismissed as a false alarm: {d.get('reason', '')}",
-             "reopened": f"Reopened: {d.get('reason', '')}",
-             "put_on_hold": f"On hold: {d.get('reason', '')}", "resumed": "Resumed",
-             "assigned": f"Assigned to {d.get('to', '')}", "released": "Released",
-             "closed": "Closed: " + RESOLUTIONS.get(str(d.get("resolution", "")), "")}
+    words = {
+        "acknowledged": "Taken",
+        "dispatched": f"Dispatched {d.get('unit', '')}",
+        "dismissed": f"Dismissed as a false alarm: {d.get('reason', '')}",
+        "reopened": f"Reopened: {d.get('reason', '')}",
+        "put_on_hold": f"On hold: {d.get('reason', '')}",
+        "resumed": "Resumed",
+        "assigned": f"Assigned to {d.get('to', '')}",
+        "released": "Released",
+        "closed": "Closed: " + RESOLUTIONS.get(str(d.get("resolution", "")), ""),
+    }
     text = words.get(e.action, e.action)
     if d.get("comment"):
         text += f" ({d['comment']})"

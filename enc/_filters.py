@@ -49,8 +49,9 @@ class AlertFilter:
     """What could not be read (said on the page)."""
 
     @classmethod
-    def from_query(cls, q: Mapping[str, str] | object, zone: ZoneInfo,
-                   zones: Mapping[str, object]) -> AlertFilter:
+    def from_query(
+        cls, q: Mapping[str, str] | object, zone: ZoneInfo, zones: Mapping[str, object]
+    ) -> AlertFilter:
         get_list = getattr(q, "getlist", None)
 
         def many(name: str) -> list[str]:
@@ -83,13 +84,26 @@ class AlertFilter:
         if since is not None and until is not None and until <= since:
             errors.append("the time range ends before it starts")
         text = " ".join(one("q").split())[:_MAX_TEXT]
-        return cls(statuses=statuses, labels=labels, zone=zone_name, since=since,
-                   until=until, text=text, errors=tuple(errors))
+        return cls(
+            statuses=statuses,
+            labels=labels,
+            zone=zone_name,
+            since=since,
+            until=until,
+            text=text,
+            errors=tuple(errors),
+        )
 
     @property
     def active(self) -> bool:
-        return bool(self.statuses or self.labels or self.zone or self.since is not None
-                    or self.until is not None or self.text)
+        return bool(
+            self.statuses
+            or self.labels
+            or self.zone
+            or self.since is not None
+            or self.until is not None
+            or self.text
+        )
 
     def matches(self, alert: Alert, zone_of_alert: str, *, label_text: str = "") -> bool:
         if self.statuses and alert.status.value not in self.statuses:
@@ -103,8 +117,9 @@ class AlertFilter:
         if self.until is not None and alert.received_at >= self.until:
             return False
         if self.text:
-            hay = " ".join((alert.incident_id, alert.device_uid, alert.label, label_text,
-                            alert.taken_by or "")).lower()
+            hay = " ".join(
+                (alert.incident_id, alert.device_uid, alert.label, label_text, alert.taken_by or "")
+            ).lower()
             if not all(word in hay for word in self.text.lower().split()):
                 return False
         return True

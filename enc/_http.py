@@ -18,14 +18,17 @@ class HttpHardening:
     """Security headers on every answer; request bodies limited while read (the alert
     endpoint has its own, larger limit)."""
 
-    def __init__(self, app: ASGIApp, *, max_body: int, exempt: frozenset[str],
-                 img_src: str = "'self' data:") -> None:
+    def __init__(
+        self, app: ASGIApp, *, max_body: int, exempt: frozenset[str], img_src: str = "'self' data:"
+    ) -> None:
         self.app = app
         self.max_body = max_body
         self.exempt = exempt
-        csp = ("default-src 'none'; script-src 'self'; style-src 'self'; "
-               f"img-src {img_src}; connect-src 'self'; form-action 'self'; "
-               "frame-ancestors 'none'; base-uri 'none'")
+        csp = (
+            "default-src 'none'; script-src 'self'; style-src 'self'; "
+            f"img-src {img_src}; connect-src 'self'; form-action 'self'; "
+            "frame-ancestors 'none'; base-uri 'none'"
+        )
         self.headers = [
             (b"content-security-policy", csp.encode()),
             (b"x-content-type-options", b"nosniff"),
@@ -59,8 +62,10 @@ class HttpHardening:
         async def send_with_headers_raw(message: Message) -> None:
             if message["type"] == "http.response.start":
                 names = {k.lower() for k, _ in message.get("headers", [])}
-                message["headers"] = [*message.get("headers", []),
-                                      *(h for h in self.headers if h[0] not in names)]
+                message["headers"] = [
+                    *message.get("headers", []),
+                    *(h for h in self.headers if h[0] not in names),
+                ]
             await send(message)
 
         if scope["path"] in self.exempt:
@@ -91,7 +96,14 @@ class HttpHardening:
 
 async def _plain(send: Send, status: int) -> None:
     body = {400: b"bad request\n", 413: b"too large\n"}[status]
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"text/plain; charset=utf-8"),
-                            (b"content-length", str(len(body)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"text/plain; charset=utf-8"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})

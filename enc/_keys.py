@@ -32,8 +32,10 @@ def _private_text(path: Path, what: str) -> str:
     try:
         mode = stat.S_IMODE(path.stat().st_mode)
         if mode & 0o077:
-            raise ConfigError(f"{what} {path} has mode {mode:04o}: make it readable by the "
-                              f"ENC's user only (chmod 600 {path})")
+            raise ConfigError(
+                f"{what} {path} has mode {mode:04o}: make it readable by the "
+                f"ENC's user only (chmod 600 {path})"
+            )
         return path.read_text(encoding="utf-8").strip()
     except FileNotFoundError:
         raise ConfigError(f"{what} {path} does not exist") from None
@@ -48,15 +50,23 @@ def store_key(config: EncConfig, *, create: bool) -> bytes:
     if sk.source == "pkcs11":
         module = sk.module or find_softhsm_module()
         if not module:
-            raise ConfigError("store_key.module is empty and SoftHSM2 is not installed: set "
-                              "the token's PKCS#11 module")
+            raise ConfigError(
+                "store_key.module is empty and SoftHSM2 is not installed: set "
+                "the token's PKCS#11 module"
+            )
         pin = _private_text(Path(sk.pin_file), "token PIN file").splitlines()[0:1]
         if not pin:
             raise ConfigError(f"token PIN file {sk.pin_file} is empty")
         try:
-            return token_data_key(module=module, token_label=sk.token_label, pin=pin[0],
-                                  kek_label=sk.key_label, path=Path(sk.wrapped_file),
-                                  purpose=STORE_KEY_PURPOSE, create=create)
+            return token_data_key(
+                module=module,
+                token_label=sk.token_label,
+                pin=pin[0],
+                kek_label=sk.key_label,
+                path=Path(sk.wrapped_file),
+                purpose=STORE_KEY_PURPOSE,
+                create=create,
+            )
         except WrappedKeyError as exc:
             raise ConfigError(f"store key: {exc}") from None
     path = Path(sk.file)
@@ -65,8 +75,11 @@ def store_key(config: EncConfig, *, create: bool) -> bytes:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_hex(32) + "\n")
-        _log.warning("created the store key %s (source = \"file\": it sits in clear on "
-                     "disk; see docs/operations.md for keeping it in a token)", path)
+        _log.warning(
+            'created the store key %s (source = "file": it sits in clear on '
+            "disk; see docs/operations.md for keeping it in a token)",
+            path,
+        )
     try:
         key = bytes.fromhex(_private_text(path, "store key file"))
     except ValueError:
@@ -87,9 +100,11 @@ def open_alert_store(config: EncConfig, *, at: int | None = None) -> AlertStore:
     key_there = Path(sk.wrapped_file if sk.source == "pkcs11" else sk.file).exists()
     if sealed and not key_there:
         where = sk.wrapped_file if sk.source == "pkcs11" else sk.file
-        raise StoreError(f"the store key ({where}) is missing, but the alert store holds "
-                         f"{sealed} sealed alert(s): restore it from the backup (a new key "
-                         "would not open them) and start again")
+        raise StoreError(
+            f"the store key ({where}) is missing, but the alert store holds "
+            f"{sealed} sealed alert(s): restore it from the backup (a new key "
+            "would not open them) and start again"
+        )
     store = AlertStore.open(config.database_url, key=store_key(config, create=True))
     import time
 

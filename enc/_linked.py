@@ -26,8 +26,13 @@ from ._handling import LABEL_KIND, alert_severity
 from ._schema import AlertRow, LinkedReportRow
 from ._store import AlertStatus, AlertStore
 
-__all__ = ["LinkedReport", "alert_severity", "linked_photo", "linked_reports",
-           "record_linked_report"]
+__all__ = [
+    "LinkedReport",
+    "alert_severity",
+    "linked_photo",
+    "linked_reports",
+    "record_linked_report",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,8 +55,9 @@ def _aad(report_id: str, column: str) -> bytes:
     return f"citywatch enc linked report {report_id} {column}".encode()
 
 
-def record_linked_report(store: AlertStore, ev: p.LinkedReportReceived, *,
-                         received_at: int) -> tuple[str, bool]:
+def record_linked_report(
+    store: AlertStore, ev: p.LinkedReportReceived, *, received_at: int
+) -> tuple[str, bool]:
     """Store a valid N3's report; (how: ``"linked"`` or ``"own"`` alert, new?). Durable
     when it returns; a second N3 for the same report changes nothing."""
     with store.transaction(write=False) as s:
@@ -62,22 +68,40 @@ def record_linked_report(store: AlertStore, ev: p.LinkedReportReceived, *,
         alert = s.get(AlertRow, ev.incident_id)
         status = AlertStatus(alert.status) if alert is not None else None
         alert_label = alert.label if alert is not None else ""
-    other_kind = (LABEL_KIND.get(ev.label) is not None
-                  and LABEL_KIND.get(ev.label) != LABEL_KIND.get(alert_label))
+    other_kind = LABEL_KIND.get(ev.label) is not None and LABEL_KIND.get(
+        ev.label
+    ) != LABEL_KIND.get(alert_label)
     if status is None or (other_kind and status.handled):
         own = p.AlertReceived(
-            server_kid=ev.server_kid, incident_id=ev.report_id, ts=ev.ts, coords=ev.coords,
-            photo=ev.photo, score=ev.score, label=ev.label, captured_at=ev.captured_at,
-            device_uid=ev.device_uid, n1_hash=ev.n3_hash)
+            server_kid=ev.server_kid,
+            incident_id=ev.report_id,
+            ts=ev.ts,
+            coords=ev.coords,
+            photo=ev.photo,
+            score=ev.score,
+            label=ev.label,
+            captured_at=ev.captured_at,
+            device_uid=ev.device_uid,
+            n1_hash=ev.n3_hash,
+        )
         why = "unknown" if status is None else "handled"
-        new = store.record_alert(own, received_at=received_at,
-                                 joins={"joins": ev.incident_id, "why": why})
+        new = store.record_alert(
+            own, received_at=received_at, joins={"joins": ev.incident_id, "why": why}
+        )
         if new and status is not None:
-            store.append_audit(at=received_at, actor=f"server:{ev.server_kid.hex()}",
-                               action="report_linked", incident_id=ev.incident_id,
-                               detail={"report": ev.report_id, "label": ev.label,
-                                       "score": ev.score, "device": ev.device_uid,
-                                       "own_alert": True})
+            store.append_audit(
+                at=received_at,
+                actor=f"server:{ev.server_kid.hex()}",
+                action="report_linked",
+                incident_id=ev.incident_id,
+                detail={
+                    "report": ev.report_id,
+                    "label": ev.label,
+                    "score": ev.score,
+                    "device": ev.device_uid,
+                    "own_alert": True,
+                },
+            )
         return "own", new
     c = ev.coords
     with store.transaction(write=True) as s:
@@ -85,25 +109,44 @@ def record_linked_report(store: AlertStore, ev: p.LinkedReportReceived, *,
             return "linked", False
         row = s.get(AlertRow, ev.incident_id)
         assert row is not None  # alerts are deleted only with their reports
-        s.add(LinkedReportRow(
-            report_id=ev.report_id, incident_id=ev.incident_id,
-            server_kid=ev.server_kid.hex(), device_uid=ev.device_uid, label=ev.label,
-            score=ev.score,
-            coords_sealed=store.seal_record(json.dumps([c.lat, c.lon, c.alt, c.acc]).encode(),
-                                            _aad(ev.report_id, "coords")),
-            coord_src=c.src, captured_at=ev.captured_at, sent_at=ev.ts,
-            received_at=received_at,
-            photo_sealed=store.seal_record(ev.photo, _aad(ev.report_id, "photo")),
-            photo_size=len(ev.photo), photo_sha256=hashlib.sha256(ev.photo).hexdigest()))
-        detail = {"report": ev.report_id, "label": ev.label, "score": ev.score,
-                  "device": ev.device_uid}
+        s.add(
+            LinkedReportRow(
+                report_id=ev.report_id,
+                incident_id=ev.incident_id,
+                server_kid=ev.server_kid.hex(),
+                device_uid=ev.device_uid,
+                label=ev.label,
+                score=ev.score,
+                coords_sealed=store.seal_record(
+                    json.dumps([c.lat, c.lon, c.alt, c.acc]).encode(), _aad(ev.report_id, "coords")
+                ),
+                coord_src=c.src,
+                captured_at=ev.captured_at,
+                sent_at=ev.ts,
+                received_at=received_at,
+                photo_sealed=store.seal_record(ev.photo, _aad(ev.report_id, "photo")),
+                photo_size=len(ev.photo),
+                photo_sha256=hashlib.sha256(ev.photo).hexdigest(),
+            )
+        )
+        detail = {
+            "report": ev.report_id,
+            "label": ev.label,
+            "score": ev.score,
+            "device": ev.device_uid,
+        }
         if other_kind:
             labels = json.loads(row.linked_labels or "[]")
             row.linked_labels = json.dumps([*labels, [ev.label, ev.score]])
             detail["other_kind"] = True
-        store.audit(s, at=received_at, incident_id=ev.incident_id,
-                    actor=f"server:{ev.server_kid.hex()}", action="report_linked",
-                    detail=detail)
+        store.audit(
+            s,
+            at=received_at,
+            incident_id=ev.incident_id,
+            actor=f"server:{ev.server_kid.hex()}",
+            action="report_linked",
+            detail=detail,
+        )
     return "linked", True
 
 
@@ -111,19 +154,31 @@ def linked_reports(store: AlertStore, incident_id: str) -> list[LinkedReport]:
     """The reports fused into an alert, oldest first."""
     from sqlalchemy import select
 
-    q = (select(LinkedReportRow).where(LinkedReportRow.incident_id == incident_id)
-         .order_by(LinkedReportRow.received_at, LinkedReportRow.report_id))
+    q = (
+        select(LinkedReportRow)
+        .where(LinkedReportRow.incident_id == incident_id)
+        .order_by(LinkedReportRow.received_at, LinkedReportRow.report_id)
+    )
     with store.transaction(write=False) as s:
         out = []
         for r in s.scalars(q):
-            lat, lon, alt, acc = json.loads(store.open_record(
-                bytes(r.coords_sealed), _aad(r.report_id, "coords")))
-            out.append(LinkedReport(
-                report_id=r.report_id, incident_id=r.incident_id, device_uid=r.device_uid,
-                label=r.label, score=r.score,
-                coords=p.Coords(lat=lat, lon=lon, alt=alt, acc=acc, src=r.coord_src),
-                captured_at=r.captured_at, received_at=r.received_at,
-                photo_size=r.photo_size, photo_sha256=r.photo_sha256))
+            lat, lon, alt, acc = json.loads(
+                store.open_record(bytes(r.coords_sealed), _aad(r.report_id, "coords"))
+            )
+            out.append(
+                LinkedReport(
+                    report_id=r.report_id,
+                    incident_id=r.incident_id,
+                    device_uid=r.device_uid,
+                    label=r.label,
+                    score=r.score,
+                    coords=p.Coords(lat=lat, lon=lon, alt=alt, acc=acc, src=r.coord_src),
+                    captured_at=r.captured_at,
+                    received_at=r.received_at,
+                    photo_size=r.photo_size,
+                    photo_sha256=r.photo_sha256,
+                )
+            )
         return out
 
 

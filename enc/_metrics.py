@@ -20,10 +20,12 @@ class _StoreCollector(Collector):
         self._counts = counts
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        up = GaugeMetricFamily("citywatch_enc_store_up",
-                               "1 when the alert store answered this scrape, else 0")
-        alerts = GaugeMetricFamily("citywatch_enc_alerts", "Alerts in the store, by status",
-                                   labels=["status"])
+        up = GaugeMetricFamily(
+            "citywatch_enc_store_up", "1 when the alert store answered this scrape, else 0"
+        )
+        alerts = GaugeMetricFamily(
+            "citywatch_enc_alerts", "Alerts in the store, by status", labels=["status"]
+        )
         try:
             counts = self._counts()
         except Exception:  # a failing store is what this gauge reports, not a scrape error
@@ -42,16 +44,24 @@ class EncMetrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.stored = Counter(
-            "citywatch_enc_alerts_stored", "New alerts stored by this process", registry=r)
+            "citywatch_enc_alerts_stored", "New alerts stored by this process", registry=r
+        )
         self.requests = Counter(
-            "citywatch_enc_http_requests", "HTTP requests answered, by route and status class",
-            ["route", "status"], registry=r)
-        self.started = Gauge("citywatch_enc_start_time_seconds",
-                             "When this process started (Unix time)", registry=r)
+            "citywatch_enc_http_requests",
+            "HTTP requests answered, by route and status class",
+            ["route", "status"],
+            registry=r,
+        )
+        self.started = Gauge(
+            "citywatch_enc_start_time_seconds", "When this process started (Unix time)", registry=r
+        )
         self.started.set(time.time())
         self.purged = Counter(
-            "citywatch_enc_purged", "Rows removed or photos erased by retention, by kind",
-            ["kind"], registry=r)
+            "citywatch_enc_purged",
+            "Rows removed or photos erased by retention, by kind",
+            ["kind"],
+            registry=r,
+        )
         r.register(_StoreCollector(status_counts))
 
     def exposition(self) -> bytes:

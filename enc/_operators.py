@@ -84,8 +84,15 @@ class LoginThrottle:
     out, nor can a colleague's typos behind the control room's one address. A success
     clears both."""
 
-    def __init__(self, *, free: int, address_max_ms: int, account_max_ms: int = 30_000,
-                 base_ms: int = 1_000, capacity: int = 10_000) -> None:
+    def __init__(
+        self,
+        *,
+        free: int,
+        address_max_ms: int,
+        account_max_ms: int = 30_000,
+        base_ms: int = 1_000,
+        capacity: int = 10_000,
+    ) -> None:
         self.free, self.base_ms, self.capacity = free, base_ms, capacity
         self.address_max_ms, self.account_max_ms = address_max_ms, account_max_ms
         self._addresses: OrderedDict[str, _Strikes] = OrderedDict()
@@ -119,8 +126,7 @@ class LoginThrottle:
             while len(self._trusted) > self.capacity:
                 self._trusted.popitem(last=False)
 
-    def _strike(self, table: OrderedDict[str, _Strikes], key: str, now: int,
-                cap: int) -> None:
+    def _strike(self, table: OrderedDict[str, _Strikes], key: str, now: int, cap: int) -> None:
         st = table.get(key)
         if st is None:
             st = table[key] = _Strikes()
@@ -144,16 +150,18 @@ def _operator(r: OperatorRow) -> Operator:
 class OperatorDirectory:
     """Accounts and sessions, in the ENC's store."""
 
-    def __init__(self, store: AlertStore, settings: DashboardSection, *,
-                 hasher: PasswordHasher | None = None) -> None:
+    def __init__(
+        self, store: AlertStore, settings: DashboardSection, *, hasher: PasswordHasher | None = None
+    ) -> None:
         self.store = store
         self.settings = settings
         # argon2id with the library's defaults (RFC 9106 low-memory profile); tests pass
         # a cheaper argon2id so that they stay fast.
         self._hasher = hasher or PasswordHasher()
         self._dummy: str | None = None
-        self.throttle = LoginThrottle(free=settings.lockout_failures,
-                                      address_max_ms=settings.lockout_minutes * 60_000)
+        self.throttle = LoginThrottle(
+            free=settings.lockout_failures, address_max_ms=settings.lockout_minutes * 60_000
+        )
         # Failed logins not yet written to the audit: (actor, peer) -> (count, first at,
         # last row at). One row per pair and period, with the count, instead of one each.
         self._failures: dict[tuple[str, str], tuple[int, int, int]] = {}
@@ -171,8 +179,10 @@ class OperatorDirectory:
     @staticmethod
     def check_username(username: str) -> str:
         if not _USERNAME.match(username):
-            raise ActionRefused("a user name is 1-64 characters: lowercase letters, digits, "
-                                "'.', '_' or '-', starting with a letter or digit")
+            raise ActionRefused(
+                "a user name is 1-64 characters: lowercase letters, digits, "
+                "'.', '_' or '-', starting with a letter or digit"
+            )
         return username
 
     @staticmethod
@@ -182,19 +192,33 @@ class OperatorDirectory:
         if len(password) > 1024:
             raise ActionRefused("a password has at most 1024 characters")
 
-    def add(self, username: str, password: str, role: Role | str, *, now: int,
-            by: str = "cli") -> Operator:
+    def add(
+        self, username: str, password: str, role: Role | str, *, now: int, by: str = "cli"
+    ) -> Operator:
         self.check_username(username)
         self.check_password(password)
-        row = OperatorRow(username=username, password_hash=self._hasher.hash(password),
-                          role=Role(role).value, disabled=False, failed_logins=0,
-                          locked_until=None, created_at=now, password_changed_at=now)
+        row = OperatorRow(
+            username=username,
+            password_hash=self._hasher.hash(password),
+            role=Role(role).value,
+            disabled=False,
+            failed_logins=0,
+            locked_until=None,
+            created_at=now,
+            password_changed_at=now,
+        )
         with self.store.transaction(write=True) as s:
             if s.get(OperatorRow, username) is not None:
                 raise ActionRefused(f"operator {username!r} exists already")
             s.add(row)
-            self.store.audit(s, at=now, incident_id=None, actor=by, action="operator_added",
-                             detail={"username": username, "role": row.role})
+            self.store.audit(
+                s,
+                at=now,
+                incident_id=None,
+                actor=by,
+                action="operator_added",
+                detail={"username": username, "role": row.role},
+            )
         return _operator(row)
 
     def get(self, username: str) -> Operator:
@@ -206,8 +230,9 @@ class OperatorDirectory:
 
     def list(self) -> list[Operator]:
         with self.store.transaction(write=False) as s:
-            return [_operator(r) for r in s.scalars(select(OperatorRow)
-                                                    .order_by(OperatorRow.username))]
+            return [
+                _operator(r) for r in s.scalars(select(OperatorRow).order_by(OperatorRow.username))
+            ]
 
     def set_disabled(self, username: str, disabled: bool, *, now: int, by: str = "cli") -> None:
         with self.store.transaction(write=True) as s:
@@ -217,9 +242,14 @@ class OperatorDirectory:
             r.disabled = disabled
             if disabled:
                 s.execute(delete(SessionRow).where(SessionRow.username == username))
-            self.store.audit(s, at=now, incident_id=None, actor=by,
-                             action="operator_disabled" if disabled else "operator_enabled",
-                             detail={"username": username})
+            self.store.audit(
+                s,
+                at=now,
+                incident_id=None,
+                actor=by,
+                action="operator_disabled" if disabled else "operator_enabled",
+                detail={"username": username},
+            )
 
     def set_password(self, username: str, password: str, *, now: int, by: str = "cli") -> None:
         """New password; also lifts a lock-out and ends the operator's sessions."""
@@ -233,13 +263,20 @@ class OperatorDirectory:
             r.failed_logins = 0
             r.locked_until = None
             s.execute(delete(SessionRow).where(SessionRow.username == username))
-            self.store.audit(s, at=now, incident_id=None, actor=by,
-                             action="password_changed", detail={"username": username})
+            self.store.audit(
+                s,
+                at=now,
+                incident_id=None,
+                actor=by,
+                action="password_changed",
+                detail={"username": username},
+            )
 
     # -- login and sessions -------------------------------------------------------
 
-    def login(self, username: str, password: str, *, now: int,
-              peer: str = "?") -> tuple[str, Session]:
+    def login(
+        self, username: str, password: str, *, now: int, peer: str = "?"
+    ) -> tuple[str, Session]:
         """Check the password; return a new session token (for the cookie) and the
         session. ``LoginRefused`` says the same thing whatever was wrong;
         ``LoginThrottled`` that the address or account must wait first."""
@@ -259,13 +296,17 @@ class OperatorDirectory:
             ok = False
         else:
             ok = self._verify(seen[0], password)
-        rehash = self._hasher.hash(password) if ok and self._hasher.check_needs_rehash(
-            seen[0]) else None  # type: ignore[index]
+        rehash = (
+            self._hasher.hash(password)
+            if ok and self._hasher.check_needs_rehash(seen[0])  # type: ignore[index]
+            else None
+        )
         if not ok:
             self.throttle.failed(peer, username, now)
             reason = "unknown name" if seen is None else "disabled" if seen[1] else "password"
-            self._record_failure(username if seen is not None else "anonymous", peer, now,
-                                 {"reason": reason})
+            self._record_failure(
+                username if seen is not None else "anonymous", peer, now, {"reason": reason}
+            )
             raise LoginRefused(_REFUSED)
         s_ = self.settings
         with self.store.transaction(write=True) as s:
@@ -278,24 +319,29 @@ class OperatorDirectory:
                 r.failed_logins = 0
                 r.locked_until = None
                 token = secrets.token_urlsafe(32)
-                row = SessionRow(token_hash=_token_hash(token), username=username,
-                                 csrf=secrets.token_urlsafe(32), created_at=now, last_seen=now,
-                                 expires_at=now + s_.session_lifetime_minutes * 60_000)
+                row = SessionRow(
+                    token_hash=_token_hash(token),
+                    username=username,
+                    csrf=secrets.token_urlsafe(32),
+                    created_at=now,
+                    last_seen=now,
+                    expires_at=now + s_.session_lifetime_minutes * 60_000,
+                )
                 s.add(row)
                 detail: dict[str, object] = {"peer": peer}
                 failed = self._take_failures(username, peer)
                 if failed:
                     detail["failed_before"] = failed
-                self.store.audit(s, at=now, incident_id=None, actor=username, action="login",
-                                 detail=detail)
+                self.store.audit(
+                    s, at=now, incident_id=None, actor=username, action="login", detail=detail
+                )
                 session = Session(_operator(r), row.csrf, row.expires_at, row.token_hash)
         if session is None:
             raise LoginRefused(_REFUSED)
         self.throttle.succeeded(peer, username)
         return token, session
 
-    def _record_failure(self, actor: str, peer: str, now: int,
-                        detail: dict[str, object]) -> None:
+    def _record_failure(self, actor: str, peer: str, now: int, detail: dict[str, object]) -> None:
         """Audit a failed login, summarised: the first of a period gets a row; the
         others are counted into the next row of the period after (or the login)."""
         key = (actor, peer)
@@ -309,9 +355,13 @@ class OperatorDirectory:
             if len(self._failures) > 10_000:  # forget the oldest summaries, bounded
                 for k in list(self._failures)[:1_000]:
                     del self._failures[k]
-        self.store.append_audit(at=now, actor=actor, action="login_failed", incident_id=None,
-                                detail={"peer": peer, "count": count, "since": first,
-                                        **detail})
+        self.store.append_audit(
+            at=now,
+            actor=actor,
+            action="login_failed",
+            incident_id=None,
+            detail={"peer": peer, "count": count, "since": first, **detail},
+        )
 
     def _take_failures(self, actor: str, peer: str) -> int:
         with self._failures_lock:
@@ -349,10 +399,17 @@ class OperatorDirectory:
     def logout(self, session: Session, *, now: int) -> None:
         with self.store.transaction(write=True) as s:
             s.execute(delete(SessionRow).where(SessionRow.token_hash == session.token_hash))
-            self.store.audit(s, at=now, incident_id=None, actor=session.operator.username,
-                             action="logout", detail={})
+            self.store.audit(
+                s,
+                at=now,
+                incident_id=None,
+                actor=session.operator.username,
+                action="logout",
+                detail={},
+            )
 
     @staticmethod
     def csrf_ok(session: Session, presented: str | None) -> bool:
-        return bool(presented) and hmac.compare_digest(session.csrf.encode(),
-                                                       (presented or "").encode())
+        return bool(presented) and hmac.compare_digest(
+            session.csrf.encode(), (presented or "").encode()
+        )

@@ -37,44 +37,71 @@ def read_secret(path: str, what: str) -> str:
 
 def outward_routes(ctx: WebContext, outbox: CapOutbox) -> APIRouter:
     r = APIRouter()
-    feed_token = (read_secret(ctx.config.cap.feed_token_file, "cap.feed_token_file")
-                  if ctx.config.cap.feed_token_file else "")
+    feed_token = (
+        read_secret(ctx.config.cap.feed_token_file, "cap.feed_token_file")
+        if ctx.config.cap.feed_token_file
+        else ""
+    )
 
     def may_read(request: Request, authorization: str | None) -> bool:
-        if (feed_token and authorization and authorization.startswith("Bearer ")
-                and hmac.compare_digest(authorization[7:].strip().encode(),
-                                        feed_token.encode())):
+        if (
+            feed_token
+            and authorization
+            and authorization.startswith("Bearer ")
+            and hmac.compare_digest(authorization[7:].strip().encode(), feed_token.encode())
+        ):
             return True
-        return ctx.operators.session(request.cookies.get(SESSION_COOKIE),
-                                     now=ctx.clock()) is not None
+        return (
+            ctx.operators.session(request.cookies.get(SESSION_COOKIE), now=ctx.clock()) is not None
+        )
 
     def base(request: Request) -> str:
         return ctx.config.cap.public_url.rstrip("/") or str(request.base_url).rstrip("/")
 
     @r.get("/cap/feed.atom", include_in_schema=False)
-    def feed(request: Request, authorization: str | None = Header(None, max_length=500),
-             limit: int = Query(50, ge=1, le=500)) -> Response:
+    def feed(
+        request: Request,
+        authorization: str | None = Header(None, max_length=500),
+        limit: int = Query(50, ge=1, le=500),
+    ) -> Response:
         if not may_read(request, authorization):
-            return JSONResponse({"error": "log in first"}, status_code=401,
-                                headers={"WWW-Authenticate": 'Bearer realm="cap"'})
-        body = atom_feed(outbox.messages(limit=limit), base_url=base(request),
-                         sender=ctx.config.cap.sender, title=ctx.config.cap.sender_name,
-                         now=ctx.clock())
-        return Response(body, media_type="application/atom+xml; charset=utf-8",
-                        headers={"Cache-Control": "no-store"})
+            return JSONResponse(
+                {"error": "log in first"},
+                status_code=401,
+                headers={"WWW-Authenticate": 'Bearer realm="cap"'},
+            )
+        body = atom_feed(
+            outbox.messages(limit=limit),
+            base_url=base(request),
+            sender=ctx.config.cap.sender,
+            title=ctx.config.cap.sender_name,
+            now=ctx.clock(),
+        )
+        return Response(
+            body,
+            media_type="application/atom+xml; charset=utf-8",
+            headers={"Cache-Control": "no-store"},
+        )
 
     @r.get("/cap/messages/{identifier}.xml", include_in_schema=False)
-    def message(request: Request, identifier: str,
-                authorization: str | None = Header(None, max_length=500)) -> Response:
+    def message(
+        request: Request, identifier: str, authorization: str | None = Header(None, max_length=500)
+    ) -> Response:
         if not may_read(request, authorization):
-            return JSONResponse({"error": "log in first"}, status_code=401,
-                                headers={"WWW-Authenticate": 'Bearer realm="cap"'})
+            return JSONResponse(
+                {"error": "log in first"},
+                status_code=401,
+                headers={"WWW-Authenticate": 'Bearer realm="cap"'},
+            )
         try:
             m = outbox.message(identifier[:128])
         except NotFound:
             return JSONResponse({"error": "not found"}, status_code=404)
-        return Response(m.xml, media_type=f"{CAP_CONTENT_TYPE}; charset=utf-8",
-                        headers={"Cache-Control": "no-store"})
+        return Response(
+            m.xml,
+            media_type=f"{CAP_CONTENT_TYPE}; charset=utf-8",
+            headers={"Cache-Control": "no-store"},
+        )
 
     @r.get("/cap/photo/{incident_id}.jpg", include_in_schema=False)
     def photo(incident_id: str, token: str = Query("", max_length=80)) -> Response:
@@ -85,11 +112,17 @@ def outward_routes(ctx: WebContext, outbox: CapOutbox) -> APIRouter:
             jpeg = ctx.store.photo(incident_id)
         except NotFound:
             return JSONResponse({"error": "forbidden"}, status_code=403)
-        ctx.store.append_audit(at=ctx.clock(), actor="cap-recipient", action="photo_viewed",
-                               incident_id=incident_id, detail={"view": "cap"})
+        ctx.store.append_audit(
+            at=ctx.clock(),
+            actor="cap-recipient",
+            action="photo_viewed",
+            incident_id=incident_id,
+            detail={"view": "cap"},
+        )
         ctx.feed.notify()
-        return Response(jpeg, media_type="image/jpeg",
-                        headers={"Cache-Control": "no-store, private"})
+        return Response(
+            jpeg, media_type="image/jpeg", headers={"Cache-Control": "no-store, private"}
+        )
 
     @r.get("/alerts/{incident_id}/eido.json", include_in_schema=False)
     def eido(request: Request, incident_id: str) -> Response:
@@ -99,12 +132,19 @@ def outward_routes(ctx: WebContext, outbox: CapOutbox) -> APIRouter:
         except NotFound:
             return JSONResponse({"error": "not found"}, status_code=404)
         doc = eido_incident(a, ctx.store.audit_trail(incident_id), ctx.config.cap)
-        ctx.store.append_audit(at=ctx.clock(), actor=s.operator.username,
-                               action="eido_exported", incident_id=incident_id)
-        return Response(json.dumps(doc, indent=2, ensure_ascii=False) + "\n",
-                        media_type="application/json", headers={
-                            "Cache-Control": "no-store",
-                            "Content-Disposition":
-                                f'inline; filename="{filename(incident_id)}.eido.json"'})
+        ctx.store.append_audit(
+            at=ctx.clock(),
+            actor=s.operator.username,
+            action="eido_exported",
+            incident_id=incident_id,
+        )
+        return Response(
+            json.dumps(doc, indent=2, ensure_ascii=False) + "\n",
+            media_type="application/json",
+            headers={
+                "Cache-Control": "no-store",
+                "Content-Disposition": f'inline; filename="{filename(incident_id)}.eido.json"',
+            },
+        )
 
     return r

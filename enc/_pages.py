@@ -38,10 +38,25 @@ __all__ = ["page_routes"]
 _LOGINS_WAITING = 16
 _LABELS = ("fight", "person_down", "fall")
 """Labels offered in the filters (any other is still shown, and found by words)."""
-_AUDIT_ACTIONS = ("received", "acknowledged", "put_on_hold", "resumed", "assigned",
-                  "released", "dispatched", "dismissed", "closed", "reopened", "note",
-                  "escalated", "photo_viewed", "cap_exported", "login", "login_failed",
-                  "logout")
+_AUDIT_ACTIONS = (
+    "received",
+    "acknowledged",
+    "put_on_hold",
+    "resumed",
+    "assigned",
+    "released",
+    "dispatched",
+    "dismissed",
+    "closed",
+    "reopened",
+    "note",
+    "escalated",
+    "photo_viewed",
+    "cap_exported",
+    "login",
+    "login_failed",
+    "logout",
+)
 
 
 def _dms(v: float, pos: str, neg: str) -> str:
@@ -54,13 +69,18 @@ def _dms(v: float, pos: str, neg: str) -> str:
 
 def _tiles(lat: float, lon: float, zoom: int = 17) -> dict[str, Any]:
     """Which 3x3 slippy-map tiles surround a point, and where in them the point is."""
-    n = 2 ** zoom
+    n = 2**zoom
     x = (lon + 180.0) / 360.0 * n
     lat_r = math.radians(lat)
     y = (1.0 - math.asinh(math.tan(lat_r)) / math.pi) / 2.0 * n
     tx, ty = int(x), int(y)
-    return {"z": zoom, "x": tx, "y": ty,
-            "px": int((x - tx + 1) * 256), "py": int((y - ty + 1) * 256)}
+    return {
+        "z": zoom,
+        "x": tx,
+        "y": ty,
+        "px": int((x - tx + 1) * 256),
+        "py": int((y - ty + 1) * 256),
+    }
 
 
 def _pixelated(jpeg: bytes, blocks: int = 12) -> bytes:
@@ -96,8 +116,7 @@ def page_routes(ctx: WebContext) -> APIRouter:
 
     @r.get("/login", include_in_schema=False)
     def login_form(request: Request, next: str = "/") -> Response:
-        if ops.session(request.cookies.get(SESSION_COOKIE), now=ctx.clock(),
-                       touch=False):
+        if ops.session(request.cookies.get(SESSION_COOKIE), now=ctx.clock(), touch=False):
             return RedirectResponse(safe_next(next), status_code=303)
         token = secrets.token_urlsafe(24)
         resp = ctx.page("login.html", login_csrf=token, next=safe_next(next))
@@ -105,40 +124,54 @@ def page_routes(ctx: WebContext) -> APIRouter:
         return resp
 
     @r.post("/login", include_in_schema=False)
-    async def login(request: Request, username: str = Form("", max_length=200),
-                    password: str = Form("", max_length=1024),
-                    csrf: str = Form("", max_length=200),
-                    next: str = Form("/", max_length=500)) -> Response:
+    async def login(
+        request: Request,
+        username: str = Form("", max_length=200),
+        password: str = Form("", max_length=1024),
+        csrf: str = Form("", max_length=200),
+        next: str = Form("/", max_length=500),
+    ) -> Response:
         cookie = request.cookies.get(LOGIN_COOKIE, "")
-        if not cookie or not csrf or not hmac.compare_digest(cookie.encode(),
-                                                              csrf.encode()):
+        if not cookie or not csrf or not hmac.compare_digest(cookie.encode(), csrf.encode()):
             token = secrets.token_urlsafe(24)
-            resp = ctx.page("login.html", 403, login_csrf=token, next=safe_next(next),
-                              error="The login form was stale. Please try again.")
+            resp = ctx.page(
+                "login.html",
+                403,
+                login_csrf=token,
+                next=safe_next(next),
+                error="The login form was stale. Please try again.",
+            )
             ctx.set_cookie(resp, LOGIN_COOKIE, token, 3600)
             return resp
         peer = request.client.host if request.client else "?"
         busy = logins.statistics().tasks_waiting >= _LOGINS_WAITING
         try:
             if busy:
-                raise LoginThrottled("the dashboard is busy: try again in a moment",
-                                     retry_after_s=5)
+                raise LoginThrottled(
+                    "the dashboard is busy: try again in a moment", retry_after_s=5
+                )
             token, _ = await anyio.to_thread.run_sync(
-                lambda: ops.login(username, password, now=ctx.clock(), peer=peer),
-                limiter=logins)
+                lambda: ops.login(username, password, now=ctx.clock(), peer=peer), limiter=logins
+            )
         except LoginRefused as exc:
             t = secrets.token_urlsafe(24)
             throttled = isinstance(exc, LoginThrottled)
-            resp = ctx.page("login.html", 429 if throttled else 401, login_csrf=t,
-                              next=safe_next(next), error=str(exc).capitalize() + ".",
-                              username=username[:64])
+            resp = ctx.page(
+                "login.html",
+                429 if throttled else 401,
+                login_csrf=t,
+                next=safe_next(next),
+                error=str(exc).capitalize() + ".",
+                username=username[:64],
+            )
             if isinstance(exc, LoginThrottled):
                 resp.headers["Retry-After"] = str(exc.retry_after_s)
             ctx.set_cookie(resp, LOGIN_COOKIE, t, 3600)
             return resp
         done = RedirectResponse(safe_next(next), status_code=303)
-        ctx.set_cookie(done, SESSION_COOKIE, token,
-                         ctx.config.dashboard.session_lifetime_minutes * 60)
+        ctx.set_cookie(
+            done, SESSION_COOKIE, token, ctx.config.dashboard.session_lifetime_minutes * 60
+        )
         done.delete_cookie(LOGIN_COOKIE, path="/")
         return done
 
@@ -157,10 +190,18 @@ def page_routes(ctx: WebContext) -> APIRouter:
         cursor = store.last_audit_id()
         f = ctx.alert_filter(request)
         alerts = ctx.filtered(f)
-        return ctx.page("list.html", session=s, alerts=alerts, cursor=cursor,
-                        now=ctx.clock(), wall=request.query_params.get("wall") == "1",
-                        filter=f, query=request.query_params, labels=_LABELS,
-                        zones=list(ctx.config.dashboard.zones))
+        return ctx.page(
+            "list.html",
+            session=s,
+            alerts=alerts,
+            cursor=cursor,
+            now=ctx.clock(),
+            wall=request.query_params.get("wall") == "1",
+            filter=f,
+            query=request.query_params,
+            labels=_LABELS,
+            zones=list(ctx.config.dashboard.zones),
+        )
 
     @r.get("/alerts/{incident_id}", include_in_schema=False)
     def alert_page(request: Request, incident_id: str) -> Response:
@@ -168,8 +209,13 @@ def page_routes(ctx: WebContext) -> APIRouter:
         try:
             a = store.alert(incident_id)
         except NotFound:
-            return ctx.page("error.html", 404, title="No such alert",
-                              message="There is no alert with that id.", session=s)
+            return ctx.page(
+                "error.html",
+                404,
+                title="No such alert",
+                message="There is no alert with that id.",
+                session=s,
+            )
         c = a.coords
         geo = f"geo:{c.lat:.6f},{c.lon:.6f}" + (f";u={c.acc:.0f}" if c.acc else "")
         tiles = None
@@ -178,16 +224,27 @@ def page_routes(ctx: WebContext) -> APIRouter:
             tiles["template"] = ctx.config.dashboard.map_tile_url
         flash = request.cookies.get(FLASH_COOKIE)
         page = ctx.page(
-            "alert.html", session=s, alert=a, trail=store.audit_trail(incident_id),
+            "alert.html",
+            session=s,
+            alert=a,
+            trail=store.audit_trail(incident_id),
             earlier=store.alerts(device_uid=a.device_uid, before=a.received_at, limit=10),
-            geo=geo, dms=f"{_dms(c.lat, 'N', 'S')} {_dms(c.lon, 'E', 'W')}",
-            tiles=tiles, now=ctx.clock(), Status=AlertStatus,
+            geo=geo,
+            dms=f"{_dms(c.lat, 'N', 'S')} {_dms(c.lon, 'E', 'W')}",
+            tiles=tiles,
+            now=ctx.clock(),
+            Status=AlertStatus,
             supervisor=s.operator.role is Role.SUPERVISOR,
             cap_deliveries=ctx.cap_deliveries(incident_id),
             reports=linked_reports(store, incident_id),
-            colleagues=[o.username for o in ops.list()
-                        if not o.disabled and o.username != s.operator.username],
-            cursor=store.last_audit_id(), message=unquote(flash)[:300] if flash else None)
+            colleagues=[
+                o.username
+                for o in ops.list()
+                if not o.disabled and o.username != s.operator.username
+            ],
+            cursor=store.last_audit_id(),
+            message=unquote(flash)[:300] if flash else None,
+        )
         if flash:
             page.delete_cookie(FLASH_COOKIE, path="/")
         return page
@@ -202,13 +259,18 @@ def page_routes(ctx: WebContext) -> APIRouter:
         view = request.query_params.get("view", "")
         full = request.query_params.get("full") == "1" or view == "full"
         view = "full" if full else ("wall" if view == "wall" else "page")
-        store.append_audit(at=ctx.clock(), actor=s.operator.username,
-                           action="photo_viewed", incident_id=incident_id,
-                           detail={"full": full, "view": view})
+        store.append_audit(
+            at=ctx.clock(),
+            actor=s.operator.username,
+            action="photo_viewed",
+            incident_id=incident_id,
+            detail={"full": full, "view": view},
+        )
         ctx.feed.notify()
         # no-store: every view is fetched, and so audited.
-        return Response(jpeg, media_type="image/jpeg",
-                        headers={"Cache-Control": "no-store, private"})
+        return Response(
+            jpeg, media_type="image/jpeg", headers={"Cache-Control": "no-store, private"}
+        )
 
     @r.get("/alerts/{incident_id}/reports/{report_id}/photo.jpg", include_in_schema=False)
     def report_photo(request: Request, incident_id: str, report_id: str) -> Response:
@@ -219,14 +281,22 @@ def page_routes(ctx: WebContext) -> APIRouter:
             return JSONResponse({"error": "not found"}, status_code=404)
         preview = request.query_params.get("view") == "preview"
         if preview:  # coarse blocks, nobody recognisable: not a view
-            return Response(_pixelated(jpeg), media_type="image/jpeg",
-                            headers={"Cache-Control": "no-store, private"})
-        store.append_audit(at=ctx.clock(), actor=s.operator.username,
-                           action="photo_viewed", incident_id=incident_id,
-                           detail={"view": "full", "report": report_id})
+            return Response(
+                _pixelated(jpeg),
+                media_type="image/jpeg",
+                headers={"Cache-Control": "no-store, private"},
+            )
+        store.append_audit(
+            at=ctx.clock(),
+            actor=s.operator.username,
+            action="photo_viewed",
+            incident_id=incident_id,
+            detail={"view": "full", "report": report_id},
+        )
         ctx.feed.notify()
-        return Response(jpeg, media_type="image/jpeg",
-                        headers={"Cache-Control": "no-store, private"})
+        return Response(
+            jpeg, media_type="image/jpeg", headers={"Cache-Control": "no-store, private"}
+        )
 
     @r.get("/alerts/{incident_id}/preview.jpg", include_in_schema=False)
     def preview(request: Request, incident_id: str) -> Response:
@@ -236,34 +306,51 @@ def page_routes(ctx: WebContext) -> APIRouter:
             jpeg = store.photo(incident_id)
         except NotFound:
             return JSONResponse({"error": "not found"}, status_code=404)
-        return Response(_pixelated(jpeg), media_type="image/jpeg",
-                        headers={"Cache-Control": "no-store, private"})
+        return Response(
+            _pixelated(jpeg),
+            media_type="image/jpeg",
+            headers={"Cache-Control": "no-store, private"},
+        )
 
     @r.get("/alerts/{incident_id}/cap.xml", include_in_schema=False)
     def cap(request: Request, incident_id: str) -> Response:
         s = ctx.session(request, api=False)
         try:
             a = store.alert(incident_id)
-            xml = cap_message(a, store.audit_trail(incident_id), ctx.config.cap,
-                              photo=store.photo(incident_id))
+            xml = cap_message(
+                a, store.audit_trail(incident_id), ctx.config.cap, photo=store.photo(incident_id)
+            )
         except NotFound:
             return JSONResponse({"error": "not found"}, status_code=404)
-        store.append_audit(at=ctx.clock(), actor=s.operator.username,
-                           action="cap_exported", incident_id=incident_id)
-        return Response(xml, media_type="application/xml; charset=utf-8", headers={
-            "Cache-Control": "no-store",
-            "Content-Disposition": f'inline; filename="{filename(incident_id)}.cap.xml"'})
+        store.append_audit(
+            at=ctx.clock(),
+            actor=s.operator.username,
+            action="cap_exported",
+            incident_id=incident_id,
+        )
+        return Response(
+            xml,
+            media_type="application/xml; charset=utf-8",
+            headers={
+                "Cache-Control": "no-store",
+                "Content-Disposition": f'inline; filename="{filename(incident_id)}.cap.xml"',
+            },
+        )
 
     @r.post("/alerts/{incident_id}/{action}", include_in_schema=False)
-    def act_form(request: Request, incident_id: str, action: str,
-                 csrf: str = Form("", max_length=200),
-                 unit: str = Form("", max_length=200),
-                 comment: str = Form("", max_length=2000),
-                 reason: str = Form("", max_length=2000),
-                 seen: str = Form("", max_length=30),
-                 takeover: str = Form("", max_length=200),
-                 resolution: str = Form("", max_length=64),
-                 assignee: str = Form("", max_length=200)) -> Response:
+    def act_form(
+        request: Request,
+        incident_id: str,
+        action: str,
+        csrf: str = Form("", max_length=200),
+        unit: str = Form("", max_length=200),
+        comment: str = Form("", max_length=2000),
+        reason: str = Form("", max_length=2000),
+        seen: str = Form("", max_length=30),
+        takeover: str = Form("", max_length=200),
+        resolution: str = Form("", max_length=64),
+        assignee: str = Form("", max_length=200),
+    ) -> Response:
         s = ctx.session(request, api=False)
         ctx.check_csrf(s, csrf, api=False)
         url = f"/alerts/{quote(incident_id, safe='')}"
@@ -272,19 +359,39 @@ def page_routes(ctx: WebContext) -> APIRouter:
             a = store.alert(incident_id)
             # A supervisor's takeover is confirmed on the form, naming whom it is from;
             # the alert as seen (``seen``) makes sure that is still who has it.
-            if (s.operator.role is Role.SUPERVISOR and a.taken_by not in (None, me)
-                    and a.status.taken and takeover != a.taken_by
-                    and action not in ("reopen", "note")):
-                raise ActionRefused(f"{a.taken_by} has taken this alert: tick "
-                                    f"\"Take over from {a.taken_by}\" to act on it")
-            apply_action(store, incident_id, action, operator=me,
-                         role=s.operator.role, now=ctx.clock(), unit=unit,
-                         comment=comment, reason=reason, resolution=resolution,
-                         assignee=assignee,
-                         seen_status_at=int(seen) if seen.isdigit() else None)
+            if (
+                s.operator.role is Role.SUPERVISOR
+                and a.taken_by not in (None, me)
+                and a.status.taken
+                and takeover != a.taken_by
+                and action not in ("reopen", "note")
+            ):
+                raise ActionRefused(
+                    f"{a.taken_by} has taken this alert: tick "
+                    f'"Take over from {a.taken_by}" to act on it'
+                )
+            apply_action(
+                store,
+                incident_id,
+                action,
+                operator=me,
+                role=s.operator.role,
+                now=ctx.clock(),
+                unit=unit,
+                comment=comment,
+                reason=reason,
+                resolution=resolution,
+                assignee=assignee,
+                seen_status_at=int(seen) if seen.isdigit() else None,
+            )
         except NotFound:
-            return ctx.page("error.html", 404, title="No such alert",
-                              message="There is no alert with that id.", session=s)
+            return ctx.page(
+                "error.html",
+                404,
+                title="No such alert",
+                message="There is no alert with that id.",
+                session=s,
+            )
         except ActionRefused as exc:
             # Said on the next page through a short-lived cookie, not the URL, so that
             # no link can put words on an operator's screen.
@@ -308,21 +415,34 @@ def page_routes(ctx: WebContext) -> APIRouter:
         incidents: list[str] | None = None
         if f.labels or f.zone or f.statuses or f.text:
             # The entries about the alerts that pass the alert part of the filter.
-            about = AlertFilter(statuses=f.statuses, labels=f.labels, zone=f.zone,
-                                text=f.text)
-            incidents = [a.incident_id for a in store.alerts(
-                limit=5000, statuses=f.statuses, labels=f.labels)
-                if about.matches(a, ctx.ui.area(a), label_text=ctx.ui.label(a.label))]
+            about = AlertFilter(statuses=f.statuses, labels=f.labels, zone=f.zone, text=f.text)
+            incidents = [
+                a.incident_id
+                for a in store.alerts(limit=5000, statuses=f.statuses, labels=f.labels)
+                if about.matches(a, ctx.ui.area(a), label_text=ctx.ui.label(a.label))
+            ]
         if incident:
-            incidents = [incident] if incidents is None else [
-                i for i in incidents if i == incident]
-        entries = store.audit_search(limit=500, since=f.since, before=f.until,
-                                     actions=actions, actor=actor or None,
-                                     incidents=incidents)
-        return ctx.page("audit.html", session=s, entries=entries, filter=f, query=q,
-                        errors=errors, labels=_LABELS, zones=list(ctx.config.dashboard.zones),
-                        actions=_AUDIT_ACTIONS, ui_actions=ctx.ui.action,
-                        filtered=bool(actions or actor or incidents is not None
-                                      or f.since or f.until))
+            incidents = [incident] if incidents is None else [i for i in incidents if i == incident]
+        entries = store.audit_search(
+            limit=500,
+            since=f.since,
+            before=f.until,
+            actions=actions,
+            actor=actor or None,
+            incidents=incidents,
+        )
+        return ctx.page(
+            "audit.html",
+            session=s,
+            entries=entries,
+            filter=f,
+            query=q,
+            errors=errors,
+            labels=_LABELS,
+            zones=list(ctx.config.dashboard.zones),
+            actions=_AUDIT_ACTIONS,
+            ui_actions=ctx.ui.action,
+            filtered=bool(actions or actor or incidents is not None or f.since or f.until),
+        )
 
     return r

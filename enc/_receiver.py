@@ -36,8 +36,15 @@ _STATUS = {
     # retry) is safer than forgetting an entry early.
     "replay_cache_full": 429,
 }
-_PHRASES = {400: "bad request", 401: "unauthorized", 409: "conflict", 413: "too large",
-            415: "unsupported media type", 429: "too many requests", 503: "retry later"}
+_PHRASES = {
+    400: "bad request",
+    401: "unauthorized",
+    409: "conflict",
+    413: "too large",
+    415: "unsupported media type",
+    429: "too many requests",
+    503: "retry later",
+}
 
 
 class _TooLarge(Exception):
@@ -60,8 +67,10 @@ def _is_cose_encrypt0(content_type: str | None) -> bool:
         return False
     for param in params:
         name, _, value = param.partition("=")
-        if name.strip().lower() == "cose-type" and \
-                value.strip().strip('"').lower() != "cose-encrypt0":
+        if (
+            name.strip().lower() == "cose-type"
+            and value.strip().strip('"').lower() != "cose-encrypt0"
+        ):
             return False
     return True
 
@@ -88,9 +97,15 @@ class AlertReceiver:
     live feed wakes up on it.
     """
 
-    def __init__(self, *, endpoint: p.EncEndpoint, store: AlertStore, max_body: int,
-                 clock: Callable[[], int] | None = None,
-                 on_stored: Callable[[str], Awaitable[None]] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        endpoint: p.EncEndpoint,
+        store: AlertStore,
+        max_body: int,
+        clock: Callable[[], int] | None = None,
+        on_stored: Callable[[str], Awaitable[None]] | None = None,
+    ) -> None:
         self.endpoint = endpoint
         self.store = store
         self.max_body = max_body
@@ -98,9 +113,11 @@ class AlertReceiver:
         self._on_stored = on_stored
         self.router = APIRouter()
         self.router.add_api_route(
-            "/v1/alerts", self.post_alert, methods=["POST"], include_in_schema=False)
+            "/v1/alerts", self.post_alert, methods=["POST"], include_in_schema=False
+        )
         self.router.add_api_route(
-            "/v1/reports", self.post_report, methods=["POST"], include_in_schema=False)
+            "/v1/reports", self.post_report, methods=["POST"], include_in_schema=False
+        )
 
     async def post_report(self, request: Request) -> Response:
         """N3 in, N2 out (docs/protocol.md, "N3, a linked report")."""
@@ -120,20 +137,24 @@ class AlertReceiver:
         if report is None:
             dropped = next((e for e in events if isinstance(e, p.MessageDropped)), None)
             reason = dropped.reason if dropped else "unknown"
-            log.info("N3 refused from %s: %s (%s)", peer, reason,
-                     dropped.detail if dropped else "")
+            log.info("N3 refused from %s: %s (%s)", peer, reason, dropped.detail if dropped else "")
             return _refuse(_STATUS.get(reason, 400))
         try:
             how, new = await anyio.to_thread.run_sync(
-                lambda: record_linked_report(self.store, report, received_at=now))
+                lambda: record_linked_report(self.store, report, received_at=now)
+            )
         except StoreError as exc:
-            log.error("report %s (joins %s) not stored: %s", report.report_id,
-                      report.incident_id, exc)
+            log.error(
+                "report %s (joins %s) not stored: %s", report.report_id, report.incident_id, exc
+            )
             return _refuse(503)
-        log.info("report %s joining alert %s from server %s: %s", report.report_id,
-                 report.incident_id, report.server_kid.hex(),
-                 ("stored as its own alert" if how == "own" else "linked") if new
-                 else "already stored")
+        log.info(
+            "report %s joining alert %s from server %s: %s",
+            report.report_id,
+            report.incident_id,
+            report.server_kid.hex(),
+            ("stored as its own alert" if how == "own" else "linked") if new else "already stored",
+        )
         if new and self._on_stored is not None:
             await self._on_stored(report.incident_id if how == "linked" else report.report_id)
         n2 = self.endpoint.report_receipt(report, self._clock())
@@ -142,8 +163,9 @@ class AlertReceiver:
     async def post_alert(self, request: Request) -> Response:
         peer = request.client.host if request.client else "?"
         if not _is_cose_encrypt0(request.headers.get("content-type")):
-            log.info("N1 refused from %s: content type %r", peer,
-                     request.headers.get("content-type"))
+            log.info(
+                "N1 refused from %s: content type %r", peer, request.headers.get("content-type")
+            )
             return _refuse(415)
         try:
             body = await _read_limited(request, self.max_body)
@@ -159,19 +181,29 @@ class AlertReceiver:
             dropped = next((e for e in events if isinstance(e, p.MessageDropped)), None)
             reason = dropped.reason if dropped else "unknown"
             kid = dropped.kid.hex() if dropped and dropped.kid else "-"
-            log.info("N1 refused from %s kid %s: %s (%s)", peer, kid, reason,
-                     dropped.detail if dropped else "")
+            log.info(
+                "N1 refused from %s kid %s: %s (%s)",
+                peer,
+                kid,
+                reason,
+                dropped.detail if dropped else "",
+            )
             return _refuse(_STATUS.get(reason, 400))
         try:
             new = await anyio.to_thread.run_sync(
-                lambda: self.store.record_alert(alert, received_at=now))
+                lambda: self.store.record_alert(alert, received_at=now)
+            )
         except StoreError as exc:
             # Not stored, so no N2: the server keeps the alert in its outbox and retries
             # with a fresh N1.
             log.error("alert %s not stored: %s", alert.incident_id, exc)
             return _refuse(503)
-        log.info("alert %s from server %s: %s", alert.incident_id, alert.server_kid.hex(),
-                 "stored" if new else "already stored")
+        log.info(
+            "alert %s from server %s: %s",
+            alert.incident_id,
+            alert.server_kid.hex(),
+            "stored" if new else "already stored",
+        )
         if new and self._on_stored is not None:
             await self._on_stored(alert.incident_id)
         n2 = self.endpoint.receipt(alert, self._clock())

@@ -21,8 +21,19 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["AlertRow", "AuditRow", "Base", "CapCursorRow", "CapDeliveryRow", "CapMessageRow",
-           "LinkedReportRow", "OperatorRow", "PhotoRow", "SessionRow", "SettingRow"]
+__all__ = [
+    "AlertRow",
+    "AuditRow",
+    "Base",
+    "CapCursorRow",
+    "CapDeliveryRow",
+    "CapMessageRow",
+    "LinkedReportRow",
+    "OperatorRow",
+    "PhotoRow",
+    "SessionRow",
+    "SettingRow",
+]
 
 # SQLite only auto-increments an INTEGER PRIMARY KEY.
 _BigId = BigInteger().with_variant(Integer(), "sqlite")
@@ -66,7 +77,8 @@ class PhotoRow(Base):
     __tablename__ = "enc_photos"
 
     incident_id: Mapped[str] = mapped_column(
-        String(64), ForeignKey("enc_alerts.incident_id"), primary_key=True)
+        String(64), ForeignKey("enc_alerts.incident_id"), primary_key=True
+    )
     jpeg: Mapped[bytes] = mapped_column(LargeBinary)
     """The photo, sealed under the store key (in clear only in rows from before
     sealing, until the store seals them when it opens)."""
@@ -105,7 +117,8 @@ class SessionRow(Base):
 
     token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
     username: Mapped[str] = mapped_column(
-        String(64), ForeignKey("enc_operators.username"), index=True)
+        String(64), ForeignKey("enc_operators.username"), index=True
+    )
     csrf: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[int] = mapped_column(BigInteger)
     last_seen: Mapped[int] = mapped_column(BigInteger)
@@ -131,12 +144,16 @@ class CapDeliveryRow(Base):
     """One CAP message to one recipient: the retry queue."""
 
     __tablename__ = "enc_cap_deliveries"
-    __table_args__ = (UniqueConstraint("identifier", "recipient",
-                                       name="uq_enc_cap_deliveries_identifier_recipient"),)
+    __table_args__ = (
+        UniqueConstraint(
+            "identifier", "recipient", name="uq_enc_cap_deliveries_identifier_recipient"
+        ),
+    )
 
     id: Mapped[int] = mapped_column(_BigId, primary_key=True, autoincrement=True)
     identifier: Mapped[str] = mapped_column(
-        String(128), ForeignKey("enc_cap_messages.identifier", ondelete="CASCADE"), index=True)
+        String(128), ForeignKey("enc_cap_messages.identifier", ondelete="CASCADE"), index=True
+    )
     recipient: Mapped[str] = mapped_column(String(64), index=True)
     created_at: Mapped[int] = mapped_column(BigInteger)
     attempts: Mapped[int] = mapped_column(Integer)
@@ -173,7 +190,8 @@ class LinkedReportRow(Base):
 
     report_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     incident_id: Mapped[str] = mapped_column(
-        String(64), ForeignKey("enc_alerts.incident_id", ondelete="CASCADE"), index=True)
+        String(64), ForeignKey("enc_alerts.incident_id", ondelete="CASCADE"), index=True
+    )
     server_kid: Mapped[str] = mapped_column(String(16))
     device_uid: Mapped[str] = mapped_column(String(64))
     label: Mapped[str] = mapped_column(String(32))

@@ -52,9 +52,12 @@ def build_endpoint(config: EncConfig) -> p.EncEndpoint:
         servers={s.kid: p.AesGcmCipher(s.key) for s in config.servers},
         random=secrets.token_bytes,
         timing=p.Timing(window_ms=config.limits.timestamp_window_seconds * 1000),
-        limits=p.Limits(max_photo=config.limits.max_photo_bytes,
-                        envelope_overhead=max(4096, config.limits.max_body_bytes
-                                              - config.limits.max_photo_bytes)),
+        limits=p.Limits(
+            max_photo=config.limits.max_photo_bytes,
+            envelope_overhead=max(
+                4096, config.limits.max_body_bytes - config.limits.max_photo_bytes
+            ),
+        ),
     )
 
 
@@ -87,17 +90,28 @@ def _phrase(status: int) -> str:
         return "error"
 
 
-def build_app(config: EncConfig, store: AlertStore, *,
-              clock: Callable[[], int] = _now_ms) -> FastAPI:
+def build_app(
+    config: EncConfig, store: AlertStore, *, clock: Callable[[], int] = _now_ms
+) -> FastAPI:
     """The ASGI app: alert endpoint, health check, and the operators' dashboard."""
     feed = LiveFeed()
     metrics = EncMetrics(store.status_counts)
     dashboard = Dashboard(config=config, store=store, feed=feed, clock=clock)
     outbox = CapOutbox(store, config.cap)
-    sender = CapSender(outbox, dict(config.cap.recipients), clock=clock, headers={
-        name: {"Authorization": read_secret(r.authorization_file,
-                                            f"cap.recipients.{name}.authorization_file")}
-        for name, r in config.cap.recipients.items() if r.authorization_file})
+    sender = CapSender(
+        outbox,
+        dict(config.cap.recipients),
+        clock=clock,
+        headers={
+            name: {
+                "Authorization": read_secret(
+                    r.authorization_file, f"cap.recipients.{name}.authorization_file"
+                )
+            }
+            for name, r in config.cap.recipients.items()
+            if r.authorization_file
+        },
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -111,10 +125,16 @@ def build_app(config: EncConfig, store: AlertStore, *,
             sender.poke()
             await asyncio.gather(sending, return_exceptions=True)
 
-    app = FastAPI(title="CityWatch ENC", version="1", docs_url=None, redoc_url=None,
-                  openapi_url="/openapi.json", lifespan=lifespan,
-                  description="The dashboard's JSON API. The alert endpoint POST /v1/alerts "
-                              "speaks COSE (protocol.md section 5) and is not listed here.")
+    app = FastAPI(
+        title="CityWatch ENC",
+        version="1",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url="/openapi.json",
+        lifespan=lifespan,
+        description="The dashboard's JSON API. The alert endpoint POST /v1/alerts "
+        "speaks COSE (protocol.md section 5) and is not listed here.",
+    )
     _install_error_pages(app)
 
     async def on_stored(incident_id: str) -> None:
@@ -122,9 +142,13 @@ def build_app(config: EncConfig, store: AlertStore, *,
         feed.notify()
         sender.poke()
 
-    receiver = AlertReceiver(endpoint=build_endpoint(config), store=store,
-                             max_body=config.limits.max_body_bytes, clock=clock,
-                             on_stored=on_stored)
+    receiver = AlertReceiver(
+        endpoint=build_endpoint(config),
+        store=store,
+        max_body=config.limits.max_body_bytes,
+        clock=clock,
+        on_stored=on_stored,
+    )
     app.include_router(receiver.router)
 
     @app.get("/healthz", include_in_schema=False)
@@ -148,8 +172,12 @@ def build_app(config: EncConfig, store: AlertStore, *,
     if config.dashboard.map_tile_url:
         u = urlsplit(config.dashboard.map_tile_url)
         img_src += f" {u.scheme}://{u.netloc}"
-    app.add_middleware(HttpHardening, max_body=config.dashboard.max_form_bytes,
-                       exempt=frozenset({"/v1/alerts"}), img_src=img_src)
+    app.add_middleware(
+        HttpHardening,
+        max_body=config.dashboard.max_form_bytes,
+        exempt=frozenset({"/v1/alerts"}),
+        img_src=img_src,
+    )
     app.state.config = config
     app.state.store = store
     app.state.dashboard = dashboard
@@ -190,16 +218,20 @@ class EncService:
         metrics = self.app.state.metrics
         while not stop.is_set():
             try:
-                report = await asyncio.to_thread(self.store.purge, r.periods_ms(),
-                                                 now=time.time_ns() // 1_000_000)
+                report = await asyncio.to_thread(
+                    self.store.purge, r.periods_ms(), now=time.time_ns() // 1_000_000
+                )
             except EncError as exc:
                 log.error("retention purge failed, nothing was removed: %s", exc)
             else:
                 if report.total:
                     metrics.purged.labels("photo").inc(len(report.photos))
                     metrics.purged.labels("alert").inc(len(report.alerts))
-                    log.info("retention: %d dismissed alert photo(s) and %d closed alert(s) "
-                             "deleted", len(report.photos), len(report.alerts))
+                    log.info(
+                        "retention: %d dismissed alert photo(s) and %d closed alert(s) deleted",
+                        len(report.photos),
+                        len(report.alerts),
+                    )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=r.purge_every_minutes * 60)
 
@@ -216,13 +248,24 @@ class EncService:
         if not c.servers:
             log.warning("no trusted server is configured: every alert will be refused")
         uc = uvicorn.Config(
-            self.app, host=c.http.host, port=c.http.port,
-            ssl_certfile=c.http.tls_cert or None, ssl_keyfile=c.http.tls_key or None,
-            server_header=False, proxy_headers=False, log_config=None, access_log=False,
-            timeout_graceful_shutdown=5, http=request_deadline(),
+            self.app,
+            host=c.http.host,
+            port=c.http.port,
+            ssl_certfile=c.http.tls_cert or None,
+            ssl_keyfile=c.http.tls_key or None,
+            server_header=False,
+            proxy_headers=False,
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=5,
+            http=request_deadline(),
         )
-        log.info("ENC listening on %s (%d trusted server(s), store %s)", c.base_url,
-                 len(c.servers), self.store.engine.url.render_as_string(hide_password=True))
+        log.info(
+            "ENC listening on %s (%d trusted server(s), store %s)",
+            c.base_url,
+            len(c.servers),
+            self.store.engine.url.render_as_string(hide_password=True),
+        )
         server = _Server(uc, self.notifier)
         serving = asyncio.create_task(server.serve(), name="http")
         stopper = asyncio.create_task(stop.wait(), name="stop")

@@ -114,12 +114,20 @@ class Alert:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "incident_id": self.incident_id, "server_kid": self.server_kid,
-            "device_uid": self.device_uid, "label": self.label, "score": self.score,
-            "coords": self.coords.to_map(), "captured_at": self.captured_at,
-            "sent_at": self.sent_at, "received_at": self.received_at,
-            "photo_size": self.photo_size, "photo_sha256": self.photo_sha256,
-            "status": self.status.value, "status_at": self.status_at, "taken_by": self.taken_by,
+            "incident_id": self.incident_id,
+            "server_kid": self.server_kid,
+            "device_uid": self.device_uid,
+            "label": self.label,
+            "score": self.score,
+            "coords": self.coords.to_map(),
+            "captured_at": self.captured_at,
+            "sent_at": self.sent_at,
+            "received_at": self.received_at,
+            "photo_size": self.photo_size,
+            "photo_sha256": self.photo_sha256,
+            "status": self.status.value,
+            "status_at": self.status_at,
+            "taken_by": self.taken_by,
             "escalated_at": self.escalated_at,
         }
 
@@ -140,8 +148,7 @@ class PurgeReport:
         return len(self.photos) + len(self.alerts)
 
     def to_json(self) -> dict[str, Any]:
-        return {"dry_run": self.dry_run, "photos": list(self.photos),
-                "alerts": list(self.alerts)}
+        return {"dry_run": self.dry_run, "photos": list(self.photos), "alerts": list(self.alerts)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,8 +169,14 @@ class AuditEntry:
     """Particulars (unit, comment, reason ...)."""
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "at": self.at, "incident_id": self.incident_id,
-                "actor": self.actor, "action": self.action, "detail": self.detail}
+        return {
+            "id": self.id,
+            "at": self.at,
+            "incident_id": self.incident_id,
+            "actor": self.actor,
+            "action": self.action,
+            "detail": self.detail,
+        }
 
 
 def _aad(incident_id: str, column: str) -> bytes:
@@ -173,19 +186,34 @@ def _aad(incident_id: str, column: str) -> bytes:
 
 def _alert(r: AlertRow, coords: p.Coords) -> Alert:
     return Alert(
-        incident_id=r.incident_id, server_kid=r.server_kid, device_uid=r.device_uid,
-        label=r.label, score=r.score, coords=coords,
-        captured_at=r.captured_at, sent_at=r.sent_at, received_at=r.received_at,
-        photo_size=r.photo_size, photo_sha256=r.photo_sha256, status=AlertStatus(r.status),
-        status_at=r.status_at, taken_by=r.taken_by, escalated_at=r.escalated_at,
-        linked_labels=tuple((str(lb), float(sc)) for lb, sc in json.loads(
-            r.linked_labels or "[]")),
+        incident_id=r.incident_id,
+        server_kid=r.server_kid,
+        device_uid=r.device_uid,
+        label=r.label,
+        score=r.score,
+        coords=coords,
+        captured_at=r.captured_at,
+        sent_at=r.sent_at,
+        received_at=r.received_at,
+        photo_size=r.photo_size,
+        photo_sha256=r.photo_sha256,
+        status=AlertStatus(r.status),
+        status_at=r.status_at,
+        taken_by=r.taken_by,
+        escalated_at=r.escalated_at,
+        linked_labels=tuple((str(lb), float(sc)) for lb, sc in json.loads(r.linked_labels or "[]")),
     )
 
 
 def _entry(r: AuditRow) -> AuditEntry:
-    return AuditEntry(id=r.id, at=r.at, incident_id=r.incident_id, actor=r.actor,
-                      action=r.action, detail=json.loads(r.detail))
+    return AuditEntry(
+        id=r.id,
+        at=r.at,
+        incident_id=r.incident_id,
+        actor=r.actor,
+        action=r.action,
+        detail=json.loads(r.detail),
+    )
 
 
 def migrate(engine: Engine) -> None:
@@ -243,31 +271,55 @@ class AlertStore:
                 lock.release()
 
     @staticmethod
-    def audit(s: Session, *, at: int, incident_id: str | None, actor: str, action: str,
-               detail: dict[str, Any] | None = None) -> AuditRow:
-        row = AuditRow(at=at, incident_id=incident_id, actor=actor, action=action,
-                       detail=json.dumps(detail or {}, sort_keys=True))
+    def audit(
+        s: Session,
+        *,
+        at: int,
+        incident_id: str | None,
+        actor: str,
+        action: str,
+        detail: dict[str, Any] | None = None,
+    ) -> AuditRow:
+        row = AuditRow(
+            at=at,
+            incident_id=incident_id,
+            actor=actor,
+            action=action,
+            detail=json.dumps(detail or {}, sort_keys=True),
+        )
         s.add(row)
         return row
 
     # -- alerts -------------------------------------------------------------------
 
-    def record_alert(self, alert: p.AlertReceived, *, received_at: int,
-                     joins: dict[str, Any] | None = None) -> bool:
+    def record_alert(
+        self, alert: p.AlertReceived, *, received_at: int, joins: dict[str, Any] | None = None
+    ) -> bool:
         """Store a valid N1's alert; True if new, False if that incident was already
         stored (then nothing changes). Durable when it returns. ``joins``: added to the
         ``received`` entry of a linked report stored as an alert of its own."""
         actor = f"server:{alert.server_kid.hex()}"
         c = alert.coords
         row = AlertRow(
-            incident_id=alert.incident_id, server_kid=alert.server_kid.hex(),
-            device_uid=alert.device_uid, label=alert.label, score=alert.score,
-            lat=None, lon=None, alt=None, acc=None,
+            incident_id=alert.incident_id,
+            server_kid=alert.server_kid.hex(),
+            device_uid=alert.device_uid,
+            label=alert.label,
+            score=alert.score,
+            lat=None,
+            lon=None,
+            alt=None,
+            acc=None,
             coords_sealed=self._seal_coords(alert.incident_id, c.lat, c.lon, c.alt, c.acc),
-            coord_src=alert.coords.src, captured_at=alert.captured_at,
-            sent_at=alert.ts, received_at=received_at, photo_size=len(alert.photo),
-            photo_sha256=hashlib.sha256(alert.photo).hexdigest(), status=AlertStatus.NEW.value,
-            status_at=received_at, taken_by=None,
+            coord_src=alert.coords.src,
+            captured_at=alert.captured_at,
+            sent_at=alert.ts,
+            received_at=received_at,
+            photo_size=len(alert.photo),
+            photo_sha256=hashlib.sha256(alert.photo).hexdigest(),
+            status=AlertStatus.NEW.value,
+            status_at=received_at,
+            taken_by=None,
         )
         try:
             with self.transaction(write=True) as s:
@@ -275,13 +327,27 @@ class AlertStore:
                     return False
                 s.add(row)
                 s.flush()  # the photo's foreign key needs the alert first
-                s.add(PhotoRow(incident_id=alert.incident_id,
-                               jpeg=self._sealer_or_fail().seal(
-                                   alert.photo, aad=_aad(alert.incident_id, "photo"))))
-                self.audit(s, at=received_at, incident_id=alert.incident_id, actor=actor,
-                            action="received",
-                            detail={"device": alert.device_uid, "label": alert.label,
-                                    "score": alert.score, **(joins or {})})
+                s.add(
+                    PhotoRow(
+                        incident_id=alert.incident_id,
+                        jpeg=self._sealer_or_fail().seal(
+                            alert.photo, aad=_aad(alert.incident_id, "photo")
+                        ),
+                    )
+                )
+                self.audit(
+                    s,
+                    at=received_at,
+                    incident_id=alert.incident_id,
+                    actor=actor,
+                    action="received",
+                    detail={
+                        "device": alert.device_uid,
+                        "label": alert.label,
+                        "score": alert.score,
+                        **(joins or {}),
+                    },
+                )
         except IntegrityError:
             # Another process stored the same incident between our check and insert.
             return False
@@ -294,9 +360,16 @@ class AlertStore:
                 raise NotFound(f"no alert {incident_id!r}")
             return self.view(r)
 
-    def alerts(self, *, limit: int = 500, device_uid: str | None = None,
-               before: int | None = None, since: int | None = None,
-               statuses: Collection[str] = (), labels: Collection[str] = ()) -> list[Alert]:
+    def alerts(
+        self,
+        *,
+        limit: int = 500,
+        device_uid: str | None = None,
+        before: int | None = None,
+        since: int | None = None,
+        statuses: Collection[str] = (),
+        labels: Collection[str] = (),
+    ) -> list[Alert]:
         """Newest first; received in [``since``, ``before``) when given, in one of
         ``statuses`` and ``labels`` when given."""
         q = select(AlertRow).order_by(AlertRow.received_at.desc(), AlertRow.incident_id)
@@ -334,49 +407,77 @@ class AlertStore:
 
     # -- retention ------------------------------------------------------------------
 
-    def purge(self, periods_ms: tuple[int | None, int | None], *, now: int,
-              dry_run: bool = False, actor: str = "enc:retention") -> PurgeReport:
+    def purge(
+        self,
+        periods_ms: tuple[int | None, int | None],
+        *,
+        now: int,
+        dry_run: bool = False,
+        actor: str = "enc:retention",
+    ) -> PurgeReport:
         """Delete the photos of alerts dismissed longer ago than the first period and
         the alerts closed (dispatched or dismissed) longer ago than the second (None:
         kept for ever), in one transaction with one ``purged`` audit entry. Alerts still
         new or acknowledged are never touched; neither is the audit trail."""
         photo_ms, closed_ms = periods_ms
-        closed = (AlertStatus.DISPATCHED.value, AlertStatus.DISMISSED.value,
-                  AlertStatus.CLOSED.value)
+        closed = (
+            AlertStatus.DISPATCHED.value,
+            AlertStatus.DISMISSED.value,
+            AlertStatus.CLOSED.value,
+        )
         with self.transaction(write=not dry_run) as s:
             alerts: list[str] = []
             if closed_ms is not None:
-                alerts = list(s.scalars(select(AlertRow.incident_id).where(
-                    AlertRow.status.in_(closed), AlertRow.status_at <= now - closed_ms)
-                    .order_by(AlertRow.incident_id)))
+                alerts = list(
+                    s.scalars(
+                        select(AlertRow.incident_id)
+                        .where(AlertRow.status.in_(closed), AlertRow.status_at <= now - closed_ms)
+                        .order_by(AlertRow.incident_id)
+                    )
+                )
             photos: list[str] = []
             if photo_ms is not None:
-                photos = [i for i in s.scalars(
-                    select(PhotoRow.incident_id).join(
-                        AlertRow, AlertRow.incident_id == PhotoRow.incident_id)
-                    .where(AlertRow.status == AlertStatus.DISMISSED.value,
-                           AlertRow.status_at <= now - photo_ms)
-                    .order_by(PhotoRow.incident_id)) if i not in set(alerts)]
+                photos = [
+                    i
+                    for i in s.scalars(
+                        select(PhotoRow.incident_id)
+                        .join(AlertRow, AlertRow.incident_id == PhotoRow.incident_id)
+                        .where(
+                            AlertRow.status == AlertStatus.DISMISSED.value,
+                            AlertRow.status_at <= now - photo_ms,
+                        )
+                        .order_by(PhotoRow.incident_id)
+                    )
+                    if i not in set(alerts)
+                ]
             report = PurgeReport(tuple(photos), tuple(alerts), dry_run)
             if dry_run or not report.total:
                 return report
             for i in range(0, report.total, 500):
-                chunk = [*photos, *alerts][i:i + 500]
+                chunk = [*photos, *alerts][i : i + 500]
                 s.execute(delete(PhotoRow).where(PhotoRow.incident_id.in_(chunk)))
                 # The photos of the reports fused into them go too: the reports with
                 # them (their trail entries stay).
                 s.execute(delete(LinkedReportRow).where(LinkedReportRow.incident_id.in_(chunk)))
             for i in range(0, len(alerts), 500):
-                chunk = alerts[i:i + 500]
+                chunk = alerts[i : i + 500]
                 # Their CAP messages carry the photo: they go too (delivered or not).
-                gone = select(CapMessageRow.identifier).where(
-                    CapMessageRow.incident_id.in_(chunk))
+                gone = select(CapMessageRow.identifier).where(CapMessageRow.incident_id.in_(chunk))
                 s.execute(delete(CapDeliveryRow).where(CapDeliveryRow.identifier.in_(gone)))
                 s.execute(delete(CapMessageRow).where(CapMessageRow.incident_id.in_(chunk)))
                 s.execute(delete(AlertRow).where(AlertRow.incident_id.in_(chunk)))
-            self.audit(s, at=now, incident_id=None, actor=actor, action="purged",
-                       detail={"photos": len(photos), "alerts": len(alerts),
-                               "ids": sorted([*photos, *alerts])[:1000]})
+            self.audit(
+                s,
+                at=now,
+                incident_id=None,
+                actor=actor,
+                action="purged",
+                detail={
+                    "photos": len(photos),
+                    "alerts": len(alerts),
+                    "ids": sorted([*photos, *alerts])[:1000],
+                },
+            )
         return report
 
     # -- sealed at rest -------------------------------------------------------------
@@ -397,8 +498,9 @@ class AlertStore:
             raise StoreError("the alert store was opened without its store key")
         return self._sealer
 
-    def _seal_coords(self, incident_id: str, lat: float, lon: float, alt: float | None,
-                     acc: float | None) -> bytes:
+    def _seal_coords(
+        self, incident_id: str, lat: float, lon: float, alt: float | None, acc: float | None
+    ) -> bytes:
         plain = json.dumps([lat, lon, alt, acc]).encode()
         return self._sealer_or_fail().seal(plain, aad=_aad(incident_id, "coords"))
 
@@ -408,8 +510,10 @@ class AlertStore:
         try:
             return self._sealer_or_fail().open(blob, aad=_aad(incident_id, "photo"))
         except SealedRecordError:
-            raise StoreError(f"the photo of alert {incident_id} does not open under this "
-                             "store key (another key, or altered)") from None
+            raise StoreError(
+                f"the photo of alert {incident_id} does not open under this "
+                "store key (another key, or altered)"
+            ) from None
 
     def view(self, r: AlertRow) -> Alert:
         """The alert of a row, its position unsealed."""
@@ -418,11 +522,14 @@ class AlertStore:
             coords = p.Coords(lat=r.lat, lon=r.lon, alt=r.alt, acc=r.acc, src=r.coord_src)
         else:
             try:
-                plain = self._sealer_or_fail().open(r.coords_sealed,
-                                                    aad=_aad(r.incident_id, "coords"))
+                plain = self._sealer_or_fail().open(
+                    r.coords_sealed, aad=_aad(r.incident_id, "coords")
+                )
             except SealedRecordError:
-                raise StoreError(f"the position of alert {r.incident_id} does not open under "
-                                 "this store key (another key, or altered)") from None
+                raise StoreError(
+                    f"the position of alert {r.incident_id} does not open under "
+                    "this store key (another key, or altered)"
+                ) from None
             lat, lon, alt, acc = json.loads(plain)
             coords = p.Coords(lat=lat, lon=lon, alt=alt, acc=acc, src=r.coord_src)
         return _alert(r, coords)
@@ -430,8 +537,14 @@ class AlertStore:
     def sealed_counts(self) -> tuple[int, int]:
         """(alerts sealed, alerts still in clear)."""
         with self.transaction(write=False) as s:
-            clear = int(s.scalar(select(func.count()).select_from(AlertRow)
-                                 .where(AlertRow.coords_sealed.is_(None))) or 0)
+            clear = int(
+                s.scalar(
+                    select(func.count())
+                    .select_from(AlertRow)
+                    .where(AlertRow.coords_sealed.is_(None))
+                )
+                or 0
+            )
             total = int(s.scalar(select(func.count()).select_from(AlertRow)) or 0)
         return total - clear, clear
 
@@ -442,32 +555,51 @@ class AlertStore:
         total = 0
         while True:
             with self.transaction(write=True) as s:
-                rows = list(s.scalars(select(AlertRow).where(AlertRow.coords_sealed.is_(None))
-                                      .order_by(AlertRow.incident_id).limit(batch)))
+                rows = list(
+                    s.scalars(
+                        select(AlertRow)
+                        .where(AlertRow.coords_sealed.is_(None))
+                        .order_by(AlertRow.incident_id)
+                        .limit(batch)
+                    )
+                )
                 for r in rows:
                     assert r.lat is not None and r.lon is not None
-                    r.coords_sealed = self._seal_coords(r.incident_id, r.lat, r.lon, r.alt,
-                                                        r.acc)
+                    r.coords_sealed = self._seal_coords(r.incident_id, r.lat, r.lon, r.alt, r.acc)
                     r.lat = r.lon = r.alt = r.acc = None
                     photo = s.get(PhotoRow, r.incident_id)
                     if photo is not None and not RecordSealer.is_sealed(photo.jpeg):
-                        photo.jpeg = sealer.seal(bytes(photo.jpeg),
-                                                 aad=_aad(r.incident_id, "photo"))
+                        photo.jpeg = sealer.seal(
+                            bytes(photo.jpeg), aad=_aad(r.incident_id, "photo")
+                        )
                 if rows:
-                    self.audit(s, at=at, incident_id=None, actor="enc:migration",
-                               action="store_sealed", detail={"count": len(rows)})
+                    self.audit(
+                        s,
+                        at=at,
+                        incident_id=None,
+                        actor="enc:migration",
+                        action="store_sealed",
+                        detail={"count": len(rows)},
+                    )
             total += len(rows)
             if len(rows) < batch:
                 return total
 
     # -- audit --------------------------------------------------------------------
 
-    def append_audit(self, *, at: int, actor: str, action: str,
-                     incident_id: str | None = None,
-                     detail: dict[str, Any] | None = None) -> AuditEntry:
+    def append_audit(
+        self,
+        *,
+        at: int,
+        actor: str,
+        action: str,
+        incident_id: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> AuditEntry:
         with self.transaction(write=True) as s:
-            row = self.audit(s, at=at, incident_id=incident_id, actor=actor, action=action,
-                              detail=detail)
+            row = self.audit(
+                s, at=at, incident_id=incident_id, actor=actor, action=action, detail=detail
+            )
             s.flush()
             return _entry(row)
 
@@ -477,10 +609,16 @@ class AlertStore:
         with self.transaction(write=False) as s:
             return [_entry(r) for r in s.scalars(q)]
 
-    def audit_search(self, *, limit: int = 500, since: int | None = None,
-                     before: int | None = None, actions: Collection[str] = (),
-                     actor: str | None = None,
-                     incidents: Collection[str] | None = None) -> list[AuditEntry]:
+    def audit_search(
+        self,
+        *,
+        limit: int = 500,
+        since: int | None = None,
+        before: int | None = None,
+        actions: Collection[str] = (),
+        actor: str | None = None,
+        incidents: Collection[str] | None = None,
+    ) -> list[AuditEntry]:
         """Audit entries newest first: at in [``since``, ``before``), one of ``actions``,
         by ``actor``, about one of ``incidents`` (each when given)."""
         q = select(AuditRow).order_by(AuditRow.id.desc())

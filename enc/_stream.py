@@ -26,24 +26,28 @@ def stream_routes(ctx: WebContext) -> APIRouter:
     r = APIRouter()
 
     @r.get("/events", include_in_schema=False)
-    async def events(request: Request, after: int = Query(0, ge=0, le=2**62),
-                     last_event_id: str | None = Header(None, max_length=30)) -> Response:
+    async def events(
+        request: Request,
+        after: int = Query(0, ge=0, le=2**62),
+        last_event_id: str | None = Header(None, max_length=30),
+    ) -> Response:
         token = request.cookies.get(SESSION_COOKIE)
-        s = await anyio.to_thread.run_sync(
-            lambda: ctx.operators.session(token, now=ctx.clock()))
+        s = await anyio.to_thread.run_sync(lambda: ctx.operators.session(token, now=ctx.clock()))
         if s is None:
             return JSONResponse({"error": "log in first"}, status_code=401)
         cursor = int(last_event_id) if last_event_id and last_event_id.isdigit() else after
-        return StreamingResponse(_stream(ctx, request, token or "", cursor),
-                                 media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-store",
-                                          "X-Accel-Buffering": "no"})
+        return StreamingResponse(
+            _stream(ctx, request, token or "", cursor),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
 
     return r
 
 
-async def _stream(ctx: WebContext, request: Request, token: str,
-                  cursor: int) -> AsyncIterator[bytes]:
+async def _stream(
+    ctx: WebContext, request: Request, token: str, cursor: int
+) -> AsyncIterator[bytes]:
     yield b"retry: 2000\n\n"
     last_check = 0.0
     loop = asyncio.get_running_loop()
@@ -51,7 +55,8 @@ async def _stream(ctx: WebContext, request: Request, token: str,
         if loop.time() - last_check > 5:
             last_check = loop.time()
             s = await anyio.to_thread.run_sync(
-                lambda: ctx.operators.session(token, now=ctx.clock()))
+                lambda: ctx.operators.session(token, now=ctx.clock())
+            )
             if s is None:
                 yield sse_event("logout", {})
                 return
@@ -61,8 +66,7 @@ async def _stream(ctx: WebContext, request: Request, token: str,
             if e.incident_id is None or e.action in _NOT_SENT:
                 continue
             try:
-                a = await anyio.to_thread.run_sync(
-                    lambda inc=e.incident_id: ctx.store.alert(inc))  # type: ignore[misc]
+                a = await anyio.to_thread.run_sync(lambda inc=e.incident_id: ctx.store.alert(inc))  # type: ignore[misc]
             except NotFound:
                 continue
             data = alert_out(a, ctx.ui).model_dump(mode="json")

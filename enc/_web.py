@@ -24,9 +24,21 @@ from ._operators import OperatorDirectory, Session
 from ._store import Alert, AlertStore
 from ._wording import Presentation
 
-__all__ = ["FLASH_COOKIE", "LEAFLET", "LOGIN_COOKIE", "SESSION_COOKIE", "STATIC",
-           "STATUS_WORDS", "Forbidden",
-           "NeedLogin", "WebContext", "filename", "incident_id_param", "iso", "safe_next"]
+__all__ = [
+    "FLASH_COOKIE",
+    "LEAFLET",
+    "LOGIN_COOKIE",
+    "SESSION_COOKIE",
+    "STATIC",
+    "STATUS_WORDS",
+    "Forbidden",
+    "NeedLogin",
+    "WebContext",
+    "filename",
+    "incident_id_param",
+    "iso",
+    "safe_next",
+]
 
 log = logging.getLogger("citywatch.enc.dashboard")
 
@@ -36,8 +48,14 @@ FLASH_COOKIE = "cw_flash"
 STATIC = Path(__file__).resolve().parent / "static"
 LEAFLET = "vendor/node_modules/leaflet/dist"  # under STATIC, put there by scripts/setup.sh
 _INCIDENT_PATH = r"^[^/]{1,64}$"
-STATUS_WORDS = {"new": "New", "acknowledged": "Acknowledged", "on_hold": "On hold",
-                "dispatched": "Dispatched", "dismissed": "Dismissed", "closed": "Closed"}
+STATUS_WORDS = {
+    "new": "New",
+    "acknowledged": "Acknowledged",
+    "on_hold": "On hold",
+    "dispatched": "Dispatched",
+    "dismissed": "Dismissed",
+    "closed": "Closed",
+}
 
 
 class NeedLogin(Exception):
@@ -84,8 +102,9 @@ class WebContext:
     """Config, store, live feed, clock, operators and templates, with the checks every
     route makes."""
 
-    def __init__(self, *, config: EncConfig, store: AlertStore, feed: LiveFeed,
-                 clock: Callable[[], int]) -> None:
+    def __init__(
+        self, *, config: EncConfig, store: AlertStore, feed: LiveFeed, clock: Callable[[], int]
+    ) -> None:
         self.config = config
         self.store = store
         self.feed = feed
@@ -93,21 +112,32 @@ class WebContext:
         self.operators = OperatorDirectory(store, config.dashboard)
         self.escalate_ms = config.dashboard.escalate_after_seconds * 1000
         self.escalate_taken_ms = config.dashboard.escalate_taken_after_seconds * 1000
-        self.ui = Presentation(ZoneInfo(config.dashboard.time_zone),
-                               config.dashboard.uncertain_below, config.dashboard.zones)
-        self.templates = Environment(loader=PackageLoader("enc", "templates"),
-                                     autoescape=select_autoescape(default=True),
-                                     trim_blocks=True, lstrip_blocks=True)
+        self.ui = Presentation(
+            ZoneInfo(config.dashboard.time_zone),
+            config.dashboard.uncertain_below,
+            config.dashboard.zones,
+        )
+        self.templates = Environment(
+            loader=PackageLoader("enc", "templates"),
+            autoescape=select_autoescape(default=True),
+            trim_blocks=True,
+            lstrip_blocks=True,
+        )
         self.templates.filters["iso"] = iso
         self.templates.filters["when"] = self.ui.time
         self.templates.filters["words"] = self.ui.label
         self.templates.globals["ui"] = self.ui
         self.templates.globals["leaflet"] = (
-            f"/static/{LEAFLET}" if config.dashboard.leaflet
-            and (STATIC / LEAFLET / "leaflet.js").is_file() else "")
+            f"/static/{LEAFLET}"
+            if config.dashboard.leaflet and (STATIC / LEAFLET / "leaflet.js").is_file()
+            else ""
+        )
         if config.dashboard.leaflet and not self.templates.globals["leaflet"]:
-            log.warning("Leaflet is not installed in %s (scripts/setup.sh does it): the "
-                        "dashboard shows coordinates without a map", STATIC / LEAFLET)
+            log.warning(
+                "Leaflet is not installed in %s (scripts/setup.sh does it): the "
+                "dashboard shows coordinates without a map",
+                STATIC / LEAFLET,
+            )
         self.templates.globals["status_words"] = STATUS_WORDS
         self.templates.globals["resolutions"] = RESOLUTIONS
         self.templates.filters["pct"] = lambda v: f"{v:.0%}"
@@ -122,16 +152,20 @@ class WebContext:
     def filtered(self, f: AlertFilter, *, limit: int = 200) -> list[Alert]:
         """Alerts that pass ``f``, in the list's order (status, label and time are
         asked of the database; zone and words, sealed or loose, are checked here)."""
-        rows = self.store.alerts(limit=2000 if f.zone or f.text else limit,
-                                 statuses=f.statuses, labels=f.labels, since=f.since,
-                                 before=f.until)
-        kept = [a for a in rows
-                if f.matches(a, self.ui.area(a), label_text=self.ui.label(a.label))]
+        rows = self.store.alerts(
+            limit=2000 if f.zone or f.text else limit,
+            statuses=f.statuses,
+            labels=f.labels,
+            since=f.since,
+            before=f.until,
+        )
+        kept = [a for a in rows if f.matches(a, self.ui.area(a), label_text=self.ui.label(a.label))]
         return self.ordered(kept[:limit])
 
     def alert_filter(self, request: Request) -> AlertFilter:
-        return AlertFilter.from_query(request.query_params, self.ui.zone,
-                                      self.config.dashboard.zones)
+        return AlertFilter.from_query(
+            request.query_params, self.ui.zone, self.config.dashboard.zones
+        )
 
     def session(self, request: Request, *, api: bool) -> Session:
         s = self.operators.session(request.cookies.get(SESSION_COOKIE), now=self.clock())
@@ -146,10 +180,17 @@ class WebContext:
 
     def page(self, name: str, status: int = 200, **context: Any) -> HTMLResponse:
         html = self.templates.get_template(name).render(
-            escalate_after_ms=self.escalate_ms, dashboard=self.config.dashboard, **context)
-        return HTMLResponse(html, status_code=status,
-                            headers={"Cache-Control": "no-store"})
+            escalate_after_ms=self.escalate_ms, dashboard=self.config.dashboard, **context
+        )
+        return HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store"})
 
     def set_cookie(self, response: Response, name: str, value: str, max_age: int) -> None:
-        response.set_cookie(name, value, max_age=max_age, httponly=True, samesite="strict",
-                            secure=self.config.secure_cookies, path="/")
+        response.set_cookie(
+            name,
+            value,
+            max_age=max_age,
+            httponly=True,
+            samesite="strict",
+            secure=self.config.secure_cookies,
+            path="/",
+        )

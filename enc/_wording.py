@@ -16,16 +16,30 @@ from ._store import Alert
 __all__ = ["Presentation"]
 
 _ACTIONS = {
-    "received": "Received", "acknowledged": "Taken (acknowledged)", "dispatched": "Help dispatched",
-    "dismissed": "Dismissed as a false alarm", "reopened": "Reopened",
-    "escalated": "Escalated", "photo_viewed": "Photo viewed", "cap_exported": "CAP exported",
+    "received": "Received",
+    "acknowledged": "Taken (acknowledged)",
+    "dispatched": "Help dispatched",
+    "dismissed": "Dismissed as a false alarm",
+    "reopened": "Reopened",
+    "escalated": "Escalated",
+    "photo_viewed": "Photo viewed",
+    "cap_exported": "CAP exported",
     "eido_exported": "EIDO exported",
-    "login": "Logged in", "login_failed": "Failed login", "logout": "Logged out",
-    "operator_added": "Operator added", "operator_disabled": "Operator disabled",
-    "operator_enabled": "Operator enabled", "password_changed": "Password changed",
-    "purged": "Purged", "store_sealed": "Store sealed",
-    "put_on_hold": "Put on hold", "resumed": "Resumed (off hold)", "closed": "Closed",
-    "assigned": "Assigned", "released": "Released (back to new)", "note": "Note",
+    "login": "Logged in",
+    "login_failed": "Failed login",
+    "logout": "Logged out",
+    "operator_added": "Operator added",
+    "operator_disabled": "Operator disabled",
+    "operator_enabled": "Operator enabled",
+    "password_changed": "Password changed",
+    "purged": "Purged",
+    "store_sealed": "Store sealed",
+    "put_on_hold": "Put on hold",
+    "resumed": "Resumed (off hold)",
+    "closed": "Closed",
+    "assigned": "Assigned",
+    "released": "Released (back to new)",
+    "note": "Note",
     "report_linked": "Another report fused in",
 }
 
@@ -98,34 +112,57 @@ class Presentation:
         if action == "photo_viewed":
             full = d.pop("full", False)  # entries older than "view" have only this
             where = d.pop("view", "full" if full else "page")
-            out.append({"full": "full size", "wall": "on the wall display",
-                        "cap": "by a CAP recipient, with its token"}.get(
-                str(where), "on the alert page"))
+            out.append(
+                {
+                    "full": "full size",
+                    "wall": "on the wall display",
+                    "cap": "by a CAP recipient, with its token",
+                }.get(str(where), "on the alert page")
+            )
         if "untaken_for_s" in d:
             out.append(f"nobody took it for {_duration(d.pop('untaken_for_s'))}")
         if "unfinished_for_s" in d:
             who = d.pop("taken_by", None)
-            out.append(f"taken{f' by {who}' if who else ''} and not finished for "
-                       f"{_duration(d.pop('unfinished_for_s'))}")
-        words = {"unit": "Unit: {}", "comment": "Comment: {}", "reason": "Reason: {}",
-                 "took_over_from": "Taken over from {}", "label": "Label: {}",
-                 "device": "Device: {}", "role": "Role: {}", "peer": "From address {}",
-                 "count": "{} time(s)", "server": "Server {}",
-                 "username": "Operator: {}", "photos": "{} photo(s)",
-                 "alerts": "{} alert(s)", "to": "To {}", "from": "From {}",
-                 "note": "{}", "report": "Report {}", "joins": "It joins alert {}"}
+            out.append(
+                f"taken{f' by {who}' if who else ''} and not finished for "
+                f"{_duration(d.pop('unfinished_for_s'))}"
+            )
+        words = {
+            "unit": "Unit: {}",
+            "comment": "Comment: {}",
+            "reason": "Reason: {}",
+            "took_over_from": "Taken over from {}",
+            "label": "Label: {}",
+            "device": "Device: {}",
+            "role": "Role: {}",
+            "peer": "From address {}",
+            "count": "{} time(s)",
+            "server": "Server {}",
+            "username": "Operator: {}",
+            "photos": "{} photo(s)",
+            "alerts": "{} alert(s)",
+            "to": "To {}",
+            "from": "From {}",
+            "note": "{}",
+            "report": "Report {}",
+            "joins": "It joins alert {}",
+        }
         if d.pop("other_kind", False):
             out.append("of another kind: the priority is raised")
         if d.pop("own_alert", False):
             out.append("of another kind on a handled alert: stands as an alert of its own")
         why = d.pop("why", None)
         if why:
-            out.append({"unknown": "(that alert is not here)",
-                        "handled": "(that alert was handled)"}.get(str(why), str(why)))
+            out.append(
+                {"unknown": "(that alert is not here)", "handled": "(that alert was handled)"}.get(
+                    str(why), str(why)
+                )
+            )
         if "score" in d:
             score = d.pop("score")
-            out.append(f"confidence {score:.0%}" if isinstance(score, float)
-                       else f"confidence {score}")
+            out.append(
+                f"confidence {score:.0%}" if isinstance(score, float) else f"confidence {score}"
+            )
         if isinstance(d.get("since"), int):
             out.append(f"since {self.time(d.pop('since'))}")
         for key, value in d.items():

@@ -79,12 +79,16 @@ def _alerts(args: argparse.Namespace) -> int:
     if not alerts:
         print("no alerts")
         return 0
-    print(f"{'received (UTC)':25} {'status':12} {'label':12} {'score':>5}  {'device':16} "
-          f"{'lat,lon':22} incident")
+    print(
+        f"{'received (UTC)':25} {'status':12} {'label':12} {'score':>5}  {'device':16} "
+        f"{'lat,lon':22} incident"
+    )
     for a in alerts:
         where = f"{a.coords.lat:.5f},{a.coords.lon:.5f}"
-        print(f"{_iso(a.received_at):25} {a.status.value:12} {a.label:12} {a.score:5.2f}  "
-              f"{a.device_uid:16} {where:22} {a.incident_id}")
+        print(
+            f"{_iso(a.received_at):25} {a.status.value:12} {a.label:12} {a.score:5.2f}  "
+            f"{a.device_uid:16} {where:22} {a.incident_id}"
+        )
     return 0
 
 
@@ -95,8 +99,10 @@ def _config_example(args: argparse.Namespace) -> int:
 
 def _config_check(args: argparse.Namespace) -> int:
     c = _config(args)
-    print(f"{args.config}: OK; listens on {c.base_url}, store "
-          f"{c.database_url.split('@')[-1]}, {len(c.servers)} trusted server(s)")
+    print(
+        f"{args.config}: OK; listens on {c.base_url}, store "
+        f"{c.database_url.split('@')[-1]}, {len(c.servers)} trusted server(s)"
+    )
     return 0
 
 
@@ -138,8 +144,11 @@ def _operator(args: argparse.Namespace) -> int:
             print(f"operator {args.username} {cmd}d")
         else:
             for op in ops.list():
-                state = "disabled" if op.disabled else (
-                    "locked" if op.locked_until and op.locked_until > _now() else "active")
+                state = (
+                    "disabled"
+                    if op.disabled
+                    else ("locked" if op.locked_until and op.locked_until > _now() else "active")
+                )
                 print(f"{op.username:24} {op.role.value:11} {state}")
     except EncError as exc:
         raise UsageError(str(exc)) from None
@@ -153,10 +162,15 @@ def _cap(args: argparse.Namespace) -> int:
     store = _store(config)
     try:
         alert = store.alert(args.incident_id)
-        xml = cap_message(alert, store.audit_trail(args.incident_id), config.cap,
-                          photo=store.photo(args.incident_id))
-        store.append_audit(at=_now(), actor="cli", action="cap_exported",
-                           incident_id=args.incident_id)
+        xml = cap_message(
+            alert,
+            store.audit_trail(args.incident_id),
+            config.cap,
+            photo=store.photo(args.incident_id),
+        )
+        store.append_audit(
+            at=_now(), actor="cli", action="cap_exported", incident_id=args.incident_id
+        )
     except EncError as exc:
         raise UsageError(str(exc)) from None
     finally:
@@ -173,8 +187,9 @@ def _purge(args: argparse.Namespace) -> int:
     config = _config(args)
     store = _store(config)
     try:
-        report = store.purge(config.retention.periods_ms(), now=_now(), dry_run=args.dry_run,
-                             actor="cli")
+        report = store.purge(
+            config.retention.periods_ms(), now=_now(), dry_run=args.dry_run, actor="cli"
+        )
     finally:
         store.close()
     if args.json:
@@ -182,11 +197,15 @@ def _purge(args: argparse.Namespace) -> int:
         return 0
     r = config.retention
     verb = "would be" if report.dry_run else "were"
-    print(f"{len(report.photos)} photo(s) of dismissed alerts {verb} deleted "
-          f"({r.dismissed_photo_hours:g} h after the dismissal)")
+    print(
+        f"{len(report.photos)} photo(s) of dismissed alerts {verb} deleted "
+        f"({r.dismissed_photo_hours:g} h after the dismissal)"
+    )
     print("".join(f"  {i}\n" for i in report.photos), end="")
-    print(f"{len(report.alerts)} closed alert(s) {verb} deleted "
-          f"({r.closed_alert_days:g} days after dispatch or dismissal)")
+    print(
+        f"{len(report.alerts)} closed alert(s) {verb} deleted "
+        f"({r.closed_alert_days:g} days after dispatch or dismissal)"
+    )
     print("".join(f"  {i}\n" for i in report.alerts), end="")
     if report.total and not report.dry_run:
         print("recorded in the audit trail as purged")
@@ -202,9 +221,13 @@ def register(parser: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("run", help="serve the alert endpoint and the dashboard")
     _add_config_arg(p)
-    p.add_argument("--log-level", type=str.lower, default="info",
-                   choices=("debug", "info", "warning", "error"),
-                   help="how much to log: debug, info (the default), warning or error")
+    p.add_argument(
+        "--log-level",
+        type=str.lower,
+        default="info",
+        choices=("debug", "info", "warning", "error"),
+        help="how much to log: debug, info (the default), warning or error",
+    )
     p.set_defaults(func=_run)
 
     p = sub.add_parser("alerts", help="list stored alerts, newest first")
@@ -215,21 +238,30 @@ def register(parser: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("operator", help="dashboard accounts: add, passwd, disable, enable, list")
     osub = p.add_subparsers(dest="operator_command", metavar="COMMAND", required=True)
-    for name, help_ in (("add", "add an operator"),
-                        ("passwd", "set a new password (also lifts a lock-out)"),
-                        ("disable", "disable an account and end its sessions"),
-                        ("enable", "enable a disabled account"),
-                        ("list", "list the accounts")):
+    for name, help_ in (
+        ("add", "add an operator"),
+        ("passwd", "set a new password (also lifts a lock-out)"),
+        ("disable", "disable an account and end its sessions"),
+        ("enable", "enable a disabled account"),
+        ("list", "list the accounts"),
+    ):
         q = osub.add_parser(name, help=help_)
         _add_config_arg(q)
         if name != "list":
             q.add_argument("username", help="the operator's login name")
         if name == "add":
-            q.add_argument("--role", choices=[r.value for r in Role], default="operator",
-                           help="what the operator may do (default operator)")
+            q.add_argument(
+                "--role",
+                choices=[r.value for r in Role],
+                default="operator",
+                help="what the operator may do (default operator)",
+            )
         if name in ("add", "passwd"):
-            q.add_argument("--password-stdin", action="store_true",
-                           help="read the password from the first line of standard input")
+            q.add_argument(
+                "--password-stdin",
+                action="store_true",
+                help="read the password from the first line of standard input",
+            )
         q.set_defaults(func=_operator)
 
     p = sub.add_parser("cap", help="export an alert as a CAP 1.2 message")
@@ -238,11 +270,14 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--out", metavar="FILE", help="write it here instead of standard output")
     p.set_defaults(func=_cap)
 
-    p = sub.add_parser("purge", help="delete closed alerts and dismissed alerts' photos "
-                       "past their retention period")
+    p = sub.add_parser(
+        "purge",
+        help="delete closed alerts and dismissed alerts' photos past their retention period",
+    )
     _add_config_arg(p)
-    p.add_argument("--dry-run", action="store_true",
-                   help="only show what would be deleted; change nothing")
+    p.add_argument(
+        "--dry-run", action="store_true", help="only show what would be deleted; change nothing"
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=_purge)
 

@@ -115,7 +115,6 @@ class GnssStatus:
 class GnssSection(BaseModel):
     """Base of the ``[gnss]`` models: strict, unknown keys refused, fields documented."""
 
-
     model_config = ConfigDict(
         extra="forbid", strict=True, frozen=True, use_attribute_docstrings=True
     )
@@ -180,7 +179,6 @@ class GnssReceiver(Startable):
     @abstractmethod
     def status(self) -> GnssStatus:
         """What the receiver is doing."""
-
 
 
 def coords(fix: Fix | None, registered: FixedPosition) -> Coords:

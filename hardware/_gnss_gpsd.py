@@ -159,8 +159,11 @@ class GpsdReceiver(GnssReceiver):
                     if self._session(sock):
                         delay = cfg.reconnect_initial_s  # it worked for a while: retry soon
                 except (OSError, ValueError) as exc:
-                    self._lost(str(exc) if isinstance(exc, ValueError)
-                               else f"connection failed: {exc.strerror or exc}")
+                    self._lost(
+                        str(exc)
+                        if isinstance(exc, ValueError)
+                        else f"connection failed: {exc.strerror or exc}"
+                    )
                 finally:
                     self._sock = None
                     sock.close()
@@ -197,11 +200,13 @@ class GpsdReceiver(GnssReceiver):
                 try:
                     message = json.loads(line)
                 except ValueError:
-                    raise ValueError(f"not gpsd on port {self._config.port}? it sent "
-                                     f"{line[:60]!r}") from None
+                    raise ValueError(
+                        f"not gpsd on port {self._config.port}? it sent {line[:60]!r}"
+                    ) from None
                 if not isinstance(message, dict):
-                    raise ValueError(f"not gpsd on port {self._config.port}? it sent "
-                                     f"JSON that is not an object")
+                    raise ValueError(
+                        f"not gpsd on port {self._config.port}? it sent JSON that is not an object"
+                    )
                 if message.get("class") == "VERSION" and not greeted:
                     greeted = True
                     self._greeted(message)
@@ -213,8 +218,12 @@ class GpsdReceiver(GnssReceiver):
             was = self._connected
             self._connected, self._error = True, None
         if not was:
-            _log.info("gnss: connected to gpsd %s at %s:%d", version.get("release", "?"),
-                      self._config.host, self._config.port)
+            _log.info(
+                "gnss: connected to gpsd %s at %s:%d",
+                version.get("release", "?"),
+                self._config.host,
+                self._config.port,
+            )
 
     def _lost(self, why: str) -> None:
         with self._lock:
@@ -223,15 +232,20 @@ class GpsdReceiver(GnssReceiver):
             self._devices.clear()
             self._mode, self._used, self._visible, self._report = 0, None, None, None
         if was and why != "stopped":
-            _log.warning("gnss: lost gpsd at %s:%d (%s); reconnecting",
-                         self._config.host, self._config.port, why)
+            _log.warning(
+                "gnss: lost gpsd at %s:%d (%s); reconnecting",
+                self._config.host,
+                self._config.port,
+                why,
+            )
 
     def _handle(self, msg: dict[str, Any]) -> None:
         kind = msg.get("class")
         with self._lock:
             if kind == "DEVICES":
-                self._devices = {str(d.get("path")) for d in msg.get("devices", [])
-                                 if isinstance(d, dict)}
+                self._devices = {
+                    str(d.get("path")) for d in msg.get("devices", []) if isinstance(d, dict)
+                }
             elif kind == "DEVICE":
                 path = str(msg.get("path"))
                 if msg.get("activated"):
@@ -260,8 +274,11 @@ class GpsdReceiver(GnssReceiver):
             return
         eph = _number(msg, "eph")
         epx, epy = _number(msg, "epx"), _number(msg, "epy")
-        acc = eph if eph is not None else (
-            max(epx, epy) if epx is not None and epy is not None else None)
+        acc = (
+            eph
+            if eph is not None
+            else (max(epx, epy) if epx is not None and epy is not None else None)
+        )
         alt = None
         if self._mode == 3:
             alt = _number(msg, "altMSL")
@@ -269,8 +286,16 @@ class GpsdReceiver(GnssReceiver):
                 alt = _number(msg, "alt")  # gpsd before 3.20
         gnss_time = _parse_time(msg.get("time"))
         offset = None if gnss_time is None else gnss_time.timestamp() - self._wall()
-        self._report = _Report(lat=lat, lon=lon, alt=alt, acc=acc, mode=FixMode(self._mode),
-                               gnss_time=gnss_time, received=self._clock(), offset=offset)
+        self._report = _Report(
+            lat=lat,
+            lon=lon,
+            alt=alt,
+            acc=acc,
+            mode=FixMode(self._mode),
+            gnss_time=gnss_time,
+            received=self._clock(),
+            offset=offset,
+        )
 
     # -- GnssReceiver ------------------------------------------------------------------
 
@@ -295,8 +320,16 @@ class GpsdReceiver(GnssReceiver):
             return None
         if cfg.max_acc_m is not None and (report.acc is None or report.acc > cfg.max_acc_m):
             return None
-        return Fix(lat=report.lat, lon=report.lon, alt=report.alt, acc=report.acc,
-                   mode=report.mode, satellites_used=used, gnss_time=report.gnss_time, age=age)
+        return Fix(
+            lat=report.lat,
+            lon=report.lon,
+            alt=report.alt,
+            acc=report.acc,
+            mode=report.mode,
+            satellites_used=used,
+            gnss_time=report.gnss_time,
+            age=age,
+        )
 
     def clock_offset(self) -> float | None:
         with self._lock:
@@ -305,6 +338,11 @@ class GpsdReceiver(GnssReceiver):
 
     def status(self) -> GnssStatus:
         with self._lock:
-            return GnssStatus(connected=self._connected, devices=len(self._devices),
-                              mode=self._mode, satellites_used=self._used,
-                              satellites_visible=self._visible, error=self._error)
+            return GnssStatus(
+                connected=self._connected,
+                devices=len(self._devices),
+                mode=self._mode,
+                satellites_used=self._used,
+                satellites_visible=self._visible,
+                error=self._error,
+            )

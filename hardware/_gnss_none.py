@@ -45,5 +45,11 @@ class NoReceiver(GnssReceiver):
         return None
 
     def status(self) -> GnssStatus:
-        return GnssStatus(connected=False, devices=0, mode=0, satellites_used=None,
-                          satellites_visible=None, error="no receiver configured")
+        return GnssStatus(
+            connected=False,
+            devices=0,
+            mode=0,
+            satellites_used=None,
+            satellites_visible=None,
+            error="no receiver configured",
+        )

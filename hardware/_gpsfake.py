@@ -66,27 +66,41 @@ def nmea_log(
     plays it in real time (a faster cycle makes the GNSS clock run fast)."""
     if start.tzinfo is None:
         raise ValueError("start must carry a time zone (UTC)")
-    sky = [(2, 45, 120, 42), (5, 30, 300, 38), (7, 62, 210, 45), (13, 18, 45, 33),
-           (15, 55, 80, 44), (20, 25, 170, 36), (24, 40, 260, 40), (29, 70, 15, 46)]
+    sky = [
+        (2, 45, 120, 42),
+        (5, 30, 300, 38),
+        (7, 62, 210, 45),
+        (13, 18, 45, 33),
+        (15, 55, 80, 44),
+        (20, 25, 170, 36),
+        (24, 40, 260, 40),
+        (29, 70, 15, 46),
+    ]
     position = f"{_nmea_angle(lat, 2, 'NS')},{_nmea_angle(lon, 3, 'EW')}"
     used = ",".join(f"{s[0]:02d}" for s in sky) + ",,,,"
     gsv = []
     for page in range(2):
-        sats = ",".join(f"{p:02d},{e:02d},{a:03d},{snr if fix else ''}"
-                        for p, e, a, snr in sky[page * 4:page * 4 + 4])
+        sats = ",".join(
+            f"{p:02d},{e:02d},{a:03d},{snr if fix else ''}"
+            for p, e, a, snr in sky[page * 4 : page * 4 + 4]
+        )
         gsv.append(_nmea(f"GPGSV,2,{page + 1},08,{sats}"))
     out = []
     for i in range(epochs):
         t = start.astimezone(dt.UTC) + dt.timedelta(seconds=i)
         hms, dmy = t.strftime("%H%M%S") + ".00", t.strftime("%d%m%y")
         if fix:
-            out += [_nmea(f"GPRMC,{hms},A,{position},0.00,0.0,{dmy},,,A"),
-                    _nmea(f"GPGGA,{hms},{position},1,08,0.9,{alt:.1f},M,0.0,M,,"),
-                    _nmea(f"GPGSA,A,3,{used},1.6,0.9,1.3")]
+            out += [
+                _nmea(f"GPRMC,{hms},A,{position},0.00,0.0,{dmy},,,A"),
+                _nmea(f"GPGGA,{hms},{position},1,08,0.9,{alt:.1f},M,0.0,M,,"),
+                _nmea(f"GPGSA,A,3,{used},1.6,0.9,1.3"),
+            ]
         else:
-            out += [_nmea(f"GPRMC,{hms},V,,,,,,,{dmy},,,N"),
-                    _nmea(f"GPGGA,{hms},,,,,0,00,99.99,,,,,,"),
-                    _nmea("GPGSA,A,1,,,,,,,,,,,,,99.99,99.99,99.99")]
+            out += [
+                _nmea(f"GPRMC,{hms},V,,,,,,,{dmy},,,N"),
+                _nmea(f"GPGGA,{hms},,,,,0,00,99.99,,,,,,"),
+                _nmea("GPGSA,A,1,,,,,,,,,,,,,99.99,99.99,99.99"),
+            ]
         out += gsv
     return "".join(out)
 
@@ -128,8 +142,9 @@ class GpsFake:
     of CI and of ``citywatch demo``. Use ``GpsFake.start(...)``; ``stop()`` ends both
     gpsfake and its gpsd."""
 
-    def __init__(self, process: subprocess.Popen[bytes], port: int, log: Path,
-                 output: Path | None) -> None:
+    def __init__(
+        self, process: subprocess.Popen[bytes], port: int, log: Path, output: Path | None
+    ) -> None:
         self.process = process
         self.host = "127.0.0.1"
         self.port = port
@@ -169,8 +184,9 @@ class GpsFake:
         raise GnssError(problem + fake._tail())
 
     @classmethod
-    def _spawn(cls, exe: str, log: Path, port: int, cycle: float, once: bool,
-               output: Path | None) -> GpsFake:
+    def _spawn(
+        cls, exe: str, log: Path, port: int, cycle: float, once: bool, output: Path | None
+    ) -> GpsFake:
         # -n: feed without waiting for a client; -q: no chatter; its own session, so that
         # stop() can end gpsfake and the gpsd it started together.
         cmd = [exe, "-n", "-q", "-P", str(port), "-c", f"{cycle:g}"]
@@ -179,8 +195,13 @@ class GpsFake:
         cmd.append(str(log))
         sink = open(output, "ab") if output is not None else subprocess.DEVNULL  # noqa: SIM115
         try:
-            process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=sink,
-                                       stderr=subprocess.STDOUT, start_new_session=True)
+            process = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         finally:
             if output is not None:
                 sink.close()  # type: ignore[union-attr]

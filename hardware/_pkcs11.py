@@ -56,11 +56,12 @@ else:
         return b"".join(int(m).to_bytes(_ULONG, _BYTE_ORDER) for m in mechanisms)
 
     def _unpack_mechanisms(data: bytes) -> list[Any]:
-        return [Mechanism(int.from_bytes(data[i:i + _ULONG], _BYTE_ORDER))
-                for i in range(0, len(data) - _ULONG + 1, _ULONG)]
+        return [
+            Mechanism(int.from_bytes(data[i : i + _ULONG], _BYTE_ORDER))
+            for i in range(0, len(data) - _ULONG + 1, _ULONG)
+        ]
 
-    ATTRIBUTE_TYPES.setdefault(Attribute.ALLOWED_MECHANISMS,
-                               (_pack_mechanisms, _unpack_mechanisms))
+    ATTRIBUTE_TYPES.setdefault(Attribute.ALLOWED_MECHANISMS, (_pack_mechanisms, _unpack_mechanisms))
 
 if TYPE_CHECKING:
     from pkcs11 import Session, Token

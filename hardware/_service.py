@@ -80,10 +80,13 @@ class ServiceNotifier:
                     raise NotifyDriverMissing(
                         "systemd-python is not installed: pip install systemd-python (it "
                         "builds against libsystemd-dev and pkg-config), or use backend "
-                        '"socket"')
+                        '"socket"'
+                    )
                 if os.environ.get("NOTIFY_SOCKET"):
-                    _log.info("service: systemd-python is not installed; sending sd_notify "
-                              "messages to NOTIFY_SOCKET directly")
+                    _log.info(
+                        "service: systemd-python is not installed; sending sd_notify "
+                        "messages to NOTIFY_SOCKET directly"
+                    )
         self._warned = False
 
     @property
@@ -114,8 +117,10 @@ class ServiceNotifier:
             delivered = self._send(message.encode("utf-8"))
         if not delivered and not self._warned:
             self._warned = True
-            _log.warning("service: systemd did not take a notification (NOTIFY_SOCKET=%s)",
-                         os.environ.get("NOTIFY_SOCKET"))
+            _log.warning(
+                "service: systemd did not take a notification (NOTIFY_SOCKET=%s)",
+                os.environ.get("NOTIFY_SOCKET"),
+            )
         return delivered
 
     def _send(self, payload: bytes) -> bool:
@@ -124,8 +129,11 @@ class ServiceNotifier:
             address = "\0" + address[1:]  # abstract namespace
         elif not address.startswith("/"):
             if not self._warned:
-                _log.warning("service: NOTIFY_SOCKET=%s is not a unix socket path; only "
-                             "systemd-python can use it", address)
+                _log.warning(
+                    "service: NOTIFY_SOCKET=%s is not a unix socket path; only "
+                    "systemd-python can use it",
+                    address,
+                )
             return False
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
@@ -182,8 +190,14 @@ class WatchdogKeeper:
     watchdog (outside systemd, or no ``WatchdogSec=``) it still runs the check every
     second, so ``failing`` means the same everywhere."""
 
-    def __init__(self, notifier: ServiceNotifier, check: Callable[[], str | None] | None = None,
-                 *, status: bool = True, environ: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        notifier: ServiceNotifier,
+        check: Callable[[], str | None] | None = None,
+        *,
+        status: bool = True,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
         self.notifier = notifier
         self._check = check or (lambda: None)
         self._report_status = status
@@ -242,8 +256,17 @@ class _SyslogPrefix(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         level = record.levelno
-        priority = (2 if level >= logging.CRITICAL else 3 if level >= logging.ERROR
-                    else 4 if level >= logging.WARNING else 6 if level >= logging.INFO else 7)
+        priority = (
+            2
+            if level >= logging.CRITICAL
+            else 3
+            if level >= logging.ERROR
+            else 4
+            if level >= logging.WARNING
+            else 6
+            if level >= logging.INFO
+            else 7
+        )
         text = super().format(record)
         return "\n".join(f"<{priority}>{line}" for line in text.splitlines())
 
@@ -283,6 +306,8 @@ def configure_logging(
     setattr(handler, _HANDLER_MARK, True)
     root.addHandler(handler)
     if missing:
-        _log.warning("service: systemd-python is not installed; logging to journald through "
-                     "stderr with <priority> prefixes")
+        _log.warning(
+            "service: systemd-python is not installed; logging to journald through "
+            "stderr with <priority> prefixes"
+        )
     return where

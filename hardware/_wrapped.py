@@ -88,8 +88,19 @@ def _aad(purpose: str) -> bytes:
 def _write(path: Path, *, purpose: str, kek: LabelledCipher, key: bytes, replace: bool) -> None:
     iv = secrets.token_bytes(12)
     sealed = kek.seal(iv=iv, plaintext=key, aad=_aad(purpose))
-    body = json.dumps({"format": FORMAT, "purpose": purpose, "kek": kek.label,
-                       "iv": iv.hex(), "sealed": sealed.hex()}, indent=1) + "\n"
+    body = (
+        json.dumps(
+            {
+                "format": FORMAT,
+                "purpose": purpose,
+                "kek": kek.label,
+                "iv": iv.hex(),
+                "sealed": sealed.hex(),
+            },
+            indent=1,
+        )
+        + "\n"
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -105,8 +116,9 @@ def _write(path: Path, *, purpose: str, kek: LabelledCipher, key: bytes, replace
         tmp.unlink(missing_ok=True)
 
 
-def create_wrapped_key(path: Path, kek: LabelledCipher, *, purpose: str, key: bytes | None = None
-                       ) -> bytes:
+def create_wrapped_key(
+    path: Path, kek: LabelledCipher, *, purpose: str, key: bytes | None = None
+) -> bytes:
     """Wrap ``key`` (default: 32 fresh random bytes) under ``kek`` into ``path`` (which
     must not exist); returns the key."""
     if path.exists():
@@ -121,8 +133,10 @@ def read_wrapped_key(path: Path) -> tuple[WrappedKey, bytes, bytes]:
     try:
         st = path.stat()
         if stat.S_IMODE(st.st_mode) & 0o077:
-            raise WrappedKeyError(f"{path} has mode {stat.S_IMODE(st.st_mode):04o}: make it "
-                                  f"readable by the service's user only (chmod 600 {path})")
+            raise WrappedKeyError(
+                f"{path} has mode {stat.S_IMODE(st.st_mode):04o}: make it "
+                f"readable by the service's user only (chmod 600 {path})"
+            )
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise WrappedKeyError(f"wrapped key file {path} does not exist") from None
@@ -143,14 +157,16 @@ def open_wrapped_key(path: Path, kek: LabelledCipher, *, purpose: str) -> bytes:
     if header.purpose != purpose:
         raise WrappedKeyError(f"{path} holds the {header.purpose!r} key, not {purpose!r}")
     if header.kek != kek.label:
-        raise WrappedKeyError(f"{path} is wrapped under token key {header.kek!r}, not "
-                              f"{kek.label!r}")
+        raise WrappedKeyError(
+            f"{path} is wrapped under token key {header.kek!r}, not {kek.label!r}"
+        )
     try:
         return kek.open(iv=iv, ciphertext=sealed, aad=_aad(purpose))
     except Exception as exc:  # the drivers raise their own "did not open" errors
         raise WrappedKeyError(
             f"{path} does not open under token key {kek.label!r} ({type(exc).__name__}): "
-            "is this the token it was made with?") from None
+            "is this the token it was made with?"
+        ) from None
 
 
 def rewrap_key(path: Path, old: LabelledCipher, new: LabelledCipher, *, purpose: str) -> None:
@@ -179,8 +195,12 @@ class RecordSealer:
     def __init__(self, key: bytes, *, purpose: str) -> None:
         if len(key) != 32:
             raise ValueError("a data key is 32 bytes")
-        derived = HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
-                       info=b"citywatch records at rest v1 " + purpose.encode()).derive(key)
+        derived = HKDF(
+            algorithm=hashes.SHA256(),
+            length=32,
+            salt=None,
+            info=b"citywatch records at rest v1 " + purpose.encode(),
+        ).derive(key)
         self._aead = AESGCM(derived)
 
     @staticmethod
@@ -204,8 +224,16 @@ class RecordSealer:
         return "RecordSealer(...)"
 
 
-def token_data_key(*, module: str, token_label: str, pin: str, kek_label: str, path: Path,
-                   purpose: str, create: bool) -> bytes:
+def token_data_key(
+    *,
+    module: str,
+    token_label: str,
+    pin: str,
+    kek_label: str,
+    path: Path,
+    purpose: str,
+    create: bool,
+) -> bytes:
     """The data key wrapped in ``path``, unwrapped by the token key the file names. With
     ``create`` and no file yet: a fresh key, wrapped under ``kek_label`` (generated in the
     token, non-extractable, if the token has none by that label)."""
@@ -223,12 +251,16 @@ def token_data_key(*, module: str, token_label: str, pin: str, kek_label: str, p
                 except KeyNotFound:
                     raise WrappedKeyError(
                         f"{path} is wrapped under key {header.kek!r}, which token "
-                        f"{token_label!r} does not hold: is this the right token?") from None
+                        f"{token_label!r} does not hold: is this the right token?"
+                    ) from None
                 return open_wrapped_key(path, kek, purpose=purpose)
             if not create:
                 raise WrappedKeyError(f"wrapped key file {path} does not exist")
-            kek = (store.cipher(kek_label) if store.has_key(kek_label)
-                   else store.generate_key(kek_label, ALG_A256GCM))
+            kek = (
+                store.cipher(kek_label)
+                if store.has_key(kek_label)
+                else store.generate_key(kek_label, ALG_A256GCM)
+            )
             return create_wrapped_key(path, kek, purpose=purpose)
     except KeyStoreError as exc:
         raise WrappedKeyError(f"token {token_label!r}: {exc}") from None

@@ -61,8 +61,11 @@ class RequestDeadline(H11Protocol):
         self._deadline = None
         if not self.transport.is_closing():
             where = f"{self.client[0]}:{self.client[1]}" if self.client else "?"
-            self.logger.info("request from %s not received within %.0f s: connection closed",
-                             where, self.timeout_s)
+            self.logger.info(
+                "request from %s not received within %.0f s: connection closed",
+                where,
+                self.timeout_s,
+            )
             self.transport.close()
 
 

@@ -53,8 +53,11 @@ class BrokerAddress:
     def __post_init__(self) -> None:
         if not isinstance(self.host, str) or not self.host:
             raise InvalidBundle("bundle field 'server.host' must be the broker's host name")
-        if isinstance(self.port, bool) or not isinstance(self.port, int) \
-                or not 0 < self.port < 65536:
+        if (
+            isinstance(self.port, bool)
+            or not isinstance(self.port, int)
+            or not 0 < self.port < 65536
+        ):
             raise InvalidBundle(f"bundle field 'server.port' is {self.port!r}, not a port")
         if not isinstance(self.tls, bool):
             raise InvalidBundle("bundle field 'server.tls' must be true or false")
@@ -63,11 +66,19 @@ class BrokerAddress:
         if not isinstance(self.topic_prefix, str) or not self.topic_prefix:
             raise InvalidBundle("bundle field 'server.topic_prefix' must be a non-empty string")
         for k, alt in enumerate(self.alternates):
-            if not (isinstance(alt, tuple) and len(alt) == 2 and isinstance(alt[0], str)
-                    and alt[0] and isinstance(alt[1], int) and not isinstance(alt[1], bool)
-                    and 0 < alt[1] < 65536):
-                raise InvalidBundle(f"bundle field 'server.alternates[{k}]' must be "
-                                    '{"host": name, "port": 1..65535}')
+            if not (
+                isinstance(alt, tuple)
+                and len(alt) == 2
+                and isinstance(alt[0], str)
+                and alt[0]
+                and isinstance(alt[1], int)
+                and not isinstance(alt[1], bool)
+                and 0 < alt[1] < 65536
+            ):
+                raise InvalidBundle(
+                    f"bundle field 'server.alternates[{k}]' must be "
+                    '{"host": name, "port": 1..65535}'
+                )
 
     @property
     def endpoints(self) -> tuple[tuple[str, int], ...]:
@@ -92,14 +103,21 @@ class BrokerAddress:
         alts: list[tuple[str, int]] = []
         for k, alt in enumerate(alternates):
             if not isinstance(alt, Mapping) or set(alt) != {"host", "port"}:
-                raise InvalidBundle(f"bundle field 'server.alternates[{k}]' must be "
-                                    '{"host": name, "port": 1..65535}')
+                raise InvalidBundle(
+                    f"bundle field 'server.alternates[{k}]' must be "
+                    '{"host": name, "port": 1..65535}'
+                )
             alts.append((alt["host"], alt["port"]))
         return cls(**fields, alternates=tuple(alts))
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"host": self.host, "port": self.port, "tls": self.tls,
-                               "ca_pem": self.ca_pem, "topic_prefix": self.topic_prefix}
+        out: dict[str, Any] = {
+            "host": self.host,
+            "port": self.port,
+            "tls": self.tls,
+            "ca_pem": self.ca_pem,
+            "topic_prefix": self.topic_prefix,
+        }
         if self.alternates:  # absent when there are none: older readers keep working
             out["alternates"] = [{"host": h, "port": port} for h, port in self.alternates]
         return out
@@ -145,8 +163,9 @@ class ProvisioningBundle:
             raise InvalidBundle("bundle field 'zone' must be a string")
         for name in ("lat", "lon"):
             value = getattr(self, name)
-            if value is not None and (isinstance(value, bool)
-                                      or not isinstance(value, int | float)):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int | float)
+            ):
                 raise InvalidBundle(f"bundle field {name!r} must be a number")
 
     def __repr__(self) -> str:  # never show the key
@@ -190,8 +209,12 @@ class ProvisioningBundle:
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object ``parse`` reads back."""
-        out: dict[str, Any] = {"uid": self.uid, "kid_hex": self.kid.hex(),
-                               "alg": ALG_NAMES[self.alg], "key_hex": self.key.hex()}
+        out: dict[str, Any] = {
+            "uid": self.uid,
+            "kid_hex": self.kid.hex(),
+            "alg": ALG_NAMES[self.alg],
+            "key_hex": self.key.hex(),
+        }
         for name in ("zone", "lat", "lon"):
             if getattr(self, name) is not None:
                 out[name] = getattr(self, name)

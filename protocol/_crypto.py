@@ -23,8 +23,14 @@ from ._envelope import (
 )
 from ._errors import AuthenticationFailed, LocalProtocolError
 
-__all__ = ["AesGcmCipher", "Cipher", "alg_for_key_length", "message_hash", "open_envelope",
-           "seal_message"]
+__all__ = [
+    "AesGcmCipher",
+    "Cipher",
+    "alg_for_key_length",
+    "message_hash",
+    "open_envelope",
+    "seal_message",
+]
 
 
 @runtime_checkable

@@ -87,8 +87,17 @@ class PendingReport:
     def __post_init__(self) -> None:
         # Build a throwaway C3 so a bad report fails here, locally, not at the server.
         try:
-            C3Report(td=0, uid="x", tk=b"", cid=self.cid, gc=self.coords, pf=self.photo,
-                     sc=self.score, lb=self.label, at=self.captured_at)
+            C3Report(
+                td=0,
+                uid="x",
+                tk=b"",
+                cid=self.cid,
+                gc=self.coords,
+                pf=self.photo,
+                sc=self.score,
+                lb=self.label,
+                at=self.captured_at,
+            )
         except RemoteProtocolError as exc:
             raise LocalProtocolError(f"invalid report: {exc}") from None
 
@@ -161,7 +170,10 @@ class DeviceConnection:
         self._check_not_errored()
         try:
             opened = open_message(
-                data, role="device", accepts=self._ACCEPTS, limits=self.limits,
+                data,
+                role="device",
+                accepts=self._ACCEPTS,
+                limits=self.limits,
                 key_for=lambda kid: self._cipher if kid == self.kid else None,
             )
         except RemoteProtocolError as exc:
@@ -215,8 +227,11 @@ class DeviceConnection:
         self._outbox.append(self._seal(B2Confirm(ts=m.ts, ep=m.ep, h=h)))
         events: list[Event] = [WindowAnnounced(m.ts, m.tx, m.ep)]
         # A report refused because monitoring was off goes out again as soon as it is on.
-        if (self.state is ContactState.BACKOFF and m.tx > m.ts
-                and self._last_refusal == ErrorCode.FRAMEWORK_INACTIVE):
+        if (
+            self.state is ContactState.BACKOFF
+            and m.tx > m.ts
+            and self._last_refusal == ErrorCode.FRAMEWORK_INACTIVE
+        ):
             self._deadline = now
         return events
 
@@ -238,8 +253,19 @@ class DeviceConnection:
             return [self._drop("mismatch", "C2 does not answer the C1 in flight")]
         r = self._report
         assert r is not None
-        c3 = self._seal(C3Report(td=self._td, uid=self.uid, tk=m.tk, cid=r.cid, gc=r.coords,
-                                 pf=r.photo, sc=r.score, lb=r.label, at=r.captured_at))
+        c3 = self._seal(
+            C3Report(
+                td=self._td,
+                uid=self.uid,
+                tk=m.tk,
+                cid=r.cid,
+                gc=r.coords,
+                pf=r.photo,
+                sc=r.score,
+                lb=r.label,
+                at=r.captured_at,
+            )
+        )
         self._transition(_Input.C2)
         self._last_sent_hash = message_hash(c3)
         self._outbox.append(c3)
@@ -262,8 +288,9 @@ class DeviceConnection:
     def _on_error(self, m: ErrorMessage, now: int) -> list[Event]:
         awaited = {ContactState.AWAIT_C2: MessageType.C1, ContactState.AWAIT_C4: MessageType.C3}
         if awaited.get(self.state) != m.re or m.td != self._td:
-            return [self._drop("unexpected", f"error {m.code} does not answer the message in "
-                                             f"flight")]
+            return [
+                self._drop("unexpected", f"error {m.code} does not answer the message in flight")
+            ]
         r = self._report
         assert r is not None
         self._transition(_Input.REFUSED)

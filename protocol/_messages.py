@@ -167,8 +167,7 @@ class Coords:
             raise _bad('gc.src must be "gps" or "fixed"')
 
     def to_map(self) -> dict[str, Any]:
-        return {"lat": self.lat, "lon": self.lon, "alt": self.alt, "acc": self.acc,
-                "src": self.src}
+        return {"lat": self.lat, "lon": self.lon, "alt": self.alt, "acc": self.acc, "src": self.src}
 
     @classmethod
     def from_map(cls, m: Any) -> Coords:
@@ -438,8 +437,18 @@ class ErrorMessage(Message):
 
 MESSAGE_CLASSES: dict[int, type[Message]] = {
     cls.TYPE: cls
-    for cls in (B1Announce, B2Confirm, C1Hello, C2Ready, C3Report, C4Receipt, N1Alert,
-                N2Receipt, ErrorMessage, N3LinkedReport)
+    for cls in (
+        B1Announce,
+        B2Confirm,
+        C1Hello,
+        C2Ready,
+        C3Report,
+        C4Receipt,
+        N1Alert,
+        N2Receipt,
+        ErrorMessage,
+        N3LinkedReport,
+    )
 }
 
 

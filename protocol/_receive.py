@@ -39,9 +39,7 @@ def open_message(
     limits: Limits,
 ) -> Opened:
     """Raise a ``RemoteProtocolError`` for anything but a valid message for ``role``."""
-    largest = (
-        limits.max_large_message if _LARGE_TYPES & set(accepts) else limits.max_small_message
-    )
+    largest = limits.max_large_message if _LARGE_TYPES & set(accepts) else limits.max_small_message
     env = decode_envelope(data, max_size=largest)
     if env.type not in accepts:
         name = MessageType(env.type).name if env.type in MessageType._value2member_map_ else None

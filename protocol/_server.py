@@ -150,8 +150,12 @@ class ServerEndpoint:
         record = self._directory.lookup(kid)
         if record is None:
             raise KeyError(f"no device with kid {kid.hex()}")
-        data = seal(B1Announce(ts=now, tx=max(tx, now), h=epoch_hash(now), ep=ep),
-                    cipher=record.cipher, kid=kid, random=self._random)
+        data = seal(
+            B1Announce(ts=now, tx=max(tx, now), h=epoch_hash(now), ep=ep),
+            cipher=record.cipher,
+            kid=kid,
+            random=self._random,
+        )
         self._broadcasts[kid] = (ep, now, hashlib.sha256(data).digest())
         return data
 
@@ -167,8 +171,13 @@ class ServerEndpoint:
         if flood is not None:
             return [flood]
         try:
-            opened = open_message(data, role="server", accepts=self._ACCEPTS,
-                                  limits=self.limits, key_for=self._key_for)
+            opened = open_message(
+                data,
+                role="server",
+                accepts=self._ACCEPTS,
+                limits=self.limits,
+                key_for=self._key_for,
+            )
         except InvalidPlaintext as exc:
             return self._on_invalid_plaintext(exc, now)
         except RemoteProtocolError as exc:
@@ -186,8 +195,12 @@ class ServerEndpoint:
         record = self._directory.lookup(incident.kid)
         if record is None:
             raise KeyError(f"no device with kid {incident.kid.hex()}")
-        return seal(C4Receipt(td=incident.td, inc=incident.incident_id, h=incident.c3_hash),
-                    cipher=record.cipher, kid=incident.kid, random=self._random)
+        return seal(
+            C4Receipt(td=incident.td, inc=incident.incident_id, h=incident.c3_hash),
+            cipher=record.cipher,
+            kid=incident.kid,
+            random=self._random,
+        )
 
     def data_to_send(self) -> list[Outgoing]:
         out, self._outbox = self._outbox, []
@@ -202,8 +215,11 @@ class ServerEndpoint:
     def _on_b2(self, kid: bytes, m: B2Confirm, opened: Opened) -> list[Event]:
         sent = self._broadcasts.get(kid)
         if sent is None or sent != (m.ep, m.ts, m.h):
-            return [MessageDropped("mismatch", "B2 does not confirm the last B1 sent", kid,
-                                   MessageType.B2)]
+            return [
+                MessageDropped(
+                    "mismatch", "B2 does not confirm the last B1 sent", kid, MessageType.B2
+                )
+            ]
         del self._broadcasts[kid]  # a replayed B2 finds nothing to confirm
         return [BroadcastConfirmed(kid, m.ep, m.ts)]
 
@@ -246,11 +262,21 @@ class ServerEndpoint:
             code = ErrorCode.PAYLOAD_REJECTED  # captured later than the server's now
         if code is not None:
             return [self._refuse(kid, MessageType.C3, m.td, code, now)]
-        return [IncidentReported(
-            kid=kid, uid=m.uid, td=m.td, cid=m.cid, incident_id=incident_id_for(kid, m.cid),
-            coords=m.gc, photo=m.pf, score=m.sc, label=m.lb, captured_at=m.at,
-            c3_hash=opened.hash,
-        )]
+        return [
+            IncidentReported(
+                kid=kid,
+                uid=m.uid,
+                td=m.td,
+                cid=m.cid,
+                incident_id=incident_id_for(kid, m.cid),
+                coords=m.gc,
+                photo=m.pf,
+                score=m.sc,
+                label=m.lb,
+                captured_at=m.at,
+                c3_hash=opened.hash,
+            )
+        ]
 
     def _on_invalid_plaintext(self, exc: InvalidPlaintext, now: int) -> list[Event]:
         """An authenticated C3 whose content is unacceptable (not a JPEG, bad coordinates)
@@ -263,11 +289,11 @@ class ServerEndpoint:
         td = exc.fields.get("td")
         if type(td) is not int or not 0 <= td <= MAX_TIME_MS:
             return [dropped]
-        return [dropped, self._refuse(env.kid, MessageType.C3, td,
-                                      ErrorCode.PAYLOAD_REJECTED, now)]
+        return [dropped, self._refuse(env.kid, MessageType.C3, td, ErrorCode.PAYLOAD_REJECTED, now)]
 
-    def _device_refusal(self, kid: bytes, uid: str, now: int, *, check_window: bool
-                        ) -> ErrorCode | None:
+    def _device_refusal(
+        self, kid: bytes, uid: str, now: int, *, check_window: bool
+    ) -> ErrorCode | None:
         record = self._directory.lookup(kid)
         assert record is not None
         if uid != record.uid:
@@ -297,8 +323,9 @@ class ServerEndpoint:
         tokens = min(float(burst), tokens + max(0, now - at) * per_minute / 60_000)
         if tokens < 1:
             self._uplinks[env.kid] = (tokens, now)
-            return MessageDropped("flood", "more uplink messages than the protocol needs",
-                                  env.kid, env.type)
+            return MessageDropped(
+                "flood", "more uplink messages than the protocol needs", env.kid, env.type
+            )
         self._uplinks[env.kid] = (tokens - 1, now)
         return None
 
@@ -319,8 +346,9 @@ class ServerEndpoint:
     def _reply(self, kid: bytes, m: C2Ready | ErrorMessage) -> None:
         record = self._directory.lookup(kid)
         assert record is not None
-        self._outbox.append(Outgoing(kid, seal(m, cipher=record.cipher, kid=kid,
-                                               random=self._random)))
+        self._outbox.append(
+            Outgoing(kid, seal(m, cipher=record.cipher, kid=kid, random=self._random))
+        )
 
 
 def _dropped(exc: RemoteProtocolError, data: bytes) -> MessageDropped:
@@ -366,31 +394,75 @@ class EncNotifier:
         self.limits = limits or Limits()
         self._pending: dict[str, _PendingAlert] = {}
 
-    def alert(self, *, incident_id: str, coords: Coords, photo: bytes, score: float,
-              label: str, captured_at: int, device_uid: str, now: int) -> bytes:
+    def alert(
+        self,
+        *,
+        incident_id: str,
+        coords: Coords,
+        photo: bytes,
+        score: float,
+        label: str,
+        captured_at: int,
+        device_uid: str,
+        now: int,
+    ) -> bytes:
         """A fresh N1 for an incident; waits for its N2 until the step's timeout."""
-        data = seal(N1Alert(ts=now, inc=incident_id, gc=coords, pf=photo, sc=score, lb=label,
-                            at=captured_at, dev=device_uid),
-                    cipher=self._cipher, kid=self.kid, random=self._random)
+        data = seal(
+            N1Alert(
+                ts=now,
+                inc=incident_id,
+                gc=coords,
+                pf=photo,
+                sc=score,
+                lb=label,
+                at=captured_at,
+                dev=device_uid,
+            ),
+            cipher=self._cipher,
+            kid=self.kid,
+            random=self._random,
+        )
         p = self._pending.get(incident_id)
         if p is None:
             p = self._pending[incident_id] = _PendingAlert([], 0, 0)
-        p.hashes = [*p.hashes[-(self._KEEP_HASHES - 1):], hashlib.sha256(data).digest()]
+        p.hashes = [*p.hashes[-(self._KEEP_HASHES - 1) :], hashlib.sha256(data).digest()]
         p.deadline = now + self.timing.n2_timeout_ms
         p.attempts += 1
         return data
 
-    def linked_report(self, *, incident_id: str, report_id: str, coords: Coords,
-                      photo: bytes, score: float, label: str, captured_at: int,
-                      device_uid: str, now: int) -> bytes:
+    def linked_report(
+        self,
+        *,
+        incident_id: str,
+        report_id: str,
+        coords: Coords,
+        photo: bytes,
+        score: float,
+        label: str,
+        captured_at: int,
+        device_uid: str,
+        now: int,
+    ) -> bytes:
         """A fresh N3: report ``report_id`` fused into the alert ``incident_id`` sent
         before. Waits for its N2 (``inc`` = ``report_id``) like an N1; an ENC that
         answers 404 to ``POST /v1/reports`` does not know N3: send the report as an N1
         of its own (``alert(incident_id=report_id, ...)``) after ``forget(report_id)``."""
-        data = seal(N3LinkedReport(ts=now, inc=incident_id, rep=report_id, gc=coords,
-                                   pf=photo, sc=score, lb=label, at=captured_at,
-                                   dev=device_uid),
-                    cipher=self._cipher, kid=self.kid, random=self._random)
+        data = seal(
+            N3LinkedReport(
+                ts=now,
+                inc=incident_id,
+                rep=report_id,
+                gc=coords,
+                pf=photo,
+                sc=score,
+                lb=label,
+                at=captured_at,
+                dev=device_uid,
+            ),
+            cipher=self._cipher,
+            kid=self.kid,
+            random=self._random,
+        )
         self._track(report_id, data, now)
         return data
 
@@ -402,26 +474,40 @@ class EncNotifier:
         p = self._pending.get(key)
         if p is None:
             p = self._pending[key] = _PendingAlert([], 0, 0)
-        p.hashes = [*p.hashes[-(self._KEEP_HASHES - 1):], hashlib.sha256(data).digest()]
+        p.hashes = [*p.hashes[-(self._KEEP_HASHES - 1) :], hashlib.sha256(data).digest()]
         p.deadline = now + self.timing.n2_timeout_ms
         p.attempts += 1
 
     def receive(self, data: bytes, now: int) -> list[Event]:
         """Check an N2 from the ENC."""
         try:
-            opened = open_message(data, role="server", accepts=self._ACCEPTS, limits=self.limits,
-                                  key_for=lambda kid: self._cipher if kid == self.kid else None)
+            opened = open_message(
+                data,
+                role="server",
+                accepts=self._ACCEPTS,
+                limits=self.limits,
+                key_for=lambda kid: self._cipher if kid == self.kid else None,
+            )
         except RemoteProtocolError as exc:
             return [_dropped(exc, data)]
         m = opened.message
         assert isinstance(m, N2Receipt)
         p = self._pending.get(m.inc)
         if p is None or m.h not in p.hashes:
-            return [MessageDropped("mismatch", "N2 does not acknowledge an N1 in flight",
-                                   self.kid, MessageType.N2)]
+            return [
+                MessageDropped(
+                    "mismatch", "N2 does not acknowledge an N1 in flight", self.kid, MessageType.N2
+                )
+            ]
         if abs(m.tenc - now) > self.timing.window_ms:
-            return [MessageDropped("timestamp", "N2 T_ENC is outside the acceptance window",
-                                   self.kid, MessageType.N2)]
+            return [
+                MessageDropped(
+                    "timestamp",
+                    "N2 T_ENC is outside the acceptance window",
+                    self.kid,
+                    MessageType.N2,
+                )
+            ]
         del self._pending[m.inc]
         return [AlertConfirmed(m.inc, m.tenc)]
 

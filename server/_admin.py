@@ -125,9 +125,14 @@ def _incident_out() -> type[BaseModel]:
         else:
             default = ... if f.default is dataclasses.MISSING else f.default
             fields[f.name] = (hints[f.name], default)
-    fields["fused_into"] = (str | None, Field(
-        None, description="the nearby alerted incident this one was fused into (its alert "
-                          "covers both; this one has none of its own)"))
+    fields["fused_into"] = (
+        str | None,
+        Field(
+            None,
+            description="the nearby alerted incident this one was fused into (its alert "
+            "covers both; this one has none of its own)",
+        ),
+    )
     return create_model("IncidentOut", __base__=_Model, **fields)
 
 
@@ -176,12 +181,25 @@ class AdminContext:
     """The bearer token every ``/v1`` call needs."""
 
     @classmethod
-    def of(cls, config: ServerConfig, store: Store, metrics: ServerMetrics, *,
-           changed: Callable[[], None], mqtt_connected: Callable[[], bool]) -> "AdminContext":
+    def of(
+        cls,
+        config: ServerConfig,
+        store: Store,
+        metrics: ServerMetrics,
+        *,
+        changed: Callable[[], None],
+        mqtt_connected: Callable[[], bool],
+    ) -> "AdminContext":
         """A context that reads the token from the configured token file."""
         token = read_token_file(config.path(config.admin.token_file))
-        return cls(config=config, store=store, metrics=metrics, changed=changed,
-                   mqtt_connected=mqtt_connected, token=token)
+        return cls(
+            config=config,
+            store=store,
+            metrics=metrics,
+            changed=changed,
+            mqtt_connected=mqtt_connected,
+            token=token,
+        )
 
 
 @contextlib.contextmanager
@@ -211,30 +229,38 @@ def _serve_docs(app: FastAPI) -> None:
     @app.get("/docs", include_in_schema=False)
     def docs() -> HTMLResponse:
         page = get_swagger_ui_html(
-            openapi_url=app.openapi_url or "/openapi.json", title=f"{app.title}: docs",
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{app.title}: docs",
             swagger_js_url="/docs/static/swagger-ui-bundle.js",
             swagger_css_url="/docs/static/swagger-ui.css",
-            swagger_favicon_url="/docs/static/favicon-32x32.png")
+            swagger_favicon_url="/docs/static/favicon-32x32.png",
+        )
         page.headers["Content-Security-Policy"] = (
             "default-src 'self'; script-src 'self' 'unsafe-inline'; "
-            "style-src 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'self'")
+            "style-src 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'self'"
+        )
         return page
 
 
 def admin_app(ctx: AdminContext) -> FastAPI:
-    app = FastAPI(title="CityWatch trusted server: admin API", version="1", docs_url=None,
-                  description="Device registry, monitoring windows and incidents. Every "
-                              "/v1 call needs `Authorization: Bearer <token>` (the token "
-                              "file in the server's config). `X-Actor` names who acts, for "
-                              "the audit log.")
+    app = FastAPI(
+        title="CityWatch trusted server: admin API",
+        version="1",
+        docs_url=None,
+        description="Device registry, monitoring windows and incidents. Every "
+        "/v1 call needs `Authorization: Bearer <token>` (the token "
+        "file in the server's config). `X-Actor` names who acts, for "
+        "the audit log.",
+    )
     bearer = HTTPBearer(auto_error=False)
 
-    def authorised(cred: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
-                   ) -> None:
-        if cred is None or not secrets.compare_digest(cred.credentials.encode(),
-                                                      ctx.token.encode()):
-            raise HTTPException(401, "a valid bearer token is needed",
-                                headers={"WWW-Authenticate": "Bearer"})
+    def authorised(cred: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
+        if cred is None or not secrets.compare_digest(
+            cred.credentials.encode(), ctx.token.encode()
+        ):
+            raise HTTPException(
+                401, "a valid bearer token is needed", headers={"WWW-Authenticate": "Bearer"}
+            )
 
     def actor(x_actor: Annotated[str | None, Header(max_length=128)] = None) -> str:
         return f"api:{x_actor}" if x_actor else "api"
@@ -243,8 +269,12 @@ def admin_app(ctx: AdminContext) -> FastAPI:
     Actor = Annotated[str, Depends(actor)]
     _serve_docs(app)
 
-    @app.get("/healthz", response_model=Health, tags=["ops"],
-             responses={503: {"model": Health, "description": "Cannot do its job now"}})
+    @app.get(
+        "/healthz",
+        response_model=Health,
+        tags=["ops"],
+        responses={503: {"model": Health, "description": "Cannot do its job now"}},
+    )
     def healthz(response: Response) -> Health:
         connected = ctx.mqtt_connected()
         try:
@@ -257,49 +287,80 @@ def admin_app(ctx: AdminContext) -> FastAPI:
             return Health(status="unavailable", mqtt_connected=connected, outbox_depth=depth)
         return Health(status="ok", mqtt_connected=connected, outbox_depth=depth)
 
-    @app.get("/metrics", tags=["ops"], response_class=Response,
-             responses={200: {"content": {"text/plain": {}}}})
+    @app.get(
+        "/metrics",
+        tags=["ops"],
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {}}}},
+    )
     def metrics() -> Response:
-        return Response(ctx.metrics.exposition(),
-                        media_type="text/plain; version=0.0.4; charset=utf-8")
+        return Response(
+            ctx.metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8"
+        )
 
     # -- devices -------------------------------------------------------------------------
 
-    @app.get("/v1/devices", response_model=list[DeviceOut], dependencies=[Auth],
-             tags=["devices"])
-    def list_devices(zone: Annotated[str | None, Query(max_length=64)] = None
-                     ) -> list[dict[str, Any]]:
+    @app.get("/v1/devices", response_model=list[DeviceOut], dependencies=[Auth], tags=["devices"])
+    def list_devices(
+        zone: Annotated[str | None, Query(max_length=64)] = None,
+    ) -> list[dict[str, Any]]:
         return [d.to_json() for d in ctx.store.list_devices(zone=zone)]
 
-    @app.post("/v1/devices", response_model=Bundle, status_code=201, dependencies=[Auth],
-              tags=["devices"], responses={409: {"description": "UID taken"}})
+    @app.post(
+        "/v1/devices",
+        response_model=Bundle,
+        status_code=201,
+        dependencies=[Auth],
+        tags=["devices"],
+        responses={409: {"description": "UID taken"}},
+    )
     def add_device(body: DeviceAdd, who: Actor) -> dict[str, Any]:
         with _errors():
             device, key = ctx.store.add_device(
-                uid=body.uid, zone=body.zone, lat=body.lat, lon=body.lon,
-                alg=ALG_A128GCM if body.alg == "A128GCM" else ALG_A256GCM, actor=who)
+                uid=body.uid,
+                zone=body.zone,
+                lat=body.lat,
+                lon=body.lon,
+                alg=ALG_A128GCM if body.alg == "A128GCM" else ALG_A256GCM,
+                actor=who,
+            )
             ctx.changed()
             return provisioning_bundle(ctx.config, device, key).to_json()
 
-    @app.get("/v1/devices/{uid}", response_model=DeviceOut, dependencies=[Auth],
-             tags=["devices"], responses={404: {"description": "No such device"}})
+    @app.get(
+        "/v1/devices/{uid}",
+        response_model=DeviceOut,
+        dependencies=[Auth],
+        tags=["devices"],
+        responses={404: {"description": "No such device"}},
+    )
     def get_device(uid: UidPath) -> dict[str, Any]:
         with _errors():
             return ctx.store.get_device(uid).to_json()
 
-    @app.post("/v1/devices/{uid}/{action}", response_model=DeviceOut, dependencies=[Auth],
-              tags=["devices"], responses={404: {"description": "No such device"}})
-    def device_action(uid: UidPath,
-                      action: Literal["activate", "deactivate", "block", "unblock"],
-                      who: Actor) -> dict[str, Any]:
+    @app.post(
+        "/v1/devices/{uid}/{action}",
+        response_model=DeviceOut,
+        dependencies=[Auth],
+        tags=["devices"],
+        responses={404: {"description": "No such device"}},
+    )
+    def device_action(
+        uid: UidPath, action: Literal["activate", "deactivate", "block", "unblock"], who: Actor
+    ) -> dict[str, Any]:
         assert action in DEVICE_ACTIONS
         with _errors():
             info = ctx.store.set_device_state(uid, action, actor=who)
             ctx.changed()
             return info.to_json()
 
-    @app.delete("/v1/devices/{uid}", status_code=204, dependencies=[Auth], tags=["devices"],
-                responses={404: {"description": "No such device"}})
+    @app.delete(
+        "/v1/devices/{uid}",
+        status_code=204,
+        dependencies=[Auth],
+        tags=["devices"],
+        responses={404: {"description": "No such device"}},
+    )
     def delete_device(uid: UidPath, who: Actor) -> Response:
         with _errors():
             ctx.store.delete_device(uid, actor=who)
@@ -310,20 +371,25 @@ def admin_app(ctx: AdminContext) -> FastAPI:
 
     def zone_states(now: int) -> list[ZoneState]:
         plan = MonitoringPlan.of(ctx.store.open_windows(now), ctx.config.schedules)
-        return [ZoneState(zone=z, monitored_until=plan.until(z, now))
-                for z in sorted(plan.zones())]
+        return [ZoneState(zone=z, monitored_until=plan.until(z, now)) for z in sorted(plan.zones())]
 
     @app.get("/v1/windows", response_model=WindowsOut, dependencies=[Auth], tags=["windows"])
     def list_windows(limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> WindowsOut:
         from ._store import now_ms
 
-        return WindowsOut(zones=zone_states(now_ms()),
-                          recent=[WindowOut(**w.to_json())
-                                  for w in ctx.store.list_windows(limit=limit)])
+        return WindowsOut(
+            zones=zone_states(now_ms()),
+            recent=[WindowOut(**w.to_json()) for w in ctx.store.list_windows(limit=limit)],
+        )
 
-    @app.post("/v1/windows/{zone}/open", response_model=WindowOut, status_code=201,
-              dependencies=[Auth], tags=["windows"],
-              responses={400: {"description": "End in the past"}})
+    @app.post(
+        "/v1/windows/{zone}/open",
+        response_model=WindowOut,
+        status_code=201,
+        dependencies=[Auth],
+        tags=["windows"],
+        responses={400: {"description": "End in the past"}},
+    )
     def open_window(zone: ZonePath, body: WindowOpen, who: Actor) -> WindowOut:
         until = body.until if body.until.tzinfo else body.until.replace(tzinfo=dt.UTC)
         with _errors():
@@ -335,8 +401,9 @@ def admin_app(ctx: AdminContext) -> FastAPI:
             ctx.changed()
             return WindowOut(**w.to_json())
 
-    @app.post("/v1/windows/{zone}/close", response_model=Closed, dependencies=[Auth],
-              tags=["windows"])
+    @app.post(
+        "/v1/windows/{zone}/close", response_model=Closed, dependencies=[Auth], tags=["windows"]
+    )
     def close_window(zone: ZonePath, who: Actor) -> Closed:
         from ._store import now_ms
 
@@ -349,38 +416,48 @@ def admin_app(ctx: AdminContext) -> FastAPI:
 
     # -- incidents and audit ------------------------------------------------------------
 
-    @app.get("/v1/incidents", response_model=list[IncidentOut], dependencies=[Auth],
-             tags=["incidents"])
+    @app.get(
+        "/v1/incidents", response_model=list[IncidentOut], dependencies=[Auth], tags=["incidents"]
+    )
     def list_incidents(
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         decision: Literal["dangerous", "dismissed"] | None = None,
     ) -> list[dict[str, Any]]:
         return [i.to_json() for i in ctx.store.list_incidents(limit=limit, decision=decision)]
 
-    @app.get("/v1/incidents/{incident_id}", response_model=IncidentOut, dependencies=[Auth],
-             tags=["incidents"], responses={404: {"description": "No such incident"}})
-    def get_incident(incident_id: Annotated[str, Path(min_length=1, max_length=64)]
-                     ) -> dict[str, Any]:
+    @app.get(
+        "/v1/incidents/{incident_id}",
+        response_model=IncidentOut,
+        dependencies=[Auth],
+        tags=["incidents"],
+        responses={404: {"description": "No such incident"}},
+    )
+    def get_incident(
+        incident_id: Annotated[str, Path(min_length=1, max_length=64)],
+    ) -> dict[str, Any]:
         try:
             return ctx.store.get_incident(incident_id).to_json()
         except RegistryError as exc:
             raise HTTPException(404, str(exc)) from None
 
-    @app.get("/v1/incidents/{incident_id}/photo", dependencies=[Auth], tags=["incidents"],
-             response_class=Response,
-             responses={200: {"content": {"image/jpeg": {}}},
-                        404: {"description": "No such incident"}})
-    def incident_photo(incident_id: Annotated[str, Path(min_length=1, max_length=64)]
-                       ) -> Response:
+    @app.get(
+        "/v1/incidents/{incident_id}/photo",
+        dependencies=[Auth],
+        tags=["incidents"],
+        response_class=Response,
+        responses={200: {"content": {"image/jpeg": {}}}, 404: {"description": "No such incident"}},
+    )
+    def incident_photo(incident_id: Annotated[str, Path(min_length=1, max_length=64)]) -> Response:
         try:
             return Response(ctx.store.incident_photo(incident_id), media_type="image/jpeg")
         except RegistryError as exc:
             raise HTTPException(404, str(exc)) from None
 
     @app.get("/v1/audit", response_model=list[AuditOut], dependencies=[Auth], tags=["audit"])
-    def audit(limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-              subject: Annotated[str | None, Query(max_length=128)] = None
-              ) -> list[dict[str, Any]]:
+    def audit(
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        subject: Annotated[str | None, Query(max_length=128)] = None,
+    ) -> list[dict[str, Any]]:
         return [a.to_json() for a in ctx.store.audit_log(limit=limit, subject=subject)]
 
     @app.exception_handler(ServerError)
@@ -405,8 +482,10 @@ def bind_admin_socket(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise ServerError(f"admin API cannot listen on {host}:{port}: {exc.strerror}. "
-                          "Change [admin] port in the config, or stop what uses it") from None
+        raise ServerError(
+            f"admin API cannot listen on {host}:{port}: {exc.strerror}. "
+            "Change [admin] port in the config, or stop what uses it"
+        ) from None
     sock.listen(128)
     sock.setblocking(False)
     return sock
@@ -417,8 +496,13 @@ async def serve_admin(ctx: AdminContext, stop: asyncio.Event) -> None:
     flight are answered first."""
     a = ctx.config.admin
     sock = bind_admin_socket(a.host, a.port)
-    config = uvicorn.Config(admin_app(ctx), log_level="warning", lifespan="off",
-                            access_log=False, http=request_deadline())
+    config = uvicorn.Config(
+        admin_app(ctx),
+        log_level="warning",
+        lifespan="off",
+        access_log=False,
+        http=request_deadline(),
+    )
     http = _AdminHttpServer(config)
 
     async def _stop_when_asked() -> None:

@@ -51,8 +51,17 @@ def queue_alert(s: Session, incident_id: str, *, now: int, linked_to: str | None
     """Queue an incident's alert in the caller's transaction (the decision's); with
     ``linked_to``, the incident is a report fused into that alert, for the ENC to show
     with it."""
-    s.add(OutboxRow(incident_id=incident_id, state="pending", attempts=0,
-                    next_attempt_at=now, lease_until=0, created_at=now, linked_to=linked_to))
+    s.add(
+        OutboxRow(
+            incident_id=incident_id,
+            state="pending",
+            attempts=0,
+            next_attempt_at=now,
+            lease_until=0,
+            created_at=now,
+            linked_to=linked_to,
+        )
+    )
     s.flush()
 
 
@@ -69,65 +78,112 @@ class AlertQueue:
         primary = aliased(OutboxRow)
         delivered = select(primary.incident_id).where(primary.state == "delivered")
         with self.db.tx() as s:
-            ids = list(s.scalars(
-                select(OutboxRow.incident_id)
-                .where(OutboxRow.state == "pending", OutboxRow.next_attempt_at <= now,
-                       OutboxRow.lease_until <= now,
-                       # a linked report waits until the ENC has the alert it joins
-                       or_(OutboxRow.linked_to.is_(None), OutboxRow.linked_to.in_(delivered)))
-                .order_by(OutboxRow.next_attempt_at).limit(limit)))
+            ids = list(
+                s.scalars(
+                    select(OutboxRow.incident_id)
+                    .where(
+                        OutboxRow.state == "pending",
+                        OutboxRow.next_attempt_at <= now,
+                        OutboxRow.lease_until <= now,
+                        # a linked report waits until the ENC has the alert it joins
+                        or_(OutboxRow.linked_to.is_(None), OutboxRow.linked_to.in_(delivered)),
+                    )
+                    .order_by(OutboxRow.next_attempt_at)
+                    .limit(limit)
+                )
+            )
         won: list[str] = []
         for incident_id in ids:
             with self.db.tx() as s:
-                res = s.execute(update(OutboxRow)
-                                .where(OutboxRow.incident_id == incident_id,
-                                       OutboxRow.state == "pending",
-                                       OutboxRow.lease_until <= now)
-                                .values(lease_until=now + lease_ms, lease_owner=owner))
+                res = s.execute(
+                    update(OutboxRow)
+                    .where(
+                        OutboxRow.incident_id == incident_id,
+                        OutboxRow.state == "pending",
+                        OutboxRow.lease_until <= now,
+                    )
+                    .values(lease_until=now + lease_ms, lease_owner=owner)
+                )
                 if res.rowcount:  # type: ignore[attr-defined]
                     won.append(incident_id)
         if not won:
             return []
         with self.db.tx() as s:
-            rows = s.execute(select(OutboxRow.attempts, OutboxRow.linked_to, IncidentRow)
-                             .join(IncidentRow, IncidentRow.id == OutboxRow.incident_id)
-                             .where(OutboxRow.incident_id.in_(won))).all()
+            rows = s.execute(
+                select(OutboxRow.attempts, OutboxRow.linked_to, IncidentRow)
+                .join(IncidentRow, IncidentRow.id == OutboxRow.incident_id)
+                .where(OutboxRow.incident_id.in_(won))
+            ).all()
             items = []
             for a, linked_to, r in rows:
-                lat, lon, alt, acc = self.db.seal.open_coords(r.id, r.lat, r.lon, r.alt, r.acc,
-                                                       r.coords_sealed)
-                items.append(OutboxItem(
-                    incident_id=r.id, attempts=a, lat=lat, lon=lon, alt=alt, acc=acc,
-                    coords_src=r.coords_src, photo=self.db.seal.open_photo(r.id, r.photo),
-                    score=float(r.server_score if r.server_score is not None
-                                else r.device_score),
-                    label=r.label, captured_at=r.captured_at, device_uid=r.device_uid,
-                    linked_to=linked_to))
+                lat, lon, alt, acc = self.db.seal.open_coords(
+                    r.id, r.lat, r.lon, r.alt, r.acc, r.coords_sealed
+                )
+                items.append(
+                    OutboxItem(
+                        incident_id=r.id,
+                        attempts=a,
+                        lat=lat,
+                        lon=lon,
+                        alt=alt,
+                        acc=acc,
+                        coords_src=r.coords_src,
+                        photo=self.db.seal.open_photo(r.id, r.photo),
+                        score=float(
+                            r.server_score if r.server_score is not None else r.device_score
+                        ),
+                        label=r.label,
+                        captured_at=r.captured_at,
+                        device_uid=r.device_uid,
+                        linked_to=linked_to,
+                    )
+                )
             return items
 
     def alert_delivered(self, incident_id: str, *, tenc: int) -> None:
         now = self.db.now()
         with self.db.tx() as s:
-            s.execute(update(OutboxRow).where(OutboxRow.incident_id == incident_id)
-                      .values(state="delivered", delivered_at=now, tenc=tenc, lease_until=0,
-                              lease_owner=None, last_error=None,
-                              attempts=OutboxRow.attempts + 1))
+            s.execute(
+                update(OutboxRow)
+                .where(OutboxRow.incident_id == incident_id)
+                .values(
+                    state="delivered",
+                    delivered_at=now,
+                    tenc=tenc,
+                    lease_until=0,
+                    lease_owner=None,
+                    last_error=None,
+                    attempts=OutboxRow.attempts + 1,
+                )
+            )
 
     def alert_failed(self, incident_id: str, *, retry_at: int, error: str) -> None:
         with self.db.tx() as s:
-            s.execute(update(OutboxRow).where(OutboxRow.incident_id == incident_id,
-                                              OutboxRow.state == "pending")
-                      .values(attempts=OutboxRow.attempts + 1, next_attempt_at=retry_at,
-                              lease_until=0, lease_owner=None, last_error=error[:2000]))
+            s.execute(
+                update(OutboxRow)
+                .where(OutboxRow.incident_id == incident_id, OutboxRow.state == "pending")
+                .values(
+                    attempts=OutboxRow.attempts + 1,
+                    next_attempt_at=retry_at,
+                    lease_until=0,
+                    lease_owner=None,
+                    last_error=error[:2000],
+                )
+            )
 
     def outbox_depth(self) -> int:
         with self.db.tx() as s:
-            return int(s.scalar(select(func.count()).select_from(OutboxRow)
-                                .where(OutboxRow.state == "pending")) or 0)
+            return int(
+                s.scalar(
+                    select(func.count()).select_from(OutboxRow).where(OutboxRow.state == "pending")
+                )
+                or 0
+            )
 
     def next_alert_due(self) -> int | None:
         """Earliest next attempt of a pending alert, ms."""
         with self.db.tx() as s:
-            v = s.scalar(select(func.min(OutboxRow.next_attempt_at))
-                         .where(OutboxRow.state == "pending"))
+            v = s.scalar(
+                select(func.min(OutboxRow.next_attempt_at)).where(OutboxRow.state == "pending")
+            )
             return int(v) if v is not None else None

@@ -45,16 +45,26 @@ class TrustedServer:
     """One server process. Several may run against one PostgreSQL database and one
     broker; they share device traffic and coordinate through the database."""
 
-    def __init__(self, config: ServerConfig, *, verifier: PhotoVerifier | None = None,
-                 clock: Callable[[], int] = now_ms) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        *,
+        verifier: PhotoVerifier | None = None,
+        clock: Callable[[], int] = now_ms,
+    ) -> None:
         self.config = config
         self._clock = clock
         v = config.verification
         models_dir = config.path(v.models_dir) if v.models_dir else None
         settings = VerifierSettings(
-            threshold=v.threshold, uncertainty_band=v.uncertainty_band,
-            min_width=v.min_width, min_height=v.min_height, max_pixels=v.max_pixels,
-            long_side=v.analysis_long_side, device_weight=v.device_weight)
+            threshold=v.threshold,
+            uncertainty_band=v.uncertainty_band,
+            min_width=v.min_width,
+            min_height=v.min_height,
+            max_pixels=v.max_pixels,
+            long_side=v.analysis_long_side,
+            device_weight=v.device_weight,
+        )
         self._preloaded: PreloadedPoseVerifier | None = None
         self._models_checked = verifier is None
         if verifier is None:
@@ -71,28 +81,52 @@ class TrustedServer:
         self.directory = RegistryDirectory(self.store)
         t = config.timing
         self.endpoint = ServerEndpoint(
-            directory=self.directory, ticket_key=master.ticket_key, random=secrets.token_bytes,
-            timing=t.protocol_timing(), limits=t.limits(), rate_limit=t.rate_limit(),
-            replay_capacity=t.replay_capacity, uplink_budget=4)
+            directory=self.directory,
+            ticket_key=master.ticket_key,
+            random=secrets.token_bytes,
+            timing=t.protocol_timing(),
+            limits=t.limits(),
+            rate_limit=t.rate_limit(),
+            replay_capacity=t.replay_capacity,
+            uplink_budget=4,
+        )
         #: The photo check, off the event loop; ``verifier=`` replaces it (tests, embedders).
-        self.verifier = VerifierPool(models_dir=models_dir, settings=settings,
-                                     workers=v.workers, verifier=verifier)
+        self.verifier = VerifierPool(
+            models_dir=models_dir, settings=settings, workers=v.workers, verifier=verifier
+        )
         self.client_id = f"citywatch-server-{secrets.token_hex(4)}"
-        self.outbox = EncOutbox(config, self.store, self.metrics, clock=clock,
-                                owner=self.client_id)
+        self.outbox = EncOutbox(config, self.store, self.metrics, clock=clock, owner=self.client_id)
         self.prefix = config.broker.topic_prefix
         #: The transport to the devices.
         self.link: DeviceLink = self._device_link(config)
         self.verification = Verification(
-            v, store=self.store, verifier=self.verifier, directory=self.directory,
-            metrics=self.metrics, clock=clock, alerted=self.outbox.wake)
+            v,
+            store=self.store,
+            verifier=self.verifier,
+            directory=self.directory,
+            metrics=self.metrics,
+            clock=clock,
+            alerted=self.outbox.wake,
+        )
         self.ingest = Ingest(
-            endpoint=self.endpoint, directory=self.directory, store=self.store,
-            metrics=self.metrics, clock=clock, send=self._send, stored=self._verify_new,
-            spawn=self._spawn)
+            endpoint=self.endpoint,
+            directory=self.directory,
+            store=self.store,
+            metrics=self.metrics,
+            clock=clock,
+            send=self._send,
+            stored=self._verify_new,
+            spawn=self._spawn,
+        )
         self.broadcasts = BroadcastScheduler(
-            config, store=self.store, directory=self.directory, endpoint=self.endpoint,
-            metrics=self.metrics, clock=clock, send=self._send)
+            config,
+            store=self.store,
+            directory=self.directory,
+            endpoint=self.endpoint,
+            metrics=self.metrics,
+            clock=clock,
+            send=self._send,
+        )
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
@@ -115,8 +149,7 @@ class TrustedServer:
         self._spawn(WatchdogKeeper(self.notifier).run(stop))
         workers = [
             asyncio.create_task(self.link.run(self._on_message, link_stop), name="link"),
-            asyncio.create_task(self.broadcasts.run(self.connected, self._wake),
-                                name="scheduler"),
+            asyncio.create_task(self.broadcasts.run(self.connected, self._wake), name="scheduler"),
             asyncio.create_task(self.outbox.run(), name="enc-outbox"),
             asyncio.create_task(self._purge_loop(), name="retention"),
         ]
@@ -127,12 +160,21 @@ class TrustedServer:
         if self.config.admin.enabled:
             from ._admin import AdminContext, serve_admin
 
-            admin = AdminContext.of(self.config, self.store, self.metrics, changed=self.wake,
-                                    mqtt_connected=lambda: self.mqtt_connected)
+            admin = AdminContext.of(
+                self.config,
+                self.store,
+                self.metrics,
+                changed=self.wake,
+                mqtt_connected=lambda: self.mqtt_connected,
+            )
             workers.append(asyncio.create_task(serve_admin(admin, admin_stop), name="admin"))
-        log.info("citywatch server %s starting (broker %s:%d, database %s)", self.client_id,
-                 self.config.broker.host, self.config.broker.port,
-                 self.store.engine.url.render_as_string(hide_password=True))
+        log.info(
+            "citywatch server %s starting (broker %s:%d, database %s)",
+            self.client_id,
+            self.config.broker.host,
+            self.config.broker.port,
+            self.store.engine.url.render_as_string(hide_password=True),
+        )
         stopper = asyncio.create_task(stop.wait())
         # The workers run forever: one that ends has failed, and takes the process down
         # with it (systemd restarts it) rather than limping on without, say, its outbox.
@@ -149,8 +191,11 @@ class TrustedServer:
         await asyncio.to_thread(self.verifier.close)
         self.store.close()
         for task, res in zip(workers, results, strict=False):
-            if task in done and isinstance(res, BaseException) and not isinstance(
-                    res, asyncio.CancelledError):
+            if (
+                task in done
+                and isinstance(res, BaseException)
+                and not isinstance(res, asyncio.CancelledError)
+            ):
                 raise res
 
     def _start_verifier(self) -> None:
@@ -184,9 +229,13 @@ class TrustedServer:
                 log.error("retention purge failed, nothing was removed: %s", exc)
             else:
                 if report.total:
-                    log.info("retention: %d dismissed and %d alerted photo(s) erased, %d "
-                             "incident(s) deleted", len(report.photos_dismissed),
-                             len(report.photos_alerted), len(report.incidents))
+                    log.info(
+                        "retention: %d dismissed and %d alerted photo(s) erased, %d "
+                        "incident(s) deleted",
+                        len(report.photos_dismissed),
+                        len(report.photos_alerted),
+                        len(report.incidents),
+                    )
             await asyncio.sleep(r.purge_every_minutes * 60)
 
     # -- the transport -----------------------------------------------------------------
@@ -194,20 +243,41 @@ class TrustedServer:
     def _device_link(self, config: ServerConfig) -> DeviceLink:
         b = config.broker
         if b.transport == "mqtt":
-            return MqttLink(b, client_id=self.client_id, path=config.path,
-                            on_connected=self._on_connected, on_lost=self._on_lost)
+            return MqttLink(
+                b,
+                client_id=self.client_id,
+                path=config.path,
+                on_connected=self._on_connected,
+                on_lost=self._on_lost,
+            )
         from ._nats import NatsLink, NatsSettings
 
         path = config.path
-        tls = None if not b.tls else mqtt_tls_context(
-            ca_file=str(path(b.ca_file)) if b.ca_file else None,
-            cert_file=str(path(b.cert_file)) if b.cert_file else None,
-            key_file=str(path(b.key_file)) if b.key_file else None, insecure=b.tls_insecure)
-        return NatsLink(NatsSettings(
-            servers=tuple(b.nats_servers), prefix=b.topic_prefix, stream=b.nats_stream,
-            durable=b.share_group, replicas=b.nats_replicas, name=self.client_id, tls=tls,
-            user=b.username, password=b.password),
-            on_connected=self._on_connected, on_lost=self._on_lost)
+        tls = (
+            None
+            if not b.tls
+            else mqtt_tls_context(
+                ca_file=str(path(b.ca_file)) if b.ca_file else None,
+                cert_file=str(path(b.cert_file)) if b.cert_file else None,
+                key_file=str(path(b.key_file)) if b.key_file else None,
+                insecure=b.tls_insecure,
+            )
+        )
+        return NatsLink(
+            NatsSettings(
+                servers=tuple(b.nats_servers),
+                prefix=b.topic_prefix,
+                stream=b.nats_stream,
+                durable=b.share_group,
+                replicas=b.nats_replicas,
+                name=self.client_id,
+                tls=tls,
+                user=b.username,
+                password=b.password,
+            ),
+            on_connected=self._on_connected,
+            on_lost=self._on_lost,
+        )
 
     def _on_connected(self) -> None:
         if self.connected is not None:
@@ -238,8 +308,9 @@ class TrustedServer:
             log.exception("message on %s could not be handled", topic)
 
     async def _verify_new(self, stored: IncidentInfo, photo: bytes | None, t0: float) -> None:
-        await self.verification.verify(stored.id, t0=t0,
-                                       known=(stored, photo) if photo is not None else None)
+        await self.verification.verify(
+            stored.id, t0=t0, known=(stored, photo) if photo is not None else None
+        )
 
     # -- used by the admin API --------------------------------------------------------
 

@@ -30,8 +30,13 @@ class AuditRecord:
     """Parameters of the change."""
 
     def to_json(self) -> dict[str, Any]:
-        return {"at": self.at, "actor": self.actor, "action": self.action,
-                "subject": self.subject, "detail": self.detail}
+        return {
+            "at": self.at,
+            "actor": self.actor,
+            "action": self.action,
+            "subject": self.subject,
+            "detail": self.detail,
+        }
 
 
 class AuditLog:
@@ -45,8 +50,10 @@ class AuditLog:
         if subject is not None:
             q = q.where(AuditEntry.subject == subject)
         with self.db.tx() as s:
-            return [AuditRecord(r.at, r.actor, r.action, r.subject, json.loads(r.detail or "{}"))
-                    for r in s.scalars(q)]
+            return [
+                AuditRecord(r.at, r.actor, r.action, r.subject, json.loads(r.detail or "{}"))
+                for r in s.scalars(q)
+            ]
 
     def audit(self, actor: str, action: str, subject: str, **detail: Any) -> None:
         with self.db.tx() as s:

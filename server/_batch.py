@@ -23,8 +23,7 @@ class GroupCommit(Generic[T, R]):
     """Runs ``write(items) -> results`` (one result per item, in order) in a worker
     thread, one batch at a time. A failed batch fails every caller in it."""
 
-    def __init__(self, write: Callable[[Sequence[T]], Sequence[R]], *, max_batch: int = 64
-                 ) -> None:
+    def __init__(self, write: Callable[[Sequence[T]], Sequence[R]], *, max_batch: int = 64) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         self._write = write
@@ -43,7 +42,7 @@ class GroupCommit(Generic[T, R]):
 
     async def _drain(self) -> None:
         while self._pending:
-            batch, self._pending = self._pending[:self._max], self._pending[self._max:]
+            batch, self._pending = self._pending[: self._max], self._pending[self._max :]
             live = [(item, f) for item, f in batch if not f.cancelled()]
             if not live:
                 continue

@@ -29,9 +29,17 @@ class BroadcastScheduler:
     handles the devices' presence messages. ``send(kid, data)`` hands a B1 to the
     transport."""
 
-    def __init__(self, config: ServerConfig, *, store: Store, directory: RegistryDirectory,
-                 endpoint: ServerEndpoint, metrics: ServerMetrics, clock: Callable[[], int],
-                 send: Callable[[bytes, bytes], None]) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        *,
+        store: Store,
+        directory: RegistryDirectory,
+        endpoint: ServerEndpoint,
+        metrics: ServerMetrics,
+        clock: Callable[[], int],
+        send: Callable[[bytes, bytes], None],
+    ) -> None:
         self.config = config
         self.store = store
         self.directory = directory
@@ -67,15 +75,21 @@ class BroadcastScheduler:
             if want == had:
                 continue
             natural_end = want is None and had is not None and had <= now
-            won = await asyncio.to_thread(self.store.claim_zone_announcement, zone, old=had,
-                                          new=want)
+            won = await asyncio.to_thread(
+                self.store.claim_zone_announcement, zone, old=had, new=want
+            )
             if not won or natural_end:
                 continue  # another replica announces it, or the window simply ran out
-            devices = [d for d in self.directory.devices()
-                       if d.zone == zone and d.active and not d.blocked]
+            devices = [
+                d for d in self.directory.devices() if d.zone == zone and d.active and not d.blocked
+            ]
             tx = want if want is not None else now  # T_X == T_S ends a window early
-            log.info("zone %s: monitoring %s; B1 to %d device(s)", zone,
-                     f"until {tx}" if want is not None else "ended", len(devices))
+            log.info(
+                "zone %s: monitoring %s; B1 to %d device(s)",
+                zone,
+                f"until {tx}" if want is not None else "ended",
+                len(devices),
+            )
             await self.announce(devices, tx)
 
     async def on_status(self, kid_hex: str, payload: bytes) -> None:
@@ -124,8 +138,10 @@ class BroadcastScheduler:
                     continue
                 ep = epochs[kid] + 1
                 sealed.append((kid, ep, self.endpoint.announce(kid, tx=tx, ep=ep, now=now)))
-            ok = await asyncio.to_thread(self.store.record_broadcasts, [
-                (kid, ep, now, hashlib.sha256(data).digest()) for kid, ep, data in sealed])
+            ok = await asyncio.to_thread(
+                self.store.record_broadcasts,
+                [(kid, ep, now, hashlib.sha256(data).digest()) for kid, ep, data in sealed],
+            )
             kids = []
             for (kid, _ep, data), stored in zip(sealed, ok, strict=True):
                 if stored:

@@ -15,8 +15,7 @@ from ._store import DeviceInfo
 __all__ = ["provisioning_bundle", "write_bundle"]
 
 
-def provisioning_bundle(config: ServerConfig, device: DeviceInfo,
-                        key: bytes) -> ProvisioningBundle:
+def provisioning_bundle(config: ServerConfig, device: DeviceInfo, key: bytes) -> ProvisioningBundle:
     """The device's bundle with the broker as devices reach it. It holds the device key in
     clear: it goes to the device's token (which imports it as non-extractable) and is then
     destroyed."""
@@ -28,11 +27,22 @@ def provisioning_bundle(config: ServerConfig, device: DeviceInfo,
         except OSError as exc:
             raise RegistryError(f"cannot read broker.ca_file for the bundle: {exc}") from None
     return ProvisioningBundle(
-        uid=device.uid, kid=device.kid, alg=device.alg, key=key,
-        zone=device.zone, lat=device.lat, lon=device.lon,
-        server=BrokerAddress(host=b.device_host or b.host, port=b.device_port or b.port,
-                             tls=b.tls, ca_pem=ca_pem, topic_prefix=b.topic_prefix,
-                             alternates=tuple(_endpoint(e) for e in b.device_alternates)))
+        uid=device.uid,
+        kid=device.kid,
+        alg=device.alg,
+        key=key,
+        zone=device.zone,
+        lat=device.lat,
+        lon=device.lon,
+        server=BrokerAddress(
+            host=b.device_host or b.host,
+            port=b.device_port or b.port,
+            tls=b.tls,
+            ca_pem=ca_pem,
+            topic_prefix=b.topic_prefix,
+            alternates=tuple(_endpoint(e) for e in b.device_alternates),
+        ),
+    )
 
 
 def _endpoint(text: str) -> tuple[str, int]:

@@ -36,19 +36,25 @@ from ._keys import MASTER_KEY_PURPOSE, read_key_file, read_pin_file
 __all__ = ["register_keys"]
 
 
-def register_keys(sub: argparse._SubParsersAction[Any], common: argparse.ArgumentParser
-                  ) -> None:
+def register_keys(sub: argparse._SubParsersAction[Any], common: argparse.ArgumentParser) -> None:
     keys = sub.add_parser("keys", help="the master key: status, move into a token, rotate")
     ks = keys.add_subparsers(dest="keys_command", metavar="COMMAND", required=True)
     st = ks.add_parser("status", parents=[common], help="where the master key is kept")
     st.set_defaults(func=_status)
-    sm = ks.add_parser("seal-master", parents=[common],
-                       help="wrap the master key file under a token key and remove the file")
+    sm = ks.add_parser(
+        "seal-master",
+        parents=[common],
+        help="wrap the master key file under a token key and remove the file",
+    )
     sm.set_defaults(func=_seal_master)
-    rk = ks.add_parser("rotate-kek", parents=[common],
-                       help="rewrap the master key under a new token key")
-    rk.add_argument("--keep-old", action="store_true",
-                    help="keep the old token key in the token (default: delete it)")
+    rk = ks.add_parser(
+        "rotate-kek", parents=[common], help="rewrap the master key under a new token key"
+    )
+    rk.add_argument(
+        "--keep-old",
+        action="store_true",
+        help="keep the old token key in the token (default: delete it)",
+    )
     rk.set_defaults(func=_rotate_kek)
 
 
@@ -71,11 +77,13 @@ def _status(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     mk = cfg.master_key
     if mk.source == "file":
-        print(f"master key: in clear in {cfg.path(mk.file)} (source = \"file\")")
+        print(f'master key: in clear in {cfg.path(mk.file)} (source = "file")')
     else:
         header, _iv, _sealed = read_wrapped_key(cfg.path(mk.wrapped_file))
-        print(f"master key: wrapped in {cfg.path(mk.wrapped_file)} under token key "
-              f"{header.kek!r} of token {mk.token_label!r} (source = \"pkcs11\")")
+        print(
+            f"master key: wrapped in {cfg.path(mk.wrapped_file)} under token key "
+            f'{header.kek!r} of token {mk.token_label!r} (source = "pkcs11")'
+        )
     store, _master = open_store(cfg, announce=False)
     try:
         sealed, clear = store.sealed_counts()
@@ -95,15 +103,20 @@ def _seal_master(args: argparse.Namespace) -> int:
     master = read_key_file(clear_file, what="master key file")
     try:
         with _token(cfg) as store:
-            kek = (store.cipher(mk.key_label) if store.has_key(mk.key_label)
-                   else store.generate_key(mk.key_label, ALG_A256GCM))
+            kek = (
+                store.cipher(mk.key_label)
+                if store.has_key(mk.key_label)
+                else store.generate_key(mk.key_label, ALG_A256GCM)
+            )
             create_wrapped_key(wrapped, kek, purpose=MASTER_KEY_PURPOSE, key=master)
     except (KeyStoreError, WrappedKeyError) as exc:
         raise MasterKeyError(f"master key not moved: {exc}") from None
     _shred(clear_file)
-    print(f"master key wrapped under token key {mk.key_label!r} of token "
-          f"{mk.token_label!r} into {wrapped}; {clear_file} overwritten and removed.\n"
-          f"Now set [master_key] source = \"pkcs11\" in {args.config} and restart the server.")
+    print(
+        f"master key wrapped under token key {mk.key_label!r} of token "
+        f"{mk.token_label!r} into {wrapped}; {clear_file} overwritten and removed.\n"
+        f'Now set [master_key] source = "pkcs11" in {args.config} and restart the server.'
+    )
     return 0
 
 
@@ -111,8 +124,10 @@ def _rotate_kek(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     mk = cfg.master_key
     if mk.source != "pkcs11":
-        raise MasterKeyError('rotate-kek needs [master_key] source = "pkcs11" (run '
-                             "`citywatch server keys seal-master` first)")
+        raise MasterKeyError(
+            'rotate-kek needs [master_key] source = "pkcs11" (run '
+            "`citywatch server keys seal-master` first)"
+        )
     wrapped = cfg.path(mk.wrapped_file)
     header, _iv, _sealed = read_wrapped_key(wrapped)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
@@ -126,8 +141,10 @@ def _rotate_kek(args: argparse.Namespace) -> int:
                 store.delete_key(header.kek)
     except (KeyStoreError, WrappedKeyError) as exc:
         raise MasterKeyError(f"token key not rotated: {exc}") from None
-    print(f"master key rewrapped under token key {new_label!r} in {wrapped}; old token key "
-          f"{header.kek!r} {'kept' if args.keep_old else 'deleted'}")
+    print(
+        f"master key rewrapped under token key {new_label!r} in {wrapped}; old token key "
+        f"{header.kek!r} {'kept' if args.keep_old else 'deleted'}"
+    )
     return 0
 
 

@@ -153,11 +153,15 @@ class RetentionConfig(_Section):
 
     def periods_ms(self) -> tuple[int | None, int | None, int | None]:
         """(dismissed photos, alerted photos, incidents) in ms; None: kept for ever."""
+
         def ms(value: float, unit_s: int) -> int | None:
             return int(value * unit_s * 1000) if value > 0 else None
 
-        return (ms(self.dismissed_photo_hours, 3600), ms(self.alerted_photo_days, 86400),
-                ms(self.incident_days, 86400))
+        return (
+            ms(self.dismissed_photo_hours, 3600),
+            ms(self.alerted_photo_days, 86400),
+            ms(self.incident_days, 86400),
+        )
 
 
 class EncConfig(_Section):
@@ -208,6 +212,7 @@ class VerificationConfig(_Section):
     @classmethod
     def _empty_is_default(cls, value: Any) -> Any:
         return None if value == "" else value
+
     workers: int = Field(1, ge=0, le=64)
     """Worker processes that check photos, each with its own copy of the models (about
     100 ms of one core per photo); 0 checks them in one thread of the server's process."""
@@ -244,10 +249,12 @@ class TimingConfig(_Section):
     by the CLI without the admin API, or by another replica)."""
 
     def protocol_timing(self) -> Timing:
-        return Timing(window_ms=int(self.window_s * 1000),
-                      ticket_lifetime_ms=int(self.ticket_lifetime_s * 1000),
-                      backoff_base_ms=int(self.backoff_base_s * 1000),
-                      backoff_max_ms=int(self.backoff_max_s * 1000))
+        return Timing(
+            window_ms=int(self.window_s * 1000),
+            ticket_lifetime_ms=int(self.ticket_lifetime_s * 1000),
+            backoff_base_ms=int(self.backoff_base_s * 1000),
+            backoff_max_ms=int(self.backoff_max_s * 1000),
+        )
 
     def limits(self) -> Limits:
         return Limits(max_photo=self.max_photo_bytes)
@@ -371,8 +378,9 @@ def _format_errors(name: str, exc: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def parse_config(data: dict[str, Any], *, name: str = "config",
-                 base: Path | None = None) -> ServerConfig:
+def parse_config(
+    data: dict[str, Any], *, name: str = "config", base: Path | None = None
+) -> ServerConfig:
     """Validate an already-parsed TOML document; relative ``data_dir`` is taken from
     ``base`` (the config file's folder)."""
     try:
@@ -390,8 +398,10 @@ def load_config(path: Path | str) -> ServerConfig:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(f"cannot read the config file {path}: {exc.strerror}. "
-                          "`citywatch server config example` prints one to start from") from None
+        raise ConfigError(
+            f"cannot read the config file {path}: {exc.strerror}. "
+            "`citywatch server config example` prints one to start from"
+        ) from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -406,7 +416,7 @@ def example_config(*, data_dir: str = "./var/server") -> str:
     return _EXAMPLE.replace("@DATA_DIR@", data_dir).replace("@KID@", kid)
 
 
-_EXAMPLE = '''\
+_EXAMPLE = """\
 # CityWatch trusted server. Every key is shown with its default; unknown keys are errors.
 # Relative paths: data_dir is relative to this file's folder; key, token and CA files are
 # relative to data_dir.
@@ -553,4 +563,4 @@ token_file = "admin.token"    # bearer token, mode 0600, created at first start 
 # kind = "once"
 # from = 2026-06-01T18:00:00+02:00
 # until = 2026-06-02T01:00:00+02:00
-'''
+"""

@@ -49,8 +49,9 @@ def migrate(engine: Engine) -> None:
     """Bring the database to the newest schema (idempotent; replicas starting together
     on PostgreSQL: one migrates, the others wait)."""
     try:
-        upgrade(engine, str(resources.files("server").joinpath("migrations")),
-                lock_key=MIGRATION_LOCK)
+        upgrade(
+            engine, str(resources.files("server").joinpath("migrations")), lock_key=MIGRATION_LOCK
+        )
     except MigrationBroken as exc:
         raise RegistryError(str(exc)) from None
 
@@ -79,26 +80,36 @@ class IncidentSeal:
         try:
             return self._records.open(blob, aad=_aad(incident_id, "photo"))
         except SealedRecordError:
-            raise MasterKeyError(f"the photo of incident {incident_id} does not open under "
-                                 "this master key (another master key, or altered)") from None
+            raise MasterKeyError(
+                f"the photo of incident {incident_id} does not open under "
+                "this master key (another master key, or altered)"
+            ) from None
 
-    def coords(self, incident_id: str, lat: float, lon: float, alt: float | None,
-               acc: float | None) -> bytes:
+    def coords(
+        self, incident_id: str, lat: float, lon: float, alt: float | None, acc: float | None
+    ) -> bytes:
         plain = json.dumps([lat, lon, alt, acc]).encode()
         return self._records.seal(plain, aad=_aad(incident_id, "coords"))
 
-    def open_coords(self, incident_id: str, lat: float | None, lon: float | None,
-                    alt: float | None, acc: float | None, sealed: bytes | None
-                    ) -> tuple[float, float, float | None, float | None]:
+    def open_coords(
+        self,
+        incident_id: str,
+        lat: float | None,
+        lon: float | None,
+        alt: float | None,
+        acc: float | None,
+        sealed: bytes | None,
+    ) -> tuple[float, float, float | None, float | None]:
         if sealed is None:  # a row from before sealing
             assert lat is not None and lon is not None
             return lat, lon, alt, acc
         try:
             plain = self._records.open(sealed, aad=_aad(incident_id, "coords"))
         except SealedRecordError:
-            raise MasterKeyError(f"the position of incident {incident_id} does not open "
-                                 "under this master key (another master key, or altered)"
-                                 ) from None
+            raise MasterKeyError(
+                f"the position of incident {incident_id} does not open "
+                "under this master key (another master key, or altered)"
+            ) from None
         got = json.loads(plain)
         return float(got[0]), float(got[1]), got[2], got[3]
 
@@ -110,8 +121,9 @@ class Database:
     """What every part of the store shares: the engine (one connection pool), sessions,
     the clock and the master key. Thread-safe: one session per transaction."""
 
-    def __init__(self, engine: Engine, master_key: MasterKey, *,
-                 clock: Callable[[], int] = now_ms) -> None:
+    def __init__(
+        self, engine: Engine, master_key: MasterKey, *, clock: Callable[[], int] = now_ms
+    ) -> None:
         self.engine = engine
         self.master = master_key
         self.seal = IncidentSeal(master_key)
@@ -131,8 +143,15 @@ class Database:
 
     def audit(self, s: Session, actor: str, action: str, subject: str, **detail: Any) -> None:
         """An audit entry in the transaction of the change it records."""
-        s.add(AuditEntry(at=self.now(), actor=actor, action=action, subject=subject,
-                         detail=json.dumps(detail, sort_keys=True, default=str)))
+        s.add(
+            AuditEntry(
+                at=self.now(),
+                actor=actor,
+                action=action,
+                subject=subject,
+                detail=json.dumps(detail, sort_keys=True, default=str),
+            )
+        )
 
     def close(self) -> None:
         self.engine.dispose()

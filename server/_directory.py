@@ -43,8 +43,7 @@ class RegistryDirectory:
         if e is None or e.cipher is None:
             return None
         i = e.info
-        return DeviceRecord(kid=kid, uid=i.uid, cipher=e.cipher, active=i.active,
-                            blocked=i.blocked)
+        return DeviceRecord(kid=kid, uid=i.uid, cipher=e.cipher, active=i.active, blocked=i.blocked)
 
     def monitoring_active(self, kid: bytes, now: int) -> bool:
         e = self._entries.get(kid)

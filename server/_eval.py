@@ -26,8 +26,13 @@ from edge import EvalError, LabelledImage, PreScreen
 
 from ._verify import PhotoVerifier
 
-__all__ = ["CURVE_THRESHOLDS", "ClipEvalReport", "PhotoEvalReport", "evaluate_clips",
-           "evaluate_photos"]
+__all__ = [
+    "CURVE_THRESHOLDS",
+    "ClipEvalReport",
+    "PhotoEvalReport",
+    "evaluate_clips",
+    "evaluate_photos",
+]
 
 CURVE_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
@@ -60,8 +65,10 @@ class PhotoEvalReport:
             "labels": {k: {"n": c.n, "flagged": c.flagged} for k, c in self.labels.items()},
             "threshold": self.threshold,
             "after_edge": self.after_edge,
-            "curve": [{"threshold": t, "labels": {k: c.at[t] for k, c in self.labels.items()}}
-                      for t in CURVE_THRESHOLDS],
+            "curve": [
+                {"threshold": t, "labels": {k: c.at[t] for k, c in self.labels.items()}}
+                for t in CURVE_THRESHOLDS
+            ],
             "ms_per_photo": round(self.ms_per_photo, 1),
         }
         if self.after_edge:
@@ -73,8 +80,7 @@ class PhotoEvalReport:
         head = f"{'label':<{width}}  {'n':>5}"
         if self.after_edge:
             head += f"  {'edge':>5}"
-        head += f"  {'flagged':>7}  {'rate':>6}  " + " ".join(f"@{t:.1f}" for t in
-                                                              CURVE_THRESHOLDS)
+        head += f"  {'flagged':>7}  {'rate':>6}  " + " ".join(f"@{t:.1f}" for t in CURVE_THRESHOLDS)
         lines = [head]
         for label, c in self.labels.items():
             line = f"{label:<{width}}  {c.n:>5}"
@@ -82,11 +88,14 @@ class PhotoEvalReport:
                 line += f"  {c.edge:>5}"
             rate = c.flagged / c.n if c.n else 0.0
             line += f"  {c.flagged:>7}  {rate:>6.1%}  " + " ".join(
-                f"{c.at[t]:>4}" for t in CURVE_THRESHOLDS)
+                f"{c.at[t]:>4}" for t in CURVE_THRESHOLDS
+            )
             lines.append(line)
-        lines.append(f"threshold {self.threshold:.2f}"
-                     + (", after the pre-screen" if self.after_edge else ", server alone")
-                     + f"; server check {self.ms_per_photo:.0f} ms per photo (median)")
+        lines.append(
+            f"threshold {self.threshold:.2f}"
+            + (", after the pre-screen" if self.after_edge else ", server alone")
+            + f"; server check {self.ms_per_photo:.0f} ms per photo (median)"
+        )
         return "\n".join(lines)
 
 
@@ -106,8 +115,13 @@ def _jpeg_bytes(path: Path) -> bytes:
     return bytes(buf.tobytes()) if ok else data
 
 
-def evaluate_photos(items: Sequence[LabelledImage], verifier: PhotoVerifier, *,
-                    threshold: float, prescreen: PreScreen | None = None) -> PhotoEvalReport:
+def evaluate_photos(
+    items: Sequence[LabelledImage],
+    verifier: PhotoVerifier,
+    *,
+    threshold: float,
+    prescreen: PreScreen | None = None,
+) -> PhotoEvalReport:
     labels: dict[str, _Counts] = {}
     times: list[float] = []
     flagged_files: list[str] = []
@@ -135,9 +149,13 @@ def evaluate_photos(items: Sequence[LabelledImage], verifier: PhotoVerifier, *,
         if verdict.score >= threshold:
             counts.flagged += 1
             flagged_files.append(item.path.name)
-    return PhotoEvalReport(labels, threshold, prescreen is not None,
-                           1000 * statistics.median(times) if times else 0.0,
-                           tuple(flagged_files))
+    return PhotoEvalReport(
+        labels,
+        threshold,
+        prescreen is not None,
+        1000 * statistics.median(times) if times else 0.0,
+        tuple(flagged_files),
+    )
 
 
 @dataclass(frozen=True)
@@ -154,8 +172,10 @@ class ClipEvalReport:
             "labels": {k: {"n": c.n, "flagged": c.flagged} for k, c in self.labels.items()},
             "edge": {k: {"n": c.n, "flagged": c.edge} for k, c in self.labels.items()},
             "threshold": self.threshold,
-            "curve": [{"threshold": t, "labels": {k: c.at[t] for k, c in self.labels.items()}}
-                      for t in CURVE_THRESHOLDS],
+            "curve": [
+                {"threshold": t, "labels": {k: c.at[t] for k, c in self.labels.items()}}
+                for t in CURVE_THRESHOLDS
+            ],
         }
 
     def format_table(self) -> str:
@@ -164,14 +184,22 @@ class ClipEvalReport:
         for label, c in self.labels.items():
             rate = c.flagged / c.n if c.n else 0.0
             lines.append(f"{label:<{width}}  {c.n:>5}  {c.edge:>5}  {c.flagged:>7}  {rate:>6.1%}")
-        lines.append(f"threshold {self.threshold:.2f}; pole: the pre-screen reported during "
-                     "the clip; flagged: the server then called its snapshot dangerous")
+        lines.append(
+            f"threshold {self.threshold:.2f}; pole: the pre-screen reported during "
+            "the clip; flagged: the server then called its snapshot dangerous"
+        )
         return "\n".join(lines)
 
 
-def evaluate_clips(items: Sequence[LabelledImage], make_prescreen: Callable[[], PreScreen],
-                   verifier: PhotoVerifier, *, threshold: float, fps: float = 10.0,
-                   hold: float = 0.0) -> ClipEvalReport:
+def evaluate_clips(
+    items: Sequence[LabelledImage],
+    make_prescreen: Callable[[], PreScreen],
+    verifier: PhotoVerifier,
+    *,
+    threshold: float,
+    fps: float = 10.0,
+    hold: float = 0.0,
+) -> ClipEvalReport:
     """The two stages on video clips, as a pole runs them: each clip plays through a fresh
     pre-screen at ``fps`` (its last frame held ``hold`` seconds); at each report the frame
     is the snapshot, and the server scores it with the report's score and label. A clip
@@ -190,8 +218,9 @@ def evaluate_clips(items: Sequence[LabelledImage], make_prescreen: Callable[[], 
                 ok, buf = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 85])
                 if not ok:
                     continue
-                verdict = verifier.score(bytes(buf.tobytes()), device_score=detection.score,
-                                         device_label=detection.label)
+                verdict = verifier.score(
+                    bytes(buf.tobytes()), device_score=detection.score, device_label=detection.label
+                )
                 best = max(best, verdict.score)
         counts.edge += reported
         for t in CURVE_THRESHOLDS:
@@ -202,8 +231,9 @@ def evaluate_clips(items: Sequence[LabelledImage], make_prescreen: Callable[[], 
     return ClipEvalReport(labels, threshold, tuple(flagged_files))
 
 
-def _clip_frames(path: Path, fps: float, hold: float) -> Iterator[
-        tuple[npt.NDArray[np.uint8], float]]:
+def _clip_frames(
+    path: Path, fps: float, hold: float
+) -> Iterator[tuple[npt.NDArray[np.uint8], float]]:
     capture = cv2.VideoCapture(str(path))
     if not capture.isOpened():
         raise EvalError(f"{path} cannot be opened by OpenCV")

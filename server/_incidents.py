@@ -101,9 +101,12 @@ class PurgeReport:
         return len(self.photos_dismissed) + len(self.photos_alerted) + len(self.incidents)
 
     def to_json(self) -> dict[str, Any]:
-        return {"dry_run": self.dry_run, "photos_dismissed": list(self.photos_dismissed),
-                "photos_alerted": list(self.photos_alerted),
-                "incidents": list(self.incidents)}
+        return {
+            "dry_run": self.dry_run,
+            "photos_dismissed": list(self.photos_dismissed),
+            "photos_alerted": list(self.photos_alerted),
+            "incidents": list(self.incidents),
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,32 +154,57 @@ class IncidentStore:
         the same id); returns it and whether it was new."""
         return self.store_incidents([(inc, zone)])[0]
 
-    def store_incidents(self, batch: Sequence[tuple[IncidentReported, str]]
-                        ) -> list[tuple[IncidentInfo, bool]]:
+    def store_incidents(
+        self, batch: Sequence[tuple[IncidentReported, str]]
+    ) -> list[tuple[IncidentInfo, bool]]:
         """``store_incident`` for many incidents in one transaction (one durable commit:
         the server groups the reports that arrive while the last commit runs)."""
         now = self.db.now()
         c = [inc.coords for inc, _zone in batch]
         # Photos and coordinates reach the database only sealed.
-        rows = [dict(id=inc.incident_id, kid=inc.kid, cid=inc.cid, device_uid=inc.uid,
-                     zone=zone, lat=None, lon=None, alt=None, acc=None,
-                     coords_sealed=self.db.seal.coords(inc.incident_id, co.lat, co.lon, co.alt,
-                                                     co.acc),
-                     coords_src=co.src, photo=self.db.seal.photo(inc.incident_id, inc.photo),
-                     device_score=inc.score, label=inc.label, captured_at=inc.captured_at,
-                     td=inc.td, received_at=now) for (inc, zone), co in zip(batch, c, strict=True)]
-        insert = (sqlite_insert if self.db.engine.dialect.name == "sqlite" else pg_insert)
+        rows = [
+            dict(
+                id=inc.incident_id,
+                kid=inc.kid,
+                cid=inc.cid,
+                device_uid=inc.uid,
+                zone=zone,
+                lat=None,
+                lon=None,
+                alt=None,
+                acc=None,
+                coords_sealed=self.db.seal.coords(inc.incident_id, co.lat, co.lon, co.alt, co.acc),
+                coords_src=co.src,
+                photo=self.db.seal.photo(inc.incident_id, inc.photo),
+                device_score=inc.score,
+                label=inc.label,
+                captured_at=inc.captured_at,
+                td=inc.td,
+                received_at=now,
+            )
+            for (inc, zone), co in zip(batch, c, strict=True)
+        ]
+        insert = sqlite_insert if self.db.engine.dialect.name == "sqlite" else pg_insert
         new: set[str] = set()
         with self.db.tx() as s:
             for row in rows:  # one statement a row: RETURNING tells which were new
-                got = s.execute(insert(IncidentRow).values(**row)
-                                .on_conflict_do_nothing(index_elements=[IncidentRow.id])
-                                .returning(IncidentRow.id)).scalar()
+                got = s.execute(
+                    insert(IncidentRow)
+                    .values(**row)
+                    .on_conflict_do_nothing(index_elements=[IncidentRow.id])
+                    .returning(IncidentRow.id)
+                ).scalar()
                 if got is not None:
                     new.add(got)
             repeated = [r["id"] for r in rows if r["id"] not in new]
-            known = {t[0]: self._incident_from_tuple(t) for t in s.execute(
-                _incident_query().where(IncidentRow.id.in_(repeated)))} if repeated else {}
+            known = (
+                {
+                    t[0]: self._incident_from_tuple(t)
+                    for t in s.execute(_incident_query().where(IncidentRow.id.in_(repeated)))
+                }
+                if repeated
+                else {}
+            )
         out: list[tuple[IncidentInfo, bool]] = []
         for (inc, _zone), row in zip(batch, rows, strict=True):
             rid = row["id"]
@@ -202,8 +230,9 @@ class IncidentStore:
                 raise RegistryError(f"no incident {incident_id!r}")
             return self.db.seal.open_photo(incident_id, photo)
 
-    def list_incidents(self, *, limit: int = 100, decision: str | None = None
-                       ) -> list[IncidentInfo]:
+    def list_incidents(
+        self, *, limit: int = 100, decision: str | None = None
+    ) -> list[IncidentInfo]:
         q = _incident_query().order_by(IncidentRow.received_at.desc(), IncidentRow.id)
         if decision is not None:
             q = q.where(IncidentRow.decision == decision)
@@ -213,14 +242,20 @@ class IncidentStore:
     def undecided_incidents(self) -> list[str]:
         """Incidents stored but not verified (the server stopped in between)."""
         with self.db.tx() as s:
-            return list(s.scalars(select(IncidentRow.id).where(IncidentRow.decision.is_(None))
-                                  .order_by(IncidentRow.received_at)))
+            return list(
+                s.scalars(
+                    select(IncidentRow.id)
+                    .where(IncidentRow.decision.is_(None))
+                    .order_by(IncidentRow.received_at)
+                )
+            )
 
     def incident_for_verification(self, incident_id: str) -> tuple[IncidentInfo, bytes]:
         return self.get_incident(incident_id), self.incident_photo(incident_id)
 
-    def decide(self, incident_id: str, *, score: float, uncertain: bool, dangerous: bool,
-               reason: str) -> bool:
+    def decide(
+        self, incident_id: str, *, score: float, uncertain: bool, dangerous: bool, reason: str
+    ) -> bool:
         """Record the verification's decision and, for a dangerous incident, queue the
         alert for the ENC in the same transaction. False if it was already decided."""
         record = DecisionRecord(incident_id, score, uncertain, dangerous, reason)
@@ -240,14 +275,19 @@ class IncidentStore:
             for d in decisions:
                 primary = self._fusion_primary(s, d) if d.dangerous else None
                 reason = d.reason if primary is None else f"{d.reason}; fused into {primary}"
-                res = s.execute(update(IncidentRow)
-                                .where(IncidentRow.id == d.incident_id,
-                                       IncidentRow.decision.is_(None))
-                                .values(server_score=d.score, uncertain=d.uncertain,
-                                        decision="dangerous" if d.dangerous else "dismissed",
-                                        decision_reason=reason, decided_at=now,
-                                        fused_into=primary)
-                                .execution_options(synchronize_session=False))
+                res = s.execute(
+                    update(IncidentRow)
+                    .where(IncidentRow.id == d.incident_id, IncidentRow.decision.is_(None))
+                    .values(
+                        server_score=d.score,
+                        uncertain=d.uncertain,
+                        decision="dangerous" if d.dangerous else "dismissed",
+                        decision_reason=reason,
+                        decided_at=now,
+                        fused_into=primary,
+                    )
+                    .execution_options(synchronize_session=False)
+                )
                 if not res.rowcount:  # type: ignore[attr-defined]
                     out.append(None)
                     continue
@@ -268,8 +308,15 @@ class IncidentStore:
         rule = FusionRule(within_m=d.fuse_within_m, within_ms=d.fuse_within_ms)
         if not rule.enabled:
             return None
-        cols = (IncidentRow.id, IncidentRow.lat, IncidentRow.lon, IncidentRow.alt,
-                IncidentRow.acc, IncidentRow.coords_sealed, IncidentRow.received_at)
+        cols = (
+            IncidentRow.id,
+            IncidentRow.lat,
+            IncidentRow.lon,
+            IncidentRow.alt,
+            IncidentRow.acc,
+            IncidentRow.coords_sealed,
+            IncidentRow.received_at,
+        )
         this = s.execute(select(*cols).where(IncidentRow.id == d.incident_id)).first()
         if this is None:
             return None
@@ -278,10 +325,13 @@ class IncidentStore:
         candidates = s.execute(
             select(*cols)
             .join(OutboxRow, OutboxRow.incident_id == IncidentRow.id)
-            .where(IncidentRow.id != d.incident_id,
-                   IncidentRow.fused_into.is_(None),
-                   IncidentRow.received_at >= this[6] - rule.within_ms,
-                   IncidentRow.received_at <= this[6] + rule.within_ms))
+            .where(
+                IncidentRow.id != d.incident_id,
+                IncidentRow.fused_into.is_(None),
+                IncidentRow.received_at >= this[6] - rule.within_ms,
+                IncidentRow.received_at <= this[6] + rule.within_ms,
+            )
+        )
         return rule.primary(self._sighting(this), (self._sighting(c) for c in candidates))
 
     def _sighting(self, row: Any) -> Sighting:
@@ -290,12 +340,26 @@ class IncidentStore:
 
     def dismissed_count(self, uid: str, *, since: int) -> int:
         with self.db.tx() as s:
-            return int(s.scalar(select(func.count()).select_from(IncidentRow).where(
-                IncidentRow.device_uid == uid, IncidentRow.decision == "dismissed",
-                IncidentRow.received_at >= since)) or 0)
+            return int(
+                s.scalar(
+                    select(func.count())
+                    .select_from(IncidentRow)
+                    .where(
+                        IncidentRow.device_uid == uid,
+                        IncidentRow.decision == "dismissed",
+                        IncidentRow.received_at >= since,
+                    )
+                )
+                or 0
+            )
 
-    def purge(self, periods_ms: tuple[int | None, int | None, int | None], *,
-              dry_run: bool = False, actor: str = "server:retention") -> PurgeReport:
+    def purge(
+        self,
+        periods_ms: tuple[int | None, int | None, int | None],
+        *,
+        dry_run: bool = False,
+        actor: str = "server:retention",
+    ) -> PurgeReport:
         """Erase photos and delete incidents older than the retention periods
         ``(dismissed photos, alerted photos, incidents)`` in ms (None: kept for ever), in
         one transaction with one ``retention.purge`` audit entry. Never touched:
@@ -304,12 +368,14 @@ class IncidentStore:
             return self._purge(periods_ms, dry_run=dry_run, actor=actor)
         except SQLAlchemyError as exc:
             # One transaction: whatever failed (a full disk), nothing was removed.
-            raise RegistryError(f"retention purge failed, nothing was removed: "
-                                f"{type(exc).__name__}: {exc.orig if hasattr(exc, 'orig') else exc}"
-                                ) from None
+            raise RegistryError(
+                f"retention purge failed, nothing was removed: "
+                f"{type(exc).__name__}: {exc.orig if hasattr(exc, 'orig') else exc}"
+            ) from None
 
-    def _purge(self, periods_ms: tuple[int | None, int | None, int | None], *,
-               dry_run: bool, actor: str) -> PurgeReport:
+    def _purge(
+        self, periods_ms: tuple[int | None, int | None, int | None], *, dry_run: bool, actor: str
+    ) -> PurgeReport:
         dismissed_photo_ms, alerted_photo_ms, incident_ms = periods_ms
         now = self.db.now()
         has_photo = func.length(IncidentRow.photo) > 0
@@ -317,26 +383,53 @@ class IncidentStore:
         with self.db.tx() as s:
             dismissed: list[str] = []
             if dismissed_photo_ms is not None:
-                dismissed = list(s.scalars(select(IncidentRow.id).where(
-                    IncidentRow.decision == "dismissed", has_photo,
-                    IncidentRow.decided_at <= now - dismissed_photo_ms)
-                    .order_by(IncidentRow.id)))
+                dismissed = list(
+                    s.scalars(
+                        select(IncidentRow.id)
+                        .where(
+                            IncidentRow.decision == "dismissed",
+                            has_photo,
+                            IncidentRow.decided_at <= now - dismissed_photo_ms,
+                        )
+                        .order_by(IncidentRow.id)
+                    )
+                )
             alerted: list[str] = []
             if alerted_photo_ms is not None:
                 cut = now - alerted_photo_ms
                 delivered = select(OutboxRow.incident_id).where(
-                    OutboxRow.state == "delivered", OutboxRow.delivered_at <= cut)
-                alerted = list(s.scalars(select(IncidentRow.id).where(
-                    IncidentRow.decision == "dangerous", has_photo,
-                    (IncidentRow.id.in_(delivered)
-                     | (IncidentRow.fused_into.is_not(None) & (IncidentRow.decided_at <= cut))))
-                    .order_by(IncidentRow.id)))
+                    OutboxRow.state == "delivered", OutboxRow.delivered_at <= cut
+                )
+                alerted = list(
+                    s.scalars(
+                        select(IncidentRow.id)
+                        .where(
+                            IncidentRow.decision == "dangerous",
+                            has_photo,
+                            (
+                                IncidentRow.id.in_(delivered)
+                                | (
+                                    IncidentRow.fused_into.is_not(None)
+                                    & (IncidentRow.decided_at <= cut)
+                                )
+                            ),
+                        )
+                        .order_by(IncidentRow.id)
+                    )
+                )
             gone: list[str] = []
             if incident_ms is not None:
-                gone = list(s.scalars(select(IncidentRow.id).where(
-                    IncidentRow.decision.is_not(None),
-                    IncidentRow.decided_at <= now - incident_ms,
-                    IncidentRow.id.not_in(pending)).order_by(IncidentRow.id)))
+                gone = list(
+                    s.scalars(
+                        select(IncidentRow.id)
+                        .where(
+                            IncidentRow.decision.is_not(None),
+                            IncidentRow.decided_at <= now - incident_ms,
+                            IncidentRow.id.not_in(pending),
+                        )
+                        .order_by(IncidentRow.id)
+                    )
+                )
             gone_set = set(gone)
             dismissed = [i for i in dismissed if i not in gone_set]
             alerted = [i for i in alerted if i not in gone_set]
@@ -344,62 +437,137 @@ class IncidentStore:
             if dry_run or not report.total:
                 return report
             for chunk in _chunks([*dismissed, *alerted]):
-                s.execute(update(IncidentRow).where(IncidentRow.id.in_(chunk))
-                          .values(photo=b"").execution_options(synchronize_session=False))
+                s.execute(
+                    update(IncidentRow)
+                    .where(IncidentRow.id.in_(chunk))
+                    .values(photo=b"")
+                    .execution_options(synchronize_session=False)
+                )
             for chunk in _chunks(gone):
                 s.execute(delete(OutboxRow).where(OutboxRow.incident_id.in_(chunk)))
                 s.execute(delete(IncidentRow).where(IncidentRow.id.in_(chunk)))
-            self.db.audit(s, actor, "retention.purge", "incidents",
-                        photos_dismissed=len(dismissed), photos_alerted=len(alerted),
-                        incidents=len(gone), ids=sorted([*dismissed, *alerted, *gone])[:1000])
+            self.db.audit(
+                s,
+                actor,
+                "retention.purge",
+                "incidents",
+                photos_dismissed=len(dismissed),
+                photos_alerted=len(alerted),
+                incidents=len(gone),
+                ids=sorted([*dismissed, *alerted, *gone])[:1000],
+            )
         return report
 
     def _incident_from_tuple(self, t: Any) -> IncidentInfo:
-        (id_, uid, kid, zone, lat, lon, alt, acc, src, dscore, label, cap, rec, size, sscore,
-         unc, dec, reason, dat, state, attempts, deliv, fused, sealed) = t
+        (
+            id_,
+            uid,
+            kid,
+            zone,
+            lat,
+            lon,
+            alt,
+            acc,
+            src,
+            dscore,
+            label,
+            cap,
+            rec,
+            size,
+            sscore,
+            unc,
+            dec,
+            reason,
+            dat,
+            state,
+            attempts,
+            deliv,
+            fused,
+            sealed,
+        ) = t
         lat, lon, alt, acc = self.db.seal.open_coords(id_, lat, lon, alt, acc, sealed)
         size = int(size or 0) - (SEAL_OVERHEAD if sealed is not None and size else 0)
-        return IncidentInfo(id=id_, device_uid=uid, kid=bytes(kid), zone=zone, lat=lat,
-                            lon=lon, alt=alt, acc=acc, coords_src=src, device_score=dscore,
-                            label=label, captured_at=cap, received_at=rec, photo_bytes=size,
-                            server_score=sscore,
-                            uncertain=None if unc is None else bool(unc), decision=dec,
-                            decision_reason=reason, decided_at=dat, enc_state=state,
-                            enc_attempts=attempts, enc_delivered_at=deliv, fused_into=fused)
+        return IncidentInfo(
+            id=id_,
+            device_uid=uid,
+            kid=bytes(kid),
+            zone=zone,
+            lat=lat,
+            lon=lon,
+            alt=alt,
+            acc=acc,
+            coords_src=src,
+            device_score=dscore,
+            label=label,
+            captured_at=cap,
+            received_at=rec,
+            photo_bytes=size,
+            server_score=sscore,
+            uncertain=None if unc is None else bool(unc),
+            decision=dec,
+            decision_reason=reason,
+            decided_at=dat,
+            enc_state=state,
+            enc_attempts=attempts,
+            enc_delivered_at=deliv,
+            fused_into=fused,
+        )
 
     def sealed_counts(self) -> tuple[int, int]:
         """(incidents sealed, incidents still in clear)."""
         with self.db.tx() as s:
-            clear = int(s.scalar(select(func.count()).select_from(IncidentRow)
-                                 .where(IncidentRow.coords_sealed.is_(None))) or 0)
+            clear = int(
+                s.scalar(
+                    select(func.count())
+                    .select_from(IncidentRow)
+                    .where(IncidentRow.coords_sealed.is_(None))
+                )
+                or 0
+            )
             total = int(s.scalar(select(func.count()).select_from(IncidentRow)) or 0)
         return total - clear, clear
 
-    def seal_clear_incidents(self, *, batch: int = 200, actor: str = "server:migration"
-                             ) -> int:
+    def seal_clear_incidents(self, *, batch: int = 200, actor: str = "server:migration") -> int:
         """Seal the photos and coordinates of incidents stored before sealing existed
         (one transaction per ``batch`` rows, so a large database is sealed in steps and
         an interrupted run resumes); returns how many were sealed."""
         total = 0
         while True:
             with self.db.tx() as s:
-                rows = s.execute(select(IncidentRow.id, IncidentRow.lat, IncidentRow.lon,
-                                        IncidentRow.alt, IncidentRow.acc, IncidentRow.photo)
-                                 .where(IncidentRow.coords_sealed.is_(None))
-                                 .order_by(IncidentRow.id).limit(batch)).all()
+                rows = s.execute(
+                    select(
+                        IncidentRow.id,
+                        IncidentRow.lat,
+                        IncidentRow.lon,
+                        IncidentRow.alt,
+                        IncidentRow.acc,
+                        IncidentRow.photo,
+                    )
+                    .where(IncidentRow.coords_sealed.is_(None))
+                    .order_by(IncidentRow.id)
+                    .limit(batch)
+                ).all()
                 done = 0
                 for rid, lat, lon, alt, acc, photo in rows:
                     assert lat is not None and lon is not None  # unsealed rows have them
-                    photo_sealed = (bytes(photo) if RecordSealer.is_sealed(photo)
-                                    else self.db.seal.photo(rid, bytes(photo)))
-                    res = s.execute(update(IncidentRow)
-                                    .where(IncidentRow.id == rid,
-                                           IncidentRow.coords_sealed.is_(None))
-                                    .values(coords_sealed=self.db.seal.coords(rid, lat, lon,
-                                                                            alt, acc),
-                                            photo=photo_sealed, lat=None, lon=None,
-                                            alt=None, acc=None)
-                                    .execution_options(synchronize_session=False))
+                    photo_sealed = (
+                        bytes(photo)
+                        if RecordSealer.is_sealed(photo)
+                        else self.db.seal.photo(rid, bytes(photo))
+                    )
+                    res = s.execute(
+                        update(IncidentRow)
+                        .where(IncidentRow.id == rid, IncidentRow.coords_sealed.is_(None))
+                        .values(
+                            coords_sealed=self.db.seal.coords(rid, lat, lon, alt, acc),
+                            photo=photo_sealed,
+                            lat=None,
+                            lon=None,
+                            alt=None,
+                            acc=None,
+                        )
+                        .execution_options(synchronize_session=False)
+                    )
                     done += res.rowcount  # type: ignore[attr-defined]
                 if done:
                     self.db.audit(s, actor, "store.seal", "incidents", count=done)
@@ -409,30 +577,61 @@ class IncidentStore:
 
 
 _INCIDENT_COLUMNS = (
-    IncidentRow.id, IncidentRow.device_uid, IncidentRow.kid, IncidentRow.zone, IncidentRow.lat,
-    IncidentRow.lon, IncidentRow.alt, IncidentRow.acc, IncidentRow.coords_src,
-    IncidentRow.device_score, IncidentRow.label, IncidentRow.captured_at,
-    IncidentRow.received_at, func.length(IncidentRow.photo), IncidentRow.server_score,
-    IncidentRow.uncertain, IncidentRow.decision, IncidentRow.decision_reason,
-    IncidentRow.decided_at, OutboxRow.state, OutboxRow.attempts, OutboxRow.delivered_at,
-    IncidentRow.fused_into, IncidentRow.coords_sealed,
+    IncidentRow.id,
+    IncidentRow.device_uid,
+    IncidentRow.kid,
+    IncidentRow.zone,
+    IncidentRow.lat,
+    IncidentRow.lon,
+    IncidentRow.alt,
+    IncidentRow.acc,
+    IncidentRow.coords_src,
+    IncidentRow.device_score,
+    IncidentRow.label,
+    IncidentRow.captured_at,
+    IncidentRow.received_at,
+    func.length(IncidentRow.photo),
+    IncidentRow.server_score,
+    IncidentRow.uncertain,
+    IncidentRow.decision,
+    IncidentRow.decision_reason,
+    IncidentRow.decided_at,
+    OutboxRow.state,
+    OutboxRow.attempts,
+    OutboxRow.delivered_at,
+    IncidentRow.fused_into,
+    IncidentRow.coords_sealed,
 )
 
 
 def _incident_query() -> Any:
-    return select(*_INCIDENT_COLUMNS).outerjoin(
-        OutboxRow, OutboxRow.incident_id == IncidentRow.id)
+    return select(*_INCIDENT_COLUMNS).outerjoin(OutboxRow, OutboxRow.incident_id == IncidentRow.id)
 
 
 def _chunks(ids: list[str], size: int = 500) -> Iterator[list[str]]:
     for i in range(0, len(ids), size):
-        yield ids[i:i + size]
+        yield ids[i : i + size]
 
 
 def _incident_info(r: IncidentRow, coords: Coords, size: int) -> IncidentInfo:
-    return IncidentInfo(id=r.id, device_uid=r.device_uid, kid=bytes(r.kid), zone=r.zone,
-                        lat=coords.lat, lon=coords.lon, alt=coords.alt, acc=coords.acc,
-                        coords_src=r.coords_src,
-                        device_score=r.device_score, label=r.label, captured_at=r.captured_at,
-                        received_at=r.received_at, photo_bytes=size, server_score=None,
-                        uncertain=None, decision=None, decision_reason=None, decided_at=None)
+    return IncidentInfo(
+        id=r.id,
+        device_uid=r.device_uid,
+        kid=bytes(r.kid),
+        zone=r.zone,
+        lat=coords.lat,
+        lon=coords.lon,
+        alt=coords.alt,
+        acc=coords.acc,
+        coords_src=r.coords_src,
+        device_score=r.device_score,
+        label=r.label,
+        captured_at=r.captured_at,
+        received_at=r.received_at,
+        photo_bytes=size,
+        server_score=None,
+        uncertain=None,
+        decision=None,
+        decision_reason=None,
+        decided_at=None,
+    )

@@ -41,10 +41,18 @@ class Ingest:
     ``send(kid, data)`` hands a reply to the transport; ``stored`` is called for every
     incident that still waits for its decision."""
 
-    def __init__(self, *, endpoint: ServerEndpoint, directory: RegistryDirectory, store: Store,
-                 metrics: ServerMetrics, clock: Callable[[], int],
-                 send: Callable[[bytes, bytes], None], stored: Stored,
-                 spawn: Callable[[Coroutine[Any, Any, Any]], None]) -> None:
+    def __init__(
+        self,
+        *,
+        endpoint: ServerEndpoint,
+        directory: RegistryDirectory,
+        store: Store,
+        metrics: ServerMetrics,
+        clock: Callable[[], int],
+        send: Callable[[bytes, bytes], None],
+        stored: Stored,
+        spawn: Callable[[Coroutine[Any, Any, Any]], None],
+    ) -> None:
         self.endpoint = endpoint
         self.directory = directory
         self.store = store
@@ -55,7 +63,8 @@ class Ingest:
         self._spawn = spawn
         # Reports arriving while one is being committed share the next commit.
         self.writes: GroupCommit[tuple[IncidentReported, str], tuple[IncidentInfo, bool]] = (
-            GroupCommit(store.store_incidents))
+            GroupCommit(store.store_incidents)
+        )
 
     async def on_uplink(self, kid_hex: str, payload: bytes) -> None:
         t0 = time.perf_counter()

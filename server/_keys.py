@@ -27,8 +27,15 @@ from hardware._wrapped import RecordSealer, WrappedKeyError, token_data_key
 
 from ._errors import MasterKeyError
 
-__all__ = ["MASTER_KEY_PURPOSE", "MasterKey", "ensure_secret_file", "read_key_file",
-           "read_pin_file", "read_token_file", "token_master_key"]
+__all__ = [
+    "MASTER_KEY_PURPOSE",
+    "MasterKey",
+    "ensure_secret_file",
+    "read_key_file",
+    "read_pin_file",
+    "read_token_file",
+    "token_master_key",
+]
 
 MASTER_KEY_PURPOSE = "citywatch server master key"
 
@@ -45,7 +52,8 @@ def _check_private(path: Path, what: str) -> None:
     if mode & 0o077:
         raise MasterKeyError(
             f"{what} {path} has mode {mode:04o}: other users could read it. Make it "
-            f"readable by the server's user only (chmod 600 {path}) and start again")
+            f"readable by the server's user only (chmod 600 {path}) and start again"
+        )
 
 
 def ensure_secret_file(path: Path, content: str) -> bool:
@@ -85,8 +93,9 @@ def read_pin_file(path: Path) -> str:
         _check_private(path, "token PIN file")
         lines = path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
-        raise MasterKeyError(f"token PIN file {path} does not exist: write the token's "
-                             "user PIN in it (mode 0600)") from None
+        raise MasterKeyError(
+            f"token PIN file {path} does not exist: write the token's user PIN in it (mode 0600)"
+        ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise MasterKeyError(f"cannot read token PIN file {path}: {exc}") from None
     if not lines or not lines[0].strip():
@@ -94,14 +103,23 @@ def read_pin_file(path: Path) -> str:
     return lines[0].strip()
 
 
-def token_master_key(*, module: str, token_label: str, pin: str, key_label: str,
-                     wrapped_file: Path, create: bool) -> MasterKey:
+def token_master_key(
+    *, module: str, token_label: str, pin: str, key_label: str, wrapped_file: Path, create: bool
+) -> MasterKey:
     """The master key unwrapped by the token; with ``create`` and no wrapped file, a new
     one (and the token key, if the token has none labelled ``key_label``)."""
     try:
-        return MasterKey(token_data_key(module=module, token_label=token_label, pin=pin,
-                                        kek_label=key_label, path=wrapped_file,
-                                        purpose=MASTER_KEY_PURPOSE, create=create))
+        return MasterKey(
+            token_data_key(
+                module=module,
+                token_label=token_label,
+                pin=pin,
+                kek_label=key_label,
+                path=wrapped_file,
+                purpose=MASTER_KEY_PURPOSE,
+                create=create,
+            )
+        )
     except WrappedKeyError as exc:
         raise MasterKeyError(f"master key: {exc}") from None
 
@@ -151,12 +169,14 @@ class MasterKey:
 
     def open_device_key(self, sealed: bytes, *, kid: bytes) -> bytes:
         try:
-            return self._device_keys.decrypt(sealed[:12], sealed[12:],
-                                             b"citywatch device key " + kid)
+            return self._device_keys.decrypt(
+                sealed[:12], sealed[12:], b"citywatch device key " + kid
+            )
         except InvalidTag:
             raise MasterKeyError(
                 f"the key of device {kid.hex()} does not open under this master key (was "
-                "the master key file replaced?)") from None
+                "the master key file replaced?)"
+            ) from None
 
     def __repr__(self) -> str:
         return "MasterKey(...)"

@@ -13,8 +13,9 @@ def escape(text: str) -> str:
     """``text`` with every non-printable character as a backslash escape."""
     if text.isprintable():
         return text
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
-                   for c in text)
+    return "".join(
+        c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text
+    )
 
 
 class EscapeControlCharacters(logging.Filter):
@@ -24,7 +25,12 @@ class EscapeControlCharacters(logging.Filter):
         if isinstance(record.msg, str):
             record.msg = escape(record.msg)
         if isinstance(record.args, tuple):
-            record.args = tuple(escape(a) if isinstance(a, str) else
-                                escape(str(a)) if isinstance(a, BaseException) else a
-                                for a in record.args)
+            record.args = tuple(
+                escape(a)
+                if isinstance(a, str)
+                else escape(str(a))
+                if isinstance(a, BaseException)
+                else a
+                for a in record.args
+            )
         return True

@@ -61,10 +61,18 @@ POSE_LANDMARKS = ModelPin(
 )
 
 _MOVENET_FOR_SERVER = ModelPin(
-    name=MOVENET.name, description=MOVENET.description, package=MOVENET.package,
-    version=MOVENET.version, wheel_sha256=MOVENET.wheel_sha256, container=MOVENET.container,
-    member=MOVENET.member, size=MOVENET.size, sha256=MOVENET.sha256, license=MOVENET.license,
-    install_hint=SERVER_INSTALL_HINT)
+    name=MOVENET.name,
+    description=MOVENET.description,
+    package=MOVENET.package,
+    version=MOVENET.version,
+    wheel_sha256=MOVENET.wheel_sha256,
+    container=MOVENET.container,
+    member=MOVENET.member,
+    size=MOVENET.size,
+    sha256=MOVENET.sha256,
+    license=MOVENET.license,
+    install_hint=SERVER_INSTALL_HINT,
+)
 
 SERVER_MODEL_PINS: tuple[ModelPin, ...] = (POSE_DETECTOR, POSE_LANDMARKS, _MOVENET_FOR_SERVER)
 
@@ -79,8 +87,7 @@ class VerifierModels:
     def __init__(self, models_dir: Path | None = None) -> None:
         self.models_dir = Path(models_dir) if models_dir is not None else default_models_dir()
         self.detector = load_verified_model(self.models_dir / POSE_DETECTOR.name, POSE_DETECTOR)
-        self.landmarks = load_verified_model(self.models_dir / POSE_LANDMARKS.name,
-                                             POSE_LANDMARKS)
+        self.landmarks = load_verified_model(self.models_dir / POSE_LANDMARKS.name, POSE_LANDMARKS)
         self.movenet = load_verified_model(self.models_dir / MOVENET.name, _MOVENET_FOR_SERVER)
 
     @staticmethod
@@ -89,9 +96,13 @@ class VerifierModels:
         return default_models_dir()
 
     @staticmethod
-    def install(models_dir: Path | None = None, *, wheels: tuple[Path, ...] = (),
-                force: bool = False) -> list[str]:
+    def install(
+        models_dir: Path | None = None, *, wheels: tuple[Path, ...] = (), force: bool = False
+    ) -> list[str]:
         """Install every pinned file; one line per file saying what was done."""
         results = install_models(models_dir, pins=SERVER_MODEL_PINS, wheels=wheels, force=force)
-        return [f"{r.pin.name}: {r.action} ({r.pin.size} bytes, sha256 {r.pin.sha256}) in "
-                f"{r.path.parent}" for r in results]
+        return [
+            f"{r.pin.name}: {r.action} ({r.pin.size} bytes, sha256 {r.pin.sha256}) in "
+            f"{r.path.parent}"
+            for r in results
+        ]

@@ -23,8 +23,9 @@ __all__ = ["MqttLink", "mqtt_tls_context"]
 log = logging.getLogger("citywatch.server")
 
 
-def mqtt_tls_context(*, ca_file: str | None, cert_file: str | None, key_file: str | None,
-                     insecure: bool) -> ssl.SSLContext:
+def mqtt_tls_context(
+    *, ca_file: str | None, cert_file: str | None, key_file: str | None, insecure: bool
+) -> ssl.SSLContext:
     ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca_file)
     if cert_file and key_file:
         ctx.load_cert_chain(cert_file, key_file)
@@ -37,10 +38,15 @@ class MqttLink:
     """``DeviceLink`` over one MQTT connection (QoS 1, clean session, reconnecting with
     back-off). ``path`` resolves the config's file names (CA, client certificate)."""
 
-    def __init__(self, broker: BrokerConfig, *, client_id: str,
-                 path: Callable[[Path], Path] = Path,
-                 on_connected: Callable[[], None] | None = None,
-                 on_lost: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        broker: BrokerConfig,
+        *,
+        client_id: str,
+        path: Callable[[Path], Path] = Path,
+        on_connected: Callable[[], None] | None = None,
+        on_lost: Callable[[str], None] | None = None,
+    ) -> None:
         self.broker = broker
         self.client_id = client_id
         self._path = path
@@ -86,14 +92,23 @@ class MqttLink:
                 ca_file=str(path(b.ca_file)) if b.ca_file else None,
                 cert_file=str(path(b.cert_file)) if b.cert_file else None,
                 key_file=str(path(b.key_file)) if b.key_file else None,
-                insecure=b.tls_insecure)
+                insecure=b.tls_insecure,
+            )
         # Nagle + delayed ACKs cost ~40 ms per small reply (design.md): send at once.
         options = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)] if b.tcp_nodelay else []
         return aiomqtt.Client(
-            b.host, b.port, identifier=self.client_id, username=b.username or None,
-            password=b.password or None, keepalive=b.keepalive_s, tls_context=tls_context,
-            tls_insecure=b.tls_insecure if b.tls else None, socket_options=options,
-            max_inflight_messages=1000, clean_session=True)
+            b.host,
+            b.port,
+            identifier=self.client_id,
+            username=b.username or None,
+            password=b.password or None,
+            keepalive=b.keepalive_s,
+            tls_context=tls_context,
+            tls_insecure=b.tls_insecure if b.tls else None,
+            socket_options=options,
+            max_inflight_messages=1000,
+            clean_session=True,
+        )
 
     async def run(self, handler: Handler, stop: asyncio.Event) -> None:
         delay = 0.5
@@ -114,8 +129,9 @@ class MqttLink:
             except aiomqtt.MqttError as exc:
                 self._client = None
                 self._on_lost(f"broker unreachable: {exc}")
-                log.warning("broker connection lost or refused (%s); retrying in %.1f s",
-                            exc, delay)
+                log.warning(
+                    "broker connection lost or refused (%s); retrying in %.1f s", exc, delay
+                )
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), delay)
                 delay = min(delay * 2, 10.0)

@@ -83,9 +83,13 @@ class NatsLink:
     returned, so a replica that dies while handling leaves the message to another);
     ``publish`` sends a reply. ``connected`` says whether the cluster is reachable."""
 
-    def __init__(self, settings: NatsSettings, *,
-                 on_connected: Callable[[], None] | None = None,
-                 on_lost: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        settings: NatsSettings,
+        *,
+        on_connected: Callable[[], None] | None = None,
+        on_lost: Callable[[str], None] | None = None,
+    ) -> None:
         if not settings.servers:
             raise NatsUnavailable("no NATS server URL is configured ([broker] nats_servers)")
         self.settings = settings
@@ -123,26 +127,43 @@ class NatsLink:
             self._on_lost("NATS connection lost; reconnecting")
 
         async def reconnected() -> None:
-            log.info("reconnected to NATS at %s", self._nc.connected_url.netloc
-                     if self._nc is not None and self._nc.connected_url else "?")
+            log.info(
+                "reconnected to NATS at %s",
+                self._nc.connected_url.netloc
+                if self._nc is not None and self._nc.connected_url
+                else "?",
+            )
             self._on_connected()
 
         async def error(exc: Exception) -> None:
             log.debug("NATS: %s", exc)
 
         return await nats.connect(
-            servers=list(s.servers), name=s.name, tls=s.tls, user=s.user or None,
-            password=s.password or None, allow_reconnect=True, max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5, connect_timeout=3,
-            disconnected_cb=disconnected, reconnected_cb=reconnected, error_cb=error)
+            servers=list(s.servers),
+            name=s.name,
+            tls=s.tls,
+            user=s.user or None,
+            password=s.password or None,
+            allow_reconnect=True,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            connect_timeout=3,
+            disconnected_cb=disconnected,
+            reconnected_cb=reconnected,
+            error_cb=error,
+        )
 
     async def _ensure_stream(self, js: Any) -> None:
         s = self.settings
         p = subject_of(s.prefix)
         config = StreamConfig(
-            name=s.stream, subjects=[f"{p}.*.up", f"{p}.*.status"],
-            retention=RetentionPolicy.WORK_QUEUE, storage=StorageType.FILE,
-            num_replicas=s.replicas, max_age=s.max_age_s)
+            name=s.stream,
+            subjects=[f"{p}.*.up", f"{p}.*.status"],
+            retention=RetentionPolicy.WORK_QUEUE,
+            storage=StorageType.FILE,
+            num_replicas=s.replicas,
+            max_age=s.max_age_s,
+        )
         try:
             await js.stream_info(s.stream)
         except NotFoundError:
@@ -151,12 +172,19 @@ class NatsLink:
             except BadRequestError as exc:  # another replica created it meanwhile
                 if "already in use" not in str(exc):
                     # e.g. "no suitable peers for placement": fewer nodes up than replicas
-                    raise NatsUnavailable(f"the cluster refused stream {s.stream} "
-                                          f"({s.replicas} replicas): {exc}") from exc
+                    raise NatsUnavailable(
+                        f"the cluster refused stream {s.stream} ({s.replicas} replicas): {exc}"
+                    ) from exc
         with contextlib.suppress(BadRequestError):  # exists with the same config
-            await js.add_consumer(s.stream, ConsumerConfig(
-                durable_name=s.durable, ack_policy=AckPolicy.EXPLICIT, ack_wait=s.ack_wait_s,
-                max_ack_pending=10_000))
+            await js.add_consumer(
+                s.stream,
+                ConsumerConfig(
+                    durable_name=s.durable,
+                    ack_policy=AckPolicy.EXPLICIT,
+                    ack_wait=s.ack_wait_s,
+                    max_ack_pending=10_000,
+                ),
+            )
 
     async def run(self, handler: Handler, stop: asyncio.Event) -> None:
         """Consumes until ``stop`` is set. Connection failures are retried, never raised,

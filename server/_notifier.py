@@ -37,8 +37,15 @@ log = logging.getLogger("citywatch.server.enc")
 
 
 class EncOutbox:
-    def __init__(self, config: ServerConfig, store: Store, metrics: ServerMetrics, *,
-                 clock: Callable[[], int], owner: str) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        store: Store,
+        metrics: ServerMetrics,
+        *,
+        clock: Callable[[], int],
+        owner: str,
+    ) -> None:
         self.config = config
         self.store = store
         self.metrics = metrics
@@ -47,9 +54,13 @@ class EncOutbox:
         e = config.enc
         key = read_key_file(config.path(e.key_file), what="ENC key file", lengths=(16, 32))
         self.timing = config.timing.protocol_timing()
-        self.notifier = EncNotifier(kid=config.server_kid, cipher=AesGcmCipher(key),
-                                    random=secrets.token_bytes, timing=self.timing,
-                                    limits=config.timing.limits())
+        self.notifier = EncNotifier(
+            kid=config.server_kid,
+            cipher=AesGcmCipher(key),
+            random=secrets.token_bytes,
+            timing=self.timing,
+            limits=config.timing.limits(),
+        )
         self.url = e.base_url.rstrip("/") + "/v1/alerts"
         self.reports_url = e.base_url.rstrip("/") + "/v1/reports"
         # Held a little longer than one attempt can take, so a crashed replica's lease
@@ -72,8 +83,10 @@ class EncOutbox:
         if e.ca_file is not None:
             verify = ssl.create_default_context(cafile=str(self.config.path(e.ca_file)))
         return httpx.AsyncClient(
-            verify=verify, timeout=httpx.Timeout(e.request_timeout_s, connect=e.connect_timeout_s),
-            limits=httpx.Limits(max_connections=e.concurrency))
+            verify=verify,
+            timeout=httpx.Timeout(e.request_timeout_s, connect=e.connect_timeout_s),
+            limits=httpx.Limits(max_connections=e.concurrency),
+        )
 
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -89,8 +102,11 @@ class EncOutbox:
                     except SQLAlchemyError as exc:
                         # The database is down or restarting: the alerts stay queued in
                         # it; try again, never end the server for it.
-                        log.warning("ENC outbox: the database is unavailable (%s); retrying "
-                                    "in %.0f s", type(exc).__name__, max(poll, 1.0))
+                        log.warning(
+                            "ENC outbox: the database is unavailable (%s); retrying in %.0f s",
+                            type(exc).__name__,
+                            max(poll, 1.0),
+                        )
                         delay = max(poll, 1.0)
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), timeout=delay)
@@ -99,14 +115,15 @@ class EncOutbox:
                     task.cancel()
                 await asyncio.gather(*in_flight, return_exceptions=True)
 
-    async def _claim(self, http: httpx.AsyncClient, in_flight: set[asyncio.Task[Any]],
-                     poll: float) -> float:
+    async def _claim(
+        self, http: httpx.AsyncClient, in_flight: set[asyncio.Task[Any]], poll: float
+    ) -> float:
         """Start deliveries of the due alerts there is room for; seconds until the next."""
         free = self.config.enc.concurrency - len(in_flight)
         if free > 0:
             items = await asyncio.to_thread(
-                self.store.claim_due_alerts, owner=self.owner,
-                lease_ms=self.lease_ms, limit=free)
+                self.store.claim_due_alerts, owner=self.owner, lease_ms=self.lease_ms, limit=free
+            )
             for item in items:
                 task = asyncio.create_task(self._deliver(http, item))
                 in_flight.add(task)
@@ -114,8 +131,7 @@ class EncOutbox:
         due = await asyncio.to_thread(self.store.next_alert_due)
         return poll if due is None else min(poll, max(0.02, (due - self._clock()) / 1000))
 
-    def _delivered(self, in_flight: set[asyncio.Task[Any]]
-                   ) -> Callable[[asyncio.Task[Any]], None]:
+    def _delivered(self, in_flight: set[asyncio.Task[Any]]) -> Callable[[asyncio.Task[Any]], None]:
         """A delivery's done-callback: forget the task, wake the loop to claim the next."""
 
         def done(task: asyncio.Task[Any]) -> None:
@@ -137,12 +153,14 @@ class EncOutbox:
         except SQLAlchemyError as exc:
             # The outcome could not be written: the lease lapses and the alert is sent
             # again (the ENC stores it once, by incident id).
-            log.warning("alert %s: the database is unavailable (%s); it will be sent again",
-                        item.incident_id, type(exc).__name__)
+            log.warning(
+                "alert %s: the database is unavailable (%s); it will be sent again",
+                item.incident_id,
+                type(exc).__name__,
+            )
 
     async def _attempt(self, http: httpx.AsyncClient, item: OutboxItem) -> None:
-        coords = Coords(lat=item.lat, lon=item.lon, alt=item.alt, acc=item.acc,
-                        src=item.coords_src)
+        coords = Coords(lat=item.lat, lon=item.lon, alt=item.alt, acc=item.acc, src=item.coords_src)
         try:
             t0 = time.perf_counter()
             r: httpx.Response | None = None
@@ -150,21 +168,36 @@ class EncOutbox:
                 # A report fused into an alert sent before: an N3 (docs/protocol.md). An
                 # ENC that does not know N3 answers 404: then it gets an N1 of its own.
                 n3 = self.notifier.linked_report(
-                    incident_id=item.linked_to, report_id=item.incident_id, coords=coords,
-                    photo=item.photo, score=item.score, label=item.label,
-                    captured_at=item.captured_at, device_uid=item.device_uid,
-                    now=self._clock())
+                    incident_id=item.linked_to,
+                    report_id=item.incident_id,
+                    coords=coords,
+                    photo=item.photo,
+                    score=item.score,
+                    label=item.label,
+                    captured_at=item.captured_at,
+                    device_uid=item.device_uid,
+                    now=self._clock(),
+                )
                 r = await self._post(http, self.reports_url, n3)
                 if r.status_code == 404:
                     self.notifier.forget(item.incident_id)
-                    log.info("report %s: the ENC does not know linked reports; sent as an "
-                             "alert of its own", item.incident_id)
+                    log.info(
+                        "report %s: the ENC does not know linked reports; sent as an "
+                        "alert of its own",
+                        item.incident_id,
+                    )
                     r = None
             if r is None:
                 n1 = self.notifier.alert(
-                    incident_id=item.incident_id, coords=coords, photo=item.photo,
-                    score=item.score, label=item.label, captured_at=item.captured_at,
-                    device_uid=item.device_uid, now=self._clock())
+                    incident_id=item.incident_id,
+                    coords=coords,
+                    photo=item.photo,
+                    score=item.score,
+                    label=item.label,
+                    captured_at=item.captured_at,
+                    device_uid=item.device_uid,
+                    now=self._clock(),
+                )
                 r = await self._post(http, self.url, n1)
             if r.status_code != 200:
                 raise EncDeliveryError(f"HTTP {r.status_code} {r.text[:200]!r}")
@@ -173,22 +206,28 @@ class EncOutbox:
             if not confirmed:
                 detail = getattr(events[0], "detail", "no event") if events else "no event"
                 raise EncDeliveryError(f"the answer is not a valid N2: {detail}")
-            await asyncio.to_thread(self.store.alert_delivered, item.incident_id,
-                                    tenc=confirmed[0].tenc)
+            await asyncio.to_thread(
+                self.store.alert_delivered, item.incident_id, tenc=confirmed[0].tenc
+            )
         except EncDeliveryError as exc:
             attempt = item.attempts + 1
             jitter = int.from_bytes(secrets.token_bytes(2), "big") / 65536
             retry_at = self._clock() + backoff_delay(attempt, timing=self.timing, jitter=jitter)
             self.metrics.alerts.labels("failed").inc()
-            log.warning("alert %s: attempt %d failed (%s); next in %.1f s", item.incident_id,
-                        attempt, exc, (retry_at - self._clock()) / 1000)
-            await asyncio.to_thread(self.store.alert_failed, item.incident_id,
-                                    retry_at=retry_at, error=str(exc))
+            log.warning(
+                "alert %s: attempt %d failed (%s); next in %.1f s",
+                item.incident_id,
+                attempt,
+                exc,
+                (retry_at - self._clock()) / 1000,
+            )
+            await asyncio.to_thread(
+                self.store.alert_failed, item.incident_id, retry_at=retry_at, error=str(exc)
+            )
             return
         self.metrics.alerts.labels("delivered").inc()
         self.metrics.n1_to_n2.observe(time.perf_counter() - t0)
         started = self._started.pop(item.incident_id, None)
         if started is not None and item.attempts == 0:
             self.metrics.c3_to_n2.observe(time.perf_counter() - started)
-        log.info("alert %s delivered to the ENC (attempt %d)", item.incident_id,
-                 item.attempts + 1)
+        log.info("alert %s delivered to the ENC (attempt %d)", item.incident_id, item.attempts + 1)

@@ -43,8 +43,15 @@ class PreparedPhoto:
     """(width, height) of the JPEG as sent."""
 
 
-def prepare_photo(photo: bytes, *, max_pixels: int, min_width: int, min_height: int,
-                  long_side: int, clahe_clip: float = 2.0) -> PreparedPhoto | PhotoRejected:
+def prepare_photo(
+    photo: bytes,
+    *,
+    max_pixels: int,
+    min_width: int,
+    min_height: int,
+    long_side: int,
+    clahe_clip: float = 2.0,
+) -> PreparedPhoto | PhotoRejected:
     """Decode and preprocess ``photo``, or say why it cannot be used. Never raises for
     what a device sends."""
     if not photo.startswith(b"\xff\xd8"):
@@ -56,28 +63,46 @@ def prepare_photo(photo: bytes, *, max_pixels: int, min_width: int, min_height: 
             jpeg = Image.open(io.BytesIO(photo), formats=("JPEG",))
             width, height = jpeg.size
             if width < min_width or height < min_height:
-                return PhotoRejected("too_small", f"the photo is {width}x{height} pixels, "
-                                     f"smaller than {min_width}x{min_height}")
+                return PhotoRejected(
+                    "too_small",
+                    f"the photo is {width}x{height} pixels, smaller than {min_width}x{min_height}",
+                )
             if width * height > max_pixels:
-                return PhotoRejected("too_large", f"the photo is {width}x{height} pixels "
-                                     f"({width * height / 1e6:.1f} MP), more than the "
-                                     f"{max_pixels / 1e6:.1f} MP a pole's camera sends")
+                return PhotoRejected(
+                    "too_large",
+                    f"the photo is {width}x{height} pixels "
+                    f"({width * height / 1e6:.1f} MP), more than the "
+                    f"{max_pixels / 1e6:.1f} MP a pole's camera sends",
+                )
             # Decode at 1/2, 1/4 or 1/8 scale when that still covers the size we work at.
             jpeg.draft("RGB", (long_side, long_side))
             rgb = np.asarray(jpeg.convert("RGB"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError,
-            MemoryError) as exc:
+    except (
+        UnidentifiedImageError,
+        OSError,
+        ValueError,
+        SyntaxError,
+        Image.DecompressionBombError,
+        MemoryError,
+    ) as exc:
         return PhotoRejected("undecodable", f"the photo cannot be decoded as a JPEG ({exc})")
     h, w = rgb.shape[:2]
     if max(h, w) > long_side:
         scale = long_side / max(h, w)
-        rgb = np.asarray(cv2.resize(rgb, (max(1, round(w * scale)), max(1, round(h * scale))),
-                                    interpolation=cv2.INTER_AREA), dtype=np.uint8)
+        rgb = np.asarray(
+            cv2.resize(
+                rgb,
+                (max(1, round(w * scale)), max(1, round(h * scale))),
+                interpolation=cv2.INTER_AREA,
+            ),
+            dtype=np.uint8,
+        )
     grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
     if float(grey.std()) < 3.0:
         # A covered lens, a dead sensor or a frame of one colour: nothing can be seen.
-        return PhotoRejected("blank_frame", "the photo is of one colour (a covered lens or a "
-                             "dead sensor)")
+        return PhotoRejected(
+            "blank_frame", "the photo is of one colour (a covered lens or a dead sensor)"
+        )
     lab = cv2.cvtColor(rgb, cv2.COLOR_RGB2LAB)
     clahe = cv2.createCLAHE(clipLimit=clahe_clip, tileGridSize=(8, 8))
     lab[:, :, 0] = clahe.apply(lab[:, :, 0])

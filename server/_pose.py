@@ -42,12 +42,39 @@ __all__ = [
 Image = npt.NDArray[np.uint8]
 
 LANDMARK_NAMES: tuple[str, ...] = (
-    "nose", "left_eye_inner", "left_eye", "left_eye_outer", "right_eye_inner", "right_eye",
-    "right_eye_outer", "left_ear", "right_ear", "mouth_left", "mouth_right",
-    "left_shoulder", "right_shoulder", "left_elbow", "right_elbow", "left_wrist",
-    "right_wrist", "left_pinky", "right_pinky", "left_index", "right_index", "left_thumb",
-    "right_thumb", "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle",
-    "right_ankle", "left_heel", "right_heel", "left_foot_index", "right_foot_index",
+    "nose",
+    "left_eye_inner",
+    "left_eye",
+    "left_eye_outer",
+    "right_eye_inner",
+    "right_eye",
+    "right_eye_outer",
+    "left_ear",
+    "right_ear",
+    "mouth_left",
+    "mouth_right",
+    "left_shoulder",
+    "right_shoulder",
+    "left_elbow",
+    "right_elbow",
+    "left_wrist",
+    "right_wrist",
+    "left_pinky",
+    "right_pinky",
+    "left_index",
+    "right_index",
+    "left_thumb",
+    "right_thumb",
+    "left_hip",
+    "right_hip",
+    "left_knee",
+    "right_knee",
+    "left_ankle",
+    "right_ankle",
+    "left_heel",
+    "right_heel",
+    "left_foot_index",
+    "right_foot_index",
 )
 
 _DET_SIZE = 224
@@ -151,8 +178,14 @@ class _Model:
 class BlazePoseDetector:
     """``detect(image)``: the people in an RGB image, best first."""
 
-    def __init__(self, model: bytes, *, threads: int = 1, min_score: float = _DET_MIN_SCORE,
-                 max_people: int = 6) -> None:
+    def __init__(
+        self,
+        model: bytes,
+        *,
+        threads: int = 1,
+        min_score: float = _DET_MIN_SCORE,
+        max_people: int = 6,
+    ) -> None:
         self._model = _Model(model, threads)
         self.min_score = min_score
         self.max_people = max_people
@@ -178,8 +211,9 @@ class BlazePoseDetector:
         kps = np.concatenate([f[2] for f in found])
         return self._suppress(scores, boxes, kps)
 
-    def _candidates(self, image: Image, region: tuple[int, int, int, int]) -> tuple[
-            npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    def _candidates(
+        self, image: Image, region: tuple[int, int, int, int]
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.float32]]:
         x0, y0, x1, y1 = region
         crop = image[y0:y1, x0:x1]
         h, w = crop.shape[:2]
@@ -188,7 +222,7 @@ class BlazePoseDetector:
         pad_x, pad_y = (_DET_SIZE - nw) // 2, (_DET_SIZE - nh) // 2
         canvas = np.zeros((_DET_SIZE, _DET_SIZE, 3), dtype=np.float32)
         resized = cv2.resize(crop, (nw, nh), interpolation=cv2.INTER_AREA)
-        canvas[pad_y:pad_y + nh, pad_x:pad_x + nw] = resized.astype(np.float32) / 127.5 - 1.0
+        canvas[pad_y : pad_y + nh, pad_x : pad_x + nw] = resized.astype(np.float32) / 127.5 - 1.0
         out = self._model.run(canvas[None])
         raw = out["Identity"][0]
         scores = _sigmoid(out["Identity_1"][0, :, 0])
@@ -204,11 +238,18 @@ class BlazePoseDetector:
         origin = np.array([x0, y0], dtype=np.float32)
         boxes_px = ((boxes.reshape(-1, 2, 2) * _DET_SIZE - offset) / scale + origin).reshape(-1, 4)
         kps_px = (kps * _DET_SIZE - offset) / scale + origin
-        return (scores[keep].astype(np.float32), boxes_px.astype(np.float32),
-                kps_px.astype(np.float32))
+        return (
+            scores[keep].astype(np.float32),
+            boxes_px.astype(np.float32),
+            kps_px.astype(np.float32),
+        )
 
-    def _suppress(self, scores: npt.NDArray[np.float32], boxes: npt.NDArray[np.float32],
-                  kps: npt.NDArray[np.float32]) -> list[PersonDetection]:
+    def _suppress(
+        self,
+        scores: npt.NDArray[np.float32],
+        boxes: npt.NDArray[np.float32],
+        kps: npt.NDArray[np.float32],
+    ) -> list[PersonDetection]:
         # MediaPipe's weighted NMS: overlapping candidates are averaged, weighted by score.
         order = list(np.argsort(-scores))
         people: list[PersonDetection] = []
@@ -220,12 +261,15 @@ class BlazePoseDetector:
             weights = scores[group][:, None]
             box = (boxes[group] * weights).sum(0) / weights.sum()
             kp = (kps[group] * weights[:, :, None]).sum(0) / weights.sum()
-            people.append(PersonDetection(
-                score=float(scores[best]),
-                box=(float(box[0]), float(box[1]), float(box[2]), float(box[3])),
-                hips=(float(kp[0, 0]), float(kp[0, 1])),
-                body_point=(float(kp[1, 0]), float(kp[1, 1])),
-                shoulders=(float(kp[2, 0]), float(kp[2, 1]))))
+            people.append(
+                PersonDetection(
+                    score=float(scores[best]),
+                    box=(float(box[0]), float(box[1]), float(box[2]), float(box[3])),
+                    hips=(float(kp[0, 0]), float(kp[0, 1])),
+                    body_point=(float(kp[1, 0]), float(kp[1, 1])),
+                    shoulders=(float(kp[2, 0]), float(kp[2, 1])),
+                )
+            )
         return people
 
 
@@ -264,17 +308,27 @@ class PoseLandmarker:
         src = np.array([origin, origin + u, origin + v], dtype=np.float32)
         dst = np.array([[0, 0], [_LMK_SIZE, 0], [0, _LMK_SIZE]], dtype=np.float32)
         matrix = cv2.getAffineTransform(src, dst)
-        crop = cv2.warpAffine(image, matrix, (_LMK_SIZE, _LMK_SIZE), flags=cv2.INTER_LINEAR,
-                              borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
+        crop = cv2.warpAffine(
+            image,
+            matrix,
+            (_LMK_SIZE, _LMK_SIZE),
+            flags=cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_CONSTANT,
+            borderValue=(0, 0, 0),
+        )
         out = self._model.run((crop.astype(np.float32) / 255.0)[None])
         raw = out["Identity"][0].reshape(39, 5)[:33]
         presence = float(out["Identity_1"].reshape(-1)[0])
         inverse = cv2.invertAffineTransform(matrix)
         pts = np.hstack([raw[:, :2], np.ones((33, 1), np.float32)]) @ inverse.T.astype(np.float32)
-        return BodyLandmarks(points=pts.astype(np.float32),
-                             visibility=_sigmoid(raw[:, 3]).astype(np.float32),
-                             presence=presence, detection=detection)
+        return BodyLandmarks(
+            points=pts.astype(np.float32),
+            visibility=_sigmoid(raw[:, 3]).astype(np.float32),
+            presence=presence,
+            detection=detection,
+        )
 
-    def all_landmarks(self, image: Image,
-                      detections: Sequence[PersonDetection]) -> list[BodyLandmarks]:
+    def all_landmarks(
+        self, image: Image, detections: Sequence[PersonDetection]
+    ) -> list[BodyLandmarks]:
         return [self.landmarks(image, d) for d in detections]

@@ -57,12 +57,22 @@ class DeviceInfo:
         return "blocked" if self.blocked else ("active" if self.active else "inactive")
 
     def to_json(self) -> dict[str, Any]:
-        return {"uid": self.uid, "kid_hex": self.kid.hex(), "zone": self.zone, "lat": self.lat,
-                "lon": self.lon, "alg": ALG_NAMES.get(self.alg, str(self.alg)),
-                "status": self.status, "active": self.active, "blocked": self.blocked,
-                "epoch": self.epoch, "confirmed_epoch": self.confirmed_epoch,
-                "confirmed_at": self.confirmed_at, "created_at": self.created_at,
-                "updated_at": self.updated_at}
+        return {
+            "uid": self.uid,
+            "kid_hex": self.kid.hex(),
+            "zone": self.zone,
+            "lat": self.lat,
+            "lon": self.lon,
+            "alg": ALG_NAMES.get(self.alg, str(self.alg)),
+            "status": self.status,
+            "active": self.active,
+            "blocked": self.blocked,
+            "epoch": self.epoch,
+            "confirmed_epoch": self.confirmed_epoch,
+            "confirmed_at": self.confirmed_at,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+        }
 
 
 class DeviceRegistry:
@@ -71,8 +81,17 @@ class DeviceRegistry:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    def add_device(self, *, uid: str, zone: str, lat: float, lon: float, alg: int,
-                   actor: str, key: bytes | None = None) -> tuple[DeviceInfo, bytes]:
+    def add_device(
+        self,
+        *,
+        uid: str,
+        zone: str,
+        lat: float,
+        lon: float,
+        alg: int,
+        actor: str,
+        key: bytes | None = None,
+    ) -> tuple[DeviceInfo, bytes]:
         """Register a device with a fresh random kid and key (or the given key); returns
         the device and its key, which leaves the server only in the provisioning bundle."""
         if not 1 <= len(uid) <= 64:
@@ -91,15 +110,35 @@ class DeviceRegistry:
         # The kid is a random pseudonym, never derived from the UID (protocol.md 1.3).
         kid = secrets.token_bytes(8)
         now = self.db.now()
-        row = DeviceRow(uid=uid, kid=kid, zone=zone, lat=float(lat), lon=float(lon), alg=alg,
-                        key_sealed=self.db.master.seal_device_key(key, kid=kid), active=True,
-                        blocked=False, epoch=0, created_at=now, updated_at=now)
+        row = DeviceRow(
+            uid=uid,
+            kid=kid,
+            zone=zone,
+            lat=float(lat),
+            lon=float(lon),
+            alg=alg,
+            key_sealed=self.db.master.seal_device_key(key, kid=kid),
+            active=True,
+            blocked=False,
+            epoch=0,
+            created_at=now,
+            updated_at=now,
+        )
         try:
             with self.db.tx() as s:
                 s.add(row)
                 s.flush()
-                self.db.audit(s, actor, "device.add", uid, kid=kid.hex(), zone=zone, lat=lat,
-                            lon=lon, alg=ALG_NAMES[alg])
+                self.db.audit(
+                    s,
+                    actor,
+                    "device.add",
+                    uid,
+                    kid=kid.hex(),
+                    zone=zone,
+                    lat=lat,
+                    lon=lon,
+                    alg=ALG_NAMES[alg],
+                )
         except IntegrityError:
             raise DeviceExists(f"a device with UID {uid!r} is already registered") from None
         return _device_info(row), key
@@ -135,12 +174,15 @@ class DeviceRegistry:
         with self.db.tx() as s:
             return set(s.scalars(select(DeviceRow.kid)))
 
-    def set_device_state(self, uid: str, action: str, *, actor: str, reason: str = ""
-                         ) -> DeviceInfo:
+    def set_device_state(
+        self, uid: str, action: str, *, actor: str, reason: str = ""
+    ) -> DeviceInfo:
         """activate, deactivate, block or unblock; audited."""
         values: dict[str, bool] = {
-            "activate": {"active": True}, "deactivate": {"active": False},
-            "block": {"blocked": True}, "unblock": {"blocked": False},
+            "activate": {"active": True},
+            "deactivate": {"active": False},
+            "block": {"blocked": True},
+            "unblock": {"blocked": False},
         }.get(action, {})
         if not values:
             raise RegistryError(f"unknown device action {action!r}")
@@ -164,11 +206,12 @@ class DeviceRegistry:
             row = s.scalars(select(DeviceRow).where(DeviceRow.uid == uid)).first()
             if row is None:
                 raise DeviceNotFound(f"no device with UID {uid!r}")
-            res = s.execute(update(DeviceRow)
-                            .where(DeviceRow.uid == uid, DeviceRow.blocked.is_(False))
-                            .values(blocked=True,
-                                    updated_at=max(self.db.now(), row.updated_at + 1))
-                            .execution_options(synchronize_session=False))
+            res = s.execute(
+                update(DeviceRow)
+                .where(DeviceRow.uid == uid, DeviceRow.blocked.is_(False))
+                .values(blocked=True, updated_at=max(self.db.now(), row.updated_at + 1))
+                .execution_options(synchronize_session=False)
+            )
             if not res.rowcount:  # type: ignore[attr-defined]
                 return None
             self.db.audit(s, actor, "device.block", uid, reason=reason)
@@ -186,8 +229,18 @@ class DeviceRegistry:
 
 
 def _device_info(r: DeviceRow) -> DeviceInfo:
-    return DeviceInfo(uid=r.uid, kid=bytes(r.kid), zone=r.zone, lat=r.lat, lon=r.lon,
-                      alg=r.alg, active=bool(r.active), blocked=bool(r.blocked),
-                      epoch=int(r.epoch or 0), confirmed_epoch=r.confirmed_epoch,
-                      confirmed_at=r.confirmed_at, created_at=r.created_at,
-                      updated_at=r.updated_at)
+    return DeviceInfo(
+        uid=r.uid,
+        kid=bytes(r.kid),
+        zone=r.zone,
+        lat=r.lat,
+        lon=r.lon,
+        alg=r.alg,
+        active=bool(r.active),
+        blocked=bool(r.blocked),
+        epoch=int(r.epoch or 0),
+        confirmed_epoch=r.confirmed_epoch,
+        confirmed_at=r.confirmed_at,
+        created_at=r.created_at,
+        updated_at=r.updated_at,
+    )

@@ -77,9 +77,22 @@ class BodyGeometry:
         ankles = _mid(p, "left_ankle", "right_ankle")
         nose = p[_IDX["nose"]].astype(np.float64)
         torso = max(float(np.linalg.norm(shoulders - hips)), 1.0)
-        main = p[[_IDX[n] for n in ("nose", "left_shoulder", "right_shoulder", "left_hip",
-                                    "right_hip", "left_knee", "right_knee", "left_ankle",
-                                    "right_ankle")]]
+        main = p[
+            [
+                _IDX[n]
+                for n in (
+                    "nose",
+                    "left_shoulder",
+                    "right_shoulder",
+                    "left_hip",
+                    "right_hip",
+                    "left_knee",
+                    "right_knee",
+                    "left_ankle",
+                    "right_ankle",
+                )
+            ]
+        ]
         x0, y0 = main.min(0)
         x1, y1 = main.max(0)
         vis = lm.visibility
@@ -89,10 +102,21 @@ class BodyGeometry:
             body_tilt=_tilt(ankles, shoulders),
             head_rise=float((hips[1] - nose[1]) / torso),
             ankle_drop=float((ankles[1] - hips[1]) / torso),
-            legs_visible=float(vis[[_IDX["left_knee"], _IDX["right_knee"], _IDX["left_ankle"],
-                                    _IDX["right_ankle"]]].mean()),
-            torso_visible=float(vis[[_IDX["left_shoulder"], _IDX["right_shoulder"],
-                                     _IDX["left_hip"], _IDX["right_hip"]]].mean()),
+            legs_visible=float(
+                vis[
+                    [_IDX["left_knee"], _IDX["right_knee"], _IDX["left_ankle"], _IDX["right_ankle"]]
+                ].mean()
+            ),
+            torso_visible=float(
+                vis[
+                    [
+                        _IDX["left_shoulder"],
+                        _IDX["right_shoulder"],
+                        _IDX["left_hip"],
+                        _IDX["right_hip"],
+                    ]
+                ].mean()
+            ),
             torso_px=torso,
             centre=(float(hips[0]), float(hips[1])),
             box=(float(x0), float(y0), float(x1), float(y1)),
@@ -103,13 +127,19 @@ class SceneReader:
     """The people in a photo and the geometry of each. One instance per worker thread or
     process: the interpreters inside are not safe to share."""
 
-    def __init__(self, models: VerifierModels, *, tiles_from: int = 600,
-                 max_people: int = 8) -> None:
+    def __init__(
+        self, models: VerifierModels, *, tiles_from: int = 600, max_people: int = 8
+    ) -> None:
         self._detector = BlazePoseDetector(models.detector, threads=1)
         self._landmarker = PoseLandmarker(models.landmarks, threads=1)
         # A low person score: MoveNet only proposes; the landmark model's presence decides.
-        self._movenet = PoseDetector(models.movenet, threads=1, color_order="rgb",
-                                     rotations=(0, 90, 270), min_pose_score=0.05)
+        self._movenet = PoseDetector(
+            models.movenet,
+            threads=1,
+            color_order="rgb",
+            rotations=(0, 90, 270),
+            min_pose_score=0.05,
+        )
         self.tiles_from = tiles_from
         self.max_people = max_people
 
@@ -117,8 +147,9 @@ class SceneReader:
         h, w = rgb.shape[:2]
         tiles = 2 if max(h, w) >= self.tiles_from else 1
         candidates = self._detector.detect(rgb, tiles=tiles)
-        candidates += [_from_movenet(pose.keypoints, pose.bbox, w, h)
-                       for pose in self._movenet.detect(rgb)]
+        candidates += [
+            _from_movenet(pose.keypoints, pose.bbox, w, h) for pose in self._movenet.detect(rgb)
+        ]
         people: list[BodyGeometry] = []
         for candidate in candidates:
             if len(people) >= self.max_people:
@@ -135,8 +166,9 @@ class SceneReader:
         return people
 
 
-def _from_movenet(kp: npt.NDArray[np.float32], bbox: tuple[float, float, float, float],
-                  w: int, h: int) -> PersonDetection:
+def _from_movenet(
+    kp: npt.NDArray[np.float32], bbox: tuple[float, float, float, float], w: int, h: int
+) -> PersonDetection:
     """A BlazePose-style alignment (hips, body-circle point) from a MoveNet pose, so that
     the landmark model reads MoveNet's people the same way as the detector's."""
     pts = kp[:, :2].astype(np.float64) * (w, h)
@@ -152,12 +184,19 @@ def _from_movenet(kp: npt.NDArray[np.float32], bbox: tuple[float, float, float, 
         up = np.array([0.0, -1.0])
     norm = float(np.linalg.norm(up)) or 1.0
     visible = pts[ok] if ok.any() else np.array([[x0, y0], [x1, y1]])
-    radius = max(float(np.linalg.norm(visible - hips, axis=1).max()) * 1.1,
-                 0.5 * math.hypot(x1 - x0, y1 - y0), 8.0)
+    radius = max(
+        float(np.linalg.norm(visible - hips, axis=1).max()) * 1.1,
+        0.5 * math.hypot(x1 - x0, y1 - y0),
+        8.0,
+    )
     body_point = hips + up / norm * radius
-    return PersonDetection(score=0.0, box=(x0, y0, x1, y1), hips=(float(hips[0]), float(hips[1])),
-                           body_point=(float(body_point[0]), float(body_point[1])),
-                           shoulders=(float(hips[0] + up[0]), float(hips[1] + up[1])))
+    return PersonDetection(
+        score=0.0,
+        box=(x0, y0, x1, y1),
+        hips=(float(hips[0]), float(hips[1])),
+        body_point=(float(body_point[0]), float(body_point[1])),
+        shoulders=(float(hips[0] + up[0]), float(hips[1] + up[1])),
+    )
 
 
 def _same_person(a: BodyGeometry, b: BodyGeometry) -> bool:

@@ -16,8 +16,15 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["AuditEntry", "Base", "DeviceRow", "IncidentRow", "OutboxRow", "WindowRow",
-           "ZoneBroadcastRow"]
+__all__ = [
+    "AuditEntry",
+    "Base",
+    "DeviceRow",
+    "IncidentRow",
+    "OutboxRow",
+    "WindowRow",
+    "ZoneBroadcastRow",
+]
 
 
 class Base(DeclarativeBase):
@@ -128,7 +135,8 @@ class OutboxRow(Base):
     __tablename__ = "enc_outbox"
 
     incident_id: Mapped[str] = mapped_column(
-        String(64), ForeignKey("incidents.id", ondelete="CASCADE"), primary_key=True)
+        String(64), ForeignKey("incidents.id", ondelete="CASCADE"), primary_key=True
+    )
     state: Mapped[str] = mapped_column(String(16))
     """"pending" or "delivered"."""
     attempts: Mapped[int] = mapped_column(Integer, default=0)

@@ -48,15 +48,19 @@ def open_store(config: ServerConfig, *, announce: bool = True) -> tuple[Store, M
                 raise MasterKeyError(
                     f"master key file {master_path} is missing, but the database holds {n} "
                     "device key(s) sealed under a master key: restore that file (from the "
-                    "backup, or copy it from another replica) and start again")
+                    "backup, or copy it from another replica) and start again"
+                )
             if MasterKey.create_file(master_path):
                 made.append(f"master key {master_path}")
         master = MasterKey.from_file(master_path)
     if ensure_secret_file(config.path(config.enc.key_file), secrets.token_hex(32) + "\n"):
-        made.append(f"ENC key (K_SENC) {config.path(config.enc.key_file)}: give the ENC "
-                    f"this key with server kid {config.enc.server_kid}")
-    if config.admin.enabled and ensure_secret_file(config.path(config.admin.token_file),
-                                                   secrets.token_urlsafe(32) + "\n"):
+        made.append(
+            f"ENC key (K_SENC) {config.path(config.enc.key_file)}: give the ENC "
+            f"this key with server kid {config.enc.server_kid}"
+        )
+    if config.admin.enabled and ensure_secret_file(
+        config.path(config.admin.token_file), secrets.token_urlsafe(32) + "\n"
+    ):
         made.append(f"admin API token {config.path(config.admin.token_file)}")
     if made and announce:
         import sys
@@ -69,8 +73,7 @@ def open_store(config: ServerConfig, *, announce: bool = True) -> tuple[Store, M
     # Incidents stored before sealing existed are sealed now (resumes if interrupted).
     sealed = store.seal_clear_incidents()
     if sealed:
-        _log.warning("sealed the photos and positions of %d incident(s) stored in clear",
-                     sealed)
+        _log.warning("sealed the photos and positions of %d incident(s) stored in clear", sealed)
     return store, master
 
 
@@ -79,8 +82,10 @@ def _token_master(config: ServerConfig, made: list[str]) -> MasterKey:
     wrapped = config.path(mk.wrapped_file)
     module = mk.module or find_softhsm_module()
     if not module:
-        raise MasterKeyError("master_key.module is empty and SoftHSM2 is not installed: "
-                             "set the token's PKCS#11 module")
+        raise MasterKeyError(
+            "master_key.module is empty and SoftHSM2 is not installed: "
+            "set the token's PKCS#11 module"
+        )
     create = not wrapped.exists()
     if create:
         n = _sealed_keys_exist(config.database_url)
@@ -88,11 +93,19 @@ def _token_master(config: ServerConfig, made: list[str]) -> MasterKey:
             raise MasterKeyError(
                 f"wrapped master key file {wrapped} is missing, but the database holds {n} "
                 "device key(s) sealed under a master key: restore that file (from the "
-                "backup, or copy it from another replica) and start again")
-    master = token_master_key(module=module, token_label=mk.token_label,
-                              pin=read_pin_file(config.path(mk.pin_file)),
-                              key_label=mk.key_label, wrapped_file=wrapped, create=create)
+                "backup, or copy it from another replica) and start again"
+            )
+    master = token_master_key(
+        module=module,
+        token_label=mk.token_label,
+        pin=read_pin_file(config.path(mk.pin_file)),
+        key_label=mk.key_label,
+        wrapped_file=wrapped,
+        create=create,
+    )
     if create:
-        made.append(f"master key, wrapped under token key {mk.key_label!r} of token "
-                    f"{mk.token_label!r}: {wrapped}")
+        made.append(
+            f"master key, wrapped under token key {mk.key_label!r} of token "
+            f"{mk.token_label!r}: {wrapped}"
+        )
     return master

@@ -46,13 +46,20 @@ __all__ = [
 class Store(DeviceRegistry, ZoneStore, IncidentStore, AlertQueue, AuditLog):
     """All reads and writes of the server's database. Thread-safe (one session per call)."""
 
-    def __init__(self, engine: Engine, master_key: MasterKey, *,
-                 clock: Callable[[], int] = now_ms) -> None:
+    def __init__(
+        self, engine: Engine, master_key: MasterKey, *, clock: Callable[[], int] = now_ms
+    ) -> None:
         self.db = Database(engine, master_key, clock=clock)
 
     @classmethod
-    def open(cls, url: str, master_key: MasterKey, *, clock: Callable[[], int] = now_ms,
-             run_migrations: bool = True) -> Store:
+    def open(
+        cls,
+        url: str,
+        master_key: MasterKey,
+        *,
+        clock: Callable[[], int] = now_ms,
+        run_migrations: bool = True,
+    ) -> Store:
         engine = make_engine(url)
         if run_migrations:
             migrate(engine)

@@ -61,22 +61,29 @@ class PreloadedPoseVerifier:
                 self._verifier = PoseVerifier(self._models, self._settings)
                 self._models = None  # the interpreters hold what they need
 
-    def score(self, photo: bytes, *, device_score: float | None = None,
-              device_label: str = "") -> Verdict:
+    def score(
+        self, photo: bytes, *, device_score: float | None = None, device_label: str = ""
+    ) -> Verdict:
         self.load()
         assert self._verifier is not None
-        return self._verifier.score(photo, device_score=device_score,
-                                    device_label=device_label)
+        return self._verifier.score(photo, device_score=device_score, device_label=device_label)
 
 
 class Verification:
     """Decides incidents. ``alerted(incident_id, t0)`` is told of each new alert (the
     ENC outbox sends it at once)."""
 
-    def __init__(self, config: VerificationConfig, *, store: Store, verifier: VerifierPool,
-                 directory: RegistryDirectory, metrics: ServerMetrics,
-                 clock: Callable[[], int], alerted: Callable[[str, float | None], None]
-                 ) -> None:
+    def __init__(
+        self,
+        config: VerificationConfig,
+        *,
+        store: Store,
+        verifier: VerifierPool,
+        directory: RegistryDirectory,
+        metrics: ServerMetrics,
+        clock: Callable[[], int],
+        alerted: Callable[[str, float | None], None],
+    ) -> None:
         self.config = config
         self.store = store
         self.verifier = verifier
@@ -85,31 +92,48 @@ class Verification:
         self._clock = clock
         self._alerted = alerted
         # Decisions that finish while one is being committed share the next commit.
-        self.decisions: GroupCommit[DecisionRecord, Outcome | None] = GroupCommit(
-            store.decide_many)
+        self.decisions: GroupCommit[DecisionRecord, Outcome | None] = GroupCommit(store.decide_many)
 
-    async def verify(self, incident_id: str, *, t0: float | None = None,
-                     known: tuple[IncidentInfo, bytes] | None = None) -> Outcome | None:
+    async def verify(
+        self,
+        incident_id: str,
+        *,
+        t0: float | None = None,
+        known: tuple[IncidentInfo, bytes] | None = None,
+    ) -> Outcome | None:
         """Check the photo, decide and record the decision; None when the incident was
         decided already (a repeated report, or another replica)."""
         t1 = time.perf_counter()
         if known is None:
             known = await asyncio.to_thread(self.store.incident_for_verification, incident_id)
         info, photo = known
-        verdict = await self.verifier.verify(photo, device_score=info.device_score,
-                                             device_label=info.label)
+        verdict = await self.verifier.verify(
+            photo, device_score=info.device_score, device_label=info.label
+        )
         v = self.config
         decision = decide(verdict, threshold=v.threshold)
-        outcome = await self.decisions.submit(DecisionRecord(
-            incident_id, score=verdict.score, uncertain=verdict.uncertain,
-            dangerous=decision.dangerous, reason=decision.reason,
-            fuse_within_m=v.fuse_within_m, fuse_within_ms=v.fuse_within_s * 1000))
+        outcome = await self.decisions.submit(
+            DecisionRecord(
+                incident_id,
+                score=verdict.score,
+                uncertain=verdict.uncertain,
+                dangerous=decision.dangerous,
+                reason=decision.reason,
+                fuse_within_m=v.fuse_within_m,
+                fuse_within_ms=v.fuse_within_s * 1000,
+            )
+        )
         self.metrics.verification.observe(time.perf_counter() - t1)
         if outcome is None:
             return None
         self.metrics.incidents.labels(outcome.value).inc()
-        log.info("incident %s from %s: %s (%s)", incident_id, info.device_uid, outcome.value,
-                 decision.reason)
+        log.info(
+            "incident %s from %s: %s (%s)",
+            incident_id,
+            info.device_uid,
+            outcome.value,
+            decision.reason,
+        )
         if outcome is Outcome.DANGEROUS:
             self._alerted(incident_id, t0)
         elif outcome is Outcome.FUSED:  # queued as a linked report of its alert
@@ -131,10 +155,13 @@ class Verification:
         device = await asyncio.to_thread(self.store.get_device, uid)
         if device.blocked:
             return
-        reason = (f"{n} reports dismissed by verification within {v.dismissed_period_s} s "
-                  f"(limit {v.block_after_dismissed})")
-        info = await asyncio.to_thread(self.store.block_unless_blocked, uid,
-                                       actor=VERIFIER_ACTOR, reason=reason)
+        reason = (
+            f"{n} reports dismissed by verification within {v.dismissed_period_s} s "
+            f"(limit {v.block_after_dismissed})"
+        )
+        info = await asyncio.to_thread(
+            self.store.block_unless_blocked, uid, actor=VERIFIER_ACTOR, reason=reason
+        )
         if info is None:  # blocked meanwhile by another verification or replica
             return
         self.directory.update(info)

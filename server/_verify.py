@@ -87,9 +87,9 @@ class PhotoVerifier(Protocol):
     """Scores a photo. ``device_score``/``device_label`` are the device's own opinion,
     which a verifier may use as one input but must not follow alone."""
 
-    def score(self, photo: bytes, *, device_score: float | None = None,
-              device_label: str = "") -> Verdict:
-        ...
+    def score(
+        self, photo: bytes, *, device_score: float | None = None, device_label: str = ""
+    ) -> Verdict: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,9 +119,13 @@ def decide(verdict: Verdict, *, threshold: float) -> Decision:
     dangerous = verdict.score >= threshold
     rel = ">=" if dangerous else "<"
     detail = f"; {verdict.detail}" if verdict.detail else ""
-    return Decision(Outcome.DANGEROUS if dangerous else Outcome.DISMISSED, verdict,
-                    f"{verdict.label}: score {verdict.score:.3f} {rel} threshold {threshold:.3f}"
-                    + (" (uncertain)" if verdict.uncertain else "") + detail)
+    return Decision(
+        Outcome.DANGEROUS if dangerous else Outcome.DISMISSED,
+        verdict,
+        f"{verdict.label}: score {verdict.score:.3f} {rel} threshold {threshold:.3f}"
+        + (" (uncertain)" if verdict.uncertain else "")
+        + detail,
+    )
 
 
 # -- the scores -------------------------------------------------------------------------
@@ -148,8 +152,11 @@ def _sigmoid(x: float) -> float:
 
 def usable(body: BodyGeometry, long_side: int) -> bool:
     """Whether a reading is trustworthy enough to score (see the constants above)."""
-    return (body.presence >= _MIN_PRESENCE and body.torso_visible >= _MIN_TORSO_VISIBLE
-            and _MIN_TORSO_PX <= body.torso_px <= _MAX_TORSO_SHARE * long_side)
+    return (
+        body.presence >= _MIN_PRESENCE
+        and body.torso_visible >= _MIN_TORSO_VISIBLE
+        and _MIN_TORSO_PX <= body.torso_px <= _MAX_TORSO_SHARE * long_side
+    )
 
 
 def _down_features(b: BodyGeometry) -> tuple[float, float, float]:
@@ -158,20 +165,26 @@ def _down_features(b: BodyGeometry) -> tuple[float, float, float]:
     head, ankles = b.head_rise, b.ankle_drop
     legs = b.legs_visible >= 0.4
     tilt = (b.torso_tilt + b.body_tilt) / 2 if legs else b.torso_tilt
-    return (max(-1.5, min(1.5, head)), math.sin(math.radians(tilt)),
-            max(-1.0, min(2.0, ankles)) if legs else 0.6)
+    return (
+        max(-1.5, min(1.5, head)),
+        math.sin(math.radians(tilt)),
+        max(-1.0, min(2.0, ankles)) if legs else 0.6,
+    )
 
 
-def person_down_score(body: BodyGeometry, weights: Sequence[float] = _DOWN_WEIGHTS,
-                      bias: float = _DOWN_BIAS) -> float:
+def person_down_score(
+    body: BodyGeometry, weights: Sequence[float] = _DOWN_WEIGHTS, bias: float = _DOWN_BIAS
+) -> float:
     """How likely this person is lying or collapsed, 0..1."""
-    if (body.legs_visible >= 0.4 and (body.torso_tilt + body.body_tilt) / 2 > 55
-            and body.ankle_drop > 0.6):
+    if (
+        body.legs_visible >= 0.4
+        and (body.torso_tilt + body.body_tilt) / 2 > 55
+        and body.ankle_drop > 0.6
+    ):
         # A body across the picture with the ankles well below the hips: someone bent
         # forward (sitting, picking something up), or a walker read wrongly; not down.
         return 0.0
-    return _sigmoid(sum(w * f for w, f in zip(weights, _down_features(body), strict=True))
-                    + bias)
+    return _sigmoid(sum(w * f for w, f in zip(weights, _down_features(body), strict=True)) + bias)
 
 
 def togetherness(people: Sequence[BodyGeometry]) -> float:
@@ -179,7 +192,7 @@ def togetherness(people: Sequence[BodyGeometry]) -> float:
     ``_TOGETHER`` torso lengths apart, 0 with fewer than two people."""
     best = 0.0
     for i, a in enumerate(people):
-        for b in people[i + 1:]:
+        for b in people[i + 1 :]:
             gap = math.dist(a.centre, b.centre) / max(a.torso_px, b.torso_px, 1.0)
             best = max(best, math.exp(-gap / (_TOGETHER / 1.6)))
     return best
@@ -203,6 +216,7 @@ def fight_score(people: Sequence[BodyGeometry], device_score: float | None) -> f
 
 
 # -- the verifier -----------------------------------------------------------------------
+
 
 @dataclass(frozen=True, slots=True)
 class VerifierSettings:
@@ -232,12 +246,18 @@ class PoseVerifier:
         self.settings = settings or VerifierSettings()
         self.reader = SceneReader(models)
 
-    def score(self, photo: bytes, *, device_score: float | None = None,
-              device_label: str = "") -> Verdict:
+    def score(
+        self, photo: bytes, *, device_score: float | None = None, device_label: str = ""
+    ) -> Verdict:
         """``device_score=None``: no device opinion (an evaluation of bare photos)."""
         s = self.settings
-        prepared = prepare_photo(photo, max_pixels=s.max_pixels, min_width=s.min_width,
-                                 min_height=s.min_height, long_side=s.long_side)
+        prepared = prepare_photo(
+            photo,
+            max_pixels=s.max_pixels,
+            min_width=s.min_width,
+            min_height=s.min_height,
+            long_side=s.long_side,
+        )
         if isinstance(prepared, PhotoRejected):
             return Verdict(0.0, prepared.label, False, prepared.reason)
         long_side = max(prepared.rgb.shape[:2])
@@ -255,9 +275,11 @@ class PoseVerifier:
         score = round(score, 4)
         uncertain = abs(score - s.threshold) < s.uncertainty_band
         device = "none" if device_score is None else f"{device_score:.2f}"
-        detail = (f"{len(people)} {'person' if len(people) == 1 else 'people'}, person down "
-                  f"{down:.2f}, fight {fight:.2f}, device {device}"
-                  + (f" ({device_label})" if device_label else ""))
+        detail = (
+            f"{len(people)} {'person' if len(people) == 1 else 'people'}, person down "
+            f"{down:.2f}, fight {fight:.2f}, device {device}"
+            + (f" ({device_label})" if device_label else "")
+        )
         return Verdict(score, label, uncertain, detail)
 
 
@@ -308,8 +330,14 @@ class VerifierPool:
     thread, calls serialised), for tests and embedders.
     """
 
-    def __init__(self, *, models_dir: Path | None = None, settings: VerifierSettings | None = None,
-                 workers: int = 1, verifier: PhotoVerifier | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        models_dir: Path | None = None,
+        settings: VerifierSettings | None = None,
+        workers: int = 1,
+        verifier: PhotoVerifier | None = None,
+    ) -> None:
         self.models_dir = models_dir
         self.settings = settings or VerifierSettings()
         self.workers = workers
@@ -333,13 +361,16 @@ class VerifierPool:
         del models
         if self._verifier is not None:
             self._threads = concurrent.futures.ThreadPoolExecutor(
-                1, thread_name_prefix="citywatch-verify")
+                1, thread_name_prefix="citywatch-verify"
+            )
             return
         # spawn: the server's process has threads (asyncio, MQTT); forking it is unsafe.
         self._processes = concurrent.futures.ProcessPoolExecutor(
-            self.workers, mp_context=multiprocessing.get_context("spawn"),
+            self.workers,
+            mp_context=multiprocessing.get_context("spawn"),
             initializer=_init_worker,
-            initargs=(str(self.models_dir) if self.models_dir else None, self.settings))
+            initargs=(str(self.models_dir) if self.models_dir else None, self.settings),
+        )
         # Each worker loads its models in its initializer; one call per worker makes every
         # worker start now, and a failing initializer breaks the pool here, not later.
         try:
@@ -347,11 +378,13 @@ class VerifierPool:
                 f.result()
         except concurrent.futures.process.BrokenProcessPool as exc:
             self.close()
-            raise VerifierModelError(f"photo check: a worker process could not start ({exc})"
-                                     ) from None
+            raise VerifierModelError(
+                f"photo check: a worker process could not start ({exc})"
+            ) from None
 
-    def score_sync(self, photo: bytes, *, device_score: float | None = None,
-                   device_label: str = "") -> Verdict:
+    def score_sync(
+        self, photo: bytes, *, device_score: float | None = None, device_label: str = ""
+    ) -> Verdict:
         """The check in the caller's thread (``citywatch server eval``)."""
         if self._verifier is None:
             try:
@@ -359,21 +392,23 @@ class VerifierPool:
             except ModelError as exc:
                 raise VerifierModelError(f"photo check: {exc}") from None
         with self._lock:
-            return self._verifier.score(photo, device_score=device_score,
-                                        device_label=device_label)
+            return self._verifier.score(photo, device_score=device_score, device_label=device_label)
 
-    async def verify(self, photo: bytes, *, device_score: float | None = None,
-                     device_label: str = "") -> Verdict:
+    async def verify(
+        self, photo: bytes, *, device_score: float | None = None, device_label: str = ""
+    ) -> Verdict:
         loop = asyncio.get_running_loop()
         if self._processes is not None:
-            return await loop.run_in_executor(self._processes, _score_in_worker, photo,
-                                              device_score, device_label)
+            return await loop.run_in_executor(
+                self._processes, _score_in_worker, photo, device_score, device_label
+            )
         if self._threads is None:
             self.start()
         assert self._threads is not None
         return await loop.run_in_executor(
-            self._threads, lambda: self.score_sync(photo, device_score=device_score,
-                                                   device_label=device_label))
+            self._threads,
+            lambda: self.score_sync(photo, device_score=device_score, device_label=device_label),
+        )
 
     def close(self) -> None:
         if self._processes is not None:

@@ -62,8 +62,9 @@ class MonitoringPlan:
     """Configured schedules."""
 
     @classmethod
-    def of(cls, windows: Iterable[WindowInfo], schedules: Iterable[ScheduleConfig]
-           ) -> MonitoringPlan:
+    def of(
+        cls, windows: Iterable[WindowInfo], schedules: Iterable[ScheduleConfig]
+    ) -> MonitoringPlan:
         return cls(tuple(windows), tuple(schedules))
 
     def zones(self) -> set[str]:
@@ -71,8 +72,9 @@ class MonitoringPlan:
 
     def until(self, zone: str, now: int) -> int | None:
         """End of monitoring for the zone if it is monitored at ``now``, else None."""
-        ends = [w.closes_at for w in self.windows
-                if w.zone == zone and w.opens_at <= now < w.closes_at]
+        ends = [
+            w.closes_at for w in self.windows if w.zone == zone and w.opens_at <= now < w.closes_at
+        ]
         for s in self.schedules:
             if s.zone == zone:
                 end = scheduled_until(s, now)

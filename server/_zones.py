@@ -35,9 +35,14 @@ class WindowInfo:
     """Who closed it early, if anyone."""
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "zone": self.zone, "opens_at": self.opens_at,
-                "closes_at": self.closes_at, "opened_by": self.opened_by,
-                "closed_by": self.closed_by}
+        return {
+            "id": self.id,
+            "zone": self.zone,
+            "opens_at": self.opens_at,
+            "closes_at": self.closes_at,
+            "opened_by": self.opened_by,
+            "closed_by": self.closed_by,
+        }
 
 
 class ZoneStore:
@@ -51,9 +56,16 @@ class ZoneStore:
         out: dict[bytes, int] = {}
         with self.db.tx() as s:
             for i in range(0, len(kids), 500):
-                out.update({bytes(k): int(e) for k, e in s.execute(
-                    select(DeviceRow.kid, DeviceRow.epoch)
-                    .where(DeviceRow.kid.in_(kids[i:i + 500])))})
+                out.update(
+                    {
+                        bytes(k): int(e)
+                        for k, e in s.execute(
+                            select(DeviceRow.kid, DeviceRow.epoch).where(
+                                DeviceRow.kid.in_(kids[i : i + 500])
+                            )
+                        )
+                    }
+                )
         return out
 
     def record_broadcasts(self, sent: list[tuple[bytes, int, int, bytes]]) -> list[bool]:
@@ -63,9 +75,11 @@ class ZoneStore:
         out = []
         with self.db.tx() as s:
             for kid, ep, ts, b1_hash in sent:
-                res = s.execute(update(DeviceRow)
-                                .where(DeviceRow.kid == kid, DeviceRow.epoch == ep - 1)
-                                .values(epoch=ep, last_b1_ts=ts, last_b1_hash=b1_hash))
+                res = s.execute(
+                    update(DeviceRow)
+                    .where(DeviceRow.kid == kid, DeviceRow.epoch == ep - 1)
+                    .values(epoch=ep, last_b1_ts=ts, last_b1_hash=b1_hash)
+                )
                 out.append(bool(res.rowcount))  # type: ignore[attr-defined]
         return out
 
@@ -73,9 +87,14 @@ class ZoneStore:
         """(epoch, T_S, H(B1)) of the last B1 sent to the device by any replica, while
         it is unconfirmed (a confirmed one is not confirmed twice: a replayed B2)."""
         with self.db.tx() as s:
-            row = s.execute(select(DeviceRow.epoch, DeviceRow.last_b1_ts,
-                                   DeviceRow.last_b1_hash, DeviceRow.confirmed_epoch)
-                            .where(DeviceRow.kid == kid)).first()
+            row = s.execute(
+                select(
+                    DeviceRow.epoch,
+                    DeviceRow.last_b1_ts,
+                    DeviceRow.last_b1_hash,
+                    DeviceRow.confirmed_epoch,
+                ).where(DeviceRow.kid == kid)
+            ).first()
         if row is None or row[1] is None or row[2] is None:
             return None
         if row[3] is not None and row[3] >= row[0]:
@@ -84,8 +103,11 @@ class ZoneStore:
 
     def confirm_broadcast(self, kid: bytes, *, ep: int) -> None:
         with self.db.tx() as s:
-            s.execute(update(DeviceRow).where(DeviceRow.kid == kid)
-                      .values(confirmed_epoch=ep, confirmed_at=self.db.now()))
+            s.execute(
+                update(DeviceRow)
+                .where(DeviceRow.kid == kid)
+                .values(confirmed_epoch=ep, confirmed_at=self.db.now())
+            )
 
     def open_window(self, zone: str, *, until: int, actor: str) -> WindowInfo:
         now = self.db.now()
@@ -94,8 +116,9 @@ class ZoneStore:
         if until <= now:
             raise RegistryError("the window's end is in the past")
         with self.db.tx() as s:
-            row = WindowRow(zone=zone, opens_at=now, closes_at=until, opened_by=actor,
-                            updated_at=now)
+            row = WindowRow(
+                zone=zone, opens_at=now, closes_at=until, opened_by=actor, updated_at=now
+            )
             s.add(row)
             s.flush()
             self.db.audit(s, actor, "window.open", zone, until=until, window=row.id)
@@ -105,9 +128,11 @@ class ZoneStore:
         """End every open operator window of the zone now; returns how many."""
         now = self.db.now()
         with self.db.tx() as s:
-            res = s.execute(update(WindowRow)
-                            .where(WindowRow.zone == zone, WindowRow.closes_at > now)
-                            .values(closes_at=now, closed_by=actor, updated_at=now))
+            res = s.execute(
+                update(WindowRow)
+                .where(WindowRow.zone == zone, WindowRow.closes_at > now)
+                .values(closes_at=now, closed_by=actor, updated_at=now)
+            )
             n = int(res.rowcount)  # type: ignore[attr-defined]
             self.db.audit(s, actor, "window.close", zone, closed=n)
             return n
@@ -115,8 +140,11 @@ class ZoneStore:
     def open_windows(self, now: int | None = None) -> list[WindowInfo]:
         now = self.db.now() if now is None else now
         with self.db.tx() as s:
-            q = (select(WindowRow).where(WindowRow.opens_at <= now, WindowRow.closes_at > now)
-                 .order_by(WindowRow.id))
+            q = (
+                select(WindowRow)
+                .where(WindowRow.opens_at <= now, WindowRow.closes_at > now)
+                .order_by(WindowRow.id)
+            )
             return [_window_info(r) for r in s.scalars(q)]
 
     def list_windows(self, *, limit: int = 100) -> list[WindowInfo]:
@@ -127,22 +155,30 @@ class ZoneStore:
     def windows_revision(self) -> tuple[int, int]:
         """Changes to the windows table show up here (count, last change)."""
         with self.db.tx() as s:
-            n, last = s.execute(select(func.count(WindowRow.id),
-                                       func.max(WindowRow.updated_at))).one()
+            n, last = s.execute(
+                select(func.count(WindowRow.id), func.max(WindowRow.updated_at))
+            ).one()
             return int(n), int(last or 0)
 
     def zone_announcements(self) -> dict[str, int | None]:
         with self.db.tx() as s:
-            return {z: u for z, u in s.execute(
-                select(ZoneBroadcastRow.zone, ZoneBroadcastRow.announced_until))}
+            return {
+                z: u
+                for z, u in s.execute(
+                    select(ZoneBroadcastRow.zone, ZoneBroadcastRow.announced_until)
+                )
+            }
 
     def claim_zone_announcement(self, zone: str, *, old: int | None, new: int | None) -> bool:
         """Compare-and-set what was announced to a zone; True for the one replica that
         moved it from ``old`` to ``new`` (and must now send the B1s)."""
         now = self.db.now()
         with self.db.tx() as s:
-            exists = s.scalar(select(func.count()).select_from(ZoneBroadcastRow)
-                              .where(ZoneBroadcastRow.zone == zone))
+            exists = s.scalar(
+                select(func.count())
+                .select_from(ZoneBroadcastRow)
+                .where(ZoneBroadcastRow.zone == zone)
+            )
             if not exists:
                 if old is not None:
                     return False
@@ -152,14 +188,25 @@ class ZoneStore:
                     return True
                 except IntegrityError:
                     return False
-            cond = (ZoneBroadcastRow.announced_until.is_(None) if old is None
-                    else ZoneBroadcastRow.announced_until == old)
-            res = s.execute(update(ZoneBroadcastRow)
-                            .where(ZoneBroadcastRow.zone == zone, cond)
-                            .values(announced_until=new, announced_at=now))
+            cond = (
+                ZoneBroadcastRow.announced_until.is_(None)
+                if old is None
+                else ZoneBroadcastRow.announced_until == old
+            )
+            res = s.execute(
+                update(ZoneBroadcastRow)
+                .where(ZoneBroadcastRow.zone == zone, cond)
+                .values(announced_until=new, announced_at=now)
+            )
             return bool(res.rowcount)  # type: ignore[attr-defined]
 
 
 def _window_info(r: WindowRow) -> WindowInfo:
-    return WindowInfo(id=r.id, zone=r.zone, opens_at=r.opens_at, closes_at=r.closes_at,
-                      opened_by=r.opened_by, closed_by=r.closed_by)
+    return WindowInfo(
+        id=r.id,
+        zone=r.zone,
+        opens_at=r.opens_at,
+        closes_at=r.closes_at,
+        opened_by=r.opened_by,
+        closed_by=r.closed_by,
+    )

@@ -38,54 +38,81 @@ def _default_actor() -> str:
 
 def register(parser: argparse.ArgumentParser) -> None:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", type=Path,
-                        default=Path(os.environ.get("CITYWATCH_SERVER_CONFIG", DEFAULT_CONFIG)),
-                        help="server config file (TOML; default: $CITYWATCH_SERVER_CONFIG or "
-                             f"./{DEFAULT_CONFIG})")
-    common.add_argument("--actor", default=_default_actor(),
-                        help="who makes the change, for the audit log (default: $USER)")
+    common.add_argument(
+        "--config",
+        type=Path,
+        default=Path(os.environ.get("CITYWATCH_SERVER_CONFIG", DEFAULT_CONFIG)),
+        help=f"server config file (TOML; default: $CITYWATCH_SERVER_CONFIG or ./{DEFAULT_CONFIG})",
+    )
+    common.add_argument(
+        "--actor",
+        default=_default_actor(),
+        help="who makes the change, for the audit log (default: $USER)",
+    )
     sub = parser.add_subparsers(dest="server_command", metavar="COMMAND", required=True)
 
-    run = sub.add_parser("run", parents=[common], help="run the server (MQTT, ENC "
-                         "notifier, admin API) until SIGTERM/Ctrl-C")
-    run.add_argument("--log-level", type=str.lower, default="info",
-                     choices=("debug", "info", "warning", "error"),
-                     help="how much to log: debug, info (the default), warning or error")
+    run = sub.add_parser(
+        "run",
+        parents=[common],
+        help="run the server (MQTT, ENC notifier, admin API) until SIGTERM/Ctrl-C",
+    )
+    run.add_argument(
+        "--log-level",
+        type=str.lower,
+        default="info",
+        choices=("debug", "info", "warning", "error"),
+        help="how much to log: debug, info (the default), warning or error",
+    )
     run.set_defaults(func=_run)
 
     cfg = sub.add_parser("config", help="example config, check a config")
     cfg_sub = cfg.add_subparsers(dest="config_command", metavar="COMMAND", required=True)
-    ex = cfg_sub.add_parser("example", help="print a complete commented config that works "
-                            "as it is on one machine")
-    ex.add_argument("--data-dir", default="./var/server",
-                    help="data directory written into the example (default ./var/server)")
+    ex = cfg_sub.add_parser(
+        "example", help="print a complete commented config that works as it is on one machine"
+    )
+    ex.add_argument(
+        "--data-dir",
+        default="./var/server",
+        help="data directory written into the example (default ./var/server)",
+    )
     ex.set_defaults(func=_config_example)
     chk = cfg_sub.add_parser("check", parents=[common], help="validate a config file")
     chk.set_defaults(func=_config_check)
 
     dev = sub.add_parser("device", help="the device registry")
     dev_sub = dev.add_subparsers(dest="device_command", metavar="COMMAND", required=True)
-    add = dev_sub.add_parser("add", parents=[common], help="register a device and write "
-                             "its provisioning bundle")
+    add = dev_sub.add_parser(
+        "add", parents=[common], help="register a device and write its provisioning bundle"
+    )
     add.add_argument("--uid", required=True, help="the device's UID")
     add.add_argument("--zone", required=True, help="its monitoring zone")
     add.add_argument("--lat", type=float, required=True, help="registered latitude")
     add.add_argument("--lon", type=float, required=True, help="registered longitude")
-    add.add_argument("--alg", choices=["A128GCM", "A256GCM"], default="A256GCM",
-                     help="key algorithm (A128GCM for an ATECC608; default A256GCM)")
-    add.add_argument("--bundle-out", type=Path, required=True,
-                     help="where to write the provisioning bundle (JSON, mode 0600)")
+    add.add_argument(
+        "--alg",
+        choices=["A128GCM", "A256GCM"],
+        default="A256GCM",
+        help="key algorithm (A128GCM for an ATECC608; default A256GCM)",
+    )
+    add.add_argument(
+        "--bundle-out",
+        type=Path,
+        required=True,
+        help="where to write the provisioning bundle (JSON, mode 0600)",
+    )
     add.add_argument("--force", action="store_true", help="overwrite an existing bundle file")
     add.set_defaults(func=_device_add)
     ls = dev_sub.add_parser("list", parents=[common], help="list devices")
     ls.add_argument("--json", action="store_true", help="JSON instead of a table")
     ls.add_argument("--zone", help="only this zone")
     ls.set_defaults(func=_device_list)
-    for action, help_ in [("activate", "let the device report again"),
-                          ("deactivate", "stop accepting the device's reports (error 2)"),
-                          ("block", "block the device (error 3), e.g. for fake reports"),
-                          ("unblock", "lift a block"),
-                          ("delete", "remove the device and its key")]:
+    for action, help_ in [
+        ("activate", "let the device report again"),
+        ("deactivate", "stop accepting the device's reports (error 2)"),
+        ("block", "block the device (error 3), e.g. for fake reports"),
+        ("unblock", "lift a block"),
+        ("delete", "remove the device and its key"),
+    ]:
         p = dev_sub.add_parser(action, parents=[common], help=help_)
         p.add_argument("uid", metavar="UID", help="the device's UID")
         p.add_argument("--reason", default="", help="why (kept in the audit log)")
@@ -95,8 +122,11 @@ def register(parser: argparse.ArgumentParser) -> None:
     win_sub = win.add_subparsers(dest="window_command", metavar="COMMAND", required=True)
     wo = win_sub.add_parser("open", parents=[common], help="open a window for a zone now")
     wo.add_argument("--zone", required=True, help="the zone to monitor")
-    wo.add_argument("--until", required=True,
-                    help="end, ISO 8601 (e.g. 2026-05-01T06:00+02:00; no offset: local time)")
+    wo.add_argument(
+        "--until",
+        required=True,
+        help="end, ISO 8601 (e.g. 2026-05-01T06:00+02:00; no offset: local time)",
+    )
     wo.set_defaults(func=_window_open)
     wc = win_sub.add_parser("close", parents=[common], help="end a zone's operator windows now")
     wc.add_argument("--zone", required=True, help="the zone whose windows end")
@@ -112,8 +142,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     inc = sub.add_parser("incidents", parents=[common], help="list incidents")
     inc.add_argument("--json", action="store_true", help="JSON instead of a table")
     inc.add_argument("--limit", type=int, default=50, help="at most this many (50)")
-    inc.add_argument("--decision", choices=["dangerous", "dismissed"],
-                     help="only incidents with this decision")
+    inc.add_argument(
+        "--decision", choices=["dangerous", "dismissed"], help="only incidents with this decision"
+    )
     inc.set_defaults(func=_incidents)
 
     aud = sub.add_parser("audit", parents=[common], help="the audit log, newest first")
@@ -150,8 +181,9 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
-def _admin_call(cfg: ServerConfig, method: str, path: str, actor: str,
-                body: dict[str, Any] | None = None) -> dict[str, Any] | None:
+def _admin_call(
+    cfg: ServerConfig, method: str, path: str, actor: str, body: dict[str, Any] | None = None
+) -> dict[str, Any] | None:
     """Call the running server's admin API; None when no server listens."""
     if not cfg.admin.enabled:
         return None
@@ -168,9 +200,13 @@ def _admin_call(cfg: ServerConfig, method: str, path: str, actor: str,
     except ServerError:
         return None
     try:
-        r = httpx.request(method, f"http://{host}:{cfg.admin.port}{path}", json=body,
-                          headers={"Authorization": f"Bearer {token}", "X-Actor": actor},
-                          timeout=10)
+        r = httpx.request(
+            method,
+            f"http://{host}:{cfg.admin.port}{path}",
+            json=body,
+            headers={"Authorization": f"Bearer {token}", "X-Actor": actor},
+            timeout=10,
+        )
     except httpx.TransportError:
         return None
     if r.status_code >= 400:
@@ -193,9 +229,11 @@ def _config_example(args: argparse.Namespace) -> int:
 
 def _config_check(args: argparse.Namespace) -> int:
     cfg = _config(args)
-    print(f"{args.config}: valid (data directory {cfg.data_dir}, database "
-          f"{'PostgreSQL' if cfg.database.url.startswith('postgres') else 'SQLite'}, "
-          f"{len(cfg.schedules)} schedule(s))")
+    print(
+        f"{args.config}: valid (data directory {cfg.data_dir}, database "
+        f"{'PostgreSQL' if cfg.database.url.startswith('postgres') else 'SQLite'}, "
+        f"{len(cfg.schedules)} schedule(s))"
+    )
     return 0
 
 
@@ -211,16 +249,23 @@ def _device_add(args: argparse.Namespace) -> int:
     store = _store(cfg)
     try:
         device, key = store.add_device(
-            uid=args.uid, zone=args.zone, lat=args.lat, lon=args.lon,
-            alg=ALG_A128GCM if args.alg == "A128GCM" else ALG_A256GCM, actor=args.actor)
+            uid=args.uid,
+            zone=args.zone,
+            lat=args.lat,
+            lon=args.lon,
+            alg=ALG_A128GCM if args.alg == "A128GCM" else ALG_A256GCM,
+            actor=args.actor,
+        )
         write_bundle(out, provisioning_bundle(cfg, device, key), overwrite=args.force)
     except ServerError as exc:
         raise UsageError(str(exc)) from None
     finally:
         store.close()
-    print(f"device {device.uid} registered in zone {device.zone} (kid {device.kid.hex()}); "
-          f"provisioning bundle written to {out} (mode 0600): it holds the device key, "
-          "destroy it once the device has imported it")
+    print(
+        f"device {device.uid} registered in zone {device.zone} (kid {device.kid.hex()}); "
+        f"provisioning bundle written to {out} (mode 0600): it holds the device key, "
+        "destroy it once the device has imported it"
+    )
     return 0
 
 
@@ -236,12 +281,21 @@ def _device_list(args: argparse.Namespace) -> int:
     if not devices:
         print("no devices registered")
         return 0
-    rows = [[d.uid, d.kid.hex(), d.zone, f"{d.lat:.6f}", f"{d.lon:.6f}",
-             "A128GCM" if d.alg == ALG_A128GCM else "A256GCM", d.status, str(d.epoch),
-             str(d.confirmed_epoch if d.confirmed_epoch is not None else "-")]
-            for d in devices]
-    print(_table(rows, ["UID", "KID", "ZONE", "LAT", "LON", "ALG", "STATUS", "EPOCH",
-                        "CONFIRMED"]))
+    rows = [
+        [
+            d.uid,
+            d.kid.hex(),
+            d.zone,
+            f"{d.lat:.6f}",
+            f"{d.lon:.6f}",
+            "A128GCM" if d.alg == ALG_A128GCM else "A256GCM",
+            d.status,
+            str(d.epoch),
+            str(d.confirmed_epoch if d.confirmed_epoch is not None else "-"),
+        ]
+        for d in devices
+    ]
+    print(_table(rows, ["UID", "KID", "ZONE", "LAT", "LON", "ALG", "STATUS", "EPOCH", "CONFIRMED"]))
     return 0
 
 
@@ -252,8 +306,9 @@ def _device_action(args: argparse.Namespace) -> int:
             store.delete_device(args.uid, actor=args.actor)
             print(f"device {args.uid} deleted")
         else:
-            info = store.set_device_state(args.uid, args.action, actor=args.actor,
-                                          reason=args.reason)
+            info = store.set_device_state(
+                args.uid, args.action, actor=args.actor, reason=args.reason
+            )
             print(f"device {info.uid}: {info.status}")
     except ServerError as exc:
         raise UsageError(str(exc)) from None
@@ -266,8 +321,9 @@ def _parse_until(text: str) -> int:
     try:
         t = dt.datetime.fromisoformat(text)
     except ValueError:
-        raise UsageError(f"--until {text!r} is not an ISO 8601 date-time "
-                         "(e.g. 2026-05-01T06:00+02:00)") from None
+        raise UsageError(
+            f"--until {text!r} is not an ISO 8601 date-time (e.g. 2026-05-01T06:00+02:00)"
+        ) from None
     if t.tzinfo is None:
         t = t.astimezone()  # local time
     return int(t.timestamp() * 1000)
@@ -277,19 +333,22 @@ def _window_open(args: argparse.Namespace) -> int:
     cfg = _config(args)
     until = _parse_until(args.until)
     iso = dt.datetime.fromtimestamp(until / 1000, dt.UTC).isoformat()
-    answer = _admin_call(cfg, "POST", f"/v1/windows/{args.zone}/open", args.actor,
-                         {"until": iso})
+    answer = _admin_call(cfg, "POST", f"/v1/windows/{args.zone}/open", args.actor, {"until": iso})
     if answer is not None:
-        print(f"zone {args.zone}: window open until {_iso(until)}; the server sent B1 to "
-              "the zone's devices")
+        print(
+            f"zone {args.zone}: window open until {_iso(until)}; the server sent B1 to "
+            "the zone's devices"
+        )
         return 0
     store = _store(cfg)
     try:
         store.open_window(args.zone, until=until, actor=args.actor)
     finally:
         store.close()
-    print(f"zone {args.zone}: window open until {_iso(until)} (no server answered on the "
-          f"admin API: a running server picks it up within {cfg.timing.poll_s:g} s)")
+    print(
+        f"zone {args.zone}: window open until {_iso(until)} (no server answered on the "
+        f"admin API: a running server picks it up within {cfg.timing.poll_s:g} s)"
+    )
     return 0
 
 
@@ -306,8 +365,7 @@ def _window_close(args: argparse.Namespace) -> int:
         try:
             n = store.close_window(args.zone, actor=args.actor)
             now = now_ms()
-            still = MonitoringPlan.of(store.open_windows(now), cfg.schedules).until(args.zone,
-                                                                                    now)
+            still = MonitoringPlan.of(store.open_windows(now), cfg.schedules).until(args.zone, now)
         finally:
             store.close()
     print(f"zone {args.zone}: {n} operator window(s) closed")
@@ -336,9 +394,22 @@ def _window_list(args: argparse.Namespace) -> int:
         print(f"{z}: " + (f"monitored until {_iso(until)}" if until else "not monitored"))
     if recent:
         print()
-        print(_table([[str(w.id), w.zone, _iso(w.opens_at), _iso(w.closes_at), w.opened_by,
-                       w.closed_by or "-"] for w in recent],
-                     ["ID", "ZONE", "OPENS", "CLOSES", "OPENED BY", "CLOSED BY"]))
+        print(
+            _table(
+                [
+                    [
+                        str(w.id),
+                        w.zone,
+                        _iso(w.opens_at),
+                        _iso(w.closes_at),
+                        w.opened_by,
+                        w.closed_by or "-",
+                    ]
+                    for w in recent
+                ],
+                ["ID", "ZONE", "OPENS", "CLOSES", "OPENED BY", "CLOSED BY"],
+            )
+        )
     return 0
 
 
@@ -354,13 +425,34 @@ def _incidents(args: argparse.Namespace) -> int:
     if not items:
         print("no incidents")
         return 0
-    rows = [[i.id, _iso(i.received_at), i.device_uid, i.label, f"{i.device_score:.2f}",
-             "-" if i.server_score is None else f"{i.server_score:.2f}",
-             i.decision or "pending",
-             f"fused into {i.fused_into}" if i.fused_into else i.enc_state or "-"]
-            for i in items]
-    print(_table(rows, ["INCIDENT", "RECEIVED", "DEVICE", "LABEL", "DEV SCORE",
-                        "SRV SCORE", "DECISION", "ENC"]))
+    rows = [
+        [
+            i.id,
+            _iso(i.received_at),
+            i.device_uid,
+            i.label,
+            f"{i.device_score:.2f}",
+            "-" if i.server_score is None else f"{i.server_score:.2f}",
+            i.decision or "pending",
+            f"fused into {i.fused_into}" if i.fused_into else i.enc_state or "-",
+        ]
+        for i in items
+    ]
+    print(
+        _table(
+            rows,
+            [
+                "INCIDENT",
+                "RECEIVED",
+                "DEVICE",
+                "LABEL",
+                "DEV SCORE",
+                "SRV SCORE",
+                "DECISION",
+                "ENC",
+            ],
+        )
+    )
     return 0
 
 

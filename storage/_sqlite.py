@@ -23,8 +23,7 @@ def sqlite_engine(url: str, *, busy_timeout_s: float) -> Engine:
         raise ValueError(f"not a SQLite URL: {u.get_backend_name()}")
     if u.database and u.database != ":memory:":
         Path(u.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(u, connect_args={"check_same_thread": False,
-                                            "timeout": busy_timeout_s})
+    engine = create_engine(u, connect_args={"check_same_thread": False, "timeout": busy_timeout_s})
     busy_ms = round(busy_timeout_s * 1000)
 
     @event.listens_for(engine, "connect")

@@ -53,8 +53,7 @@ def _sqlite_upgrade(engine: Engine, cfg: Config) -> None:
             conn.commit()
             broken = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
             if broken:
-                raise MigrationBroken(f"the migration left rows without their parent: "
-                                      f"{broken[:5]}")
+                raise MigrationBroken(f"the migration left rows without their parent: {broken[:5]}")
         finally:
             conn.rollback()
             conn.exec_driver_sql("PRAGMA foreign_keys=ON")

@@ -12,7 +12,11 @@ VERSION_TABLE = "enc_alembic_version"
 connection = context.config.attributes.get("connection")
 if connection is None:
     raise RuntimeError("the ENC migrations run from enc._store.migrate(), with a connection")
-context.configure(connection=connection, target_metadata=Base.metadata,
-                  version_table=VERSION_TABLE, render_as_batch=True)
+context.configure(
+    connection=connection,
+    target_metadata=Base.metadata,
+    version_table=VERSION_TABLE,
+    render_as_batch=True,
+)
 with context.begin_transaction():
     context.run_migrations()

@@ -88,7 +88,6 @@ class Camera(Startable):
         """Close the camera; safe to call twice."""
 
 
-
 def encode_jpeg(image: Image, quality: int) -> bytes:
     """JPEG bytes of a BGR image."""
     ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])

@@ -90,8 +90,9 @@ class OpenCvCamera(Camera):
     driver: ClassVar[str] = "opencv"
 
     @classmethod
-    def from_config(cls, config: OpenCvConfig, *,
-                    clock: Callable[[], float] | None = None) -> OpenCvCamera:
+    def from_config(
+        cls, config: OpenCvConfig, *, clock: Callable[[], float] | None = None
+    ) -> OpenCvCamera:
         if clock is not None:
             raise ValueError(f"the {cls.driver} driver follows real time: no clock can drive it")
         return cls(config)
@@ -135,10 +136,16 @@ class OpenCvCamera(Camera):
                 cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)
             return cap
         if self._kind == "stream":
-            return cv2.VideoCapture(str(cfg.source), cv2.CAP_FFMPEG, [
-                cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(cfg.open_timeout_s * 1000),
-                cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(cfg.read_timeout_s * 1000),
-            ])
+            return cv2.VideoCapture(
+                str(cfg.source),
+                cv2.CAP_FFMPEG,
+                [
+                    cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
+                    int(cfg.open_timeout_s * 1000),
+                    cv2.CAP_PROP_READ_TIMEOUT_MSEC,
+                    int(cfg.read_timeout_s * 1000),
+                ],
+            )
         return cv2.VideoCapture(str(cfg.source))
 
     def _file_fps(self, cap: cv2.VideoCapture) -> float:
@@ -173,11 +180,15 @@ class OpenCvCamera(Camera):
     def _cannot_open(self) -> str:
         what = self.description
         if self._kind == "device":
-            return (f"{what} cannot be opened: is the camera plugged in, is the device "
-                    f"number right (v4l2-ctl --list-devices), may this user read it (group video)?")
+            return (
+                f"{what} cannot be opened: is the camera plugged in, is the device "
+                f"number right (v4l2-ctl --list-devices), may this user read it (group video)?"
+            )
         if self._kind == "stream":
-            return (f"{what} cannot be opened within {self._config.open_timeout_s:g} s: check "
-                    f"the URL, the credentials and that the camera is reachable")
+            return (
+                f"{what} cannot be opened within {self._config.open_timeout_s:g} s: check "
+                f"the URL, the credentials and that the camera is reachable"
+            )
         return f"{what} cannot be opened: not a video file OpenCV can decode"
 
     # -- the reader thread -------------------------------------------------------------
@@ -234,8 +245,11 @@ class OpenCvCamera(Camera):
             return cap
         fresh = self._open()
         if not fresh.isOpened():
-            _log.warning("camera: %s still unavailable; next attempt in %.1f s",
-                         self.description, min(delay * 2, self._config.reconnect_max_s))
+            _log.warning(
+                "camera: %s still unavailable; next attempt in %.1f s",
+                self.description,
+                min(delay * 2, self._config.reconnect_max_s),
+            )
         return fresh
 
     # -- Camera --------------------------------------------------------------------------

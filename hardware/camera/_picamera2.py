@@ -82,8 +82,9 @@ class Picamera2Camera(Camera):
     driver: ClassVar[str] = "picamera2"
 
     @classmethod
-    def from_config(cls, config: Picamera2Config, *,
-                    clock: Callable[[], float] | None = None) -> Picamera2Camera:
+    def from_config(
+        cls, config: Picamera2Config, *, clock: Callable[[], float] | None = None
+    ) -> Picamera2Camera:
         if clock is not None:
             raise ValueError(f"the {cls.driver} driver follows real time: no clock can drive it")
         return cls(config)
@@ -135,8 +136,9 @@ class Picamera2Camera(Camera):
         self._lores_size = tuple(cam.camera_configuration()["lores"]["size"])
         self._cam = cam
         self._index = -1
-        _log.info("camera: %s started, main %s, lores %s",
-                  self.description, main_size, self._lores_size)
+        _log.info(
+            "camera: %s started, main %s, lores %s", self.description, main_size, self._lores_size
+        )
 
     def read(self, timeout: float = 1.0) -> Frame | None:
         with self._lock:

@@ -181,11 +181,13 @@ class _Still(_Medium):
 
 class _Folder(_Medium):
     def __init__(self, path: Path, fps: float, loop: bool) -> None:
-        self._files = sorted(p for p in path.iterdir()
-                             if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        self._files = sorted(
+            p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+        )
         if not self._files:
-            raise SceneError(f"scene folder {path} holds no image "
-                             f"({', '.join(sorted(IMAGE_SUFFIXES))})")
+            raise SceneError(
+                f"scene folder {path} holds no image ({', '.join(sorted(IMAGE_SUFFIXES))})"
+            )
         self._fps, self._loop = fps, loop
         self._cached: tuple[int, Image] | None = None
         _read_image(self._files[0])  # fail at start-up, not mid-scene
@@ -282,8 +284,9 @@ class SceneCamera(Camera):
     driver: ClassVar[str] = "scene"
 
     @classmethod
-    def from_config(cls, config: SceneConfig, *,
-                    clock: Callable[[], float] | None = None) -> SceneCamera:
+    def from_config(
+        cls, config: SceneConfig, *, clock: Callable[[], float] | None = None
+    ) -> SceneCamera:
         return cls(config, clock=clock)
 
     def __init__(self, config: SceneConfig, *, clock: Callable[[], float] | None = None) -> None:
@@ -352,8 +355,7 @@ class SceneCamera(Camera):
         with self._lock:
             if self._t0 is not None:
                 return
-            self._media = [None if s.stall else _open_medium(s, self._fps)
-                           for s in self._segments]
+            self._media = [None if s.stall else _open_medium(s, self._fps) for s in self._segments]
             self._stopped.clear()
             self._last_slot = -1
             self._last_full = None

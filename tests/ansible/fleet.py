@@ -47,7 +47,9 @@ SYSTEM_SITE_POLE = POLES[-2]
 _RECAP = re.compile(
     r"^(?P<host>\S+)\s*:\s*ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)\s+"
     r"unreachable=(?P<unreachable>\d+)\s+failed=(?P<failed>\d+)\s+skipped=(?P<skipped>\d+)\s+"
-    r"rescued=(?P<rescued>\d+)\s+ignored=(?P<ignored>\d+)", re.M)
+    r"rescued=(?P<rescued>\d+)\s+ignored=(?P<ignored>\d+)",
+    re.M,
+)
 
 
 def build_release_wheel(wheelhouse: Path, version: str) -> Path:
@@ -66,7 +68,7 @@ def build_release_wheel(wheelhouse: Path, version: str) -> Path:
         "citywatch_fleet_release.py": module,
         f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: citywatch\nVersion: {version}\n",
         f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: fleet\nRoot-Is-Purelib: true\n"
-                         "Tag: py3-none-any\n",
+        "Tag: py3-none-any\n",
         f"{dist}/entry_points.txt": "[console_scripts]\ncitywatch = citywatch_fleet_release:main\n",
     }
     record = io.StringIO()
@@ -134,8 +136,15 @@ class PlaybookRun:
 class Fleet:
     """A fleet of host folders under ``base`` and its inventory."""
 
-    def __init__(self, base: Path, module: str, *, broker_port: int = 8883,
-                 scene_image: Path | None = None, models_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        base: Path,
+        module: str,
+        *,
+        broker_port: int = 8883,
+        scene_image: Path | None = None,
+        models_dir: Path | None = None,
+    ) -> None:
         self.base = base
         self.hosts_dir = base / "hosts"
         self.dist = base / "dist"
@@ -172,11 +181,19 @@ class Fleet:
         zone_groups = {
             f"zone_{zone}": {
                 "vars": {"edge_zone": zone},
-                "hosts": {pole: host(pole, edge_lat=50.06 + 0.001 * i,
-                                     edge_lon=19.93 + 0.001 * i,
-                                     **({"citywatch_system_site_packages": True}
-                                        if pole == SYSTEM_SITE_POLE else {}))
-                          for i, pole in enumerate(poles)},
+                "hosts": {
+                    pole: host(
+                        pole,
+                        edge_lat=50.06 + 0.001 * i,
+                        edge_lon=19.93 + 0.001 * i,
+                        **(
+                            {"citywatch_system_site_packages": True}
+                            if pole == SYSTEM_SITE_POLE
+                            else {}
+                        ),
+                    )
+                    for i, pole in enumerate(poles)
+                },
             }
             for zone, poles in zones.items()
         }
@@ -184,8 +201,9 @@ class Fleet:
             "all": {
                 "vars": {
                     "citywatch_release_version": "1.0.0",
-                    "citywatch_release_wheelhouse":
-                        f"{self.dist}/{{{{ citywatch_release_version }}}}",
+                    "citywatch_release_wheelhouse": (
+                        f"{self.dist}/{{{{ citywatch_release_version }}}}"
+                    ),
                     "citywatch_manage_services": False,
                     "citywatch_manage_packages": False,
                     "citywatch_manage_users": False,
@@ -223,10 +241,14 @@ class Fleet:
         the scene player in place of the camera, no GNSS receiver, the project's models,
         one privacy mask."""
         camera: dict[str, object] = (
-            {"driver": "scene", "fps": 2.0,
-             "timeline": [{"at": 0.0, "play": str(self.scene_image)}]}
+            {
+                "driver": "scene",
+                "fps": 2.0,
+                "timeline": [{"at": 0.0, "play": str(self.scene_image)}],
+            }
             if self.scene_image is not None
-            else {"driver": "opencv", "source": "/dev/video0"})  # checked, never opened
+            else {"driver": "opencv", "source": "/dev/video0"}
+        )  # checked, never opened
         prescreen: dict[str, object] = {"cooldown_seconds": 60.0}
         if self.models_dir is not None:
             prescreen["model"] = {"models_dir": str(self.models_dir), "threads": 1}
@@ -234,23 +256,28 @@ class Fleet:
             "edge_camera": camera,
             "edge_gnss": {"driver": "none"},
             "edge_prescreen": prescreen,
-            "edge_privacy_masks": [{"name": "windows, house no. 12",
-                                    "points": [[0.62, 0.05], [0.98, 0.05], [0.98, 0.4],
-                                               [0.62, 0.4]]}],
+            "edge_privacy_masks": [
+                {
+                    "name": "windows, house no. 12",
+                    "points": [[0.62, 0.05], [0.98, 0.05], [0.98, 0.4], [0.62, 0.4]],
+                }
+            ],
             "edge_outbox": {"max_incidents": 50},
         }
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
-        env.update({
-            "ANSIBLE_CONFIG": str(ANSIBLE_DIR / "ansible.cfg"),
-            "ANSIBLE_LOCAL_TEMP": str(self.base / "ansible-local"),
-            "ANSIBLE_HOME": str(self.base / "ansible-home"),
-            "ANSIBLE_NOCOLOR": "1",
-            "ANSIBLE_FORCE_COLOR": "0",
-            "ANSIBLE_DISPLAY_SKIPPED_HOSTS": "false",
-            "PATH": f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
-        })
+        env.update(
+            {
+                "ANSIBLE_CONFIG": str(ANSIBLE_DIR / "ansible.cfg"),
+                "ANSIBLE_LOCAL_TEMP": str(self.base / "ansible-local"),
+                "ANSIBLE_HOME": str(self.base / "ansible-home"),
+                "ANSIBLE_NOCOLOR": "1",
+                "ANSIBLE_FORCE_COLOR": "0",
+                "ANSIBLE_DISPLAY_SKIPPED_HOSTS": "false",
+                "PATH": f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
+            }
+        )
         return env
 
     def run(self, playbook: str, *args: str, timeout: float = 900) -> PlaybookRun:
@@ -261,14 +288,23 @@ class Fleet:
         command = [str(VENV_BIN / "ansible-playbook"), "-i", str(self.inventory), playbook, *args]
         start = time.monotonic()
         cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
-        done = subprocess.run(command, cwd=ANSIBLE_DIR, env=self.env(), capture_output=True,
-                              text=True, timeout=timeout, check=False)
+        done = subprocess.run(
+            command,
+            cwd=ANSIBLE_DIR,
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu_s = (after.ru_utime - cpu.ru_utime) + (after.ru_stime - cpu.ru_stime)
         self.logs.append((" ".join([playbook, *args]), time.monotonic() - start, cpu_s))
         output = done.stdout + done.stderr
-        recap = {m["host"]: Recap(**{k: int(v) for k, v in m.groupdict().items() if k != "host"})
-                 for m in _RECAP.finditer(output)}
+        recap = {
+            m["host"]: Recap(**{k: int(v) for k, v in m.groupdict().items() if k != "host"})
+            for m in _RECAP.finditer(output)
+        }
         return PlaybookRun(done.returncode, output, recap)
 
     def current_release(self, host: str) -> str | None:
@@ -287,9 +323,14 @@ class Fleet:
         now_ms = int(time.time() * 1000)
         state = self.root(host) / "var/lib/citywatch/edge"
         state.mkdir(parents=True, exist_ok=True)
-        status = {"version": 1, "updated_at": now_ms if healthy else 1,
-                  "started_at": now_ms if healthy else 1, "pid": 4242, "uid": host,
-                  "broker": {"connected": healthy, "host": "localhost", "port": 8883}}
+        status = {
+            "version": 1,
+            "updated_at": now_ms if healthy else 1,
+            "started_at": now_ms if healthy else 1,
+            "pid": 4242,
+            "uid": host,
+            "broker": {"connected": healthy, "host": "localhost", "port": 8883},
+        }
         (state / "status.json").write_text(json.dumps(status))
 
     def tree_digest(self) -> str:
@@ -300,8 +341,10 @@ class Fleet:
             for name in sorted([*dirnames, *filenames]):
                 path = Path(dirpath, name)
                 st = path.lstat()
-                digest.update(f"{path.relative_to(self.hosts_dir)}\0{st.st_mode}\0"
-                              f"{st.st_uid}:{st.st_gid}\0".encode())
+                digest.update(
+                    f"{path.relative_to(self.hosts_dir)}\0{st.st_mode}\0"
+                    f"{st.st_uid}:{st.st_gid}\0".encode()
+                )
                 if path.is_symlink():
                     digest.update(os.readlink(path).encode())
                 elif path.is_file():
@@ -312,16 +355,33 @@ class Fleet:
 def registry(fleet: Fleet) -> list[dict[str, object]]:
     """The server's registry, read with the project's real CLI."""
     done = subprocess.run(
-        [str(VENV_BIN / "citywatch"), "server", "device", "list", "--json", "--config",
-         str(fleet.root(SERVER) / "etc/citywatch/server.toml")],
-        capture_output=True, text=True, check=True, timeout=60)
+        [
+            str(VENV_BIN / "citywatch"),
+            "server",
+            "device",
+            "list",
+            "--json",
+            "--config",
+            str(fleet.root(SERVER) / "etc/citywatch/server.toml"),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
     return list(json.loads(done.stdout))
 
 
 def syntax_check(playbooks: Sequence[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(VENV_BIN / "ansible-playbook"), "--syntax-check", *playbooks],
-        cwd=ANSIBLE_DIR, env=env, capture_output=True, text=True, timeout=120, check=False)
+        cwd=ANSIBLE_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def have_tools() -> str | None:

@@ -32,8 +32,16 @@ from tests.support.rootfs import SUITE, RootSpec, apt_mirror, build_root, cache_
 from tests.support.rootfs import missing_tools as _missing_root_tools
 from tests.support.rootfs import run as _run
 
-__all__ = ["PILOT_USER", "SUITE", "Pole", "apt_mirror", "build_image", "cache_dir",
-           "missing_tools", "role_packages"]
+__all__ = [
+    "PILOT_USER",
+    "SUITE",
+    "Pole",
+    "apt_mirror",
+    "build_image",
+    "cache_dir",
+    "missing_tools",
+    "role_packages",
+]
 
 PROJECT = Path(__file__).resolve().parents[2]
 ROLES = PROJECT / "ansible" / "roles"
@@ -66,13 +74,16 @@ def role_packages() -> list[str]:
 
 def missing_tools() -> str | None:
     """Why poles cannot be made here, or None."""
-    why = _missing_root_tools(("debootstrap", "ip", "unshare", "ssh", "ssh-keygen"),
-                              why_root="poles need root (network namespaces, chroot, mounts)")
+    why = _missing_root_tools(
+        ("debootstrap", "ip", "unshare", "ssh", "ssh-keygen"),
+        why_root="poles need root (network namespaces, chroot, mounts)",
+    )
     if why:
         return why
     probe = f"cwprobe{os.getpid()}"
-    done = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True,
-                          check=False)
+    done = subprocess.run(
+        ["ip", "netns", "add", probe], capture_output=True, text=True, check=False
+    )
     if done.returncode != 0:
         return f"cannot make a network namespace here: {done.stderr.strip()}"
     subprocess.run(["ip", "netns", "del", probe], check=False)
@@ -86,8 +97,19 @@ def _download_role_packages(root: Path) -> None:
     policy.chmod(0o755)
     env = {"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
     _run(["chroot", str(root), "apt-get", "-q", "update"], env=env)
-    _run(["chroot", str(root), "apt-get", "-q", "-y", "--download-only", "install",
-          *role_packages()], env=env)
+    _run(
+        [
+            "chroot",
+            str(root),
+            "apt-get",
+            "-q",
+            "-y",
+            "--download-only",
+            "install",
+            *role_packages(),
+        ],
+        env=env,
+    )
     # No host keys in the image: each pole makes its own.
     for hostkey in (root / "etc/ssh").glob("ssh_host_*"):
         hostkey.unlink()
@@ -96,8 +118,9 @@ def _download_role_packages(root: Path) -> None:
 def build_image() -> Path:
     """The cached pole image for the current package lists, made if missing. Raises
     RuntimeError with debootstrap's or apt's words when it cannot be made."""
-    spec = RootSpec("pole", tuple(IMAGE_PACKAGES), revision=IMAGE_FORMAT,
-                    extra_key=tuple(role_packages()))
+    spec = RootSpec(
+        "pole", tuple(IMAGE_PACKAGES), revision=IMAGE_FORMAT, extra_key=tuple(role_packages())
+    )
     return build_root(spec, _download_role_packages, timeout=1200)
 
 
@@ -128,8 +151,11 @@ class Pole:
         return f"{SUBNET}.{self.index}.1"
 
     def chroot(self, *argv: str, timeout: float = 120) -> str:
-        return _run(["chroot", str(self.root), *argv], timeout=timeout,
-                    env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"})
+        return _run(
+            ["chroot", str(self.root), *argv],
+            timeout=timeout,
+            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"},
+        )
 
     def make(self, image: Path, authorized_key: str) -> None:
         """Copy the image and make the pole's own: host keys, the first user, a fresh
@@ -140,8 +166,9 @@ class Pole:
         hosts = self.root / "etc/hosts"
         hosts.write_text(f"127.0.0.1\tlocalhost\n127.0.1.1\t{self.name}\n")
         self.chroot("ssh-keygen", "-A")
-        self.chroot("useradd", "--create-home", "--shell", "/bin/bash", "--groups", "sudo",
-                    PILOT_USER)
+        self.chroot(
+            "useradd", "--create-home", "--shell", "/bin/bash", "--groups", "sudo", PILOT_USER
+        )
         ssh_dir = self.root / "home" / PILOT_USER / ".ssh"
         ssh_dir.mkdir(mode=0o700)
         (ssh_dir / "authorized_keys").write_text(authorized_key + "\n")
@@ -169,8 +196,21 @@ class Pole:
             if name.startswith("cw"):
                 subprocess.run(["ip", "link", "del", name], capture_output=True, check=False)
         _run(["ip", "netns", "add", self.netns])
-        _run(["ip", "link", "add", self.veth, "type", "veth", "peer", "name", "eth0",
-              "netns", self.netns])
+        _run(
+            [
+                "ip",
+                "link",
+                "add",
+                self.veth,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                self.netns,
+            ]
+        )
         _run(["ip", "addr", "add", f"{self.host_address}/30", "dev", self.veth])
         _run(["ip", "link", "set", self.veth, "up"])
         _run(["ip", "-n", self.netns, "addr", "add", f"{self.address}/30", "dev", "eth0"])
@@ -187,9 +227,25 @@ class Pole:
         )
         log = open(self.root.with_name(self.name + ".sshd.log"), "ab")  # noqa: SIM115
         self.process = subprocess.Popen(
-            ["ip", "netns", "exec", self.netns, "unshare", "--mount", "--pid", "--uts",
-             "--fork", "--kill-child", "sh", "-c", inside],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                "ip",
+                "netns",
+                "exec",
+                self.netns,
+                "unshare",
+                "--mount",
+                "--pid",
+                "--uts",
+                "--fork",
+                "--kill-child",
+                "sh",
+                "-c",
+                inside,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         log.close()
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -201,8 +257,10 @@ class Pole:
             if self.process.poll() is not None:
                 break
             time.sleep(0.2)
-        raise RuntimeError(f"sshd of {self.name} did not come up: "
-                           f"{self.root.with_name(self.name + '.sshd.log').read_text()[-2000:]}")
+        raise RuntimeError(
+            f"sshd of {self.name} did not come up: "
+            f"{self.root.with_name(self.name + '.sshd.log').read_text()[-2000:]}"
+        )
 
     def sshd_pid(self) -> int | None:
         """The pole's sshd (the first process of its PID namespace), as this machine

@@ -58,16 +58,22 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     from edge import default_models_dir
 
     base = tmp_path_factory.mktemp("fleet")
-    fleet = Fleet(base, module, broker_port=free_port(),
-                  scene_image=find_footage(base / "footage").upright,
-                  models_dir=default_models_dir())
+    fleet = Fleet(
+        base,
+        module,
+        broker_port=free_port(),
+        scene_image=find_footage(base / "footage").upright,
+        models_dir=default_models_dir(),
+    )
     for version in (OLD, NEW):
         build_release_wheel(fleet.dist / version, version)
     fleet.write_inventory()
     yield fleet
     for what, seconds, cpu in fleet.logs:
-        print(f"fleet: ansible-playbook {what}: {seconds:.1f} s wall, {cpu:.1f} s CPU",
-              file=sys.stderr)
+        print(
+            f"fleet: ansible-playbook {what}: {seconds:.1f} s wall, {cpu:.1f} s CPU",
+            file=sys.stderr,
+        )
 
 
 @pytest.fixture(scope="module")
@@ -85,8 +91,15 @@ def check_run(fleet: Fleet, second_run: PlaybookRun) -> tuple[PlaybookRun, str, 
     before = fleet.tree_digest()
     # The server, the ENC and a pole of each zone: every role and play, in a third of the
     # time of the whole fleet; the digest still covers every host's folder.
-    run = fleet.run("site.yml", "--check", "--diff", "--limit", CHECKED_HOSTS,
-                    "-e", json.dumps({"base_chrony_servers": ["ntp-check.city.example"]}))
+    run = fleet.run(
+        "site.yml",
+        "--check",
+        "--diff",
+        "--limit",
+        CHECKED_HOSTS,
+        "-e",
+        json.dumps({"base_chrony_servers": ["ntp-check.city.example"]}),
+    )
     return run, before, fleet.tree_digest()
 
 
@@ -107,11 +120,24 @@ def _token_key(fleet: Fleet, pole: str, label: str) -> dict[str, object] | None:
     root = fleet.root(pole)
     env = {**os.environ, "SOFTHSM2_CONF": str(root / "etc/citywatch/softhsm2.conf")}
     done = subprocess.run(
-        [sys.executable, "-c", TOKEN_KEYS_SCRIPT, fleet.softhsm_module,
-         str(root / "etc/citywatch/token.pin")],
-        env=env, capture_output=True, text=True, timeout=60, check=True)
-    keys = [{k: v for k, v in key.items() if k != "label"}
-            for key in json.loads(done.stdout) if key["label"] == label]
+        [
+            sys.executable,
+            "-c",
+            TOKEN_KEYS_SCRIPT,
+            fleet.softhsm_module,
+            str(root / "etc/citywatch/token.pin"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    keys = [
+        {k: v for k, v in key.items() if k != "label"}
+        for key in json.loads(done.stdout)
+        if key["label"] == label
+    ]
     return keys[0] if keys else None
 
 
@@ -135,7 +161,8 @@ def test_every_host_runs_the_release(fleet: Fleet, fresh_install: PlaybookRun) -
 
 
 def test_a_pole_s_venv_sees_the_system_s_packages_only_where_asked(
-        fleet: Fleet, fresh_install: PlaybookRun) -> None:
+    fleet: Fleet, fresh_install: PlaybookRun
+) -> None:
     for pole in POLES:
         cfg = (fleet.root(pole) / f"opt/citywatch/releases/{OLD}/pyvenv.cfg").read_text()
         wanted = "true" if pole == SYSTEM_SITE_POLE else "false"
@@ -144,8 +171,11 @@ def test_a_pole_s_venv_sees_the_system_s_packages_only_where_asked(
 
 def test_units_are_the_repository_s(fleet: Fleet, fresh_install: PlaybookRun) -> None:
     units = Path(__file__).resolve().parents[2] / "systemd"
-    for host, unit in [(SERVER, "citywatch-server.service"), (ENC, "citywatch-enc.service"),
-                       *[(pole, "citywatch-edge.service") for pole in POLES]]:
+    for host, unit in [
+        (SERVER, "citywatch-server.service"),
+        (ENC, "citywatch-enc.service"),
+        *[(pole, "citywatch-edge.service") for pole in POLES],
+    ]:
         installed = fleet.root(host) / "etc/systemd/system" / unit
         assert installed.read_bytes() == (units / unit).read_bytes(), host
     dropin = fleet.root(SERVER) / "etc/systemd/system/mosquitto.service.d/citywatch.conf"
@@ -162,7 +192,8 @@ def test_every_pole_is_registered_in_its_zone(fleet: Fleet, fresh_install: Playb
 
 
 def test_each_pole_s_key_is_in_its_token_and_not_extractable(
-        fleet: Fleet, fresh_install: PlaybookRun) -> None:
+    fleet: Fleet, fresh_install: PlaybookRun
+) -> None:
     for device in registry(fleet):
         key = _token_key(fleet, str(device["uid"]), f"citywatch-{device['kid_hex']}")
         assert key == {"extractable": False, "sensitive": True}, device["uid"]
@@ -174,13 +205,17 @@ def test_no_bundle_is_left_on_any_disk(fleet: Fleet, fresh_install: PlaybookRun)
     assert not any((fleet.root(SERVER) / "run/citywatch-provision").iterdir())
     for pole in POLES:
         assert not any((fleet.root(pole) / "run/citywatch-provision").iterdir())
-    holders = [p for p in fleet.base.rglob("*") if p.is_file() and not p.is_symlink()
-               and b'"key_hex"' in p.read_bytes()]
+    holders = [
+        p
+        for p in fleet.base.rglob("*")
+        if p.is_file() and not p.is_symlink() and b'"key_hex"' in p.read_bytes()
+    ]
     assert holders == []
 
 
 def test_pins_and_tls_keys_are_made_on_the_pole_and_kept_private(
-        fleet: Fleet, fresh_install: PlaybookRun) -> None:
+    fleet: Fleet, fresh_install: PlaybookRun
+) -> None:
     pins = set()
     for pole in POLES:
         config = fleet.root(pole) / "etc/citywatch"
@@ -193,15 +228,24 @@ def test_pins_and_tls_keys_are_made_on_the_pole_and_kept_private(
 
 
 def test_pole_certificates_name_their_kid_and_chain_to_the_district_ca(
-        fleet: Fleet, fresh_install: PlaybookRun) -> None:
+    fleet: Fleet, fresh_install: PlaybookRun
+) -> None:
     ca = fleet.root(SERVER) / "etc/citywatch/pki/ca.pem"
     for device in registry(fleet):
         cert = fleet.root(str(device["uid"])) / "etc/citywatch/pki/device.pem"
-        subject = subprocess.run(["openssl", "x509", "-in", str(cert), "-noout", "-subject"],
-                                 capture_output=True, text=True, check=True).stdout
+        subject = subprocess.run(
+            ["openssl", "x509", "-in", str(cert), "-noout", "-subject"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         assert str(device["kid_hex"]) in subject
-        verify = subprocess.run(["openssl", "verify", "-CAfile", str(ca), str(cert)],
-                                capture_output=True, text=True, check=False)
+        verify = subprocess.run(
+            ["openssl", "verify", "-CAfile", str(ca), str(cert)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         assert verify.returncode == 0, verify.stdout + verify.stderr
 
 
@@ -225,7 +269,8 @@ def test_acl_gives_each_pole_only_its_own_topics(fleet: Fleet, fresh_install: Pl
             ("publishClientSend", f"citywatch/v1/{kid}/status"),
             ("subscribeLiteral", f"citywatch/v1/{kid}/down"),
             ("unsubscribeLiteral", f"citywatch/v1/{kid}/down"),
-            ("publishClientReceive", f"citywatch/v1/{kid}/down")}
+            ("publishClientReceive", f"citywatch/v1/{kid}/down"),
+        }
     assert not (fleet.root(SERVER) / "etc/mosquitto/citywatch.acl").exists()
 
 
@@ -239,7 +284,8 @@ def test_second_run_changes_nothing(second_run: PlaybookRun) -> None:
 
 
 def test_check_diff_run_shows_the_change_and_writes_nothing(
-        check_run: tuple[PlaybookRun, str, str]) -> None:
+    check_run: tuple[PlaybookRun, str, str],
+) -> None:
     run, before, after = check_run
     assert run.returncode == 0, _fail(run)
     # Every host would get the new NTP server...
@@ -254,21 +300,26 @@ def test_check_diff_run_shows_the_change_and_writes_nothing(
 
 
 @pytest.fixture(scope="module")
-def fleet_broker(fleet: Fleet, second_run: PlaybookRun,
-                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+def fleet_broker(
+    fleet: Fleet, second_run: PlaybookRun, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[int]:
     """Mosquitto started on the server host's generated config, on a free loopback port."""
     mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     if not Path(mosquitto).exists() or shutil.which("mosquitto_pub") is None:
         pytest.skip("mosquitto and mosquitto-clients are not installed")
     port = fleet.broker_port
     conf = (fleet.root(SERVER) / "etc/mosquitto/conf.d/citywatch.conf").read_text()
-    conf = re.sub(rf"^listener {fleet.broker_port} .*$", f"listener {port} 127.0.0.1", conf,
-                  flags=re.M)
+    conf = re.sub(
+        rf"^listener {fleet.broker_port} .*$", f"listener {port} 127.0.0.1", conf, flags=re.M
+    )
     work = tmp_path_factory.mktemp("fleet-broker")
     # As root, Mosquitto would drop to its own user, who cannot read the fake host's keys.
     (work / "mosquitto.conf").write_text(conf + "\nuser root\nlog_dest stderr\n")
-    proc = subprocess.Popen([mosquitto, "-c", str(work / "mosquitto.conf")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [mosquitto, "-c", str(work / "mosquitto.conf")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         wait_for_port(port)
         yield port
@@ -279,12 +330,19 @@ def fleet_broker(fleet: Fleet, second_run: PlaybookRun,
 
 def _client(fleet: Fleet, host: str, name: str) -> list[str]:
     pki = fleet.root(host) / "etc/citywatch/pki"
-    return ["--cafile", str(fleet.root(SERVER) / "etc/citywatch/pki/ca.pem"),
-            "--cert", str(pki / f"{name}.pem"), "--key", str(pki / f"{name}.key")]
+    return [
+        "--cafile",
+        str(fleet.root(SERVER) / "etc/citywatch/pki/ca.pem"),
+        "--cert",
+        str(pki / f"{name}.pem"),
+        "--key",
+        str(pki / f"{name}.key"),
+    ]
 
 
 def test_broker_delivers_a_pole_s_uplink_but_not_a_forged_one(
-        fleet: Fleet, fleet_broker: int) -> None:
+    fleet: Fleet, fleet_broker: int
+) -> None:
     """Pole A publishes to pole B's uplink, then to its own; the server's subscription
     gets only the second. Each publish completes (QoS 1) before the next starts, so a
     forged message let through would arrive first."""
@@ -294,10 +352,25 @@ def test_broker_delivers_a_pole_s_uplink_but_not_a_forged_one(
     # stdbuf: mosquitto_sub's stdout is block-buffered on a pipe, and the SUBACK line is
     # needed as it happens.
     sub = subprocess.Popen(
-        ["stdbuf", "-oL", "mosquitto_sub", *common, *_client(fleet, SERVER, "server-client"),
-         "-d",
-         "-t", "$share/citywatch-server/citywatch/v1/+/up", "-v", "-C", "1", "-W", "60"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        [
+            "stdbuf",
+            "-oL",
+            "mosquitto_sub",
+            *common,
+            *_client(fleet, SERVER, "server-client"),
+            "-d",
+            "-t",
+            "$share/citywatch-server/citywatch/v1/+/up",
+            "-v",
+            "-C",
+            "1",
+            "-W",
+            "60",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         assert sub.stdout is not None
         lines = []
@@ -308,9 +381,20 @@ def test_broker_delivers_a_pole_s_uplink_but_not_a_forged_one(
         assert any("SUBACK" in line for line in lines), "".join(lines)
         for topic_kid, message in [(kids[b], "forged"), (kids[a], "genuine")]:
             done = subprocess.run(
-                ["mosquitto_pub", *common, *_client(fleet, a, "device"),
-                 "-t", f"citywatch/v1/{topic_kid}/up", "-m", message],
-                capture_output=True, text=True, timeout=30, check=False)
+                [
+                    "mosquitto_pub",
+                    *common,
+                    *_client(fleet, a, "device"),
+                    "-t",
+                    f"citywatch/v1/{topic_kid}/up",
+                    "-m",
+                    message,
+                ],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            )
             assert done.returncode == 0, done.stderr
         out, _ = sub.communicate(timeout=90)
     finally:
@@ -324,10 +408,28 @@ def _status_watcher(fleet: Fleet, port: int) -> subprocess.Popen[str]:
     """The server's subscription to the poles' presence ($share: it gets what is said
     from now on, no retained message), once the broker has acknowledged it."""
     sub = subprocess.Popen(
-        ["stdbuf", "-oL", "mosquitto_sub", "-h", "localhost", "-p", str(port), "-q", "1",
-         *_client(fleet, SERVER, "server-client"), "-d", "-v", "-W", "400",
-         "-t", "$share/citywatch-server/citywatch/v1/+/status"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        [
+            "stdbuf",
+            "-oL",
+            "mosquitto_sub",
+            "-h",
+            "localhost",
+            "-p",
+            str(port),
+            "-q",
+            "1",
+            *_client(fleet, SERVER, "server-client"),
+            "-d",
+            "-v",
+            "-W",
+            "400",
+            "-t",
+            "$share/citywatch-server/citywatch/v1/+/status",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     assert sub.stdout is not None
     for line in sub.stdout:
         if "SUBACK" in line:
@@ -344,7 +446,8 @@ def _next_status(sub: subprocess.Popen[str], kid: str) -> str:
 
 
 def test_every_pole_s_config_is_complete_and_passes_the_check(
-        fleet: Fleet, second_run: PlaybookRun) -> None:
+    fleet: Fleet, second_run: PlaybookRun
+) -> None:
     """The edge role wrote each pole's whole config: the provisioned identity, and
     position, camera, GNSS, pre-screen, masks and outbox from the inventory."""
     import tomllib
@@ -353,14 +456,23 @@ def test_every_pole_s_config_is_complete_and_passes_the_check(
     for i, pole in enumerate(POLES):
         path = fleet.root(pole) / "etc/citywatch/edge.toml"
         done = subprocess.run(
-            [str(fleet.root(pole) / "opt/citywatch/current/bin/citywatch"), "edge", "config",
-             "check", str(path)], capture_output=True, text=True, timeout=120, check=False)
+            [
+                str(fleet.root(pole) / "opt/citywatch/current/bin/citywatch"),
+                "edge",
+                "config",
+                "check",
+                str(path),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
         assert done.returncode == 0, done.stdout + done.stderr
         assert "camera scene" in done.stdout and "1 privacy mask(s)" in done.stdout
         cfg = tomllib.loads(path.read_text())
         assert cfg["kid_hex"] == kids[pole] and cfg["uid"] == pole
-        assert cfg["position"] == {"lat": 50.06 + 0.001 * (i % 3),
-                                   "lon": 19.93 + 0.001 * (i % 3)}
+        assert cfg["position"] == {"lat": 50.06 + 0.001 * (i % 3), "lon": 19.93 + 0.001 * (i % 3)}
         assert cfg["camera"]["driver"] == "scene" and cfg["gnss"] == {"driver": "none"}
         assert cfg["privacy"]["masks"][0]["points"][1] == [0.98, 0.05]
         assert cfg["outbox"] == {"max_incidents": 50}
@@ -377,8 +489,9 @@ def test_a_pole_runs_from_the_config_the_roles_wrote(fleet: Fleet, fleet_broker:
 
     assert fleet.models_dir is not None
     if any(state != "ok" for state in model_status(fleet.models_dir).values()):
-        pytest.skip(f"the pre-screen's models are not in {fleet.models_dir}: "
-                    "citywatch edge models install")
+        pytest.skip(
+            f"the pre-screen's models are not in {fleet.models_dir}: citywatch edge models install"
+        )
     pole = POLES[3]  # a pole the rollout below never reaches
     root = fleet.root(pole)
     kid = next(str(d["kid_hex"]) for d in registry(fleet) if d["uid"] == pole)
@@ -386,15 +499,24 @@ def test_a_pole_runs_from_the_config_the_roles_wrote(fleet: Fleet, fleet_broker:
     config = str(root / "etc/citywatch/edge.toml")
     env = {**os.environ, "SOFTHSM2_CONF": str(root / "etc/citywatch/softhsm2.conf")}
     watcher = _status_watcher(fleet, fleet_broker)
-    daemon = subprocess.Popen([citywatch, "edge", "run", "--config", config], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    daemon = subprocess.Popen(
+        [citywatch, "edge", "run", "--config", config],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     status: dict[str, object] = {}
     try:
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline and daemon.poll() is None:
-            done = subprocess.run([citywatch, "edge", "status", "--json", "--require-broker",
-                                   "--config", config], capture_output=True, text=True,
-                                  timeout=60, check=False)
+            done = subprocess.run(
+                [citywatch, "edge", "status", "--json", "--require-broker", "--config", config],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
             if done.returncode == 0:
                 status = json.loads(done.stdout)
                 pipeline = status.get("pipeline")
@@ -417,16 +539,55 @@ def test_a_pole_runs_from_the_config_the_roles_wrote(fleet: Fleet, fleet_broker:
 
 
 def test_broker_refuses_a_client_without_a_district_certificate(
-        fleet: Fleet, fleet_broker: int, tmp_path: Path) -> None:
+    fleet: Fleet, fleet_broker: int, tmp_path: Path
+) -> None:
     key, cert = tmp_path / "rogue.key", tmp_path / "rogue.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
-                    "ec_paramgen_curve:P-256", "-nodes", "-days", "1", "-subj", "/CN=rogue",
-                    "-keyout", str(key), "-out", str(cert)], capture_output=True, check=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=rogue",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        capture_output=True,
+        check=True,
+    )
     ca = fleet.root(SERVER) / "etc/citywatch/pki/ca.pem"
     done = subprocess.run(
-        ["mosquitto_pub", "-h", "localhost", "-p", str(fleet_broker), "--cafile", str(ca),
-         "--cert", str(cert), "--key", str(key), "-t", "citywatch/v1/x/up", "-m", "x"],
-        capture_output=True, text=True, timeout=30, check=False)
+        [
+            "mosquitto_pub",
+            "-h",
+            "localhost",
+            "-p",
+            str(fleet_broker),
+            "--cafile",
+            str(ca),
+            "--cert",
+            str(cert),
+            "--key",
+            str(key),
+            "-t",
+            "citywatch/v1/x/up",
+            "-m",
+            "x",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert done.returncode != 0
 
 
@@ -448,7 +609,8 @@ def test_rollout_rolls_the_failing_pole_back(fleet: Fleet, rollout_run: Playbook
 
 
 def test_rollout_moved_the_canary_and_the_healthy_second_batch_pole(
-        fleet: Fleet, rollout_run: PlaybookRun) -> None:
+    fleet: Fleet, rollout_run: PlaybookRun
+) -> None:
     for pole in POLES[:2]:
         assert fleet.current_release(pole) == NEW, pole
         assert os.readlink(fleet.root(pole) / "opt/citywatch/previous") == f"releases/{OLD}"
@@ -475,14 +637,16 @@ def decommissioned(fleet: Fleet, rollout_run: PlaybookRun) -> tuple[PlaybookRun,
 
 
 def test_decommission_refuses_to_run_without_limit(
-        fleet: Fleet, decommissioned: tuple[PlaybookRun, PlaybookRun, str]) -> None:
+    fleet: Fleet, decommissioned: tuple[PlaybookRun, PlaybookRun, str]
+) -> None:
     refused, _, _ = decommissioned
     assert refused.returncode != 0
     assert "needs --limit" in refused.output
 
 
 def test_decommission_forgets_the_pole_everywhere(
-        fleet: Fleet, decommissioned: tuple[PlaybookRun, PlaybookRun, str]) -> None:
+    fleet: Fleet, decommissioned: tuple[PlaybookRun, PlaybookRun, str]
+) -> None:
     _, done, kid = decommissioned
     pole = POLES[-1]
     assert done.returncode == 0, _fail(done)
@@ -490,6 +654,10 @@ def test_decommission_forgets_the_pole_everywhere(
     acl = (fleet.root(SERVER) / "etc/mosquitto/citywatch-dynsec.json").read_text()
     assert kid not in acl
     root = fleet.root(pole)
-    for gone in ("var/lib/citywatch/tokens", "etc/citywatch/edge.toml",
-                 "etc/citywatch/pki/device.key", "var/lib/citywatch/edge"):
+    for gone in (
+        "var/lib/citywatch/tokens",
+        "etc/citywatch/edge.toml",
+        "etc/citywatch/pki/device.key",
+        "var/lib/citywatch/edge",
+    ):
         assert not (root / gone).exists(), gone

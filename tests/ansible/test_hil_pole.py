@@ -27,8 +27,13 @@ def _ssh(command: str, *, timeout: float = 60) -> subprocess.CompletedProcess[st
     if not HOST:
         pytest.skip("CITYWATCH_HIL_HOST is not set: no real pole to test (docs/hil.md)")
     target = f"{USER}@{HOST}" if USER else HOST
-    return subprocess.run(["ssh", "-o", "BatchMode=yes", target, command],
-                          capture_output=True, text=True, timeout=timeout, check=False)
+    return subprocess.run(
+        ["ssh", "-o", "BatchMode=yes", target, command],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def test_services_are_running() -> None:
@@ -46,8 +51,9 @@ def test_edge_unit_as_loaded_scores_at_most_2() -> None:
 
 
 def test_daemon_reports_healthy() -> None:
-    done = _ssh(f"sudo -u citywatch {CITYWATCH} edge status --json "
-                "--config /etc/citywatch/edge.toml")
+    done = _ssh(
+        f"sudo -u citywatch {CITYWATCH} edge status --json --config /etc/citywatch/edge.toml"
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     json.loads(done.stdout)
 
@@ -65,8 +71,11 @@ def test_secure_element_token_is_visible() -> None:
 
 def test_gnss_fix_and_clock_locked_to_pps() -> None:
     fix = _ssh("gpspipe -w -n 20", timeout=90)
-    modes = [json.loads(line).get("mode", 0) for line in fix.stdout.splitlines()
-             if '"class":"TPV"' in line]
+    modes = [
+        json.loads(line).get("mode", 0)
+        for line in fix.stdout.splitlines()
+        if '"class":"TPV"' in line
+    ]
     assert modes and max(modes) >= 2, fix.stdout[-2000:]
     sources = _ssh("chronyc -c sources").stdout
     assert any(line.startswith("#,*,PPS") for line in sources.splitlines()), sources

@@ -16,13 +16,15 @@ PLAYBOOKS = ["site.yml", "provision.yml", "rollout.yml", "decommission.yml"]
 
 def _env(tmp_path: Path) -> dict[str, str]:
     env = dict(os.environ)
-    env.update({
-        "ANSIBLE_CONFIG": str(ANSIBLE_DIR / "ansible.cfg"),
-        "ANSIBLE_HOME": str(tmp_path / "ansible-home"),
-        "ANSIBLE_LOCAL_TEMP": str(tmp_path / "ansible-local"),
-        "NO_COLOR": "1",
-        "PATH": f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
-    })
+    env.update(
+        {
+            "ANSIBLE_CONFIG": str(ANSIBLE_DIR / "ansible.cfg"),
+            "ANSIBLE_HOME": str(tmp_path / "ansible-home"),
+            "ANSIBLE_LOCAL_TEMP": str(tmp_path / "ansible-local"),
+            "NO_COLOR": "1",
+            "PATH": f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
+        }
+    )
     return env
 
 
@@ -51,10 +53,22 @@ def test_ansible_lint_passes_with_the_production_profile_offline(tmp_path: Path)
     config = (PROJECT / ".ansible-lint").read_text()
     assert "profile: production" in config and "offline: true" in config
     done = subprocess.run(
-        [str(lint), "--offline", "--profile", "production", "-c", str(PROJECT / ".ansible-lint"),
-         "--nocolor"],
-        cwd=PROJECT, env=_env(tmp_path), capture_output=True, text=True, timeout=280,
-        check=False)
+        [
+            str(lint),
+            "--offline",
+            "--profile",
+            "production",
+            "-c",
+            str(PROJECT / ".ansible-lint"),
+            "--nocolor",
+        ],
+        cwd=PROJECT,
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=280,
+        check=False,
+    )
     output = done.stdout + done.stderr
     assert done.returncode == 0, output
     assert "Profile 'production' was required, and it passed" in output, output
@@ -72,9 +86,15 @@ def test_ansible_lint_catches_a_broken_role(tmp_path: Path) -> None:
     shutil.copy(PROJECT / ".ansible-lint", project / ".ansible-lint")
     tasks = project / "ansible/roles/base/tasks/main.yml"
     tasks.write_text(tasks.read_text() + "\n- shell: echo hello | cat\n")
-    done = subprocess.run([str(lint), "--offline", "--nocolor"], cwd=project,
-                          env=_env(tmp_path), capture_output=True, text=True, timeout=280,
-                          check=False)
+    done = subprocess.run(
+        [str(lint), "--offline", "--nocolor"],
+        cwd=project,
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=280,
+        check=False,
+    )
     output = done.stdout + done.stderr
     assert done.returncode != 0, output
     assert "fqcn" in output and "name[missing]" in output, output

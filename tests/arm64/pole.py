@@ -37,9 +37,17 @@ from tests.support.rootfs import (
 
 PROJECT = Path(__file__).resolve().parents[2]
 ARCH = "arm64"
-PACKAGES = ("python3", "python3-venv", "softhsm2",
-            # systemd-python has no binary wheel: the wheelhouse builds it here.
-            "python3-dev", "gcc", "libc6-dev", "libsystemd-dev", "pkg-config")
+PACKAGES = (
+    "python3",
+    "python3-venv",
+    "softhsm2",
+    # systemd-python has no binary wheel: the wheelhouse builds it here.
+    "python3-dev",
+    "gcc",
+    "libc6-dev",
+    "libsystemd-dev",
+    "pkg-config",
+)
 ROOT_SPEC = RootSpec("pole", PACKAGES, arch=ARCH, revision=2)
 EXTRA = "edge"
 VERSION = tomllib.loads((PROJECT / "pyproject.toml").read_text())["project"]["version"]
@@ -52,9 +60,10 @@ PIP_CONF = Path("/etc/pip.conf")
 
 def missing() -> str | None:
     """Why an arm64 pole cannot run here, or None."""
-    return (missing_tools(("debootstrap", "unshare", "chroot"),
-                          why_root="an arm64 root needs root (debootstrap, chroot, mounts)")
-            or foreign_support(ARCH))
+    return missing_tools(
+        ("debootstrap", "unshare", "chroot"),
+        why_root="an arm64 root needs root (debootstrap, chroot, mounts)",
+    ) or foreign_support(ARCH)
 
 
 def _finish(root: Path) -> None:
@@ -118,20 +127,23 @@ class Arm64Pole:
         return self.root / inside.lstrip("/")
 
     def argv(self, argv: Sequence[str], env: dict[str, str] | None = None) -> list[str]:
-        return chroot_argv(self.root, argv, env={"HOME": "/root", "LC_ALL": "C.UTF-8",
-                                                 **(env or {})})
+        return chroot_argv(
+            self.root, argv, env={"HOME": "/root", "LC_ALL": "C.UTF-8", **(env or {})}
+        )
 
     def run(self, *argv: str, timeout: float = 600, env: dict[str, str] | None = None) -> str:
         """Run a command inside the root (chrooted, this machine's network); its stdout."""
         return run(self.argv(argv, env), timeout=timeout)
 
-    def popen(self, argv: Sequence[str], log: Path,
-              env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    def popen(
+        self, argv: Sequence[str], log: Path, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         """Start a command inside the root. The last process of the chain is the command
         itself (``exec`` all the way), so a signal to the Popen's pid reaches it."""
         with log.open("ab") as out:
-            return subprocess.Popen(self.argv(argv, env), stdout=out,
-                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            return subprocess.Popen(
+                self.argv(argv, env), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
 
     def trust_this_machines_pip(self) -> None:
         if CA_BUNDLE.is_file():
@@ -146,12 +158,43 @@ def project_wheel(dest: Path, work: Path) -> Path:
     """The citywatch wheel from the sources as they are (pure Python: built here)."""
     src = work / "src"
     shutil.rmtree(src, ignore_errors=True)
-    shutil.copytree(PROJECT, src, ignore=shutil.ignore_patterns(
-        ".git", ".venv", "tests", "artifacts", "bench", "docs", "ansible", "var", "build",
-        "dist", "*.egg-info", "__pycache__", ".*_cache", ".hypothesis", "node_modules"))
+    shutil.copytree(
+        PROJECT,
+        src,
+        ignore=shutil.ignore_patterns(
+            ".git",
+            ".venv",
+            "tests",
+            "artifacts",
+            "bench",
+            "docs",
+            "ansible",
+            "var",
+            "build",
+            "dist",
+            "*.egg-info",
+            "__pycache__",
+            ".*_cache",
+            ".hypothesis",
+            "node_modules",
+        ),
+    )
     dest.mkdir(parents=True, exist_ok=True)
-    run([sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check",
-         "--no-deps", "--wheel-dir", str(dest), str(src)], timeout=600)
+    run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--no-deps",
+            "--wheel-dir",
+            str(dest),
+            str(src),
+        ],
+        timeout=600,
+    )
     shutil.rmtree(src, ignore_errors=True)
     wheels = sorted(dest.glob(f"citywatch-{VERSION}-*.whl"))
     assert wheels, f"pip wheel made no citywatch wheel in {dest}"
@@ -179,10 +222,21 @@ def dependency_wheels(pole: Arm64Pole, image: Path, phases: Phases) -> Path:
         pole.run("python3", "-m", "venv", f"{build}/venv", timeout=600)
         # --use-pep517: sdists without pyproject.toml (systemd-python) are built in an
         # isolated environment; bookworm's venv has no `wheel` for the legacy path.
-        pole.run(f"{build}/venv/bin/pip", "wheel", "--quiet", "--disable-pip-version-check",
-                 "--use-pep517",
-                 "-c", f"{build}/constraints.txt", "-r", f"{build}/requirements.txt",
-                 "--wheel-dir", f"{build}/wheels", timeout=2400, env=env)
+        pole.run(
+            f"{build}/venv/bin/pip",
+            "wheel",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--use-pep517",
+            "-c",
+            f"{build}/constraints.txt",
+            "-r",
+            f"{build}/requirements.txt",
+            "--wheel-dir",
+            f"{build}/wheels",
+            timeout=2400,
+            env=env,
+        )
         building = cached.with_name(cached.name + f".building-{os.getpid()}")
         shutil.rmtree(building, ignore_errors=True)
         shutil.move(pole.path(f"{build}/wheels"), building)
@@ -218,8 +272,25 @@ def install_release(pole: Arm64Pole, deps: Path, own_wheel: Path, models_wheel: 
     shutil.copy(own_wheel, house / own_wheel.name)
     shutil.copy(models_wheel, pole.path("/var/tmp") / models_wheel.name)
     pole.run("python3", "-m", "venv", RELEASE, timeout=600)
-    pole.run(f"{RELEASE}/bin/pip", "install", "--quiet", "--no-index",
-             "--disable-pip-version-check", "--find-links", "/var/tmp/wheelhouse",
-             f"citywatch[{EXTRA}]", timeout=1800)
-    pole.run(CITYWATCH, "edge", "models", "install", "--models-dir", MODELS_DIR, "--wheel",
-             f"/var/tmp/{models_wheel.name}", timeout=600)
+    pole.run(
+        f"{RELEASE}/bin/pip",
+        "install",
+        "--quiet",
+        "--no-index",
+        "--disable-pip-version-check",
+        "--find-links",
+        "/var/tmp/wheelhouse",
+        f"citywatch[{EXTRA}]",
+        timeout=1800,
+    )
+    pole.run(
+        CITYWATCH,
+        "edge",
+        "models",
+        "install",
+        "--models-dir",
+        MODELS_DIR,
+        "--wheel",
+        f"/var/tmp/{models_wheel.name}",
+        timeout=600,
+    )

@@ -98,14 +98,20 @@ def pole(phases: Phases) -> Iterator[Arm64Pole]:
 def test_the_release_is_the_aarch64_build(pole: Arm64Pole) -> None:
     """What runs is an aarch64 interpreter with the pinned LiteRT, importing the
     project's wheel (not this machine's sources)."""
-    out = pole.run(f"{RELEASE}/bin/python", "-c",
-                   "import platform, importlib.metadata as m, edge; "
-                   "print(platform.machine(), m.version('ai-edge-litert'), edge.__file__)")
+    out = pole.run(
+        f"{RELEASE}/bin/python",
+        "-c",
+        "import platform, importlib.metadata as m, edge; "
+        "print(platform.machine(), m.version('ai-edge-litert'), edge.__file__)",
+    )
     machine, litert, where = out.split()
     assert machine == "aarch64", out
     constraints = (PROJECT / "constraints.txt").read_text().splitlines()
-    aarch64_pin = [line for line in constraints if line.startswith("ai-edge-litert==")
-                   and 'platform_machine == "aarch64"' in line]
+    aarch64_pin = [
+        line
+        for line in constraints
+        if line.startswith("ai-edge-litert==") and 'platform_machine == "aarch64"' in line
+    ]
     assert aarch64_pin, "constraints.txt pins no LiteRT for aarch64"
     assert aarch64_pin[0].split(";")[0] == f"ai-edge-litert=={litert}", out
     assert where.startswith("/opt/citywatch/releases/"), out
@@ -117,25 +123,57 @@ def _eval(argv: list[str], timeout: float) -> dict[str, Any]:
 
 
 def test_eval_on_the_smoke_set_matches_this_machine(
-        pole: Arm64Pole, shared_data: Path, tmp_path: Path, phases: Phases) -> None:
+    pole: Arm64Pole, shared_data: Path, tmp_path: Path, phases: Phases
+) -> None:
     smoke = shared_data / "smoke"
     if not (smoke / "labels.csv").is_file():
         pytest.skip(f"{smoke}/labels.csv is absent")
     if not (HOST_MODELS / "movenet_multipose_lightning.tflite").is_file():
-        pytest.skip(f"no model in {HOST_MODELS} to compare with: run `citywatch edge models "
-                    "install`")
+        pytest.skip(
+            f"no model in {HOST_MODELS} to compare with: run `citywatch edge models install`"
+        )
     inside = "/var/tmp/smoke"
     shutil.copytree(smoke, pole.path(inside), dirs_exist_ok=True)
     config = tmp_path / "prescreen.toml"
     config.write_text(tomli_w.dumps(PRESCREEN))
     shutil.copy(config, pole.path("/var/tmp/prescreen.toml"))
     with phases("edge eval on the smoke set (under qemu)"):
-        arm = _eval(pole.argv([CITYWATCH, "edge", "eval", "--json", "--config",
-                               "/var/tmp/prescreen.toml", "--labels", f"{inside}/labels.csv",
-                               "--models-dir", MODELS_DIR, inside]), timeout=1800)
-    here = _eval([sys.executable, "-m", "citywatch", "edge", "eval", "--json", "--config",
-                  str(config), "--labels", str(smoke / "labels.csv"), "--models-dir",
-                  str(HOST_MODELS), str(smoke)], timeout=600)
+        arm = _eval(
+            pole.argv(
+                [
+                    CITYWATCH,
+                    "edge",
+                    "eval",
+                    "--json",
+                    "--config",
+                    "/var/tmp/prescreen.toml",
+                    "--labels",
+                    f"{inside}/labels.csv",
+                    "--models-dir",
+                    MODELS_DIR,
+                    inside,
+                ]
+            ),
+            timeout=1800,
+        )
+    here = _eval(
+        [
+            sys.executable,
+            "-m",
+            "citywatch",
+            "edge",
+            "eval",
+            "--json",
+            "--config",
+            str(config),
+            "--labels",
+            str(smoke / "labels.csv"),
+            "--models-dir",
+            str(HOST_MODELS),
+            str(smoke),
+        ],
+        timeout=600,
+    )
     print(f"arm64 pole: smoke set on aarch64 {json.dumps(arm['labels'])}", file=sys.stderr)
     assert arm["model"] == here["model"] and arm["input_size"] == here["input_size"], arm
     assert arm["labels"] == here["labels"], (arm, here)
@@ -154,12 +192,15 @@ def _wait(what: str, predicate: Any, timeout: float, detail: Any) -> None:
 
 
 def test_the_daemon_reports_a_fall_to_the_server(
-        pole: Arm64Pole, tmp_path: Path, phases: Phases) -> None:
+    pole: Arm64Pole, tmp_path: Path, phases: Phases
+) -> None:
     from citywatch._poles import find_footage
 
     if not (HOST_MODELS / "pose_detection.tflite").is_file():
-        pytest.skip(f"the server's photo-check models are not in {HOST_MODELS}: run "
-                    "`citywatch server models install`")
+        pytest.skip(
+            f"the server's photo-check models are not in {HOST_MODELS}: run "
+            "`citywatch server models install`"
+        )
     try:
         broker = start_mosquitto(tmp_path / "broker")
     except ServiceUnavailable as exc:
@@ -184,27 +225,66 @@ def test_the_daemon_reports_a_fall_to_the_server(
         etc = pole.path("/etc/citywatch")
         etc.mkdir(parents=True, exist_ok=True)
         (etc / "softhsm2.conf").write_text(
-            "directories.tokendir = /var/lib/citywatch/tokens\nobjectstore.backend = file\n")
+            "directories.tokendir = /var/lib/citywatch/tokens\nobjectstore.backend = file\n"
+        )
         pole.path("/var/lib/citywatch/tokens").mkdir(parents=True, exist_ok=True)
         (etc / "token.pin").write_text(PIN + "\n")
         (etc / "token.pin").chmod(0o600)
-        (etc / "edge.toml").write_text(tomli_w.dumps({
-            "camera": {"driver": "scene", "fps": 4.0, "timeline": [
-                {"at": 0.0, "play": "/var/lib/citywatch/scene/sitting.jpg"},
-                {"at": FALL_AT, "play": "/var/lib/citywatch/scene/lying.jpg"}]},
-            "gnss": {"driver": "none"}, "prescreen": PRESCREEN}))
+        (etc / "edge.toml").write_text(
+            tomli_w.dumps(
+                {
+                    "camera": {
+                        "driver": "scene",
+                        "fps": 4.0,
+                        "timeline": [
+                            {"at": 0.0, "play": "/var/lib/citywatch/scene/sitting.jpg"},
+                            {"at": FALL_AT, "play": "/var/lib/citywatch/scene/lying.jpg"},
+                        ],
+                    },
+                    "gnss": {"driver": "none"},
+                    "prescreen": PRESCREEN,
+                }
+            )
+        )
         hsm = {"SOFTHSM2_CONF": "/etc/citywatch/softhsm2.conf"}
         with phases("token and provisioning (under qemu)"):
-            pole.run("softhsm2-util", "--init-token", "--free", "--label", "citywatch",
-                     "--pin", PIN, "--so-pin", "13579111", env=hsm, timeout=300)
-            pole.run(CITYWATCH, "edge", "provision", "--bundle", "/etc/citywatch-bundle.json",
-                     "--config-out", "/etc/citywatch/edge.toml", "--module",
-                     "/usr/lib/softhsm/libsofthsm2.so", "--token-label", "citywatch",
-                     "--pin-file", "/etc/citywatch/token.pin", "--state-dir",
-                     "/var/lib/citywatch/edge", "--delete-bundle", env=hsm, timeout=300)
+            pole.run(
+                "softhsm2-util",
+                "--init-token",
+                "--free",
+                "--label",
+                "citywatch",
+                "--pin",
+                PIN,
+                "--so-pin",
+                "13579111",
+                env=hsm,
+                timeout=300,
+            )
+            pole.run(
+                CITYWATCH,
+                "edge",
+                "provision",
+                "--bundle",
+                "/etc/citywatch-bundle.json",
+                "--config-out",
+                "/etc/citywatch/edge.toml",
+                "--module",
+                "/usr/lib/softhsm/libsofthsm2.so",
+                "--token-label",
+                "citywatch",
+                "--pin-file",
+                "/etc/citywatch/token.pin",
+                "--state-dir",
+                "/var/lib/citywatch/edge",
+                "--delete-bundle",
+                env=hsm,
+                timeout=300,
+            )
         until = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
-        code, out = setup.cli("window", "open", "--zone", zone, "--until",
-                              until.isoformat(timespec="seconds"))
+        code, out = setup.cli(
+            "window", "open", "--zone", zone, "--until", until.isoformat(timespec="seconds")
+        )
         assert code == 0, out
 
         status_file = pole.path("/var/lib/citywatch/edge/status.json")
@@ -221,20 +301,32 @@ def test_the_daemon_reports_a_fall_to_the_server(
             return [i for i in r.json() if i["device_uid"] == uid]
 
         def detail() -> str:
-            return (f"status: {json.dumps(status())}\nedge log:\n"
-                    f"{log.read_text(errors='replace')[-3000:]}\nserver log:\n"
-                    f"{server.log.read_text(errors='replace')[-1500:]}")
+            return (
+                f"status: {json.dumps(status())}\nedge log:\n"
+                f"{log.read_text(errors='replace')[-3000:]}\nserver log:\n"
+                f"{server.log.read_text(errors='replace')[-1500:]}"
+            )
 
         with phases(f"edge run on the scene player ({RUN_SECONDS:.0f} s, under qemu)"):
             started = time.monotonic()
-            daemon = pole.popen([CITYWATCH, "edge", "run", "--config",
-                                 "/etc/citywatch/edge.toml"], log, env=hsm)
-            _wait("the pole online (its B2 confirmed at the server)", lambda: (
-                server.api("GET", f"/v1/devices/{uid}").json().get("confirmed_epoch")
-                is not None), timeout=RUN_SECONDS, detail=detail)
-            _wait("an incident from the pole at the server", lambda: bool(incidents()),
-                  timeout=max(RUN_SECONDS - (time.monotonic() - started), 0) + 60,
-                  detail=detail)
+            daemon = pole.popen(
+                [CITYWATCH, "edge", "run", "--config", "/etc/citywatch/edge.toml"], log, env=hsm
+            )
+            _wait(
+                "the pole online (its B2 confirmed at the server)",
+                lambda: (
+                    server.api("GET", f"/v1/devices/{uid}").json().get("confirmed_epoch")
+                    is not None
+                ),
+                timeout=RUN_SECONDS,
+                detail=detail,
+            )
+            _wait(
+                "an incident from the pole at the server",
+                lambda: bool(incidents()),
+                timeout=max(RUN_SECONDS - (time.monotonic() - started), 0) + 60,
+                detail=detail,
+            )
             # The person stays down for the rest of the minute: still one incident.
             time.sleep(max(RUN_SECONDS - (time.monotonic() - started), 0))
             assert daemon.poll() is None, detail()

@@ -16,8 +16,18 @@ pytestmark = pytest.mark.slow
 def test_bench_broadcast_smoke() -> None:
     if shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists():
         pytest.skip("mosquitto is not installed (scripts/setup.sh installs it)")
-    run = run_bench("bench_broadcast.py", "--devices", "20", "--procs", "2", "--per-conn", "5",
-                    "--limit", "240", timeout=400)
+    run = run_bench(
+        "bench_broadcast.py",
+        "--devices",
+        "20",
+        "--procs",
+        "2",
+        "--per-conn",
+        "5",
+        "--limit",
+        "240",
+        timeout=400,
+    )
     assert run.returncode == 0, run.why()
     assert "B1 accepted by 20/20 poles" in run.out, run.out
     last = run.last_json()

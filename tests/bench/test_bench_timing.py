@@ -18,8 +18,18 @@ def test_bench_timing_smoke() -> None:
     if check.returncode == 3:
         pytest.skip(check.out.strip())
     assert check.returncode == 0, check.why()
-    run = run_bench("bench_timing.py", "--runs", "3", "--devices", "2", "--dists", "uniform,cauchy",
-                    "--limit", "240", timeout=420)
+    run = run_bench(
+        "bench_timing.py",
+        "--runs",
+        "3",
+        "--devices",
+        "2",
+        "--dists",
+        "uniform,cauchy",
+        "--limit",
+        "240",
+        timeout=420,
+    )
     assert run.returncode == 0, run.why()
     assert "contact C1..C4" in run.out and "broadcast B1/B2" in run.out, run.out
     assert "Protocol timeouts against the longest measured time" in run.out, run.out

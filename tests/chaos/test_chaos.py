@@ -35,20 +35,30 @@ def test_the_comparison_finds_lost_duplicated_and_unexpected_incidents() -> None
     compare = chaos_module().compare
     stored = {"a", "b", "c"}
     assert compare(stored, {"a", "b", "c"}, Counter(a=1, b=1, c=1)) == ([], [], [])
-    lost, duplicated, unexpected = compare(stored, {"a", "c", "x"},
-                                           Counter(a=1, c=2, x=1))
+    lost, duplicated, unexpected = compare(stored, {"a", "c", "x"}, Counter(a=1, c=2, x=1))
     assert (lost, duplicated, unexpected) == (["b"], ["c"], ["x"])
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_nothing_lost_nothing_duplicated_under_100_random_kills() -> None:
     for tool in ("mosquitto", "softhsm2-util"):
         if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
             pytest.skip(f"{tool} is not installed (scripts/setup.sh installs it)")
     if not Path("/usr/lib/postgresql").is_dir():
         pytest.skip("PostgreSQL is not installed (scripts/setup.sh installs it)")
-    cmd = [sys.executable, str(ROOT / "bench" / "chaos.py"), "--poles", "10", "--seconds",
-           "150", "--kills", "100", "--settle", "120"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "bench" / "chaos.py"),
+        "--poles",
+        "10",
+        "--seconds",
+        "150",
+        "--kills",
+        "100",
+        "--settle",
+        "120",
+    ]
     if seed := os.environ.get("CITYWATCH_CHAOS_SEED"):
         cmd += ["--seed", seed]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
@@ -56,8 +66,10 @@ def test_nothing_lost_nothing_duplicated_under_100_random_kills() -> None:
     try:
         result = json.loads(lines[-1])
     except (IndexError, ValueError):
-        pytest.fail(f"no result line (exit {r.returncode}); stdout: {r.stdout[-1000:]}; "
-                    f"stderr: {r.stderr[-4000:]}")
+        pytest.fail(
+            f"no result line (exit {r.returncode}); stdout: {r.stdout[-1000:]}; "
+            f"stderr: {r.stderr[-4000:]}"
+        )
     detail = f"{lines[0]}; {lines[-1]}; stderr: {r.stderr[-3000:]}"
     print(f"{lines[0]}\n{lines[-1]}")  # seed and counts, for the record (pytest -s)
     assert result["kills"] >= 100, detail
@@ -82,19 +94,25 @@ def test_a_server_replica_rides_out_a_database_outage(tmp_path: Path) -> None:
         pytest.skip(str(exc))
     server = None
     try:
-        setup = make_server(tmp_path, broker, enc_url=f"http://127.0.0.1:{free_port()}",
-                            db_url=db.pg.create_database("server"))
+        setup = make_server(
+            tmp_path,
+            broker,
+            enc_url=f"http://127.0.0.1:{free_port()}",
+            db_url=db.pg.create_database("server"),
+        )
         server = ServerProcess(setup).start(timeout=120)
         db.kill()
         deadline = time.monotonic() + 5  # the outage: several poll_s of every loop
-        while time.monotonic() < deadline and server.proc is not None and \
-                server.proc.poll() is None:
+        while (
+            time.monotonic() < deadline and server.proc is not None and server.proc.poll() is None
+        ):
             time.sleep(0.1)
         db.start()
         text = server.log.read_text(errors="replace")
         where = [line.strip() for line in text.splitlines() if "/server/_" in line]
-        assert server.proc is not None and server.proc.poll() is None, \
+        assert server.proc is not None and server.proc.poll() is None, (
             f"the server exited: {where[-6:]}; {text.strip().splitlines()[-1:]}"
+        )
     finally:
         if server is not None:
             server.stop()

@@ -22,17 +22,25 @@ playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright i
 
 CHROMIUM = "/usr/bin/chromium"
 # Nothing leaves the machine: no updates, no sync, no QUIC probing.
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts" / "dashboard"
 WAIT_MS = 15_000  # an upper bound for the page to react, not a measurement
 
 
 @pytest.fixture(scope="module")
 def enc_proc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EncProcess]:
-    e = EncProcess(tmp_path_factory.mktemp("e2e"),
-                   extra_toml='[cap]\nsender = "enc.e2e@city.invalid"\n')
+    e = EncProcess(
+        tmp_path_factory.mktemp("e2e"), extra_toml='[cap]\nsender = "enc.e2e@city.invalid"\n'
+    )
     add_operators(e, ("olga", "operator"), ("oscar", "operator"), ("sue", "supervisor"))
     e.start()
     yield e
@@ -57,8 +65,12 @@ def page(browser: object) -> Iterator[object]:
     errors: list[str] = []
     p.on("pageerror", lambda e: errors.append(str(e)))
     external: list[str] = []
-    p.on("request", lambda r: external.append(r.url)
-         if not r.url.startswith(("http://127.0.0.1", "data:")) else None)
+    p.on(
+        "request",
+        lambda r: (
+            external.append(r.url) if not r.url.startswith(("http://127.0.0.1", "data:")) else None
+        ),
+    )
     yield p
     ctx.close()
     assert errors == [], errors  # no script errors on any page
@@ -84,8 +96,12 @@ def test_alert_arrives_live_is_opened_and_dispatched(enc_proc: EncProcess, page)
     unhandled = int(page.text_content("#count-unhandled"))
 
     inc = new_id()
-    assert enc_proc.post(make_n1(enc_proc.notifier(), inc, device="pole-e2e-1",
-                                 score=0.93)).status_code == 200
+    assert (
+        enc_proc.post(
+            make_n1(enc_proc.notifier(), inc, device="pole-e2e-1", score=0.93)
+        ).status_code
+        == 200
+    )
     row = page.wait_for_selector(f"tr[data-incident='{inc}']", timeout=WAIT_MS)
     # It came without a reload, with the visual and the sound cue.
     assert page.evaluate("window.cw.loadedAt") == loaded_at
@@ -95,9 +111,11 @@ def test_alert_arrives_live_is_opened_and_dispatched(enc_proc: EncProcess, page)
     assert page.eval_on_selector("tbody tr", "r => r.dataset.incident") == inc  # newest first
     age = row.query_selector("td.age")
     first = age.text_content()
-    page.wait_for_function("([sel, first]) => document.querySelector(sel).textContent !== first",
-                           arg=[f"tr[data-incident='{inc}'] td.age", first],
-                           timeout=WAIT_MS)  # the age ticks
+    page.wait_for_function(
+        "([sel, first]) => document.querySelector(sel).textContent !== first",
+        arg=[f"tr[data-incident='{inc}'] td.age", first],
+        timeout=WAIT_MS,
+    )  # the age ticks
     shot(page, "list-1366x768.png")
 
     row.click()
@@ -110,8 +128,9 @@ def test_alert_arrives_live_is_opened_and_dispatched(enc_proc: EncProcess, page)
     shot(page, "alert-1366x768.png")
     page.keyboard.press("p")  # full size
     page.wait_for_selector("#photo-full[open]", timeout=WAIT_MS)
-    page.wait_for_function("() => document.getElementById('photo-full-img').naturalWidth > 0",
-                           timeout=WAIT_MS)
+    page.wait_for_function(
+        "() => document.getElementById('photo-full-img').naturalWidth > 0", timeout=WAIT_MS
+    )
     page.keyboard.press("Escape")
     page.wait_for_selector("#photo-full", state="hidden", timeout=WAIT_MS)
 
@@ -121,26 +140,36 @@ def test_alert_arrives_live_is_opened_and_dispatched(enc_proc: EncProcess, page)
     page.fill("#comment", "patient on the ground, conscious")
     page.click("#btn-dispatch")
     page.wait_for_selector("#status:text('dispatched')", timeout=WAIT_MS)
-    trail = [(r.query_selector(".actor").text_content(), r.get_attribute("data-action"),
-              r.query_selector(".detail").text_content())
-             for r in page.query_selector_all("#trail tbody tr")]
+    trail = [
+        (
+            r.query_selector(".actor").text_content(),
+            r.get_attribute("data-action"),
+            r.query_selector(".detail").text_content(),
+        )
+        for r in page.query_selector_all("#trail tbody tr")
+    ]
     actions = [(who, what) for who, what, _ in trail]
     assert actions[0] == ("server:5e5e5e5e00000001", "received")
     assert ("olga", "photo_viewed") in actions
     decisions = [t for t in trail if t[1] != "photo_viewed"]
     assert [(who, what) for who, what, _ in decisions[-2:]] == [
-        ("olga", "acknowledged"), ("olga", "dispatched")]
+        ("olga", "acknowledged"),
+        ("olga", "dispatched"),
+    ]
     assert "Ambulance 12" in decisions[-1][2] and "conscious" in decisions[-1][2]
     shot(page, "alert-dispatched.png", full_page=True)
 
 
-def test_alert_is_dismissed_as_false_alarm_with_the_keyboard(enc_proc: EncProcess,
-                                                             page) -> None:  # type: ignore[no-untyped-def]
+def test_alert_is_dismissed_as_false_alarm_with_the_keyboard(enc_proc: EncProcess, page) -> None:  # type: ignore[no-untyped-def]
     login(page, enc_proc.url, "oscar")
     page.wait_for_selector("body[data-ready='1']", timeout=WAIT_MS)
     inc = new_id()
-    assert enc_proc.post(make_n1(enc_proc.notifier(), inc, label="fight",
-                                 device="pole-e2e-2")).status_code == 200
+    assert (
+        enc_proc.post(
+            make_n1(enc_proc.notifier(), inc, label="fight", device="pole-e2e-2")
+        ).status_code
+        == 200
+    )
     page.wait_for_selector(f"tr[data-incident='{inc}']", timeout=WAIT_MS)
     page.keyboard.press("j")
     assert page.eval_on_selector("tr.selected", "r => r.dataset.incident") == inc
@@ -167,7 +196,8 @@ def test_alert_is_dismissed_as_false_alarm_with_the_keyboard(enc_proc: EncProces
 
 
 def test_wrong_password_missing_csrf_and_expired_session_are_refused(
-        enc_proc: EncProcess, page) -> None:  # type: ignore[no-untyped-def]
+    enc_proc: EncProcess, page
+) -> None:  # type: ignore[no-untyped-def]
     login(page, enc_proc.url, "sue", "not her password")
     page.wait_for_selector("p.error", timeout=WAIT_MS)
     assert "Wrong name or password" in page.text_content("p.error")
@@ -184,16 +214,22 @@ def test_wrong_password_missing_csrf_and_expired_session_are_refused(
     page.wait_for_selector("h1:text('Refused')", timeout=WAIT_MS)
     status = page.request.get(f"{enc_proc.url}/api/alerts/{inc}").json()["alert"]["status"]
     assert status == "new"
-    api = page.evaluate("""async (inc) => (await fetch(`/api/alerts/${inc}/actions`, {
+    api = page.evaluate(
+        """async (inc) => (await fetch(`/api/alerts/${inc}/actions`, {
         method: "POST", headers: {"Content-Type": "application/json"},
-        body: JSON.stringify({action: "acknowledge"})})).status""", inc)
+        body: JSON.stringify({action: "acknowledge"})})).status""",
+        inc,
+    )
     assert api == 403
 
     # The session ends (as time would end it): the next page is the login page.
     engine = create_engine(f"sqlite:///{enc_proc.workdir / 'data' / 'enc.sqlite3'}")
     with engine.begin() as c:
-        c.execute(update(SessionRow).where(SessionRow.username == "sue")
-                  .values(expires_at=time.time_ns() // 1_000_000 - 1))
+        c.execute(
+            update(SessionRow)
+            .where(SessionRow.username == "sue")
+            .values(expires_at=time.time_ns() // 1_000_000 - 1)
+        )
     engine.dispose()
     page.goto(f"{enc_proc.url}/alerts/{inc}")
     assert "/login" in page.url
@@ -210,8 +246,7 @@ def test_wall_display_and_help(enc_proc: EncProcess, browser) -> None:  # type: 
         p.wait_for_selector("body[data-ready='1']", timeout=WAIT_MS)
         p.goto(f"{enc_proc.url}/?wall=1")
         p.wait_for_selector("body.wall[data-ready='1']", timeout=WAIT_MS)
-        size = p.evaluate("parseFloat(getComputedStyle(document.querySelector('td.age'))"
-                          ".fontSize)")
+        size = p.evaluate("parseFloat(getComputedStyle(document.querySelector('td.age')).fontSize)")
         assert size >= 30  # readable across the room
         shot(p, "list-wall-2560x1440.png")
         p.keyboard.press("?")

@@ -21,10 +21,10 @@ from tests.integration.test_enc_endpoint import EncProcess
 from tests.support.services import Broker, free_port
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-harness = pytest.importorskip("tests.integration.server_harness",
-                              reason="the trusted server's test harness is not there")
-simdevice = pytest.importorskip("citywatch._simdevice",
-                                reason="the simulated device is not there")
+harness = pytest.importorskip(
+    "tests.integration.server_harness", reason="the trusted server's test harness is not there"
+)
+simdevice = pytest.importorskip("citywatch._simdevice", reason="the simulated device is not there")
 
 HERE = p.Coords(lat=52.2297, lon=21.0122, alt=None, acc=3.0, src="gps")
 
@@ -33,8 +33,9 @@ HERE = p.Coords(lat=52.2297, lon=21.0122, alt=None, acc=3.0, src="gps")
 def stack(tmp_path: Path, broker: Broker) -> Iterator[tuple[object, EncProcess, object]]:
     enc_port = free_port()
     setup = harness.make_server(tmp_path, broker, enc_url=f"http://127.0.0.1:{enc_port}")
-    enc = EncProcess(tmp_path / "enc", port=enc_port, key=setup.enc_key,
-                     server_kid=setup.server_kid)
+    enc = EncProcess(
+        tmp_path / "enc", port=enc_port, key=setup.enc_key, server_kid=setup.server_kid
+    )
     add_operators(enc, ("olga", "operator"))
     bundle = setup.add_device("pole-7", "old-town")
     enc.start()
@@ -67,9 +68,15 @@ def test_alert_forwarded_by_the_real_server_arrives_live(stack) -> None:  # type
 
         async def device() -> None:
             async with simdevice.SimulatedDevice(bundle) as d:
-                code, out = await asyncio.to_thread(setup.cli, "window", "open", "--zone",
-                                                    "old-town", "--until",
-                                                    "2099-01-01T00:00Z")
+                code, out = await asyncio.to_thread(
+                    setup.cli,
+                    "window",
+                    "open",
+                    "--zone",
+                    "old-town",
+                    "--until",
+                    "2099-01-01T00:00Z",
+                )
                 assert code == 0, out
                 await d.wait_for_window(timeout=15)
                 r = await d.report(fall_photo(), HERE, 0.94, "person_down", timeout=30)
@@ -97,8 +104,9 @@ def test_alert_forwarded_by_the_real_server_arrives_live(stack) -> None:  # type
         page.fill("#unit", "Ambulance 3")
         page.click("#btn-dispatch")
         page.wait_for_selector("#status:text('dispatched')", timeout=WAIT_MS)
-        actions = [r.get_attribute("data-action")
-                   for r in page.query_selector_all("#trail tbody tr")]
+        actions = [
+            r.get_attribute("data-action") for r in page.query_selector_all("#trail tbody tr")
+        ]
         assert actions[0] == "received" and actions[-1] == "dispatched"
         shot(page, "full-flow-alert.png", full_page=True)
         browser.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -31,8 +32,9 @@ time_zone = "Europe/Warsaw"
 
 def _enc(tmp_path_factory: pytest.TempPathFactory, name: str, toml: str) -> Iterator[EncProcess]:
     e = EncProcess(tmp_path_factory.mktemp(name), extra_toml=toml)
-    add_operators(e, ("olga", "operator"), ("oscar", "operator"), ("sue", "supervisor"),
-                  ("sam", "supervisor"))
+    add_operators(
+        e, ("olga", "operator"), ("oscar", "operator"), ("sue", "supervisor"), ("sam", "supervisor")
+    )
     e.start()
     yield e
     e.stop()
@@ -62,7 +64,8 @@ def playwright() -> Iterator[object]:
 @pytest.fixture(scope="module")
 def browser(playwright: object) -> Iterator[object]:
     b = playwright.chromium.launch(  # type: ignore[attr-defined]
-        executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        executable_path=CHROMIUM, args=CHROMIUM_ARGS
+    )
     yield b
     b.close()
 
@@ -85,10 +88,12 @@ DESK_AUDIO_POLICY = """(() => {
 class Desk:
     """One operator's browser: a context of its own, errors and outside requests kept."""
 
-    def __init__(self, browser: object, enc: EncProcess, name: str,
-                 size: tuple[int, int] = (1366, 768)) -> None:
+    def __init__(
+        self, browser: object, enc: EncProcess, name: str, size: tuple[int, int] = (1366, 768)
+    ) -> None:
         self.ctx = browser.new_context(  # type: ignore[attr-defined]
-            viewport={"width": size[0], "height": size[1]})
+            viewport={"width": size[0], "height": size[1]}
+        )
         self.errors: list[str] = []
         self.external: list[str] = []
         self.page = self._new_page()
@@ -99,8 +104,14 @@ class Desk:
     def _new_page(self) -> object:
         page = self.ctx.new_page()
         page.on("pageerror", lambda e: self.errors.append(str(e)))
-        page.on("request", lambda r: self.external.append(r.url)
-                if not r.url.startswith(("http://127.0.0.1", "data:")) else None)
+        page.on(
+            "request",
+            lambda r: (
+                self.external.append(r.url)
+                if not r.url.startswith(("http://127.0.0.1", "data:"))
+                else None
+            ),
+        )
         return page
 
     def fresh_tab(self, path: str) -> object:
@@ -144,20 +155,23 @@ def api(enc: EncProcess, name: str) -> httpx.Client:
     c.post("/login", data={"username": name, "password": PW, "csrf": token, "next": "/"})
     page = c.get("/").text
     c.headers["X-CSRF-Token"] = re.search(  # type: ignore[union-attr]
-        r'name="csrf-token" content="([^"]+)"', page).group(1)
+        r'name="csrf-token" content="([^"]+)"', page
+    ).group(1)
     return c
 
 
 def rows(page: object) -> list[str]:
     return page.eval_on_selector_all(  # type: ignore[attr-defined]
-        "#alerts tbody tr", "rs => rs.map(r => r.dataset.incident)")
+        "#alerts tbody tr", "rs => rs.map(r => r.dataset.incident)"
+    )
 
 
 # -- 1. priorities and escalation ---------------------------------------------------
 
 
-def test_list_is_sorted_by_priority_then_age_live(calm: EncProcess, browser: object,
-                                                  desks: list[Desk]) -> None:
+def test_list_is_sorted_by_priority_then_age_live(
+    calm: EncProcess, browser: object, desks: list[Desk]
+) -> None:
     olga = Desk(browser, calm, "olga")
     desks.append(olga)
     p = olga.page
@@ -181,15 +195,18 @@ def test_list_is_sorted_by_priority_then_age_live(calm: EncProcess, browser: obj
     assert listed[:4] == [fight, down2, down, unsure]
     # A dispatched fight goes below every unhandled alert.
     c.post(f"/api/alerts/{fight}/actions", json={"action": "dispatch", "unit": "Police 3"})
-    p.wait_for_function(f"() => document.querySelector(\"tr[data-incident='{fight}']\")"
-                        ".dataset.status === 'dispatched'", timeout=WAIT_MS)
+    p.wait_for_function(
+        f"() => document.querySelector(\"tr[data-incident='{fight}']\")"
+        ".dataset.status === 'dispatched'",
+        timeout=WAIT_MS,
+    )
     order = rows(p)
     assert order.index(unsure) < order.index(fight)
 
 
-def test_untaken_and_forgotten_alerts_escalate_to_the_supervisor(fast: EncProcess,
-                                                                 browser: object,
-                                                                 desks: list[Desk]) -> None:
+def test_untaken_and_forgotten_alerts_escalate_to_the_supervisor(
+    fast: EncProcess, browser: object, desks: list[Desk]
+) -> None:
     sue = Desk(browser, fast, "sue")
     olga = Desk(browser, fast, "olga")
     desks += [sue, olga]
@@ -230,8 +247,12 @@ def test_untaken_and_forgotten_alerts_escalate_to_the_supervisor(fast: EncProces
     assert "nobody took it for 3 s" in olga.page.text_content("#trail")
     # Finishing it ends the escalation on the supervisor's screen.
     c = api(fast, "olga")
-    assert c.post(f"/api/alerts/{taken}/actions",
-                  json={"action": "dispatch", "unit": "Ambulance 4"}).status_code == 200
+    assert (
+        c.post(
+            f"/api/alerts/{taken}/actions", json={"action": "dispatch", "unit": "Ambulance 4"}
+        ).status_code
+        == 200
+    )
     sue.page.wait_for_selector(box.format(taken), state="detached", timeout=WAIT_MS)
 
 
@@ -246,12 +267,16 @@ def _take_all_new(enc: EncProcess) -> None:
 
 
 def _cues(page: object, prefix: str = "") -> int:
-    return int(page.evaluate(  # type: ignore[attr-defined]
-        "(p) => window.cw.cues.filter(c => c.startsWith(p)).length", prefix))
+    return int(
+        page.evaluate(  # type: ignore[attr-defined]
+            "(p) => window.cw.cues.filter(c => c.startsWith(p)).length", prefix
+        )
+    )
 
 
 def test_a_new_alert_is_announced_on_every_page_until_someone_takes_it(
-        fast: EncProcess, browser: object, desks: list[Desk]) -> None:
+    fast: EncProcess, browser: object, desks: list[Desk]
+) -> None:
     _take_all_new(fast)
     viewing = post(fast, label="person_down", score=0.9, device="pole-a1")
     sam = api(fast, "sam")
@@ -278,23 +303,28 @@ def test_a_new_alert_is_announced_on_every_page_until_someone_takes_it(
     for d in (olga, sue, oscar):
         t = d.page.wait_for_selector(f".toast[data-incident='{fight}']", timeout=WAIT_MS)
         assert "New alert: Fight (P1) at pole-a2, 88%" in t.text_content()
-        assert t.get_attribute("href") is None and t.query_selector("a").get_attribute(
-            "href") == f"/alerts/{fight}"
-        d.page.wait_for_function("() => document.title.startsWith('(1 new')",
-                                 timeout=WAIT_MS)
+        assert (
+            t.get_attribute("href") is None
+            and t.query_selector("a").get_attribute("href") == f"/alerts/{fight}"
+        )
+        d.page.wait_for_function("() => document.title.startsWith('(1 new')", timeout=WAIT_MS)
         assert "new" in d.page.evaluate("window.cw.cues")
     shot(olga.page, "shift-new-alert-on-alert-page.png")
     shot(sue.page, "shift-new-alert-on-audit.png")
     # The cue repeats while nobody has taken it ...
     n = _cues(olga.page, "repeat")
-    olga.page.wait_for_function(f"() => window.cw.cues.filter(c => c.startsWith('repeat'))"
-                                f".length >= {n + 2}", timeout=WAIT_MS)
+    olga.page.wait_for_function(
+        f"() => window.cw.cues.filter(c => c.startsWith('repeat')).length >= {n + 2}",
+        timeout=WAIT_MS,
+    )
     # ... and stops, with the toast and the title's count, once a colleague takes it.
-    assert sam.post(f"/api/alerts/{fight}/actions",
-                    json={"action": "acknowledge"}).status_code == 200
+    assert (
+        sam.post(f"/api/alerts/{fight}/actions", json={"action": "acknowledge"}).status_code == 200
+    )
     for d in (olga, sue, oscar):
-        d.page.wait_for_selector(f".toast[data-incident='{fight}']", state="detached",
-                                 timeout=WAIT_MS)
+        d.page.wait_for_selector(
+            f".toast[data-incident='{fight}']", state="detached", timeout=WAIT_MS
+        )
         d.page.wait_for_function("() => !document.title.startsWith('(')", timeout=WAIT_MS)
     after = [_cues(d.page, "repeat") for d in (olga, sue, oscar)]
     olga.page.wait_for_timeout(2 * 2000 + 500)  # two repeat periods
@@ -304,8 +334,9 @@ def test_a_new_alert_is_announced_on_every_page_until_someone_takes_it(
 # -- 3. refusals explained, forms that would be refused not shown, takeover confirmed --
 
 
-def test_refusals_are_explained_and_a_takeover_is_confirmed(calm: EncProcess, browser: object,
-                                                            desks: list[Desk]) -> None:
+def test_refusals_are_explained_and_a_takeover_is_confirmed(
+    calm: EncProcess, browser: object, desks: list[Desk]
+) -> None:
     olga_http = api(calm, "olga")
     taken = post(calm, label="person_down", score=0.9, device="pole-r1")
     olga_http.post(f"/api/alerts/{taken}/actions", json={"action": "acknowledge"})
@@ -328,8 +359,7 @@ def test_refusals_are_explained_and_a_takeover_is_confirmed(calm: EncProcess, br
     p.wait_for_selector("#changed:not([hidden])", timeout=WAIT_MS)
     p.click("#btn-dispatch")
     p.wait_for_selector("#message", timeout=WAIT_MS)
-    assert "changed while you looked at it: it is now taken by olga" in p.text_content(
-        "#message")
+    assert "changed while you looked at it: it is now taken by olga" in p.text_content("#message")
     assert p.text_content("#message").startswith("Not done:")
     assert olga_http.get(f"/api/alerts/{later}").json()["alert"]["taken_by"] == "olga"
     shot(p, "shift-refused.png")
@@ -350,8 +380,9 @@ def test_refusals_are_explained_and_a_takeover_is_confirmed(calm: EncProcess, br
     assert "olga is working on this alert" in p.text_content("#takeover-warning")
     p.fill("#unit", "Ambulance 9")
     p.click("#btn-dispatch")  # not confirmed: the browser does not send it
-    assert p.evaluate("document.querySelector('#form-dispatch input.takeover')"
-                      ".validity.valueMissing")
+    assert p.evaluate(
+        "document.querySelector('#form-dispatch input.takeover').validity.valueMissing"
+    )
     assert olga_http.get(f"/api/alerts/{taken}").json()["alert"]["status"] == "acknowledged"
     shot(p, "shift-takeover-warning.png")
     p.check("#form-dispatch input.takeover")
@@ -373,8 +404,9 @@ def test_refusals_are_explained_and_a_takeover_is_confirmed(calm: EncProcess, br
 # -- 4. words, zones, the fold, photo views ----------------------------------------------
 
 
-def test_words_zones_fold_and_photo_views(fast: EncProcess, browser: object,
-                                          desks: list[Desk]) -> None:
+def test_words_zones_fold_and_photo_views(
+    fast: EncProcess, browser: object, desks: list[Desk]
+) -> None:
     inc = post(fast, label="person_down", score=0.91, device="pole-w1")
     olga = Desk(browser, fast, "olga", size=(1024, 768))
     desks.append(olga)
@@ -394,12 +426,16 @@ def test_words_zones_fold_and_photo_views(fast: EncProcess, browser: object,
     p.reload()
     p.wait_for_selector("body[data-ready='1']", timeout=WAIT_MS)
     c = api(fast, "olga")
-    views = lambda: [e for e in c.get(f"/api/alerts/{inc}").json()["audit"]  # noqa: E731
-                     if e["action"] == "photo_viewed"]
+
+    def views() -> list[dict[str, Any]]:
+        audit = c.get(f"/api/alerts/{inc}").json()["audit"]
+        return [e for e in audit if e["action"] == "photo_viewed"]
+
     assert views() == []
     p.click("#photo-open")
-    p.wait_for_function("() => document.getElementById('photo-full-img').naturalWidth > 0",
-                        timeout=WAIT_MS)
+    p.wait_for_function(
+        "() => document.getElementById('photo-full-img').naturalWidth > 0", timeout=WAIT_MS
+    )
     assert [(v["actor"], v["detail"]["view"]) for v in views()] == [("olga", "full")]
     p.keyboard.press("Escape")
     p.reload()
@@ -426,28 +462,31 @@ def _need_leaflet() -> None:
         pytest.skip("Leaflet is not installed (scripts/setup.sh installs it with npm)")
 
 
-def test_map_on_a_plain_background_with_the_other_alerts(calm: EncProcess, browser: object,
-                                                         desks: list[Desk]) -> None:
+def test_map_on_a_plain_background_with_the_other_alerts(
+    calm: EncProcess, browser: object, desks: list[Desk]
+) -> None:
     _need_leaflet()
-    here = post(calm, label="person_down", score=0.9, device="pole-m1",
-                lat=52.2297, lon=21.0122)
+    here = post(calm, label="person_down", score=0.9, device="pole-m1", lat=52.2297, lon=21.0122)
     post(calm, label="fight", score=0.9, device="pole-m2", lat=52.2310, lon=21.0140)
     olga = Desk(browser, calm, "olga")
     desks.append(olga)
     p = olga.open(f"/alerts/{here}")
     focus = p.wait_for_selector("#map path.focus", timeout=WAIT_MS)
     assert p.is_visible("#map path.accuracy")
-    centre = p.evaluate("(() => { const c = window.cw.maps.alert.m.getCenter();"
-                        " return [c.lat, c.lng]; })()")
+    centre = p.evaluate(
+        "(() => { const c = window.cw.maps.alert.m.getCenter(); return [c.lat, c.lng]; })()"
+    )
     assert centre == pytest.approx([52.2297, 21.0122], abs=1e-6)
     # The alert sits in the middle of the map; the nearby fight is drawn too.
     box, frame = focus.bounding_box(), p.query_selector("#map").bounding_box()
     assert abs(box["x"] + box["width"] / 2 - (frame["x"] + frame["width"] / 2)) < 3
     assert abs(box["y"] + box["height"] / 2 - (frame["y"] + frame["height"] / 2)) < 3
     others = [o.bounding_box() for o in p.query_selector_all("#map path.other")]
-    assert others and all(frame["x"] <= o["x"] <= frame["x"] + frame["width"] and
-                          frame["y"] <= o["y"] <= frame["y"] + frame["height"]
-                          for o in others)  # the fight 190 m away is in the frame
+    assert others and all(
+        frame["x"] <= o["x"] <= frame["x"] + frame["width"]
+        and frame["y"] <= o["y"] <= frame["y"] + frame["height"]
+        for o in others
+    )  # the fight 190 m away is in the frame
     assert "Person down at pole-m1" in p.text_content("#map .leaflet-tooltip")
     assert p.query_selector_all("#map img") == []  # no tiles: nothing to fetch
     assert p.is_visible("#map .leaflet-control-scale")
@@ -496,12 +535,17 @@ class TileServer:
 
 
 def test_tiles_by_url_and_the_wall_display_with_photo_and_map(
-        tmp_path_factory: pytest.TempPathFactory, browser: object, desks: list[Desk]) -> None:
+    tmp_path_factory: pytest.TempPathFactory, browser: object, desks: list[Desk]
+) -> None:
     _need_leaflet()
     tiles = TileServer()
     try:
-        gen = _enc(tmp_path_factory, "tiles", '[dashboard]\nmap_tile_url = '
-                   f'"http://127.0.0.1:{tiles.port}/osm/{{z}}/{{x}}/{{y}}.png"\n')
+        gen = _enc(
+            tmp_path_factory,
+            "tiles",
+            "[dashboard]\nmap_tile_url = "
+            f'"http://127.0.0.1:{tiles.port}/osm/{{z}}/{{x}}/{{y}}.png"\n',
+        )
         enc = next(gen)
         inc = post(enc, label="fight", score=0.9, device="pole-t1", lat=52.2297, lon=21.0122)
         olga = Desk(browser, enc, "olga")
@@ -515,17 +559,22 @@ def test_tiles_by_url_and_the_wall_display_with_photo_and_map(
         wall = Desk(browser, enc, "oscar", size=(1920, 1080))
         desks.append(wall)
         p = wall.open("/?wall=1")
-        p.wait_for_function("() => document.getElementById('wall-photo').naturalWidth === 160",
-                            timeout=WAIT_MS)
+        p.wait_for_function(
+            "() => document.getElementById('wall-photo').naturalWidth === 160", timeout=WAIT_MS
+        )
         p.wait_for_selector("#wall-map path.focus", timeout=WAIT_MS)
         assert "P1 Fight at pole-t1" in p.text_content("#wall-title")
-        views = [e for e in api(enc, "oscar").get(f"/api/alerts/{inc}").json()["audit"]
-                 if e["action"] == "photo_viewed"]
+        views = [
+            e
+            for e in api(enc, "oscar").get(f"/api/alerts/{inc}").json()["audit"]
+            if e["action"] == "photo_viewed"
+        ]
         assert [(v["actor"], v["detail"]["view"]) for v in views] == [("oscar", "wall")]
         # A more urgent alert takes the wall.
         other = post(enc, label="fight", score=0.95, device="pole-t2", lat=52.2301, lon=21.0130)
-        p.wait_for_function(f"() => document.getElementById('wall-photo').src.includes("
-                            f"'{other}')", timeout=WAIT_MS)
+        p.wait_for_function(
+            f"() => document.getElementById('wall-photo').src.includes('{other}')", timeout=WAIT_MS
+        )
         shot(p, "shift-wall-1920x1080.png")
         for d in (olga, wall):  # their event streams end before the ENC stops
             d.close()
@@ -540,7 +589,8 @@ def test_tiles_by_url_and_the_wall_display_with_photo_and_map(
 
 
 def test_cap_export_cites_every_earlier_update_and_carries_the_photo(
-        calm: EncProcess, browser: object, desks: list[Desk]) -> None:
+    calm: EncProcess, browser: object, desks: list[Desk]
+) -> None:
     import base64
     import hashlib
     import xml.etree.ElementTree as ET
@@ -561,8 +611,9 @@ def test_cap_export_cites_every_earlier_update_and_carries_the_photo(
         return ET.fromstring(r.body())
 
     def own(x: ET.Element) -> str:
-        return ",".join(x.findtext(f"cap:{k}", namespaces=ns) or ""
-                        for k in ("sender", "identifier", "sent"))
+        return ",".join(
+            x.findtext(f"cap:{k}", namespaces=ns) or "" for k in ("sender", "identifier", "sent")
+        )
 
     original = own(export(olga))
     p = olga.open(f"/alerts/{inc}")
@@ -587,7 +638,10 @@ def test_cap_export_cites_every_earlier_update_and_carries_the_photo(
     assert update.findtext("cap:msgType", namespaces=ns) == "Update"
     # The original, the cancel and the reopening, oldest first, as each was exported.
     assert update.findtext("cap:references", namespaces=ns).split() == [
-        original, own(cancel), own(reopened)]
+        original,
+        own(cancel),
+        own(reopened),
+    ]
     # The photo: the one the ENC holds, carried whole, with its digest and size.
     res = update.find("cap:info/cap:resource", ns)
     photo = sue.page.request.get(f"{calm.url}/alerts/{inc}/photo.jpg").body()

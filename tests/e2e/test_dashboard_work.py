@@ -39,7 +39,8 @@ def _trail(page: object) -> str:
 
 
 def test_hold_note_assign_resume_close_with_three_operators(
-        work: EncProcess, browser: object, desks: list[Desk]) -> None:
+    work: EncProcess, browser: object, desks: list[Desk]
+) -> None:
     inc = post(work, label="fight", score=0.9, device="pole-h1", **CENTRE)
     olga, oscar = Desk(browser, work, "olga"), Desk(browser, work, "oscar")
     desks += [olga, oscar]
@@ -57,15 +58,25 @@ def test_hold_note_assign_resume_close_with_three_operators(
     # A colleague sees it is olga's: no form that would be refused, but a note is welcome.
     q = oscar.open(f"/alerts/{inc}")
     assert "olga has taken this alert" in q.text_content("#taken-notice")
-    for form in ("#form-dispatch", "#form-dismiss", "#form-hold", "#form-resume",
-                 "#form-close", "#form-assign", "#form-release", "#form-reopen"):
+    for form in (
+        "#form-dispatch",
+        "#form-dismiss",
+        "#form-hold",
+        "#form-resume",
+        "#form-close",
+        "#form-assign",
+        "#form-release",
+        "#form-reopen",
+    ):
         assert q.query_selector(form) is None, form
     q.fill("#note-text", "a passer-by says two men are still there")
     q.click("#btn-note")
     q.wait_for_selector("#trail .action:text('Note')", timeout=WAIT_MS)
     # olga's page, idle, shows the note without her doing anything.
-    p.wait_for_function("() => document.getElementById('trail').textContent"
-                        ".includes('two men are still there')", timeout=WAIT_MS)
+    p.wait_for_function(
+        "() => document.getElementById('trail').textContent.includes('two men are still there')",
+        timeout=WAIT_MS,
+    )
     shot(p, "work-on-hold-with-a-note.png")
 
     # olga gives it to oscar; his page turns into one he can act on.
@@ -88,15 +99,21 @@ def test_hold_note_assign_resume_close_with_three_operators(
     q.fill("#close-comment", "they had left; nobody hurt")
     q.click("#btn-close")
     q.wait_for_selector("#status:text('Closed')", timeout=WAIT_MS)
-    assert ("Resolved on site, no help needed (they had left; nobody hurt)"
-            in q.text_content("#resolution"))
+    assert "Resolved on site, no help needed (they had left; nobody hurt)" in q.text_content(
+        "#resolution"
+    )
     assert "Only a supervisor can reopen it" in q.text_content("#closed-notice")
     shot(q, "work-closed.png")
     c = api(work, "sue")
     trail = [(e["action"], e["actor"]) for e in c.get(f"/api/alerts/{inc}").json()["audit"]]
     assert [t for t in trail if t[0] != "photo_viewed"][1:] == [
-        ("acknowledged", "olga"), ("put_on_hold", "olga"), ("note", "oscar"),
-        ("assigned", "olga"), ("resumed", "oscar"), ("closed", "oscar")]
+        ("acknowledged", "olga"),
+        ("put_on_hold", "olga"),
+        ("note", "oscar"),
+        ("assigned", "olga"),
+        ("resumed", "oscar"),
+        ("closed", "oscar"),
+    ]
 
     # Release: back to new for anyone, and announced as such.
     other = post(work, label="person_down", score=0.9, device="pole-h2", **CENTRE)
@@ -110,7 +127,8 @@ def test_hold_note_assign_resume_close_with_three_operators(
 
 
 def test_a_supervisor_confirms_before_acting_on_a_colleagues_alert(
-        work: EncProcess, browser: object, desks: list[Desk]) -> None:
+    work: EncProcess, browser: object, desks: list[Desk]
+) -> None:
     inc = post(work, label="fight", score=0.9, device="pole-s1", **CENTRE)
     olga_http = api(work, "olga")
     olga_http.post(f"/api/alerts/{inc}/actions", json={"action": "hold", "reason": "wait"})
@@ -120,8 +138,7 @@ def test_a_supervisor_confirms_before_acting_on_a_colleagues_alert(
     assert "olga is working on this alert" in p.text_content("#takeover-warning")
     p.select_option("#assignee", "oscar")
     p.click("#btn-assign")  # not confirmed: the browser keeps it
-    assert p.evaluate("document.querySelector('#form-assign input.takeover')"
-                      ".validity.valueMissing")
+    assert p.evaluate("document.querySelector('#form-assign input.takeover').validity.valueMissing")
     # Forged past the browser: refused by the ENC, and said on the page.
     p.evaluate("document.querySelectorAll('input.takeover').forEach(i => i.remove())")
     p.click("#btn-assign")
@@ -135,15 +152,18 @@ def test_a_supervisor_confirms_before_acting_on_a_colleagues_alert(
     assert olga_http.get(f"/api/alerts/{inc}").json()["alert"]["status"] == "on_hold"
 
 
-def test_the_list_and_the_audit_filtered_live(work: EncProcess, browser: object,
-                                             desks: list[Desk]) -> None:
+def test_the_list_and_the_audit_filtered_live(
+    work: EncProcess, browser: object, desks: list[Desk]
+) -> None:
     fight_centre = post(work, label="fight", score=0.9, device="pole-f1", **CENTRE)
     down_praga = post(work, label="person_down", score=0.9, device="pole-f2", **PRAGA)
     fall_centre = post(work, label="fall", score=0.9, device="pole-f3", **CENTRE)
     olga_http = api(work, "olga")
     olga_http.post(f"/api/alerts/{down_praga}/actions", json={"action": "acknowledge"})
-    olga_http.post(f"/api/alerts/{down_praga}/actions",
-                   json={"action": "note", "comment": "neighbour is with him"})
+    olga_http.post(
+        f"/api/alerts/{down_praga}/actions",
+        json={"action": "note", "comment": "neighbour is with him"},
+    )
     sue = Desk(browser, work, "sue")
     desks.append(sue)
     p = sue.open("/")
@@ -166,8 +186,9 @@ def test_the_list_and_the_audit_filtered_live(work: EncProcess, browser: object,
     p = sue.open("/?status=new&zone=Praga")
     assert inside in rows(p) and down_praga not in rows(p)
     olga_http.post(f"/api/alerts/{inside}/actions", json={"action": "acknowledge"})
-    p.wait_for_function(f"() => !document.querySelector(\"tr[data-incident='{inside}']\")",
-                        timeout=WAIT_MS)
+    p.wait_for_function(
+        f"() => !document.querySelector(\"tr[data-incident='{inside}']\")", timeout=WAIT_MS
+    )
     # Label, words, time range (typed in the ENC's zone).
     p = sue.open("/?label=fall")
     assert fall_centre in rows(p) and fight_centre not in rows(p)
@@ -181,7 +202,8 @@ def test_the_list_and_the_audit_filtered_live(work: EncProcess, browser: object,
     assert "No alert matches the filter" in p.text_content("#empty")
     p = sue.open("/?to=yesterday&zone=Atlantis")
     assert "There is no zone 'atlantis'" in p.text_content("#filters").replace(
-        "Atlantis", "atlantis")
+        "Atlantis", "atlantis"
+    )
     # The JSON API filters the same way, and says what it could not read.
     c = api(work, "sue")
     got = c.get("/api/alerts", params={"zone": "Praga", "label": "person_down"}).json()
@@ -200,17 +222,24 @@ def test_the_list_and_the_audit_filtered_live(work: EncProcess, browser: object,
     p.fill("#filter-actor", "olga")
     p.click("#filter-apply")
     p.wait_for_selector("body[data-ready='1']", timeout=WAIT_MS)
-    linked = set(p.eval_on_selector_all(
-        "#audit tbody a", "as => as.map(a => decodeURIComponent(a.pathname.split('/')[2]))"))
+    linked = set(
+        p.eval_on_selector_all(
+            "#audit tbody a", "as => as.map(a => decodeURIComponent(a.pathname.split('/')[2]))"
+        )
+    )
     assert linked == {down_praga, inside}
-    actors = set(p.eval_on_selector_all("#audit tbody tr td:nth-child(3)",
-                                        "ts => ts.map(t => t.textContent)"))
+    actors = set(
+        p.eval_on_selector_all(
+            "#audit tbody tr td:nth-child(3)", "ts => ts.map(t => t.textContent)"
+        )
+    )
     assert actors == {"olga"}
     shot(p, "work-audit-filtered.png")
 
 
 def test_a_closed_alert_exports_as_a_schema_valid_cap_update(
-        work: EncProcess, browser: object, desks: list[Desk]) -> None:
+    work: EncProcess, browser: object, desks: list[Desk]
+) -> None:
     import xml.etree.ElementTree as ET
 
     xmlschema = pytest.importorskip("xmlschema", reason="xmlschema is not installed")
@@ -219,14 +248,15 @@ def test_a_closed_alert_exports_as_a_schema_valid_cap_update(
     ns = {"cap": "urn:oasis:names:tc:emergency:cap:1.2"}
     inc = post(work, label="person_down", score=0.9, device="pole-x1", **CENTRE)
     c = api(work, "olga")
-    for body in ({"action": "dispatch", "unit": "Ambulance 4"},
-                 {"action": "close", "resolution": "help_arrived"}):
+    for body in (
+        {"action": "dispatch", "unit": "Ambulance 4"},
+        {"action": "close", "resolution": "help_arrived"},
+    ):
         assert c.post(f"/api/alerts/{inc}/actions", json=body).status_code == 200
     xml = c.get(f"/alerts/{inc}/cap.xml").content
     xmlschema.XMLSchema(str(SCHEMA_FILE)).validate(xml)
     root = ET.fromstring(xml)
     assert root.findtext("cap:msgType", namespaces=ns) == "Update"
-    assert root.findtext("cap:note", namespaces=ns) == (
-        "Closed (olga): Help arrived and took over")
+    assert root.findtext("cap:note", namespaces=ns) == ("Closed (olga): Help arrived and took over")
     assert root.findtext("cap:info/cap:responseType", namespaces=ns) == "AllClear"
     assert len(root.findtext("cap:references", namespaces=ns).split()) == 2

@@ -37,13 +37,19 @@ def district(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoDistrict]
     if footage is None:
         pytest.skip("no footage for the scenes: the shared labelled images are absent")
     layout = [
-        (ZONE, [{"at": 0.0, "play": str(footage.upright)},
-                {"at": 3.0, "play": str(footage.lying)}]),
+        (
+            ZONE,
+            [{"at": 0.0, "play": str(footage.upright)}, {"at": 3.0, "play": str(footage.lying)}],
+        ),
         (ZONE, [{"at": 0.0, "play": str(footage.street)}]),
         ("harbour", [{"at": 0.0, "play": str(footage.lying)}]),
     ]
-    d = DemoDistrict(tmp_path_factory.mktemp("district"), console=Console(quiet=True),
-                     footage=footage, layout=layout)
+    d = DemoDistrict(
+        tmp_path_factory.mktemp("district"),
+        console=Console(quiet=True),
+        footage=footage,
+        layout=layout,
+    )
     loop = asyncio.new_event_loop()
     try:
         loop.run_until_complete(d.start())
@@ -58,7 +64,8 @@ def enc_alerts(d: DemoDistrict) -> list[dict[str, Any]]:
 
 
 def test_lying_person_gives_exactly_one_alert_with_photo_and_gps_position(
-        district: DemoDistrict) -> None:
+    district: DemoDistrict,
+) -> None:
     down, _street, _closed = district.poles
     deadline = time.monotonic() + 150
     while time.monotonic() < deadline and not enc_alerts(district):
@@ -80,17 +87,20 @@ def test_lying_person_gives_exactly_one_alert_with_photo_and_gps_position(
     token = (district.workdir / "server-data" / "admin.token").read_text().strip()
     import httpx
 
-    r = httpx.get(f"http://127.0.0.1:{district.admin_port}/v1/incidents/"
-                  f"{alert['incident_id']}", headers={"Authorization": f"Bearer {token}"})
+    r = httpx.get(
+        f"http://127.0.0.1:{district.admin_port}/v1/incidents/{alert['incident_id']}",
+        headers={"Authorization": f"Bearer {token}"},
+    )
     record = r.json()
     assert record["coords_src"] == "gps"
     assert record["lat"] == pytest.approx(POLES[0][0], abs=1e-5)
     assert record["lon"] == pytest.approx(POLES[0][1], abs=1e-5)
     assert record["label"] == "person_down"
     # The photo is the full-resolution snapshot, a real JPEG.
-    photo = httpx.get(f"http://127.0.0.1:{district.admin_port}/v1/incidents/"
-                      f"{alert['incident_id']}/photo",
-                      headers={"Authorization": f"Bearer {token}"})
+    photo = httpx.get(
+        f"http://127.0.0.1:{district.admin_port}/v1/incidents/{alert['incident_id']}/photo",
+        headers={"Authorization": f"Bearer {token}"},
+    )
     assert photo.status_code == 200
     img = Image.open(io.BytesIO(photo.content))
     assert img.format == "JPEG" and img.size[0] >= 320
@@ -109,23 +119,46 @@ def test_walking_people_and_closed_zone_give_no_alert(district: DemoDistrict) ->
     assert (closed.status() or {})["monitoring"]["active"] is False
     assert (closed.status() or {}).get("pipeline", {}).get("last_detection") is None
     assert {a["incident_id"] for a in enc_alerts(district)} == {
-        (down.status() or {})["last_delivered"]["incident_id"]}
+        (down.status() or {})["last_delivered"]["incident_id"]
+    }
 
 
-def test_stalled_camera_stops_the_watchdog_and_says_why(district: DemoDistrict,
-                                                        tmp_path: Path) -> None:
+def test_stalled_camera_stops_the_watchdog_and_says_why(
+    district: DemoDistrict, tmp_path: Path
+) -> None:
     footage = district.footage
     assert footage is not None
     from hardware import create_softhsm_tokens
 
     bundle = tmp_path / "bundle.json"
-    district._cli("server", "device", "add", "--config", str(district.server_config), "--uid",
-                  "WAW-OT-STALL", "--zone", ZONE, "--lat", "52.25", "--lon", "21.01",
-                  "--bundle-out", str(bundle))
+    district._cli(
+        "server",
+        "device",
+        "add",
+        "--config",
+        str(district.server_config),
+        "--uid",
+        "WAW-OT-STALL",
+        "--zone",
+        ZONE,
+        "--lat",
+        "52.25",
+        "--lon",
+        "21.01",
+        "--bundle-out",
+        str(bundle),
+    )
     conf, [token] = create_softhsm_tokens(tmp_path / "softhsm", ["stall"])
-    pole = EdgePole(tmp_path / "pole", "WAW-OT-STALL", 52.25, 21.01, token, conf,
-                    [{"at": 0.0, "play": str(footage.upright)}, {"at": 12.0, "stall": True}],
-                    gps=False)
+    pole = EdgePole(
+        tmp_path / "pole",
+        "WAW-OT-STALL",
+        52.25,
+        21.01,
+        token,
+        conf,
+        [{"at": 0.0, "play": str(footage.upright)}, {"at": 12.0, "stall": True}],
+        gps=False,
+    )
     pole.provision(bundle)
     sock_path = tmp_path / "notify.sock"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -162,4 +195,4 @@ def test_stalled_camera_stops_the_watchdog_and_says_why(district: DemoDistrict,
     assert any(m == "WATCHDOG=1" for m in texts), texts[:10]
     stall_index = next(i for i, m in enumerate(texts) if "camera: no frame for" in m)
     assert "watchdog not fed" in texts[stall_index]
-    assert "WATCHDOG=1" not in texts[stall_index + 1:], texts[stall_index:]
+    assert "WATCHDOG=1" not in texts[stall_index + 1 :], texts[stall_index:]

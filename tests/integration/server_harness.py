@@ -28,8 +28,9 @@ from tests.support.services import Broker, free_port
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def wait_until(predicate: Callable[[], Any], *, timeout: float, what: str,
-               interval: float = 0.05) -> Any:
+def wait_until(
+    predicate: Callable[[], Any], *, timeout: float, what: str, interval: float = 0.05
+) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -64,8 +65,9 @@ class EncStub:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
-        self.endpoint = p.EncEndpoint(servers={self.server_kid: p.AesGcmCipher(self.key)},
-                                      random=secrets.token_bytes)
+        self.endpoint = p.EncEndpoint(
+            servers={self.server_kid: p.AesGcmCipher(self.key)}, random=secrets.token_bytes
+        )
 
     @property
     def url(self) -> str:
@@ -82,8 +84,9 @@ class EncStub:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 with stub._lock:
                     stub.requests += 1
-                if self.path != "/v1/alerts" or not self.headers.get(
-                        "Content-Type", "").startswith("application/cose"):
+                if self.path != "/v1/alerts" or not self.headers.get("Content-Type", "").startswith(
+                    "application/cose"
+                ):
                     return self._answer(404, b"")
                 if stub.mode == "hang":
                     stub.hanging.set()
@@ -151,17 +154,50 @@ class ServerSetup:
 
     def cli(self, *args: str) -> tuple[int, str]:
         """Run ``citywatch server ...`` in a subprocess (as an operator would)."""
-        r = subprocess.run([sys.executable, "-m", "citywatch.cli", "server", *args,
-                            "--config", str(self.config), "--actor", "it-test"],
-                           capture_output=True, text=True, timeout=60, cwd=ROOT)
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "citywatch.cli",
+                "server",
+                *args,
+                "--config",
+                str(self.config),
+                "--actor",
+                "it-test",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
+        )
         return r.returncode, r.stdout + r.stderr
 
     def add_device(self, uid: str, zone: str, *, alg: str = "A256GCM") -> ProvisioningBundle:
         out = self.dir / f"{uid}.json"
-        code = citywatch_main(["server", "device", "add", "--config", str(self.config),
-                               "--actor", "it-test", "--uid", uid, "--zone", zone,
-                               "--lat", "52.2297", "--lon", "21.0122", "--alg", alg,
-                               "--bundle-out", str(out)])
+        code = citywatch_main(
+            [
+                "server",
+                "device",
+                "add",
+                "--config",
+                str(self.config),
+                "--actor",
+                "it-test",
+                "--uid",
+                uid,
+                "--zone",
+                zone,
+                "--lat",
+                "52.2297",
+                "--lon",
+                "21.0122",
+                "--alg",
+                alg,
+                "--bundle-out",
+                str(out),
+            ]
+        )
         assert code == 0
         return ProvisioningBundle.parse(json.loads(out.read_text()))
 
@@ -174,11 +210,18 @@ class ServerSetup:
         return ServerSetup(self.dir, path, port, self.server_kid, self.enc_key)
 
 
-def make_server(tmp_path: Path, broker: Broker, *, enc_url: str, db_url: str = "",
-                timing: dict[str, Any] | None = None,
-                verification: dict[str, Any] | None = None,
-                enc: dict[str, Any] | None = None, extra: str = "",
-                broker_extra: dict[str, Any] | None = None) -> ServerSetup:
+def make_server(
+    tmp_path: Path,
+    broker: Broker,
+    *,
+    enc_url: str,
+    db_url: str = "",
+    timing: dict[str, Any] | None = None,
+    verification: dict[str, Any] | None = None,
+    enc: dict[str, Any] | None = None,
+    extra: str = "",
+    broker_extra: dict[str, Any] | None = None,
+) -> ServerSetup:
     d = tmp_path / "server"
     (d / "data").mkdir(parents=True, exist_ok=True)
     admin_port = free_port()
@@ -193,13 +236,16 @@ def make_server(tmp_path: Path, broker: Broker, *, enc_url: str, db_url: str = "
     def section(values: dict[str, Any]) -> str:
         return "".join(f"{k} = {json.dumps(val)}\n" for k, val in values.items())
 
-    text = (f'data_dir = "data"\n'
-            f"[database]\nurl = {json.dumps(db_url)}\n"
-            f'[broker]\nhost = "127.0.0.1"\nport = {broker.port}\n' + section(broker_extra or {}) +
-            f'[enc]\nbase_url = "{enc_url}"\nserver_kid = "{kid.hex()}"\n' + section(e) +
-            f'[admin]\nhost = "127.0.0.1"\nport = {admin_port}\n'
-            f"[timing]\n" + section(t) +
-            "[verification]\n" + section(v) + extra)
+    text = (
+        f'data_dir = "data"\n'
+        f"[database]\nurl = {json.dumps(db_url)}\n"
+        f'[broker]\nhost = "127.0.0.1"\nport = {broker.port}\n'
+        + section(broker_extra or {})
+        + f'[enc]\nbase_url = "{enc_url}"\nserver_kid = "{kid.hex()}"\n'
+        + section(e)
+        + f'[admin]\nhost = "127.0.0.1"\nport = {admin_port}\n'
+        f"[timing]\n" + section(t) + "[verification]\n" + section(v) + extra
+    )
     config = d / "server.toml"
     config.write_text(text)
     return ServerSetup(d, config, admin_port, kid, key)
@@ -217,22 +263,35 @@ class ServerProcess:
         # The photo check loads its models in a worker process before the server is ready.
         out = open(self.log, "wb")  # noqa: SIM115 - the child keeps it open
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "citywatch.cli", "server", "run", "--config",
-             str(self.setup.config)], stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+            [
+                sys.executable,
+                "-m",
+                "citywatch.cli",
+                "server",
+                "run",
+                "--config",
+                str(self.setup.config),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
         out.close()
         try:
             wait_until(self._ready, timeout=timeout, what="server ready", interval=0.1)
         except TimeoutError:
             self.kill()
-            raise TimeoutError(f"server did not get ready: {self.log.read_text()[-3000:]}"
-                               ) from None
+            raise TimeoutError(
+                f"server did not get ready: {self.log.read_text()[-3000:]}"
+            ) from None
         return self
 
     def _ready(self) -> bool:
         assert self.proc is not None
         if self.proc.poll() is not None:
-            raise RuntimeError(f"server exited {self.proc.returncode}: "
-                               f"{self.log.read_text()[-3000:]}")
+            raise RuntimeError(
+                f"server exited {self.proc.returncode}: {self.log.read_text()[-3000:]}"
+            )
         try:
             r = httpx.get(f"http://127.0.0.1:{self.setup.admin_port}/healthz", timeout=1)
             return r.status_code == 200 and bool(r.json()["mqtt_connected"])
@@ -240,9 +299,13 @@ class ServerProcess:
             return False
 
     def api(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        return httpx.request(method, f"http://127.0.0.1:{self.setup.admin_port}{path}",
-                             headers={"Authorization": f"Bearer {self.setup.token}"},
-                             timeout=10, **kwargs)
+        return httpx.request(
+            method,
+            f"http://127.0.0.1:{self.setup.admin_port}{path}",
+            headers={"Authorization": f"Bearer {self.setup.token}"},
+            timeout=10,
+            **kwargs,
+        )
 
     def metric(self, name: str, **labels: str) -> float:
         """Sum of a metric's samples whose labels include ``labels``."""

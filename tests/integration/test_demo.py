@@ -44,27 +44,63 @@ def _threshold(workdir: Path) -> float:
 
 
 def _enc_alert_ids(workdir: Path, env: dict[str, str] | None = None) -> str:
-    alerts = subprocess.run([sys.executable, "-m", "citywatch", "enc", "alerts", "--json",
-                             "--config", str(workdir / "enc.toml")],
-                            capture_output=True, text=True, timeout=60, env=env)
+    alerts = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "citywatch",
+            "enc",
+            "alerts",
+            "--json",
+            "--config",
+            str(workdir / "enc.toml"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
     assert alerts.returncode == 0, alerts.stderr
     return alerts.stdout
 
 
 @pytest.mark.slow
-def test_demo_once_on_a_fresh_clone_runs_edge_poles_on_the_shipped_footage(
-        tmp_path: Path) -> None:
+def test_demo_once_on_a_fresh_clone_runs_edge_poles_on_the_shipped_footage(tmp_path: Path) -> None:
     clone = _clone(tmp_path / "clone")
-    env = {**os.environ, "PYTHONPATH": str(clone),
-           # The models a set-up run installs (their files are not in the repository).
-           "CITYWATCH_MODELS_DIR": str(default_models_dir())}
-    where = subprocess.run([sys.executable, "-c", "import citywatch; print(citywatch.__file__)"],
-                           capture_output=True, text=True, env=env, cwd=clone, check=True)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(clone),
+        # The models a set-up run installs (their files are not in the repository).
+        "CITYWATCH_MODELS_DIR": str(default_models_dir()),
+    }
+    where = subprocess.run(
+        [sys.executable, "-c", "import citywatch; print(citywatch.__file__)"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=clone,
+        check=True,
+    )
     assert where.stdout.strip().startswith(str(clone))
     workdir = tmp_path / "demo"
-    r = subprocess.run([sys.executable, "-m", "citywatch", "demo", "--once", "--devices", "3",
-                        "--dir", str(workdir)],
-                       capture_output=True, text=True, timeout=400, env=env, cwd=clone)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "citywatch",
+            "demo",
+            "--once",
+            "--devices",
+            "3",
+            "--dir",
+            str(workdir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=400,
+        env=env,
+        cwd=clone,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "footage: GMDCSA24 subject 1" in r.stderr
     result = json.loads(r.stdout.strip().splitlines()[-1])
@@ -78,8 +114,10 @@ def test_demo_once_on_a_fresh_clone_runs_edge_poles_on_the_shipped_footage(
     assert all(v >= 0 for v in result["phases_ms"].values())
     assert result["total_ms"] >= result["phases_ms"]["c1_to_c4"]
     # The incident pole played the shipped clip; the others a calm scene from it.
-    timelines = [tomllib.loads((workdir / f"pole-{i:02d}" / "edge.toml").read_text())
-                 ["camera"]["timeline"] for i in (1, 2, 3)]
+    timelines = [
+        tomllib.loads((workdir / f"pole-{i:02d}" / "edge.toml").read_text())["camera"]["timeline"]
+        for i in (1, 2, 3)
+    ]
     plays = [[Path(seg["play"]) for seg in t] for t in timelines]
     assert plays[2][-1] == clone / "citywatch" / "footage" / DEMO_FALL.name
     assert timelines[2][-1]["loop"] is False  # the last frame held: the person stays down
@@ -90,12 +128,14 @@ def test_demo_once_on_a_fresh_clone_runs_edge_poles_on_the_shipped_footage(
     assert list((workdir / "bundles").glob("*.json")) == []
 
 
-def _run_until_dashboard(args: list[str], workdir: Path) -> tuple[subprocess.Popen[str],
-                                                                    list[str]]:
-    proc = subprocess.Popen([sys.executable, "-m", "citywatch", "demo", *args,
-                             "--dir", str(workdir)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "COLUMNS": "250"})
+def _run_until_dashboard(args: list[str], workdir: Path) -> tuple[subprocess.Popen[str], list[str]]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "citywatch", "demo", *args, "--dir", str(workdir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "COLUMNS": "250"},
+    )
     assert proc.stdout is not None
     seen: list[str] = []
     deadline = time.monotonic() + 400
@@ -145,8 +185,9 @@ def test_demo_plays_a_users_own_footage_and_stops_cleanly_on_ctrl_c(tmp_path: Pa
     (mine / "calm").mkdir()
     shutil.copy2(mine / "frame-0005.jpg", mine / "calm" / "sitting.jpg")
     workdir = tmp_path / "demo"
-    proc, seen = _run_until_dashboard(["--devices", "2", "--poles", "edge",
-                                       "--footage", str(mine)], workdir)
+    proc, seen = _run_until_dashboard(
+        ["--devices", "2", "--poles", "edge", "--footage", str(mine)], workdir
+    )
     text = "".join(seen)
     rest = _stop(proc, workdir, seen)
     assert "Dashboard:" in text, text[-3000:] + rest[-2000:]
@@ -154,17 +195,23 @@ def test_demo_plays_a_users_own_footage_and_stops_cleanly_on_ctrl_c(tmp_path: Pa
     assert "`citywatch edge run` daemons" in text
     assert "pre-screen model: person_down (score" in text
     assert "the server's photo check: score" in text
-    timelines = [tomllib.loads((workdir / f"pole-{i:02d}" / "edge.toml").read_text())
-                 ["camera"]["timeline"] for i in (1, 2)]
-    assert timelines[0] == [{"at": 0.0, "play": str(mine / "calm"), "loop": True,
-                             "media_fps": 10.0}]
-    assert timelines[1][-1] == {"at": timelines[1][-1]["at"], "play": str(mine), "loop": False,
-                                "media_fps": 10.0}
+    timelines = [
+        tomllib.loads((workdir / f"pole-{i:02d}" / "edge.toml").read_text())["camera"]["timeline"]
+        for i in (1, 2)
+    ]
+    assert timelines[0] == [
+        {"at": 0.0, "play": str(mine / "calm"), "loop": True, "media_fps": 10.0}
+    ]
+    assert timelines[1][-1] == {
+        "at": timelines[1][-1]["at"],
+        "play": str(mine),
+        "loop": False,
+        "media_fps": 10.0,
+    }
 
 
 @pytest.mark.slow
-def test_simulated_poles_send_a_real_photo_and_say_their_score_is_scripted(
-        tmp_path: Path) -> None:
+def test_simulated_poles_send_a_real_photo_and_say_their_score_is_scripted(tmp_path: Path) -> None:
     workdir = tmp_path / "demo"
     proc, seen = _run_until_dashboard(["--devices", "2", "--poles", "simulated"], workdir)
     text = "".join(seen)
@@ -209,22 +256,39 @@ def _bad_footage(kind: str, d: Path) -> Path:
     raise AssertionError(kind)
 
 
-@pytest.mark.parametrize(("kind", "message"), [
-    ("missing", "no such file or folder"),
-    ("empty folder", "holds no video"),
-    ("images and a video", "holds both images and videos"),
-    ("two videos", "holds 2 videos"),
-    ("damaged image", "cannot be read"),
-    ("damaged video", "cannot be opened"),
-    ("text file", "neither a video"),
-])
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("missing", "no such file or folder"),
+        ("empty folder", "holds no video"),
+        ("images and a video", "holds both images and videos"),
+        ("two videos", "holds 2 videos"),
+        ("damaged image", "cannot be read"),
+        ("damaged video", "cannot be opened"),
+        ("text file", "neither a video"),
+    ],
+)
 def test_footage_that_cannot_play_is_refused_before_anything_starts(
-        tmp_path: Path, kind: str, message: str) -> None:
+    tmp_path: Path, kind: str, message: str
+) -> None:
     path = _bad_footage(kind, tmp_path)
     workdir = tmp_path / "demo"
-    r = subprocess.run([sys.executable, "-m", "citywatch", "demo", "--once", "--footage",
-                        str(path), "--dir", str(workdir)],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "citywatch",
+            "demo",
+            "--once",
+            "--footage",
+            str(path),
+            "--dir",
+            str(workdir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2, r.stderr
     assert message in r.stderr, r.stderr
     assert str(path) in r.stderr

@@ -28,8 +28,7 @@ from tests.support.world import Directory, jpeg
 
 PREFIX = "citywatch/v1"
 # Short protocol timeouts so that retries happen within a test; the logic is the same.
-FAST = p.Timing(c2_timeout_ms=1_500, c4_timeout_ms=1_500, backoff_base_ms=200,
-                backoff_max_ms=2_000)
+FAST = p.Timing(c2_timeout_ms=1_500, c4_timeout_ms=1_500, backoff_base_ms=200, backoff_max_ms=2_000)
 WAIT_S = 30.0  # a guard against hanging, never a performance threshold
 
 
@@ -65,16 +64,21 @@ class MqttServer:
     connected: bool = False
 
     def __post_init__(self) -> None:
-        self.endpoint = p.ServerEndpoint(directory=self.directory, ticket_key=os.urandom(32),
-                                         random=os.urandom, timing=self.timing)
+        self.endpoint = p.ServerEndpoint(
+            directory=self.directory,
+            ticket_key=os.urandom(32),
+            random=os.urandom,
+            timing=self.timing,
+        )
         self._client: aiomqtt.Client | None = None
         self._last_c2: dict[bytes, bytes] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             with contextlib.suppress(aiomqtt.MqttError):
-                async with aiomqtt.Client(self.host, self.port, identifier="test-server",
-                                          clean_session=True) as client:
+                async with aiomqtt.Client(
+                    self.host, self.port, identifier="test-server", clean_session=True
+                ) as client:
                     await client.subscribe(f"{PREFIX}/+/up", qos=1)
                     await client.subscribe(f"{PREFIX}/+/status", qos=1)
                     self._client, self.connected = client, True
@@ -103,8 +107,11 @@ class MqttServer:
         _, _, kid_hex, kind = topic.split("/")
         kid = bytes.fromhex(kid_hex)
         if kind == "status":
-            if (payload == b"online" and self.announce_on_online
-                    and self.directory.lookup(kid) is not None):
+            if (
+                payload == b"online"
+                and self.announce_on_online
+                and self.directory.lookup(kid) is not None
+            ):
                 await self.announce(kid)
             return
         if self.deaf:
@@ -139,26 +146,51 @@ class Device:
     def cipher(self) -> p.Cipher:
         return p.AesGcmCipher(self.key)
 
-    def client(self, *, cipher: p.Cipher | None = None,
-               clock: Callable[[], int] = wall_ms, **broker_settings: Any) -> ProtocolClient:
+    def client(
+        self,
+        *,
+        cipher: p.Cipher | None = None,
+        clock: Callable[[], int] = wall_ms,
+        **broker_settings: Any,
+    ) -> ProtocolClient:
         cipher = cipher or self.cipher()
         outbox = Outbox(self.state_dir / OUTBOX_FILE, cipher=cipher)
-        broker = BrokerConfig(**{"host": "127.0.0.1", "port": self.broker_port,
-                                 "reconnect_min_s": 0.1, "reconnect_max_s": 0.5,
-                                 "keepalive_s": 5} | broker_settings)
-        return ProtocolClient(uid=self.uid, kid=self.kid, cipher=cipher, broker=broker,
-                              outbox=outbox, state_dir=self.state_dir, zone="test-zone",
-                              timing=FAST, status_interval_s=0.5, clock=clock,
-                              listener=self.events.append)
+        broker = BrokerConfig(
+            **{
+                "host": "127.0.0.1",
+                "port": self.broker_port,
+                "reconnect_min_s": 0.1,
+                "reconnect_max_s": 0.5,
+                "keepalive_s": 5,
+            }
+            | broker_settings
+        )
+        return ProtocolClient(
+            uid=self.uid,
+            kid=self.kid,
+            cipher=cipher,
+            broker=broker,
+            outbox=outbox,
+            state_dir=self.state_dir,
+            zone="test-zone",
+            timing=FAST,
+            status_interval_s=0.5,
+            clock=clock,
+            listener=self.events.append,
+        )
 
     def delivered(self) -> list[p.ReportDelivered]:
         return [e for e in self.events if isinstance(e, p.ReportDelivered)]
 
 
 def capture(client: ProtocolClient, n: int = 0) -> bytes:
-    return client.record_incident(photo=jpeg(), coords=p.Coords(lat=52.23, lon=21.01, alt=110.0,
-                                                                acc=4.0),
-                                  score=0.9, label="person_down", captured_at=wall_ms() - n)
+    return client.record_incident(
+        photo=jpeg(),
+        coords=p.Coords(lat=52.23, lon=21.01, alt=110.0, acc=4.0),
+        score=0.9,
+        label="person_down",
+        captured_at=wall_ms() - n,
+    )
 
 
 @pytest.fixture
@@ -206,8 +238,9 @@ def run(server: MqttServer, scenario: Scenario, *clients: ProtocolClient) -> Non
 # -- tests --------------------------------------------------------------------------------
 
 
-def test_report_is_delivered_once_and_deleted_after_c4(device: Device, server: MqttServer,
-                                                       broker: Broker) -> None:
+def test_report_is_delivered_once_and_deleted_after_c4(
+    device: Device, server: MqttServer, broker: Broker
+) -> None:
     client = device.client()
 
     async def scenario(_: asyncio.Event) -> None:
@@ -220,9 +253,13 @@ def test_report_is_delivered_once_and_deleted_after_c4(device: Device, server: M
         assert len(server.incidents) == 1
         [incident_id] = server.incidents
         assert device.delivered()[0].incident_id == incident_id
-        await until("the status file shows the delivery", lambda: (
-            (s := read_status(device.state_dir / STATUS_FILE)).last_delivered is not None
-            and s.outbox.depth == 0))
+        await until(
+            "the status file shows the delivery",
+            lambda: (
+                (s := read_status(device.state_dir / STATUS_FILE)).last_delivered is not None
+                and s.outbox.depth == 0
+            ),
+        )
         status = read_status(device.state_dir / STATUS_FILE)
         assert status.last_delivered is not None
         assert status.last_delivered.incident_id == incident_id
@@ -252,8 +289,9 @@ def read_presence(broker: Broker, kid: bytes) -> bytes:
     return asyncio.run(get())
 
 
-def test_c2_in_place_of_c4_keeps_the_incident_and_retries(device: Device,
-                                                         server: MqttServer) -> None:
+def test_c2_in_place_of_c4_keeps_the_incident_and_retries(
+    device: Device, server: MqttServer
+) -> None:
     client = device.client()
     server.reflect_c2 = 1
 
@@ -261,11 +299,14 @@ def test_c2_in_place_of_c4_keeps_the_incident_and_retries(device: Device,
         await until("B1", client.monitoring)
         cid = capture(client)
         await until("the first C3 reaches the server", lambda: len(server.reports) >= 1)
-        await until("the device gives up waiting for C4", lambda: any(
-            isinstance(e, p.ContactTimedOut) and e.step == "C4" for e in device.events))
+        await until(
+            "the device gives up waiting for C4",
+            lambda: any(isinstance(e, p.ContactTimedOut) and e.step == "C4" for e in device.events),
+        )
         # The reflected C2 was dropped, not taken for a receipt: the incident is kept.
-        assert any(isinstance(e, p.MessageDropped) and e.reason == "unexpected"
-                   for e in device.events)
+        assert any(
+            isinstance(e, p.MessageDropped) and e.reason == "unexpected" for e in device.events
+        )
         assert client.outbox.cids() == [cid]
         await until("the retry is delivered", lambda: not client.outbox.cids())
         assert [r.cid for r in server.reports] == [cid, cid]  # two C3s ...
@@ -275,8 +316,9 @@ def test_c2_in_place_of_c4_keeps_the_incident_and_retries(device: Device,
     run(server, scenario, client)
 
 
-def test_broker_killed_and_restarted(device: Device, server: MqttServer, broker: Broker,
-                                     tmp_path: Path) -> None:
+def test_broker_killed_and_restarted(
+    device: Device, server: MqttServer, broker: Broker, tmp_path: Path
+) -> None:
     client = device.client()
     restarted: list[Broker] = []
 
@@ -289,10 +331,13 @@ def test_broker_killed_and_restarted(device: Device, server: MqttServer, broker:
         second = capture(client)  # stored while the broker is down
         assert client.outbox.cids() == [second]
         status = read_status(device.state_dir / STATUS_FILE)
-        await until("the status says the broker is unreachable", lambda: not read_status(
-            device.state_dir / STATUS_FILE).broker.connected)
-        restarted.append(await asyncio.to_thread(start_mosquitto, tmp_path / "broker2",
-                                                 port=broker.port))
+        await until(
+            "the status says the broker is unreachable",
+            lambda: not read_status(device.state_dir / STATUS_FILE).broker.connected,
+        )
+        restarted.append(
+            await asyncio.to_thread(start_mosquitto, tmp_path / "broker2", port=broker.port)
+        )
         await until("the second incident is delivered", lambda: not client.outbox.cids())
         assert [e.cid for e in device.delivered()] == [first, second]
         assert {r.cid for r in server.reports} == {first, second}
@@ -314,8 +359,10 @@ def test_restart_keeps_epoch_and_pending_incidents(device: Device, server: MqttS
     async def before(_: asyncio.Event) -> None:
         await until("B1", first.monitoring)
         cids.extend([capture(first, 2), capture(first, 1)])
-        await until("a C1 goes unanswered", lambda: any(
-            isinstance(e, p.ContactTimedOut) for e in device.events))
+        await until(
+            "a C1 goes unanswered",
+            lambda: any(isinstance(e, p.ContactTimedOut) for e in device.events),
+        )
 
     run(server, before, first)
     old_b1 = server.b1_sent[-1]
@@ -327,12 +374,17 @@ def test_restart_keeps_epoch_and_pending_incidents(device: Device, server: MqttS
     assert second.outbox.cids() == cids
 
     async def after(_: asyncio.Event) -> None:
-        await until("the fresh B1 (epoch 2)", lambda: any(
-            isinstance(e, p.WindowAnnounced) and e.ep == 2 for e in device.events))
+        await until(
+            "the fresh B1 (epoch 2)",
+            lambda: any(isinstance(e, p.WindowAnnounced) and e.ep == 2 for e in device.events),
+        )
         await server.send(device.kid, old_b1)  # a replay of the epoch-1 broadcast
-        await until("the replayed B1 is dropped", lambda: any(
-            isinstance(e, p.MessageDropped) and e.reason == "stale_epoch"
-            for e in device.events))
+        await until(
+            "the replayed B1 is dropped",
+            lambda: any(
+                isinstance(e, p.MessageDropped) and e.reason == "stale_epoch" for e in device.events
+            ),
+        )
         await until("both incidents are delivered", lambda: not second.outbox.cids())
         assert [e.cid for e in device.delivered()] == cids  # oldest first
 
@@ -340,8 +392,9 @@ def test_restart_keeps_epoch_and_pending_incidents(device: Device, server: MqttS
     assert json.loads((device.state_dir / STATE_FILE).read_text())["last_epoch"] == 2
 
 
-def test_clock_offset_from_error_5_is_corrected_and_kept(device: Device,
-                                                         server: MqttServer) -> None:
+def test_clock_offset_from_error_5_is_corrected_and_kept(
+    device: Device, server: MqttServer
+) -> None:
     skew = 120_000  # the device's clock is two minutes slow
 
     def slow() -> int:
@@ -352,8 +405,12 @@ def test_clock_offset_from_error_5_is_corrected_and_kept(device: Device,
     async def scenario(_: asyncio.Event) -> None:
         # Its B1 is "from the future" for the device: dropped. The server still knows the
         # window is open, so the contact goes ahead and error 5 corrects the clock.
-        await until("the B1 is dropped as not fresh", lambda: any(
-            isinstance(e, p.MessageDropped) and e.reason == "timestamp" for e in device.events))
+        await until(
+            "the B1 is dropped as not fresh",
+            lambda: any(
+                isinstance(e, p.MessageDropped) and e.reason == "timestamp" for e in device.events
+            ),
+        )
         capture(client)
         await until("delivered after the correction", lambda: not client.outbox.cids())
         refused = [e for e in device.events if isinstance(e, p.ReportRefused)]
@@ -369,8 +426,9 @@ def test_clock_offset_from_error_5_is_corrected_and_kept(device: Device,
     restarted.outbox.close()
 
 
-def test_blocked_device_stops_reports_and_says_why(device: Device, server: MqttServer,
-                                                  directory: Directory) -> None:
+def test_blocked_device_stops_reports_and_says_why(
+    device: Device, server: MqttServer, directory: Directory
+) -> None:
     client = device.client()
 
     async def scenario(_: asyncio.Event) -> None:
@@ -397,7 +455,8 @@ def test_blocked_device_stops_reports_and_says_why(device: Device, server: MqttS
 
 
 def test_softhsm_key_seals_the_outbox_and_the_messages(
-        device: Device, server: MqttServer, softhsm_tokens: dict[str, SoftHsmToken]) -> None:
+    device: Device, server: MqttServer, softhsm_tokens: dict[str, SoftHsmToken]
+) -> None:
     token = softhsm_tokens["citywatch-device"]
     with Pkcs11KeyStore(*token) as store:
         cipher = store.import_key(f"citywatch-{device.kid.hex()}", device.key)
@@ -408,9 +467,15 @@ def test_softhsm_key_seals_the_outbox_and_the_messages(
         async def scenario(_: asyncio.Event) -> None:
             server.deaf = True
             await until("B1", client.monitoring)
-            cids.append(client.record_incident(
-                photo=photo, coords=p.Coords(lat=50.06, lon=19.94), score=0.8,
-                label="fall", captured_at=wall_ms()))
+            cids.append(
+                client.record_incident(
+                    photo=photo,
+                    coords=p.Coords(lat=50.06, lon=19.94),
+                    score=0.8,
+                    label="fall",
+                    captured_at=wall_ms(),
+                )
+            )
             # At rest the photo is sealed: its bytes appear nowhere in the outbox files.
             for f in device.state_dir.glob(f"{OUTBOX_FILE}*"):
                 assert photo[100:164] not in f.read_bytes(), f
@@ -427,14 +492,29 @@ def test_the_daemons_own_status_board_and_outbox(device: Device, server: MqttSer
     """As ``EdgeDaemon`` wires it: the daemon stores the capture itself and owns the
     status board; the client delivers and reports into that board, writing no file."""
     cipher = device.cipher()
-    status = PoleStatus.in_state_dir(device.state_dir, uid=device.uid, kid_hex=device.kid.hex(),
-                                     zone="test-zone")
+    status = PoleStatus.in_state_dir(
+        device.state_dir, uid=device.uid, kid_hex=device.kid.hex(), zone="test-zone"
+    )
     outbox = Outbox(device.state_dir / OUTBOX_FILE, cipher=cipher)
-    broker = BrokerConfig(host="127.0.0.1", port=device.broker_port, reconnect_min_s=0.1,
-                          reconnect_max_s=0.5, keepalive_s=5)
-    client = ProtocolClient(uid=device.uid, kid=device.kid, cipher=cipher, broker=broker,
-                            outbox=outbox, state_dir=device.state_dir, status=status,
-                            timing=FAST, status_interval_s=0.5, listener=device.events.append)
+    broker = BrokerConfig(
+        host="127.0.0.1",
+        port=device.broker_port,
+        reconnect_min_s=0.1,
+        reconnect_max_s=0.5,
+        keepalive_s=5,
+    )
+    client = ProtocolClient(
+        uid=device.uid,
+        kid=device.kid,
+        cipher=cipher,
+        broker=broker,
+        outbox=outbox,
+        state_dir=device.state_dir,
+        status=status,
+        timing=FAST,
+        status_interval_s=0.5,
+        listener=device.events.append,
+    )
     assert client.status is status
 
     async def scenario(stop: asyncio.Event) -> None:
@@ -442,14 +522,26 @@ def test_the_daemons_own_status_board_and_outbox(device: Device, server: MqttSer
         await asyncio.sleep(1.0)  # the client's own writer would have written by now
         assert not (device.state_dir / STATUS_FILE).exists()
         writer = asyncio.create_task(status.keep_written(stop, interval_s=0.5))
-        cid = store_incident(outbox, status, photo=jpeg(), coords=p.Coords(lat=52.2, lon=21.0),
-                             score=0.9, label="fall", captured_at=wall_ms())
+        cid = store_incident(
+            outbox,
+            status,
+            photo=jpeg(),
+            coords=p.Coords(lat=52.2, lon=21.0),
+            score=0.9,
+            label="fall",
+            captured_at=wall_ms(),
+        )
         assert status.snapshot().outbox.depth == 1
         client.wake()
         await until("delivered", lambda: not outbox.cids())
-        await until("the board's file shows it", lambda: (
-            (s := read_status(device.state_dir / STATUS_FILE)).last_delivered is not None
-            and s.last_delivered.cid == cid.hex() and s.outbox.depth == 0))
+        await until(
+            "the board's file shows it",
+            lambda: (
+                (s := read_status(device.state_dir / STATUS_FILE)).last_delivered is not None
+                and s.last_delivered.cid == cid.hex()
+                and s.outbox.depth == 0
+            ),
+        )
         s = read_status(device.state_dir / STATUS_FILE)
         assert s.broker.connected and s.monitoring.active and s.delivery.state == "idle"
         stop.set()
@@ -459,11 +551,16 @@ def test_the_daemons_own_status_board_and_outbox(device: Device, server: MqttSer
 
 
 def test_a_pole_whose_broker_is_down_reaches_the_clusters_other_endpoint(
-        device: Device, server: MqttServer) -> None:
+    device: Device, server: MqttServer
+) -> None:
     """The bundle's first endpoint does not answer (a dead node of the cluster); the pole
     tries the next one at once, connects there and delivers."""
-    client = device.client(port=free_port(), alternates=[f"127.0.0.1:{device.broker_port}"],
-                           reconnect_min_s=5.0, reconnect_max_s=5.0)
+    client = device.client(
+        port=free_port(),
+        alternates=[f"127.0.0.1:{device.broker_port}"],
+        reconnect_min_s=5.0,
+        reconnect_max_s=5.0,
+    )
 
     async def scenario(_: asyncio.Event) -> None:
         # Well before the 5 s back-off: the alternate was tried at once, not after a wait.
@@ -471,8 +568,11 @@ def test_a_pole_whose_broker_is_down_reaches_the_clusters_other_endpoint(
         cid = capture(client)
         await until("delivered", lambda: not client.outbox.cids())
         assert [e.cid for e in device.delivered()] == [cid]
-        await until("the status names the alternate", lambda: (
-            lambda b: (b.connected, b.port) == (True, device.broker_port))(
-                read_status(device.state_dir / STATUS_FILE).broker))
+        await until(
+            "the status names the alternate",
+            lambda: (lambda b: (b.connected, b.port) == (True, device.broker_port))(
+                read_status(device.state_dir / STATUS_FILE).broker
+            ),
+        )
 
     run(server, scenario, client)

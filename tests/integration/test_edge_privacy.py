@@ -35,34 +35,63 @@ BAND = [(0.0, 0.0), (1.0, 0.0), (1.0, 0.3), (0.0, 0.3)]
 WHOLE = [(0.0, 0.0), (1.0, 0.0), (1.0, 1.0), (0.0, 1.0)]
 
 
-def _pole(tmp_path: Path, broker: Broker, token: SoftHsmToken, mask: list[tuple[float, float]],
-          uid: str) -> tuple[Path, bytes, bytes]:
+def _pole(
+    tmp_path: Path, broker: Broker, token: SoftHsmToken, mask: list[tuple[float, float]], uid: str
+) -> tuple[Path, bytes, bytes]:
     kid, key = os.urandom(8), os.urandom(32)
     bundle = tmp_path / "bundle.json"
-    bundle.write_text(json.dumps({
-        "uid": uid, "kid_hex": kid.hex(), "alg": "A256GCM", "key_hex": key.hex(),
-        "zone": "z", "lat": 50.0, "lon": 19.9,
-        "server": {"host": broker.host, "port": broker.port, "topic_prefix": PREFIX}}))
+    bundle.write_text(
+        json.dumps(
+            {
+                "uid": uid,
+                "kid_hex": kid.hex(),
+                "alg": "A256GCM",
+                "key_hex": key.hex(),
+                "zone": "z",
+                "lat": 50.0,
+                "lon": 19.9,
+                "server": {"host": broker.host, "port": broker.port, "topic_prefix": PREFIX},
+            }
+        )
+    )
     (tmp_path / "pin").write_text(token.pin)
     config = tmp_path / "edge.toml"
-    assert cli("provision", "--bundle", str(bundle), "--config-out", str(config), "--module",
-               token.module, "--token-label", token.label, "--pin-file",
-               str(tmp_path / "pin"), "--state-dir", str(tmp_path / "state"),
-               "--delete-bundle") == 0
+    assert (
+        cli(
+            "provision",
+            "--bundle",
+            str(bundle),
+            "--config-out",
+            str(config),
+            "--module",
+            token.module,
+            "--token-label",
+            token.label,
+            "--pin-file",
+            str(tmp_path / "pin"),
+            "--state-dir",
+            str(tmp_path / "state"),
+            "--delete-bundle",
+        )
+        == 0
+    )
     footage = find_footage()
     points = json.dumps([list(pt) for pt in mask])
     with config.open("a") as f:
-        f.write("\n[protocol]\nc2_timeout_s = 5.0\nc4_timeout_s = 5.0\nbackoff_base_s = 0.2\n"
-                "backoff_max_s = 2.0\n\n[status]\ninterval_s = 0.5\n"
-                '\n[camera]\ndriver = "scene"\nfps = 10.0\n'
-                f'[[camera.timeline]]\nat = 0.0\nplay = "{footage.upright}"\n'
-                f'[[camera.timeline]]\nat = 3.0\nplay = "{footage.lying}"\n'
-                f'\n[[privacy.masks]]\nname = "windows"\npoints = {points}\n')
+        f.write(
+            "\n[protocol]\nc2_timeout_s = 5.0\nc4_timeout_s = 5.0\nbackoff_base_s = 0.2\n"
+            "backoff_max_s = 2.0\n\n[status]\ninterval_s = 0.5\n"
+            '\n[camera]\ndriver = "scene"\nfps = 10.0\n'
+            f'[[camera.timeline]]\nat = 0.0\nplay = "{footage.upright}"\n'
+            f'[[camera.timeline]]\nat = 3.0\nplay = "{footage.lying}"\n'
+            f'\n[[privacy.masks]]\nname = "windows"\npoints = {points}\n'
+        )
     return config, kid, key
 
 
-def _run(config: Path, kid: bytes, key: bytes, uid: str, broker: Broker, log: Path,
-         seconds: float) -> MqttServer:
+def _run(
+    config: Path, kid: bytes, key: bytes, uid: str, broker: Broker, log: Path, seconds: float
+) -> MqttServer:
     """The daemon for up to ``seconds`` in a monitoring window; the server it spoke to."""
     directory = Directory()
     directory.records[kid] = p.DeviceRecord(kid=kid, uid=uid, cipher=p.AesGcmCipher(key))
@@ -72,9 +101,12 @@ def _run(config: Path, kid: bytes, key: bytes, uid: str, broker: Broker, log: Pa
         stop = asyncio.Event()
         task = asyncio.create_task(server.run(stop))
         with log.open("ab") as out:
-            daemon = subprocess.Popen([sys.executable, "-c", _RUN, "run", "--config",
-                                       str(config)], cwd=REPO, stdout=out,
-                                      stderr=subprocess.STDOUT)
+            daemon = subprocess.Popen(
+                [sys.executable, "-c", _RUN, "run", "--config", str(config)],
+                cwd=REPO,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
         try:
             await until("the test server connects", lambda: server.connected)
             await asyncio.sleep(2)  # the daemon subscribes
@@ -96,9 +128,11 @@ def _run(config: Path, kid: bytes, key: bytes, uid: str, broker: Broker, log: Pa
 
 
 def test_the_photo_that_leaves_the_pole_is_masked(
-        tmp_path: Path, broker: Broker, softhsm_tokens: dict[str, SoftHsmToken]) -> None:
-    config, kid, key = _pole(tmp_path, broker, softhsm_tokens["citywatch-device"], BAND,
-                             "pole-mask-1")
+    tmp_path: Path, broker: Broker, softhsm_tokens: dict[str, SoftHsmToken]
+) -> None:
+    config, kid, key = _pole(
+        tmp_path, broker, softhsm_tokens["citywatch-device"], BAND, "pole-mask-1"
+    )
     log = tmp_path / "daemon.log"
     server = _run(config, kid, key, "pole-mask-1", broker, log, seconds=150)
     assert server.incidents, f"no incident from the lying person:\n{log.read_text()[-3000:]}"
@@ -118,9 +152,11 @@ def test_the_photo_that_leaves_the_pole_is_masked(
 
 
 def test_a_mask_over_the_whole_view_leaves_nothing_to_detect(
-        tmp_path: Path, broker: Broker, softhsm_tokens: dict[str, SoftHsmToken]) -> None:
-    config, kid, key = _pole(tmp_path, broker, softhsm_tokens["citywatch-device"], WHOLE,
-                             "pole-mask-2")
+    tmp_path: Path, broker: Broker, softhsm_tokens: dict[str, SoftHsmToken]
+) -> None:
+    config, kid, key = _pole(
+        tmp_path, broker, softhsm_tokens["citywatch-device"], WHOLE, "pole-mask-2"
+    )
     log = tmp_path / "daemon.log"
     server = _run(config, kid, key, "pole-mask-2", broker, log, seconds=45)
     assert server.incidents == {}, "the pre-screen saw through a mask"

@@ -47,8 +47,11 @@ class Receiver:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 with outer.lock:
                     outer.auth.add(self.headers.get("Authorization", ""))
-                    ok = (not outer.refusing and outer.fail_next == 0
-                          and self.headers.get("Content-Type") == "application/cap+xml")
+                    ok = (
+                        not outer.refusing
+                        and outer.fail_next == 0
+                        and self.headers.get("Content-Type") == "application/cap+xml"
+                    )
                     if ok:
                         outer.accepted.append(body)
                     else:
@@ -110,12 +113,14 @@ def _wait(what: str, check: object, timeout: float = 30) -> None:
 
 
 def _own(root: ET.Element) -> str:
-    return ",".join(root.findtext(f"cap:{k}", namespaces=NS) or ""
-                    for k in ("sender", "identifier", "sent"))
+    return ",".join(
+        root.findtext(f"cap:{k}", namespaces=NS) or "" for k in ("sender", "identifier", "sent")
+    )
 
 
 def test_every_message_arrives_once_in_order_across_refusals_and_a_restart(
-        tmp_path: Path, receiver: Receiver) -> None:
+    tmp_path: Path, receiver: Receiver
+) -> None:
     schema = xmlschema.XMLSchema(str(SCHEMA_FILE))
     e = _enc(tmp_path / "enc", receiver).start()
     try:
@@ -127,8 +132,9 @@ def test_every_message_arrives_once_in_order_across_refusals_and_a_restart(
         sue.login("sue")
 
         def act(who: Operator, inc: str, **body: str) -> None:
-            r = who.http.post(f"/api/alerts/{inc}/actions", json=body,
-                              headers={"X-CSRF-Token": who.csrf()})
+            r = who.http.post(
+                f"/api/alerts/{inc}/actions", json=body, headers={"X-CSRF-Token": who.csrf()}
+            )
             assert r.status_code == 200, r.text
 
         act(olga, first, action="dispatch", unit="Police 3")
@@ -159,20 +165,27 @@ def test_every_message_arrives_once_in_order_across_refusals_and_a_restart(
     assert len(ids) == len(set(ids)) == expected, ids  # nothing lost, nothing twice
     by_incident: dict[str, list[ET.Element]] = {}
     for r in roots:
-        inc = r.findtext("cap:info/cap:parameter[cap:valueName='CITYWATCH-INCIDENT']/cap:value",
-                         namespaces=NS)
+        inc = r.findtext(
+            "cap:info/cap:parameter[cap:valueName='CITYWATCH-INCIDENT']/cap:value", namespaces=NS
+        )
         by_incident.setdefault(str(inc), []).append(r)
     assert [r.findtext("cap:msgType", namespaces=NS) for r in by_incident[first]] == [
-        "Alert", "Update"]
+        "Alert",
+        "Update",
+    ]
     msgs = by_incident[second]
     assert [r.findtext("cap:msgType", namespaces=NS) for r in msgs] == [
-        "Alert", "Cancel", "Update", "Update"]
+        "Alert",
+        "Cancel",
+        "Update",
+        "Update",
+    ]
     # Each update cites the original and every update before it, oldest first.
     for n, r in enumerate(msgs[1:], start=1):
-        assert r.findtext("cap:references", namespaces=NS).split() == [
-            _own(m) for m in msgs[:n]]
+        assert r.findtext("cap:references", namespaces=NS).split() == [_own(m) for m in msgs[:n]]
     assert msgs[-1].findtext("cap:note", namespaces=NS) == (
-        "Closed (sue): Nobody found at the place")
+        "Closed (sue): Nobody found at the place"
+    )
 
     # The photo: fetched by the recipient with the token in the message, nothing else.
     e.start()
@@ -194,7 +207,8 @@ def test_every_message_arrives_once_in_order_across_refusals_and_a_restart(
         sue.login("sue")
         trail = sue.http.get(f"/api/alerts/{second}").json()["audit"]
         assert [(t["actor"], t["detail"]) for t in trail if t["action"] == "photo_viewed"] == [
-            ("cap-recipient", {"view": "cap"})]
+            ("cap-recipient", {"view": "cap"})
+        ]
         # The alert page says where its messages went.
         page = sue.http.get(f"/alerts/{second}").text
         assert page.count("to dispatch: delivered") == 4
@@ -211,21 +225,32 @@ def test_atom_feed_and_eido_export(tmp_path: Path, receiver: Receiver) -> None:
         olga = Operator(e.url)
         olga.login("olga")
         h = {"X-CSRF-Token": olga.csrf()}
-        for body in ({"action": "acknowledge"},
-                     {"action": "note", "comment": "two men, one on the ground"},
-                     {"action": "dispatch", "unit": "Police 3"},
-                     {"action": "close", "resolution": "help_arrived"}):
-            assert olga.http.post(f"/api/alerts/{inc}/actions", json=body,
-                                  headers=h).status_code == 200
+        for body in (
+            {"action": "acknowledge"},
+            {"action": "note", "comment": "two men, one on the ground"},
+            {"action": "dispatch", "unit": "Police 3"},
+            {"action": "close", "resolution": "help_arrived"},
+        ):
+            assert (
+                olga.http.post(f"/api/alerts/{inc}/actions", json=body, headers=h).status_code
+                == 200
+            )
 
         def feed() -> httpx.Response:
-            return httpx.get(f"{e.url}/cap/feed.atom", timeout=10,
-                             headers={"Authorization": f"Bearer {FEED_TOKEN}"})
+            return httpx.get(
+                f"{e.url}/cap/feed.atom",
+                timeout=10,
+                headers={"Authorization": f"Bearer {FEED_TOKEN}"},
+            )
 
         _wait("the feed", lambda: feed().text.count("<entry>") >= 3)
         assert httpx.get(f"{e.url}/cap/feed.atom", timeout=10).status_code == 401
-        assert httpx.get(f"{e.url}/cap/feed.atom", timeout=10,
-                         headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert (
+            httpx.get(
+                f"{e.url}/cap/feed.atom", timeout=10, headers={"Authorization": "Bearer wrong"}
+            ).status_code
+            == 401
+        )
         r = feed()
         assert r.headers["content-type"].startswith("application/atom+xml")
         root = ET.fromstring(r.content)
@@ -241,8 +266,8 @@ def test_atom_feed_and_eido_export(tmp_path: Path, receiver: Receiver) -> None:
             same = olga.http.get(urlsplit(link).path)  # an operator's login reads it too
             assert same.status_code == 200
             assert ET.fromstring(same.content).findtext(
-                "cap:identifier", namespaces=NS) == cap.findtext("cap:identifier",
-                                                                 namespaces=NS)
+                "cap:identifier", namespaces=NS
+            ) == cap.findtext("cap:identifier", namespaces=NS)
         assert types == ["Update", "Update", "Alert"]  # newest first
 
         # EIDO: an operator's export, checked against the schema in enc/schemas/.
@@ -256,15 +281,18 @@ def test_atom_feed_and_eido_export(tmp_path: Path, receiver: Receiver) -> None:
         assert incident["localIncidentIdentifier"] == inc
         assert incident["incidentTypeCommonRegistryText"] == ["Assault"]
         assert incident["incidentStatusCommonRegistryText"] == ["Closed"]
-        assert eido["dispositionComponent"][0]["dispositionCommonRegistryText"] == (
-            "help_arrived")
+        assert eido["dispositionComponent"][0]["dispositionCommonRegistryText"] == ("help_arrived")
         notes = [n["noteText"] for n in eido["notesComponent"]]
         assert "two men, one on the ground" in notes and "Dispatched Police 3" in notes
         lon, lat = eido["locationComponent"][0]["locationByValue"]["coordinates"]
         assert (round(lat, 4), round(lon, 4)) == (52.2297, 21.0122)
         assert {a["agentIdentifier"] for a in eido["agentComponent"]} == {"olga"}
-        assert httpx.get(f"{e.url}/alerts/{inc}/eido.json", timeout=10,
-                         follow_redirects=False).status_code == 303  # needs a login
+        assert (
+            httpx.get(
+                f"{e.url}/alerts/{inc}/eido.json", timeout=10, follow_redirects=False
+            ).status_code
+            == 303
+        )  # needs a login
         # The schema refuses what the export must not be.
         broken = json.loads(json.dumps(eido))
         del broken["incidentComponent"][0]["incidentTrackingIdentifier"]

@@ -36,8 +36,9 @@ def now_ms() -> int:
 
 
 def citywatch(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([CITYWATCH, *args], cwd=ROOT,
-                          capture_output=True, text=True, check=check, timeout=60)
+    return subprocess.run(
+        [CITYWATCH, *args], cwd=ROOT, capture_output=True, text=True, check=check, timeout=60
+    )
 
 
 @dataclass
@@ -63,8 +64,7 @@ class EncProcess:
             f'[database]\nurl = "{self.database_url}"\n'
             f'[http]\nhost = "127.0.0.1"\nport = {self.port}\n'
             f'[servers.{self.server_kid.hex()}]\nkey_file = "server-1.key"\n'
-            'name = "test server"\n'
-            + self.extra_toml
+            'name = "test server"\n' + self.extra_toml
         )
         self.log = self.workdir / "enc.log"
 
@@ -73,19 +73,26 @@ class EncProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def notifier(self, *, kid: bytes | None = None, key: bytes | None = None) -> p.EncNotifier:
-        return p.EncNotifier(kid=kid or self.server_kid, cipher=p.AesGcmCipher(key or self.key),
-                             random=secrets.token_bytes)
+        return p.EncNotifier(
+            kid=kid or self.server_kid,
+            cipher=p.AesGcmCipher(key or self.key),
+            random=secrets.token_bytes,
+        )
 
     def start(self) -> EncProcess:
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
-                [CITYWATCH, "enc", "run", "--config",
-                 str(self.config)], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+                [CITYWATCH, "enc", "run", "--config", str(self.config)],
+                cwd=ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"enc run exited {self.proc.returncode}: "
-                                   f"{self.log.read_text()[-3000:]}")
+                raise RuntimeError(
+                    f"enc run exited {self.proc.returncode}: {self.log.read_text()[-3000:]}"
+                )
             try:
                 if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
                     return self
@@ -105,22 +112,41 @@ class EncProcess:
                 self.proc.wait()
 
     def post(self, body: bytes, content_type: str = COSE, **kw: object) -> httpx.Response:
-        return httpx.post(self.url + "/v1/alerts", content=body,
-                          headers={"Content-Type": content_type}, timeout=10, **kw)
+        return httpx.post(
+            self.url + "/v1/alerts",
+            content=body,
+            headers={"Content-Type": content_type},
+            timeout=10,
+            **kw,
+        )
 
     def alerts(self) -> list[dict[str, object]]:
         out = citywatch("enc", "alerts", "--json", "--config", str(self.config))
         return json.loads(out.stdout)
 
 
-def make_n1(notifier: p.EncNotifier, incident_id: str = "inc-0001", *, photo: bytes | None = None,
-            now: int | None = None, device: str = "pole-017", label: str = "person_down",
-            score: float = 0.87, lat: float = 52.2297, lon: float = 21.0122) -> bytes:
+def make_n1(
+    notifier: p.EncNotifier,
+    incident_id: str = "inc-0001",
+    *,
+    photo: bytes | None = None,
+    now: int | None = None,
+    device: str = "pole-017",
+    label: str = "person_down",
+    score: float = 0.87,
+    lat: float = 52.2297,
+    lon: float = 21.0122,
+) -> bytes:
     return notifier.alert(
         incident_id=incident_id,
         coords=p.Coords(lat=lat, lon=lon, alt=110.0, acc=4.0, src="gps"),
-        photo=photo or jpeg((160, 120)), score=score, label=label,
-        captured_at=(now or now_ms()) - 2_000, device_uid=device, now=now or now_ms())
+        photo=photo or jpeg((160, 120)),
+        score=score,
+        label=label,
+        captured_at=(now or now_ms()) - 2_000,
+        device_uid=device,
+        now=now or now_ms(),
+    )
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
@@ -144,12 +170,16 @@ def _check_log(e: EncProcess) -> None:
 
 
 @pytest.fixture(scope="module")
-def enc(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
-        database_kind: str) -> Iterator[EncProcess]:
+def enc(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, database_kind: str
+) -> Iterator[EncProcess]:
     """One ENC per database kind for the tests that do not restart it (each test uses
     its own incident ids)."""
-    e = EncProcess(tmp_path_factory.mktemp("enc"),
-                   database_url=_database_url(request, database_kind), extra_toml=_SMALL_LIMITS)
+    e = EncProcess(
+        tmp_path_factory.mktemp("enc"),
+        database_url=_database_url(request, database_kind),
+        extra_toml=_SMALL_LIMITS,
+    )
     e.start()
     yield e
     e.stop()
@@ -157,11 +187,15 @@ def enc(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 
 
 @pytest.fixture
-def fresh_enc(request: pytest.FixtureRequest, tmp_path: Path,
-              database_kind: str) -> Iterator[EncProcess]:
+def fresh_enc(
+    request: pytest.FixtureRequest, tmp_path: Path, database_kind: str
+) -> Iterator[EncProcess]:
     """An ENC of its own, for tests that stop or kill it."""
-    e = EncProcess(tmp_path / "enc", database_url=_database_url(request, database_kind),
-                   extra_toml=_SMALL_LIMITS)
+    e = EncProcess(
+        tmp_path / "enc",
+        database_url=_database_url(request, database_kind),
+        extra_toml=_SMALL_LIMITS,
+    )
     e.start()
     yield e
     e.stop()
@@ -197,8 +231,7 @@ def test_alert_is_stored_once_and_n2_verifies(enc: EncProcess) -> None:
     [a] = [a for a in enc.alerts() if a["incident_id"] == inc]
     assert a["label"] == "person_down"
     assert a["score"] == pytest.approx(0.87) and a["device_uid"] == "pole-017"
-    assert a["coords"] == {"lat": 52.2297, "lon": 21.0122, "alt": 110.0, "acc": 4.0,
-                           "src": "gps"}
+    assert a["coords"] == {"lat": 52.2297, "lon": 21.0122, "alt": 110.0, "acc": 4.0, "src": "gps"}
     assert a["status"] == "new" and a["server_kid"] == SERVER_KID.hex()
     assert a["photo_size"] == len(photo)
 
@@ -229,10 +262,16 @@ def test_replayed_n1_is_refused(enc: EncProcess) -> None:
     assert len([a for a in enc.alerts() if a["incident_id"] == inc]) == 1
 
 
-@pytest.mark.parametrize("content_type", [
-    "application/octet-stream", "application/cbor", 'application/cose; cose-type="cose-mac0"',
-    "text/plain", "",
-])
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "application/octet-stream",
+        "application/cbor",
+        'application/cose; cose-type="cose-mac0"',
+        "text/plain",
+        "",
+    ],
+)
 def test_wrong_content_type_is_refused(enc: EncProcess, content_type: str) -> None:
     inc = new_id()
     r = enc.post(make_n1(enc.notifier(), inc), content_type=content_type)
@@ -241,8 +280,10 @@ def test_wrong_content_type_is_refused(enc: EncProcess, content_type: str) -> No
 
 
 def test_content_type_without_parameter_is_accepted(enc: EncProcess) -> None:
-    assert enc.post(make_n1(enc.notifier(), new_id()),
-                    content_type="application/cose").status_code == 200
+    assert (
+        enc.post(make_n1(enc.notifier(), new_id()), content_type="application/cose").status_code
+        == 200
+    )
 
 
 def test_oversized_body_is_refused_before_it_is_read(enc: EncProcess) -> None:
@@ -258,17 +299,23 @@ def test_oversized_body_is_refused_before_it_is_read(enc: EncProcess) -> None:
         for _ in range(20):
             yield b"\0" * 10_000
 
-    r = httpx.post(enc.url + "/v1/alerts", content=chunks(), headers={"Content-Type": COSE},
-                   timeout=10)
+    r = httpx.post(
+        enc.url + "/v1/alerts", content=chunks(), headers={"Content-Type": COSE}, timeout=10
+    )
     assert r.status_code == 413
     assert inc not in ids(enc)
 
 
-@pytest.mark.parametrize("body", [
-    b"", b"\xff\xfe garbage", cbor2.dumps([1, 2, 3]),
-    cbor2.dumps(cbor2.CBORTag(16, [b"", {}, b""])),
-    cbor2.dumps(cbor2.CBORTag(16, [b"\xa0", {5: b"x" * 12}, b"y" * 40])),
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b"\xff\xfe garbage",
+        cbor2.dumps([1, 2, 3]),
+        cbor2.dumps(cbor2.CBORTag(16, [b"", {}, b""])),
+        cbor2.dumps(cbor2.CBORTag(16, [b"\xa0", {5: b"x" * 12}, b"y" * 40])),
+    ],
+)
 def test_malformed_cbor_is_refused(enc: EncProcess, body: bytes) -> None:
     r = enc.post(body)
     assert r.status_code == 400
@@ -296,8 +343,12 @@ def test_stale_timestamp_is_refused(enc: EncProcess) -> None:
 def test_other_message_types_are_refused(enc: EncProcess) -> None:
     # An N2 (ENC -> server) sent to the ENC: right key, wrong direction.
     cipher = p.AesGcmCipher(enc.key)
-    n2 = p.seal(p.N2Receipt(tenc=now_ms(), inc="inc-1", h=b"\0" * 32), cipher=cipher,
-                kid=SERVER_KID, random=secrets.token_bytes)
+    n2 = p.seal(
+        p.N2Receipt(tenc=now_ms(), inc="inc-1", h=b"\0" * 32),
+        cipher=cipher,
+        kid=SERVER_KID,
+        random=secrets.token_bytes,
+    )
     assert enc.post(n2).status_code == 400
 
 
@@ -311,8 +362,9 @@ def test_get_and_unknown_paths_do_not_leak(enc: EncProcess) -> None:
 
 def test_photo_over_the_limit_inside_a_small_enough_body_is_refused(tmp_path: Path) -> None:
     # max_body above max_photo: a body that fits but whose photo does not.
-    e = EncProcess(tmp_path / "enc", extra_toml="[limits]\nmax_photo_bytes = 4096\n"
-                   "max_body_bytes = 200000\n").start()
+    e = EncProcess(
+        tmp_path / "enc", extra_toml="[limits]\nmax_photo_bytes = 4096\nmax_body_bytes = 200000\n"
+    ).start()
     try:
         r = e.post(make_n1(e.notifier(), photo=jpeg((200, 200), noisy=True)))
         assert r.status_code in (400, 413)
@@ -367,9 +419,13 @@ def test_config_example_runs_as_is(tmp_path: Path) -> None:
     port = free_port()
     conf.write_text(conf.read_text().replace("port = 8700", f"port = {port}"))
     env = dict(os.environ)
-    proc = subprocess.Popen([CITYWATCH, "enc", "run", "--config",
-                             str(conf)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [CITYWATCH, "enc", "run", "--config", str(conf)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -381,10 +437,17 @@ def test_config_example_runs_as_is(tmp_path: Path) -> None:
             assert proc.poll() is None and time.monotonic() < deadline
             time.sleep(0.05)
         # No server is trusted yet: any alert is refused as unauthorised.
-        n1 = make_n1(p.EncNotifier(kid=SERVER_KID, cipher=p.AesGcmCipher(b"k" * 32),
-                                   random=secrets.token_bytes))
-        r = httpx.post(f"http://127.0.0.1:{port}/v1/alerts", content=n1,
-                       headers={"Content-Type": COSE}, timeout=5)
+        n1 = make_n1(
+            p.EncNotifier(
+                kid=SERVER_KID, cipher=p.AesGcmCipher(b"k" * 32), random=secrets.token_bytes
+            )
+        )
+        r = httpx.post(
+            f"http://127.0.0.1:{port}/v1/alerts",
+            content=n1,
+            headers={"Content-Type": COSE},
+            timeout=5,
+        )
         assert r.status_code == 401
     finally:
         proc.terminate()
@@ -405,19 +468,30 @@ def _self_signed(workdir: Path) -> tuple[Path, Path]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "enc.test")])
     now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-            .sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
     workdir.mkdir(parents=True, exist_ok=True)
     cert_file, key_file = workdir / "enc.crt", workdir / "enc.key"
     cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     key_file.chmod(0o600)
     return cert_file, key_file
 
@@ -427,11 +501,18 @@ def test_https_with_a_certificate(tmp_path: Path) -> None:
 
     cert, key = _self_signed(tmp_path / "enc")
     e = EncProcess(tmp_path / "enc")
-    e.config.write_text(e.config.read_text().replace(
-        'host = "127.0.0.1"\n', f'host = "127.0.0.1"\ntls_cert = "{cert}"\ntls_key = "{key}"\n'))
+    e.config.write_text(
+        e.config.read_text().replace(
+            'host = "127.0.0.1"\n', f'host = "127.0.0.1"\ntls_cert = "{cert}"\ntls_key = "{key}"\n'
+        )
+    )
     with open(e.log, "ab") as out:
-        e.proc = subprocess.Popen([CITYWATCH, "enc", "run", "--config", str(e.config)],
-                                  cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        e.proc = subprocess.Popen(
+            [CITYWATCH, "enc", "run", "--config", str(e.config)],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     ctx = ssl.create_default_context(cafile=str(cert))
     url = f"https://127.0.0.1:{e.port}"
     try:
@@ -445,8 +526,13 @@ def test_https_with_a_certificate(tmp_path: Path) -> None:
             assert e.proc.poll() is None and time.monotonic() < deadline, e.log.read_text()
             time.sleep(0.05)
         notifier = e.notifier()
-        r = httpx.post(url + "/v1/alerts", content=make_n1(notifier, "inc-tls"),
-                       headers={"Content-Type": COSE}, verify=ctx, timeout=10)
+        r = httpx.post(
+            url + "/v1/alerts",
+            content=make_n1(notifier, "inc-tls"),
+            headers={"Content-Type": COSE},
+            verify=ctx,
+            timeout=10,
+        )
         assert r.status_code == 200
         assert isinstance(notifier.receive(r.content, now_ms())[0], p.AlertConfirmed)
         # A client that does not trust the certificate gets nowhere.

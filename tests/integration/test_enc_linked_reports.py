@@ -31,16 +31,32 @@ def enc_proc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EncProcess]:
     assert "Traceback" not in e.log.read_text()
 
 
-def n3(notifier: p.EncNotifier, inc: str, rep: str, *, label: str = "fight",
-       score: float = 0.92, device: str = "pole-77") -> bytes:
-    return notifier.linked_report(incident_id=inc, report_id=rep, coords=HERE,
-                                  photo=jpeg((160, 120)), score=score, label=label,
-                                  captured_at=now_ms() - 1000, device_uid=device, now=now_ms())
+def n3(
+    notifier: p.EncNotifier,
+    inc: str,
+    rep: str,
+    *,
+    label: str = "fight",
+    score: float = 0.92,
+    device: str = "pole-77",
+) -> bytes:
+    return notifier.linked_report(
+        incident_id=inc,
+        report_id=rep,
+        coords=HERE,
+        photo=jpeg((160, 120)),
+        score=score,
+        label=label,
+        captured_at=now_ms() - 1000,
+        device_uid=device,
+        now=now_ms(),
+    )
 
 
 def send(e: EncProcess, body: bytes) -> httpx.Response:
-    return httpx.post(e.url + "/v1/reports", content=body, headers={"Content-Type": COSE},
-                      timeout=10)
+    return httpx.post(
+        e.url + "/v1/reports", content=body, headers={"Content-Type": COSE}, timeout=10
+    )
 
 
 def alert_json(o: Operator, inc: str) -> dict[str, object]:
@@ -68,23 +84,40 @@ def test_a_fight_fused_into_a_fall_raises_it_and_both_are_shown(enc_proc: EncPro
     after = alert_json(olga, inc)
     a = after["alert"]
     assert (a["priority"], a["severity"], a["label_text"]) == (  # type: ignore[index]
-        1, "fight", "Person down + Fight")
+        1,
+        "fight",
+        "Person down + Fight",
+    )
     linked = [x for x in after["audit"] if x["action"] == "report_linked"]  # type: ignore[union-attr]
     assert [x["detail"]["report"] for x in linked] == [rep]
     # The same N3 again is a replay; a fresh N3 for the same report changes nothing.
     assert send(e, data).status_code == 409
     assert send(e, n3(notifier, inc, rep, label="fight")).status_code == 200
-    assert len([x for x in alert_json(olga, inc)["audit"]  # type: ignore[union-attr]
-                if x["action"] == "report_linked"]) == 1
+    assert (
+        len(
+            [
+                x
+                for x in alert_json(olga, inc)["audit"]  # type: ignore[union-attr]
+                if x["action"] == "report_linked"
+            ]
+        )
+        == 1
+    )
     # Shown on the alert's page: label, pole, and a blurred preview that is not a view.
     page = olga.http.get(f"/alerts/{inc}").text
     assert "1 more report fused into this alert" in page and "pole-77" in page
     assert olga.http.get(f"/alerts/{inc}/reports/{rep}/photo.jpg?view=preview").status_code == 200
-    assert not [x for x in alert_json(olga, inc)["audit"]  # type: ignore[union-attr]
-                if x["action"] == "photo_viewed"]
+    assert not [
+        x
+        for x in alert_json(olga, inc)["audit"]  # type: ignore[union-attr]
+        if x["action"] == "photo_viewed"
+    ]
     assert olga.http.get(f"/alerts/{inc}/reports/{rep}/photo.jpg").status_code == 200
-    views = [x["detail"] for x in alert_json(olga, inc)["audit"]  # type: ignore[union-attr]
-             if x["action"] == "photo_viewed"]
+    views = [
+        x["detail"]
+        for x in alert_json(olga, inc)["audit"]  # type: ignore[union-attr]
+        if x["action"] == "photo_viewed"
+    ]
     assert views == [{"view": "full", "report": rep}]
     # Recipients hear of it: a CAP Update citing the original, valid against the schema.
     import xml.etree.ElementTree as ET
@@ -99,7 +132,8 @@ def test_a_fight_fused_into_a_fall_raises_it_and_both_are_shown(enc_proc: EncPro
     assert root.findtext("cap:msgType", namespaces=ns) == "Update"
     assert root.findtext("cap:note", namespaces=ns) == (
         "Another report fused in: Fight (92%) from street-pole device pole-77; "
-        "the priority is raised")
+        "the priority is raised"
+    )
     assert len(root.findtext("cap:references", namespaces=ns).split()) == 1
     # Another alert's report is not reachable through this one.
     assert olga.http.get(f"/alerts/{new_id()}/reports/{rep}/photo.jpg").status_code == 404
@@ -117,16 +151,20 @@ def test_same_kind_is_kept_without_raising(enc_proc: EncProcess) -> None:
     assert "1 more report fused into this alert" in olga.http.get(f"/alerts/{inc}").text
 
 
-def test_other_kind_on_a_handled_alert_or_an_unknown_one_stands_alone(
-        enc_proc: EncProcess) -> None:
+def test_other_kind_on_a_handled_alert_or_an_unknown_one_stands_alone(enc_proc: EncProcess) -> None:
     e = enc_proc
     inc = new_id()
     assert e.post(make_n1(e.notifier(), inc, label="person_down", score=0.9)).status_code == 200
     olga = Operator(e.url)
     olga.login("olga")
-    assert olga.http.post(f"/api/alerts/{inc}/actions", json={"action": "dismiss",
-                          "reason": "got up"}, headers={"X-CSRF-Token": olga.csrf()}
-                          ).status_code == 200
+    assert (
+        olga.http.post(
+            f"/api/alerts/{inc}/actions",
+            json={"action": "dismiss", "reason": "got up"},
+            headers={"X-CSRF-Token": olga.csrf()},
+        ).status_code
+        == 200
+    )
     rep = new_id()
     assert send(e, n3(e.notifier(), inc, rep, label="fight")).status_code == 200
     own = alert_json(olga, rep)
@@ -146,20 +184,31 @@ def test_wrong_endpoint_wrong_key_and_bad_bodies_are_refused(enc_proc: EncProces
     assert e.post(n3(e.notifier(), new_id(), new_id())).status_code == 400  # and vice versa
     stranger = e.notifier(key=secrets.token_bytes(32))
     assert send(e, n3(stranger, inc, new_id())).status_code == 401
-    assert httpx.post(e.url + "/v1/reports", content=b"\x00" * 10,
-                      headers={"Content-Type": "application/json"}).status_code == 415
+    assert (
+        httpx.post(
+            e.url + "/v1/reports",
+            content=b"\x00" * 10,
+            headers={"Content-Type": "application/json"},
+        ).status_code
+        == 415
+    )
     assert send(e, b"\xa0garbage").status_code == 400
 
 
 def test_the_alert_page_shows_a_fused_fight_live(enc_proc: EncProcess) -> None:
-    playwright_api = pytest.importorskip("playwright.sync_api",
-                                         reason="playwright is not installed")
+    playwright_api = pytest.importorskip(
+        "playwright.sync_api", reason="playwright is not installed"
+    )
     if not os.path.exists(CHROMIUM):
         pytest.skip(f"{CHROMIUM} is absent (scripts/setup.sh installs Debian's chromium)")
     e = enc_proc
     inc = new_id()
-    assert e.post(make_n1(e.notifier(), inc, label="person_down", score=0.9,
-                          device="pole-live")).status_code == 200
+    assert (
+        e.post(
+            make_n1(e.notifier(), inc, label="person_down", score=0.9, device="pole-live")
+        ).status_code
+        == 200
+    )
     with playwright_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
@@ -182,8 +231,9 @@ def test_the_alert_page_shows_a_fused_fight_live(enc_proc: EncProcess) -> None:
             assert olga.text_content("#label-words") == "Person down + Fight"
             assert "Fight" in olga.text_content("#reports .report-label")
             sue.wait_for_function(
-                f"() => document.querySelector(\"{row} .priority\").textContent"
-                ".startsWith('P1')", timeout=WAIT_MS)
+                f"() => document.querySelector(\"{row} .priority\").textContent.startsWith('P1')",
+                timeout=WAIT_MS,
+            )
             assert "Person down + Fight" in sue.text_content(f"{row} .what")
             shot(olga, "linked-report.png")
             assert errors == []

@@ -30,9 +30,14 @@ def _model_installed() -> None:
 
 
 def citywatch(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "citywatch", "edge", *map(str, args)],
-                          capture_output=True, text=True, check=False, timeout=300,
-                          env={**os.environ})
+    return subprocess.run(
+        [sys.executable, "-m", "citywatch", "edge", *map(str, args)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+        env={**os.environ},
+    )
 
 
 def label_counts(csv_path: Path) -> Counter[str]:
@@ -54,8 +59,9 @@ def test_eval_json_on_the_smoke_set(shared_data: Path) -> None:
         assert set(counts) == {"n", "flagged"} and 0 <= counts["flagged"] <= counts["n"]
     lying = report["labels"]["lying_ground"]
     assert lying["flagged"] / lying["n"] >= 0.6
-    upright_or_sitting = [report["labels"][k] for k in
-                          ("upright", "sitting", "upright_street_crowd")]
+    upright_or_sitting = [
+        report["labels"][k] for k in ("upright", "sitting", "upright_street_crowd")
+    ]
     assert sum(c["flagged"] for c in upright_or_sitting) <= 2
 
 
@@ -73,8 +79,13 @@ def test_eval_can_count_everything_the_prescreen_escalates(shared_data: Path) ->
 
 
 def test_eval_table_names_every_label(shared_data: Path) -> None:
-    proc = citywatch("eval", shared_data / "smoke", "--labels",
-                     shared_data / "smoke" / "labels.csv", "--show-flagged")
+    proc = citywatch(
+        "eval",
+        shared_data / "smoke",
+        "--labels",
+        shared_data / "smoke" / "labels.csv",
+        "--show-flagged",
+    )
     assert proc.returncode == 0, proc.stderr
     for label in label_counts(shared_data / "smoke" / "labels.csv"):
         assert label in proc.stdout
@@ -89,8 +100,7 @@ def test_eval_input_errors_are_user_errors(tmp_path: Path, shared_data: Path) ->
     bad.write_text("file,label\nabsent.jpg,upright\n")
     proc = citywatch("eval", tmp_path, "--labels", bad)
     assert proc.returncode == 2 and "absent.jpg does not exist" in proc.stderr
-    proc = citywatch("eval", shared_data / "smoke", "--labels", "labels.csv",
-                     "--input-size", "250")
+    proc = citywatch("eval", shared_data / "smoke", "--labels", "labels.csv", "--input-size", "250")
     assert proc.returncode == 2 and "input_size" in proc.stderr
 
 
@@ -98,8 +108,16 @@ def test_eval_input_errors_are_user_errors(tmp_path: Path, shared_data: Path) ->
 def test_gmdcsa24_sampled_frames(shared_data: Path, tmp_path: Path) -> None:
     """Frames of subjects 3 and 4 (not used to tune the thresholds), one per second."""
     frames = tmp_path / "frames"
-    proc = citywatch("sample-frames", shared_data / "gmdcsa24", "--out", frames,
-                     "--every", "1.0", "--subjects", "3,4")
+    proc = citywatch(
+        "sample-frames",
+        shared_data / "gmdcsa24",
+        "--out",
+        frames,
+        "--every",
+        "1.0",
+        "--subjects",
+        "3,4",
+    )
     assert proc.returncode == 0, proc.stderr
     counts = label_counts(frames / "labels.csv")
     assert {"upright", "sitting", "lying_ground"} <= set(counts)
@@ -112,8 +130,10 @@ def test_gmdcsa24_sampled_frames(shared_data: Path, tmp_path: Path) -> None:
 
     # The same frames with the floor drawn as the ground region: beds no longer count.
     config = tmp_path / "indoor.toml"
-    config.write_text("[prescreen.person_down]\n"
-                      "ground_region = [[0.0, 0.65], [1.0, 0.65], [1.0, 1.0], [0.0, 1.0]]\n")
+    config.write_text(
+        "[prescreen.person_down]\n"
+        "ground_region = [[0.0, 0.65], [1.0, 0.65], [1.0, 1.0], [0.0, 1.0]]\n"
+    )
     proc = citywatch("eval", frames, "--labels", "labels.csv", "--json", "--config", config)
     assert proc.returncode == 0, proc.stderr
     indoor = json.loads(proc.stdout)["labels"]
@@ -125,10 +145,13 @@ def test_gmdcsa24_sampled_frames(shared_data: Path, tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_eval_video_reports_falls_to_the_floor_only(shared_data: Path, tmp_path: Path) -> None:
     config = tmp_path / "indoor.toml"
-    config.write_text("[prescreen.person_down]\n"
-                      "ground_region = [[0.0, 0.65], [1.0, 0.65], [1.0, 1.0], [0.0, 1.0]]\n")
-    proc = citywatch("eval-video", shared_data / "gmdcsa24", "--subjects", "4", "--json",
-                     "--config", config)
+    config.write_text(
+        "[prescreen.person_down]\n"
+        "ground_region = [[0.0, 0.65], [1.0, 0.65], [1.0, 1.0], [0.0, 1.0]]\n"
+    )
+    proc = citywatch(
+        "eval-video", shared_data / "gmdcsa24", "--subjects", "4", "--json", "--config", config
+    )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     kinds = {v["kind"] for v in result["videos"]}
@@ -143,8 +166,16 @@ def test_eval_video_reports_falls_to_the_floor_only(shared_data: Path, tmp_path:
 
 
 def test_sampler_writes_labels_from_time_ranges(shared_data: Path, tmp_path: Path) -> None:
-    proc = citywatch("sample-frames", shared_data / "gmdcsa24", "--out", tmp_path,
-                     "--every", "2.0", "--subjects", "4")
+    proc = citywatch(
+        "sample-frames",
+        shared_data / "gmdcsa24",
+        "--out",
+        tmp_path,
+        "--every",
+        "2.0",
+        "--subjects",
+        "4",
+    )
     assert proc.returncode == 0, proc.stderr
     with (tmp_path / "labels.csv").open(newline="") as fh:
         rows = list(csv.DictReader(fh))
@@ -162,16 +193,19 @@ def test_sampler_refuses_a_folder_without_the_data_set(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "no GMDCSA24 videos" in proc.stderr
 
 
-@pytest.mark.parametrize(("cell", "expected"), [
-    ("Sitting[0 to 1]; Sleeping[2 to 8]",
-     [("Sitting", 0, 1), ("Sleeping", 2, 8)]),
-    ("Falling (SW)[3.4 to 6]; Sitting[0 to 3.4]",
-     [("Falling", 3.4, 6), ("Sitting", 0, 3.4)]),
-    ("Sitting[9.7 to 3]; Standing[0 to 0.5; 4.2 to 6.5]",  # a reversed range is dropped
-     [("Standing", 0, 0.5), ("Standing", 4.2, 6.5)]),
-    ("Falling (BW[5.9 to 10]; Walking[0 to 1.3]", [("Falling", 5.9, 10), ("Walking", 0, 1.3)]),
-    ("Eating[0.9 4.6]; Fall (FW)[0 to 3]", [("Eating", 0.9, 4.6), ("Falling", 0, 3)]),
-    ("Falling (FW); Sitting[0 to 1.7]", [("Sitting", 0, 1.7)]),
-])
+@pytest.mark.parametrize(
+    ("cell", "expected"),
+    [
+        ("Sitting[0 to 1]; Sleeping[2 to 8]", [("Sitting", 0, 1), ("Sleeping", 2, 8)]),
+        ("Falling (SW)[3.4 to 6]; Sitting[0 to 3.4]", [("Falling", 3.4, 6), ("Sitting", 0, 3.4)]),
+        (
+            "Sitting[9.7 to 3]; Standing[0 to 0.5; 4.2 to 6.5]",  # a reversed range is dropped
+            [("Standing", 0, 0.5), ("Standing", 4.2, 6.5)],
+        ),
+        ("Falling (BW[5.9 to 10]; Walking[0 to 1.3]", [("Falling", 5.9, 10), ("Walking", 0, 1.3)]),
+        ("Eating[0.9 4.6]; Fall (FW)[0 to 3]", [("Eating", 0.9, 4.6), ("Falling", 0, 3)]),
+        ("Falling (FW); Sitting[0 to 1.7]", [("Sitting", 0, 1.7)]),
+    ],
+)
 def test_parse_activity_ranges(cell: str, expected: list[tuple[str, float, float]]) -> None:
     assert parse_activity_ranges(cell) == [ActivityRange(a, s, e) for a, s, e in expected]

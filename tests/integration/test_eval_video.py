@@ -75,12 +75,18 @@ def test_a_backward_fall_towards_the_camera_is_reported(shared_data: Path) -> No
     # the foreshortened body looks upright to the axis rule, and the old settings (input
     # 256, upright pass only, axis rule only) never reported it. The defaults (input 320,
     # rotated passes, torso rule) do; at input 256 even the new rules miss it.
-    found = play(PreScreen.from_config(), shared_data / "gmdcsa24" / "Subject 1" / "Fall" /
-                 "14.mp4")
+    found = play(
+        PreScreen.from_config(), shared_data / "gmdcsa24" / "Subject 1" / "Fall" / "14.mp4"
+    )
     assert [d.label for d in found] == ["person_down"]
-    old = PreScreen.from_config(PreScreenConfig.model_validate({
-        "model": {"input_size": 256, "rotations": [0], "low_light": 0},
-        "person_down": {"min_axis_angle": 60, "min_aspect": 1.0, "min_torso_angle": None}}))
+    old = PreScreen.from_config(
+        PreScreenConfig.model_validate(
+            {
+                "model": {"input_size": 256, "rotations": [0], "low_light": 0},
+                "person_down": {"min_axis_angle": 60, "min_aspect": 1.0, "min_torso_angle": None},
+            }
+        )
+    )
     assert play(old, shared_data / "gmdcsa24" / "Subject 1" / "Fall" / "14.mp4") == []
 
 

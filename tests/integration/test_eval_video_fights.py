@@ -38,9 +38,14 @@ def fights(shared_data: Path) -> Path:
 
 
 def citywatch(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "citywatch", "edge", *map(str, args)],
-                          capture_output=True, text=True, check=False, timeout=900,
-                          env={**os.environ})
+    return subprocess.run(
+        [sys.executable, "-m", "citywatch", "edge", *map(str, args)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=900,
+        env={**os.environ},
+    )
 
 
 def held_out_subset(fights: Path, out: Path) -> Path:

@@ -57,8 +57,13 @@ class ManualClock:
         return self.now
 
 
-def wait_for(what: str, probe: Callable[[], T | None], within: float = WAIT,
-             gnss: GnssReceiver | None = None, fake: GpsFake | None = None) -> T:
+def wait_for(
+    what: str,
+    probe: Callable[[], T | None],
+    within: float = WAIT,
+    gnss: GnssReceiver | None = None,
+    fake: GpsFake | None = None,
+) -> T:
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         value = probe()
@@ -82,8 +87,16 @@ def warsaw_3d(tmp_path: Path) -> Iterator[GpsFake]:
 
 
 def receiver(fake: GpsFake, **extra: object) -> GpsdReceiver:
-    config = parse_gnss_config({"driver": "gpsd", "host": fake.host, "port": fake.port,
-                                "reconnect_initial_s": 0.1, "reconnect_max_s": 0.5, **extra})
+    config = parse_gnss_config(
+        {
+            "driver": "gpsd",
+            "host": fake.host,
+            "port": fake.port,
+            "reconnect_initial_s": 0.1,
+            "reconnect_max_s": 0.5,
+            **extra,
+        }
+    )
     gnss = open_gnss(config)
     assert isinstance(gnss, GpsdReceiver)
     return gnss
@@ -91,9 +104,14 @@ def receiver(fake: GpsFake, **extra: object) -> GpsdReceiver:
 
 def test_a_3d_fix_from_gpsd(warsaw_3d: GpsFake) -> None:
     with receiver(warsaw_3d) as gnss:
-        fix = wait_for("a 3D fix with the full sky view", lambda: (
-            f if (f := gnss.fix()) and f.mode is FixMode.THREE_D and f.satellites_used == 8
-            else None))
+        fix = wait_for(
+            "a 3D fix with the full sky view",
+            lambda: (
+                f
+                if (f := gnss.fix()) and f.mode is FixMode.THREE_D and f.satellites_used == 8
+                else None
+            ),
+        )
         status = gnss.status()
     assert fix.lat == pytest.approx(52.2297, abs=1e-7)
     assert fix.lon == pytest.approx(21.0122, abs=1e-7)
@@ -125,8 +143,13 @@ def test_no_fix_falls_back_to_the_registered_position(tmp_path: Path) -> None:
     assert status.connected and status.devices == 1
     assert status.describe().startswith("GNSS: no fix")
     wire = coords(fix, REGISTERED)
-    assert wire.to_map() == {"lat": 52.2301, "lon": 21.0118, "alt": None, "acc": 3.0,
-                             "src": "fixed"}
+    assert wire.to_map() == {
+        "lat": 52.2301,
+        "lon": 21.0118,
+        "alt": None,
+        "acc": 3.0,
+        "src": "fixed",
+    }
 
 
 def test_a_fix_that_stops_coming_gets_too_old(tmp_path: Path) -> None:
@@ -136,8 +159,10 @@ def test_a_fix_that_stops_coming_gets_too_old(tmp_path: Path) -> None:
         with GpsdReceiver(config, clock=clock) as gnss:
             # The log plays once; its last epoch is 10:00:29. After it, gpsd stays up with
             # nothing new to say, so the fix ages on the test's clock alone.
-            last = wait_for("the last epoch of the log", lambda: (
-                f if (f := gnss.fix()) and f.gnss_time == LOG_END else None))
+            last = wait_for(
+                "the last epoch of the log",
+                lambda: f if (f := gnss.fix()) and f.gnss_time == LOG_END else None,
+            )
             assert last.age == 0
             clock.now += 4.9
             aged = gnss.fix()
@@ -151,15 +176,26 @@ def test_a_fix_that_stops_coming_gets_too_old(tmp_path: Path) -> None:
 def test_quality_limits_reject_fixes(warsaw_3d: GpsFake) -> None:
     with receiver(warsaw_3d, max_acc_m=1.0) as picky, receiver(warsaw_3d) as plain:
         wait_for("a fix", plain.fix, gnss=plain, fake=warsaw_3d)
-        wait_for("gpsd reporting 3D to the picky receiver", lambda: picky.status().mode == 3,
-                 gnss=picky, fake=warsaw_3d)
+        wait_for(
+            "gpsd reporting 3D to the picky receiver",
+            lambda: picky.status().mode == 3,
+            gnss=picky,
+            fake=warsaw_3d,
+        )
         assert picky.fix() is None  # eph is about 17 m, worse than 1 m
 
 
 def test_gpsd_down_clears_the_status_and_comes_back(tmp_path: Path) -> None:
     port = free_port()
-    gnss = GpsdReceiver(GpsdConfig(driver="gpsd", port=port, reconnect_initial_s=0.1,
-                                   reconnect_max_s=0.4, connect_timeout_s=1.0))
+    gnss = GpsdReceiver(
+        GpsdConfig(
+            driver="gpsd",
+            port=port,
+            reconnect_initial_s=0.1,
+            reconnect_max_s=0.4,
+            connect_timeout_s=1.0,
+        )
+    )
     with gnss:
         # Nothing listens yet: no fix, no exception, a status that says why.
         wait_for("the first failed attempt", lambda: gnss.status().error)
@@ -195,8 +231,7 @@ def test_something_else_on_the_port_is_named_in_the_status() -> None:
 
     threading.Thread(target=greet, daemon=True).start()
     try:
-        config = GpsdConfig(driver="gpsd", port=port, reconnect_initial_s=0.1,
-                            reconnect_max_s=0.2)
+        config = GpsdConfig(driver="gpsd", port=port, reconnect_initial_s=0.1, reconnect_max_s=0.2)
         with GpsdReceiver(config) as gnss:
             error = wait_for("a failed session", lambda: gnss.status().error)
             assert gnss.fix() is None and not gnss.status().connected
@@ -211,10 +246,13 @@ def test_nmea_log_writes_what_gpsd_reads_back(tmp_path: Path) -> None:
     start = dt.datetime(2025, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
     log.write_text(nmea_log(-33.8688, -151.2093, alt=42.0, start=start, epochs=20))
     with start_fake(log, tmp_path) as fake, receiver(fake) as gnss:
-        fix = wait_for("a 3D fix", lambda: (
-            f if (f := gnss.fix()) and f.mode is FixMode.THREE_D else None))
-    assert (fix.lat, fix.lon) == (pytest.approx(-33.8688, abs=1e-6),
-                                  pytest.approx(-151.2093, abs=1e-6))
+        fix = wait_for(
+            "a 3D fix", lambda: f if (f := gnss.fix()) and f.mode is FixMode.THREE_D else None
+        )
+    assert (fix.lat, fix.lon) == (
+        pytest.approx(-33.8688, abs=1e-6),
+        pytest.approx(-151.2093, abs=1e-6),
+    )
     assert fix.alt == pytest.approx(42.0)
     assert fix.gnss_time is not None and start <= fix.gnss_time < start + dt.timedelta(seconds=20)
 

@@ -74,7 +74,8 @@ async def _until(cond: object, timeout: float) -> None:
 
 
 def test_poles_on_any_node_reach_the_replicas_once_and_get_their_replies(
-        cluster: NatsCluster) -> None:
+    cluster: NatsCluster,
+) -> None:
     async def run() -> None:
         a, b = Replica(_settings(cluster)), Replica(_settings(cluster))
         for r in (a, b):
@@ -87,8 +88,9 @@ def test_poles_on_any_node_reach_the_replicas_once_and_get_their_replies(
             poles = []
             for i, node in enumerate(cluster.nodes):
                 kid = f"{i:02x}" * 8
-                c = await stack.enter_async_context(aiomqtt.Client(
-                    "127.0.0.1", node.mqtt_port, identifier=kid))
+                c = await stack.enter_async_context(
+                    aiomqtt.Client("127.0.0.1", node.mqtt_port, identifier=kid)
+                )
                 await c.subscribe(f"citywatch/v1/{kid}/down", qos=1)
                 poles.append((kid, c))
             await asyncio.sleep(0.5)  # the subscriptions reach every node
@@ -104,8 +106,9 @@ def test_poles_on_any_node_reach_the_replicas_once_and_get_their_replies(
 
             readers = [asyncio.create_task(collect(c)) for _, c in poles]
             try:
-                await _until(lambda: len(a.seen) + len(b.seen) >= len(sent)
-                             and len(replies) >= len(sent), 30)
+                await _until(
+                    lambda: len(a.seen) + len(b.seen) >= len(sent) and len(replies) >= len(sent), 30
+                )
                 await asyncio.sleep(1.0)  # anything extra would arrive now
             finally:
                 for t in readers:
@@ -125,8 +128,9 @@ def test_a_replica_that_dies_leaves_what_it_took_to_another(cluster: NatsCluster
         dying = Replica(s, hang_on=b"taken")
         dying.start()
         await dying.connected()
-        async with aiomqtt.Client("127.0.0.1", cluster.nodes[1].mqtt_port,
-                                  identifier="ab" * 8) as pole:
+        async with aiomqtt.Client(
+            "127.0.0.1", cluster.nodes[1].mqtt_port, identifier="ab" * 8
+        ) as pole:
             await pole.publish(f"citywatch/v1/{'ab' * 8}/up", b"taken", qos=1)
             await asyncio.sleep(1.0)  # the dying replica has it, unacknowledged
             assert dying.seen == []
@@ -153,8 +157,9 @@ def test_a_node_killed_under_load_leaves_the_replicas_consuming(cluster: NatsClu
     the protocol's retries cover: the end-to-end test (test_server_nats.py) counts
     incidents, not messages. The count is printed, and said in docs/city.md."""
 
-    async def pole(kid: str, order: list[int], acked: list[tuple[float, bytes]],
-                   stop: asyncio.Event) -> None:
+    async def pole(
+        kid: str, order: list[int], acked: list[tuple[float, bytes]], stop: asyncio.Event
+    ) -> None:
         n = 0
         while not stop.is_set():
             for idx in order:
@@ -162,8 +167,9 @@ def test_a_node_killed_under_load_leaves_the_replicas_consuming(cluster: NatsClu
                 if not node.alive:
                     continue
                 try:
-                    async with aiomqtt.Client("127.0.0.1", node.mqtt_port, identifier=kid,
-                                              timeout=5) as c:
+                    async with aiomqtt.Client(
+                        "127.0.0.1", node.mqtt_port, identifier=kid, timeout=5
+                    ) as c:
                         while not stop.is_set():
                             body = f"{kid}:{n}".encode()
                             await c.publish(f"citywatch/v1/{kid}/up", body, qos=1, timeout=5)
@@ -182,8 +188,10 @@ def test_a_node_killed_under_load_leaves_the_replicas_consuming(cluster: NatsClu
         rng = random.Random(7)
         acked: list[tuple[float, bytes]] = []
         stop = asyncio.Event()
-        poles = [asyncio.create_task(pole(f"{i:02x}" * 8, rng.sample((0, 2), 2), acked, stop))
-                 for i in range(6)]
+        poles = [
+            asyncio.create_task(pole(f"{i:02x}" * 8, rng.sample((0, 2), 2), acked, stop))
+            for i in range(6)
+        ]
         await asyncio.sleep(3)
         cluster.nodes[1].kill()
         await asyncio.sleep(20)  # leaders re-elected well within this (a few seconds here)
@@ -201,8 +209,10 @@ def test_a_node_killed_under_load_leaves_the_replicas_consuming(cluster: NatsClu
         await a.close()
         await b.close()
         lost = {body for _, body in acked} - delivered()
-        print(f"acknowledged {len(acked)}, delivered {len(delivered())}, "
-              f"acknowledged and never delivered {len(lost)}")
+        print(
+            f"acknowledged {len(acked)}, delivered {len(delivered())}, "
+            f"acknowledged and never delivered {len(lost)}"
+        )
         assert len(late) > 50, len(late)
         assert late <= delivered(), sorted(late - delivered())[:10]
 

@@ -3,6 +3,7 @@ behind the pre-screen, on frames of the shipped footage (no shared data needed).
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -28,8 +29,13 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "citywatch", "server", "eval", *args],
-                          capture_output=True, text=True, timeout=600, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "citywatch", "server", "eval", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
 
 
 def test_json_counts_per_label_with_the_curve(folder: Path) -> None:
@@ -42,7 +48,9 @@ def test_json_counts_per_label_with_the_curve(folder: Path) -> None:
     curve = {c["threshold"]: c["labels"] for c in out["curve"]}
     # Lower thresholds never flag fewer images.
     ts = sorted(curve)
-    assert all(curve[a]["lying_ground"] >= curve[b]["lying_ground"] for a, b in zip(ts, ts[1:]))
+    assert all(
+        curve[a]["lying_ground"] >= curve[b]["lying_ground"] for a, b in itertools.pairwise(ts)
+    )
     assert out["ms_per_photo"] > 0
 
 
@@ -75,15 +83,24 @@ def test_the_server_will_not_start_without_its_models(tmp_path: Path) -> None:
     import os
 
     config = tmp_path / "server.toml"
-    example = subprocess.run([sys.executable, "-m", "citywatch", "server", "config", "example",
-                              "--data-dir", "./var"], capture_output=True, text=True,
-                             check=True, timeout=60)
+    example = subprocess.run(
+        [sys.executable, "-m", "citywatch", "server", "config", "example", "--data-dir", "./var"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
     config.write_text(example.stdout)
     (tmp_path / "models").mkdir()
     env = {**os.environ, "CITYWATCH_MODELS_DIR": str(tmp_path / "models")}
-    proc = subprocess.run([sys.executable, "-m", "citywatch", "server", "run", "--config",
-                           str(config)], capture_output=True, text=True, timeout=120,
-                          check=False, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "citywatch", "server", "run", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env=env,
+    )
     assert proc.returncode != 0
     assert "pose_detection.tflite is missing" in proc.stderr
     assert "citywatch server models install" in proc.stderr
@@ -91,8 +108,7 @@ def test_the_server_will_not_start_without_its_models(tmp_path: Path) -> None:
     assert not (tmp_path / "var").exists()  # nothing was created before the check
 
 
-def test_eval_clips_runs_both_stages_on_a_real_fall_and_on_someone_sitting(
-        tmp_path: Path) -> None:
+def test_eval_clips_runs_both_stages_on_a_real_fall_and_on_someone_sitting(tmp_path: Path) -> None:
     import cv2
 
     from citywatch._footage import DEMO_FALL
@@ -101,21 +117,42 @@ def test_eval_clips_runs_both_stages_on_a_real_fall_and_on_someone_sitting(
     capture = cv2.VideoCapture(str(DEMO_FALL))
     fps = capture.get(cv2.CAP_PROP_FPS)
     ok, frame = capture.read()
-    writer = cv2.VideoWriter(str(tmp_path / "sitting.mp4"), cv2.VideoWriter_fourcc(*"mp4v"),
-                             fps, (frame.shape[1], frame.shape[0]))
+    assert ok, DEMO_FALL
+    writer = cv2.VideoWriter(
+        str(tmp_path / "sitting.mp4"),
+        cv2.VideoWriter_fourcc(*"mp4v"),
+        fps,
+        (frame.shape[1], frame.shape[0]),
+    )
     for _ in range(int(1.5 * fps)):
         writer.write(frame)
-        ok, frame = capture.read()
+        _, frame = capture.read()
     writer.release()
     capture.release()
     (tmp_path / "fall.mp4").write_bytes(DEMO_FALL.read_bytes())
     (tmp_path / "labels.csv").write_text("file,label\nfall.mp4,fall\nsitting.mp4,sitting\n")
-    proc = subprocess.run([sys.executable, "-m", "citywatch", "server", "eval-clips",
-                           str(tmp_path), "--labels", "labels.csv", "--json", "--hold", "8"],
-                          capture_output=True, text=True, timeout=600, check=False)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "citywatch",
+            "server",
+            "eval-clips",
+            str(tmp_path),
+            "--labels",
+            "labels.csv",
+            "--json",
+            "--hold",
+            "8",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert out["edge"]["fall"] == {"n": 1, "flagged": 1}      # the pole reported the fall
-    assert out["labels"]["fall"] == {"n": 1, "flagged": 1}    # and the server confirmed it
+    assert out["edge"]["fall"] == {"n": 1, "flagged": 1}  # the pole reported the fall
+    assert out["labels"]["fall"] == {"n": 1, "flagged": 1}  # and the server confirmed it
     assert out["edge"]["sitting"]["flagged"] == 0
     assert out["labels"]["sitting"]["flagged"] == 0

@@ -34,8 +34,9 @@ class MeetingVerifier:
     def __init__(self, barrier: threading.Barrier) -> None:
         self.barrier = barrier
 
-    def score(self, photo: bytes, *, device_score: float | None = None,
-              device_label: str = "") -> Verdict:
+    def score(
+        self, photo: bytes, *, device_score: float | None = None, device_label: str = ""
+    ) -> Verdict:
         self.barrier.wait()
         return Verdict(0.95, "person_down", False, "meets the other replica")
 
@@ -48,25 +49,37 @@ def _report(device_kid: bytes, uid: str, lat: float) -> p.IncidentReported:
     cid = os.urandom(16)
     t = now_ms()
     return p.IncidentReported(
-        kid=device_kid, uid=uid, td=t, cid=cid, incident_id=p.incident_id_for(device_kid, cid),
-        coords=p.Coords(lat=lat, lon=21.0, alt=None, acc=4.0), photo=jpeg(), score=0.9,
-        label="person_down", captured_at=t - 100, c3_hash=b"h" * 32)
+        kid=device_kid,
+        uid=uid,
+        td=t,
+        cid=cid,
+        incident_id=p.incident_id_for(device_kid, cid),
+        coords=p.Coords(lat=lat, lon=21.0, alt=None, acc=4.0),
+        photo=jpeg(),
+        score=0.9,
+        label="person_down",
+        captured_at=t - 100,
+        c3_hash=b"h" * 32,
+    )
 
 
-def test_two_replicas_racing_on_one_scene_alert_once(tmp_path: Path,
-                                                     postgres: Postgres) -> None:
+def test_two_replicas_racing_on_one_scene_alert_once(tmp_path: Path, postgres: Postgres) -> None:
     db = postgres.create_database(f"server_{uuid.uuid4().hex[:12]}")
     config = tmp_path / "server.toml"
-    config.write_text(example_config(data_dir=str(tmp_path / "data"))
-                      .replace('url = ""', f"url = {json.dumps(str(db))}")
-                      .replace("port = 8600", f"port = {free_port()}"))
+    config.write_text(
+        example_config(data_dir=str(tmp_path / "data"))
+        .replace('url = ""', f"url = {json.dumps(str(db))}")
+        .replace("port = 8600", f"port = {free_port()}")
+    )
     barrier = threading.Barrier(2, timeout=30)
     a, b = _replica(config, barrier), _replica(config, barrier)
     try:
         assert a.store.engine is not b.store.engine
         assert a.config.verification.fuse_within_m >= 20  # the default fuses these
-        poles = [a.store.add_device(uid=f"pole-{i}", zone="z", lat=52.2, lon=21.0, alg=3,
-                                    actor="t")[0] for i in range(2)]
+        poles = [
+            a.store.add_device(uid=f"pole-{i}", zone="z", lat=52.2, lon=21.0, alg=3, actor="t")[0]
+            for i in range(2)
+        ]
 
         async def race() -> list[tuple[str, str, list[Outcome | None]]]:
             results = []
@@ -78,8 +91,9 @@ def test_two_replicas_racing_on_one_scene_alert_once(tmp_path: Path,
                 # Each replica got one of the two reports.
                 await asyncio.to_thread(a.store.store_incident, one, zone="z")
                 await asyncio.to_thread(b.store.store_incident, two, zone="z")
-                outcomes = await asyncio.gather(a.verification.verify(one.incident_id),
-                                                b.verification.verify(two.incident_id))
+                outcomes = await asyncio.gather(
+                    a.verification.verify(one.incident_id), b.verification.verify(two.incident_id)
+                )
                 results.append((one.incident_id, two.incident_id, list(outcomes)))
             return results
 
@@ -89,17 +103,19 @@ def test_two_replicas_racing_on_one_scene_alert_once(tmp_path: Path,
         for one, two, outcomes in results:
             assert set(outcomes) == {Outcome.DANGEROUS, Outcome.FUSED}
             first, second = a.store.get_incident(one), a.store.get_incident(two)
-            alerted, fused = (first, second) if outcomes[0] is Outcome.DANGEROUS else (
-                second, first)
+            alerted, fused = (
+                (first, second) if outcomes[0] is Outcome.DANGEROUS else (second, first)
+            )
             # The fused report waits in the queue as a linked report of the one alert.
             assert fused.fused_into == alerted.id and fused.enc_state == "pending"
             assert alerted.fused_into is None and alerted.enc_state == "pending"
         assert a.store.outbox_depth() == 2 * SCENES  # one alert and one linked report each
-        linked = {i.incident_id: i.linked_to
-                  for i in a.store.claim_due_alerts(owner="t", lease_ms=60_000, limit=100)}
+        linked = {
+            i.incident_id: i.linked_to
+            for i in a.store.claim_due_alerts(owner="t", lease_ms=60_000, limit=100)
+        }
         assert len(linked) == SCENES and set(linked.values()) == {None}  # alerts first
     finally:
         for server in (a, b):
             server.verifier.close()
             server.store.close()
-

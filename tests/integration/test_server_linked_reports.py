@@ -24,8 +24,7 @@ HERE = p.Coords(lat=52.2297, lon=21.0122, alt=None, acc=3.0, src="gps")
 FOREVER = {"until": "2099-01-01T00:00:00Z"}
 
 
-def _fall_then_fight(server: ServerProcess, bundles: list[p.ProvisioningBundle]
-                     ) -> tuple[str, str]:
+def _fall_then_fight(server: ServerProcess, bundles: list[p.ProvisioningBundle]) -> tuple[str, str]:
     """Two poles at one place: a person down, then a fight there a few seconds later."""
     server.api("POST", "/v1/windows/z/open", json=FOREVER)
 
@@ -41,20 +40,23 @@ def _fall_then_fight(server: ServerProcess, bundles: list[p.ProvisioningBundle]
     return asyncio.run(run())
 
 
-def test_a_fused_fight_reaches_the_real_enc_with_its_alert(tmp_path: Path,
-                                                           broker: Broker) -> None:
+def test_a_fused_fight_reaches_the_real_enc_with_its_alert(tmp_path: Path, broker: Broker) -> None:
     enc_port = free_port()
     setup = make_server(tmp_path, broker, enc_url=f"http://127.0.0.1:{enc_port}")
-    enc = EncProcess(tmp_path / "enc", port=enc_port, key=setup.enc_key,
-                     server_kid=setup.server_kid)
+    enc = EncProcess(
+        tmp_path / "enc", port=enc_port, key=setup.enc_key, server_kid=setup.server_kid
+    )
     add_operators(enc, ("olga", "operator"))
     bundles = [setup.add_device(f"pole-{i}", "z") for i in range(2)]
     enc.start()
     server = ServerProcess(setup).start()
     try:
         first, second = _fall_then_fight(server, bundles)
-        wait_until(lambda: server.api("GET", f"/v1/incidents/{second}").json()["enc_state"]
-                   == "delivered", timeout=30, what="the linked report at the ENC")
+        wait_until(
+            lambda: server.api("GET", f"/v1/incidents/{second}").json()["enc_state"] == "delivered",
+            timeout=30,
+            what="the linked report at the ENC",
+        )
         info = server.api("GET", f"/v1/incidents/{second}").json()
         assert info["fused_into"] == first and info["decision"] == "dangerous"
         olga = Operator(enc.url)
@@ -74,7 +76,8 @@ def test_a_fused_fight_reaches_the_real_enc_with_its_alert(tmp_path: Path,
 
 
 def test_an_enc_without_linked_reports_gets_the_fused_report_as_an_alert(
-        tmp_path: Path, broker: Broker) -> None:
+    tmp_path: Path, broker: Broker
+) -> None:
     enc_port = free_port()
     setup = make_server(tmp_path, broker, enc_url=f"http://127.0.0.1:{enc_port}")
     enc = EncStub(server_kid=setup.server_kid, key=setup.enc_key, port=enc_port).start()
@@ -82,8 +85,11 @@ def test_an_enc_without_linked_reports_gets_the_fused_report_as_an_alert(
     server = ServerProcess(setup).start()
     try:
         first, second = _fall_then_fight(server, bundles)
-        wait_until(lambda: set(enc.stored) == {first, second}, timeout=30,
-                   what="both reports at an ENC that knows only N1")
+        wait_until(
+            lambda: set(enc.stored) == {first, second},
+            timeout=30,
+            what="both reports at an ENC that knows only N1",
+        )
         assert enc.alerts[second].label == "fight"
         assert server.api("GET", f"/v1/incidents/{second}").json()["fused_into"] == first
     finally:

@@ -44,14 +44,19 @@ def _on_node(bundle: p.ProvisioningBundle, port: int) -> p.ProvisioningBundle:
 
 
 def test_replicas_on_a_nats_cluster_alert_once_with_a_node_killed_under_load(
-        tmp_path: Path, cluster: NatsCluster, postgres: Postgres) -> None:
+    tmp_path: Path, cluster: NatsCluster, postgres: Postgres
+) -> None:
     db = postgres.create_database(f"server_{uuid.uuid4().hex[:12]}")
     enc_port = free_port()
     gateway = SimpleNamespace(port=cluster.nodes[0].mqtt_port)
-    first = make_server(tmp_path, gateway, enc_url=f"http://127.0.0.1:{enc_port}",  # type: ignore[arg-type]
-                        db_url=db, verification={"fuse_within_m": 0},
-                        broker_extra={"transport": "nats", "nats_servers": cluster.urls,
-                                      "nats_replicas": 3})
+    first = make_server(
+        tmp_path,
+        gateway,
+        enc_url=f"http://127.0.0.1:{enc_port}",  # type: ignore[arg-type]
+        db_url=db,
+        verification={"fuse_within_m": 0},
+        broker_extra={"transport": "nats", "nats_servers": cluster.urls, "nats_replicas": 3},
+    )
     second = first.variant("second")
     enc = EncStub(server_kid=first.server_kid, key=first.enc_key, port=enc_port).start()
     # Poles on the two nodes that stay up; the servers use the whole cluster.
@@ -74,8 +79,10 @@ def test_replicas_on_a_nats_cluster_alert_once_with_a_node_killed_under_load(
                     # Generous: around the kill the gateway may drop what it acknowledged
                     # (docs/city.md) and the pole then retries with back-off; on a loaded
                     # machine the leaders' election takes its time too.
-                    return [(await d.report(fall_photo(), HERE, 0.9, "fall",
-                                            timeout=240)).incident_id for _ in range(n)]
+                    return [
+                        (await d.report(fall_photo(), HERE, 0.9, "fall", timeout=240)).incident_id
+                        for _ in range(n)
+                    ]
 
                 before = await asyncio.gather(*(reports(d, 1) for d in devices))
                 during = asyncio.gather(*(reports(d, 4) for d in devices))
@@ -89,12 +96,14 @@ def test_replicas_on_a_nats_cluster_alert_once_with_a_node_killed_under_load(
 
         ids = asyncio.run(run_devices())
         assert len(ids) == 30 and len(set(ids)) == 30, ids
-        wait_until(lambda: set(enc.stored) >= set(ids), timeout=90,
-                   what="every acknowledged report at the ENC")
+        wait_until(
+            lambda: set(enc.stored) >= set(ids),
+            timeout=90,
+            what="every acknowledged report at the ENC",
+        )
         assert set(enc.stored) == set(ids)
         assert all(n == 1 for n in enc.stored.values()), enc.stored
-        handled = [s.metric("citywatch_server_messages_total", outcome="accepted")
-                   for s in (a, b)]
+        handled = [s.metric("citywatch_server_messages_total", outcome="accepted") for s in (a, b)]
         assert all(h > 0 for h in handled), handled  # the replicas shared the work queue
     finally:
         a.stop()

@@ -23,10 +23,15 @@ FOREVER = {"until": "2099-01-01T00:00:00Z"}
 
 @pytest.mark.slow
 def test_server_killed_between_c3_and_n1_loses_and_duplicates_nothing(
-        tmp_path: Path, broker: Broker) -> None:
+    tmp_path: Path, broker: Broker
+) -> None:
     port = free_port()
-    setup = make_server(tmp_path, broker, enc_url=f"http://127.0.0.1:{port}",
-                        enc={"request_timeout_s": 2.0, "connect_timeout_s": 1.0})
+    setup = make_server(
+        tmp_path,
+        broker,
+        enc_url=f"http://127.0.0.1:{port}",
+        enc={"request_timeout_s": 2.0, "connect_timeout_s": 1.0},
+    )
     enc = EncStub(server_kid=setup.server_kid, key=setup.enc_key, port=port, mode="hang")
     enc.start()
     bundle = setup.add_device("pole-1", "z")
@@ -37,8 +42,7 @@ def test_server_killed_between_c3_and_n1_loses_and_duplicates_nothing(
         async def report() -> str:
             async with SimulatedDevice(bundle) as d:
                 await d.wait_for_window(timeout=10)
-                delivered = await d.report(fall_photo(), HERE, 0.9, "person_down",
-                                           timeout=15)
+                delivered = await d.report(fall_photo(), HERE, 0.9, "person_down", timeout=15)
                 return delivered.incident_id
 
         incident_id = asyncio.run(report())  # C4 received: the device has forgotten it
@@ -51,10 +55,19 @@ def test_server_killed_between_c3_and_n1_loses_and_duplicates_nothing(
 
         restarted = ServerProcess(setup, "restarted").start()
         try:
-            wait_until(lambda: incident_id in enc.stored, timeout=30,
-                       what="alert delivered after the restart")
-            wait_until(lambda: restarted.api("GET", f"/v1/incidents/{incident_id}")
-                       .json()["enc_state"] == "delivered", timeout=10, what="delivered")
+            wait_until(
+                lambda: incident_id in enc.stored,
+                timeout=30,
+                what="alert delivered after the restart",
+            )
+            wait_until(
+                lambda: (
+                    restarted.api("GET", f"/v1/incidents/{incident_id}").json()["enc_state"]
+                    == "delivered"
+                ),
+                timeout=10,
+                what="delivered",
+            )
             assert enc.stored == {incident_id: 1} and enc.n2_sent == 1
             assert restarted.metric("citywatch_server_outbox_depth") == 0
         finally:
@@ -65,7 +78,8 @@ def test_server_killed_between_c3_and_n1_loses_and_duplicates_nothing(
 
 
 def test_unverified_incident_is_verified_and_sent_after_a_restart(
-        tmp_path: Path, broker: Broker) -> None:
+    tmp_path: Path, broker: Broker
+) -> None:
     """The kill lands after C4 but before the decision: the incident is stored and
     acknowledged but not verified. The next start verifies it and sends it."""
     port = free_port()
@@ -77,9 +91,18 @@ def test_unverified_incident_is_verified_and_sent_after_a_restart(
 
     store, _ = open_store(load_config(setup.config), announce=False)
     inc = p.IncidentReported(
-        kid=bundle.kid, uid=bundle.uid, td=1, cid=b"c" * 16,
-        incident_id=p.incident_id_for(bundle.kid, b"c" * 16), coords=HERE,
-        photo=fall_photo(), score=0.95, label="fall", captured_at=1, c3_hash=b"h" * 32)
+        kid=bundle.kid,
+        uid=bundle.uid,
+        td=1,
+        cid=b"c" * 16,
+        incident_id=p.incident_id_for(bundle.kid, b"c" * 16),
+        coords=HERE,
+        photo=fall_photo(),
+        score=0.95,
+        label="fall",
+        captured_at=1,
+        c3_hash=b"h" * 32,
+    )
     store.store_incident(inc, zone="z")
     store.close()
     enc.start()
@@ -97,8 +120,9 @@ def test_unverified_incident_is_verified_and_sent_after_a_restart(
 def test_enc_down_and_back(tmp_path: Path, broker: Broker) -> None:
     port = free_port()
     # Every report from the one pole, at one place, is an alert of its own here.
-    setup = make_server(tmp_path, broker, enc_url=f"http://127.0.0.1:{port}",
-                        verification=NO_FUSION)
+    setup = make_server(
+        tmp_path, broker, enc_url=f"http://127.0.0.1:{port}", verification=NO_FUSION
+    )
     bundle = setup.add_device("pole-1", "z")
     server = ServerProcess(setup).start()
     enc = EncStub(server_kid=setup.server_kid, key=setup.enc_key, port=port)
@@ -108,13 +132,19 @@ def test_enc_down_and_back(tmp_path: Path, broker: Broker) -> None:
         async def report(n: int) -> list[str]:
             async with SimulatedDevice(bundle) as d:
                 await d.wait_for_window(timeout=10)
-                return [(await d.report(fall_photo(), HERE, 0.9, "fall", timeout=15))
-                        .incident_id for _ in range(n)]
+                return [
+                    (await d.report(fall_photo(), HERE, 0.9, "fall", timeout=15)).incident_id
+                    for _ in range(n)
+                ]
 
         ids = asyncio.run(report(3))  # the ENC is not listening at all
-        wait_until(lambda: all((i["enc_attempts"] or 0) >= 3
-                               for i in server.api("GET", "/v1/incidents").json()),
-                   timeout=20, what="several failed attempts")
+        wait_until(
+            lambda: all(
+                (i["enc_attempts"] or 0) >= 3 for i in server.api("GET", "/v1/incidents").json()
+            ),
+            timeout=20,
+            what="several failed attempts",
+        )
         assert server.metric("citywatch_server_outbox_depth") == 3
         enc.mode = "refuse"  # up, but answering 503
         enc.start()
@@ -123,8 +153,11 @@ def test_enc_down_and_back(tmp_path: Path, broker: Broker) -> None:
         enc.mode = "ok"
         wait_until(lambda: set(enc.stored) == set(ids), timeout=30, what="all delivered")
         assert all(n == 1 for n in enc.stored.values())
-        wait_until(lambda: server.metric("citywatch_server_outbox_depth") == 0, timeout=10,
-                   what="empty outbox")
+        wait_until(
+            lambda: server.metric("citywatch_server_outbox_depth") == 0,
+            timeout=10,
+            what="empty outbox",
+        )
         assert server.metric("citywatch_server_enc_attempts_total", outcome="failed") >= 6
     finally:
         server.stop()
@@ -132,12 +165,14 @@ def test_enc_down_and_back(tmp_path: Path, broker: Broker) -> None:
 
 
 @pytest.mark.slow
-def test_two_server_processes_share_the_load(tmp_path: Path, broker: Broker,
-                                             postgres: Postgres) -> None:
+def test_two_server_processes_share_the_load(
+    tmp_path: Path, broker: Broker, postgres: Postgres
+) -> None:
     db = postgres.create_database(f"server_{uuid.uuid4().hex[:12]}")
     port = free_port()
-    first = make_server(tmp_path, broker, enc_url=f"http://127.0.0.1:{port}", db_url=db,
-                        verification=NO_FUSION)
+    first = make_server(
+        tmp_path, broker, enc_url=f"http://127.0.0.1:{port}", db_url=db, verification=NO_FUSION
+    )
     second = first.variant("second")
     enc = EncStub(server_kid=first.server_kid, key=first.enc_key, port=port).start()
     bundles = [first.add_device(f"pole-{i}", "z") for i in range(6)]
@@ -155,8 +190,10 @@ def test_two_server_processes_share_the_load(tmp_path: Path, broker: Broker,
                     await d.wait_for_window(timeout=15)
 
                 async def two_reports(d: SimulatedDevice) -> list[str]:
-                    return [(await d.report(fall_photo(), HERE, 0.9, "fall",
-                                            timeout=20)).incident_id for _ in range(2)]
+                    return [
+                        (await d.report(fall_photo(), HERE, 0.9, "fall", timeout=20)).incident_id
+                        for _ in range(2)
+                    ]
 
                 got = await asyncio.gather(*(two_reports(d) for d in devices))
                 return [i for ids in got for i in ids]
@@ -169,11 +206,15 @@ def test_two_server_processes_share_the_load(tmp_path: Path, broker: Broker,
         wait_until(lambda: set(enc.stored) == set(ids), timeout=30, what="all alerts at the ENC")
         assert all(n == 1 for n in enc.stored.values())
         # Both processes handled part of the device traffic.
-        handled = [s.metric("citywatch_server_messages_total", outcome="accepted")
-                   for s in (a, b)]
+        handled = [s.metric("citywatch_server_messages_total", outcome="accepted") for s in (a, b)]
         assert all(h > 0 for h in handled), handled
-        assert sum(s.metric("citywatch_server_messages_total", type="C3", outcome="accepted")
-                   for s in (a, b)) >= 12
+        assert (
+            sum(
+                s.metric("citywatch_server_messages_total", type="C3", outcome="accepted")
+                for s in (a, b)
+            )
+            >= 12
+        )
         # One replica announced the window; every device got exactly one B1 for it, and
         # devices that came online got their fresh one from whichever replica heard it.
         devices = a.api("GET", "/v1/devices").json()

@@ -28,8 +28,9 @@ HERE = Coords(lat=52.2297, lon=21.0122, alt=None, acc=None, src="fixed")
 
 
 def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def make_ca_and_cert(d: Path, *, name: str = "CityWatch test CA") -> tuple[Path, Path, Path]:
@@ -37,23 +38,34 @@ def make_ca_and_cert(d: Path, *, name: str = "CityWatch test CA") -> tuple[Path,
     now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
-          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-          .not_valid_before(now - dt.timedelta(minutes=5))
-          .not_valid_after(now + dt.timedelta(days=1))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .sign(ca_key, hashes.SHA256()))
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
     key = ec.generate_private_key(ec.SECP256R1())
-    cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "broker")]))
-            .issuer_name(ca_name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([
-                x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                critical=False)
-            .sign(ca_key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "broker")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
     d.mkdir(parents=True, exist_ok=True)
     paths = (d / "ca.pem", d / "broker.pem", d / "broker.key")
     paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
@@ -75,11 +87,16 @@ def tls_broker(tmp_path: Path) -> Iterator[tuple[Broker, Path]]:
 
 
 def test_contact_over_tls_with_the_ca_from_config_and_bundle(
-        tmp_path: Path, tls_broker: tuple[Broker, Path]) -> None:
+    tmp_path: Path, tls_broker: tuple[Broker, Path]
+) -> None:
     broker, ca = tls_broker
     port = free_port()
-    setup = make_server(tmp_path, broker, enc_url=f"http://127.0.0.1:{port}",
-                        broker_extra={"tls": True, "ca_file": str(ca)})
+    setup = make_server(
+        tmp_path,
+        broker,
+        enc_url=f"http://127.0.0.1:{port}",
+        broker_extra={"tls": True, "ca_file": str(ca)},
+    )
     enc = EncStub(server_kid=setup.server_kid, key=setup.enc_key, port=port).start()
     bundle = setup.add_device("pole-tls", "z")
     broker_address = bundle.server
@@ -103,12 +120,19 @@ def test_contact_over_tls_with_the_ca_from_config_and_bundle(
 
 
 def test_device_that_does_not_trust_the_broker_cannot_connect(
-        tmp_path: Path, tls_broker: tuple[Broker, Path]) -> None:
+    tmp_path: Path, tls_broker: tuple[Broker, Path]
+) -> None:
     broker, _ca = tls_broker
     other_ca, _, _ = make_ca_and_cert(tmp_path / "other", name="Someone else's CA")
-    bundle = ProvisioningBundle(uid="pole-x", kid=bytes(8), alg=3, key=bytes(32),
-                                server=BrokerAddress(host=broker.host, port=broker.port,
-                                                     tls=True, ca_pem=other_ca.read_text()))
+    bundle = ProvisioningBundle(
+        uid="pole-x",
+        kid=bytes(8),
+        alg=3,
+        key=bytes(32),
+        server=BrokerAddress(
+            host=broker.host, port=broker.port, tls=True, ca_pem=other_ca.read_text()
+        ),
+    )
 
     async def connect() -> None:
         async with SimulatedDevice(bundle):
@@ -132,6 +156,8 @@ def test_plain_tcp_to_the_tls_listener_gets_nothing(tls_broker: tuple[Broker, Pa
     assert not answer.startswith(b"\x20")  # 0x20 = CONNACK
     # ... while a TLS client that trusts the CA completes a handshake.
     ctx = ssl.create_default_context(cafile=str(ca))
-    with socket.create_connection((broker.host, broker.port), timeout=5) as raw, \
-            ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+    with (
+        socket.create_connection((broker.host, broker.port), timeout=5) as raw,
+        ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
         assert tls.version() in ("TLSv1.2", "TLSv1.3")

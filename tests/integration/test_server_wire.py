@@ -25,8 +25,12 @@ HERE = p.Coords(lat=52.2297, lon=21.0122, alt=None, acc=3.0, src="gps")
 @pytest.fixture
 def setup(tmp_path: Path, broker: Broker) -> ServerSetup:
     # A small token bucket so that error 9 is reachable in a test.
-    return make_server(tmp_path, broker, enc_url="http://127.0.0.1:9",
-                       timing={"rate_limit_burst": 3, "rate_limit_per_minute": 0.5})
+    return make_server(
+        tmp_path,
+        broker,
+        enc_url="http://127.0.0.1:9",
+        timing={"rate_limit_burst": 3, "rate_limit_per_minute": 0.5},
+    )
 
 
 @pytest.fixture
@@ -51,8 +55,13 @@ class Wire:
         return p.seal(m, cipher=self.cipher, kid=self.b.kid, random=secrets.token_bytes)
 
     def open(self, data: bytes) -> p.Message:
-        return p.open_message(data, role="device", accepts=(1, 4, 6, 9), limits=p.Limits(),
-                              key_for=lambda kid: self.cipher).message
+        return p.open_message(
+            data,
+            role="device",
+            accepts=(1, 4, 6, 9),
+            limits=p.Limits(),
+            key_for=lambda kid: self.cipher,
+        ).message
 
     async def ask(self, data: bytes, *, topic: str | None = None) -> p.Message:
         seen = len(self.dev.downlinks)
@@ -63,8 +72,7 @@ class Wire:
             await asyncio.sleep(0.01)
         return self.open(self.dev.downlinks[seen])
 
-    async def silent(self, data: bytes, *, topic: str | None = None,
-                     wait: float = 0.7) -> None:
+    async def silent(self, data: bytes, *, topic: str | None = None, wait: float = 0.7) -> None:
         seen = len(self.dev.downlinks)
         await self.dev.send_raw(data, topic=topic)
         await asyncio.sleep(wait)
@@ -83,16 +91,41 @@ class Wire:
 
     def c3(self, td: int, tk: bytes, *, photo: bytes | None = None) -> bytes:
         if photo is None or photo.startswith(b"\xff\xd8"):
-            return self.seal(p.C3Report(td=td, uid=self.b.uid, tk=tk, cid=secrets.token_bytes(16),
-                                        gc=HERE, pf=photo or fall_photo(), sc=0.9,
-                                        lb="fall", at=td))
+            return self.seal(
+                p.C3Report(
+                    td=td,
+                    uid=self.b.uid,
+                    tk=tk,
+                    cid=secrets.token_bytes(16),
+                    gc=HERE,
+                    pf=photo or fall_photo(),
+                    sc=0.9,
+                    lb="fall",
+                    at=td,
+                )
+            )
         # Not a JPEG: the message class refuses to build it, so build the plaintext by hand.
-        plaintext = cbor2.dumps({"td": td, "uid": self.b.uid, "tk": tk,
-                                 "cid": secrets.token_bytes(16), "gc": HERE.to_map(),
-                                 "pf": photo, "sc": 0.9, "lb": "fall", "at": td},
-                                canonical=True)
-        return seal_message(cipher=self.cipher, kid=self.b.kid, type=p.MessageType.C3,
-                            plaintext=plaintext, iv=secrets.token_bytes(12))
+        plaintext = cbor2.dumps(
+            {
+                "td": td,
+                "uid": self.b.uid,
+                "tk": tk,
+                "cid": secrets.token_bytes(16),
+                "gc": HERE.to_map(),
+                "pf": photo,
+                "sc": 0.9,
+                "lb": "fall",
+                "at": td,
+            },
+            canonical=True,
+        )
+        return seal_message(
+            cipher=self.cipher,
+            kid=self.b.kid,
+            type=p.MessageType.C3,
+            plaintext=plaintext,
+            iv=secrets.token_bytes(12),
+        )
 
 
 def test_every_error_code_over_the_wire(setup: ServerSetup, server: ServerProcess) -> None:
@@ -106,43 +139,55 @@ def test_every_error_code_over_the_wire(setup: ServerSetup, server: ServerProces
     assert server.api("POST", "/v1/devices/pole-c/block").status_code == 200
 
     async def scenario() -> None:
-        async with SimulatedDevice(ba) as da, SimulatedDevice(bb) as db, \
-                SimulatedDevice(bc) as dc, SimulatedDevice(bz) as dz:
+        async with (
+            SimulatedDevice(ba) as da,
+            SimulatedDevice(bb) as db,
+            SimulatedDevice(bc) as dc,
+            SimulatedDevice(bz) as dz,
+        ):
             await da.wait_for_window(timeout=10)
             a, b, c, z = Wire(da, ba), Wire(db, bb), Wire(dc, bc), Wire(dz, bz)
             t = now()
             await a.refused(a.seal(p.C1Hello(td=t, uid="pole-b")), p.ErrorCode.UID_MISMATCH)
             await b.refused(b.seal(p.C1Hello(td=t, uid="pole-b")), p.ErrorCode.DEVICE_INACTIVE)
             await c.refused(c.seal(p.C1Hello(td=t, uid="pole-c")), p.ErrorCode.DEVICE_BLOCKED)
-            await z.refused(z.seal(p.C1Hello(td=t, uid="pole-z")),
-                            p.ErrorCode.FRAMEWORK_INACTIVE)
-            stale = await a.refused(a.seal(p.C1Hello(td=t - 120_000, uid="pole-a")),
-                                    p.ErrorCode.TIMESTAMP_OUT_OF_WINDOW)
+            await z.refused(z.seal(p.C1Hello(td=t, uid="pole-z")), p.ErrorCode.FRAMEWORK_INACTIVE)
+            stale = await a.refused(
+                a.seal(p.C1Hello(td=t - 120_000, uid="pole-a")), p.ErrorCode.TIMESTAMP_OUT_OF_WINDOW
+            )
             assert abs(stale.now - now()) < 5_000 and stale.td == t - 120_000
             c1 = a.seal(p.C1Hello(td=t + 1, uid="pole-a"))
             assert isinstance(await a.ask(c1), p.C2Ready)
             await a.refused(c1, p.ErrorCode.REPLAY)
             await a.refused(a.c3(t + 1, b"\x01" + b"x" * 40), p.ErrorCode.TICKET_INVALID)
             tk = await a.ticket(t + 2)
-            rejected = await a.refused(a.c3(t + 2, tk, photo=b"GIF89a not a jpeg"),
-                                       p.ErrorCode.PAYLOAD_REJECTED)
+            rejected = await a.refused(
+                a.c3(t + 2, tk, photo=b"GIF89a not a jpeg"), p.ErrorCode.PAYLOAD_REJECTED
+            )
             assert rejected.re == p.MessageType.C3
             # Accepted C1s take from pole-a's bucket of 3: the fourth is rate limited.
             await a.ticket(t + 3)
-            await a.refused(a.seal(p.C1Hello(td=t + 4, uid="pole-a")),
-                            p.ErrorCode.RATE_LIMITED)
+            await a.refused(a.seal(p.C1Hello(td=t + 4, uid="pole-a")), p.ErrorCode.RATE_LIMITED)
 
     asyncio.run(scenario())
-    for reason in ("uid_mismatch", "device_inactive", "device_blocked", "framework_inactive",
-                   "timestamp_out_of_window", "replay", "ticket_invalid", "payload_rejected",
-                   "rate_limited"):
-        assert server.metric("citywatch_server_rejected_messages_total", reason=reason) >= 1, \
-            reason
+    for reason in (
+        "uid_mismatch",
+        "device_inactive",
+        "device_blocked",
+        "framework_inactive",
+        "timestamp_out_of_window",
+        "replay",
+        "ticket_invalid",
+        "payload_rejected",
+        "rate_limited",
+    ):
+        assert server.metric("citywatch_server_rejected_messages_total", reason=reason) >= 1, reason
     assert server.api("GET", "/v1/incidents").json() == []
 
 
-def test_replays_reflections_and_forgeries_are_dropped(setup: ServerSetup,
-                                                       server: ServerProcess) -> None:
+def test_replays_reflections_and_forgeries_are_dropped(
+    setup: ServerSetup, server: ServerProcess
+) -> None:
     ba = setup.add_device("pole-a", "old-town")
     bb = setup.add_device("pole-b", "old-town")
     server.start()
@@ -153,12 +198,15 @@ def test_replays_reflections_and_forgeries_are_dropped(setup: ServerSetup,
             await da.wait_for_window(timeout=10)
             a = Wire(da, ba)
             delivered = await da.report(fall_photo(), HERE, 0.9, "fall", timeout=10)
-            def sent(kind: p.MessageType, messages: list[bytes]) -> bytes:
-                return [m for m in messages
-                        if p.decode_envelope(m, max_size=10**7).type == kind][-1]
 
-            c1, b2, c3 = (sent(t, da.uplinks) for t in (p.MessageType.C1, p.MessageType.B2,
-                                                         p.MessageType.C3))
+            def sent(kind: p.MessageType, messages: list[bytes]) -> bytes:
+                return [m for m in messages if p.decode_envelope(m, max_size=10**7).type == kind][
+                    -1
+                ]
+
+            c1, b2, c3 = (
+                sent(t, da.uplinks) for t in (p.MessageType.C1, p.MessageType.B2, p.MessageType.C3)
+            )
             c2 = sent(p.MessageType.C2, da.downlinks)
 
             # A replayed C3 gets error 6 and no second incident; a replayed C1 too.
@@ -172,12 +220,18 @@ def test_replays_reflections_and_forgeries_are_dropped(setup: ServerSetup,
             forged[-3] ^= 0x01
             await a.silent(bytes(forged))
             stranger = bytes(8)
-            await a.silent(p.seal(p.C1Hello(td=now(), uid="pole-a"),
-                                  cipher=p.AesGcmCipher(bytes(32)), kid=stranger,
-                                  random=secrets.token_bytes),
-                           topic=f"citywatch/v1/{stranger.hex()}/up")
-            await a.silent(a.seal(p.C1Hello(td=now(), uid="pole-a")),
-                           topic=f"citywatch/v1/{bb.kid.hex()}/up")
+            await a.silent(
+                p.seal(
+                    p.C1Hello(td=now(), uid="pole-a"),
+                    cipher=p.AesGcmCipher(bytes(32)),
+                    kid=stranger,
+                    random=secrets.token_bytes,
+                ),
+                topic=f"citywatch/v1/{stranger.hex()}/up",
+            )
+            await a.silent(
+                a.seal(p.C1Hello(td=now(), uid="pole-a")), topic=f"citywatch/v1/{bb.kid.hex()}/up"
+            )
             await a.silent(b"\x00garbage")
             return delivered.incident_id
 
@@ -185,11 +239,12 @@ def test_replays_reflections_and_forgeries_are_dropped(setup: ServerSetup,
     incidents = server.api("GET", "/v1/incidents").json()
     assert [i["id"] for i in incidents] == [incident_id]
     m = server.metric
-    assert m("citywatch_server_rejected_messages_total", reason="mismatch") >= 1      # B2
-    assert m("citywatch_server_rejected_messages_total", reason="unexpected") >= 1    # C2
+    assert m("citywatch_server_rejected_messages_total", reason="mismatch") >= 1  # B2
+    assert m("citywatch_server_rejected_messages_total", reason="unexpected") >= 1  # C2
     assert m("citywatch_server_rejected_messages_total", reason="auth") >= 1
     assert m("citywatch_server_rejected_messages_total", reason="unknown_kid") >= 1
     assert m("citywatch_server_rejected_messages_total", reason="topic_mismatch") >= 1
     assert m("citywatch_server_rejected_messages_total", reason="malformed") >= 1
-    wait_until(lambda: server.api("GET", "/v1/incidents").json()[0]["decision"], timeout=5,
-               what="decision")
+    wait_until(
+        lambda: server.api("GET", "/v1/incidents").json()[0]["decision"], timeout=5, what="decision"
+    )

@@ -113,14 +113,19 @@ def _frozen_then_stopped(proc: subprocess.Popen[bytes], n: Notifications, log: P
 def test_enc_under_a_notify_socket(tmp_path: Path, notifications: Notifications) -> None:
     enc = EncProcess(tmp_path / "enc")
     with open(enc.log, "wb") as out:
-        proc = subprocess.Popen([CITYWATCH, "enc", "run", "--config", str(enc.config)],
-                                cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                env=_env(notifications))
+        proc = subprocess.Popen(
+            [CITYWATCH, "enc", "run", "--config", str(enc.config)],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=_env(notifications),
+        )
     try:
         ready = notifications.wait_for("READY=1", timeout=30)
         assert httpx.get(enc.url + "/healthz", timeout=5).status_code == 200
         assert [m for t, m in notifications.poll() if t <= ready][-1] == (
-            "READY=1\nSTATUS=accepting alerts")
+            "READY=1\nSTATUS=accepting alerts"
+        )
         _frozen_then_stopped(proc, notifications, enc.log)
     finally:
         if proc.poll() is None:
@@ -165,8 +170,13 @@ def test_enc_metrics_count_alerts_and_answer_allowed_networks_only(tmp_path: Pat
 
 def test_enc_config_with_a_bad_metrics_network_is_refused(tmp_path: Path) -> None:
     enc = EncProcess(tmp_path / "enc", extra_toml='[metrics]\nallow_from = ["10.9.0.0/33"]\n')
-    done = subprocess.run([CITYWATCH, "enc", "config", "check", "--config", str(enc.config)],
-                          capture_output=True, text=True, timeout=60, check=False)
+    done = subprocess.run(
+        [CITYWATCH, "enc", "config", "check", "--config", str(enc.config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode != 0
     assert "metrics.allow_from" in done.stderr and "10.9.0.0/33" in done.stderr
 
@@ -179,7 +189,8 @@ def _status(url: str) -> int:
 
 
 def test_server_under_a_notify_socket_and_without_its_broker(
-        tmp_path: Path, notifications: Notifications) -> None:
+    tmp_path: Path, notifications: Notifications
+) -> None:
     broker_port = free_port()
     broker: Broker = start_mosquitto(tmp_path / "broker", port=broker_port)
     enc = EncStub(server_kid=b"\0" * 8, key=b"\0" * 32).start()
@@ -188,27 +199,33 @@ def test_server_under_a_notify_socket_and_without_its_broker(
     log = tmp_path / "server.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "citywatch.cli", "server", "run", "--config",
-             str(setup.config)], stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
-            env=_env(notifications))
+            [sys.executable, "-m", "citywatch.cli", "server", "run", "--config", str(setup.config)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env=_env(notifications),
+        )
     try:
         notifications.wait_for("READY=1", timeout=30)
-        wait_until(lambda: _status(health) == 200, timeout=60,
-                   what="healthz 200")
+        wait_until(lambda: _status(health) == 200, timeout=60, what="healthz 200")
         # The broker goes away: 503 and a STATUS line, but the watchdog is still fed
         # (reconnecting is the server's own job; a restart would not bring the broker).
         broker.stop()
         gone = time.monotonic()
-        wait_until(lambda: _status(health) == 503, timeout=20,
-                   what="healthz 503 without the broker")
+        wait_until(
+            lambda: _status(health) == 503, timeout=20, what="healthz 503 without the broker"
+        )
         body = httpx.get(health, timeout=2).json()
         assert body["status"] == "unavailable" and body["mqtt_connected"] is False
         notifications.wait_for("STATUS=broker unreachable", timeout=20)
         notifications.poll(1.0)
         assert len(notifications.beats(since=gone + 0.5)) >= 3
         broker = start_mosquitto(tmp_path / "broker", port=broker_port)
-        wait_until(lambda: _status(health) == 200, timeout=30,
-                   what="healthz 200 again with the broker back")
+        wait_until(
+            lambda: _status(health) == 200,
+            timeout=30,
+            what="healthz 200 again with the broker back",
+        )
         _frozen_then_stopped(proc, notifications, log)
     finally:
         if proc.poll() is None:

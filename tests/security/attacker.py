@@ -14,12 +14,23 @@ from protocol._crypto import seal_message
 from tests.support.world import Device, World
 
 
-def craft(key: bytes, kid: bytes, mtype: int, plaintext: dict[str, Any] | bytes,
-          *, alg_key: bytes | None = None) -> bytes:
+def craft(
+    key: bytes,
+    kid: bytes,
+    mtype: int,
+    plaintext: dict[str, Any] | bytes,
+    *,
+    alg_key: bytes | None = None,
+) -> bytes:
     """Seal an arbitrary plaintext (not validated) under ``key`` as type ``mtype``."""
     body = plaintext if isinstance(plaintext, bytes) else cbor2.dumps(plaintext, canonical=True)
-    return seal_message(cipher=p.AesGcmCipher(alg_key or key), kid=kid, type=mtype,
-                        plaintext=body, iv=os.urandom(12))
+    return seal_message(
+        cipher=p.AesGcmCipher(alg_key or key),
+        kid=kid,
+        type=mtype,
+        plaintext=body,
+        iv=os.urandom(12),
+    )
 
 
 def honest_run(w: World, d: Device) -> dict[str, bytes]:
@@ -34,9 +45,15 @@ def honest_run(w: World, d: Device) -> dict[str, bytes]:
     wire.update(contact)
     w.advance(1)
     # an error message: the pole restarts with its clock five minutes slow
-    d.conn = p.DeviceConnection(kid=d.kid, uid=d.uid, cipher=p.AesGcmCipher(d.key),
-                                random=w.rand, timing=w.timing, last_epoch=d.conn.last_epoch,
-                                clock_offset_ms=-10 * w.timing.window_ms)
+    d.conn = p.DeviceConnection(
+        kid=d.kid,
+        uid=d.uid,
+        cipher=p.AesGcmCipher(d.key),
+        random=w.rand,
+        timing=w.timing,
+        last_epoch=d.conn.last_epoch,
+        clock_offset_ms=-10 * w.timing.window_ms,
+    )
     d.conn.start_report(w.report(), w.now)
     w.to_server(d.conn.data_to_send()[0])
     [wire["ERROR"]] = w.server_out()
@@ -64,21 +81,29 @@ def _incident(w: World, d: Device) -> p.IncidentReported:
     d.conn.start_report(w.report(), w.now)
     w.to_server(d.conn.data_to_send()[0])
     w.to_device(d, w.server_out()[0])
-    [inc] = [e for e in w.to_server(d.conn.data_to_send()[0])
-             if isinstance(e, p.IncidentReported)]
+    [inc] = [e for e in w.to_server(d.conn.data_to_send()[0]) if isinstance(e, p.IncidentReported)]
     w.to_device(d, w.server.receipt(inc, w.now))
     return inc
 
 
 def still_works(w: World, d: Device) -> None:
     """After an attack, every role carries on: a fresh window, contact and alert succeed."""
-    assert d.conn.state in (p.ContactState.IDLE, p.ContactState.BACKOFF, p.ContactState.AWAIT_C2,
-                            p.ContactState.AWAIT_C4)
+    assert d.conn.state in (
+        p.ContactState.IDLE,
+        p.ContactState.BACKOFF,
+        p.ContactState.AWAIT_C2,
+        p.ContactState.AWAIT_C4,
+    )
     if d.conn.state is not p.ContactState.IDLE:
-        d.conn = p.DeviceConnection(kid=d.kid, uid=d.uid, cipher=p.AesGcmCipher(d.key),
-                                    random=w.rand, timing=w.timing,
-                                    last_epoch=d.conn.last_epoch,
-                                    clock_offset_ms=d.conn.clock_offset_ms)
+        d.conn = p.DeviceConnection(
+            kid=d.kid,
+            uid=d.uid,
+            cipher=p.AesGcmCipher(d.key),
+            random=w.rand,
+            timing=w.timing,
+            last_epoch=d.conn.last_epoch,
+            clock_offset_ms=d.conn.clock_offset_ms,
+        )
     w.server.data_to_send()
     d.conn.data_to_send()
     w.advance(1)
@@ -106,7 +131,25 @@ def deliver(w: World, d: Device, role: str, data: bytes) -> list[p.Event]:
 
 
 # Who receives each type honestly, and who sent it.
-RECEIVER = {"B1": "device", "B2": "server", "C1": "server", "C2": "device", "C3": "server",
-            "C4": "device", "N1": "enc", "N2": "notifier", "ERROR": "device"}
-SENDER = {"B1": "server", "B2": "device", "C1": "device", "C2": "server", "C3": "device",
-          "C4": "server", "N1": "notifier", "N2": "enc", "ERROR": "server"}
+RECEIVER = {
+    "B1": "device",
+    "B2": "server",
+    "C1": "server",
+    "C2": "device",
+    "C3": "server",
+    "C4": "device",
+    "N1": "enc",
+    "N2": "notifier",
+    "ERROR": "device",
+}
+SENDER = {
+    "B1": "server",
+    "B2": "device",
+    "C1": "device",
+    "C2": "server",
+    "C3": "device",
+    "C4": "server",
+    "N1": "notifier",
+    "N2": "enc",
+    "ERROR": "server",
+}

@@ -47,8 +47,13 @@ class LiteralDevice:
             return None
         if self.state == "await_c2":
             self.state = "await_c4"
-            return enc(self.key, self.td, self.uid, enc(self.key, [52.0, 21.0]),
-                       enc(self.key, b"\xff\xd8photo"))
+            return enc(
+                self.key,
+                self.td,
+                self.uid,
+                enc(self.key, [52.0, 21.0]),
+                enc(self.key, b"\xff\xd8photo"),
+            )
         if self.state == "await_c4":
             self.state, self.delivered = "idle", True
         return None

@@ -47,8 +47,12 @@ class Pole:
 
     def __post_init__(self) -> None:
         self.client_id = self.client_id or self.kid.hex()
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id,
-                        protocol=mqtt.MQTTv311, clean_session=True)
+        c = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            protocol=mqtt.MQTTv311,
+            clean_session=True,
+        )
         if self.tls is not None:
             ca, cert, key = self.tls
             ctx = ssl.create_default_context(cafile=str(ca))
@@ -114,16 +118,22 @@ class Pole:
     def publish(self, data: bytes, topic: str | None = None, *, retain: bool = False) -> None:
         self.client.publish(topic or self.up, data, qos=1, retain=retain)
 
-    def craft(self, mtype: int, plaintext: dict[str, Any] | bytes,
-              protected: bytes | None = None) -> bytes:
+    def craft(
+        self, mtype: int, plaintext: dict[str, Any] | bytes, protected: bytes | None = None
+    ) -> bytes:
         """Seal any plaintext (not validated) with this pole's key."""
-        body = plaintext if isinstance(plaintext, bytes) else cbor2.dumps(plaintext,
-                                                                           canonical=True)
-        return seal_message(cipher=p.AesGcmCipher(self.key), kid=self.kid, type=mtype,
-                            plaintext=body, iv=os.urandom(12))
+        body = plaintext if isinstance(plaintext, bytes) else cbor2.dumps(plaintext, canonical=True)
+        return seal_message(
+            cipher=p.AesGcmCipher(self.key),
+            kid=self.kid,
+            type=mtype,
+            plaintext=body,
+            iv=os.urandom(12),
+        )
 
-    def next_message(self, *, timeout: float, topic: str | None = None,
-                     accepts: tuple[int, ...] = (1, 4, 6, 9)) -> p.Message | None:
+    def next_message(
+        self, *, timeout: float, topic: str | None = None, accepts: tuple[int, ...] = (1, 4, 6, 9)
+    ) -> p.Message | None:
         """The next protocol message on ``topic`` (the downlink), or None on timeout."""
         deadline = time.monotonic() + timeout
         while (left := deadline - time.monotonic()) > 0:
@@ -134,15 +144,20 @@ class Pole:
             if t != (topic or self.down):
                 continue
             try:
-                return p.open_message(data, role="device", accepts=accepts,
-                                      key_for=lambda _k: p.AesGcmCipher(self.key),
-                                      limits=p.Limits()).message
+                return p.open_message(
+                    data,
+                    role="device",
+                    accepts=accepts,
+                    key_for=lambda _k: p.AesGcmCipher(self.key),
+                    limits=p.Limits(),
+                ).message
             except p.RemoteProtocolError:
                 continue
         return None
 
-    def expect(self, cls: type[p.Message], *, timeout: float = 10.0,
-               td: int | None = None) -> p.Message:
+    def expect(
+        self, cls: type[p.Message], *, timeout: float = 10.0, td: int | None = None
+    ) -> p.Message:
         """The next message of class ``cls`` (for ``td`` if given); others are skipped."""
         deadline = time.monotonic() + timeout
         while (left := deadline - time.monotonic()) > 0:
@@ -166,9 +181,17 @@ class Pole:
 
     def report(self, td: int, tk: bytes, photo: bytes, **over: Any) -> bytes:
         """A C3 plaintext built by hand (so any field may be out of range)."""
-        m = {"td": td, "uid": self.uid, "tk": tk, "cid": os.urandom(16),
-             "gc": {"lat": 52.2297, "lon": 21.0122, "alt": None, "acc": 5.0, "src": "gps"},
-             "pf": photo, "sc": 0.9, "lb": "fall", "at": now_ms()}
+        m = {
+            "td": td,
+            "uid": self.uid,
+            "tk": tk,
+            "cid": os.urandom(16),
+            "gc": {"lat": 52.2297, "lon": 21.0122, "alt": None, "acc": 5.0, "src": "gps"},
+            "pf": photo,
+            "sc": 0.9,
+            "lb": "fall",
+            "at": now_ms(),
+        }
         m.update(over)
         return self.craft(5, m)
 

@@ -31,8 +31,7 @@ ROLE = ROOT / "ansible" / "roles" / "broker"
 def role_defaults() -> dict[str, Any]:
     """The role's defaults, with the Ansible-only values the templates do not use."""
     raw = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
-    return {k: v for k, v in raw.items()
-            if isinstance(v, int | str | list) and "{{" not in str(v)}
+    return {k: v for k, v in raw.items() if isinstance(v, int | str | list) and "{{" not in str(v)}
 
 
 def dynsec_plugin() -> Path:
@@ -44,29 +43,38 @@ def dynsec_plugin() -> Path:
 
 
 def _pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 @dataclass
 class DeviceCa:
     dir: Path
     key: ec.EllipticCurvePrivateKey = field(
-        default_factory=lambda: ec.generate_private_key(ec.SECP256R1()))
+        default_factory=lambda: ec.generate_private_key(ec.SECP256R1())
+    )
 
     def __post_init__(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "CityWatch"),
-                               x509.NameAttribute(NameOID.COMMON_NAME, "test device CA")])
+        self.name = x509.Name(
+            [
+                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "CityWatch"),
+                x509.NameAttribute(NameOID.COMMON_NAME, "test device CA"),
+            ]
+        )
         now = dt.datetime.now(dt.UTC)
-        self.cert = (x509.CertificateBuilder().subject_name(self.name).issuer_name(self.name)
-                     .public_key(self.key.public_key())
-                     .serial_number(x509.random_serial_number())
-                     .not_valid_before(now - dt.timedelta(minutes=5))
-                     .not_valid_after(now + dt.timedelta(days=1))
-                     .add_extension(x509.BasicConstraints(ca=True, path_length=None),
-                                    critical=True)
-                     .sign(self.key, hashes.SHA256()))
+        self.cert = (
+            x509.CertificateBuilder()
+            .subject_name(self.name)
+            .issuer_name(self.name)
+            .public_key(self.key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(self.key, hashes.SHA256())
+        )
         self.pem = self.dir / "ca.pem"
         self.pem.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
 
@@ -74,20 +82,29 @@ class DeviceCa:
         """A certificate (as the role's device-ext.cnf / broker-ext.cnf) and its key."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = dt.datetime.now(dt.UTC)
-        b = (x509.CertificateBuilder()
-             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
-             .issuer_name(self.name).public_key(key.public_key())
-             .serial_number(x509.random_serial_number())
-             .not_valid_before(now - dt.timedelta(minutes=5))
-             .not_valid_after(now + dt.timedelta(days=1))
-             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-             .add_extension(x509.ExtendedKeyUsage(
-                 [ExtendedKeyUsageOID.SERVER_AUTH if server else
-                  ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False))
+        b = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+            .issuer_name(self.name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.ExtendedKeyUsage(
+                    [ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]
+                ),
+                critical=False,
+            )
+        )
         if server:
-            b = b.add_extension(x509.SubjectAlternativeName([
-                x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                critical=False)
+            b = b.add_extension(
+                x509.SubjectAlternativeName(
+                    [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+                ),
+                critical=False,
+            )
         cert = b.sign(self.key, hashes.SHA256())
         cert_path, key_path = self.dir / f"{name}.pem", self.dir / f"{name}.key"
         cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
@@ -122,13 +139,17 @@ class ProductionBroker:
 
 
 def render(template: str, values: dict[str, Any]) -> str:
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(ROLE / "templates"),
-                             undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(ROLE / "templates"),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+    )
     return env.get_template(template).render(ansible_managed="Managed by the test", **values)
 
 
-def start_production_broker(workdir: Path, ca: DeviceCa, devices: list[dict[str, Any]],
-                            **overrides: Any) -> ProductionBroker:
+def start_production_broker(
+    workdir: Path, ca: DeviceCa, devices: list[dict[str, Any]], **overrides: Any
+) -> ProductionBroker:
     """``devices``: rows as ``citywatch server device list --json`` gives them (kid_hex,
     uid, zone, blocked)."""
     exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -143,11 +164,19 @@ def start_production_broker(workdir: Path, ca: DeviceCa, devices: list[dict[str,
     shutil.copy(cert, pki / "broker.pem")
     shutil.copy(key, pki / "broker.key")
     port = free_port()
-    values = role_defaults() | {
-        "broker_listen_address": "127.0.0.1", "broker_port": port,
-        "broker_pki_dir": str(pki), "broker_mosquitto_dir": str(mosq_dir),
-        "broker_devices": devices, "broker_dynsec_plugin": str(dynsec_plugin()),
-        "broker_server_identities": ["citywatch-server"]} | overrides
+    values = (
+        role_defaults()
+        | {
+            "broker_listen_address": "127.0.0.1",
+            "broker_port": port,
+            "broker_pki_dir": str(pki),
+            "broker_mosquitto_dir": str(mosq_dir),
+            "broker_devices": devices,
+            "broker_dynsec_plugin": str(dynsec_plugin()),
+            "broker_server_identities": ["citywatch-server"],
+        }
+        | overrides
+    )
     port = values["broker_port"]
     conf = mosq_dir / "conf.d" / "citywatch.conf"
     conf.write_text(render("citywatch.conf.j2", values))
@@ -156,8 +185,10 @@ def start_production_broker(workdir: Path, ca: DeviceCa, devices: list[dict[str,
     # What Debian's /etc/mosquitto/mosquitto.conf adds around conf.d, minus persistence.
     main = mosq_dir / "mosquitto.conf"
     user = f"user {pwd.getpwuid(0).pw_name}\n" if os.geteuid() == 0 else ""
-    main.write_text(f"{user}persistence false\nlog_dest stderr\nlog_type all\n"
-                    f"include_dir {mosq_dir / 'conf.d'}\n")
+    main.write_text(
+        f"{user}persistence false\nlog_dest stderr\nlog_type all\n"
+        f"include_dir {mosq_dir / 'conf.d'}\n"
+    )
     log = workdir / "mosquitto.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen([exe, "-c", str(main)], stdout=out, stderr=subprocess.STDOUT)

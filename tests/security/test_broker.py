@@ -50,15 +50,30 @@ def district(tmp_path: Path) -> Iterator[District]:
     ca = DeviceCa(tmp_path / "ca")
     port, enc_port = free_port(), free_port()
     srv_cert, srv_key = ca.issue("server-client", "citywatch-server")
-    setup = make_server(tmp_path, SimpleNamespace(port=port),  # type: ignore[arg-type]
-                        enc_url=f"http://127.0.0.1:{enc_port}",
-                        timing={"rate_limit_burst": 50},
-                        broker_extra={"tls": True, "ca_file": str(ca.pem),
-                                      "cert_file": str(srv_cert), "key_file": str(srv_key)})
-    bundles: dict[str, object] = {uid: setup.add_device(uid, "z")
-                                  for uid in ("pole-honest", "pole-owned", "pole-blocked")}
-    devices = [{"kid_hex": b.kid.hex(), "uid": uid, "zone": "z",  # type: ignore[attr-defined]
-                "blocked": uid == "pole-blocked"} for uid, b in bundles.items()]
+    setup = make_server(
+        tmp_path,
+        SimpleNamespace(port=port),  # type: ignore[arg-type]
+        enc_url=f"http://127.0.0.1:{enc_port}",
+        timing={"rate_limit_burst": 50},
+        broker_extra={
+            "tls": True,
+            "ca_file": str(ca.pem),
+            "cert_file": str(srv_cert),
+            "key_file": str(srv_key),
+        },
+    )
+    bundles: dict[str, object] = {
+        uid: setup.add_device(uid, "z") for uid in ("pole-honest", "pole-owned", "pole-blocked")
+    }
+    devices = [
+        {
+            "kid_hex": b.kid.hex(),
+            "uid": uid,
+            "zone": "z",  # type: ignore[attr-defined]
+            "blocked": uid == "pole-blocked",
+        }
+        for uid, b in bundles.items()
+    ]
     try:
         broker = start_production_broker(tmp_path / "broker", ca, devices, broker_port=port)
     except ServiceUnavailable as exc:
@@ -97,9 +112,15 @@ def test_owned_pole_cannot_join_the_servers_shared_subscription(district: Distri
     owned = d.pole("pole-owned").start()
     try:
         g = "citywatch-server"
-        for topic in (f"$share/{g}/{PREFIX}/+/up", f"$share/{g}/{PREFIX}/+/status",
-                      f"$share/{g}/{PREFIX}/{honest.kid.hex()}/up", f"{PREFIX}/+/up",
-                      f"{PREFIX}/{honest.kid.hex()}/down", "#", "$SYS/#"):
+        for topic in (
+            f"$share/{g}/{PREFIX}/+/up",
+            f"$share/{g}/{PREFIX}/+/status",
+            f"$share/{g}/{PREFIX}/{honest.kid.hex()}/up",
+            f"{PREFIX}/+/up",
+            f"{PREFIX}/{honest.kid.hex()}/down",
+            "#",
+            "$SYS/#",
+        ):
             assert owned.subscribe(topic) == [0x80], topic
         assert _contacts(honest, 10) == 10
     finally:
@@ -115,8 +136,9 @@ def test_owned_pole_cannot_take_over_another_poles_session(district: District) -
     intruders: list[Pole] = []
     try:
         for _ in range(5):
-            intruders.append(d.pole("pole-owned", client_id=honest.kid.hex()).start(
-                subscribe_down=False))
+            intruders.append(
+                d.pole("pole-owned", client_id=honest.kid.hex()).start(subscribe_down=False)
+            )
         assert _contacts(honest, 5) == 5
         assert honest.disconnects == 0 and honest.connected.is_set()
     finally:
@@ -157,8 +179,7 @@ def test_oversized_publish_is_refused_by_the_broker(district: District) -> None:
         owned.publish(b"\xd0" + bytes(8 * 1024 * 1024))
         wait_until(lambda: owned.disconnects >= 1, timeout=15, what="oversized sender cut off")
         assert _contacts(honest, 3) == 3
-        assert d.server.metric("citywatch_server_rejected_messages_total",
-                               reason="too_large") == 0
+        assert d.server.metric("citywatch_server_rejected_messages_total", reason="too_large") == 0
     finally:
         owned.stop()
         honest.stop()

@@ -30,19 +30,36 @@ def enc_process(tmp_path: Path) -> Iterator[EncProcess]:
 
 def _n1(e: EncProcess, **over: Any) -> tuple[str, bytes]:
     inc = new_id()
-    m = {"ts": now_ms(), "inc": inc, "pf": jpeg((160, 120)), "sc": 0.9, "lb": "fall",
-         "at": now_ms() - 2_000, "dev": "pole-017",
-         "gc": {"lat": 52.2, "lon": 21.0, "alt": None, "acc": 4.0, "src": "gps"}} | over
-    return inc, seal_message(cipher=p.AesGcmCipher(e.key), kid=e.server_kid, type=7,
-                             plaintext=cbor2.dumps(m, canonical=True), iv=os.urandom(12))
+    m = {
+        "ts": now_ms(),
+        "inc": inc,
+        "pf": jpeg((160, 120)),
+        "sc": 0.9,
+        "lb": "fall",
+        "at": now_ms() - 2_000,
+        "dev": "pole-017",
+        "gc": {"lat": 52.2, "lon": 21.0, "alt": None, "acc": 4.0, "src": "gps"},
+    } | over
+    return inc, seal_message(
+        cipher=p.AesGcmCipher(e.key),
+        kid=e.server_kid,
+        type=7,
+        plaintext=cbor2.dumps(m, canonical=True),
+        iv=os.urandom(12),
+    )
 
 
 def test_out_of_range_and_control_character_n1s_are_refused(enc_process: EncProcess) -> None:
     e = enc_process
     refused = []
-    for over in ({"at": 2**63 - 1}, {"at": 2**63}, {"at": 2**70}, {"ts": 2**64 + 1},
-                 {"lb": "fall\n2026-01-01 INFO citywatch.enc: alert forged"},
-                 {"dev": "pole\x1b[2J"}):
+    for over in (
+        {"at": 2**63 - 1},
+        {"at": 2**63},
+        {"at": 2**70},
+        {"ts": 2**64 + 1},
+        {"lb": "fall\n2026-01-01 INFO citywatch.enc: alert forged"},
+        {"dev": "pole\x1b[2J"},
+    ):
         inc, body = _n1(e, **over)
         r = e.post(body)
         assert 400 <= r.status_code < 500, (over, r.status_code)

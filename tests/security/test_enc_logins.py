@@ -29,8 +29,12 @@ class Browser:
     """A browser-less client from one loopback address of its own."""
 
     def __init__(self, url: str, address: str) -> None:
-        self.http = httpx.Client(base_url=url, follow_redirects=False, timeout=120,
-                                 transport=httpx.HTTPTransport(local_address=address))
+        self.http = httpx.Client(
+            base_url=url,
+            follow_redirects=False,
+            timeout=120,
+            transport=httpx.HTTPTransport(local_address=address),
+        )
 
     def form(self) -> str:
         page = self.http.get("/login")
@@ -39,8 +43,9 @@ class Browser:
         return token.group(1)
 
     def post_login(self, csrf: str, name: str, pw: str) -> httpx.Response:
-        return self.http.post("/login", data={"username": name, "password": pw,
-                                              "csrf": csrf, "next": "/"})
+        return self.http.post(
+            "/login", data={"username": name, "password": pw, "csrf": csrf, "next": "/"}
+        )
 
     def login(self, name: str, pw: str = PW) -> httpx.Response:
         return self.post_login(self.form(), name, pw)
@@ -63,8 +68,9 @@ def _audit(e: EncProcess, action: str) -> list[dict[str, object]]:
     engine = create_engine(f"sqlite:///{e.workdir / 'data' / 'enc.sqlite3'}")
     try:
         with engine.begin() as c:
-            rows = c.execute(select(AuditRow.actor, AuditRow.detail)
-                             .where(AuditRow.action == action)).all()
+            rows = c.execute(
+                select(AuditRow.actor, AuditRow.detail).where(AuditRow.action == action)
+            ).all()
     finally:
         engine.dispose()
     return [{"actor": a, **json.loads(d)} for a, d in rows]
@@ -89,8 +95,9 @@ def test_a_login_flood_does_not_hold_up_alert_intake(enc_process: EncProcess) ->
         with lock:
             log.append(("login", status))
 
-    threads = [threading.Thread(target=attempt, args=(i, b), daemon=True)
-               for i, b in enumerate(flood)]
+    threads = [
+        threading.Thread(target=attempt, args=(i, b), daemon=True) for i, b in enumerate(flood)
+    ]
     for t in threads:
         t.start()
     notifier = e.notifier()
@@ -118,7 +125,8 @@ def test_a_login_flood_does_not_hold_up_alert_intake(enc_process: EncProcess) ->
 
 
 def test_guessing_slows_the_attacker_and_never_locks_the_operator_out(
-        enc_process: EncProcess) -> None:
+    enc_process: EncProcess,
+) -> None:
     """Before: five (here three) wrong guesses locked the account for minutes, and the
     right password was refused. Now the guessing address and the account back off, the
     operator gets in after a short wait, and from then on is not held up at all."""

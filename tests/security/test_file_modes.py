@@ -25,10 +25,27 @@ def test_demo_dir_is_private_to_its_user(tmp_path: Path) -> None:
     workdir.mkdir(mode=0o755)
     workdir.chmod(0o755)  # as a user's own folder would be
     done = subprocess.run(
-        [sys.executable, "-m", "citywatch.cli", "demo", "--once", "--poles", "simulated",
-         "--devices", "1", "--timeout", "120", "--dir", str(workdir)],
-        cwd=ROOT, capture_output=True, text=True, timeout=400,
-        preexec_fn=lambda: os.umask(0o022))
+        [
+            sys.executable,
+            "-m",
+            "citywatch.cli",
+            "demo",
+            "--once",
+            "--poles",
+            "simulated",
+            "--devices",
+            "1",
+            "--timeout",
+            "120",
+            "--dir",
+            str(workdir),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=400,
+        preexec_fn=lambda: os.umask(0o022),
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert stat.S_IMODE(workdir.stat().st_mode) == 0o700
     databases = 0

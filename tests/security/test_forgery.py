@@ -16,9 +16,17 @@ from .attacker import RECEIVER, craft, deliver, honest_run, still_works
 
 
 def c3_map(w: World, d, tk: bytes, td: int, **over: object) -> dict:
-    m = {"td": td, "uid": d.uid, "tk": tk, "cid": os.urandom(16),
-         "gc": {"lat": 52.1, "lon": 21.0, "alt": None, "acc": 5.0, "src": "gps"},
-         "pf": jpeg(), "sc": 0.9, "lb": "fall", "at": w.now}
+    m = {
+        "td": td,
+        "uid": d.uid,
+        "tk": tk,
+        "cid": os.urandom(16),
+        "gc": {"lat": 52.1, "lon": 21.0, "alt": None, "acc": 5.0, "src": "gps"},
+        "pf": jpeg(),
+        "sc": 0.9,
+        "lb": "fall",
+        "at": w.now,
+    }
     m.update(over)
     return m
 
@@ -29,8 +37,9 @@ def open_contact(w: World, d) -> tuple[int, bytes]:
     d.conn.start_report(w.report(), w.now)
     w.to_server(d.conn.data_to_send()[0])
     [c2] = w.server_out()
-    opened = p.open_message(c2, role="t", accepts=[4], key_for=lambda _: p.AesGcmCipher(d.key),
-                            limits=p.Limits())
+    opened = p.open_message(
+        c2, role="t", accepts=[4], key_for=lambda _: p.AesGcmCipher(d.key), limits=p.Limits()
+    )
     assert isinstance(opened.message, p.C2Ready)
     return opened.message.td, opened.message.tk
 
@@ -99,15 +108,30 @@ def test_stale_or_future_timestamps(skew: int) -> None:
     events = w.to_server(craft(d.key, d.kid, 3, {"td": w.now + off, "uid": d.uid}))
     assert refusal(events) == p.ErrorCode.TIMESTAMP_OUT_OF_WINDOW
     # B1 from a server whose clock is off
-    b1 = craft(d.key, d.kid, 1, {"ts": w.now + off, "tx": w.now + off + 60_000,
-                                 "h": p.epoch_hash(w.now + off), "ep": 99})
+    b1 = craft(
+        d.key,
+        d.kid,
+        1,
+        {"ts": w.now + off, "tx": w.now + off + 60_000, "h": p.epoch_hash(w.now + off), "ep": 99},
+    )
     [dropped] = w.to_device(d, b1)
     assert dropped.reason == "timestamp"  # type: ignore[attr-defined]
     # N1 likewise, at the ENC
-    n1 = craft(w.enc_key, w.server_kid, 7, {
-        "ts": w.now + off, "inc": "x", "gc": {"lat": 1.0, "lon": 2.0, "alt": None, "acc": None,
-                                              "src": "fixed"},
-        "pf": jpeg(), "sc": 0.5, "lb": "fall", "at": w.now, "dev": "pole-a"})
+    n1 = craft(
+        w.enc_key,
+        w.server_kid,
+        7,
+        {
+            "ts": w.now + off,
+            "inc": "x",
+            "gc": {"lat": 1.0, "lon": 2.0, "alt": None, "acc": None, "src": "fixed"},
+            "pf": jpeg(),
+            "sc": 0.5,
+            "lb": "fall",
+            "at": w.now,
+            "dev": "pole-a",
+        },
+    )
     [dropped] = w.enc.receive(n1, w.now)
     assert dropped.reason == "timestamp"  # type: ignore[attr-defined]
     still_works(w, d)
@@ -118,8 +142,9 @@ def test_lowered_epoch_and_forged_epoch_hash() -> None:
     d = w.add_device("pole-a")
     for _ in range(3):
         w.to_device(d, w.announce(d))
-    lowered = craft(d.key, d.kid, 1, {"ts": w.now, "tx": w.now + 1, "h": p.epoch_hash(w.now),
-                                      "ep": 2})
+    lowered = craft(
+        d.key, d.kid, 1, {"ts": w.now, "tx": w.now + 1, "h": p.epoch_hash(w.now), "ep": 2}
+    )
     assert w.to_device(d, lowered)[0].reason == "stale_epoch"  # type: ignore[attr-defined]
     bad_h = craft(d.key, d.kid, 1, {"ts": w.now, "tx": w.now + 1, "h": bytes(32), "ep": 9})
     assert w.to_device(d, bad_h)[0].reason == "bad_hash"  # type: ignore[attr-defined]
@@ -149,20 +174,23 @@ def test_expired_foreign_and_forged_tickets() -> None:
     still_works(w, a)
 
 
-@pytest.mark.parametrize(("field", "value"), [
-    ("pf", b"\x89PNG\r\n\x1a\n" + bytes(100)),
-    ("pf", b""),
-    ("gc", {"lat": 91.0, "lon": 21.0, "alt": None, "acc": None, "src": "gps"}),
-    ("gc", {"lat": 52.0, "lon": -180.5, "alt": None, "acc": None, "src": "gps"}),
-    ("gc", {"lat": float("nan"), "lon": 0.0, "alt": None, "acc": None, "src": "gps"}),
-    ("gc", {"lat": 52.0, "lon": 21.0, "alt": None, "acc": None, "src": "galileo"}),
-    ("gc", {"lat": 52, "lon": 21, "alt": None, "acc": None, "src": "gps"}),
-    ("sc", 1.5),
-    ("sc", "high"),
-    ("lb", ""),
-    ("lb", "x" * 33),
-    ("extra", 1),
-])
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("pf", b"\x89PNG\r\n\x1a\n" + bytes(100)),
+        ("pf", b""),
+        ("gc", {"lat": 91.0, "lon": 21.0, "alt": None, "acc": None, "src": "gps"}),
+        ("gc", {"lat": 52.0, "lon": -180.5, "alt": None, "acc": None, "src": "gps"}),
+        ("gc", {"lat": float("nan"), "lon": 0.0, "alt": None, "acc": None, "src": "gps"}),
+        ("gc", {"lat": 52.0, "lon": 21.0, "alt": None, "acc": None, "src": "galileo"}),
+        ("gc", {"lat": 52, "lon": 21, "alt": None, "acc": None, "src": "gps"}),
+        ("sc", 1.5),
+        ("sc", "high"),
+        ("lb", ""),
+        ("lb", "x" * 33),
+        ("extra", 1),
+    ],
+)
 def test_bad_payloads_are_refused_with_error_8(field: str, value: object) -> None:
     w = World()
     d = w.add_device("pole-a")
@@ -193,9 +221,19 @@ def test_oversized_input_is_dropped_before_decrypting(size: int) -> None:
     still_works(w, d)
 
 
-@pytest.mark.parametrize("junk", [b"", b"\x00", b"\xd0", b"\xd0\x83", b"\xff" * 50,
-                                  cbor2.dumps([[[[[[]]]]]]), cbor2.dumps({"a": 1}),
-                                  b"\x9f" * 10_000])
+@pytest.mark.parametrize(
+    "junk",
+    [
+        b"",
+        b"\x00",
+        b"\xd0",
+        b"\xd0\x83",
+        b"\xff" * 50,
+        cbor2.dumps([[[[[[]]]]]]),
+        cbor2.dumps({"a": 1}),
+        b"\x9f" * 10_000,
+    ],
+)
 def test_garbage_is_dropped(junk: bytes) -> None:
     w = World()
     d = w.add_device("pole-a")
@@ -221,18 +259,22 @@ def test_flipping_any_byte_is_detected(name: str, data: st.DataObject) -> None:
     msg = WIRE[name]
     i = data.draw(st.integers(0, len(msg) - 1), label="byte")
     mask = data.draw(st.integers(1, 255), label="xor")
-    tampered = msg[:i] + bytes([msg[i] ^ mask]) + msg[i + 1:]
+    tampered = msg[:i] + bytes([msg[i] ^ mask]) + msg[i + 1 :]
     w = World(seed=11)
     w.directory = WORLD.directory
-    w.server = p.ServerEndpoint(directory=WORLD.directory, ticket_key=os.urandom(32),
-                                random=os.urandom)
-    w.enc = p.EncEndpoint(servers={WORLD.server_kid: p.AesGcmCipher(WORLD.enc_key)},
-                          random=os.urandom)
-    w.notifier = p.EncNotifier(kid=WORLD.server_kid, cipher=p.AesGcmCipher(WORLD.enc_key),
-                               random=os.urandom)
+    w.server = p.ServerEndpoint(
+        directory=WORLD.directory, ticket_key=os.urandom(32), random=os.urandom
+    )
+    w.enc = p.EncEndpoint(
+        servers={WORLD.server_kid: p.AesGcmCipher(WORLD.enc_key)}, random=os.urandom
+    )
+    w.notifier = p.EncNotifier(
+        kid=WORLD.server_kid, cipher=p.AesGcmCipher(WORLD.enc_key), random=os.urandom
+    )
     d = DEVICE
-    d.conn = p.DeviceConnection(kid=d.kid, uid=d.uid, cipher=p.AesGcmCipher(d.key),
-                                random=os.urandom)
+    d.conn = p.DeviceConnection(
+        kid=d.kid, uid=d.uid, cipher=p.AesGcmCipher(d.key), random=os.urandom
+    )
     w.now = WORLD.now
     events = deliver(w, d, RECEIVER[name], tampered)
     # Caught by the envelope checks or the AEAD, before any semantic check could run.
@@ -259,13 +301,15 @@ def test_untampered_messages_would_be_accepted_by_the_same_receivers() -> None:
     w = World(seed=11)
     w.directory = WORLD.directory
     d = DEVICE
-    d.conn = p.DeviceConnection(kid=d.kid, uid=d.uid, cipher=p.AesGcmCipher(d.key),
-                                random=os.urandom)
+    d.conn = p.DeviceConnection(
+        kid=d.kid, uid=d.uid, cipher=p.AesGcmCipher(d.key), random=os.urandom
+    )
     w.now = WORLD.now
     # B1 carries epoch 1 and a T_S within the window: a fresh device accepts it
     assert isinstance(d.conn.receive(WIRE["B1"], WORLD.now)[0], p.WindowAnnounced)
-    enc = p.EncEndpoint(servers={WORLD.server_kid: p.AesGcmCipher(WORLD.enc_key)},
-                        random=os.urandom)
+    enc = p.EncEndpoint(
+        servers={WORLD.server_kid: p.AesGcmCipher(WORLD.enc_key)}, random=os.urandom
+    )
     assert isinstance(enc.receive(WIRE["N1"], WORLD.now)[0], p.AlertReceived)
 
 
@@ -274,19 +318,25 @@ def test_flipping_every_byte_of_every_message_type_is_detected(name: str) -> Non
     """Exhaustive companion of the property test: each byte position, one bit."""
     msg = WIRE[name]
     d = DEVICE
-    server = p.ServerEndpoint(directory=WORLD.directory, ticket_key=os.urandom(32),
-                              random=os.urandom)
-    enc = p.EncEndpoint(servers={WORLD.server_kid: p.AesGcmCipher(WORLD.enc_key)},
-                        random=os.urandom)
-    notifier = p.EncNotifier(kid=WORLD.server_kid, cipher=p.AesGcmCipher(WORLD.enc_key),
-                             random=os.urandom)
-    conn = p.DeviceConnection(kid=d.kid, uid=d.uid, cipher=p.AesGcmCipher(d.key),
-                              random=os.urandom)
-    receive = {"device": conn.receive, "server": server.receive, "enc": enc.receive,
-               "notifier": notifier.receive}[RECEIVER[name]]
+    server = p.ServerEndpoint(
+        directory=WORLD.directory, ticket_key=os.urandom(32), random=os.urandom
+    )
+    enc = p.EncEndpoint(
+        servers={WORLD.server_kid: p.AesGcmCipher(WORLD.enc_key)}, random=os.urandom
+    )
+    notifier = p.EncNotifier(
+        kid=WORLD.server_kid, cipher=p.AesGcmCipher(WORLD.enc_key), random=os.urandom
+    )
+    conn = p.DeviceConnection(kid=d.kid, uid=d.uid, cipher=p.AesGcmCipher(d.key), random=os.urandom)
+    receive = {
+        "device": conn.receive,
+        "server": server.receive,
+        "enc": enc.receive,
+        "notifier": notifier.receive,
+    }[RECEIVER[name]]
     for i in range(len(msg)):
         for bit in (0x01, 0x80):
-            tampered = msg[:i] + bytes([msg[i] ^ bit]) + msg[i + 1:]
+            tampered = msg[:i] + bytes([msg[i] ^ bit]) + msg[i + 1 :]
             [dropped] = receive(tampered, WORLD.now)
             assert isinstance(dropped, p.MessageDropped), (name, i, bit)
             assert dropped.reason in INTEGRITY_REASONS, (name, i, bit, dropped)

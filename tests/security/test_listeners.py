@@ -22,10 +22,10 @@ from tests.integration.test_enc_endpoint import EncProcess
 from tests.support.services import free_port
 
 HALF_SENT = [
-    b"GET /healthz HTTP/1.1\r\nHost: x\r\n",                       # headers never end
+    b"GET /healthz HTTP/1.1\r\nHost: x\r\n",  # headers never end
     b"POST /v1/alerts HTTP/1.1\r\nHost: x\r\nContent-Type: application/cose\r\n"
-    b"Content-Length: 100000\r\n\r\n" + bytes(100),                 # body never ends
-    b"G",                                                           # one byte, then nothing
+    b"Content-Length: 100000\r\n\r\n" + bytes(100),  # body never ends
+    b"G",  # one byte, then nothing
 ]
 
 
@@ -63,8 +63,10 @@ def _slow_loris(port: int, health: str) -> None:
             assert httpx.get(f"http://127.0.0.1:{port}{health}", timeout=5).status_code == 200
             open_ = [s for s in open_ if not _closed(s)]
             time.sleep(0.5)
-        assert not open_, f"{len(open_)} of {len(socks)} half-sent requests still held " \
-                          f"after {time.monotonic() - start:.0f} s"
+        assert not open_, (
+            f"{len(open_)} of {len(socks)} half-sent requests still held "
+            f"after {time.monotonic() - start:.0f} s"
+        )
         assert time.monotonic() - start >= REQUEST_TIMEOUT_S - 1  # not cut off early
     finally:
         for s in socks:
@@ -112,5 +114,6 @@ def test_admin_docs_load_nothing_from_elsewhere(server: ServerProcess) -> None:
     for ref in refs:
         r = httpx.get(base + ref, timeout=10)
         assert r.status_code == 200 and len(r.content) > 0, ref
-    assert "SwaggerUIBundle" in httpx.get(base + "/docs/static/swagger-ui-bundle.js",
-                                          timeout=10).text
+    assert (
+        "SwaggerUIBundle" in httpx.get(base + "/docs/static/swagger-ui-bundle.js", timeout=10).text
+    )

@@ -57,8 +57,14 @@ def unbound_receipt_v1() -> tuple[bool, list[str]]:
     w = World()
     d = w.add_device("pole-1")
     w.contact(d)
-    kw = dict(coords=p.Coords(lat=52.0, lon=21.0), photo=w.report().photo, score=0.9,
-              label="fall", captured_at=w.now, device_uid="pole-1")
+    kw = dict(
+        coords=p.Coords(lat=52.0, lon=21.0),
+        photo=w.report().photo,
+        score=0.9,
+        label="fall",
+        captured_at=w.now,
+        device_uid="pole-1",
+    )
     n1_a = w.notifier.alert(incident_id="A", **kw, now=w.now)
     [alert_a] = w.enc.receive(n1_a, w.now)
     n2_a = w.enc.receipt(alert_a, w.now)  # type: ignore[arg-type]

@@ -20,8 +20,11 @@ def test_log_fields_are_escaped() -> None:
     logger.addFilter(EscapeControlCharacters())
     try:
         forged = "x\nERROR citywatch.server: device pole-1 blocked"
-        logger.warning("message on %s could not be handled: %s", f"citywatch/v1/{forged}/up",
-                       ValueError("bad\r\x1b[2Kvalue"))
+        logger.warning(
+            "message on %s could not be handled: %s",
+            f"citywatch/v1/{forged}/up",
+            ValueError("bad\r\x1b[2Kvalue"),
+        )
         logger.warning("plain %s and %d", "ünïcode ok", 7)
     finally:
         logger.removeHandler(handler)

@@ -10,9 +10,17 @@ from tests.support.world import World
 from .attacker import RECEIVER, SENDER, deliver, honest_run, still_works
 
 TYPES = list(RECEIVER)
-ACCEPTED = (p.WindowAnnounced, p.BroadcastConfirmed, p.ContactOpened, p.IncidentReported,
-            p.ReportDelivered, p.ReportRefused, p.ClockCorrected, p.AlertReceived,
-            p.AlertConfirmed)
+ACCEPTED = (
+    p.WindowAnnounced,
+    p.BroadcastConfirmed,
+    p.ContactOpened,
+    p.IncidentReported,
+    p.ReportDelivered,
+    p.ReportRefused,
+    p.ClockCorrected,
+    p.AlertReceived,
+    p.AlertConfirmed,
+)
 
 
 def assert_rejected(events: list[p.Event], *, allow_refusal: bool = False) -> None:
@@ -35,11 +43,11 @@ def test_replay_of_every_type_to_its_receiver(name: str, delay: str) -> None:
     assert_rejected(events, allow_refusal=name in ("C1", "C3"))
     refusals = [e.code for e in events if isinstance(e, p.ContactRefused)]
     if name == "C1":
-        assert refusals == [p.ErrorCode.REPLAY if delay == "inside"
-                            else p.ErrorCode.TIMESTAMP_OUT_OF_WINDOW]
+        assert refusals == [
+            p.ErrorCode.REPLAY if delay == "inside" else p.ErrorCode.TIMESTAMP_OUT_OF_WINDOW
+        ]
     if name == "C3":
-        assert refusals == [p.ErrorCode.REPLAY if delay == "inside"
-                            else p.ErrorCode.TICKET_INVALID]
+        assert refusals == [p.ErrorCode.REPLAY if delay == "inside" else p.ErrorCode.TICKET_INVALID]
     still_works(w, d)
 
 
@@ -89,9 +97,16 @@ def test_n2_from_an_earlier_alert_does_not_confirm_a_new_one() -> None:
     w.to_server(d.conn.data_to_send()[0])
     w.to_device(d, w.server_out()[0])
     [inc] = [e for e in w.to_server(d.conn.data_to_send()[0]) if isinstance(e, p.IncidentReported)]
-    w.notifier.alert(incident_id=inc.incident_id, coords=inc.coords, photo=inc.photo,
-                     score=0.9, label="fall", captured_at=inc.captured_at, device_uid=inc.uid,
-                     now=w.now)  # the attacker drops this N1 ...
+    w.notifier.alert(
+        incident_id=inc.incident_id,
+        coords=inc.coords,
+        photo=inc.photo,
+        score=0.9,
+        label="fall",
+        captured_at=inc.captured_at,
+        device_uid=inc.uid,
+        now=w.now,
+    )  # the attacker drops this N1 ...
     assert_rejected(w.notifier.receive(wire["N2"], w.now))  # ... and replays an old N2
     assert w.notifier.pending() == [inc.incident_id]
 

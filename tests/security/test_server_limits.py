@@ -57,8 +57,13 @@ def _stack(tmp_path: Path, timing: dict[str, Any] | None = None) -> Iterator[Sta
         pytest.skip(f"Mosquitto unavailable: {exc}")
     port = free_port()
     # The honest pole's many synthetic photos must not get it blocked for fake reports.
-    setup = make_server(tmp_path, broker, enc_url=f"http://127.0.0.1:{port}", timing=timing,
-                        verification={"block_after_dismissed": 0})
+    setup = make_server(
+        tmp_path,
+        broker,
+        enc_url=f"http://127.0.0.1:{port}",
+        timing=timing,
+        verification={"block_after_dismissed": 0},
+    )
     enc = EncStub(server_kid=setup.server_kid, key=setup.enc_key, port=port).start()
     honest_b, owned_b = setup.add_device("pole-honest", "z"), setup.add_device("pole-owned", "z")
     server = ServerProcess(setup).start(timeout=90)
@@ -88,14 +93,12 @@ def _code(m: p.Message) -> int:
     return m.code
 
 
-def test_capture_time_out_of_range_is_refused_with_error_8_and_nothing_stored(
-        stack: Stack) -> None:
+def test_capture_time_out_of_range_is_refused_with_error_8_and_nothing_stored(stack: Stack) -> None:
     """`at` beyond 9999-12-31, at or over 2^63 (the database's limit), a bignum, negative
     or a day in the future: error 8, nothing stored; an honest report sent at the same
     moment (the same group commit, before the fix) gets its C4."""
     s = stack
-    for at in (2**63 - 1, 2**63, 2**64 + 7, 10**30, LATEST_MS + 1, -1,
-               now_ms() + 86_400_000):
+    for at in (2**63 - 1, 2**63, 2**64 + 7, 10**30, LATEST_MS + 1, -1, now_ms() + 86_400_000):
         td, tk = s.owned.open_contact()
         htd, htk = s.honest.open_contact()
         s.owned.publish(s.owned.report(td, tk, jpeg((320, 240)), at=at))
@@ -116,9 +119,14 @@ def test_every_integer_field_out_of_range_is_dropped_and_counted(stack: Stack) -
     before = s.server.metric("citywatch_server_rejected_messages_total", reason="plaintext")
     for td in (2**63, 2**64, 2**200, LATEST_MS + 1):
         s.owned.publish(s.owned.hello(td=td))
-    wait_until(lambda: s.server.metric("citywatch_server_rejected_messages_total",
-                                       reason="plaintext") >= before + 4,
-               timeout=15, what="four refusals counted")
+    wait_until(
+        lambda: (
+            s.server.metric("citywatch_server_rejected_messages_total", reason="plaintext")
+            >= before + 4
+        ),
+        timeout=15,
+        what="four refusals counted",
+    )
     assert s.owned.next_message(timeout=1, accepts=(4, 6, 9)) is None
     s.owned.open_contact()
     assert "Traceback" not in s.log()
@@ -133,9 +141,14 @@ def test_huge_integer_in_the_alg_header_is_refused_and_counted(stack: Stack) -> 
     body = cbor2.dumps(cbor2.CBORTag(16, [protected, {5: bytes(12)}, bytes(32)]))
     for _ in range(5):
         s.owned.publish(body)
-    wait_until(lambda: s.server.metric("citywatch_server_rejected_messages_total",
-                                       reason="malformed") >= before + 5,
-               timeout=15, what="five malformed messages counted")
+    wait_until(
+        lambda: (
+            s.server.metric("citywatch_server_rejected_messages_total", reason="malformed")
+            >= before + 5
+        ),
+        timeout=15,
+        what="five malformed messages counted",
+    )
     assert "Traceback" not in s.log()
     assert "could not be handled" not in s.log()
     s.honest.open_contact()
@@ -149,11 +162,15 @@ def test_unknown_type_numbers_do_not_become_metric_series(stack: Stack) -> None:
     size_before = len(s.server.api("GET", "/metrics").text)
     for mtype in range(10, 310):
         s.owned.publish(s.owned.craft(mtype, {"td": now_ms(), "uid": s.owned.uid}))
-    wait_until(lambda: s.server.metric("citywatch_server_messages_total") >= 301, timeout=20,
-               what="300 messages counted")
+    wait_until(
+        lambda: s.server.metric("citywatch_server_messages_total") >= 301,
+        timeout=20,
+        what="300 messages counted",
+    )
     text = s.server.api("GET", "/metrics").text
-    types = set(re.findall(r'^citywatch_server_messages_total\{[^}]*type="([^"]*)"', text,
-                           re.MULTILINE))
+    types = set(
+        re.findall(r'^citywatch_server_messages_total\{[^}]*type="([^"]*)"', text, re.MULTILINE)
+    )
     assert types <= {t.name for t in p.MessageType} | {"unknown"}, types
     assert "unknown" in types
     assert len(text) < size_before + 2000
@@ -179,8 +196,10 @@ def test_a_refused_c1_flood_leaves_the_replay_cache_to_honest_poles(tmp_path: Pa
     """Two owned poles send 300 C1s each (every one fresh, inside the window) against a
     replay cache of 100 entries: the rate limit refuses them before they take an entry,
     so the honest pole's first C1 gets its C2, not error 9."""
-    it = _stack(tmp_path, timing={"rate_limit_burst": 3, "rate_limit_per_minute": 1.0,
-                                  "replay_capacity": 100})
+    it = _stack(
+        tmp_path,
+        timing={"rate_limit_burst": 3, "rate_limit_per_minute": 1.0, "replay_capacity": 100},
+    )
     s = next(it)
     try:
         bundle = s.setup.add_device("pole-owned-2", "z")
@@ -191,14 +210,21 @@ def test_a_refused_c1_flood_leaves_the_replay_cache_to_honest_poles(tmp_path: Pa
             for i in range(300):
                 s.owned.publish(s.owned.hello(td=start - i))
                 second.publish(second.hello(td=start - i))
-            wait_until(lambda: s.server.metric("citywatch_server_messages_total", type="C1") >= 600,
-                       timeout=60, what="600 C1s handled")
-            refused = sum(s.server.metric("citywatch_server_rejected_messages_total",
-                                          reason=r) for r in ("rate_limited", "flood"))
+            wait_until(
+                lambda: s.server.metric("citywatch_server_messages_total", type="C1") >= 600,
+                timeout=60,
+                what="600 C1s handled",
+            )
+            refused = sum(
+                s.server.metric("citywatch_server_rejected_messages_total", reason=r)
+                for r in ("rate_limited", "flood")
+            )
             assert refused >= 600 - 2 * 3
             # Most of the flood is dropped before decrypting, and never answered.
-            assert s.server.metric("citywatch_server_rejected_messages_total",
-                                   reason="flood") >= 600 - 2 * 4 * 3
+            assert (
+                s.server.metric("citywatch_server_rejected_messages_total", reason="flood")
+                >= 600 - 2 * 4 * 3
+            )
             answers = 0
             while s.owned.next_message(timeout=0.5, accepts=(4, 9)) is not None:
                 answers += 1

@@ -24,15 +24,17 @@ A256 = 3
 @pytest.fixture
 def token_session(softhsm_keystore: Pkcs11KeyStore, softhsm_token: SoftHsmToken) -> Iterator[Any]:
     """The attacker's own session on the token (the store's login covers it)."""
-    session = (pkcs11.lib(softhsm_token.module).get_token(token_label=softhsm_token.label)
-               .open(rw=True))
+    session = (
+        pkcs11.lib(softhsm_token.module).get_token(token_label=softhsm_token.label).open(rw=True)
+    )
     yield session
     session.close()
 
 
 @pytest.fixture(params=["import", "generate"])
-def key(request: pytest.FixtureRequest, softhsm_keystore: Pkcs11KeyStore,
-        token_session: Any) -> Any:
+def key(
+    request: pytest.FixtureRequest, softhsm_keystore: Pkcs11KeyStore, token_session: Any
+) -> Any:
     label = f"attack-{uuid.uuid4().hex[:12]}"
     if request.param == "import":
         softhsm_keystore.import_key(label, os.urandom(32))
@@ -43,9 +45,13 @@ def key(request: pytest.FixtureRequest, softhsm_keystore: Pkcs11KeyStore,
 
 def test_key_attributes_cannot_be_changed(key: Any) -> None:
     assert key[Attribute.MODIFIABLE] is False
-    for attribute, value in ((Attribute.DERIVE, True), (Attribute.SIGN, True),
-                             (Attribute.WRAP, True), (Attribute.EXTRACTABLE, True),
-                             (Attribute.LABEL, "renamed")):
+    for attribute, value in (
+        (Attribute.DERIVE, True),
+        (Attribute.SIGN, True),
+        (Attribute.WRAP, True),
+        (Attribute.EXTRACTABLE, True),
+        (Attribute.LABEL, "renamed"),
+    ):
         with pytest.raises(p11.PKCS11Error):
             key[attribute] = value
     assert key[Attribute.DERIVE] is False and key[Attribute.EXTRACTABLE] is False

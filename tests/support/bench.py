@@ -30,8 +30,13 @@ class BenchRun:
 
 def run_bench(script: str, *args: str, timeout: float) -> BenchRun:
     """``bench/<script>`` with ``args``, killed (and its output kept) after ``timeout`` s."""
-    proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / script), *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "bench" / script), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
     try:
         out, err = proc.communicate(timeout=timeout)
     finally:

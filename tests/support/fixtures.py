@@ -39,6 +39,8 @@ SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 def shared_data() -> Path:
     """../shared/data (labelled images, fall videos); skips with the reason where absent."""
     if not SHARED_DATA.is_dir():
-        pytest.skip(f"shared data folder {SHARED_DATA} is absent (it is only on development "
-                    "and CI machines)")
+        pytest.skip(
+            f"shared data folder {SHARED_DATA} is absent (it is only on development "
+            "and CI machines)"
+        )
     return SHARED_DATA

@@ -34,18 +34,22 @@ class NatsNode:
     def start(self) -> None:
         exe = shutil.which("nats-server")
         if exe is None:
-            raise ServiceUnavailable("nats-server is not installed (scripts/setup.sh --tests "
-                                     "installs Debian's nats-server)")
+            raise ServiceUnavailable(
+                "nats-server is not installed (scripts/setup.sh --tests "
+                "installs Debian's nats-server)"
+            )
         with open(self.log, "ab") as out:
-            self.process = subprocess.Popen([exe, "-c", str(self.conf)], stdout=out,
-                                            stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(
+                [exe, "-c", str(self.conf)], stdout=out, stderr=subprocess.STDOUT
+            )
         try:
             wait_for_port(self.client_port)
             wait_for_port(self.mqtt_port)
         except TimeoutError:
             self.kill()
             raise ServiceUnavailable(
-                f"nats-server {self.name} did not start: {self.log.read_text()[-2000:]}") from None
+                f"nats-server {self.name} did not start: {self.log.read_text()[-2000:]}"
+            ) from None
 
     @property
     def alive(self) -> bool:
@@ -84,20 +88,33 @@ def start_nats_cluster(workdir: Path, size: int = 3) -> NatsCluster:
     """``size`` nodes routed to each other, each with JetStream (its own store folder)
     and an MQTT listener; started and listening when this returns."""
     workdir.mkdir(parents=True, exist_ok=True)
-    nodes = [NatsNode(f"n{i}", free_port(), free_port(), free_port(),
-                      workdir / f"n{i}.conf", workdir / f"n{i}.log") for i in range(size)]
+    nodes = [
+        NatsNode(
+            f"n{i}",
+            free_port(),
+            free_port(),
+            free_port(),
+            workdir / f"n{i}.conf",
+            workdir / f"n{i}.log",
+        )
+        for i in range(size)
+    ]
     routes = ", ".join(f"nats://127.0.0.1:{n.cluster_port}" for n in nodes)
     for n in nodes:
-        cluster = ("" if size == 1 else
-                   f"cluster {{ name: citywatch, listen: 127.0.0.1:{n.cluster_port}, "
-                   f"routes: [{routes}] }}\n")
+        cluster = (
+            ""
+            if size == 1
+            else f"cluster {{ name: citywatch, listen: 127.0.0.1:{n.cluster_port}, "
+            f"routes: [{routes}] }}\n"
+        )
         n.conf.write_text(
             f"server_name: {n.name}\n"
             f"listen: 127.0.0.1:{n.client_port}\n"
             f"max_payload: 4MB\n"
             f'jetstream {{ store_dir: "{workdir / ("js-" + n.name)}" }}\n'
-            + cluster +
-            f"mqtt {{ listen: 127.0.0.1:{n.mqtt_port} }}\n")
+            + cluster
+            + f"mqtt {{ listen: 127.0.0.1:{n.mqtt_port} }}\n"
+        )
     cluster = NatsCluster(nodes)
     try:
         for n in nodes:
@@ -127,8 +144,9 @@ async def _ready(cluster: NatsCluster, *, timeout: float) -> None:
                     await nc.jetstream().account_info()
                 finally:
                     await nc.close()
-                async with aiomqtt.Client("127.0.0.1", node.mqtt_port,
-                                          identifier=f"ready-{node.name}", timeout=5):
+                async with aiomqtt.Client(
+                    "127.0.0.1", node.mqtt_port, identifier=f"ready-{node.name}", timeout=5
+                ):
                     pass
                 break
             except Exception as exc:  # not ready yet: say the last reason on timeout

@@ -43,8 +43,16 @@ __all__ = [
 ]
 
 SUITE = "bookworm"
-QEMU_CPU = {"arm64": "aarch64", "armhf": "arm", "armel": "arm", "amd64": "x86_64",
-            "i386": "i386", "riscv64": "riscv64", "ppc64el": "ppc64le", "s390x": "s390x"}
+QEMU_CPU = {
+    "arm64": "aarch64",
+    "armhf": "arm",
+    "armel": "arm",
+    "amd64": "x86_64",
+    "i386": "i386",
+    "riscv64": "riscv64",
+    "ppc64el": "ppc64le",
+    "s390x": "s390x",
+}
 """Debian's architecture names and the CPU names of qemu's user-mode emulators."""
 BINFMT = Path("/proc/sys/fs/binfmt_misc")
 ROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -56,11 +64,14 @@ def cache_dir() -> Path:
 
 def run(argv: Sequence[str], timeout: float = 600, **kwargs: object) -> str:
     """Run a command; its stdout, or RuntimeError with the end of its output."""
-    done = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout,
-                          check=False, **kwargs)  # type: ignore[call-overload]
+    done = subprocess.run(
+        list(argv), capture_output=True, text=True, timeout=timeout, check=False, **kwargs
+    )  # type: ignore[call-overload]
     if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)} exited {done.returncode}:\n"
-                           f"{done.stdout[-3000:]}{done.stderr[-3000:]}")
+        raise RuntimeError(
+            f"{' '.join(argv)} exited {done.returncode}:\n"
+            f"{done.stdout[-3000:]}{done.stderr[-3000:]}"
+        )
     return str(done.stdout)
 
 
@@ -80,8 +91,11 @@ def apt_mirror() -> str | None:
                 if line and not line.startswith(("#", " ")) and ":" in line:
                     key, _, value = line.partition(":")
                     fields[key.strip().lower()] = value.strip()
-            if (fields.get("enabled", "yes") != "no" and "deb" in fields.get("types", "").split()
-                    and SUITE in fields.get("suites", "").split()):
+            if (
+                fields.get("enabled", "yes") != "no"
+                and "deb" in fields.get("types", "").split()
+                and SUITE in fields.get("suites", "").split()
+            ):
                 return fields["uris"].split()[0]
     lists = [sources / "sources.list", *sorted((sources / "sources.list.d").glob("*.list"))]
     for path in lists:
@@ -118,22 +132,33 @@ def foreign_support(arch: str) -> str | None:
     if cpu is None:
         return f"no qemu user-mode emulator is known for the architecture {arch!r}"
     if shutil.which(f"qemu-{cpu}-static") is None:
-        return (f"qemu-{cpu}-static is not installed (package qemu-user-static; "
-                "scripts/setup.sh --tests installs it)")
+        return (
+            f"qemu-{cpu}-static is not installed (package qemu-user-static; "
+            "scripts/setup.sh --tests installs it)"
+        )
     if not (BINFMT / "status").exists():
-        done = subprocess.run(["mount", "-t", "binfmt_misc", "binfmt_misc", str(BINFMT)],
-                              capture_output=True, text=True, check=False)
+        done = subprocess.run(
+            ["mount", "-t", "binfmt_misc", "binfmt_misc", str(BINFMT)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if done.returncode != 0 or not (BINFMT / "status").exists():
-            return (f"binfmt_misc cannot be mounted on {BINFMT} here "
-                    f"({(done.stderr or done.stdout).strip() or 'no message'}): the kernel "
-                    f"cannot hand {arch} programs to qemu-{cpu}-static")
+            return (
+                f"binfmt_misc cannot be mounted on {BINFMT} here "
+                f"({(done.stderr or done.stdout).strip() or 'no message'}): the kernel "
+                f"cannot hand {arch} programs to qemu-{cpu}-static"
+            )
     entry = _binfmt_entry(cpu)
     if not entry.exists() and shutil.which("update-binfmts"):
-        subprocess.run(["update-binfmts", "--enable", f"qemu-{cpu}"], capture_output=True,
-                       check=False)
+        subprocess.run(
+            ["update-binfmts", "--enable", f"qemu-{cpu}"], capture_output=True, check=False
+        )
     if not entry.exists():
-        return (f"no binfmt_misc handler for {cpu} ({entry} is missing; packages "
-                "qemu-user-static and binfmt-support register it)")
+        return (
+            f"no binfmt_misc handler for {cpu} ({entry} is missing; packages "
+            "qemu-user-static and binfmt-support register it)"
+        )
     if (BINFMT / "status").read_text().strip() != "enabled":
         return "binfmt_misc is disabled on this machine (/proc/sys/fs/binfmt_misc/status)"
     lines = entry.read_text().splitlines()
@@ -193,32 +218,52 @@ class RootSpec:
     """Anything else that went into the root (e.g. packages ``finish`` downloads)."""
 
     def key(self, mirror: str) -> str:
-        material = (self.name, self.revision, SUITE, self.arch, mirror, self.packages,
-                    self.extra_key)
+        material = (
+            self.name,
+            self.revision,
+            SUITE,
+            self.arch,
+            mirror,
+            self.packages,
+            self.extra_key,
+        )
         return hashlib.sha256(repr(material).encode()).hexdigest()[:16]
 
 
-def chroot_argv(root: Path, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
-                mounts: bool = True) -> list[str]:
+def chroot_argv(
+    root: Path, argv: Sequence[str], *, env: Mapping[str, str] | None = None, mounts: bool = True
+) -> list[str]:
     """A command line that runs ``argv`` chrooted into ``root``, in an environment of
     ``PATH`` and ``env`` only. With ``mounts``: /dev, /proc, /sys and a tmpfs /run
     mounted in a mount namespace of its own (gone when its last process ends), so this
     machine's mounts are untouched; the network is this machine's (loopback included).
     Every step ``exec``s the next, so the command keeps the first process's pid."""
-    inside = ["/usr/bin/env", "-i", f"PATH={ROOT_PATH}",
-              *(f"{k}={v}" for k, v in (env or {}).items()), *argv]
+    inside = [
+        "/usr/bin/env",
+        "-i",
+        f"PATH={ROOT_PATH}",
+        *(f"{k}={v}" for k, v in (env or {}).items()),
+        *argv,
+    ]
     if not mounts:
         return ["chroot", str(root), *inside]
     r = str(root)
-    script = (f'mount --make-rprivate / && mount --rbind /dev "{r}/dev" && '
-              f'mount -t proc proc "{r}/proc" && mount -t sysfs sysfs "{r}/sys" && '
-              f'mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs "{r}/run" && '
-              f'exec chroot "{r}" "$@"')
+    script = (
+        f'mount --make-rprivate / && mount --rbind /dev "{r}/dev" && '
+        f'mount -t proc proc "{r}/proc" && mount -t sysfs sysfs "{r}/sys" && '
+        f'mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs "{r}/run" && '
+        f'exec chroot "{r}" "$@"'
+    )
     return ["unshare", "--mount", "--", "sh", "-c", script, "sh", *inside]
 
 
-def build_root(spec: RootSpec, finish: Callable[[Path], None] | None = None,
-               *, phases: Phases | None = None, timeout: float = 1800) -> Path:
+def build_root(
+    spec: RootSpec,
+    finish: Callable[[Path], None] | None = None,
+    *,
+    phases: Phases | None = None,
+    timeout: float = 1800,
+) -> Path:
     """The cached root for ``spec``, made if missing: debootstrap (two stages for a
     foreign architecture), then ``finish(root)``. Raises RuntimeError with debootstrap's
     or apt's words when it cannot be made."""
@@ -256,8 +301,10 @@ def build_root(spec: RootSpec, finish: Callable[[Path], None] | None = None,
                 assert emulator is not None
                 shutil.copy2(emulator, building / "usr/bin" / Path(emulator).name)
             with timed(f"debootstrap second stage ({arch}, under qemu)"):
-                run(chroot_argv(building, ["/debootstrap/debootstrap", "--second-stage"]),
-                    timeout=timeout)
+                run(
+                    chroot_argv(building, ["/debootstrap/debootstrap", "--second-stage"]),
+                    timeout=timeout,
+                )
         else:
             with timed("debootstrap"):
                 run([*argv, SUITE, str(building), mirror], timeout=timeout)
@@ -265,7 +312,8 @@ def build_root(spec: RootSpec, finish: Callable[[Path], None] | None = None,
             with timed("finishing the root"):
                 finish(building)
         (building / ".complete").write_text(
-            f"{SUITE} {arch} {mirror} {' '.join(spec.packages)} {' '.join(spec.extra_key)}\n")
+            f"{SUITE} {arch} {mirror} {' '.join(spec.packages)} {' '.join(spec.extra_key)}\n"
+        )
         shutil.rmtree(image, ignore_errors=True)
         building.rename(image)
     finally:

@@ -22,8 +22,16 @@ from citywatch._services import (
     wait_for_port,
 )
 
-__all__ = ["Broker", "Postgres", "ServiceUnavailable", "free_port", "postgres_server",
-           "start_mosquitto", "start_postgres", "wait_for_port"]
+__all__ = [
+    "Broker",
+    "Postgres",
+    "ServiceUnavailable",
+    "free_port",
+    "postgres_server",
+    "start_mosquitto",
+    "start_postgres",
+    "wait_for_port",
+]
 
 
 # -- PostgreSQL ----------------------------------------------------------------------
@@ -47,13 +55,30 @@ class Postgres:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{name}"
 
     def _psql(self, sql: str) -> None:
-        subprocess.run([str(self.bindir / "psql"), "-h", "127.0.0.1", "-p", str(self.port),
-                        "-U", "postgres", "-d", "postgres", "-qAtc", sql],
-                       check=True, capture_output=True)
+        subprocess.run(
+            [
+                str(self.bindir / "psql"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-qAtc",
+                sql,
+            ],
+            check=True,
+            capture_output=True,
+        )
 
     def stop(self) -> None:
-        _as_user(self.user, [str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-m", "fast",
-                             "-w", "stop"], check=False)
+        _as_user(
+            self.user,
+            [str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-m", "fast", "-w", "stop"],
+            check=False,
+        )
 
 
 def _pg_bindir() -> Path:
@@ -81,13 +106,37 @@ def start_postgres(workdir: Path | None = None) -> Postgres:
         os.chmod(base, 0o755)
     port = free_port()
     try:
-        _as_user(user, [str(bindir / "initdb"), "-D", str(datadir), "-U", "postgres",
-                        "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8"])
-        _as_user(user, [str(bindir / "pg_ctl"), "-D", str(datadir), "-w", "-t", "30",
-                        "-l", str(base / "pg.log"),
-                        "-o", f"-p {port} -c listen_addresses=127.0.0.1 "
-                              f"-c unix_socket_directories={base} -c fsync=off",
-                        "start"])
+        _as_user(
+            user,
+            [
+                str(bindir / "initdb"),
+                "-D",
+                str(datadir),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--locale=C.UTF-8",
+            ],
+        )
+        _as_user(
+            user,
+            [
+                str(bindir / "pg_ctl"),
+                "-D",
+                str(datadir),
+                "-w",
+                "-t",
+                "30",
+                "-l",
+                str(base / "pg.log"),
+                "-o",
+                f"-p {port} -c listen_addresses=127.0.0.1 "
+                f"-c unix_socket_directories={base} -c fsync=off",
+                "start",
+            ],
+        )
     except subprocess.CalledProcessError as exc:
         raise ServiceUnavailable(f"PostgreSQL did not start: {exc.stderr.strip()[-500:]}") from None
     wait_for_port(port)

@@ -38,8 +38,10 @@ def add_still_camera(config: Path) -> None:
     still = config.parent / "street.jpg"
     still.write_bytes(jpeg((160, 120)))
     with config.open("a") as f:
-        f.write(f'\n[camera]\ndriver = "scene"\nfps = 5.0\n\n[[camera.timeline]]\n'
-                f'at = 0.0\nplay = "{still}"\n')
+        f.write(
+            f'\n[camera]\ndriver = "scene"\nfps = 5.0\n\n[[camera.timeline]]\n'
+            f'at = 0.0\nplay = "{still}"\n'
+        )
 
 
 class Rand:
@@ -81,34 +83,59 @@ class World:
     """One server, one ENC, any number of devices, a fake clock, and a wire the test
     (or the attacker) controls."""
 
-    def __init__(self, *, seed: int = 1, timing: p.Timing | None = None,
-                 limits: p.Limits | None = None, rate_limit: p.RateLimit | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        seed: int = 1,
+        timing: p.Timing | None = None,
+        limits: p.Limits | None = None,
+        rate_limit: p.RateLimit | None = None,
+    ) -> None:
         self.now = T0
         self.rand = Rand(seed)
         self.timing = timing or p.Timing()
         self.limits = limits or p.Limits()
         self.directory = Directory()
-        self.server = p.ServerEndpoint(directory=self.directory, ticket_key=self.rand(32),
-                                       random=self.rand, timing=self.timing, limits=self.limits,
-                                       rate_limit=rate_limit)
+        self.server = p.ServerEndpoint(
+            directory=self.directory,
+            ticket_key=self.rand(32),
+            random=self.rand,
+            timing=self.timing,
+            limits=self.limits,
+            rate_limit=rate_limit,
+        )
         self.server_kid = bytes.fromhex("5e5e5e5e00000001")
         self.enc_key = self.rand(32)
-        self.notifier = p.EncNotifier(kid=self.server_kid, cipher=p.AesGcmCipher(self.enc_key),
-                                      random=self.rand, timing=self.timing, limits=self.limits)
-        self.enc = p.EncEndpoint(servers={self.server_kid: p.AesGcmCipher(self.enc_key)},
-                                 random=self.rand, timing=self.timing, limits=self.limits)
+        self.notifier = p.EncNotifier(
+            kid=self.server_kid,
+            cipher=p.AesGcmCipher(self.enc_key),
+            random=self.rand,
+            timing=self.timing,
+            limits=self.limits,
+        )
+        self.enc = p.EncEndpoint(
+            servers={self.server_kid: p.AesGcmCipher(self.enc_key)},
+            random=self.rand,
+            timing=self.timing,
+            limits=self.limits,
+        )
         self.devices: dict[str, Device] = {}
         self.epochs: dict[bytes, int] = {}
 
     def add_device(self, uid: str, *, key_len: int = 32, window: bool = True) -> Device:
         kid = self.rand(8)
         key = self.rand(key_len)
-        self.directory.records[kid] = p.DeviceRecord(kid=kid, uid=uid,
-                                                     cipher=p.AesGcmCipher(key))
+        self.directory.records[kid] = p.DeviceRecord(kid=kid, uid=uid, cipher=p.AesGcmCipher(key))
         if window:
             self.directory.windows[kid] = self.now + 3_600_000
-        conn = p.DeviceConnection(kid=kid, uid=uid, cipher=p.AesGcmCipher(key),
-                                  random=self.rand, timing=self.timing, limits=self.limits)
+        conn = p.DeviceConnection(
+            kid=kid,
+            uid=uid,
+            cipher=p.AesGcmCipher(key),
+            random=self.rand,
+            timing=self.timing,
+            limits=self.limits,
+        )
         d = self.devices[uid] = Device(kid, uid, key, conn)
         return d
 
@@ -117,8 +144,12 @@ class World:
 
     def report(self, **overrides: object) -> p.PendingReport:
         fields: dict[str, object] = dict(
-            cid=self.rand(16), coords=p.Coords(lat=52.2297, lon=21.0122, alt=110.0, acc=3.5),
-            photo=jpeg(), score=0.91, label="person_down", captured_at=self.now - 500,
+            cid=self.rand(16),
+            coords=p.Coords(lat=52.2297, lon=21.0122, alt=110.0, acc=3.5),
+            photo=jpeg(),
+            score=0.91,
+            label="person_down",
+            captured_at=self.now - 500,
         )
         fields.update(overrides)
         return p.PendingReport(**fields)  # type: ignore[arg-type]
@@ -141,8 +172,9 @@ class World:
         self.directory.windows[d.kid] = tx
         return self.server.announce(d.kid, tx=tx, ep=ep, now=self.now)
 
-    def contact(self, d: Device, report: p.PendingReport | None = None
-                ) -> tuple[list[p.Event], dict[str, bytes]]:
+    def contact(
+        self, d: Device, report: p.PendingReport | None = None
+    ) -> tuple[list[p.Event], dict[str, bytes]]:
         """Run C1..C4 honestly; return the device's final events and the wire messages."""
         d.conn.start_report(report or self.report(), self.now)
         [c1] = d.conn.data_to_send()
@@ -156,9 +188,16 @@ class World:
         return events, {"C1": c1, "C2": c2, "C3": c3, "C4": c4}
 
     def notify(self, inc: p.IncidentReported) -> tuple[list[p.Event], dict[str, bytes]]:
-        n1 = self.notifier.alert(incident_id=inc.incident_id, coords=inc.coords,
-                                 photo=inc.photo, score=0.88, label=inc.label,
-                                 captured_at=inc.captured_at, device_uid=inc.uid, now=self.now)
+        n1 = self.notifier.alert(
+            incident_id=inc.incident_id,
+            coords=inc.coords,
+            photo=inc.photo,
+            score=0.88,
+            label=inc.label,
+            captured_at=inc.captured_at,
+            device_uid=inc.uid,
+            now=self.now,
+        )
         [alert] = self.enc.receive(n1, self.now)
         assert isinstance(alert, p.AlertReceived), alert
         n2 = self.enc.receipt(alert, self.now)

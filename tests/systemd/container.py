@@ -24,8 +24,16 @@ from tests.support.rootfs import run as _run
 
 __all__ = ["PACKAGES", "Container", "build_image", "missing_tools"]
 
-PACKAGES = ["systemd", "systemd-sysv", "dbus", "python3", "python3-venv", "softhsm2",
-            "mosquitto", "libsystemd0"]
+PACKAGES = [
+    "systemd",
+    "systemd-sysv",
+    "dbus",
+    "python3",
+    "python3-venv",
+    "softhsm2",
+    "mosquitto",
+    "libsystemd0",
+]
 """systemd to boot; Python for the release venv; SoftHSM2 for the server's token; the
 broker for the server and the pole."""
 IMAGE_FORMAT = 1
@@ -33,8 +41,9 @@ IMAGE_FORMAT = 1
 
 def missing_tools() -> str | None:
     """Why a container cannot be booted here, or None."""
-    return _missing_root_tools(("debootstrap", "systemd-nspawn", "machinectl"),
-                               why_root="booting a container needs root")
+    return _missing_root_tools(
+        ("debootstrap", "systemd-nspawn", "machinectl"), why_root="booting a container needs root"
+    )
 
 
 def _finish(root: Path) -> None:
@@ -74,24 +83,38 @@ class Container:
         log = self.log_path.open("wb")
         # --register=no: no machined needed on this machine; --keep-unit: no scope unit.
         self.process = subprocess.Popen(
-            ["systemd-nspawn", "--quiet", "--boot", f"--directory={self.root}",
-             f"--machine={self.name}", "--register=no", "--keep-unit", "--private-network",
-             "--console=pipe"],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True)
+            [
+                "systemd-nspawn",
+                "--quiet",
+                "--boot",
+                f"--directory={self.root}",
+                f"--machine={self.name}",
+                "--register=no",
+                "--keep-unit",
+                "--private-network",
+                "--console=pipe",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"the container exited {self.process.returncode}:\n"
-                                   f"{self.console()[-3000:]}")
+                raise RuntimeError(
+                    f"the container exited {self.process.returncode}:\n{self.console()[-3000:]}"
+                )
             if self.leader() is not None:
                 state = self.run("systemctl", "is-system-running", check=False, timeout=20)
                 if state.strip() in ("running", "degraded"):
                     return
             time.sleep(1)
-        raise RuntimeError(f"the container did not reach multi-user.target within "
-                           f"{timeout:.0f} s:\n{self.console()[-3000:]}")
+        raise RuntimeError(
+            f"the container did not reach multi-user.target within "
+            f"{timeout:.0f} s:\n{self.console()[-3000:]}"
+        )
 
     def console(self) -> str:
         try:
@@ -116,21 +139,42 @@ class Container:
             return None
         return int(pids[0]) if comm == "systemd" else None
 
-    def run(self, *argv: str, check: bool = True, timeout: float = 60,
-            input_text: str | None = None) -> str:
+    def run(
+        self, *argv: str, check: bool = True, timeout: float = 60, input_text: str | None = None
+    ) -> str:
         """Run a command inside the booted container; its stdout (stderr appended on
         failure)."""
         pid = self.leader()
         if pid is None:
             raise RuntimeError(f"{self.name} is not running")
         done = subprocess.run(
-            ["nsenter", f"--target={pid}", "--mount", "--uts", "--ipc", "--net", "--pid",
-             "--cgroup", "--root", "--wd", "/usr/bin/env", "-i",
-             "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", *argv],
-            capture_output=True, text=True, timeout=timeout, check=False, input=input_text)
+            [
+                "nsenter",
+                f"--target={pid}",
+                "--mount",
+                "--uts",
+                "--ipc",
+                "--net",
+                "--pid",
+                "--cgroup",
+                "--root",
+                "--wd",
+                "/usr/bin/env",
+                "-i",
+                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                *argv,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            input=input_text,
+        )
         if check and done.returncode != 0:
-            raise RuntimeError(f"{' '.join(argv)} in {self.name} exited {done.returncode}:\n"
-                               f"{done.stdout[-3000:]}{done.stderr[-3000:]}")
+            raise RuntimeError(
+                f"{' '.join(argv)} in {self.name} exited {done.returncode}:\n"
+                f"{done.stdout[-3000:]}{done.stderr[-3000:]}"
+            )
         return done.stdout
 
     def terminate(self) -> None:

@@ -45,18 +45,33 @@ RELEASE_EXTRAS = ("server", "enc", "edge")
 
 def _requirement() -> str:
     extras = tomllib.loads((PROJECT / "pyproject.toml").read_text())["project"].get(
-        "optional-dependencies", {})
+        "optional-dependencies", {}
+    )
     wanted = [e for e in RELEASE_EXTRAS if e in extras]
     return f"citywatch[{','.join(wanted)}]" if wanted else "citywatch"
+
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
 
 def _pip_wheel(dest: Path, *args: str) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check",
-         "--wheel-dir", str(dest), *args],
-        capture_output=True, text=True, timeout=1800, check=False)
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--wheel-dir",
+            str(dest),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=False,
+    )
     if done.returncode != 0:
         raise RuntimeError(f"pip wheel failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
 
@@ -101,15 +116,33 @@ def build_wheelhouse(work: Path) -> Path:
     house = work / "wheelhouse"
     shutil.copytree(deps_dir, house)
     src = work / "src"
-    shutil.copytree(PROJECT, src, ignore=shutil.ignore_patterns(
-        ".git", ".venv", "tests", "artifacts", "bench", "docs", "ansible", "var", "build",
-        "dist", "*.egg-info", "__pycache__", ".*_cache", ".hypothesis"))
+    shutil.copytree(
+        PROJECT,
+        src,
+        ignore=shutil.ignore_patterns(
+            ".git",
+            ".venv",
+            "tests",
+            "artifacts",
+            "bench",
+            "docs",
+            "ansible",
+            "var",
+            "build",
+            "dist",
+            "*.egg-info",
+            "__pycache__",
+            ".*_cache",
+            ".hypothesis",
+        ),
+    )
     _pip_wheel(house, "--no-deps", str(src))
     return house
 
 
-def wait_for(what: str, predicate: Callable[[], bool], timeout: float,
-             detail: Callable[[], str] = lambda: "") -> None:
+def wait_for(
+    what: str, predicate: Callable[[], bool], timeout: float, detail: Callable[[], str] = lambda: ""
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
@@ -159,7 +192,8 @@ def _prepare_root(root: Path, wheelhouse: Path) -> None:
         dropin.mkdir(exist_ok=True)
         (dropin / "test-watchdog.conf").write_text(
             f"# The test's short watchdog period.\n[Service]\nWatchdogSec={WATCHDOG_S}s\n"
-            "RestartSec=1s\n")
+            "RestartSec=1s\n"
+        )
     etc = root / "etc/citywatch"
     (etc / "keys").mkdir(parents=True, exist_ok=True)
     (etc / "server.toml").write_text(SERVER_TOML)
@@ -169,10 +203,20 @@ def _prepare_root(root: Path, wheelhouse: Path) -> None:
     # The pole: a provisioning bundle (as the server would write it), the scene player's
     # street in place of the camera.
     bundle = etc / "bundle.json"
-    bundle.write_text(json.dumps({
-        "uid": "pole-unit-1", "kid_hex": secrets.token_hex(8), "alg": "A256GCM",
-        "key_hex": secrets.token_hex(32), "zone": "z1", "lat": 52.2, "lon": 21.0,
-        "server": {"host": "127.0.0.1", "port": 1883}}))
+    bundle.write_text(
+        json.dumps(
+            {
+                "uid": "pole-unit-1",
+                "kid_hex": secrets.token_hex(8),
+                "alg": "A256GCM",
+                "key_hex": secrets.token_hex(32),
+                "zone": "z1",
+                "lat": 52.2,
+                "lon": 21.0,
+                "server": {"host": "127.0.0.1", "port": 1883},
+            }
+        )
+    )
     bundle.chmod(0o600)
     (etc / "scene").mkdir()
     (etc / "scene/street.jpg").write_bytes(jpeg((320, 240)))
@@ -231,7 +275,8 @@ def host() -> Iterator[Container]:
     if not any(MODELS.glob("*.tflite")):
         pytest.skip(f"no models in {MODELS}: run `citywatch server models install`")
     work = Path(os.environ.get("CITYWATCH_TEST_CACHE", "/var/tmp/citywatch-tests")) / (
-        f"units-{os.getpid()}")
+        f"units-{os.getpid()}"
+    )
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     container: Container | None = None
@@ -264,19 +309,27 @@ def _journal(c: Container, unit: str, since: str = "") -> list[dict[str, str]]:
 
 
 def _messages(c: Container, unit: str, lines: int = 80) -> str:
-    return c.run("journalctl", "--no-pager", "-u", unit, "-n", str(lines), check=False,
-                 timeout=30)
+    return c.run("journalctl", "--no-pager", "-u", unit, "-n", str(lines), check=False, timeout=30)
 
 
-@pytest.mark.parametrize(("unit", "logger"), [("citywatch-server.service", "citywatch.server"),
-                                              ("citywatch-enc.service", "citywatch.enc"),
-                                              ("citywatch-edge.service", "citywatch.edge")])
+@pytest.mark.parametrize(
+    ("unit", "logger"),
+    [
+        ("citywatch-server.service", "citywatch.server"),
+        ("citywatch-enc.service", "citywatch.enc"),
+        ("citywatch-edge.service", "citywatch.edge"),
+    ],
+)
 def test_a_unit_is_supervised_by_systemd(host: Container, unit: str, logger: str) -> None:
     c = host
     detail = lambda: _messages(c, unit)  # noqa: E731
     c.run("systemctl", "start", "--no-block", unit, timeout=30)
-    wait_for(f"{unit} active", lambda: _show(c, unit, "ActiveState")["ActiveState"] == "active",
-             timeout=120, detail=detail)
+    wait_for(
+        f"{unit} active",
+        lambda: _show(c, unit, "ActiveState")["ActiveState"] == "active",
+        timeout=120,
+        detail=detail,
+    )
     first = _show(c, unit, "MainPID", "NRestarts", "WatchdogUSec", "Type")
     assert first["Type"] == "notify"
     assert first["WatchdogUSec"] == f"{WATCHDOG_S}s", first
@@ -286,15 +339,21 @@ def test_a_unit_is_supervised_by_systemd(host: Container, unit: str, logger: str
     later = _show(c, unit, "ActiveState", "SubState", "MainPID", "NRestarts")
     assert later["ActiveState"] == "active", detail()
     assert later["MainPID"] == first["MainPID"] and later["NRestarts"] == first["NRestarts"], (
-        f"{later}\n{detail()}")
+        f"{later}\n{detail()}"
+    )
 
     # The process frozen: no WATCHDOG=1, so systemd kills it (SIGABRT) and starts another.
     c.run("sh", "-c", 'kill -STOP "$1"', "sh", first["MainPID"])  # the shell's own kill
-    wait_for(f"{unit} restarted after SIGSTOP", lambda: (
-        (s := _show(c, unit, "ActiveState", "MainPID", "NRestarts"))["ActiveState"] == "active"
-        and s["MainPID"] not in ("0", first["MainPID"])
-        and int(s["NRestarts"]) > int(first["NRestarts"])),
-        timeout=15 * WATCHDOG_S + 60, detail=detail)
+    wait_for(
+        f"{unit} restarted after SIGSTOP",
+        lambda: (
+            (s := _show(c, unit, "ActiveState", "MainPID", "NRestarts"))["ActiveState"] == "active"
+            and s["MainPID"] not in ("0", first["MainPID"])
+            and int(s["NRestarts"]) > int(first["NRestarts"])
+        ),
+        timeout=15 * WATCHDOG_S + 60,
+        detail=detail,
+    )
     assert "Watchdog timeout" in _messages(c, unit)
 
     # The new process is fed as well.

@@ -14,8 +14,11 @@ yaml = pytest.importorskip("yaml", reason="PyYAML comes with ansible-core ([dev]
 ROOT = Path(__file__).resolve().parents[2]
 ROLES_DIR = ROOT / "ansible" / "roles"
 ROLES = sorted(p.name for p in ROLES_DIR.iterdir() if p.is_dir())
-UNITS = {"edge": "citywatch-edge.service", "enc": "citywatch-enc.service",
-         "server": "citywatch-server.service"}
+UNITS = {
+    "edge": "citywatch-edge.service",
+    "enc": "citywatch-enc.service",
+    "server": "citywatch-server.service",
+}
 
 
 def _defaults(role: str) -> dict[str, object]:
@@ -28,7 +31,8 @@ def test_the_roles_unit_is_systemds_unit(role: str) -> None:
     unit = UNITS[role]
     copy, original = ROLES_DIR / role / "files" / unit, ROOT / "systemd" / unit
     assert copy.read_bytes() == original.read_bytes(), (
-        f"ansible/roles/{role}/files/{unit} differs from systemd/{unit}: copy it over")
+        f"ansible/roles/{role}/files/{unit} differs from systemd/{unit}: copy it over"
+    )
     assert _defaults(role)[f"{role}_unit_src"] == unit
 
 
@@ -36,7 +40,8 @@ def test_the_broker_roles_dropin_is_systemds() -> None:
     copy = ROLES_DIR / "broker" / "files" / "mosquitto-citywatch.conf"
     original = ROOT / "systemd" / "mosquitto.service.d" / "citywatch.conf"
     assert copy.read_bytes() == original.read_bytes(), (
-        f"{copy.relative_to(ROOT)} differs from {original.relative_to(ROOT)}: copy it over")
+        f"{copy.relative_to(ROOT)} differs from {original.relative_to(ROOT)}: copy it over"
+    )
     assert _defaults("broker")["broker_dropin_src"] == copy.name
 
 

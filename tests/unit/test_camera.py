@@ -89,8 +89,9 @@ def test_from_second_5_the_scene_shows_the_second_segment(tmp_path: Path) -> Non
     lying = tmp_path / "lying.png"
     cv2.imwrite(str(lying), _gray(20))
     clock = ManualClock()
-    cam = SceneCamera(_scene({"at": 0, "play": str(walking)}, {"at": 5, "play": str(lying)}),
-                      clock=clock)
+    cam = SceneCamera(
+        _scene({"at": 0, "play": str(walking)}, {"at": 5, "play": str(lying)}), clock=clock
+    )
     with cam:
         seen = []
         for _ in range(60):
@@ -180,8 +181,9 @@ def test_a_stall_segment_delivers_no_frames_until_the_next_segment(tmp_path: Pat
     cv2.imwrite(str(before), _gray(3))
     cv2.imwrite(str(after), _gray(9))
     clock = ManualClock()
-    config = _scene({"at": 0, "play": str(before)}, {"at": 2, "stall": True},
-                    {"at": 4, "play": str(after)})
+    config = _scene(
+        {"at": 0, "play": str(before)}, {"at": 2, "stall": True}, {"at": 4, "play": str(after)}
+    )
     with SceneCamera(config, clock=clock) as cam:
         delivered: list[tuple[int, int]] = []
         nothing: list[float] = []
@@ -221,7 +223,8 @@ def test_the_real_clock_never_delivers_a_frame_before_it_is_due(tmp_path: Path) 
     assert indices == sorted(set(indices))
     t0 = frames[0].timestamp if frames[0] else 0.0
     assert [f.timestamp - t0 for f in frames if f] == pytest.approx(
-        [(i - indices[0]) / 20 for i in indices])
+        [(i - indices[0]) / 20 for i in indices]
+    )
 
 
 # -- frames and snapshots ------------------------------------------------------------------
@@ -285,8 +288,12 @@ def test_missing_or_unreadable_media_fail_at_start(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     (tmp_path / "broken.png").write_bytes(b"not a png")
     (tmp_path / "broken.avi").write_bytes(b"not a video")
-    for play, message in [("absent.png", "does not exist"), ("empty", "holds no image"),
-                          ("broken.png", "cannot be read"), ("broken.avi", "cannot be opened")]:
+    for play, message in [
+        ("absent.png", "does not exist"),
+        ("empty", "holds no image"),
+        ("broken.png", "cannot be read"),
+        ("broken.avi", "cannot be opened"),
+    ]:
         cam = SceneCamera(_scene({"at": 0, "play": str(tmp_path / play)}), clock=ManualClock())
         with pytest.raises(SceneError, match=message):
             cam.start()
@@ -307,15 +314,18 @@ def test_the_driver_key_picks_the_model_and_unknown_keys_are_errors(tmp_path: Pa
         parse_camera_config({"driver": "picamera2", "lores_size": [640]})
 
 
-@pytest.mark.parametrize(("timeline", "message"), [
-    ([], "either timeline"),
-    ([{"at": 1, "play": "a.png"}], "first segment must start at 0"),
-    ([{"at": 0, "play": "a.png"}, {"at": 0, "play": "b.png"}], "segment 1 starts at 0"),
-    ([{"at": 0, "play": "a.png", "stall": True}], "either play = PATH or stall = true"),
-    ([{"at": 0}], "either play = PATH or stall = true"),
-    ([{"at": -1, "play": "a.png"}], "greater than or equal to 0"),
-    ([{"at": 0, "play": "a.png", "speed": 2}], "Extra inputs are not permitted"),
-])
+@pytest.mark.parametrize(
+    ("timeline", "message"),
+    [
+        ([], "either timeline"),
+        ([{"at": 1, "play": "a.png"}], "first segment must start at 0"),
+        ([{"at": 0, "play": "a.png"}, {"at": 0, "play": "b.png"}], "segment 1 starts at 0"),
+        ([{"at": 0, "play": "a.png", "stall": True}], "either play = PATH or stall = true"),
+        ([{"at": 0}], "either play = PATH or stall = true"),
+        ([{"at": -1, "play": "a.png"}], "greater than or equal to 0"),
+        ([{"at": 0, "play": "a.png", "speed": 2}], "Extra inputs are not permitted"),
+    ],
+)
 def test_timeline_mistakes_are_reported(timeline: list[dict[str, object]], message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         SceneConfig.model_validate({"driver": "scene", "timeline": timeline})
@@ -336,7 +346,7 @@ def test_a_timeline_file_is_read_relative_to_itself(tmp_path: Path) -> None:
     (scenes / "person-down.toml").write_text(
         '[[segment]]\nat = 0\nplay = "street"\n\n'
         '[[segment]]\nat = 1.5\nplay = "down.png"\n\n'
-        '[[segment]]\nat = 3\nstall = true\n'
+        "[[segment]]\nat = 3\nstall = true\n"
     )
     config = parse_camera_config(
         {"driver": "scene", "timeline_file": "scenes/person-down.toml"}, base_dir=tmp_path
@@ -383,8 +393,10 @@ def test_only_the_scene_player_takes_an_injected_clock() -> None:
 
 
 def test_urls_lose_their_password_in_descriptions() -> None:
-    assert redact_url("rtsp://admin:s3cret@10.0.0.5:554/stream1") == \
-        "rtsp://admin:***@10.0.0.5:554/stream1"
+    assert (
+        redact_url("rtsp://admin:s3cret@10.0.0.5:554/stream1")
+        == "rtsp://admin:***@10.0.0.5:554/stream1"
+    )
     assert redact_url("rtsp://10.0.0.5/stream1") == "rtsp://10.0.0.5/stream1"
     assert redact_url("/var/lib/citywatch/clip.mp4") == "/var/lib/citywatch/clip.mp4"
 
@@ -429,17 +441,26 @@ def test_picamera2_delivers_lores_frames_and_full_resolution_snapshots() -> None
 
 def _smoke(shared_data: Path, label: str) -> Path:
     with open(shared_data / "smoke" / "labels.csv", newline="") as f:
-        return next(shared_data / "smoke" / row["file"] for row in csv.DictReader(f)
-                    if row["label"] == label)
+        return next(
+            shared_data / "smoke" / row["file"]
+            for row in csv.DictReader(f)
+            if row["label"] == label
+        )
 
 
 def test_a_person_lies_on_the_ground_from_second_5(shared_data: Path) -> None:
     upright, lying = _smoke(shared_data, "upright"), _smoke(shared_data, "lying_ground")
     clock = ManualClock()
-    config = _scene({"at": 0, "play": str(upright)}, {"at": 5, "play": str(lying)},
-                    size=[640, 480], lores_size=[320, 240])
-    expected = {p: cv2.resize(cv2.imread(str(p)), (640, 480), interpolation=cv2.INTER_AREA)
-                for p in (upright, lying)}
+    config = _scene(
+        {"at": 0, "play": str(upright)},
+        {"at": 5, "play": str(lying)},
+        size=[640, 480],
+        lores_size=[320, 240],
+    )
+    expected = {
+        p: cv2.resize(cv2.imread(str(p)), (640, 480), interpolation=cv2.INTER_AREA)
+        for p in (upright, lying)
+    }
     with SceneCamera(config, clock=clock) as cam:
         clock.advance(4.9)
         before = cam.read()
@@ -472,8 +493,10 @@ def test_a_recorded_fall_plays_as_a_camera(shared_data: Path) -> None:
         jpeg = cam.snapshot()
     assert all(f.size == (256, 192) for f in frames)
     # A fall is motion: consecutive frames differ somewhere in the three seconds.
-    diffs = [np.abs(a.image.astype(int) - b.image.astype(int)).mean()
-             for a, b in itertools.pairwise(frames)]
+    diffs = [
+        np.abs(a.image.astype(int) - b.image.astype(int)).mean()
+        for a, b in itertools.pairwise(frames)
+    ]
     assert max(diffs) > 1.0
     native = cv2.VideoCapture(str(video))
     width = int(native.get(cv2.CAP_PROP_FRAME_WIDTH))

@@ -106,12 +106,15 @@ def test_a_file_plays_at_its_frame_rate(tmp_path: Path) -> None:
     assert frames[-1].index == 9
 
 
-@pytest.mark.parametrize(("source", "message"), [
-    ("absent.avi", "no such video file"),
-    ("not-a-video.avi", "not a video file OpenCV can decode"),
-    (9, "is the camera plugged in"),
-    ("/dev/video9", "is the camera plugged in"),
-])
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("absent.avi", "no such video file"),
+        ("not-a-video.avi", "not a video file OpenCV can decode"),
+        (9, "is the camera plugged in"),
+        ("/dev/video9", "is the camera plugged in"),
+    ],
+)
 def test_a_source_that_cannot_open_fails_at_start(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: int | str, message: str
 ) -> None:
@@ -161,13 +164,18 @@ class MjpegServer:
 
     def _serve(self, conn: socket.socket) -> None:
         _ok, jpg = cv2.imencode(".jpg", _gray(self.level, (160, 120)))
-        part = (b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n"
-                % len(jpg) + jpg.tobytes() + b"\r\n")
+        part = (
+            b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(jpg)
+            + jpg.tobytes()
+            + b"\r\n"
+        )
         try:
             conn.settimeout(2)
             conn.recv(4096)  # the request; its contents do not matter
-            conn.sendall(b"HTTP/1.0 200 OK\r\n"
-                         b"Content-Type: multipart/x-mixed-replace; boundary=frame\r\n\r\n")
+            conn.sendall(
+                b"HTTP/1.0 200 OK\r\n"
+                b"Content-Type: multipart/x-mixed-replace; boundary=frame\r\n\r\n"
+            )
             while not self._stop.is_set():
                 conn.sendall(part)
                 time.sleep(1 / self.fps)
@@ -202,8 +210,14 @@ def _wait_for_level(cam: OpenCvCamera, level: int, within: float) -> Frame:
 def test_a_dropped_stream_is_reconnected_with_back_off(mjpeg_port: int) -> None:
     url = f"http://127.0.0.1:{mjpeg_port}/video.mjpg"
     server = MjpegServer(mjpeg_port, level=5)
-    config = _config(url, open_timeout_s=2, read_timeout_s=1, reconnect_initial_s=0.1,
-                     reconnect_max_s=0.4, lores_size=[80, 60])
+    config = _config(
+        url,
+        open_timeout_s=2,
+        read_timeout_s=1,
+        reconnect_initial_s=0.1,
+        reconnect_max_s=0.4,
+        lores_size=[80, 60],
+    )
     cam = OpenCvCamera(config)
     try:
         cam.start()
@@ -232,4 +246,3 @@ def test_an_unreachable_stream_fails_at_start(mjpeg_port: int) -> None:
     cam = OpenCvCamera(_config(f"http://127.0.0.1:{mjpeg_port}/video.mjpg", open_timeout_s=2))
     with pytest.raises(CameraUnavailable, match="check the URL"):
         cam.start()
-

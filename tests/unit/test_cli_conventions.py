@@ -52,8 +52,9 @@ def test_one_spelling_of_log_level(component: str) -> None:
 
 def test_run_commands_take_log_level() -> None:
     for component in ("server", "enc", "edge"):
-        sub = next(a for a in _tree(component)._actions
-                   if isinstance(a, argparse._SubParsersAction))
+        sub = next(
+            a for a in _tree(component)._actions if isinstance(a, argparse._SubParsersAction)
+        )
         comp = sub.choices[component]
         commands = next(a for a in comp._actions if isinstance(a, argparse._SubParsersAction))
         run = commands.choices["run"]

@@ -18,8 +18,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def citywatch(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run([sys.executable, "-m", "citywatch", *args], input=stdin,
-                          capture_output=True, cwd=ROOT, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "citywatch", *args],
+        input=stdin,
+        capture_output=True,
+        cwd=ROOT,
+        timeout=60,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -32,11 +37,17 @@ def vectors(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
 
 def test_vectors_cover_all_types_with_the_documented_fields(vectors: list[dict]) -> None:
     assert [v["type"] for v in vectors] == list(range(1, 10))
-    assert [v["name"] for v in vectors] == ["B1", "B2", "C1", "C2", "C3", "C4", "N1", "N2",
-                                            "ERROR"]
+    assert [v["name"] for v in vectors] == ["B1", "B2", "C1", "C2", "C3", "C4", "N1", "N2", "ERROR"]
     for v in vectors:
-        assert set(v) == {"type", "name", "key_hex", "kid_hex", "iv_hex", "plaintext_cbor_hex",
-                          "message_hex"}
+        assert set(v) == {
+            "type",
+            "name",
+            "key_hex",
+            "kid_hex",
+            "iv_hex",
+            "plaintext_cbor_hex",
+            "message_hex",
+        }
 
 
 @pytest.mark.parametrize("i", range(9))
@@ -48,8 +59,9 @@ def test_each_vector_opens_with_pycose_and_reseals_identically(vectors: list[dic
     msg.external_aad = p.EXTERNAL_AAD
     assert msg.decrypt().hex() == v["plaintext_cbor_hex"]
     message = p.decode_plaintext(v["type"], bytes.fromhex(v["plaintext_cbor_hex"]))
-    again = p.seal(message, cipher=p.AesGcmCipher(key), kid=bytes.fromhex(v["kid_hex"]),
-                   random=lambda n: iv)
+    again = p.seal(
+        message, cipher=p.AesGcmCipher(key), kid=bytes.fromhex(v["kid_hex"]), random=lambda n: iv
+    )
     assert again.hex() == v["message_hex"]
 
 
@@ -78,18 +90,22 @@ def test_inspect_header_and_plaintext(vectors: list[dict], tmp_path: Path) -> No
     head = json.loads(r.stdout)
     assert (head["name"], head["kid"], head["alg"]) == ("C1", c1["kid_hex"], "A128GCM")
     assert "plaintext" not in head
-    r = citywatch("protocol", "inspect", "--key-hex", c1["key_hex"], "-",
-                  stdin=c1["message_hex"].encode())
+    r = citywatch(
+        "protocol", "inspect", "--key-hex", c1["key_hex"], "-", stdin=c1["message_hex"].encode()
+    )
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["plaintext"] == {"td": 1_764_000_005_000, "uid": "WAW-MOK-0042"}
 
 
-@pytest.mark.parametrize(("mutate", "check"), [
-    (lambda b: b[:-1], "envelope"),
-    (lambda b: b[:-3] + bytes([b[-3] ^ 1]) + b[-2:], "auth"),
-    (lambda b: b"\x00" + b, "envelope"),
-    (lambda b: b"not a message", "envelope"),
-])
+@pytest.mark.parametrize(
+    ("mutate", "check"),
+    [
+        (lambda b: b[:-1], "envelope"),
+        (lambda b: b[:-3] + bytes([b[-3] ^ 1]) + b[-2:], "auth"),
+        (lambda b: b"\x00" + b, "envelope"),
+        (lambda b: b"not a message", "envelope"),
+    ],
+)
 def test_inspect_names_the_failed_check(vectors: list[dict], tmp_path: Path, mutate, check) -> None:
     v = vectors[2]
     f = tmp_path / "m.cose"

@@ -32,7 +32,8 @@ ENC01_IV = bytes.fromhex("02D1F7E6F26C43D4868D87CE")
 ENC01_AAD = bytes.fromhex("8368456E63727970743143A1010140")
 ENC01_CBOR = bytes.fromhex(
     "D08343A10101A1054C02D1F7E6F26C43D4868D87CE582460973A94BB2898009EE52ECFD9AB1DD25867374B"
-    "E487C603CD8A7104140831FB78F9738E")
+    "E487C603CD8A7104140831FB78F9738E"
+)
 
 # aes-gcm-examples/aes-gcm-enc-03.json: A256GCM, protected {1: 3}, direct key "sec-256".
 ENC03_KEY = _jwk_key("Dx4tPEtaaXiHlqW0w9Lh8B8uPUxbanmIl6a1xNPi8QA")
@@ -41,20 +42,23 @@ ENC03_IV = bytes.fromhex("02D1F7E6F26C43D4868D87CE")
 ENC03_AAD = bytes.fromhex("8368456E63727970743143A1010340")
 ENC03_CBOR = bytes.fromhex(
     "D08343A10103A1054C02D1F7E6F26C43D4868D87CE58249D64A5A59A3B04867DCCF6B8EF82F7D1A3B25EF8"
-    "C6558CA310D588EE6906E3F30193E1FC")
+    "C6558CA310D588EE6906E3F30193E1FC"
+)
 
 # encrypted-tests/enc-fail-02.json: aes-gcm-enc-01 with the last byte of the tag changed
 # ("failures": {"ChangeTag": 1}); it must not open.
 FAIL02_CBOR = bytes.fromhex(
     "D08343A10101A1054C02D1F7E6F26C43D4868D87CE582460973A94BB2898009EE52ECFD9AB1DD25867374B"
-    "E487C603CD8A7104140831FB78F9738F")
+    "E487C603CD8A7104140831FB78F9738F"
+)
 
 # encrypted-tests/enc-pass-01.json: the same content with alg in the unprotected header and
 # an empty protected map (h'A0'), valid COSE but outside the profile. Its AAD is the
 # file's "AAD_hex" (context "Encrypt1", as in every example of the repository).
 PASS01_CBOR = bytes.fromhex(
     "D08341A0A20101054C02D1F7E6F26C43D4868D87CE582460973A94BB2898009EE52ECFD9AB1DD25867374B"
-    "D6170F4A3ED6A739B4B0A9BD4535116B")
+    "D6170F4A3ED6A739B4B0A9BD4535116B"
+)
 PASS01_AAD = bytes.fromhex("8368456E6372797074314040")
 
 VECTORS = [
@@ -72,7 +76,8 @@ def _parts(message: bytes) -> tuple[bytes, dict[int, bytes], bytes]:
 
 @pytest.mark.parametrize(("key", "cek", "iv", "aad", "message"), VECTORS)
 def test_the_cipher_seals_and_opens_the_published_messages(
-        key: bytes, cek: bytes, iv: bytes, aad: bytes, message: bytes) -> None:
+    key: bytes, cek: bytes, iv: bytes, aad: bytes, message: bytes
+) -> None:
     assert key == cek  # direct key agreement: the JWK is the content key
     protected, unprotected, ciphertext = _parts(message)
     assert unprotected == {5: iv}
@@ -85,7 +90,8 @@ def test_the_cipher_seals_and_opens_the_published_messages(
 
 @pytest.mark.parametrize(("key", "cek", "iv", "aad", "message"), VECTORS)
 def test_enc_structure_is_rfc_9052s_with_the_profiles_external_aad(
-        key: bytes, cek: bytes, iv: bytes, aad: bytes, message: bytes) -> None:
+    key: bytes, cek: bytes, iv: bytes, aad: bytes, message: bytes
+) -> None:
     protected, _, _ = _parts(message)
     # The examples were generated while the draft still named the context "Encrypt1"
     # (their tags authenticate that string; RFC 8152 and 9052 renamed it "Encrypt0"):
@@ -94,8 +100,7 @@ def test_enc_structure_is_rfc_9052s_with_the_profiles_external_aad(
     assert cbor2.loads(aad) == ["Encrypt1", protected, b""]
     rfc = aad.replace(b"Encrypt1", b"Encrypt0")
     assert cbor2.loads(rfc) == ["Encrypt0", protected, b""]
-    assert enc_structure(protected) == (rfc[:-1] + bytes([0x40 + len(EXTERNAL_AAD)])
-                                        + EXTERNAL_AAD)
+    assert enc_structure(protected) == (rfc[:-1] + bytes([0x40 + len(EXTERNAL_AAD)]) + EXTERNAL_AAD)
 
 
 def test_a_changed_tag_does_not_open() -> None:
@@ -114,8 +119,11 @@ def test_unprotected_alg_opens_only_with_its_own_enc_structure() -> None:
         cipher.open(iv=unprotected[5], ciphertext=ciphertext, aad=ENC01_AAD)
 
 
-@pytest.mark.parametrize("message", [ENC01_CBOR, ENC03_CBOR, FAIL02_CBOR, PASS01_CBOR],
-                         ids=["enc-01", "enc-03", "fail-02", "pass-01"])
+@pytest.mark.parametrize(
+    "message",
+    [ENC01_CBOR, ENC03_CBOR, FAIL02_CBOR, PASS01_CBOR],
+    ids=["enc-01", "enc-03", "fail-02", "pass-01"],
+)
 def test_the_profile_refuses_what_it_forbids(message: bytes) -> None:
     """Valid COSE, but no kid and no type in the protected header (and, in enc-pass-01, alg
     and a second label in the unprotected one): MalformedMessage, before any key is used."""

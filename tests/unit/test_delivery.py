@@ -115,16 +115,29 @@ class Pole:
         return seen
 
     def types(self, actions: list[Action]) -> list[str]:
-        return [type(a).__name__ if not isinstance(a, Publish)
-                else p.MessageType(a.type).name for a in actions]
+        return [
+            type(a).__name__ if not isinstance(a, Publish) else p.MessageType(a.type).name
+            for a in actions
+        ]
 
 
-def make_pole(*, skew: int = 0, timing: p.Timing = TIMING,
-              state: ProtocolState | None = None, w: World | None = None) -> Pole:
+def make_pole(
+    *,
+    skew: int = 0,
+    timing: p.Timing = TIMING,
+    state: ProtocolState | None = None,
+    w: World | None = None,
+) -> Pole:
     w = w or World(timing=timing)
     d = w.add_device("pole-1")
-    policy = DeliveryPolicy(kid=d.kid, uid=d.uid, cipher=p.AesGcmCipher(d.key), random=w.rand,
-                            timing=timing, state=state)
+    policy = DeliveryPolicy(
+        kid=d.kid,
+        uid=d.uid,
+        cipher=p.AesGcmCipher(d.key),
+        random=w.rand,
+        timing=timing,
+        state=state,
+    )
     return Pole(w, d, policy, skew=skew)
 
 
@@ -135,16 +148,26 @@ def online(pole: Pole) -> Pole:
 
 
 def c3_cid_and_td(pole: Pole, c3: bytes) -> tuple[bytes, int]:
-    opened = p.open_message(c3, role="server", accepts=(p.MessageType.C3,),
-                            limits=p.Limits(), key_for=lambda kid: pole.cipher)
+    opened = p.open_message(
+        c3,
+        role="server",
+        accepts=(p.MessageType.C3,),
+        limits=p.Limits(),
+        key_for=lambda kid: pole.cipher,
+    )
     m = opened.message
     assert isinstance(m, p.C3Report)
     return m.cid, m.td
 
 
 def c1_td(pole: Pole, c1: bytes) -> int:
-    opened = p.open_message(c1, role="server", accepts=(p.MessageType.C1,),
-                            limits=p.Limits(), key_for=lambda kid: pole.cipher)
+    opened = p.open_message(
+        c1,
+        role="server",
+        accepts=(p.MessageType.C1,),
+        limits=p.Limits(),
+        key_for=lambda kid: pole.cipher,
+    )
     assert isinstance(opened.message, p.C1Hello)
     return opened.message.td
 
@@ -292,14 +315,22 @@ def test_a_c4_whose_h_does_not_match_the_c3_is_dropped() -> None:
     pole.deliver(c2)
     [c3] = pole.take()
     [inc] = [e for e in pole.to_server(c3)[0] if isinstance(e, p.IncidentReported)]
-    forged = p.seal(p.C4Receipt(td=inc.td, inc=inc.incident_id, h=bytes(32)),
-                    cipher=pole.cipher, kid=pole.policy.kid, random=pole.w.rand)
+    forged = p.seal(
+        p.C4Receipt(td=inc.td, inc=inc.incident_id, h=bytes(32)),
+        cipher=pole.cipher,
+        kid=pole.policy.kid,
+        random=pole.w.rand,
+    )
     [dropped] = pole.deliver(forged)
     assert isinstance(dropped, p.MessageDropped) and dropped.reason == "mismatch"
     assert pole.stored == [r] and pole.policy.view(pole.now).state == "sending"
     # Another T_D with the right h is not a receipt either.
-    other_td = p.seal(p.C4Receipt(td=inc.td + 1, inc=inc.incident_id, h=inc.c3_hash),
-                      cipher=pole.cipher, kid=pole.policy.kid, random=pole.w.rand)
+    other_td = p.seal(
+        p.C4Receipt(td=inc.td + 1, inc=inc.incident_id, h=inc.c3_hash),
+        cipher=pole.cipher,
+        kid=pole.policy.kid,
+        random=pole.w.rand,
+    )
     [dropped] = pole.deliver(other_td)
     assert isinstance(dropped, p.MessageDropped) and dropped.reason == "mismatch"
     [ok] = pole.deliver(pole.w.server.receipt(inc, pole.w.now))
@@ -419,8 +450,9 @@ def test_a_clock_correction_survives_a_restart() -> None:
     pole.exchange()
     saved = pole.saved[-1]
     assert saved.clock_offset_ms == skew
-    again = DeliveryPolicy(kid=pole.policy.kid, uid="pole-1", cipher=pole.cipher,
-                           random=pole.w.rand, state=saved)
+    again = DeliveryPolicy(
+        kid=pole.policy.kid, uid="pole-1", cipher=pole.cipher, random=pole.w.rand, state=saved
+    )
     assert again.view(pole.now).clock_offset_ms == skew
     again.connected(pole.now)
     again.incident_loaded(pole.w.report(), pole.now)
@@ -433,12 +465,16 @@ def test_a_clock_correction_survives_a_restart() -> None:
 # -- refusals that stop or defer ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("change", "code", "words"), [
-    ({"blocked": True}, 3, "blocked"),
-    ({"active": False}, 2, "deactivated"),
-])
-def test_errors_2_and_3_stop_reports_until_the_next_b1(change: dict[str, object], code: int,
-                                                      words: str) -> None:
+@pytest.mark.parametrize(
+    ("change", "code", "words"),
+    [
+        ({"blocked": True}, 3, "blocked"),
+        ({"active": False}, 2, "deactivated"),
+    ],
+)
+def test_errors_2_and_3_stop_reports_until_the_next_b1(
+    change: dict[str, object], code: int, words: str
+) -> None:
     pole = online(make_pole())
     pole.w.directory.set(pole.policy.kid, **change)
     r = pole.store()
@@ -522,8 +558,12 @@ def test_other_refusals_back_off_and_retry(code: int) -> None:
     r = pole.store()
     [c1] = pole.take()
     td = c1_td(pole, c1)
-    err = p.seal(p.ErrorMessage(re=int(p.MessageType.C1), td=td, code=code, now=pole.w.now),
-                 cipher=pole.cipher, kid=pole.policy.kid, random=pole.w.rand)
+    err = p.seal(
+        p.ErrorMessage(re=int(p.MessageType.C1), td=td, code=code, now=pole.w.now),
+        cipher=pole.cipher,
+        kid=pole.policy.kid,
+        random=pole.w.rand,
+    )
     [refused] = pole.deliver(err)
     assert isinstance(refused, p.ReportRefused) and refused.code == code
     assert pole.policy.view(pole.now).state == "waiting" and pole.wire == []
@@ -542,9 +582,12 @@ def test_an_error_for_another_td_is_dropped() -> None:
     pole = online(make_pole())
     pole.store()
     [c1] = pole.take()
-    err = p.seal(p.ErrorMessage(re=int(p.MessageType.C1), td=c1_td(pole, c1) - 1, code=3,
-                                now=pole.w.now),
-                 cipher=pole.cipher, kid=pole.policy.kid, random=pole.w.rand)
+    err = p.seal(
+        p.ErrorMessage(re=int(p.MessageType.C1), td=c1_td(pole, c1) - 1, code=3, now=pole.w.now),
+        cipher=pole.cipher,
+        kid=pole.policy.kid,
+        random=pole.w.rand,
+    )
     [dropped] = pole.deliver(err)
     assert isinstance(dropped, p.MessageDropped) and dropped.reason == "unexpected"
     assert pole.policy.view(pole.now).state == "sending"

@@ -16,8 +16,9 @@ def _models(annotated: object) -> list[type]:
     return list(typing.get_args(union))
 
 
-@pytest.mark.parametrize(("section", "registry"), [(CameraConfig, CAMERA_DRIVERS),
-                                                   (GnssConfig, GNSS_DRIVERS)])
+@pytest.mark.parametrize(
+    ("section", "registry"), [(CameraConfig, CAMERA_DRIVERS), (GnssConfig, GNSS_DRIVERS)]
+)
 def test_every_model_has_its_driver(section: object, registry: dict[str, type]) -> None:
     keys = [typing.get_args(m.model_fields["driver"].annotation)[0] for m in _models(section)]
     assert sorted(keys) == sorted(registry)

@@ -23,20 +23,21 @@ NOW = 1_764_000_000_000
 
 @pytest.fixture
 def outbox(tmp_path: Path) -> Iterator[Outbox]:
-    ob = Outbox(tmp_path / "outbox.sqlite3", cipher=p.AesGcmCipher(os.urandom(32)),
-                max_incidents=2)
+    ob = Outbox(tmp_path / "outbox.sqlite3", cipher=p.AesGcmCipher(os.urandom(32)), max_incidents=2)
     yield ob
     ob.close()
 
 
 def status_in(tmp_path: Path) -> PoleStatus:
-    return PoleStatus.in_state_dir(tmp_path, uid="pole-9", kid_hex="00" * 8, zone="z",
-                                   clock=lambda: NOW)
+    return PoleStatus.in_state_dir(
+        tmp_path, uid="pole-9", kid_hex="00" * 8, zone="z", clock=lambda: NOW
+    )
 
 
 def store(ob: Outbox, status: PoleStatus, n: int = 0) -> bytes:
-    return store_incident(ob, status, photo=jpeg(), coords=HERE, score=0.8, label="fall",
-                          captured_at=NOW + n)
+    return store_incident(
+        ob, status, photo=jpeg(), coords=HERE, score=0.8, label="fall", captured_at=NOW + n
+    )
 
 
 def test_a_full_outbox_is_shown_while_it_lasts(tmp_path: Path, outbox: Outbox) -> None:
@@ -59,8 +60,9 @@ def test_a_full_outbox_is_shown_while_it_lasts(tmp_path: Path, outbox: Outbox) -
     assert not s.outbox.full and s.outbox.depth == 1 and s.problems == ()
 
 
-def test_the_delivery_view_is_shown_and_problems_keep_their_order(tmp_path: Path,
-                                                                  outbox: Outbox) -> None:
+def test_the_delivery_view_is_shown_and_problems_keep_their_order(
+    tmp_path: Path, outbox: Outbox
+) -> None:
     status = status_in(tmp_path)
     store(outbox, status)
     store(outbox, status, 1)

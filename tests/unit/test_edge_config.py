@@ -77,10 +77,16 @@ def test_a_complete_config(tmp_path: Path) -> None:
 
 
 def test_defaults(tmp_path: Path) -> None:
-    cfg = parse_config({
-        "uid": "u", "kid_hex": "00" * 8, "zone": "z", "position": {"lat": 1.0, "lon": 2.0},
-        "key_store": {"module": "/m.so", "pin": "secret-1234"},
-        "broker": {"host": "h", "password": "hunter2"}})
+    cfg = parse_config(
+        {
+            "uid": "u",
+            "kid_hex": "00" * 8,
+            "zone": "z",
+            "position": {"lat": 1.0, "lon": 2.0},
+            "key_store": {"module": "/m.so", "pin": "secret-1234"},
+            "broker": {"host": "h", "password": "hunter2"},
+        }
+    )
     assert str(cfg.state_dir) == "/var/lib/citywatch"
     assert cfg.broker.port == 1883 and cfg.broker.tls is None and cfg.broker.tcp_nodelay
     assert cfg.broker.topic_prefix == "citywatch/v1"
@@ -89,14 +95,17 @@ def test_defaults(tmp_path: Path) -> None:
     assert "secret-1234" not in repr(cfg) and "hunter2" not in repr(cfg)
 
 
-@pytest.mark.parametrize(("change", "where"), [
-    ("[broker]\nhost = 'h'\nprot = 1883", "broker.prot: unknown key"),
-    ("[broker]\nhost = 'h'\nport = '1883'", "broker.port"),
-    ("[broker]\nhost = 'h'\nport = 70000", "broker.port"),
-    ("[outbox]\nmax_incidents = 0", "outbox.max_incidents"),
-    ("[position]\nlat = 91.0\nlon = 0.0", "position.lat"),
-    ("colour = 'red'", "colour: unknown key"),
-])
+@pytest.mark.parametrize(
+    ("change", "where"),
+    [
+        ("[broker]\nhost = 'h'\nprot = 1883", "broker.prot: unknown key"),
+        ("[broker]\nhost = 'h'\nport = '1883'", "broker.port"),
+        ("[broker]\nhost = 'h'\nport = 70000", "broker.port"),
+        ("[outbox]\nmax_incidents = 0", "outbox.max_incidents"),
+        ("[position]\nlat = 91.0\nlon = 0.0", "position.lat"),
+        ("colour = 'red'", "colour: unknown key"),
+    ],
+)
 def test_errors_name_the_file_and_the_key(tmp_path: Path, change: str, where: str) -> None:
     text = GOOD
     section = change.split("\n")[0]
@@ -113,14 +122,20 @@ def test_errors_name_the_file_and_the_key(tmp_path: Path, change: str, where: st
     assert f"{path}: {where}" in str(info.value)
 
 
-@pytest.mark.parametrize(("key_store", "words"), [
-    ('module = "/m.so"', "exactly one of 'pin' and 'pin_file'"),
-    ('module = "/m.so"\npin = "1"\npin_file = "p"', "exactly one of 'pin' and 'pin_file'"),
-    ('module = "/m.so"\npin = "1"\nmax_key_bits = 192', "key_store.max_key_bits"),
-])
+@pytest.mark.parametrize(
+    ("key_store", "words"),
+    [
+        ('module = "/m.so"', "exactly one of 'pin' and 'pin_file'"),
+        ('module = "/m.so"\npin = "1"\npin_file = "p"', "exactly one of 'pin' and 'pin_file'"),
+        ('module = "/m.so"\npin = "1"\nmax_key_bits = 192', "key_store.max_key_bits"),
+    ],
+)
 def test_key_store_section(tmp_path: Path, key_store: str, words: str) -> None:
-    text = GOOD.replace('module = "/usr/lib/softhsm/libsofthsm2.so"\ntoken_label = "citywatch"\n'
-                        'pin_file = "token.pin"', key_store)
+    text = GOOD.replace(
+        'module = "/usr/lib/softhsm/libsofthsm2.so"\ntoken_label = "citywatch"\n'
+        'pin_file = "token.pin"',
+        key_store,
+    )
     with pytest.raises(EdgeConfigError, match=words):
         load_config(write(tmp_path, text))
 
@@ -131,8 +146,10 @@ def test_tls_client_certificate_needs_its_key(tmp_path: Path) -> None:
         load_config(write(tmp_path, text))
 
 
-@pytest.mark.parametrize(("line", "key"), [
-    ('kid_hex = "0123"', "kid_hex"), ('alg = "A192GCM"', "alg"), ('uid = ""', "uid")])
+@pytest.mark.parametrize(
+    ("line", "key"),
+    [('kid_hex = "0123"', "kid_hex"), ('alg = "A192GCM"', "alg"), ('uid = ""', "uid")],
+)
 def test_identity(tmp_path: Path, line: str, key: str) -> None:
     name = line.split(" ")[0]
     text = "\n".join(line if x.startswith(f"{name} =") else x for x in GOOD.splitlines())

@@ -38,7 +38,8 @@ def _check(path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, st
 
 
 def test_the_example_is_printed_and_is_a_complete_config(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["edge", "config", "example"]) == 0
     printed = capsys.readouterr().out
     assert printed == example_config()
@@ -50,7 +51,8 @@ def test_the_example_is_printed_and_is_a_complete_config(
 
 
 def test_a_valid_config_gets_a_one_line_summary(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     rc, out, err = _check(_write(tmp_path, _opencv(example_config())), capsys)
     assert (rc, err) == (0, "")
     assert out.count("\n") == 1
@@ -61,7 +63,8 @@ def test_a_valid_config_gets_a_one_line_summary(
 
 @pytest.mark.skipif(HAS_PICAMERA2, reason="picamera2 is installed here")
 def test_picamera2_without_picamera2_says_how_to_install_it(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     rc, out, err = _check(_write(tmp_path, example_config()), capsys)
     assert rc == 2 and out == ""
     assert 'camera.driver: "picamera2" is set, but picamera2 is not installed' in err
@@ -69,24 +72,41 @@ def test_picamera2_without_picamera2_says_how_to_install_it(
     assert "Traceback" not in err
 
 
-@pytest.mark.parametrize(("change", "expected"), [
-    (lambda t: t.replace("[[0.62, 0.05], [0.98", "[[1.62, 0.05], [0.98"),
-     "privacy.masks[0].points: point [1.62, 0.05] is outside the frame"),
-    (lambda t: re.sub(r'^\[camera\]\ndriver = "opencv"\nsource = 0\n', "", t, flags=re.M),
-     "camera: missing: say which camera to use"),
-    (lambda t: t.replace('driver = "opencv"', 'driver = "usb"'),
-     "camera.driver: 'usb' is not a camera driver: set driver to one of \"picamera2\""),
-    (lambda t: t.replace('driver = "opencv"\n', ""),
-     "camera.driver: is missing"),
-    (lambda t: t.replace("port = 2947", "port = 70000"),
-     "gnss.gpsd.port: Input should be less than or equal to 65535"),
-    (lambda t: t.replace("[prescreen.fight]\nenabled = true", "[prescreen.fight]\nenabeld = true"),
-     "prescreen.fight.enabeld: unknown key"),
-    (lambda t: t.replace("host = \"broker.example\"", "hots = \"broker.example\""),
-     "broker.hots: unknown key"),
-])
-def test_bad_input_names_the_key(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                 change: object, expected: str) -> None:
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (
+            lambda t: t.replace("[[0.62, 0.05], [0.98", "[[1.62, 0.05], [0.98"),
+            "privacy.masks[0].points: point [1.62, 0.05] is outside the frame",
+        ),
+        (
+            lambda t: re.sub(r'^\[camera\]\ndriver = "opencv"\nsource = 0\n', "", t, flags=re.M),
+            "camera: missing: say which camera to use",
+        ),
+        (
+            lambda t: t.replace('driver = "opencv"', 'driver = "usb"'),
+            "camera.driver: 'usb' is not a camera driver: set driver to one of \"picamera2\"",
+        ),
+        (lambda t: t.replace('driver = "opencv"\n', ""), "camera.driver: is missing"),
+        (
+            lambda t: t.replace("port = 2947", "port = 70000"),
+            "gnss.gpsd.port: Input should be less than or equal to 65535",
+        ),
+        (
+            lambda t: t.replace(
+                "[prescreen.fight]\nenabled = true", "[prescreen.fight]\nenabeld = true"
+            ),
+            "prescreen.fight.enabeld: unknown key",
+        ),
+        (
+            lambda t: t.replace('host = "broker.example"', 'hots = "broker.example"'),
+            "broker.hots: unknown key",
+        ),
+    ],
+)
+def test_bad_input_names_the_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], change: object, expected: str
+) -> None:
     assert callable(change)
     text = change(_opencv(example_config()))
     assert text != _opencv(example_config())
@@ -99,16 +119,17 @@ def test_bad_input_names_the_key(tmp_path: Path, capsys: pytest.CaptureFixture[s
 
 
 def test_a_missing_file_says_how_to_write_one(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     rc, _, err = _check(tmp_path / "absent.toml", capsys)
     assert rc == 2 and "cannot read the device config" in err
 
 
 @pytest.mark.skipif(HAS_PICAMERA2, reason="picamera2 is installed here")
 def test_run_refuses_picamera2_without_it_before_touching_anything(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    text = example_config().replace('state_dir = "/var/lib/citywatch/edge"',
-                                    'state_dir = "state"')
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = example_config().replace('state_dir = "/var/lib/citywatch/edge"', 'state_dir = "state"')
     path = _write(tmp_path, text)
     assert main(["edge", "run", "--config", str(path)]) == 2
     err = capsys.readouterr().err
@@ -126,7 +147,8 @@ def test_the_prescreen_loader_reads_a_device_config_or_a_bare_file(tmp_path: Pat
 
 
 def test_show_prints_the_file_s_settings_as_json(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     import json
     import tomllib
 

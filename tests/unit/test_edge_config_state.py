@@ -39,8 +39,9 @@ def test_protocol_state_round_trip(tmp_path: Path) -> None:
     assert [x.name for x in tmp_path.iterdir()] == [STATE_FILE]  # no temporary files left
 
 
-@pytest.mark.parametrize("content", [b"{", b"[]", b'{"last_epoch": -1}',
-                                     b'{"last_epoch": 1, "colour": 2}'])
+@pytest.mark.parametrize(
+    "content", [b"{", b"[]", b'{"last_epoch": -1}', b'{"last_epoch": 1, "colour": 2}']
+)
 def test_damaged_state_is_not_silently_reset(tmp_path: Path, content: bytes) -> None:
     (tmp_path / STATE_FILE).write_bytes(content)
     with pytest.raises(StateError, match=r"damaged.*epoch"):
@@ -88,8 +89,10 @@ def test_unreadable_status(tmp_path: Path) -> None:
 
 
 def test_health() -> None:
-    s = snapshot(updated_at=100_000, broker=BrokerStatus(connected=False, host="b", port=1883,
-                                                         last_error="refused"))
+    s = snapshot(
+        updated_at=100_000,
+        broker=BrokerStatus(connected=False, host="b", port=1883, last_error="refused"),
+    )
     assert assess_health(s, now=110_000, max_age_s=30) == []
     [stale] = assess_health(s, now=200_000, max_age_s=30)
     assert "100 s ago" in stale and "stopped, stuck" in stale
@@ -98,9 +101,12 @@ def test_health() -> None:
 
 
 def test_summary_line() -> None:
-    s = snapshot(monitoring=MonitoringStatus(active=False),
-                 broker=BrokerStatus(connected=True), outbox=OutboxStatus(depth=2),
-                 delivery=DeliveryStatus(state="stopped", stopped_reason="device blocked"))
+    s = snapshot(
+        monitoring=MonitoringStatus(active=False),
+        broker=BrokerStatus(connected=True),
+        outbox=OutboxStatus(depth=2),
+        delivery=DeliveryStatus(state="stopped", stopped_reason="device blocked"),
+    )
     line = summarize(s)
     assert "idle (no monitoring window)" in line and "broker connected" in line
     assert "outbox 2 waiting" in line and "device blocked" in line

@@ -19,8 +19,9 @@ STORE_KEY = bytes(range(32))
 
 SCHEMA_FILE = Path(__file__).resolve().parents[1] / "data" / "cap" / "CAP-v1.2.xsd"
 NS = {"cap": enc.CAP_NAMESPACE}
-SETTINGS = enc.CapSection(sender="enc.district1@city.invalid", status="Exercise",
-                          public_url="https://enc.city.invalid")
+SETTINGS = enc.CapSection(
+    sender="enc.district1@city.invalid", status="Exercise", public_url="https://enc.city.invalid"
+)
 
 
 @pytest.fixture(scope="module")
@@ -38,10 +39,10 @@ def store(tmp_path: Path) -> Iterator[enc.AlertStore]:
     s.close()
 
 
-def export(store: enc.AlertStore, inc: str = "inc-1",
-           settings: enc.CapSection = SETTINGS) -> bytes:
-    return enc.cap_message(store.alert(inc), store.audit_trail(inc), settings,
-                           photo=store.photo(inc))
+def export(store: enc.AlertStore, inc: str = "inc-1", settings: enc.CapSection = SETTINGS) -> bytes:
+    return enc.cap_message(
+        store.alert(inc), store.audit_trail(inc), settings, photo=store.photo(inc)
+    )
 
 
 def text(xml: bytes, path: str) -> str:
@@ -54,8 +55,7 @@ def act(store: enc.AlertStore, action: str, at: int, **kw: str) -> None:
     enc.apply_action(store, "inc-1", action, operator="olga", role="supervisor", now=at, **kw)
 
 
-def test_new_alert_is_a_valid_cap_alert(store: enc.AlertStore,
-                                        schema: xmlschema.XMLSchema) -> None:
+def test_new_alert_is_a_valid_cap_alert(store: enc.AlertStore, schema: xmlschema.XMLSchema) -> None:
     photo = jpeg((120, 90))
     store.record_alert(received(photo=photo), received_at=T0 + 250)
     xml = export(store)
@@ -64,14 +64,20 @@ def test_new_alert_is_a_valid_cap_alert(store: enc.AlertStore,
     assert text(xml, "cap:identifier") == "citywatch.inc-1"
     assert text(xml, "cap:sender") == "enc.district1@city.invalid"
     assert text(xml, "cap:sent") == enc.cap_time(T0 + 250) == "2025-11-24T16:00:00-00:00"
-    assert (text(xml, "cap:status"), text(xml, "cap:msgType"), text(xml, "cap:scope")) == \
-        ("Exercise", "Alert", "Restricted")
+    assert (text(xml, "cap:status"), text(xml, "cap:msgType"), text(xml, "cap:scope")) == (
+        "Exercise",
+        "Alert",
+        "Restricted",
+    )
     assert ET.fromstring(xml).find("cap:references", NS) is None
     info = "cap:info/"
     assert text(xml, info + "cap:category") == "Health"
     assert text(xml, info + "cap:event") == "Person down"
-    assert (text(xml, info + "cap:urgency"), text(xml, info + "cap:severity"),
-            text(xml, info + "cap:certainty")) == ("Immediate", "Severe", "Likely")
+    assert (
+        text(xml, info + "cap:urgency"),
+        text(xml, info + "cap:severity"),
+        text(xml, info + "cap:certainty"),
+    ) == ("Immediate", "Severe", "Likely")
     assert text(xml, info + "cap:area/cap:circle") == "50.060000,19.940000 0.050"
     assert "pole-1" in text(xml, info + "cap:area/cap:areaDesc")
     assert text(xml, info + "cap:resource/cap:digest") == hashlib.sha1(photo).hexdigest()
@@ -82,7 +88,8 @@ def test_new_alert_is_a_valid_cap_alert(store: enc.AlertStore,
 
 
 def test_dispatched_alert_is_an_update_referencing_the_original(
-        store: enc.AlertStore, schema: xmlschema.XMLSchema) -> None:
+    store: enc.AlertStore, schema: xmlschema.XMLSchema
+) -> None:
     store.record_alert(received(), received_at=T0)
     original = export(store)
     act(store, "acknowledge", T0 + 10_000)
@@ -92,15 +99,18 @@ def test_dispatched_alert_is_an_update_referencing_the_original(
     assert text(xml, "cap:msgType") == "Update"
     assert text(xml, "cap:identifier") != text(original, "cap:identifier")
     assert text(xml, "cap:sent") == enc.cap_time(T0 + 20_000)
-    assert text(xml, "cap:references") == \
-        f"enc.district1@city.invalid,citywatch.inc-1,{enc.cap_time(T0)}"
+    assert (
+        text(xml, "cap:references")
+        == f"enc.district1@city.invalid,citywatch.inc-1,{enc.cap_time(T0)}"
+    )
     assert "Ambulance 7" in text(xml, "cap:note")
     assert text(xml, "cap:info/cap:certainty") == "Observed"
     assert "Ambulance 7" in text(xml, "cap:info/cap:instruction")
 
 
 def test_dismissed_alert_is_a_cancel_referencing_the_original(
-        store: enc.AlertStore, schema: xmlschema.XMLSchema) -> None:
+    store: enc.AlertStore, schema: xmlschema.XMLSchema
+) -> None:
     store.record_alert(received(), received_at=T0)
     act(store, "dismiss", T0 + 30_000, reason="a mannequin <&> outside the shop")
     xml = export(store)
@@ -117,14 +127,22 @@ def test_dismissed_alert_is_a_cancel_referencing_the_original(
     assert text(xml, "cap:references").split(",")[1] == "citywatch.inc-1"
 
 
-@pytest.mark.parametrize(("inc", "device", "label", "score"), [
-    ("a b,c<d&e", "pole\x01\x02 \u00e9\u4e2d", "fight", 0.42),
-    ("x" * 64, "p", "x", 0.0),
-    ("0f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f9", "pole-999", "unknown_thing", 1.0),
-])
-def test_odd_ids_and_text_still_validate(store: enc.AlertStore, schema: xmlschema.XMLSchema,
-                                         inc: str, device: str, label: str,
-                                         score: float) -> None:
+@pytest.mark.parametrize(
+    ("inc", "device", "label", "score"),
+    [
+        ("a b,c<d&e", "pole\x01\x02 \u00e9\u4e2d", "fight", 0.42),
+        ("x" * 64, "p", "x", 0.0),
+        ("0f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f9", "pole-999", "unknown_thing", 1.0),
+    ],
+)
+def test_odd_ids_and_text_still_validate(
+    store: enc.AlertStore,
+    schema: xmlschema.XMLSchema,
+    inc: str,
+    device: str,
+    label: str,
+    score: float,
+) -> None:
     import dataclasses
 
     r = dataclasses.replace(received(inc, device=device), label=label, score=score)
@@ -136,8 +154,9 @@ def test_odd_ids_and_text_still_validate(store: enc.AlertStore, schema: xmlschem
     assert text(xml, "cap:info/cap:severity") in ("Severe", "Moderate")
 
 
-def test_invalid_message_is_caught_by_the_schema(store: enc.AlertStore,
-                                                 schema: xmlschema.XMLSchema) -> None:
+def test_invalid_message_is_caught_by_the_schema(
+    store: enc.AlertStore, schema: xmlschema.XMLSchema
+) -> None:
     # The check is real: a message with a "Z" time zone (forbidden in CAP 1.2) fails.
     store.record_alert(received(), received_at=T0)
     bad = export(store).replace(b"-00:00</sent>", b"Z</sent>")

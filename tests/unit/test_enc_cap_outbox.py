@@ -14,8 +14,12 @@ from tests.unit.test_enc_store import received
 
 store = test_enc_handling.store  # the same fixture: SQLite and PostgreSQL
 
-SETTINGS = enc.CapSection(public_url="https://enc.city.example", retry_first_seconds=1.0,
-                          retry_max_seconds=4.0, photo_token_hours=1.0)
+SETTINGS = enc.CapSection(
+    public_url="https://enc.city.example",
+    retry_first_seconds=1.0,
+    retry_max_seconds=4.0,
+    photo_token_hours=1.0,
+)
 
 
 def _outbox(store: enc.AlertStore) -> CapOutbox:
@@ -27,8 +31,7 @@ def test_two_processes_make_each_message_once(store: enc.AlertStore) -> None:
         store.record_alert(received(f"inc-{n}"), received_at=T0 + n)
     boxes = [_outbox(store), _outbox(store)]
     made: list[int] = []
-    threads = [threading.Thread(target=lambda b=b: made.append(b.follow(batch=7)))
-               for b in boxes]
+    threads = [threading.Thread(target=lambda b=b: made.append(b.follow(batch=7))) for b in boxes]
     for t in threads:
         t.start()
     for t in threads:
@@ -41,8 +44,15 @@ def test_two_processes_make_each_message_once(store: enc.AlertStore) -> None:
 
 def test_in_order_leased_and_retried_with_doubling_waits(store: enc.AlertStore) -> None:
     store.record_alert(received("inc-1"), received_at=T0)
-    enc.apply_action(store, "inc-1", "dispatch", operator="olga", role="operator",
-                     now=T0 + 10, unit="Ambulance 1")
+    enc.apply_action(
+        store,
+        "inc-1",
+        "dispatch",
+        operator="olga",
+        role="operator",
+        now=T0 + 10,
+        unit="Ambulance 1",
+    )
     box = _outbox(store)
     assert box.follow() == 2
     first = box.claim(now=T0 + 20, lease_ms=5000)

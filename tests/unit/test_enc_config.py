@@ -42,21 +42,24 @@ def test_empty_file_gives_the_defaults(tmp_path: Path) -> None:
     assert c.http.port == 8700 and c.limits.max_body_bytes >= c.limits.max_photo_bytes
 
 
-@pytest.mark.parametrize(("text", "where"), [
-    ("dat_dir = 'x'\n", "dat_dir"),
-    ("[http]\nport = '8700'\n", "http.port"),
-    ("[http]\nport = 70000\n", "http.port"),
-    ("[http]\nhots = '127.0.0.1'\n", "http.hots"),
-    ("[dashboard]\nescalate_after_seconds = 0\n", "dashboard.escalate_after_seconds"),
-    ("[dashboard]\nsession_lifetime_minutes = 1.5\n", "dashboard.session_lifetime_minutes"),
-    ("[cap]\nsender = 'has space'\n", "cap.sender"),
-    ("[servers.XYZ]\nkey_file = 'k'\n", "servers"),
-    ("[servers.5e5e5e5e00000001]\nkey = 'k'\n", "servers.5e5e5e5e00000001.key"),
-    ("[limits]\nmax_body_bytes = 2000\nmax_photo_bytes = 4000\n", "limits.max_body_bytes"),
-    ("[http]\nhost = '0.0.0.0'\n", "http.host"),
-    ("[http]\ntls_cert = 'c.pem'\n", "http.tls_key"),
-    ("[database]\nurl = 'mysql://x/y'\n", "database.url"),
-])
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ("dat_dir = 'x'\n", "dat_dir"),
+        ("[http]\nport = '8700'\n", "http.port"),
+        ("[http]\nport = 70000\n", "http.port"),
+        ("[http]\nhots = '127.0.0.1'\n", "http.hots"),
+        ("[dashboard]\nescalate_after_seconds = 0\n", "dashboard.escalate_after_seconds"),
+        ("[dashboard]\nsession_lifetime_minutes = 1.5\n", "dashboard.session_lifetime_minutes"),
+        ("[cap]\nsender = 'has space'\n", "cap.sender"),
+        ("[servers.XYZ]\nkey_file = 'k'\n", "servers"),
+        ("[servers.5e5e5e5e00000001]\nkey = 'k'\n", "servers.5e5e5e5e00000001.key"),
+        ("[limits]\nmax_body_bytes = 2000\nmax_photo_bytes = 4000\n", "limits.max_body_bytes"),
+        ("[http]\nhost = '0.0.0.0'\n", "http.host"),
+        ("[http]\ntls_cert = 'c.pem'\n", "http.tls_key"),
+        ("[database]\nurl = 'mysql://x/y'\n", "database.url"),
+    ],
+)
 def test_mistakes_name_the_file_and_key(tmp_path: Path, text: str, where: str) -> None:
     f = write(tmp_path, text)
     with pytest.raises(enc.ConfigError) as e:
@@ -76,10 +79,15 @@ RAW32 = bytes(range(200, 232))
 RAW16 = bytes(range(240, 256))
 
 
-@pytest.mark.parametrize(("data", "key"), [
-    (RAW32, RAW32), (RAW16, RAW16), (RAW32.hex().encode() + b"\n", RAW32),
-    (RAW16.hex().upper().encode(), RAW16),
-])
+@pytest.mark.parametrize(
+    ("data", "key"),
+    [
+        (RAW32, RAW32),
+        (RAW16, RAW16),
+        (RAW32.hex().encode() + b"\n", RAW32),
+        (RAW16.hex().upper().encode(), RAW16),
+    ],
+)
 def test_server_keys_raw_or_hex(tmp_path: Path, data: bytes, key: bytes) -> None:
     key_file(tmp_path, data)
     c = enc.load_config(write(tmp_path, f"[servers.{KID}]\nkey_file = 's.key'\nname = 'S1'\n"))
@@ -89,11 +97,14 @@ def test_server_keys_raw_or_hex(tmp_path: Path, data: bytes, key: bytes) -> None
     assert s.key.hex() not in repr(s)
 
 
-@pytest.mark.parametrize(("data", "mode", "message"), [
-    (secrets.token_bytes(32), 0o644, "readable by others.*chmod 600"),
-    (secrets.token_bytes(32), 0o640, "readable by others"),
-    (b"short", 0o600, "16- or 32-byte key"),
-])
+@pytest.mark.parametrize(
+    ("data", "mode", "message"),
+    [
+        (secrets.token_bytes(32), 0o644, "readable by others.*chmod 600"),
+        (secrets.token_bytes(32), 0o640, "readable by others"),
+        (b"short", 0o600, "16- or 32-byte key"),
+    ],
+)
 def test_bad_server_key_files(tmp_path: Path, data: bytes, mode: int, message: str) -> None:
     key_file(tmp_path, data, mode)
     f = write(tmp_path, f"[servers.{KID}]\nkey_file = 's.key'\n")
@@ -110,8 +121,9 @@ def test_missing_key_file(tmp_path: Path) -> None:
 def test_tls_paths_are_resolved_and_https_allows_any_host(tmp_path: Path) -> None:
     (tmp_path / "c.pem").write_text("x")
     (tmp_path / "k.pem").write_text("x")
-    c = enc.load_config(write(tmp_path, "[http]\nhost = '0.0.0.0'\ntls_cert = 'c.pem'\n"
-                                        "tls_key = 'k.pem'\n"))
+    c = enc.load_config(
+        write(tmp_path, "[http]\nhost = '0.0.0.0'\ntls_cert = 'c.pem'\ntls_key = 'k.pem'\n")
+    )
     assert c.http.tls_cert == str(tmp_path / "c.pem")
     assert c.base_url.startswith("https://") and c.secure_cookies
 

@@ -20,8 +20,9 @@ from tests.unit.test_enc_store import received
 STORE_KEY = bytes(range(32))
 """The store key photos and positions are sealed under in these tests."""
 
-SETTINGS = enc.DashboardSection(lockout_failures=3, lockout_minutes=10,
-                                session_lifetime_minutes=60, session_idle_minutes=15)
+SETTINGS = enc.DashboardSection(
+    lockout_failures=3, lockout_minutes=10, session_lifetime_minutes=60, session_idle_minutes=15
+)
 PW = "night shift 2026"
 # Still argon2id, with less time and memory than the ENC's own (which takes ~0.5 s here).
 FAST_ARGON2 = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
@@ -32,8 +33,9 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[enc.AlertS
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'enc.sqlite3'}"
     else:
-        url = str(request.getfixturevalue("postgres").create_database(
-            f"ench_{secrets.token_hex(4)}"))
+        url = str(
+            request.getfixturevalue("postgres").create_database(f"ench_{secrets.token_hex(4)}")
+        )
     s = enc.AlertStore.open(url, key=STORE_KEY)
     yield s
     s.close()
@@ -48,8 +50,14 @@ def ops(store: enc.AlertStore) -> enc.OperatorDirectory:
     return d
 
 
-def act(store: enc.AlertStore, action: str, who: str = "olga", role: str = "operator",
-        at: int = T0 + 1000, **kw: str) -> enc.Alert:
+def act(
+    store: enc.AlertStore,
+    action: str,
+    who: str = "olga",
+    role: str = "operator",
+    at: int = T0 + 1000,
+    **kw: str,
+) -> enc.Alert:
     return enc.apply_action(store, "inc-1", action, operator=who, role=role, now=at, **kw)
 
 
@@ -64,7 +72,10 @@ def test_acknowledge_then_dispatch_with_unit_and_comment(store: enc.AlertStore) 
     assert a.status is enc.AlertStatus.DISPATCHED and a.status_at == T0 + 2000
     trail = store.audit_trail("inc-1")
     assert [(e.actor, e.action) for e in trail] == [
-        ("server:5e5e5e5e00000001", "received"), ("olga", "acknowledged"), ("olga", "dispatched")]
+        ("server:5e5e5e5e00000001", "received"),
+        ("olga", "acknowledged"),
+        ("olga", "dispatched"),
+    ]
     assert trail[-1].detail == {"unit": "Ambulance 12", "comment": "two people"}
 
 
@@ -81,15 +92,19 @@ def test_dismiss_needs_a_reason_and_dispatch_a_unit(store: enc.AlertStore) -> No
     assert store.audit_trail("inc-1")[-1].detail == {"reason": "a bag on the pavement"}
 
 
-@pytest.mark.parametrize(("status_path", "action"), [
-    ([], "reopen"),
-    (["acknowledge"], "acknowledge"),
-    (["dispatch"], "dispatch"),
-    (["dispatch"], "dismiss"),
-    (["dismiss"], "acknowledge"),
-])
-def test_transitions_not_in_the_table_are_refused(store: enc.AlertStore, status_path: list[str],
-                                                  action: str) -> None:
+@pytest.mark.parametrize(
+    ("status_path", "action"),
+    [
+        ([], "reopen"),
+        (["acknowledge"], "acknowledge"),
+        (["dispatch"], "dispatch"),
+        (["dispatch"], "dismiss"),
+        (["dismiss"], "acknowledge"),
+    ],
+)
+def test_transitions_not_in_the_table_are_refused(
+    store: enc.AlertStore, status_path: list[str], action: str
+) -> None:
     store.record_alert(received(), received_at=T0)
     for i, step in enumerate(status_path):
         act(store, step, who="sue", role="supervisor", at=T0 + i + 1, unit="U1", reason="r")
@@ -99,20 +114,44 @@ def test_transitions_not_in_the_table_are_refused(store: enc.AlertStore, status_
     assert store.audit_trail("inc-1") == before
 
 
-def test_every_transition_in_the_table_works(store: enc.AlertStore,
-                                             ops: enc.OperatorDirectory) -> None:
-    via = {enc.AlertStatus.NEW: [], enc.AlertStatus.ACKNOWLEDGED: ["acknowledge"],
-           enc.AlertStatus.DISPATCHED: ["dispatch"], enc.AlertStatus.DISMISSED: ["dismiss"],
-           enc.AlertStatus.ON_HOLD: ["hold"], enc.AlertStatus.CLOSED: ["dispatch", "close"]}
+def test_every_transition_in_the_table_works(
+    store: enc.AlertStore, ops: enc.OperatorDirectory
+) -> None:
+    via = {
+        enc.AlertStatus.NEW: [],
+        enc.AlertStatus.ACKNOWLEDGED: ["acknowledge"],
+        enc.AlertStatus.DISPATCHED: ["dispatch"],
+        enc.AlertStatus.DISMISSED: ["dismiss"],
+        enc.AlertStatus.ON_HOLD: ["hold"],
+        enc.AlertStatus.CLOSED: ["dispatch", "close"],
+    }
     for n, ((action, start), end) in enumerate(enc.ALERT_TRANSITIONS.items()):
         inc = f"inc-t{n}"
         store.record_alert(received(inc), received_at=T0)
         for i, step in enumerate(via[start]):
-            enc.apply_action(store, inc, step, operator="sue", role="supervisor", now=T0 + i + 1,
-                             unit="U1", reason="r", resolution="help_arrived")
-        a = enc.apply_action(store, inc, action, operator="sue", role="supervisor",
-                             now=T0 + 100, unit="U2", reason="why", resolution="duplicate",
-                             assignee="oscar")
+            enc.apply_action(
+                store,
+                inc,
+                step,
+                operator="sue",
+                role="supervisor",
+                now=T0 + i + 1,
+                unit="U1",
+                reason="r",
+                resolution="help_arrived",
+            )
+        a = enc.apply_action(
+            store,
+            inc,
+            action,
+            operator="sue",
+            role="supervisor",
+            now=T0 + 100,
+            unit="U2",
+            reason="why",
+            resolution="duplicate",
+            assignee="oscar",
+        )
         assert a.status is end, (action, start)
 
 
@@ -181,11 +220,13 @@ def test_escalation_marks_untaken_alerts_once(store: enc.AlertStore) -> None:
     assert store.alert("inc-1").escalated_at == T0 + 120_000
     assert store.audit_trail("inc-1")[-1].actor == "system"
     # Taking it clears nothing (the trail keeps it); reopening restarts the clock.
-    a = enc.apply_action(store, "inc-1", "acknowledge", operator="olga", role="operator",
-                         now=T0 + 140_000)
+    a = enc.apply_action(
+        store, "inc-1", "acknowledge", operator="olga", role="operator", now=T0 + 140_000
+    )
     assert a.escalated_at == T0 + 120_000
-    a = enc.apply_action(store, "inc-1", "reopen", operator="olga", role="operator",
-                         now=T0 + 150_000, reason="back")
+    a = enc.apply_action(
+        store, "inc-1", "reopen", operator="olga", role="operator", now=T0 + 150_000, reason="back"
+    )
     assert a.escalated_at is None
     assert enc.escalate_due(store, now=T0 + 170_000, after_ms=120_000) == ["inc-2"]
     assert enc.escalate_due(store, now=T0 + 269_999, after_ms=120_000) == []
@@ -229,7 +270,8 @@ def test_sessions_expire_when_idle_and_absolutely(ops: enc.OperatorDirectory) ->
 
 
 def test_wrong_passwords_back_off_the_address_and_the_account(
-        store: enc.AlertStore, ops: enc.OperatorDirectory) -> None:
+    store: enc.AlertStore, ops: enc.OperatorDirectory
+) -> None:
     from enc._errors import LoginThrottled
 
     for i in range(4):  # three free failures; the fourth starts a 1 s back-off
@@ -249,8 +291,11 @@ def test_wrong_passwords_back_off_the_address_and_the_account(
     failed = [x for x in store.audit_since(0) if x.action == "login_failed"]
     # One summary row per actor and address, not one per failure.
     assert sorted((x.actor, x.detail["peer"], x.detail["reason"]) for x in failed) == [
-        ("anonymous", "10.0.0.1", "throttled"), ("anonymous", "10.0.0.2", "throttled"),
-        ("anonymous", "10.0.0.3", "unknown name"), ("olga", "10.0.0.1", "password")]
+        ("anonymous", "10.0.0.1", "throttled"),
+        ("anonymous", "10.0.0.2", "throttled"),
+        ("anonymous", "10.0.0.3", "unknown name"),
+        ("olga", "10.0.0.1", "password"),
+    ]
 
 
 def test_passwd_lifts_a_lock_out_and_ends_sessions(ops: enc.OperatorDirectory) -> None:
@@ -277,10 +322,15 @@ def test_disabled_operator_cannot_log_in_and_loses_sessions(ops: enc.OperatorDir
     assert [o.username for o in ops.list()] == ["olga", "oscar", "sue"]
 
 
-@pytest.mark.parametrize(("name", "password", "match"), [
-    ("Olga", PW, "user name"), ("", PW, "user name"), ("a b", PW, "user name"),
-    ("newop", "short", "at least 10"),
-])
+@pytest.mark.parametrize(
+    ("name", "password", "match"),
+    [
+        ("Olga", PW, "user name"),
+        ("", PW, "user name"),
+        ("a b", PW, "user name"),
+        ("newop", "short", "at least 10"),
+    ],
+)
 def test_account_rules(ops: enc.OperatorDirectory, name: str, password: str, match: str) -> None:
     with pytest.raises(enc.ActionRefused, match=match):
         ops.add(name, password, "operator", now=T0)
@@ -291,12 +341,16 @@ def test_duplicate_operator_is_refused(ops: enc.OperatorDirectory) -> None:
         ops.add("olga", PW, "supervisor", now=T0)
 
 
-def test_session_row_in_the_past_is_refused(store: enc.AlertStore,
-                                            ops: enc.OperatorDirectory) -> None:
+def test_session_row_in_the_past_is_refused(
+    store: enc.AlertStore, ops: enc.OperatorDirectory
+) -> None:
     token, s = ops.login("sue", PW, now=T0)
     with store.transaction(write=True) as tx:
-        tx.execute(update(SessionRow).where(SessionRow.token_hash == s.token_hash)
-                   .values(expires_at=T0 + 5))
+        tx.execute(
+            update(SessionRow)
+            .where(SessionRow.token_hash == s.token_hash)
+            .values(expires_at=T0 + 5)
+        )
     assert ops.session(token, now=T0 + 6) is None
 
 
@@ -317,41 +371,70 @@ def test_a_taken_alert_left_unfinished_is_escalated_once(store: enc.AlertStore) 
     from enc._handling import escalated_now
 
     store.record_alert(received("inc-1"), received_at=T0)
-    enc.apply_action(store, "inc-1", "acknowledge", operator="olga", role="operator",
-                     now=T0 + 1000)
+    enc.apply_action(store, "inc-1", "acknowledge", operator="olga", role="operator", now=T0 + 1000)
     due = dict(after_ms=120_000, taken_after_ms=600_000)
     assert enc.escalate_due(store, now=T0 + 600_999, **due) == []
     assert enc.escalate_due(store, now=T0 + 601_000, **due) == ["inc-1"]
     assert enc.escalate_due(store, now=T0 + 700_000, **due) == []
     a = store.alert("inc-1")
     assert a.escalated_at == T0 + 601_000 and escalated_now(a)
-    assert store.audit_trail("inc-1")[-1].detail == {"taken_by": "olga",
-                                                     "unfinished_for_s": 600}
+    assert store.audit_trail("inc-1")[-1].detail == {"taken_by": "olga", "unfinished_for_s": 600}
     # Finished: no longer escalated; reopened and taken again: the clock starts anew.
-    a = enc.apply_action(store, "inc-1", "dispatch", operator="olga", role="operator",
-                         now=T0 + 700_000, unit="Ambulance 1")
+    a = enc.apply_action(
+        store,
+        "inc-1",
+        "dispatch",
+        operator="olga",
+        role="operator",
+        now=T0 + 700_000,
+        unit="Ambulance 1",
+    )
     assert not escalated_now(a)
-    enc.apply_action(store, "inc-1", "reopen", operator="sue", role="supervisor",
-                     now=T0 + 710_000, reason="again")
-    enc.apply_action(store, "inc-1", "acknowledge", operator="oscar", role="operator",
-                     now=T0 + 711_000)
+    enc.apply_action(
+        store,
+        "inc-1",
+        "reopen",
+        operator="sue",
+        role="supervisor",
+        now=T0 + 710_000,
+        reason="again",
+    )
+    enc.apply_action(
+        store, "inc-1", "acknowledge", operator="oscar", role="operator", now=T0 + 711_000
+    )
     assert enc.escalate_due(store, now=T0 + 1_310_999, **due) == []
     assert enc.escalate_due(store, now=T0 + 1_311_000, **due) == ["inc-1"]
 
 
-def test_an_action_on_a_state_the_operator_no_longer_sees_is_refused(
-        store: enc.AlertStore) -> None:
+def test_an_action_on_a_state_the_operator_no_longer_sees_is_refused(store: enc.AlertStore) -> None:
     store.record_alert(received(), received_at=T0)
     seen = store.alert("inc-1").status_at
     act(store, "acknowledge", who="olga", at=T0 + 1000)
     before = store.audit_trail("inc-1")
-    with pytest.raises(enc.ActionRefused, match="changed while you looked at it: it is now "
-                                                "taken by olga"):
-        enc.apply_action(store, "inc-1", "dispatch", operator="sue", role="supervisor",
-                         now=T0 + 2000, unit="Police 1", seen_status_at=seen)
+    with pytest.raises(
+        enc.ActionRefused, match="changed while you looked at it: it is now taken by olga"
+    ):
+        enc.apply_action(
+            store,
+            "inc-1",
+            "dispatch",
+            operator="sue",
+            role="supervisor",
+            now=T0 + 2000,
+            unit="Police 1",
+            seen_status_at=seen,
+        )
     assert store.audit_trail("inc-1") == before
-    a = enc.apply_action(store, "inc-1", "dispatch", operator="sue", role="supervisor",
-                         now=T0 + 3000, unit="Police 1", seen_status_at=T0 + 1000)
+    a = enc.apply_action(
+        store,
+        "inc-1",
+        "dispatch",
+        operator="sue",
+        role="supervisor",
+        now=T0 + 3000,
+        unit="Police 1",
+        seen_status_at=T0 + 1000,
+    )
     assert a.taken_by == "sue"
 
 
@@ -366,14 +449,17 @@ def test_audit_details_and_times_in_words() -> None:
     assert ui.time(1_784_116_800_000) == "2026-07-15 14:00:00 CEST"
     assert ui.detail("escalated", {"untaken_for_s": 120}) == ["nobody took it for 2 min"]
     assert ui.detail("escalated", {"taken_by": "olga", "unfinished_for_s": 600}) == [
-        "taken by olga and not finished for 10 min"]
+        "taken by olga and not finished for 10 min"
+    ]
     assert ui.detail("photo_viewed", {"full": False, "view": "page"}) == ["on the alert page"]
     assert ui.detail("photo_viewed", {"full": True}) == ["full size"]
-    assert ui.detail("dispatched", {"unit": "Police 3", "comment": "",
-                                    "took_over_from": "olga"}) == [
-        "Unit: Police 3", "Taken over from olga"]
-    assert ui.detail("received", {"device": "pole-1", "label": "person_down",
-                                  "score": 0.87}) == [
-        "confidence 87%", "Device: pole-1", "Label: Person down"]
+    assert ui.detail(
+        "dispatched", {"unit": "Police 3", "comment": "", "took_over_from": "olga"}
+    ) == ["Unit: Police 3", "Taken over from olga"]
+    assert ui.detail("received", {"device": "pole-1", "label": "person_down", "score": 0.87}) == [
+        "confidence 87%",
+        "Device: pole-1",
+        "Label: Person down",
+    ]
     assert ui.action("acknowledged") == "Taken (acknowledged)"
     assert ui.action("some_new_thing") == "Some new thing"

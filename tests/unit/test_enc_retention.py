@@ -32,22 +32,34 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[enc.AlertS
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'enc.sqlite3'}"
     else:
-        url = str(request.getfixturevalue("postgres").create_database(
-            f"encr_{secrets.token_hex(4)}"))
+        url = str(
+            request.getfixturevalue("postgres").create_database(f"encr_{secrets.token_hex(4)}")
+        )
     s = enc.AlertStore.open(url, key=secrets.token_bytes(32))
     yield s
     s.close()
 
 
 def _alert(store: enc.AlertStore, inc: str, status: str, at: int) -> str:
-    store.record_alert(p.AlertReceived(
-        server_kid=bytes.fromhex("5e5e5e5e00000001"), incident_id=inc, ts=T0,
-        coords=p.Coords(lat=50.06, lon=19.94, alt=None, acc=7.5, src="gps"),
-        photo=b"\xff\xd8" + secrets.token_bytes(300), score=0.9, label="person_down",
-        captured_at=T0 - 1500, device_uid="pole-1", n1_hash=b"\1" * 32), received_at=T0)
+    store.record_alert(
+        p.AlertReceived(
+            server_kid=bytes.fromhex("5e5e5e5e00000001"),
+            incident_id=inc,
+            ts=T0,
+            coords=p.Coords(lat=50.06, lon=19.94, alt=None, acc=7.5, src="gps"),
+            photo=b"\xff\xd8" + secrets.token_bytes(300),
+            score=0.9,
+            label="person_down",
+            captured_at=T0 - 1500,
+            device_uid="pole-1",
+            n1_hash=b"\1" * 32,
+        ),
+        received_at=T0,
+    )
     with store.transaction(write=True) as s:  # as the operators left it
-        s.execute(update(AlertRow).where(AlertRow.incident_id == inc)
-                  .values(status=status, status_at=at))
+        s.execute(
+            update(AlertRow).where(AlertRow.incident_id == inc).values(status=status, status_at=at)
+        )
     return inc
 
 
@@ -83,11 +95,23 @@ def test_photos_of_linked_reports_go_with_their_alerts(store: enc.AlertStore) ->
     from enc._linked import linked_reports, record_linked_report
 
     def report(inc: str, rep: str) -> None:
-        record_linked_report(store, p.LinkedReportReceived(
-            server_kid=bytes.fromhex("5e5e5e5e00000001"), incident_id=inc, report_id=rep,
-            ts=T0, coords=p.Coords(lat=50.06, lon=19.94, alt=None, acc=7.5, src="gps"),
-            photo=b"\xff\xd8" + secrets.token_bytes(100), score=0.9, label="fall",
-            captured_at=T0 - 100, device_uid="pole-2", n3_hash=b"\2" * 32), received_at=T0)
+        record_linked_report(
+            store,
+            p.LinkedReportReceived(
+                server_kid=bytes.fromhex("5e5e5e5e00000001"),
+                incident_id=inc,
+                report_id=rep,
+                ts=T0,
+                coords=p.Coords(lat=50.06, lon=19.94, alt=None, acc=7.5, src="gps"),
+                photo=b"\xff\xd8" + secrets.token_bytes(100),
+                score=0.9,
+                label="fall",
+                captured_at=T0 - 100,
+                device_uid="pole-2",
+                n3_hash=b"\2" * 32,
+            ),
+            received_at=T0,
+        )
 
     dismissed = _alert(store, "false-alarm", "acknowledged", T0)
     kept = _alert(store, "taken", "acknowledged", T0)
@@ -95,10 +119,12 @@ def test_photos_of_linked_reports_go_with_their_alerts(store: enc.AlertStore) ->
     for inc in (dismissed, kept, helped):
         report(inc, f"{inc}-r")
     with store.transaction(write=True) as s:
-        s.execute(update(AlertRow).where(AlertRow.incident_id == dismissed)
-                  .values(status="dismissed"))
-        s.execute(update(AlertRow).where(AlertRow.incident_id == helped)
-                  .values(status="dispatched"))
+        s.execute(
+            update(AlertRow).where(AlertRow.incident_id == dismissed).values(status="dismissed")
+        )
+        s.execute(
+            update(AlertRow).where(AlertRow.incident_id == helped).values(status="dispatched")
+        )
     assert store.purge(PERIODS, now=T0 + 25 * H).photos == (dismissed,)
     assert linked_reports(store, dismissed) == []
     assert [r.report_id for r in linked_reports(store, kept)] == ["taken-r"]
@@ -117,8 +143,9 @@ def test_a_dry_run_changes_nothing(store: enc.AlertStore) -> None:
 
 def test_purge_from_the_command_line(tmp_path: Path) -> None:
     path = tmp_path / "enc.toml"
-    path.write_text(f'data_dir = "{tmp_path / "data"}"\n'
-                    "[retention]\nclosed_alert_days = 0.000001\n")  # 86 ms
+    path.write_text(
+        f'data_dir = "{tmp_path / "data"}"\n[retention]\nclosed_alert_days = 0.000001\n'
+    )  # 86 ms
     config = enc.load_config(path)
     store = open_alert_store(config)
     import time
@@ -129,9 +156,21 @@ def test_purge_from_the_command_line(tmp_path: Path) -> None:
     store.close()
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(Path(sys.executable).with_name("citywatch")), "enc",
-                               "purge", "--config", str(path), *args], cwd=ROOT,
-                              capture_output=True, text=True, timeout=120, check=False)
+        return subprocess.run(
+            [
+                str(Path(sys.executable).with_name("citywatch")),
+                "enc",
+                "purge",
+                "--config",
+                str(path),
+                *args,
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
 
     dry = cli("--dry-run")
     assert dry.returncode == 0, dry.stderr

@@ -30,10 +30,17 @@ def _config(tmp_path: Path, extra: str = "") -> enc.EncConfig:
 
 def _alert(inc: str, photo: bytes) -> p.AlertReceived:
     return p.AlertReceived(
-        server_kid=bytes.fromhex("5e5e5e5e00000001"), incident_id=inc, ts=T0,
+        server_kid=bytes.fromhex("5e5e5e5e00000001"),
+        incident_id=inc,
+        ts=T0,
         coords=p.Coords(lat=50.061947, lon=19.936856, alt=219.0, acc=7.5, src="gps"),
-        photo=photo, score=0.93, label="person_down", captured_at=T0 - 1500,
-        device_uid="pole-1", n1_hash=b"\1" * 32)
+        photo=photo,
+        score=0.93,
+        label="person_down",
+        captured_at=T0 - 1500,
+        device_uid="pole-1",
+        n1_hash=b"\1" * 32,
+    )
 
 
 def _photo() -> bytes:
@@ -56,7 +63,11 @@ def test_the_database_holds_neither_photo_nor_position(tmp_path: Path) -> None:
     assert b"50.0619" not in raw and b"19.9368" not in raw
     with sqlite3.connect(tmp_path / "data" / "enc.sqlite3") as conn:
         assert conn.execute("SELECT lat, lon, alt, acc FROM enc_alerts").fetchone() == (
-            None, None, None, None)
+            None,
+            None,
+            None,
+            None,
+        )
 
 
 def test_a_sealed_photo_moved_to_another_alert_does_not_open(tmp_path: Path) -> None:
@@ -64,10 +75,12 @@ def test_a_sealed_photo_moved_to_another_alert_does_not_open(tmp_path: Path) -> 
     store.record_alert(_alert("inc-1", _photo()), received_at=T0)
     store.record_alert(_alert("inc-2", _photo()), received_at=T0)
     with store.engine.begin() as conn:
-        blob = conn.execute(text("SELECT jpeg FROM enc_photos WHERE incident_id = 'inc-1'")
-                            ).scalar_one()
-        conn.execute(text("UPDATE enc_photos SET jpeg = :b WHERE incident_id = 'inc-2'"),
-                     {"b": blob})
+        blob = conn.execute(
+            text("SELECT jpeg FROM enc_photos WHERE incident_id = 'inc-1'")
+        ).scalar_one()
+        conn.execute(
+            text("UPDATE enc_photos SET jpeg = :b WHERE incident_id = 'inc-2'"), {"b": blob}
+        )
     with pytest.raises(StoreError, match="photo of alert inc-2 does not open"):
         store.photo("inc-2")
     store.close()
@@ -90,14 +103,20 @@ def test_alerts_from_before_sealing_are_sealed_when_the_store_opens(tmp_path: Pa
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "0002")
         for i, (inc, photo) in enumerate(photos.items()):
-            conn.execute(text(
-                "INSERT INTO enc_alerts (incident_id, server_kid, device_uid, label, score, "
-                "lat, lon, alt, acc, coord_src, captured_at, sent_at, received_at, photo_size, "
-                "photo_sha256, status, status_at) VALUES (:i, '5e5e5e5e00000001', 'pole-1', "
-                "'person_down', 0.9, :lat, 19.5, NULL, 5.0, 'gps', 1, 2, :r, :n, 'x', 'new', "
-                ":r)"), {"i": inc, "lat": 50.0 + i / 1000, "r": T0 + i, "n": len(photo)})
-            conn.execute(text("INSERT INTO enc_photos (incident_id, jpeg) VALUES (:i, :j)"),
-                         {"i": inc, "j": photo})
+            conn.execute(
+                text(
+                    "INSERT INTO enc_alerts (incident_id, server_kid, device_uid, label, score, "
+                    "lat, lon, alt, acc, coord_src, captured_at, sent_at, received_at, photo_size, "
+                    "photo_sha256, status, status_at) VALUES (:i, '5e5e5e5e00000001', 'pole-1', "
+                    "'person_down', 0.9, :lat, 19.5, NULL, 5.0, 'gps', 1, 2, :r, :n, 'x', 'new', "
+                    ":r)"
+                ),
+                {"i": inc, "lat": 50.0 + i / 1000, "r": T0 + i, "n": len(photo)},
+            )
+            conn.execute(
+                text("INSERT INTO enc_photos (incident_id, jpeg) VALUES (:i, :j)"),
+                {"i": inc, "j": photo},
+            )
     engine.dispose()
     store = open_alert_store(config, at=T0 + 999)
     assert store.sealed_counts() == (250, 0)
@@ -107,8 +126,9 @@ def test_alerts_from_before_sealing_are_sealed_when_the_store_opens(tmp_path: Pa
     assert sum(e.detail["count"] for e in sealed) == 250
     store.close()
     with sqlite3.connect(tmp_path / "data" / "enc.sqlite3") as conn:
-        assert conn.execute("SELECT count(*) FROM enc_photos WHERE substr(jpeg, 1, 4) != "
-                            "X'43575331'").fetchone() == (0,)
+        assert conn.execute(
+            "SELECT count(*) FROM enc_photos WHERE substr(jpeg, 1, 4) != X'43575331'"
+        ).fetchone() == (0,)
 
 
 def test_a_lost_store_key_is_refused_not_replaced(tmp_path: Path) -> None:
@@ -129,8 +149,10 @@ def test_store_key_in_a_token(tmp_path: Path, softhsm_tokens: dict[str, SoftHsmT
     (data / "token.pin").write_text(token.pin + "\n")
     (data / "token.pin").chmod(0o600)
     label = f"enc-kek-{secrets.token_hex(4)}"
-    section = (f'[store_key]\nsource = "pkcs11"\nmodule = "{token.module}"\n'
-               f'token_label = "{token.label}"\nkey_label = "{label}"\n')
+    section = (
+        f'[store_key]\nsource = "pkcs11"\nmodule = "{token.module}"\n'
+        f'token_label = "{token.label}"\nkey_label = "{label}"\n'
+    )
     config = _config(tmp_path, section)
     store = open_alert_store(config)
     photo = _photo()

@@ -26,8 +26,7 @@ STORE_KEY = bytes(range(32))
 def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'sub' / 'enc.sqlite3'}"
-    return str(request.getfixturevalue("postgres").create_database(
-        f"encs_{secrets.token_hex(4)}"))
+    return str(request.getfixturevalue("postgres").create_database(f"encs_{secrets.token_hex(4)}"))
 
 
 @pytest.fixture
@@ -37,13 +36,21 @@ def store(url: str) -> Iterator[enc.AlertStore]:
     s.close()
 
 
-def received(inc: str = "inc-1", *, device: str = "pole-1", photo: bytes | None = None,
-             ts: int = T0) -> p.AlertReceived:
+def received(
+    inc: str = "inc-1", *, device: str = "pole-1", photo: bytes | None = None, ts: int = T0
+) -> p.AlertReceived:
     return p.AlertReceived(
-        server_kid=bytes.fromhex("5e5e5e5e00000001"), incident_id=inc, ts=ts,
+        server_kid=bytes.fromhex("5e5e5e5e00000001"),
+        incident_id=inc,
+        ts=ts,
         coords=p.Coords(lat=50.06, lon=19.94, alt=None, acc=7.5, src="fixed"),
-        photo=photo or jpeg(), score=0.93, label="person_down", captured_at=ts - 1500,
-        device_uid=device, n1_hash=b"\1" * 32)
+        photo=photo or jpeg(),
+        score=0.93,
+        label="person_down",
+        captured_at=ts - 1500,
+        device_uid=device,
+        n1_hash=b"\1" * 32,
+    )
 
 
 def test_alert_is_stored_idempotently(store: enc.AlertStore) -> None:
@@ -84,8 +91,10 @@ def test_listing_newest_first_and_by_device(store: enc.AlertStore) -> None:
         store.record_alert(received(f"inc-{i}", device=f"pole-{i % 2}"), received_at=T0 + i)
     assert [a.incident_id for a in store.alerts()] == [f"inc-{i}" for i in (4, 3, 2, 1, 0)]
     assert [a.incident_id for a in store.alerts(device_uid="pole-1")] == ["inc-3", "inc-1"]
-    assert [a.incident_id for a in store.alerts(device_uid="pole-0", before=T0 + 4)] == \
-        ["inc-2", "inc-0"]
+    assert [a.incident_id for a in store.alerts(device_uid="pole-0", before=T0 + 4)] == [
+        "inc-2",
+        "inc-0",
+    ]
     assert len(store.alerts(limit=2)) == 2
 
 

@@ -15,19 +15,35 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-FIRST_PARTY = {"citywatch", "protocol", "hardware", "edge", "server", "enc", "storage",
-               "httpserve", "tests"}
+FIRST_PARTY = {
+    "citywatch",
+    "protocol",
+    "hardware",
+    "edge",
+    "server",
+    "enc",
+    "storage",
+    "httpserve",
+    "tests",
+}
 # Imported by name through importlib (optional drivers) rather than an import statement.
 BY_NAME = {"edge": {"ai_edge_litert", "systemd"}, "server": {"systemd"}, "enc": {"systemd"}}
 # Modules a package's requirement brings with it (FastAPI's own dependencies).
 CARRIED = {"starlette", "anyio", "pydantic_core", "annotated_types", "typing_extensions"}
 # The code each component runs (the server imports the edge's pose models; the ENC only
 # hardware's service module and key stores, not its camera or GNSS drivers).
-USES = {"edge": ["edge/**/*.py", "hardware/**/*.py", "protocol/*.py"],
-        "server": ["server/**/*.py", "edge/**/*.py", "hardware/**/*.py", "protocol/*.py",
-                   "storage/*.py", "httpserve/*.py"],
-        "enc": ["enc/**/*.py", "hardware/*.py", "protocol/*.py", "storage/*.py",
-                "httpserve/*.py"]}
+USES = {
+    "edge": ["edge/**/*.py", "hardware/**/*.py", "protocol/*.py"],
+    "server": [
+        "server/**/*.py",
+        "edge/**/*.py",
+        "hardware/**/*.py",
+        "protocol/*.py",
+        "storage/*.py",
+        "httpserve/*.py",
+    ],
+    "enc": ["enc/**/*.py", "hardware/*.py", "protocol/*.py", "storage/*.py", "httpserve/*.py"],
+}
 # Imported where an ImportError is caught and reported when the driver is chosen.
 OPTIONAL = {"enc": {"pkcs11"}}
 
@@ -37,8 +53,9 @@ def _project() -> dict[str, object]:
 
 
 def _names(requirements: list[str]) -> set[str]:
-    return {re.split(r"[\s\[<>=!~;]", r, maxsplit=1)[0].lower().replace("_", "-")
-            for r in requirements}
+    return {
+        re.split(r"[\s\[<>=!~;]", r, maxsplit=1)[0].lower().replace("_", "-") for r in requirements
+    }
 
 
 def _closure(extra: str) -> set[str]:
@@ -86,8 +103,17 @@ def test_the_extra_covers_what_the_component_imports(component: str) -> None:
 
 def test_a_pole_gets_no_server_or_enc_packages() -> None:
     pole = _closure("edge")
-    assert not pole & {"fastapi", "uvicorn", "sqlalchemy", "alembic", "psycopg", "jinja2",
-                       "argon2-cffi", "pillow", "pytest"}
+    assert not pole & {
+        "fastapi",
+        "uvicorn",
+        "sqlalchemy",
+        "alembic",
+        "psycopg",
+        "jinja2",
+        "argon2-cffi",
+        "pillow",
+        "pytest",
+    }
 
 
 def test_dev_installs_every_extra() -> None:

@@ -47,8 +47,12 @@ def test_fusion_off_fuses_nothing() -> None:
 
 def test_primary_is_the_earliest_alerted_report_of_the_scene() -> None:
     report = at("new", t=100_000)
-    alerted = [at("far", north_m=200, t=10), at("late", north_m=20, t=90_000),
-               at("early", north_m=40, t=50_000), at("old", north_m=10, t=-30_000)]
+    alerted = [
+        at("far", north_m=200, t=10),
+        at("late", north_m=20, t=90_000),
+        at("early", north_m=40, t=50_000),
+        at("old", north_m=10, t=-30_000),
+    ]
     assert RULE.primary(report, alerted) == "early"
     # Equal times: the smaller id, whichever order the candidates come in.
     twins = [at("z", north_m=5, t=7), at("m", north_m=5, t=7)]

@@ -18,16 +18,34 @@ from tests.support.world import jpeg
 COORDS = p.Coords(lat=52.2297, lon=21.0122, alt=None, acc=4.0, src="fixed")
 H = bytes(range(32))
 SAMPLES: list[p.Message] = [
-    p.B1Announce(ts=1_764_000_000_000, tx=1_764_028_800_000, h=p.epoch_hash(1_764_000_000_000),
-                 ep=7),
+    p.B1Announce(
+        ts=1_764_000_000_000, tx=1_764_028_800_000, h=p.epoch_hash(1_764_000_000_000), ep=7
+    ),
     p.B2Confirm(ts=1_764_000_000_000, ep=7, h=H),
     p.C1Hello(td=1_764_000_000_123, uid="pole-0042"),
     p.C2Ready(td=1_764_000_000_123, tk=b"\x01" + bytes(60), h=H),
-    p.C3Report(td=1_764_000_000_123, uid="pole-0042", tk=b"\x01" + bytes(60), cid=bytes(16),
-               gc=COORDS, pf=jpeg(), sc=0.93, lb="person_down", at=1_764_000_000_000),
+    p.C3Report(
+        td=1_764_000_000_123,
+        uid="pole-0042",
+        tk=b"\x01" + bytes(60),
+        cid=bytes(16),
+        gc=COORDS,
+        pf=jpeg(),
+        sc=0.93,
+        lb="person_down",
+        at=1_764_000_000_000,
+    ),
     p.C4Receipt(td=1_764_000_000_123, inc="inc-1", h=H),
-    p.N1Alert(ts=1_764_000_001_000, inc="inc-1", gc=COORDS, pf=jpeg(), sc=0.87, lb="fall",
-              at=1_764_000_000_000, dev="pole-0042"),
+    p.N1Alert(
+        ts=1_764_000_001_000,
+        inc="inc-1",
+        gc=COORDS,
+        pf=jpeg(),
+        sc=0.87,
+        lb="fall",
+        at=1_764_000_000_000,
+        dev="pole-0042",
+    ),
     p.N2Receipt(tenc=1_764_000_001_200, inc="inc-1", h=H),
     p.ErrorMessage(re=3, td=1_764_000_000_123, code=5, now=1_764_000_000_500),
 ]
@@ -59,26 +77,42 @@ def test_pycose_opens_project_messages(message: p.Message, key_len: int) -> None
 @pytest.mark.parametrize("message", SAMPLES, ids=lambda m: m.TYPE.name)
 def test_project_opens_pycose_messages(message: p.Message, key_len: int) -> None:
     key, kid = os.urandom(key_len), os.urandom(8)
-    made = Enc0Message(phdr={Algorithm: ALGS[key_len], KID: kid, -65537: int(message.TYPE)},
-                       uhdr={IV: os.urandom(12)}, payload=message.to_plaintext(),
-                       external_aad=p.EXTERNAL_AAD)
+    made = Enc0Message(
+        phdr={Algorithm: ALGS[key_len], KID: kid, -65537: int(message.TYPE)},
+        uhdr={IV: os.urandom(12)},
+        payload=message.to_plaintext(),
+        external_aad=p.EXTERNAL_AAD,
+    )
     made.key = SymmetricKey(k=key)
     data = made.encode()
-    opened = p.open_message(data, role="test", accepts=[message.TYPE],
-                            key_for={kid: p.AesGcmCipher(key)}.get, limits=p.Limits())
+    opened = p.open_message(
+        data,
+        role="test",
+        accepts=[message.TYPE],
+        key_for={kid: p.AesGcmCipher(key)}.get,
+        limits=p.Limits(),
+    )
     assert opened.message == message
     assert opened.envelope.kid == kid and opened.envelope.alg == (1 if key_len == 16 else 3)
 
 
 def test_pycose_message_with_other_external_aad_is_refused() -> None:
     key, kid = os.urandom(32), os.urandom(8)
-    made = Enc0Message(phdr={Algorithm: A256GCM, KID: kid, -65537: 3},
-                       uhdr={IV: os.urandom(12)},
-                       payload=p.C1Hello(td=1, uid="x").to_plaintext(), external_aad=b"")
+    made = Enc0Message(
+        phdr={Algorithm: A256GCM, KID: kid, -65537: 3},
+        uhdr={IV: os.urandom(12)},
+        payload=p.C1Hello(td=1, uid="x").to_plaintext(),
+        external_aad=b"",
+    )
     made.key = SymmetricKey(k=key)
     with pytest.raises(p.AuthenticationFailed):
-        p.open_message(made.encode(), role="test", accepts=[3],
-                       key_for={kid: p.AesGcmCipher(key)}.get, limits=p.Limits())
+        p.open_message(
+            made.encode(),
+            role="test",
+            accepts=[3],
+            key_for={kid: p.AesGcmCipher(key)}.get,
+            limits=p.Limits(),
+        )
 
 
 def test_encoding_is_deterministic() -> None:

@@ -33,8 +33,11 @@ def _imports(path: Path) -> set[str]:
 
 @pytest.mark.parametrize("component", COMPONENTS)
 def test_no_component_imports_the_dispatcher(component: str) -> None:
-    offenders = [str(path.relative_to(ROOT)) for path in sorted((ROOT / component).rglob("*.py"))
-                 if any(m == "citywatch" or m.startswith("citywatch.") for m in _imports(path))]
+    offenders = [
+        str(path.relative_to(ROOT))
+        for path in sorted((ROOT / component).rglob("*.py"))
+        if any(m == "citywatch" or m.startswith("citywatch.") for m in _imports(path))
+    ]
     assert offenders == []
 
 
@@ -50,15 +53,18 @@ def test_every_component_names_its_root_errors() -> None:
     assert set(ROOT_ERRORS) == set(DISPATCHED)
 
 
-@pytest.mark.parametrize(("argv", "words"), [
-    (["server", "incidents", "--config", "/nonexistent/server.toml"], "server.toml"),
-    (["enc", "alerts", "--config", "/nonexistent/enc.toml"], "enc.toml"),
-    (["edge", "status", "--config", "/nonexistent/edge.toml"], "edge.toml"),
-])
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["server", "incidents", "--config", "/nonexistent/server.toml"], "server.toml"),
+        (["enc", "alerts", "--config", "/nonexistent/enc.toml"], "enc.toml"),
+        (["edge", "status", "--config", "/nonexistent/edge.toml"], "edge.toml"),
+    ],
+)
 def test_a_component_error_is_one_line_and_status_2(
-        argv: list[str], words: str, capsys: pytest.CaptureFixture[str]) -> None:
+    argv: list[str], words: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("citywatch: ") and words in err
     assert "Traceback" not in err and err.count("\n") == 1
-

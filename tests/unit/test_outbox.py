@@ -38,8 +38,9 @@ def outbox(tmp_path: Path, key: bytes) -> Outbox:
 
 
 def add(ob: Outbox, n: int = 0, **kw: object) -> bytes:
-    fields: dict[str, object] = dict(photo=jpeg(), coords=HERE, score=0.9,
-                                     label="person_down", captured_at=1_764_000_000_000 + n)
+    fields: dict[str, object] = dict(
+        photo=jpeg(), coords=HERE, score=0.9, label="person_down", captured_at=1_764_000_000_000 + n
+    )
     fields.update(kw)
     return ob.add(**fields)  # type: ignore[arg-type]
 
@@ -54,16 +55,26 @@ def test_incidents_come_back_whole_oldest_first(outbox: Outbox) -> None:
     first = outbox.oldest()
     assert first is not None and first.cid == a
     assert (first.photo, first.coords, first.score, first.label, first.captured_at) == (
-        photo, FIXED, 0.75, "fall", 1_764_000_000_050)
-    assert first.report() == p.PendingReport(cid=a, coords=FIXED, photo=photo, score=0.75,
-                                             label="fall", captured_at=1_764_000_000_050)
+        photo,
+        FIXED,
+        0.75,
+        "fall",
+        1_764_000_000_050,
+    )
+    assert first.report() == p.PendingReport(
+        cid=a, coords=FIXED, photo=photo, score=0.75, label="fall", captured_at=1_764_000_000_050
+    )
     assert outbox.oldest(exclude=frozenset({a})).cid == b  # type: ignore[union-attr]
     assert outbox.delete(a) and not outbox.delete(a)
     assert outbox.oldest().cid == b  # type: ignore[union-attr]
     assert outbox.get(a) is None and outbox.get(c).cid == c  # type: ignore[union-attr]
     u = outbox.usage()
     assert (u.depth, u.oldest_captured_at, u.refusing, u.refused) == (
-        2, 1_764_000_000_010, False, 0)
+        2,
+        1_764_000_000_010,
+        False,
+        0,
+    )
 
 
 def test_survives_reopening(tmp_path: Path, key: bytes) -> None:
@@ -94,18 +105,22 @@ def test_photos_are_sealed_at_rest_and_bound_to_their_cid(tmp_path: Path, key: b
         ivs = [r[0] for r in db.execute("SELECT photo_iv FROM incidents")]
         assert len(set(ivs)) == 2  # a fresh IV per photo
         # The photo opens only with its own cid as associated data.
-        iv, sealed = db.execute("SELECT photo_iv, photo_sealed FROM incidents WHERE cid = ?",
-                                (a,)).fetchone()
+        iv, sealed = db.execute(
+            "SELECT photo_iv, photo_sealed FROM incidents WHERE cid = ?", (a,)
+        ).fetchone()
         assert p.AesGcmCipher(key).open(iv=iv, ciphertext=sealed, aad=photo_aad(a)) == photo_a
         with pytest.raises(p.AuthenticationFailed):
             p.AesGcmCipher(key).open(iv=iv, ciphertext=sealed, aad=photo_aad(b))
         # Swap the two sealed photos on disk: neither opens any more, and neither is sent.
-        rows = {r[0]: r[1:] for r in
-                db.execute("SELECT cid, photo_iv, photo_sealed FROM incidents")}
+        rows = {
+            r[0]: r[1:] for r in db.execute("SELECT cid, photo_iv, photo_sealed FROM incidents")
+        }
         with db:
             for cid, other in ((a, b), (b, a)):
-                db.execute("UPDATE incidents SET photo_iv = ?, photo_sealed = ? WHERE cid = ?",
-                           (*rows[other], cid))
+                db.execute(
+                    "UPDATE incidents SET photo_iv = ?, photo_sealed = ? WHERE cid = ?",
+                    (*rows[other], cid),
+                )
         db.close()
         with pytest.raises(OutboxDamaged, match="does not open with the device key"):
             ob.get(a)
@@ -143,8 +158,9 @@ def test_cap_on_count_refuses_the_newest_and_keeps_the_rest(tmp_path: Path, key:
 
 def test_cap_on_bytes(tmp_path: Path, key: bytes) -> None:
     big = jpeg((400, 300), noisy=True)
-    with Outbox(tmp_path / "o.sqlite3", cipher=p.AesGcmCipher(key),
-                max_bytes=int(2.5 * len(big))) as ob:
+    with Outbox(
+        tmp_path / "o.sqlite3", cipher=p.AesGcmCipher(key), max_bytes=int(2.5 * len(big))
+    ) as ob:
         kept = [add(ob, 0, photo=big), add(ob, 1, photo=big)]
         with pytest.raises(OutboxFull, match=r"outbox\.max_bytes"):
             add(ob, 2, photo=big)
@@ -152,15 +168,18 @@ def test_cap_on_bytes(tmp_path: Path, key: bytes) -> None:
         assert ob.cids()[:2] == kept
 
 
-@pytest.mark.parametrize(("change", "words"), [
-    ({"photo": b"not a jpeg"}, "JPEG"),
-    ({"label": ""}, "lb"),
-    ({"score": 1.5}, "sc"),
-    ({"photo": b"\xff\xd8" + bytes(3000)}, "above the server's limit"),
-])
-def test_incidents_the_server_would_refuse_are_not_stored(tmp_path: Path, key: bytes,
-                                                          change: dict[str, object],
-                                                          words: str) -> None:
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        ({"photo": b"not a jpeg"}, "JPEG"),
+        ({"label": ""}, "lb"),
+        ({"score": 1.5}, "sc"),
+        ({"photo": b"\xff\xd8" + bytes(3000)}, "above the server's limit"),
+    ],
+)
+def test_incidents_the_server_would_refuse_are_not_stored(
+    tmp_path: Path, key: bytes, change: dict[str, object], words: str
+) -> None:
     with Outbox(tmp_path / "o.sqlite3", cipher=p.AesGcmCipher(key), max_photo=2048) as ob:
         with pytest.raises(IncidentRejected, match=words):
             add(ob, **change)
@@ -230,8 +249,9 @@ def test_closed_outbox(outbox: Outbox) -> None:
         add(outbox)
 
 
-def test_softhsm_key_seals_the_photos(tmp_path: Path,
-                                      softhsm_tokens: dict[str, SoftHsmToken]) -> None:
+def test_softhsm_key_seals_the_photos(
+    tmp_path: Path, softhsm_tokens: dict[str, SoftHsmToken]
+) -> None:
     with Pkcs11KeyStore(*softhsm_tokens["citywatch-device"]) as store:
         label = f"citywatch-{os.urandom(8).hex()}"
         cipher = store.generate_key(label, p.ALG_A256GCM)

@@ -56,8 +56,14 @@ def child(db: str, key_hex: str, start: int) -> None:
     ob = Outbox(db, cipher=p.AesGcmCipher(bytes.fromhex(key_hex)))
     n = start
     while True:
-        ob.add(photo=photo_for(n), coords=coords_for(n), score=0.5, label="fall",
-               captured_at=n, cid=cid_for(n))
+        ob.add(
+            photo=photo_for(n),
+            coords=coords_for(n),
+            score=0.5,
+            label="fall",
+            captured_at=n,
+            cid=cid_for(n),
+        )
         print(f"added {n}", flush=True)
         if n % 3 == 2 and n - 1 >= start:
             print(f"deleting {n - 1}", flush=True)
@@ -66,8 +72,10 @@ def child(db: str, key_hex: str, start: int) -> None:
         n += 1
 
 
-_CHILD = "import sys; from tests.unit.test_outbox_crash import child; child(*sys.argv[1:3], " \
-         "int(sys.argv[3]))"
+_CHILD = (
+    "import sys; from tests.unit.test_outbox_crash import child; child(*sys.argv[1:3], "
+    "int(sys.argv[3]))"
+)
 
 
 def _check_intact(ob: Outbox, n: int, *, photo_size: int | None = None) -> None:
@@ -82,7 +90,8 @@ def _integrity(db: Path) -> None:
     try:
         assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         total, distinct = con.execute(
-            "SELECT count(*), count(DISTINCT cid) FROM incidents").fetchone()
+            "SELECT count(*), count(DISTINCT cid) FROM incidents"
+        ).fetchone()
         assert total == distinct, "an incident is stored twice"
     finally:
         con.close()
@@ -99,9 +108,13 @@ def test_sigkill_at_random_points_loses_and_duplicates_nothing(tmp_path: Path) -
     start = 0
     kills_mid_operation = 0
     for round_ in range(6):
-        proc = subprocess.Popen([sys.executable, "-c", _CHILD, str(db), key.hex(), str(start)],
-                                cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _CHILD, str(db), key.hex(), str(start)],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         lines: list[str] = []
         assert proc.stdout is not None
         reader = threading.Thread(target=lines.extend, args=(proc.stdout,))
@@ -166,8 +179,14 @@ def _fill_wal(tmp_path: Path, key: bytes, count: int) -> tuple[Path, Path]:
     reader.execute("BEGIN")
     reader.execute("SELECT count(*) FROM incidents").fetchone()
     for n in range(count):
-        ob.add(photo=photo_for(n)[:_SMALL], coords=coords_for(n), score=0.5, label="fall",
-               captured_at=n, cid=cid_for(n))
+        ob.add(
+            photo=photo_for(n)[:_SMALL],
+            coords=coords_for(n),
+            score=0.5,
+            label="fall",
+            captured_at=n,
+            cid=cid_for(n),
+        )
     wal = db.with_name(db.name + "-wal")
     # Copy while both connections are open: nothing has been checkpointed or deleted.
     snapshot = tmp_path / "snapshot"
@@ -199,12 +218,19 @@ def test_torn_write_ahead_log_opens_to_a_prefix_of_whole_incidents(tmp_path: Pat
             with Outbox(case / db.name, cipher=p.AesGcmCipher(key)) as ob:
                 present = ob.cids()
                 assert present == [cid_for(n) for n in range(len(present))], (
-                    f"cut at {cut}: not a prefix of the commits")
+                    f"cut at {cut}: not a prefix of the commits"
+                )
                 for n in range(len(present)):
                     _check_intact(ob, n, photo_size=_SMALL)
                 # And the outbox still works after recovery.
-                ob.add(photo=jpeg(), coords=coords_for(99), score=0.1, label="fall",
-                       captured_at=99, cid=cid_for(1000))
+                ob.add(
+                    photo=jpeg(),
+                    coords=coords_for(99),
+                    score=0.1,
+                    label="fall",
+                    captured_at=99,
+                    cid=cid_for(1000),
+                )
             _integrity(case / db.name)
             if not garble:
                 seen.append(len(present))

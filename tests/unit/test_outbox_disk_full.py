@@ -24,12 +24,18 @@ HERE = p.Coords(lat=52.2297, lon=21.0122)
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     mnt = tmp_path / "disk"
     mnt.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(mnt)],
-                          capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(mnt)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if done.returncode != 0:
         why = done.stderr.strip() or "mount failed"
-        pytest.skip(f"cannot mount a 1 MiB tmpfs to fill ({why}): the full-disk test needs "
-                    "root or CAP_SYS_ADMIN")
+        pytest.skip(
+            f"cannot mount a 1 MiB tmpfs to fill ({why}): the full-disk test needs "
+            "root or CAP_SYS_ADMIN"
+        )
     try:
         yield mnt
     finally:
@@ -46,8 +52,12 @@ def test_full_disk_refuses_the_new_capture_and_keeps_the_stored_ones(small_disk:
     ballast.write_bytes(os.urandom(200_000))  # freed later, as an operator would
     photo = jpeg((160, 120), noisy=True)
     stored: list[bytes] = []
-    ob = Outbox(small_disk / "outbox.sqlite3", cipher=p.AesGcmCipher(key),
-                max_incidents=10_000, max_bytes=10**9)  # the disk, not the cap, is the limit
+    ob = Outbox(
+        small_disk / "outbox.sqlite3",
+        cipher=p.AesGcmCipher(key),
+        max_incidents=10_000,
+        max_bytes=10**9,
+    )  # the disk, not the cap, is the limit
     try:
         with pytest.raises(OutboxDiskFull) as info:
             for n in range(500):
@@ -88,13 +98,19 @@ def test_the_daemon_reports_a_full_disk(small_disk: Path, tmp_path: Path) -> Non
     (small_disk / "ballast").write_bytes(os.urandom(900_000))
     photo = jpeg((160, 120), noisy=True)
     with Outbox(small_disk / "outbox.sqlite3", cipher=p.AesGcmCipher(key)) as ob:
-        client = ProtocolClient(uid="pole-1", kid=os.urandom(8), cipher=p.AesGcmCipher(key),
-                                broker=BrokerConfig(host="127.0.0.1"), outbox=ob,
-                                state_dir=tmp_path)
+        client = ProtocolClient(
+            uid="pole-1",
+            kid=os.urandom(8),
+            cipher=p.AesGcmCipher(key),
+            broker=BrokerConfig(host="127.0.0.1"),
+            outbox=ob,
+            state_dir=tmp_path,
+        )
         with pytest.raises(OutboxDiskFull):
             for n in range(100):
-                client.record_incident(photo=photo, coords=HERE, score=0.7, label="fall",
-                                       captured_at=n)
+                client.record_incident(
+                    photo=photo, coords=HERE, score=0.7, label="fall", captured_at=n
+                )
         status = client.status.snapshot()
         assert status.outbox.full and status.outbox.refused == 1
         assert any("disk" in problem and "full" in problem for problem in status.problems)
@@ -111,8 +127,9 @@ def test_the_daemons_status_board_reports_a_full_disk(small_disk: Path, tmp_path
     with Outbox(small_disk / "outbox.sqlite3", cipher=p.AesGcmCipher(key)) as ob:
         with pytest.raises(OutboxDiskFull):
             for n in range(100):
-                store_incident(ob, status, photo=photo, coords=HERE, score=0.7, label="fall",
-                               captured_at=n)
+                store_incident(
+                    ob, status, photo=photo, coords=HERE, score=0.7, label="fall", captured_at=n
+                )
         s = status.snapshot()
         assert s.outbox.full and s.outbox.refused == 1 and s.outbox.depth == len(ob.cids())
         assert any("disk" in problem and "full" in problem for problem in s.problems)

@@ -29,8 +29,13 @@ class Clock:
 
 
 def _add(ob: Outbox, n: int, photo: bytes | None = None) -> bytes:
-    return ob.add(photo=photo or jpeg(), coords=HERE, score=0.9, label="person_down",
-                  captured_at=1_764_000_000_000 + n)
+    return ob.add(
+        photo=photo or jpeg(),
+        coords=HERE,
+        score=0.9,
+        label="person_down",
+        captured_at=1_764_000_000_000 + n,
+    )
 
 
 def test_old_incidents_expire_and_new_ones_stay(tmp_path: Path) -> None:
@@ -47,8 +52,9 @@ def test_old_incidents_expire_and_new_ones_stay(tmp_path: Path) -> None:
         assert ob.expire(72 * H) == []
         assert ob.usage().depth == 2
     # A photo that no longer opens (another key) is expired as well.
-    with Outbox(tmp_path / "outbox.sqlite3", cipher=p.AesGcmCipher(os.urandom(32)),
-                clock=clock) as ob:
+    with Outbox(
+        tmp_path / "outbox.sqlite3", cipher=p.AesGcmCipher(os.urandom(32)), clock=clock
+    ) as ob:
         assert ob.oldest() is None and ob.usage().damaged == 2
         clock.now += 60 * H
         assert ob.expire(72 * H) == new
@@ -64,11 +70,17 @@ def test_the_default_and_zero() -> None:
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     mnt = tmp_path / "disk"
     mnt.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(mnt)],
-                          capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(mnt)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if done.returncode != 0:
-        pytest.skip(f"cannot mount a 1 MiB tmpfs to fill ({done.stderr.strip()}): needs root "
-                    "or CAP_SYS_ADMIN")
+        pytest.skip(
+            f"cannot mount a 1 MiB tmpfs to fill ({done.stderr.strip()}): needs root "
+            "or CAP_SYS_ADMIN"
+        )
     try:
         yield mnt
     finally:
@@ -77,8 +89,13 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 def test_expiry_on_a_full_disk_loses_nothing(small_disk: Path) -> None:
     clock = Clock()
-    ob = Outbox(small_disk / "outbox.sqlite3", cipher=p.AesGcmCipher(os.urandom(32)),
-                clock=clock, max_incidents=10_000, max_bytes=10**9)
+    ob = Outbox(
+        small_disk / "outbox.sqlite3",
+        cipher=p.AesGcmCipher(os.urandom(32)),
+        clock=clock,
+        max_incidents=10_000,
+        max_bytes=10**9,
+    )
     try:
         photo = jpeg((160, 120), noisy=True)
         stored = [_add(ob, i, photo) for i in range(4)]

@@ -36,7 +36,7 @@ def test_a_still_scene_has_no_chaos() -> None:
 
 def test_a_panning_camera_is_not_chaos() -> None:
     base = np.tile(textured(), (1, 2, 1))
-    frames = [np.ascontiguousarray(base[:, 6 * i:6 * i + W]) for i in range(12)]
+    frames = [np.ascontiguousarray(base[:, 6 * i : 6 * i + W]) for i in range(12)]
     found = samples(frames)
     assert found and max(s.changing for s in found) < 0.02
     assert float(np.median([s.spread for s in found])) < 0.2
@@ -54,7 +54,7 @@ def test_blobs_jerking_every_way_are_chaos() -> None:
             dy, dx = rng.integers(-12, 13, size=2)
             positions[k] = (int(np.clip(y + dy, 0, H - 40)), int(np.clip(x + dx, 0, W - 40)))
             y2, x2 = positions[k]
-            frame[y2:y2 + 40, x2:x2 + 40] = patch
+            frame[y2 : y2 + 40, x2 : x2 + 40] = patch
         frames.append(frame)
     found = samples(frames)
     assert float(np.median([s.changing for s in found])) > 0.03
@@ -64,8 +64,8 @@ def test_blobs_jerking_every_way_are_chaos() -> None:
 def test_speeds_do_not_depend_on_the_frame_rate() -> None:
     base = np.tile(textured(), (1, 2, 1))
     # The same motion per second at 10 and at 20 frames per second: same figures.
-    slow = samples([np.ascontiguousarray(base[:, 8 * i:8 * i + W]) for i in range(10)], 0.1)
-    fast = samples([np.ascontiguousarray(base[:, 4 * i:4 * i + W]) for i in range(20)], 0.05)
+    slow = samples([np.ascontiguousarray(base[:, 8 * i : 8 * i + W]) for i in range(10)], 0.1)
+    fast = samples([np.ascontiguousarray(base[:, 4 * i : 4 * i + W]) for i in range(20)], 0.05)
     assert len(fast) <= len(slow) + 1, "samples come once per 0.1 s step, not per frame"
     assert abs(np.median([s.changing for s in slow]) - np.median([s.changing for s in fast])) < 0.02
 
@@ -88,7 +88,7 @@ def _block_frames(offsets: list[int]) -> list[npt.NDArray[np.uint8]]:
     frames = []
     for dx in offsets:
         frame = background.copy()
-        frame[60:108, 100 + dx:148 + dx] = patch
+        frame[60:108, 100 + dx : 148 + dx] = patch
         frames.append(frame)
     return frames
 
@@ -100,4 +100,5 @@ def test_back_and_forth_motion_reverses_and_jerks_a_steady_one_does_not() -> Non
     assert float(np.median([s.reversal for s in steady])) < 0.2
     assert float(np.median([s.reversal for s in shaking])) > 0.6
     assert float(np.median([s.jerk for s in shaking])) > 2 * float(
-        np.median([s.jerk for s in steady]))
+        np.median([s.jerk for s in steady])
+    )

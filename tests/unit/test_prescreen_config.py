@@ -28,26 +28,33 @@ def test_unknown_keys_are_refused_with_file_and_key(tmp_path: Path) -> None:
     assert "prescreen.person_down.still_secs" in str(info.value)
 
 
-@pytest.mark.parametrize(("toml", "key"), [
-    ("[model]\ninput_size = 250\n", "model.input_size"),
-    ("[model]\ntiles = [0, 2]\n", "model"),
-    ("[model]\nroi = [0.5, 0.0, 0.4, 1.0]\n", "model"),
-    ("[person_down]\nexclusion_zones = [[[0.1, 0.1], [0.2, 0.2]]]\n",
-     "person_down.exclusion_zones.0"),
-    ("[person_down]\nground_region = [[0, 0.5], [1.5, 0.5], [1, 1]]\n",
-     "person_down.ground_region"),
-    ("[[zones]]\nname = \"frame\"\npolygon = [[0, 0], [1, 0], [1, 1]]\n", "(top level)"),
-    ("cooldown_seconds = -1\n", "cooldown_seconds"),
-    ("[model]\nrotations = [90, 270]\n", "model"),
-    ("[model]\nrotations = [0, 45]\n", "model.rotations.1"),
-    ("[model]\nrotations = [0, 90, 90]\n", "model"),
-    ("[model]\nlow_light = 300\n", "model.low_light"),
-    ("[person_down]\nmin_torso_angle = true\n", "person_down.min_torso_angle"),
-    ("[fight]\nmin_motion_change = 1.5\n", "fight.min_motion_change"),
-    ("[fight]\nimage_group_distance = 0\n", "fight.image_group_distance"),
-    ("[fight]\nmin_probability = 1.5\n", "fight.min_probability"),
-    ("[fight]\nmin_probability = true\n", "fight.min_probability"),
-])
+@pytest.mark.parametrize(
+    ("toml", "key"),
+    [
+        ("[model]\ninput_size = 250\n", "model.input_size"),
+        ("[model]\ntiles = [0, 2]\n", "model"),
+        ("[model]\nroi = [0.5, 0.0, 0.4, 1.0]\n", "model"),
+        (
+            "[person_down]\nexclusion_zones = [[[0.1, 0.1], [0.2, 0.2]]]\n",
+            "person_down.exclusion_zones.0",
+        ),
+        (
+            "[person_down]\nground_region = [[0, 0.5], [1.5, 0.5], [1, 1]]\n",
+            "person_down.ground_region",
+        ),
+        ('[[zones]]\nname = "frame"\npolygon = [[0, 0], [1, 0], [1, 1]]\n', "(top level)"),
+        ("cooldown_seconds = -1\n", "cooldown_seconds"),
+        ("[model]\nrotations = [90, 270]\n", "model"),
+        ("[model]\nrotations = [0, 45]\n", "model.rotations.1"),
+        ("[model]\nrotations = [0, 90, 90]\n", "model"),
+        ("[model]\nlow_light = 300\n", "model.low_light"),
+        ("[person_down]\nmin_torso_angle = true\n", "person_down.min_torso_angle"),
+        ("[fight]\nmin_motion_change = 1.5\n", "fight.min_motion_change"),
+        ("[fight]\nimage_group_distance = 0\n", "fight.image_group_distance"),
+        ("[fight]\nmin_probability = 1.5\n", "fight.min_probability"),
+        ("[fight]\nmin_probability = true\n", "fight.min_probability"),
+    ],
+)
 def test_invalid_values_name_the_key(tmp_path: Path, toml: str, key: str) -> None:
     path = tmp_path / "prescreen.toml"
     path.write_text(toml)
@@ -115,9 +122,11 @@ image_group_distance = false
     assert load_prescreen_config(path, "prescreen").fight.min_probability is None
     # A configuration written before these settings existed keeps loading, with the new
     # cues at their defaults.
-    path.write_text("[prescreen.person_down]\nstill_seconds = 5\n"
-                    "ground_region = [[0.0, 0.45], [1.0, 0.45], [1.0, 1.0], [0.0, 1.0]]\n"
-                    "[prescreen.model]\ninput_size = 256\nthreads = 2\n")
+    path.write_text(
+        "[prescreen.person_down]\nstill_seconds = 5\n"
+        "ground_region = [[0.0, 0.45], [1.0, 0.45], [1.0, 1.0], [0.0, 1.0]]\n"
+        "[prescreen.model]\ninput_size = 256\nthreads = 2\n"
+    )
     old = load_prescreen_config(path, "prescreen")
     assert old.model.rotations == (0, 90, 270) and old.person_down.min_torso_angle == 55.0
 

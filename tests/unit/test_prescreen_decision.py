@@ -14,19 +14,37 @@ FRAME = (640, 480)
 
 # (along the body from head 0 to feet 1, across the body), in body lengths
 _FIGURE = [
-    (0.05, 0.0), (0.04, -0.02), (0.04, 0.02), (0.05, -0.04), (0.05, 0.04),  # face
-    (0.2, -0.1), (0.2, 0.1),  # shoulders
-    (0.35, -0.13), (0.35, 0.13),  # elbows
-    (0.5, -0.14), (0.5, 0.14),  # wrists
-    (0.55, -0.07), (0.55, 0.07),  # hips
-    (0.75, -0.07), (0.75, 0.07),  # knees
-    (0.95, -0.07), (0.95, 0.07),  # ankles
+    (0.05, 0.0),
+    (0.04, -0.02),
+    (0.04, 0.02),
+    (0.05, -0.04),
+    (0.05, 0.04),  # face
+    (0.2, -0.1),
+    (0.2, 0.1),  # shoulders
+    (0.35, -0.13),
+    (0.35, 0.13),  # elbows
+    (0.5, -0.14),
+    (0.5, 0.14),  # wrists
+    (0.55, -0.07),
+    (0.55, 0.07),  # hips
+    (0.75, -0.07),
+    (0.75, 0.07),  # knees
+    (0.95, -0.07),
+    (0.95, 0.07),  # ankles
 ]
 
 
-def figure(cx: float, cy: float, length: float = 200.0, angle: float = 0.0, *,
-           arm_swing: float = 0.0, score: float = 0.6, kp_score: float = 0.8,
-           frame: tuple[int, int] = FRAME) -> Pose:
+def figure(
+    cx: float,
+    cy: float,
+    length: float = 200.0,
+    angle: float = 0.0,
+    *,
+    arm_swing: float = 0.0,
+    score: float = 0.6,
+    kp_score: float = 0.8,
+    frame: tuple[int, int] = FRAME,
+) -> Pose:
     """A person centred at (cx, cy) (fractions), ``length`` pixels long, whose head-to-feet
     axis is ``angle`` degrees from vertical; ``arm_swing`` moves elbows and wrists up by
     that many body lengths (relative to the shoulders)."""
@@ -44,8 +62,12 @@ def figure(cx: float, cy: float, length: float = 200.0, angle: float = 0.0, *,
     kp = np.column_stack([arr[:, 0] / w, arr[:, 1] / h, np.full(17, kp_score)])
     kp = np.clip(kp, 0.0, 1.0).astype(np.float32)
     margin_x, margin_y = 10 / w, 10 / h
-    box = (max(0.0, float(kp[:, 0].min()) - margin_x), max(0.0, float(kp[:, 1].min()) - margin_y),
-           min(1.0, float(kp[:, 0].max()) + margin_x), min(1.0, float(kp[:, 1].max()) + margin_y))
+    box = (
+        max(0.0, float(kp[:, 0].min()) - margin_x),
+        max(0.0, float(kp[:, 1].min()) - margin_y),
+        min(1.0, float(kp[:, 0].max()) + margin_x),
+        min(1.0, float(kp[:, 1].max()) + margin_y),
+    )
     return Pose(kp, box, score, frame)
 
 
@@ -59,8 +81,12 @@ def lying(cx: float = 0.5, cy: float = 0.8, **kw: float) -> Pose:
 
 def tracker(**kw: object) -> DangerTracker:
     still = float(kw.pop("still", 5.0))  # type: ignore[arg-type]
-    return DangerTracker(PostureRule(**kw), PersonDownRule(still_seconds=still),  # type: ignore[arg-type]
-                         FightRule(enabled=False), cooldown_seconds=60.0)
+    return DangerTracker(
+        PostureRule(**kw),
+        PersonDownRule(still_seconds=still),  # type: ignore[arg-type]
+        FightRule(enabled=False),
+        cooldown_seconds=60.0,
+    )
 
 
 def run(t: DangerTracker, frames: list[tuple[float, list[Pose] | None]]) -> list[Detection]:
@@ -70,12 +96,14 @@ def run(t: DangerTracker, frames: list[tuple[float, list[Pose] | None]]) -> list
     return out
 
 
-def every(start: float, stop: float, step: float, poses: list[Pose] | None
-          ) -> list[tuple[float, list[Pose] | None]]:
+def every(
+    start: float, stop: float, step: float, poses: list[Pose] | None
+) -> list[tuple[float, list[Pose] | None]]:
     return [(start + i * step, poses) for i in range(round((stop - start) / step))]
 
 
 # -- posture ------------------------------------------------------------------------------
+
 
 def test_posture_tells_standing_from_lying() -> None:
     rule = PostureRule()
@@ -121,6 +149,7 @@ def test_point_in_polygon() -> None:
 
 # -- person down --------------------------------------------------------------------------
 
+
 def test_person_lying_still_is_reported_once_after_still_seconds() -> None:
     t = tracker(still=5.0)
     found = run(t, every(0.0, 4.9, 0.1, [lying()]))
@@ -165,12 +194,19 @@ def test_crawling_along_the_ground_restarts_the_stillness_clock() -> None:
 
 def test_one_flickering_frame_is_forgiven_two_are_not() -> None:
     t = tracker(still=3.0)
-    frames = [*every(0.0, 2.0, 0.1, [lying()]), (2.0, [standing()]),
-              *every(2.1, 3.5, 0.1, [lying()])]
+    frames = [
+        *every(0.0, 2.0, 0.1, [lying()]),
+        (2.0, [standing()]),
+        *every(2.1, 3.5, 0.1, [lying()]),
+    ]
     assert len(run(t, frames)) == 1
     t = tracker(still=3.0)
-    frames = [*every(0.0, 2.0, 0.1, [lying()]), (2.0, [standing()]), (2.1, [standing()]),
-              *every(2.2, 3.5, 0.1, [lying()])]
+    frames = [
+        *every(0.0, 2.0, 0.1, [lying()]),
+        (2.0, [standing()]),
+        (2.1, [standing()]),
+        *every(2.2, 3.5, 0.1, [lying()]),
+    ]
     assert run(t, frames) == []
 
 
@@ -181,8 +217,12 @@ def test_a_person_on_a_bench_is_not_reported() -> None:
 
 
 def test_cooldown_one_incident_one_report() -> None:
-    t = DangerTracker(PostureRule(), PersonDownRule(still_seconds=1.0), FightRule(enabled=False),
-                      cooldown_seconds=30.0)
+    t = DangerTracker(
+        PostureRule(),
+        PersonDownRule(still_seconds=1.0),
+        FightRule(enabled=False),
+        cooldown_seconds=30.0,
+    )
     first = run(t, every(0.0, 3.0, 0.1, [lying()]))
     assert len(first) == 1
     # Gets up, lies down again within the cool-down: the same incident, no new report.
@@ -196,29 +236,48 @@ def test_cooldown_one_incident_one_report() -> None:
 def test_cooldown_is_per_zone() -> None:
     left = ("left", ((0.0, 0.0), (0.5, 0.0), (0.5, 1.0), (0.0, 1.0)))
     right = ("right", ((0.5, 0.0), (1.0, 0.0), (1.0, 1.0), (0.5, 1.0)))
-    t = DangerTracker(PostureRule(), PersonDownRule(still_seconds=1.0), FightRule(enabled=False),
-                      zones=[left, right], cooldown_seconds=60.0)
+    t = DangerTracker(
+        PostureRule(),
+        PersonDownRule(still_seconds=1.0),
+        FightRule(enabled=False),
+        zones=[left, right],
+        cooldown_seconds=60.0,
+    )
     found = run(t, every(0.0, 3.0, 0.1, [lying(0.2), lying(0.8)]))
     assert sorted(d.zone for d in found) == ["left", "right"]
     # Two people down in one zone: one incident.
-    t2 = DangerTracker(PostureRule(), PersonDownRule(still_seconds=1.0), FightRule(enabled=False),
-                       zones=[left, right], cooldown_seconds=60.0)
+    t2 = DangerTracker(
+        PostureRule(),
+        PersonDownRule(still_seconds=1.0),
+        FightRule(enabled=False),
+        zones=[left, right],
+        cooldown_seconds=60.0,
+    )
     found = run(t2, every(0.0, 3.0, 0.1, [lying(0.1, 0.9), lying(0.35, 0.6)]))
     assert [d.zone for d in found] == ["left"]
 
 
 def test_a_lost_and_found_again_person_is_still_one_incident() -> None:
     t = tracker(still=1.0)
-    frames = [*every(0.0, 3.0, 0.1, [lying()]), *every(3.0, 4.0, 0.1, []),
-              *every(4.0, 20.0, 0.1, [lying()])]
+    frames = [
+        *every(0.0, 3.0, 0.1, [lying()]),
+        *every(3.0, 4.0, 0.1, []),
+        *every(4.0, 20.0, 0.1, [lying()]),
+    ]
     assert len(run(t, frames)) == 1
 
 
 # -- fight --------------------------------------------------------------------------------
 
+
 def _fight_tracker(**kw: float) -> DangerTracker:
-    return DangerTracker(PostureRule(), PersonDownRule(), FightRule(**kw),  # type: ignore[arg-type]
-                         person_down_enabled=False, cooldown_seconds=60.0)
+    return DangerTracker(
+        PostureRule(),
+        PersonDownRule(),
+        FightRule(**kw),  # type: ignore[arg-type]
+        person_down_enabled=False,
+        cooldown_seconds=60.0,
+    )
 
 
 def _swing(i: int, amplitude: float = 0.4) -> float:
@@ -227,8 +286,10 @@ def _swing(i: int, amplitude: float = 0.4) -> float:
 
 def test_two_people_close_together_swinging_arms_is_a_fight() -> None:
     t = _fight_tracker()
-    frames = [(i * 0.1, [standing(0.42, arm_swing=_swing(i)),
-                         standing(0.58, arm_swing=_swing(i + 1))]) for i in range(40)]
+    frames = [
+        (i * 0.1, [standing(0.42, arm_swing=_swing(i)), standing(0.58, arm_swing=_swing(i + 1))])
+        for i in range(40)
+    ]
     found = run(t, frames)
     assert [d.label for d in found] == ["fight"], "one report for one fight"
     d = found[0]
@@ -237,12 +298,22 @@ def test_two_people_close_together_swinging_arms_is_a_fight() -> None:
 
 
 def test_people_far_apart_or_calm_or_alone_are_not_a_fight() -> None:
-    far = [(i * 0.1, [standing(0.1, arm_swing=_swing(i)), standing(0.9, arm_swing=_swing(i))])
-           for i in range(40)]
+    far = [
+        (i * 0.1, [standing(0.1, arm_swing=_swing(i)), standing(0.9, arm_swing=_swing(i))])
+        for i in range(40)
+    ]
     assert run(_fight_tracker(), far) == []
     # Gesturing while talking: arms moving about 0.75 body lengths per second.
-    calm = [(i * 0.1, [standing(0.42, arm_swing=_swing(i, 0.1)),
-                       standing(0.58, arm_swing=_swing(i + 1, 0.1))]) for i in range(40)]
+    calm = [
+        (
+            i * 0.1,
+            [
+                standing(0.42, arm_swing=_swing(i, 0.1)),
+                standing(0.58, arm_swing=_swing(i + 1, 0.1)),
+            ],
+        )
+        for i in range(40)
+    ]
     assert run(_fight_tracker(), calm) == []
     alone = [(i * 0.1, [standing(0.5, arm_swing=_swing(i))]) for i in range(40)]
     assert run(_fight_tracker(), alone) == []
@@ -262,16 +333,26 @@ def test_sparse_frames_do_not_make_a_fight() -> None:
 
 # -- detection ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("kwargs", [
-    {"label": "sleeping"},
-    {"score": 1.5},
-    {"bbox": (0.5, 0.5, 0.4, 0.6)},
-    {"bbox": (0.0, 0.0, 1.2, 1.0)},
-    {"people": 0},
-])
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"label": "sleeping"},
+        {"score": 1.5},
+        {"bbox": (0.5, 0.5, 0.4, 0.6)},
+        {"bbox": (0.0, 0.0, 1.2, 1.0)},
+        {"people": 0},
+    ],
+)
 def test_detection_validates(kwargs: dict[str, object]) -> None:
-    fields: dict[str, object] = {"label": "person_down", "score": 0.5, "frame_time": 1.0,
-                                 "bbox": (0.1, 0.1, 0.2, 0.2), "zone": "frame", "people": 1}
+    fields: dict[str, object] = {
+        "label": "person_down",
+        "score": 0.5,
+        "frame_time": 1.0,
+        "bbox": (0.1, 0.1, 0.2, 0.2),
+        "zone": "frame",
+        "people": 1,
+    }
     fields.update(kwargs)
     with pytest.raises(ValueError):
         Detection(**fields)  # type: ignore[arg-type]

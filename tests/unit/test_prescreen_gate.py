@@ -10,12 +10,13 @@ import numpy.typing as npt
 from edge import MotionGate
 
 
-def scene(block_x: int | None = None, *, noise_seed: int | None = None,
-          brightness: int = 90) -> npt.NDArray[np.uint8]:
+def scene(
+    block_x: int | None = None, *, noise_seed: int | None = None, brightness: int = 90
+) -> npt.NDArray[np.uint8]:
     frame = np.full((480, 640, 3), brightness, dtype=np.uint8)
     frame[300:480, :] = 60  # a floor
     if block_x is not None:
-        frame[150:400, block_x:block_x + 60] = (30, 40, 200)  # a person-sized block
+        frame[150:400, block_x : block_x + 60] = (30, 40, 200)  # a person-sized block
     if noise_seed is not None:
         rng = np.random.default_rng(noise_seed)
         noisy = frame.astype(np.int16) + rng.integers(-6, 7, frame.shape)
@@ -33,8 +34,7 @@ def test_first_frame_then_still_frames_are_skipped() -> None:
 
 def test_still_scene_is_rechecked_periodically() -> None:
     gate = MotionGate(recheck_seconds=2.0)
-    inferred = [t for t in np.arange(0.0, 10.0, 0.1)
-                if gate.check(scene(100), float(t)).infer]
+    inferred = [t for t in np.arange(0.0, 10.0, 0.1) if gate.check(scene(100), float(t)).infer]
     # first frame, then about every 2 s: a person lying still stays watched
     assert len(inferred) == 5
     assert all(b - a >= 1.99 for a, b in itertools.pairwise(inferred))

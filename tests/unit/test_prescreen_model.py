@@ -35,8 +35,9 @@ def model_bytes() -> bytes:
     models = default_models_dir()
     status = model_status(models)[MOVENET.name]
     if status != "ok":
-        pytest.skip(f"MoveNet is not installed in {models} (run `citywatch edge models "
-                    f"install`): {status}")
+        pytest.skip(
+            f"MoveNet is not installed in {models} (run `citywatch edge models install`): {status}"
+        )
     return load_verified_model(models / MOVENET.name)
 
 
@@ -79,8 +80,9 @@ def test_frames_of_the_wrong_kind_are_programming_errors(detector: PoseDetector)
         detector.detect(np.zeros((480, 640, 3), np.float32))  # type: ignore[arg-type]
 
 
-def test_finds_an_upright_person_the_right_way_up(detector: PoseDetector,
-                                                  shared_data: Path) -> None:
+def test_finds_an_upright_person_the_right_way_up(
+    detector: PoseDetector, shared_data: Path
+) -> None:
     poses = detector.detect(image(shared_data, UPRIGHT))
     assert poses and poses[0].score > 0.3
     kp = poses[0].keypoints
@@ -96,8 +98,7 @@ def test_finds_a_lying_person_lying(detector: PoseDetector, shared_data: Path) -
     assert any(r is not None and r.lying_posture and r.axis_angle > 60 for r in readings)
 
 
-def test_coordinates_are_fractions_of_the_frame(detector: PoseDetector,
-                                                shared_data: Path) -> None:
+def test_coordinates_are_fractions_of_the_frame(detector: PoseDetector, shared_data: Path) -> None:
     frame = image(shared_data, UPRIGHT)
     h, w = frame.shape[:2]
     base = detector.detect(frame)[0].keypoints
@@ -107,7 +108,7 @@ def test_coordinates_are_fractions_of_the_frame(detector: PoseDetector,
     assert abs(base[0, 1] - mirrored[0, 1]) < 0.02
     # The same picture inside a larger black frame: coordinates scale and shift with it.
     canvas = np.zeros((h * 2, w * 2, 3), np.uint8)
-    canvas[h // 2:h // 2 + h, w // 4:w // 4 + w] = frame
+    canvas[h // 2 : h // 2 + h, w // 4 : w // 4 + w] = frame
     inside = detector.detect(canvas)[0].keypoints
     expected_x = (base[0, 0] * w + w // 4) / (2 * w)
     expected_y = (base[0, 1] * h + h // 2) / (2 * h)
@@ -117,8 +118,11 @@ def test_coordinates_are_fractions_of_the_frame(detector: PoseDetector,
 def test_rgb_frames_with_rgb_order_match_bgr(model_bytes: bytes, shared_data: Path) -> None:
     frame = image(shared_data, UPRIGHT)
     bgr = PoseDetector(model_bytes).detect(frame)[0].keypoints
-    rgb = PoseDetector(model_bytes, color_order="rgb").detect(
-        np.ascontiguousarray(frame[:, :, ::-1]))[0].keypoints
+    rgb = (
+        PoseDetector(model_bytes, color_order="rgb")
+        .detect(np.ascontiguousarray(frame[:, :, ::-1]))[0]
+        .keypoints
+    )
     np.testing.assert_allclose(bgr, rgb, atol=1e-4)
 
 
@@ -134,8 +138,9 @@ def test_roi_crop_keeps_frame_coordinates(model_bytes: bytes, shared_data: Path)
     assert float(diff.max()) < 0.03
 
 
-def test_tiles_cost_more_inferences_and_do_not_duplicate(model_bytes: bytes,
-                                                         shared_data: Path) -> None:
+def test_tiles_cost_more_inferences_and_do_not_duplicate(
+    model_bytes: bytes, shared_data: Path
+) -> None:
     tiled = PoseDetector(model_bytes, tiles=(2, 2))
     poses = tiled.detect(image(shared_data, UPRIGHT))
     assert tiled.invocations == 5  # whole frame + 4 tiles
@@ -154,8 +159,9 @@ def test_a_tampered_model_is_refused(model_bytes: bytes, tmp_path: Path) -> None
         PreScreen.from_config(config)
 
 
-def test_motion_gate_saves_inference_on_a_still_scene(model_bytes: bytes,
-                                                      shared_data: Path) -> None:
+def test_motion_gate_saves_inference_on_a_still_scene(
+    model_bytes: bytes, shared_data: Path
+) -> None:
     prescreen = PreScreen(PreScreenConfig(), PoseDetector(model_bytes))
     frame = image(shared_data, UPRIGHT)
     results = [prescreen.process(frame, i * 0.1) for i in range(50)]  # 5 s at 10 fps
@@ -179,7 +185,13 @@ def test_no_runtime_installed_is_a_clear_error() -> None:
         "except InferenceRuntimeError as exc:\n"
         "    print(exc)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          check=True, timeout=60, cwd=Path(__file__).resolve().parents[2])
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[2],
+    )
     assert "no TFLite runtime is installed" in proc.stdout
     assert "ai-edge-litert" in proc.stdout and "tflite-runtime" in proc.stdout

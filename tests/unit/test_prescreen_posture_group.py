@@ -34,8 +34,12 @@ def bent(torso: float, cx: float = 0.5, cy: float = 0.5) -> Pose:
         p = kp[i, :2] * (w, h) - hips
         kp[i, :2] = (rot @ p + hips) / (w, h)
     kp[:, :2] = np.clip(kp[:, :2], 0.0, 1.0)
-    box = (float(kp[:, 0].min()), float(kp[:, 1].min()), float(kp[:, 0].max()),
-           float(kp[:, 1].max()))
+    box = (
+        float(kp[:, 0].min()),
+        float(kp[:, 1].min()),
+        float(kp[:, 0].max()),
+        float(kp[:, 1].max()),
+    )
     return Pose(kp, box, 0.5, FRAME)
 
 
@@ -84,13 +88,18 @@ def test_close_group_needs_enough_judged_people_near_each_other() -> None:
 
 
 def _chaos_tracker(**kw: object) -> DangerTracker:
-    return DangerTracker(PostureRule(), PersonDownRule(),
-                         FightRule(min_limb_speed=50.0, **kw),  # type: ignore[arg-type]
-                         person_down_enabled=False, cooldown_seconds=60.0)
+    return DangerTracker(
+        PostureRule(),
+        PersonDownRule(),
+        FightRule(min_limb_speed=50.0, **kw),  # type: ignore[arg-type]
+        person_down_enabled=False,
+        cooldown_seconds=60.0,
+    )
 
 
-def _feed(tracker: DangerTracker, people: list[Pose], changing: float, spread: float,
-          n: int = 30) -> list[str]:
+def _feed(
+    tracker: DangerTracker, people: list[Pose], changing: float, spread: float, n: int = 30
+) -> list[str]:
     labels = []
     for i in range(n):
         t = i * 0.1
@@ -117,8 +126,13 @@ def test_orderly_or_mild_motion_or_an_empty_scene_is_not() -> None:
 def test_old_samples_leave_the_window() -> None:
     # No cool-down: the cue reports on every frame while it holds, so the last report
     # shows when the violent samples stopped counting.
-    tracker = DangerTracker(PostureRule(), PersonDownRule(), FightRule(min_limb_speed=50.0),
-                            person_down_enabled=False, cooldown_seconds=0.0)
+    tracker = DangerTracker(
+        PostureRule(),
+        PersonDownRule(),
+        FightRule(min_limb_speed=50.0),
+        person_down_enabled=False,
+        cooldown_seconds=0.0,
+    )
     people = [standing(0.3), standing(0.7)]
     times = []
     for i in range(60):
@@ -130,18 +144,26 @@ def test_old_samples_leave_the_window() -> None:
 
 
 def _learned(**kw: object) -> DangerTracker:
-    return DangerTracker(PostureRule(), PersonDownRule(),
-                         FightRule(min_probability=0.57, **kw),  # type: ignore[arg-type]
-                         person_down_enabled=False, cooldown_seconds=60.0)
+    return DangerTracker(
+        PostureRule(),
+        PersonDownRule(),
+        FightRule(min_probability=0.57, **kw),  # type: ignore[arg-type]
+        person_down_enabled=False,
+        cooldown_seconds=60.0,
+    )
 
 
-def _feed_learned(tracker: DangerTracker, people: list[Pose], sample: ChaosSample | None,
-                  n: int = 30) -> list[str]:
+def _feed_learned(
+    tracker: DangerTracker, people: list[Pose], sample: ChaosSample | None, n: int = 30
+) -> list[str]:
     labels: list[str] = []
     for i in range(n):
         t = i * 0.1
-        s = None if sample is None else ChaosSample(t, sample.changing, sample.spread,
-                                                    sample.jerk, sample.reversal)
+        s = (
+            None
+            if sample is None
+            else ChaosSample(t, sample.changing, sample.spread, sample.jerk, sample.reversal)
+        )
         labels += [d.label for d in tracker.update(people, t, s)]
     return labels
 
@@ -171,6 +193,10 @@ def test_the_learned_cue_counts_people_the_model_misses_in_some_frames() -> None
     for i in range(30):
         t = i * 0.1
         people = [standing(0.42), standing(0.58)] if i % 2 == 0 else [standing(0.42)]
-        labels += [d.label for d in tracker.update(
-            people, t, ChaosSample(t, wild.changing, wild.spread, wild.jerk, wild.reversal))]
+        labels += [
+            d.label
+            for d in tracker.update(
+                people, t, ChaosSample(t, wild.changing, wild.spread, wild.jerk, wild.reversal)
+            )
+        ]
     assert labels == ["fight"]

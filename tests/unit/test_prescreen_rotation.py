@@ -22,8 +22,9 @@ def models() -> Path:
     models = default_models_dir()
     status = model_status(models)[MOVENET.name]
     if status != "ok":
-        pytest.skip(f"MoveNet is not installed in {models} (run `citywatch edge models "
-                    f"install`): {status}")
+        pytest.skip(
+            f"MoveNet is not installed in {models} (run `citywatch edge models install`): {status}"
+        )
     return models
 
 
@@ -46,7 +47,8 @@ def video_frame(shared_data: Path, video: str, t: float) -> npt.NDArray[np.uint8
 
 
 def test_the_pass_that_turns_a_lying_body_upright_sees_it_better_and_maps_back(
-        models: Path, shared_data: Path) -> None:
+    models: Path, shared_data: Path
+) -> None:
     # A standing person turned a quarter clockwise looks like a person lying: the
     # counter-clockwise (270) pass sees them upright again, as MoveNet was trained.
     upright = image(shared_data, UPRIGHT)
@@ -72,7 +74,8 @@ def test_the_pass_that_turns_a_lying_body_upright_sees_it_better_and_maps_back(
 
 
 def test_a_dark_frame_is_equalised_and_the_turned_pass_finds_the_person_down(
-        models: Path, shared_data: Path) -> None:
+    models: Path, shared_data: Path
+) -> None:
     # Subject 2's fall 12, lying on the floor, at a quarter of the light.
     frame = video_frame(shared_data, "Subject 2/Fall/12.mp4", 10.5)
     dark = (frame.astype(np.float32) * 0.25).astype(np.uint8)
@@ -89,20 +92,24 @@ def test_a_dark_frame_is_equalised_and_the_turned_pass_finds_the_person_down(
 
 def test_rotations_and_low_light_come_from_the_config(models: Path) -> None:
     config = PreScreenConfig.model_validate(
-        {"model": {"models_dir": str(models), "rotations": [0, 270], "low_light": 0}})
+        {"model": {"models_dir": str(models), "rotations": [0, 270], "low_light": 0}}
+    )
     prescreen = PreScreen.from_config(config)
     assert prescreen.detector.rotations == (0, 270) and prescreen.detector.low_light == 0.0
     prescreen.assess_image(np.zeros((240, 320, 3), np.uint8))
     assert prescreen.detector.invocations == 2
-    default = PreScreen.from_config(PreScreenConfig.model_validate(
-        {"model": {"models_dir": str(models)}}))
+    default = PreScreen.from_config(
+        PreScreenConfig.model_validate({"model": {"models_dir": str(models)}})
+    )
     assert default.detector.rotations == (0, 90, 270)
 
 
 def test_assess_image_flags_a_person_down_not_a_person_standing(
-        models: Path, shared_data: Path) -> None:
-    prescreen = PreScreen.from_config(PreScreenConfig.model_validate(
-        {"model": {"models_dir": str(models)}}))
+    models: Path, shared_data: Path
+) -> None:
+    prescreen = PreScreen.from_config(
+        PreScreenConfig.model_validate({"model": {"models_dir": str(models)}})
+    )
     lying = prescreen.assess_image(image(shared_data, LYING))
     assert lying.person_down and lying.flagged and lying.score > 0.5
     standing = prescreen.assess_image(image(shared_data, UPRIGHT))
@@ -111,20 +118,30 @@ def test_assess_image_flags_a_person_down_not_a_person_standing(
     assert not empty.flagged and empty.poses == ()
 
 
-def test_the_close_group_escalation_follows_its_setting(models: Path,
-                                                        shared_data: Path) -> None:
+def test_the_close_group_escalation_follows_its_setting(models: Path, shared_data: Path) -> None:
     # Two people side by side in the street frame: a close group only with a wide net.
     frame = image(shared_data, "opencv_vtest_f100.jpg")
-    wide = PreScreen.from_config(PreScreenConfig.model_validate(
-        {"model": {"models_dir": str(models)}, "fight": {"image_group_distance": 5.0}}))
+    wide = PreScreen.from_config(
+        PreScreenConfig.model_validate(
+            {"model": {"models_dir": str(models)}, "fight": {"image_group_distance": 5.0}}
+        )
+    )
     seen = wide.assess_image(frame)
     judged = [r for r in seen.readings if r is not None]
     assert len(judged) >= 2, "the model finds two walkers in this street frame"
     assert seen.close_group and seen.flagged and not seen.person_down
-    off = PreScreen.from_config(PreScreenConfig.model_validate(
-        {"model": {"models_dir": str(models)}, "fight": {"image_group_distance": None}}))
+    off = PreScreen.from_config(
+        PreScreenConfig.model_validate(
+            {"model": {"models_dir": str(models)}, "fight": {"image_group_distance": None}}
+        )
+    )
     assert not off.assess_image(frame).flagged
-    no_fights = PreScreen.from_config(PreScreenConfig.model_validate(
-        {"model": {"models_dir": str(models)}, "fight": {"enabled": False,
-                                                          "image_group_distance": 5.0}}))
+    no_fights = PreScreen.from_config(
+        PreScreenConfig.model_validate(
+            {
+                "model": {"models_dir": str(models)},
+                "fight": {"enabled": False, "image_group_distance": 5.0},
+            }
+        )
+    )
     assert not no_fights.assess_image(frame).close_group

@@ -33,17 +33,26 @@ def _view(path: Path, size: tuple[int, int] = (640, 480)) -> np.ndarray:
 def _camera(tmp_path: Path) -> SceneCamera:
     still = tmp_path / "view.png"
     _view(still)
-    cfg = parse_camera_config({"driver": "scene", "fps": 20.0, "size": [640, 480],
-                               "lores_size": [320, 240],
-                               "timeline": [{"at": 0.0, "play": str(still)}]})
+    cfg = parse_camera_config(
+        {
+            "driver": "scene",
+            "fps": 20.0,
+            "size": [640, 480],
+            "lores_size": [320, 240],
+            "timeline": [{"at": 0.0, "play": str(still)}],
+        }
+    )
     cam = SceneCamera.from_config(cfg)
     assert isinstance(cam, SceneCamera)
     return cam
 
 
 def _mask() -> PrivacyMask:
-    return PrivacyMask.from_config(PrivacyConfig.model_validate(
-        {"masks": [{"name": "windows", "points": WINDOW}, {"points": TRIANGLE}]}))
+    return PrivacyMask.from_config(
+        PrivacyConfig.model_validate(
+            {"masks": [{"name": "windows", "points": WINDOW}, {"points": TRIANGLE}]}
+        )
+    )
 
 
 def _interior(stencil: np.ndarray, margin: int) -> np.ndarray:
@@ -81,8 +90,9 @@ def test_no_masked_pixel_leaves_the_camera(tmp_path: Path) -> None:
 
 
 def test_the_stencil_covers_the_polygon_generously() -> None:
-    mask = PrivacyMask([MaskPolygon(points=[(0.25, 0.25), (0.75, 0.25), (0.75, 0.75),
-                                            (0.25, 0.75)])])
+    mask = PrivacyMask(
+        [MaskPolygon(points=[(0.25, 0.25), (0.75, 0.25), (0.75, 0.75), (0.25, 0.75)])]
+    )
     stencil = mask.stencil(100, 100)
     # Every pixel whose centre lies inside the square is masked, its edge ones too.
     assert stencil[25:75, 25:75].all()
@@ -91,12 +101,15 @@ def test_the_stencil_covers_the_polygon_generously() -> None:
     assert whole.stencil(37, 53).all()
 
 
-@pytest.mark.parametrize(("points", "words"), [
-    ([[0.1, 0.1], [1.2, 0.1], [0.5, 0.5]], "outside the frame"),
-    ([[0.1, 0.1], [0.2, 0.2]], "at least 3"),
-    ([[0.1, 0.1], [0.9, 0.9], [0.9, 0.1], [0.1, 0.9]], "crosses itself"),
-    ([[0.1, 0.1], [0.2, 0.2], [0.3, 0.3]], "no area"),
-])
+@pytest.mark.parametrize(
+    ("points", "words"),
+    [
+        ([[0.1, 0.1], [1.2, 0.1], [0.5, 0.5]], "outside the frame"),
+        ([[0.1, 0.1], [0.2, 0.2]], "at least 3"),
+        ([[0.1, 0.1], [0.9, 0.9], [0.9, 0.1], [0.1, 0.9]], "crosses itself"),
+        ([[0.1, 0.1], [0.2, 0.2], [0.3, 0.3]], "no area"),
+    ],
+)
 def test_bad_masks_are_refused_saying_why(points: list[list[float]], words: str) -> None:
     with pytest.raises(ValidationError, match=words):
         PrivacyConfig.model_validate({"masks": [{"name": "w", "points": points}]})
@@ -112,13 +125,20 @@ def _device_config(tmp_path: Path, masks: str) -> Path:
         '[key_store]\nmodule = "/nonexistent.so"\npin = "1234"\n'
         '[broker]\nhost = "127.0.0.1"\nport = 1883\n'
         f'[camera]\ndriver = "scene"\nfps = 5.0\n[[camera.timeline]]\nat = 0.0\n'
-        f'play = "{still}"\n' + masks)
+        f'play = "{still}"\n' + masks
+    )
     return conf
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "citywatch.cli", "edge", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "citywatch.cli", "edge", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def test_mask_preview_from_the_camera(tmp_path: Path) -> None:
@@ -135,8 +155,9 @@ def test_mask_preview_from_the_camera(tmp_path: Path) -> None:
 
 
 def test_a_mask_out_of_the_frame_in_the_device_config(tmp_path: Path) -> None:
-    conf = _device_config(tmp_path, '[[privacy.masks]]\npoints = [[0.5, 0.5], [1.5, 0.5], '
-                                    "[0.5, 0.9]]\n")
+    conf = _device_config(
+        tmp_path, "[[privacy.masks]]\npoints = [[0.5, 0.5], [1.5, 0.5], [0.5, 0.9]]\n"
+    )
     done = _cli("mask-preview", "--config", str(conf), "--out", str(tmp_path / "p.png"))
     assert done.returncode != 0
     assert "privacy.masks[0].points" in done.stderr and "outside the frame" in done.stderr

@@ -74,8 +74,13 @@ def test_b1_epochs_survive_a_device_restart() -> None:
     d = w.add_device("pole-001")
     old = w.announce(d)
     w.to_device(d, old)
-    restarted = p.DeviceConnection(kid=d.kid, uid=d.uid, cipher=p.AesGcmCipher(d.key),
-                                   random=w.rand, last_epoch=d.conn.last_epoch)
+    restarted = p.DeviceConnection(
+        kid=d.kid,
+        uid=d.uid,
+        cipher=p.AesGcmCipher(d.key),
+        random=w.rand,
+        last_epoch=d.conn.last_epoch,
+    )
     assert only(restarted.receive(old, w.now), p.MessageDropped).reason == "stale_epoch"
 
 
@@ -111,8 +116,14 @@ def test_incident_reported_carries_the_report() -> None:
     w.to_device(d, w.server_out()[0])
     inc = only(w.to_server(d.conn.data_to_send()[0]), p.IncidentReported)
     assert (inc.uid, inc.cid, inc.coords, inc.photo, inc.score, inc.label, inc.captured_at) == (
-        d.uid, report.cid, report.coords, report.photo, report.score, report.label,
-        report.captured_at)
+        d.uid,
+        report.cid,
+        report.coords,
+        report.photo,
+        report.score,
+        report.label,
+        report.captured_at,
+    )
 
 
 def test_same_kid_and_cid_give_same_incident_id_across_retries_and_replicas() -> None:
@@ -169,11 +180,14 @@ def test_error_1_uid_does_not_match_kid() -> None:
     assert only(device_events, p.ReportRefused).code == 1
 
 
-@pytest.mark.parametrize(("change", "code"), [
-    ({"active": False}, p.ErrorCode.DEVICE_INACTIVE),
-    ({"blocked": True}, p.ErrorCode.DEVICE_BLOCKED),
-    ({"blocked": True, "active": False}, p.ErrorCode.DEVICE_BLOCKED),
-])
+@pytest.mark.parametrize(
+    ("change", "code"),
+    [
+        ({"active": False}, p.ErrorCode.DEVICE_INACTIVE),
+        ({"blocked": True}, p.ErrorCode.DEVICE_BLOCKED),
+        ({"blocked": True, "active": False}, p.ErrorCode.DEVICE_BLOCKED),
+    ],
+)
 def test_errors_2_and_3_inactive_or_blocked_device(change: dict, code: int) -> None:
     w = World()
     d = w.add_device("pole-001")
@@ -275,8 +289,7 @@ def test_error_9_rate_limited() -> None:
     d = w.add_device("pole-001")
     codes = []
     for _ in range(3):
-        conn = p.DeviceConnection(kid=d.kid, uid=d.uid, cipher=p.AesGcmCipher(d.key),
-                                  random=w.rand)
+        conn = p.DeviceConnection(kid=d.kid, uid=d.uid, cipher=p.AesGcmCipher(d.key), random=w.rand)
         conn.start_report(w.report(), w.now)
         events = w.to_server(conn.data_to_send()[0])
         codes.append([type(e).__name__ for e in events])
@@ -368,8 +381,15 @@ def test_enc_notification_n1_n2() -> None:
 def test_n2_timeout_schedules_a_retry_with_a_fresh_n1() -> None:
     w = World()
     inc = delivered_incident(w)
-    kw = dict(incident_id=inc.incident_id, coords=inc.coords, photo=inc.photo, score=0.8,
-              label="fall", captured_at=inc.captured_at, device_uid=inc.uid)
+    kw = dict(
+        incident_id=inc.incident_id,
+        coords=inc.coords,
+        photo=inc.photo,
+        score=0.8,
+        label="fall",
+        captured_at=inc.captured_at,
+        device_uid=inc.uid,
+    )
     first = w.notifier.alert(**kw, now=w.now)  # lost
     assert w.notifier.next_timeout() == w.now + w.timing.n2_timeout_ms
     w.advance(w.timing.n2_timeout_ms)
@@ -385,8 +405,15 @@ def test_n2_timeout_schedules_a_retry_with_a_fresh_n1() -> None:
 def test_late_n2_for_an_earlier_attempt_still_confirms() -> None:
     w = World()
     inc = delivered_incident(w)
-    kw = dict(incident_id=inc.incident_id, coords=inc.coords, photo=inc.photo, score=0.8,
-              label="fall", captured_at=inc.captured_at, device_uid=inc.uid)
+    kw = dict(
+        incident_id=inc.incident_id,
+        coords=inc.coords,
+        photo=inc.photo,
+        score=0.8,
+        label="fall",
+        captured_at=inc.captured_at,
+        device_uid=inc.uid,
+    )
     first = w.notifier.alert(**kw, now=w.now)
     [alert] = w.enc.receive(first, w.now)
     n2 = w.enc.receipt(alert, w.now)

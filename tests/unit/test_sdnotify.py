@@ -126,7 +126,9 @@ def test_outside_systemd_nothing_is_sent(monkeypatch: pytest.MonkeyPatch, backen
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_vanished_socket_is_reported_once(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
     backend: str,
 ) -> None:
     monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "gone.sock"))
@@ -168,17 +170,25 @@ DAEMON = textwrap.dedent("""
 """)
 
 
-def run_daemon(env: dict[str, str], *, prelude: str = "", stderr_to: Path | None = None
-               ) -> tuple[str, str]:
-    full_env = {k: v for k, v in os.environ.items()
-                if k not in ("NOTIFY_SOCKET", "JOURNAL_STREAM", "WATCHDOG_USEC", "WATCHDOG_PID")}
+def run_daemon(
+    env: dict[str, str], *, prelude: str = "", stderr_to: Path | None = None
+) -> tuple[str, str]:
+    full_env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("NOTIFY_SOCKET", "JOURNAL_STREAM", "WATCHDOG_USEC", "WATCHDOG_PID")
+    }
     full_env.update(env, PYTHONPATH=str(ROOT))
     with open(stderr_to or os.devnull, "wb") as err_file:
         result = subprocess.run(
-            [sys.executable, "-c", prelude + DAEMON], env=full_env, cwd=ROOT, timeout=60,
-            stdout=subprocess.PIPE, stderr=err_file if stderr_to else subprocess.PIPE,
+            [sys.executable, "-c", prelude + DAEMON],
+            env=full_env,
+            cwd=ROOT,
+            timeout=60,
+            stdout=subprocess.PIPE,
+            stderr=err_file if stderr_to else subprocess.PIPE,
         )
-    stderr = (stderr_to.read_text() if stderr_to else result.stderr.decode())
+    stderr = stderr_to.read_text() if stderr_to else result.stderr.decode()
     assert result.returncode == 0, stderr
     return result.stdout.decode().strip(), stderr
 
@@ -187,8 +197,12 @@ def test_a_daemon_under_systemd_notifies_in_order(notify_socket: NotifySocket) -
     out, err = run_daemon({"NOTIFY_SOCKET": notify_socket.address, "WATCHDOG_USEC": "4000000"})
     assert out == "stderr systemd StreamHandler"
     assert notify_socket.pending() == [
-        "READY=1\nSTATUS=watchdog every 4.0 s", "WATCHDOG=1", "WATCHDOG=1", "WATCHDOG=1",
-        "STATUS=camera stalled: no frame for 10 s", "STOPPING=1",
+        "READY=1\nSTATUS=watchdog every 4.0 s",
+        "WATCHDOG=1",
+        "WATCHDOG=1",
+        "WATCHDOG=1",
+        "STATUS=camera stalled: no frame for 10 s",
+        "STOPPING=1",
     ]
     assert "INFO edge: logging to stderr, notifications through systemd" in err
     assert "WARNING edge: camera stalled" in err
@@ -198,11 +212,16 @@ def test_without_systemd_python_the_socket_fallback_says_so(notify_socket: Notif
     out, err = run_daemon({"NOTIFY_SOCKET": notify_socket.address}, prelude=BLOCK_SYSTEMD)
     assert out == "stderr socket StreamHandler"
     assert notify_socket.pending() == [
-        "READY=1\nSTATUS=watchdog every None s", "WATCHDOG=1", "WATCHDOG=1", "WATCHDOG=1",
-        "STATUS=camera stalled: no frame for 10 s", "STOPPING=1",
+        "READY=1\nSTATUS=watchdog every None s",
+        "WATCHDOG=1",
+        "WATCHDOG=1",
+        "WATCHDOG=1",
+        "STATUS=camera stalled: no frame for 10 s",
+        "STOPPING=1",
     ]
-    assert ("systemd-python is not installed; sending sd_notify messages to NOTIFY_SOCKET "
-            "directly") in err
+    assert (
+        "systemd-python is not installed; sending sd_notify messages to NOTIFY_SOCKET directly"
+    ) in err
 
 
 def _journal_stream(path: Path) -> str:
@@ -220,14 +239,19 @@ def test_under_systemd_logs_go_to_the_journal(tmp_path: Path) -> None:
 def test_without_systemd_python_journal_lines_carry_priorities(tmp_path: Path) -> None:
     stderr_file = tmp_path / "stderr.txt"
     stderr_file.touch()
-    out, err = run_daemon({"JOURNAL_STREAM": _journal_stream(stderr_file)},
-                          prelude=BLOCK_SYSTEMD, stderr_to=stderr_file)
+    out, err = run_daemon(
+        {"JOURNAL_STREAM": _journal_stream(stderr_file)},
+        prelude=BLOCK_SYSTEMD,
+        stderr_to=stderr_file,
+    )
     assert out == "journal socket StreamHandler"
     lines = err.splitlines()
     assert "<6>edge: logging to journal, notifications through socket" in lines
     assert "<4>edge: camera stalled" in lines
-    assert any(line.startswith("<4>hardware._service: service: systemd-python is not installed")
-               for line in lines)
+    assert any(
+        line.startswith("<4>hardware._service: service: systemd-python is not installed")
+        for line in lines
+    )
 
 
 def test_a_stale_journal_stream_means_stderr(tmp_path: Path) -> None:
@@ -262,22 +286,36 @@ def test_configure_logging_replaces_its_own_handler_only() -> None:
         root.setLevel(level)
 
 
-@pytest.mark.skipif(not Path("/run/systemd/journal/socket").exists()
-                    or shutil.which("journalctl") is None,
-                    reason="no journald on this machine (containers have none)")
+@pytest.mark.skipif(
+    not Path("/run/systemd/journal/socket").exists() or shutil.which("journalctl") is None,
+    reason="no journald on this machine (containers have none)",
+)
 def test_a_record_reaches_journald(tmp_path: Path) -> None:
     marker = f"citywatch-journal-test-{uuid.uuid4().hex}"
     stderr_file = tmp_path / "stderr.txt"
     stderr_file.touch()
-    script = (f"import logging\nfrom hardware._service import configure_logging\n"
-              f"configure_logging(identifier='citywatch-test')\n"
-              f"logging.getLogger('edge').warning('{marker}')\n")
+    script = (
+        f"import logging\nfrom hardware._service import configure_logging\n"
+        f"configure_logging(identifier='citywatch-test')\n"
+        f"logging.getLogger('edge').warning('{marker}')\n"
+    )
     env = {**os.environ, "PYTHONPATH": str(ROOT), "JOURNAL_STREAM": _journal_stream(stderr_file)}
     with open(stderr_file, "wb") as err:
         subprocess.run([sys.executable, "-c", script], env=env, stderr=err, check=True, timeout=60)
-    found = subprocess.run(["journalctl", "--no-pager", "-o", "cat", "--since", "-5min",
-                            "SYSLOG_IDENTIFIER=citywatch-test"],
-                           capture_output=True, text=True, timeout=60)
+    found = subprocess.run(
+        [
+            "journalctl",
+            "--no-pager",
+            "-o",
+            "cat",
+            "--since",
+            "-5min",
+            "SYSLOG_IDENTIFIER=citywatch-test",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert marker in found.stdout
 
 
@@ -290,9 +328,17 @@ def test_asking_for_systemd_python_without_it_is_an_error() -> None:
             print(exc)
         print(ServiceNotifier(backend="auto").backend)
     """)
-    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, timeout=60,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)},
-                            capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert result.stdout.splitlines() == [
-        'systemd-python is not installed: pip install systemd-python (it builds against '
-        'libsystemd-dev and pkg-config), or use backend "socket"', "socket"]
+        "systemd-python is not installed: pip install systemd-python (it builds against "
+        'libsystemd-dev and pkg-config), or use backend "socket"',
+        "socket",
+    ]

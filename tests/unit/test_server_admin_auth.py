@@ -19,16 +19,22 @@ from tests.support.services import free_port
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[TrustedServer]:
     path = tmp_path / "server.toml"
-    path.write_text(example_config(data_dir="./var").replace("port = 8600",
-                                                             f"port = {free_port()}"))
+    path.write_text(
+        example_config(data_dir="./var").replace("port = 8600", f"port = {free_port()}")
+    )
     s = TrustedServer(load_config(path))
     yield s
     s.store.close()
 
 
 def test_every_v1_route_needs_the_token(server: TrustedServer) -> None:
-    ctx = AdminContext.of(server.config, server.store, server.metrics, changed=server.wake,
-                          mqtt_connected=lambda: server.mqtt_connected)
+    ctx = AdminContext.of(
+        server.config,
+        server.store,
+        server.metrics,
+        changed=server.wake,
+        mqtt_connected=lambda: server.mqtt_connected,
+    )
     app = admin_app(ctx)
     client = TestClient(app)
     routes = [r for r in app.routes if isinstance(r, APIRoute) and r.path.startswith("/v1")]

@@ -38,10 +38,12 @@ def test_example_config_is_valid_and_complete(tmp_path: Path) -> None:
     assert cfg.database_url == f"sqlite:///{tmp_path / 'data' / 'server.db'}"
     # Every section of the model appears in the example, so nothing is undocumented.
     doc = tomllib.loads(path.read_text())
-    for section in ("database", "broker", "master_key", "enc", "verification", "timing",
-                    "admin"):
-        assert set(doc[section]) >= {k for k in type(getattr(cfg, section)).model_fields
-                                     if k not in ("ca_file", "cert_file", "key_file")}, section
+    for section in ("database", "broker", "master_key", "enc", "verification", "timing", "admin"):
+        assert set(doc[section]) >= {
+            k
+            for k in type(getattr(cfg, section)).model_fields
+            if k not in ("ca_file", "cert_file", "key_file")
+        }, section
 
 
 def test_example_server_kid_is_random(tmp_path: Path) -> None:
@@ -50,23 +52,35 @@ def test_example_server_kid_is_random(tmp_path: Path) -> None:
     assert a != b and len(bytes.fromhex(a)) == 8
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("[broker]\nport = \"x\"\n", "server.toml: broker.port: Input should be a valid integer"),
-    ("[broker]\nport = 70000\n", "server.toml: broker.port: Input should be less than or equal"),
-    ("[broker]\nhots = \"a\"\n", "server.toml: broker.hots: Extra inputs are not permitted"),
-    ("colour = 1\n", "server.toml: colour: Extra inputs are not permitted"),
-    ("[verification]\nthreshold = 1.5\n", "server.toml: verification.threshold:"),
-    ("[broker]\ntls = \"yes\"\n", "server.toml: broker.tls: Input should be a valid boolean"),
-    ("[enc]\nserver_kid = \"abc\"\n", "server.toml: enc.server_kid: String should match"),
-    ("[[schedules]]\nzone = \"a\"\nkind = \"daily\"\nstart = \"25:00\"\n",
-     "server.toml: schedules[0].start: must be HH:MM"),
-    ("[[schedules]]\nzone = \"a\"\nkind = \"daily\"\ntimezone = \"Mars/Olympus\"\n",
-     "server.toml: schedules[0].timezone: unknown time zone"),
-    ("[[schedules]]\nzone = \"a\"\nkind = \"once\"\n",
-     "server.toml: schedules[0]: a 'once' schedule needs 'from' and 'until'"),
-    ("[broker]\ncert_file = \"c.pem\"\n", "server.toml: broker: cert_file and key_file go"),
-    ("data_dir = [\n", "server.toml: not valid TOML"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[broker]\nport = "x"\n', "server.toml: broker.port: Input should be a valid integer"),
+        (
+            "[broker]\nport = 70000\n",
+            "server.toml: broker.port: Input should be less than or equal",
+        ),
+        ('[broker]\nhots = "a"\n', "server.toml: broker.hots: Extra inputs are not permitted"),
+        ("colour = 1\n", "server.toml: colour: Extra inputs are not permitted"),
+        ("[verification]\nthreshold = 1.5\n", "server.toml: verification.threshold:"),
+        ('[broker]\ntls = "yes"\n', "server.toml: broker.tls: Input should be a valid boolean"),
+        ('[enc]\nserver_kid = "abc"\n', "server.toml: enc.server_kid: String should match"),
+        (
+            '[[schedules]]\nzone = "a"\nkind = "daily"\nstart = "25:00"\n',
+            "server.toml: schedules[0].start: must be HH:MM",
+        ),
+        (
+            '[[schedules]]\nzone = "a"\nkind = "daily"\ntimezone = "Mars/Olympus"\n',
+            "server.toml: schedules[0].timezone: unknown time zone",
+        ),
+        (
+            '[[schedules]]\nzone = "a"\nkind = "once"\n',
+            "server.toml: schedules[0]: a 'once' schedule needs 'from' and 'until'",
+        ),
+        ('[broker]\ncert_file = "c.pem"\n', "server.toml: broker: cert_file and key_file go"),
+        ("data_dir = [\n", "server.toml: not valid TOML"),
+    ],
+)
 def test_errors_name_the_file_and_the_key(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(ConfigError) as err:
         load_config(write(tmp_path, text))
@@ -79,8 +93,15 @@ def test_missing_file_says_what_to_do(tmp_path: Path) -> None:
 
 
 def test_schedules_nights_whole_days_and_once() -> None:
-    nights = ScheduleConfig.model_validate({"zone": "z", "kind": "daily", "start": "22:00",
-                                            "end": "06:00", "timezone": "Europe/Warsaw"})
+    nights = ScheduleConfig.model_validate(
+        {
+            "zone": "z",
+            "kind": "daily",
+            "start": "22:00",
+            "end": "06:00",
+            "timezone": "Europe/Warsaw",
+        }
+    )
     tz = dt.timezone(dt.timedelta(hours=1))  # Warsaw in winter
 
     def at(*a: int) -> int:
@@ -91,17 +112,23 @@ def test_schedules_nights_whole_days_and_once() -> None:
     assert scheduled_until(nights, at(2026, 1, 15, 5, 59)) == at(2026, 1, 15, 6, 0)
     assert scheduled_until(nights, at(2026, 1, 15, 6, 0)) is None
     weekend = nights.model_copy(update={"days": ["sat"]})
-    assert scheduled_until(weekend, at(2026, 1, 16, 23, 0)) is None       # a Friday night
+    assert scheduled_until(weekend, at(2026, 1, 16, 23, 0)) is None  # a Friday night
     assert scheduled_until(weekend, at(2026, 1, 17, 23, 0)) == at(2026, 1, 18, 6, 0)
     assert scheduled_until(weekend, at(2026, 1, 18, 3, 0)) == at(2026, 1, 18, 6, 0)
 
-    always = ScheduleConfig.model_validate({"zone": "z", "kind": "always",
-                                            "timezone": "Europe/Warsaw"})
+    always = ScheduleConfig.model_validate(
+        {"zone": "z", "kind": "always", "timezone": "Europe/Warsaw"}
+    )
     assert scheduled_until(always, at(2026, 1, 14, 13, 0)) == at(2026, 1, 16, 0, 0)
 
-    once = ScheduleConfig.model_validate({
-        "zone": "z", "kind": "once", "from": dt.datetime(2026, 6, 1, 18, tzinfo=dt.UTC),
-        "until": dt.datetime(2026, 6, 2, 1, tzinfo=dt.UTC)})
+    once = ScheduleConfig.model_validate(
+        {
+            "zone": "z",
+            "kind": "once",
+            "from": dt.datetime(2026, 6, 1, 18, tzinfo=dt.UTC),
+            "until": dt.datetime(2026, 6, 2, 1, tzinfo=dt.UTC),
+        }
+    )
     start = int(dt.datetime(2026, 6, 1, 18, tzinfo=dt.UTC).timestamp() * 1000)
     assert scheduled_until(once, start - 1) is None
     assert scheduled_until(once, start) == start + 7 * 3_600_000

@@ -37,8 +37,7 @@ class Clock:
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'server.db'}"
-    return str(request.getfixturevalue("postgres").create_database(
-        f"ret_{os.urandom(4).hex()}"))
+    return str(request.getfixturevalue("postgres").create_database(f"ret_{os.urandom(4).hex()}"))
 
 
 @pytest.fixture
@@ -56,10 +55,18 @@ def store(db_url: str, clock: Clock) -> Iterator[Store]:
 def _incident(store: Store, decision: str | None) -> str:
     kid, cid = b"\x05" * 8, os.urandom(16)
     inc = p.IncidentReported(
-        kid=kid, uid="pole-1", td=T0, cid=cid, incident_id=p.incident_id_for(kid, cid),
+        kid=kid,
+        uid="pole-1",
+        td=T0,
+        cid=cid,
+        incident_id=p.incident_id_for(kid, cid),
         coords=p.Coords(lat=52.2, lon=21.0, alt=None, acc=4.0),
-        photo=b"\xff\xd8" + os.urandom(500), score=0.9, label="person_down",
-        captured_at=T0 - 100, c3_hash=b"h" * 32)
+        photo=b"\xff\xd8" + os.urandom(500),
+        score=0.9,
+        label="person_down",
+        captured_at=T0 - 100,
+        c3_hash=b"h" * 32,
+    )
     info, _ = store.store_incident(inc, zone="z1")
     if decision is not None:
         store.decide_many([DecisionRecord(info.id, 0.9, False, decision == "dangerous", "t")])
@@ -118,8 +125,10 @@ def test_zero_keeps_for_ever(store: Store, clock: Clock) -> None:
 
 def test_purge_from_the_command_line(tmp_path: Path) -> None:
     cfg_path = tmp_path / "server.toml"
-    cfg_path.write_text(f'data_dir = "{tmp_path / "data"}"\n[admin]\nenabled = false\n'
-                        "[retention]\ndismissed_photo_hours = 0.0001\n")
+    cfg_path.write_text(
+        f'data_dir = "{tmp_path / "data"}"\n[admin]\nenabled = false\n'
+        "[retention]\ndismissed_photo_hours = 0.0001\n"
+    )
     cfg = load_config(cfg_path)
     store, _ = open_store(cfg, announce=False)
     dismissed = _incident(store, "dismissed")
@@ -129,9 +138,23 @@ def test_purge_from_the_command_line(tmp_path: Path) -> None:
     time.sleep(0.5)  # 0.36 s of retention
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "citywatch.cli", "server", "purge",
-                               "--config", str(cfg_path), *args], cwd=ROOT,
-                              capture_output=True, text=True, timeout=120, check=False)
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "citywatch.cli",
+                "server",
+                "purge",
+                "--config",
+                str(cfg_path),
+                *args,
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
 
     dry = cli("--dry-run")
     assert dry.returncode == 0, dry.stderr
@@ -152,14 +175,17 @@ def test_a_purge_on_a_full_disk_removes_nothing_and_says_so(tmp_path: Path) -> N
     """A real 8 MiB tmpfs, filled: the purge's transaction fails whole."""
     mnt = tmp_path / "disk"
     mnt.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m,mode=0700", "tmpfs",
-                           str(mnt)], capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=8m,mode=0700", "tmpfs", str(mnt)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if done.returncode != 0:
         pytest.skip(f"cannot mount an 8 MiB tmpfs ({done.stderr.strip()}): needs root")
     try:
         clock = Clock()
-        store = Store.open(f"sqlite:///{mnt / 'server.db'}", MasterKey(os.urandom(32)),
-                           clock=clock)
+        store = Store.open(f"sqlite:///{mnt / 'server.db'}", MasterKey(os.urandom(32)), clock=clock)
         ids = [_incident(store, "dismissed") for _ in range(5)]
         fd = os.open(mnt / "ballast", os.O_WRONLY | os.O_CREAT, 0o600)
         try:  # fill what is left

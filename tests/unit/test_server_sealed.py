@@ -44,10 +44,19 @@ def _photo(n: int = 4000) -> bytes:
 
 def _report(kid: bytes, photo: bytes, coords: Coords = HERE) -> IncidentReported:
     cid = secrets.token_bytes(16)
-    return IncidentReported(kid=kid, uid="pole-1", cid=cid, incident_id=incident_id_for(kid, cid),
-                            coords=coords, score=0.9, label="person_down",
-                            captured_at=1_700_000_000_000, td=1_700_000_000_100, photo=photo,
-                            c3_hash=b"h" * 32)
+    return IncidentReported(
+        kid=kid,
+        uid="pole-1",
+        cid=cid,
+        incident_id=incident_id_for(kid, cid),
+        coords=coords,
+        score=0.9,
+        label="person_down",
+        captured_at=1_700_000_000_000,
+        td=1_700_000_000_100,
+        photo=photo,
+        c3_hash=b"h" * 32,
+    )
 
 
 def _stored(store: Store, photo: bytes, coords: Coords = HERE) -> str:
@@ -70,7 +79,8 @@ def test_photo_and_position_are_sealed_in_the_database(tmp_path: Path) -> None:
     db = cfg.data_dir / "server.db"
     with sqlite3.connect(db) as conn:
         lat, lon, alt, acc, sealed, stored_photo = conn.execute(
-            "SELECT lat, lon, alt, acc, coords_sealed, photo FROM incidents").fetchone()
+            "SELECT lat, lon, alt, acc, coords_sealed, photo FROM incidents"
+        ).fetchone()
     assert (lat, lon, alt, acc) == (None, None, None, None)
     assert sealed and stored_photo[:4] == b"CWS1"
     # An attacker with the database files: neither the photo nor a digit of the position.
@@ -85,10 +95,13 @@ def test_a_sealed_photo_moved_to_another_incident_does_not_open(tmp_path: Path) 
     first = _stored(store, _photo())
     second = _stored(store, _photo())
     with store.engine.begin() as conn:
-        blob, coords = conn.execute(text("SELECT photo, coords_sealed FROM incidents WHERE "
-                                         "id = :i"), {"i": first}).one()
-        conn.execute(text("UPDATE incidents SET photo = :p, coords_sealed = :c WHERE id = :i"),
-                     {"p": blob, "c": coords, "i": second})
+        blob, coords = conn.execute(
+            text("SELECT photo, coords_sealed FROM incidents WHERE id = :i"), {"i": first}
+        ).one()
+        conn.execute(
+            text("UPDATE incidents SET photo = :p, coords_sealed = :c WHERE id = :i"),
+            {"p": blob, "c": coords, "i": second},
+        )
     with pytest.raises(MasterKeyError, match=f"photo of incident {second}"):
         store.incident_photo(second)
     with pytest.raises(MasterKeyError, match=f"position of incident {second}"):
@@ -116,19 +129,32 @@ def test_a_database_from_before_sealing_is_sealed_at_start(tmp_path: Path) -> No
         photos = {}
         for i in range(450):  # more than one sealing batch
             photos[f"old-{i:03d}"] = _photo(300)
-            conn.execute(text(
-                "INSERT INTO incidents (id, kid, cid, device_uid, zone, lat, lon, alt, acc, "
-                "coords_src, photo, device_score, label, captured_at, td, received_at) VALUES "
-                "(:id, :kid, :cid, 'pole-1', 'z1', :lat, 21.5, NULL, 4.0, 'gps', :photo, 0.8, "
-                "'person_down', 1, 2, 3)"),
-                {"id": f"old-{i:03d}", "kid": b"\x02" * 8, "cid": bytes(16),
-                 "lat": 52.0 + i / 1000, "photo": photos[f"old-{i:03d}"]})
+            conn.execute(
+                text(
+                    "INSERT INTO incidents (id, kid, cid, device_uid, zone, lat, lon, alt, acc, "
+                    "coords_src, photo, device_score, label, captured_at, td, received_at) VALUES "
+                    "(:id, :kid, :cid, 'pole-1', 'z1', :lat, 21.5, NULL, 4.0, 'gps', :photo, 0.8, "
+                    "'person_down', 1, 2, 3)"
+                ),
+                {
+                    "id": f"old-{i:03d}",
+                    "kid": b"\x02" * 8,
+                    "cid": bytes(16),
+                    "lat": 52.0 + i / 1000,
+                    "photo": photos[f"old-{i:03d}"],
+                },
+            )
         # Alerts waiting for the ENC refer to incidents (ON DELETE CASCADE): the column
         # change must not take them with it.
         for i in range(0, 450, 9):
-            conn.execute(text("INSERT INTO enc_outbox (incident_id, state, attempts, "
-                              "next_attempt_at, lease_until, created_at) VALUES "
-                              "(:id, 'pending', 0, 0, 0, 0)"), {"id": f"old-{i:03d}"})
+            conn.execute(
+                text(
+                    "INSERT INTO enc_outbox (incident_id, state, attempts, "
+                    "next_attempt_at, lease_until, created_at) VALUES "
+                    "(:id, 'pending', 0, 0, 0, 0)"
+                ),
+                {"id": f"old-{i:03d}"},
+            )
     engine.dispose()
 
     store, _ = open_store(cfg, announce=False)
@@ -141,8 +167,10 @@ def test_a_database_from_before_sealing_is_sealed_at_start(tmp_path: Path) -> No
     assert sum(e.detail["count"] for e in audit) == 450
     store.close()
     with sqlite3.connect(db) as conn:
-        assert conn.execute("SELECT count(*) FROM incidents WHERE lat IS NOT NULL OR "
-                            "substr(photo, 1, 4) != X'43575331'").fetchone() == (0,)
+        assert conn.execute(
+            "SELECT count(*) FROM incidents WHERE lat IS NOT NULL OR "
+            "substr(photo, 1, 4) != X'43575331'"
+        ).fetchone() == (0,)
     # A second start finds nothing left to seal.
     store, _ = open_store(cfg, announce=False)
     assert store.sealed_counts() == (450, 0)
@@ -154,18 +182,20 @@ def _token_section(token: SoftHsmToken, tmp_path: Path, key_label: str) -> str:
     pin.parent.mkdir(parents=True, exist_ok=True)
     pin.write_text(token.pin + "\n")
     pin.chmod(0o600)
-    return (f'[master_key]\nsource = "pkcs11"\nmodule = "{token.module}"\n'
-            f'token_label = "{token.label}"\nkey_label = "{key_label}"\n')
+    return (
+        f'[master_key]\nsource = "pkcs11"\nmodule = "{token.module}"\n'
+        f'token_label = "{token.label}"\nkey_label = "{key_label}"\n'
+    )
 
 
 def test_master_key_in_a_token_never_sits_in_clear_on_disk(
-        tmp_path: Path, softhsm_tokens: dict[str, SoftHsmToken]) -> None:
+    tmp_path: Path, softhsm_tokens: dict[str, SoftHsmToken]
+) -> None:
     token = softhsm_tokens["citywatch-server"]
     label = f"kek-{secrets.token_hex(4)}"
     cfg = load_config(_config(tmp_path, _token_section(token, tmp_path, label)))
     store, master = open_store(cfg, announce=False)
-    device, key = store.add_device(uid="pole-7", zone="z1", lat=52.0, lon=21.0, alg=3,
-                                   actor="test")
+    device, key = store.add_device(uid="pole-7", zone="z1", lat=52.0, lon=21.0, alg=3, actor="test")
     incident = _stored(store, _photo())
     store.close()
     wrapped = cfg.data_dir / "master.key.wrapped"
@@ -187,7 +217,8 @@ def test_master_key_in_a_token_never_sits_in_clear_on_disk(
 
 
 def test_without_the_token_or_its_key_the_server_does_not_start(
-        tmp_path: Path, softhsm_tokens: dict[str, SoftHsmToken]) -> None:
+    tmp_path: Path, softhsm_tokens: dict[str, SoftHsmToken]
+) -> None:
     token = softhsm_tokens["citywatch-server"]
     cfg_path = _config(tmp_path, _token_section(token, tmp_path, f"kek-{secrets.token_hex(4)}"))
     store, _ = open_store(load_config(cfg_path), announce=False)
@@ -197,8 +228,9 @@ def test_without_the_token_or_its_key_the_server_does_not_start(
     # Another token (which has not got the key the file names).
     other = softhsm_tokens["citywatch-enc"]
     (tmp_path / "data" / "token.pin").write_text(other.pin + "\n")
-    cfg_path.write_text(text_.replace(f'token_label = "{token.label}"',
-                                      f'token_label = "{other.label}"'))
+    cfg_path.write_text(
+        text_.replace(f'token_label = "{token.label}"', f'token_label = "{other.label}"')
+    )
     with pytest.raises(MasterKeyError, match="does not hold: is this the right token"):
         open_store(load_config(cfg_path), announce=False)
     # The right token, a wrong PIN.
@@ -219,12 +251,19 @@ def test_without_the_token_or_its_key_the_server_does_not_start(
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "citywatch.cli", "server", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "citywatch.cli", "server", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def test_moving_the_master_key_into_the_token_and_rotating_its_key(
-        tmp_path: Path, softhsm_tokens: dict[str, SoftHsmToken]) -> None:
+    tmp_path: Path, softhsm_tokens: dict[str, SoftHsmToken]
+) -> None:
     token = softhsm_tokens["citywatch-server"]
     label = f"kek-{secrets.token_hex(4)}"
     section = _token_section(token, tmp_path, label)
@@ -233,12 +272,13 @@ def test_moving_the_master_key_into_the_token_and_rotating_its_key(
     incident = _stored(store, _photo())
     store.close()
     # Still source = "file", with the token settings beside it.
-    cfg_path.write_text(cfg_path.read_text()
-                        + section.replace('source = "pkcs11"', 'source = "file"'))
+    cfg_path.write_text(
+        cfg_path.read_text() + section.replace('source = "pkcs11"', 'source = "file"')
+    )
     done = _cli("keys", "seal-master", "--config", str(cfg_path))
     assert done.returncode == 0, done.stderr
     assert not (tmp_path / "data" / "master.key").exists()
-    assert "source = \"pkcs11\"" in done.stdout
+    assert 'source = "pkcs11"' in done.stdout
     cfg_path.write_text(cfg_path.read_text().replace('source = "file"', 'source = "pkcs11"'))
     store, moved = open_store(load_config(cfg_path), announce=False)
     assert moved.ticket_key == master.ticket_key

@@ -55,13 +55,23 @@ def store(db_url: str, clock: Clock) -> Iterator[Store]:
     s.close()
 
 
-def incident(kid: bytes, uid: str, cid: bytes | None = None, *, lat: float = 52.2,
-             lon: float = 21.0) -> p.IncidentReported:
+def incident(
+    kid: bytes, uid: str, cid: bytes | None = None, *, lat: float = 52.2, lon: float = 21.0
+) -> p.IncidentReported:
     cid = cid or os.urandom(16)
     return p.IncidentReported(
-        kid=kid, uid=uid, td=T0, cid=cid, incident_id=p.incident_id_for(kid, cid),
-        coords=p.Coords(lat=lat, lon=lon, alt=None, acc=4.0), photo=jpeg(), score=0.9,
-        label="person_down", captured_at=T0 - 100, c3_hash=b"h" * 32)
+        kid=kid,
+        uid=uid,
+        td=T0,
+        cid=cid,
+        incident_id=p.incident_id_for(kid, cid),
+        coords=p.Coords(lat=lat, lon=lon, alt=None, acc=4.0),
+        photo=jpeg(),
+        score=0.9,
+        label="person_down",
+        captured_at=T0 - 100,
+        c3_hash=b"h" * 32,
+    )
 
 
 def test_migrations_match_the_models_and_rerun(db_url: str) -> None:
@@ -76,11 +86,13 @@ def test_migrations_match_the_models_and_rerun(db_url: str) -> None:
 
 
 def test_registry_add_list_state_delete_audited(store: Store, clock: Clock) -> None:
-    d, key = store.add_device(uid="pole-1", zone="old-town", lat=52.1, lon=21.0,
-                              alg=p.ALG_A256GCM, actor="alice")
+    d, key = store.add_device(
+        uid="pole-1", zone="old-town", lat=52.1, lon=21.0, alg=p.ALG_A256GCM, actor="alice"
+    )
     assert len(key) == 32 and len(d.kid) == 8 and d.status == "active"
-    d128, key128 = store.add_device(uid="pole-2", zone="old-town", lat=52.1, lon=21.0,
-                                    alg=p.ALG_A128GCM, actor="alice")
+    d128, key128 = store.add_device(
+        uid="pole-2", zone="old-town", lat=52.1, lon=21.0, alg=p.ALG_A128GCM, actor="alice"
+    )
     assert len(key128) == 16 and d128.kid != d.kid
     with pytest.raises(DeviceExists):
         store.add_device(uid="pole-1", zone="x", lat=0, lon=0, alg=p.ALG_A256GCM, actor="a")
@@ -104,26 +116,37 @@ def test_registry_add_list_state_delete_audited(store: Store, clock: Clock) -> N
         store.get_device("pole-2")
 
     log = [(a.actor, a.action, a.subject) for a in reversed(store.audit_log())]
-    assert log == [("alice", "device.add", "pole-1"), ("alice", "device.add", "pole-2"),
-                   ("bob", "device.block", "pole-1"), ("bob", "device.deactivate", "pole-1"),
-                   ("bob", "device.unblock", "pole-1"), ("bob", "device.activate", "pole-1"),
-                   ("carol", "device.delete", "pole-2")]
+    assert log == [
+        ("alice", "device.add", "pole-1"),
+        ("alice", "device.add", "pole-2"),
+        ("bob", "device.block", "pole-1"),
+        ("bob", "device.deactivate", "pole-1"),
+        ("bob", "device.unblock", "pole-1"),
+        ("bob", "device.activate", "pole-1"),
+        ("carol", "device.delete", "pole-2"),
+    ]
     assert store.audit_log(subject="pole-1")[-1].detail["kid"] == d.kid.hex()
     assert [a.detail for a in store.audit_log() if a.action == "device.block"] == [
-        {"reason": "fakes"}]
+        {"reason": "fakes"}
+    ]
 
 
 def test_registry_rejects_bad_input(store: Store) -> None:
-    for kwargs in ({"uid": ""}, {"uid": "x" * 65}, {"lat": 91.0}, {"lon": -181.0},
-                   {"alg": 7}, {"zone": ""}):
+    for kwargs in (
+        {"uid": ""},
+        {"uid": "x" * 65},
+        {"lat": 91.0},
+        {"lon": -181.0},
+        {"alg": 7},
+        {"zone": ""},
+    ):
         args = {"uid": "u", "zone": "z", "lat": 1.0, "lon": 1.0, "alg": p.ALG_A256GCM} | kwargs
         with pytest.raises(RegistryError):
             store.add_device(actor="t", **args)  # type: ignore[arg-type]
 
 
 def test_keys_are_encrypted_at_rest(store: Store) -> None:
-    _, key = store.add_device(uid="pole-1", zone="z", lat=1, lon=1, alg=p.ALG_A256GCM,
-                              actor="t")
+    _, key = store.add_device(uid="pole-1", zone="z", lat=1, lon=1, alg=p.ALG_A256GCM, actor="t")
     with store.engine.connect() as conn:
         from sqlalchemy import text
 
@@ -163,11 +186,14 @@ def test_windows_open_close_and_zone_announcements(store: Store, clock: Clock) -
     assert store.claim_zone_announcement("z", old=5, new=None)
     assert store.zone_announcements() == {"z": None}
     assert [a.action for a in reversed(store.audit_log())] == [
-        "window.open", "window.open", "window.close", "window.close"]
+        "window.open",
+        "window.open",
+        "window.close",
+        "window.close",
+    ]
 
 
-def test_incidents_are_idempotent_and_decisions_queue_alerts(store: Store,
-                                                             clock: Clock) -> None:
+def test_incidents_are_idempotent_and_decisions_queue_alerts(store: Store, clock: Clock) -> None:
     d, _ = store.add_device(uid="pole-1", zone="z", lat=1, lon=1, alg=3, actor="t")
     inc = incident(d.kid, d.uid)
     stored, new = store.store_incident(inc, zone="z")
@@ -178,15 +204,19 @@ def test_incidents_are_idempotent_and_decisions_queue_alerts(store: Store,
     assert store.incident_photo(inc.incident_id) == inc.photo
     assert store.undecided_incidents() == [inc.incident_id]
 
-    assert store.decide(inc.incident_id, score=0.8, uncertain=False, dangerous=True,
-                        reason="r")
-    assert not store.decide(inc.incident_id, score=0.1, uncertain=False, dangerous=False,
-                            reason="second opinion")  # decided once, never twice
+    assert store.decide(inc.incident_id, score=0.8, uncertain=False, dangerous=True, reason="r")
+    assert not store.decide(
+        inc.incident_id, score=0.1, uncertain=False, dangerous=False, reason="second opinion"
+    )  # decided once, never twice
     assert store.undecided_incidents() == []
     assert store.outbox_depth() == 1
     got = store.get_incident(inc.incident_id)
     assert (got.decision, got.server_score, got.enc_state, got.photo_bytes) == (
-        "dangerous", 0.8, "pending", len(inc.photo))
+        "dangerous",
+        0.8,
+        "pending",
+        len(inc.photo),
+    )
 
     low = incident(d.kid, d.uid)
     store.store_incident(low, zone="z")
@@ -196,8 +226,7 @@ def test_incidents_are_idempotent_and_decisions_queue_alerts(store: Store,
     assert [i.id for i in store.list_incidents(decision="dismissed")] == [low.incident_id]
 
 
-def test_a_batch_of_incidents_is_one_transaction_and_still_idempotent(
-        store: Store) -> None:
+def test_a_batch_of_incidents_is_one_transaction_and_still_idempotent(store: Store) -> None:
     """What the server's group commit writes: new, repeated (in the batch and already
     stored) and from several devices, in one transaction."""
     a, _ = store.add_device(uid="pole-a", zone="za", lat=1, lon=1, alg=3, actor="t")
@@ -206,23 +235,26 @@ def test_a_batch_of_incidents_is_one_transaction_and_still_idempotent(
     store.store_incident(earlier, zone="za")
     store.decide(earlier.incident_id, score=0.9, uncertain=False, dangerous=True, reason="r")
     first, second = incident(a.kid, a.uid), incident(b.kid, b.uid)
-    got = store.store_incidents([(first, "za"), (earlier, "za"), (second, "zb"),
-                                 (first, "za")])
+    got = store.store_incidents([(first, "za"), (earlier, "za"), (second, "zb"), (first, "za")])
     assert [(info.id, new) for info, new in got] == [
-        (first.incident_id, True), (earlier.incident_id, False),
-        (second.incident_id, True), (first.incident_id, False)]
+        (first.incident_id, True),
+        (earlier.incident_id, False),
+        (second.incident_id, True),
+        (first.incident_id, False),
+    ]
     assert got[1][0].decision == "dangerous"  # the stored one, not the report again
     assert got[2][0].zone == "zb" and got[2][0].photo_bytes == len(second.photo)
     assert len(store.list_incidents()) == 3
-    assert sorted(store.undecided_incidents()) == sorted([first.incident_id,
-                                                          second.incident_id])
+    assert sorted(store.undecided_incidents()) == sorted([first.incident_id, second.incident_id])
 
-    assert store.decide_many([
-        DecisionRecord(first.incident_id, 0.9, False, True, "r"),
-        DecisionRecord(second.incident_id, 0.1, False, False, "low"),
-        DecisionRecord(first.incident_id, 0.1, False, False, "second opinion"),
-        DecisionRecord(earlier.incident_id, 0.1, False, False, "decided before"),
-    ]) == ["dangerous", "dismissed", None, None]
+    assert store.decide_many(
+        [
+            DecisionRecord(first.incident_id, 0.9, False, True, "r"),
+            DecisionRecord(second.incident_id, 0.1, False, False, "low"),
+            DecisionRecord(first.incident_id, 0.1, False, False, "second opinion"),
+            DecisionRecord(earlier.incident_id, 0.1, False, False, "decided before"),
+        ]
+    ) == ["dangerous", "dismissed", None, None]
     assert store.outbox_depth() == 2  # earlier's and first's alerts, once each
     assert store.get_incident(first.incident_id).decision == "dangerous"
 
@@ -257,8 +289,7 @@ def test_a_device_is_blocked_and_audited_once(store: Store) -> None:
     store.add_device(uid="pole-1", zone="z", lat=1, lon=1, alg=3, actor="t")
     first = store.block_unless_blocked("pole-1", actor="server:verification", reason="2 low")
     assert first is not None and first.blocked
-    assert store.block_unless_blocked("pole-1", actor="server:verification",
-                                      reason="3 low") is None
+    assert store.block_unless_blocked("pole-1", actor="server:verification", reason="3 low") is None
     blocks = [a for a in store.audit_log() if a.action == "device.block"]
     assert [b.detail for b in blocks] == [{"reason": "2 low"}]
     with pytest.raises(DeviceNotFound):
@@ -266,17 +297,25 @@ def test_a_device_is_blocked_and_audited_once(store: Store) -> None:
 
 
 def _fusing(inc: p.IncidentReported, dangerous: bool = True) -> DecisionRecord:
-    return DecisionRecord(inc.incident_id, 0.9 if dangerous else 0.1, False, dangerous, "r",
-                          fuse_within_m=50.0, fuse_within_ms=120_000)
+    return DecisionRecord(
+        inc.incident_id,
+        0.9 if dangerous else 0.1,
+        False,
+        dangerous,
+        "r",
+        fuse_within_m=50.0,
+        fuse_within_ms=120_000,
+    )
 
 
-def test_nearby_dangerous_reports_fuse_into_the_first_alert(store: Store,
-                                                            clock: Clock) -> None:
+def test_nearby_dangerous_reports_fuse_into_the_first_alert(store: Store, clock: Clock) -> None:
     """Two poles 30 m apart see the same fall: one alert. A third 30 m further (60 m
     from the first) and a report from across the street after the window alert on
     their own; a dismissed report is never a fusion target."""
-    poles = [store.add_device(uid=f"pole-{i}", zone="z", lat=1, lon=1, alg=3, actor="t")[0]
-             for i in range(5)]
+    poles = [
+        store.add_device(uid=f"pole-{i}", zone="z", lat=1, lon=1, alg=3, actor="t")[0]
+        for i in range(5)
+    ]
     north = 30 / 111_195  # degrees of latitude for 30 m
     dismissed = incident(poles[4].kid, poles[4].uid)
     store.store_incident(dismissed, zone="z")
@@ -299,14 +338,18 @@ def test_nearby_dangerous_reports_fuse_into_the_first_alert(store: Store,
     assert got.fused_into == first.incident_id and got.decision == "dangerous"
     # No alert of its own, but queued as a linked report of the first's alert (N3).
     assert got.enc_state == "pending" and f"fused into {first.incident_id}" in str(
-        got.decision_reason)
+        got.decision_reason
+    )
     assert store.get_incident(first.incident_id).fused_into is None
     assert store.outbox_depth() == 4  # first, third, later, and second linked to first
     assert store.get_incident(second.incident_id).to_json()["fused_into"] == first.incident_id
     # The linked report waits until the ENC has the alert it joins, then goes as such.
     claimed = store.claim_due_alerts(owner="t", lease_ms=60_000, limit=10)
-    assert {c.incident_id for c in claimed} == {first.incident_id, third.incident_id,
-                                                later.incident_id}
+    assert {c.incident_id for c in claimed} == {
+        first.incident_id,
+        third.incident_id,
+        later.incident_id,
+    }
     assert all(c.linked_to is None for c in claimed)
     assert store.claim_due_alerts(owner="t", lease_ms=60_000, limit=10) == []
     store.alert_delivered(first.incident_id, tenc=clock.now)
@@ -320,10 +363,8 @@ def test_fusion_off_alerts_every_report(store: Store) -> None:
     one, two = incident(a.kid, a.uid), incident(b.kid, b.uid)
     store.store_incident(one, zone="z")
     store.store_incident(two, zone="z")
-    assert store.decide(one.incident_id, score=0.9, uncertain=False, dangerous=True,
-                        reason="r")
-    assert store.decide(two.incident_id, score=0.9, uncertain=False, dangerous=True,
-                        reason="r")
+    assert store.decide(one.incident_id, score=0.9, uncertain=False, dangerous=True, reason="r")
+    assert store.decide(two.incident_id, score=0.9, uncertain=False, dangerous=True, reason="r")
     assert store.outbox_depth() == 2
 
 
@@ -340,11 +381,14 @@ def test_a_database_of_the_first_schema_is_upgraded_with_its_incidents(db_url: s
         cfg = alembic_config(str(resources.files("server").joinpath("migrations")))
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "0001")
-        conn.execute(text(
-            "INSERT INTO incidents (id, kid, cid, device_uid, zone, lat, lon, coords_src, "
-            "photo, device_score, label, captured_at, td, received_at) VALUES ('old', :k, "
-            ":c, 'pole-1', 'z', 52.2, 21.0, 'gps', :p, 0.9, 'fall', 1, 1, 1)"),
-            {"k": b"\x01" * 8, "c": b"\x02" * 16, "p": b"\xff\xd8"})
+        conn.execute(
+            text(
+                "INSERT INTO incidents (id, kid, cid, device_uid, zone, lat, lon, coords_src, "
+                "photo, device_score, label, captured_at, td, received_at) VALUES ('old', :k, "
+                ":c, 'pole-1', 'z', 52.2, 21.0, 'gps', :p, 0.9, 'fall', 1, 1, 1)"
+            ),
+            {"k": b"\x01" * 8, "c": b"\x02" * 16, "p": b"\xff\xd8"},
+        )
     engine.dispose()
     store = Store.open(db_url, MasterKey(os.urandom(32)))
     try:

@@ -46,16 +46,20 @@ def test_the_same_person_sitting_before_the_fall_is_not(verifier: PoseVerifier) 
     assert "1 person" in v.detail
 
 
-@pytest.mark.parametrize(("photo", "label"), [
-    (encoded(Image.new("RGB", (640, 480), (0, 0, 0))), "blank_frame"),       # covered lens
-    (encoded(Image.new("RGB", (640, 480), (120, 120, 120))), "blank_frame"),
-    (jpeg((32, 24)), "too_small"),
-    (b"\xff\xd8\xff\xe0 not really a jpeg", "undecodable"),
-    (encoded(Image.new("RGB", (320, 240), (10, 200, 10)), "PNG"), "not_jpeg"),
-    (b"", "not_jpeg"),
-])
+@pytest.mark.parametrize(
+    ("photo", "label"),
+    [
+        (encoded(Image.new("RGB", (640, 480), (0, 0, 0))), "blank_frame"),  # covered lens
+        (encoded(Image.new("RGB", (640, 480), (120, 120, 120))), "blank_frame"),
+        (jpeg((32, 24)), "too_small"),
+        (b"\xff\xd8\xff\xe0 not really a jpeg", "undecodable"),
+        (encoded(Image.new("RGB", (320, 240), (10, 200, 10)), "PNG"), "not_jpeg"),
+        (b"", "not_jpeg"),
+    ],
+)
 def test_unusable_photos_score_zero_whatever_the_device_says(
-        verifier: PoseVerifier, photo: bytes, label: str) -> None:
+    verifier: PoseVerifier, photo: bytes, label: str
+) -> None:
     v = verifier.score(photo, device_score=1.0, device_label="person_down")
     assert (v.score, v.label) == (0.0, label), v
     assert v.detail  # a reason in words
@@ -69,8 +73,7 @@ def test_a_decompression_bomb_is_refused_before_decoding(verifier: PoseVerifier)
     assert (v.score, v.label) == (0.0, "too_large") and "169.0 MP" in v.detail
 
 
-def test_a_photo_of_nobody_scores_zero_even_when_the_device_is_sure(
-        verifier: PoseVerifier) -> None:
+def test_a_photo_of_nobody_scores_zero_even_when_the_device_is_sure(verifier: PoseVerifier) -> None:
     rng = np.random.default_rng(7)
     texture = Image.fromarray((rng.random((480, 640, 3)) * 255).astype(np.uint8))
     for label in ("person_down", "fight"):
@@ -94,13 +97,15 @@ def test_a_fight_report_needs_people_in_the_photo(verifier: PoseVerifier) -> Non
     lying = fall_photo()
     with_people = verifier.score(lying, device_score=0.9, device_label="fight")
     assert with_people.score > 0.0
-    empty = encoded(Image.fromarray(
-        (np.random.default_rng(3).random((360, 480, 3)) * 255).astype(np.uint8)))
+    empty = encoded(
+        Image.fromarray((np.random.default_rng(3).random((360, 480, 3)) * 255).astype(np.uint8))
+    )
     assert verifier.score(empty, device_score=0.9, device_label="fight").score == 0.0
 
 
 def test_a_fight_the_pole_reports_is_confirmed_when_the_photo_shows_people(
-        verifier: PoseVerifier) -> None:
+    verifier: PoseVerifier,
+) -> None:
     # The pole reports a fight with 0.5 at its threshold: a photo with a person in it
     # confirms it; the photo with people but no report behind it (score 0) does not.
     photo = footage_frame(0.5)  # a person sitting, not down
@@ -125,8 +130,11 @@ def test_a_missing_model_stops_the_pool_at_start_with_the_fix(tmp_path: Path) ->
 
 def test_a_damaged_model_is_refused(tmp_path: Path) -> None:
     src = VerifierModels().models_dir
-    for name in ("pose_detection.tflite", "pose_landmark_full.tflite",
-                 "movenet_multipose_lightning.tflite"):
+    for name in (
+        "pose_detection.tflite",
+        "pose_landmark_full.tflite",
+        "movenet_multipose_lightning.tflite",
+    ):
         (tmp_path / name).write_bytes((src / name).read_bytes())
     damaged = bytearray((tmp_path / POSE_DETECTOR.name).read_bytes())
     damaged[1000] ^= 0xFF
@@ -137,8 +145,10 @@ def test_a_damaged_model_is_refused(tmp_path: Path) -> None:
 
 def test_the_pool_checks_photos_in_a_worker_process() -> None:
     async def check() -> tuple[Verdict, Verdict]:
-        return (await pool.verify(fall_photo(), device_score=0.9, device_label="person_down"),
-                await pool.verify(encoded(Image.new("RGB", (320, 240))), device_score=1.0))
+        return (
+            await pool.verify(fall_photo(), device_score=0.9, device_label="person_down"),
+            await pool.verify(encoded(Image.new("RGB", (320, 240))), device_score=1.0),
+        )
 
     pool = VerifierPool(workers=1)
     pool.start()
@@ -164,7 +174,7 @@ def test_shared_smoke_images_lying_versus_upright(verifier: PoseVerifier) -> Non
         v = verifier.score((SMOKE / row["file"]).read_bytes())
         scores.setdefault(row["label"], []).append(v.score)
     lying = scores["lying_ground"]
-    assert sum(s >= 0.7 for s in lying) >= 6, lying      # of 8 (tuning-set frames)
+    assert sum(s >= 0.7 for s in lying) >= 6, lying  # of 8 (tuning-set frames)
     for label in ("upright", "upright_street_crowd"):
         assert max(scores[label]) < 0.5, (label, scores[label])
 
@@ -177,14 +187,20 @@ def test_workers_end_when_the_server_is_killed_outright() -> None:
     import time
 
     # A parent that starts a pool, prints its worker's pid, then waits to be killed.
-    code = ("import os, sys\n"
-            "from server import VerifierPool\n"
-            "pool = VerifierPool(workers=1); pool.start()\n"
-            "print(*[p for p in pool._processes._processes], flush=True)\n"
-            "sys.stdin.read()\n")
-    parent = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True,
-                              cwd=Path(__file__).resolve().parents[2])
+    code = (
+        "import os, sys\n"
+        "from server import VerifierPool\n"
+        "pool = VerifierPool(workers=1); pool.start()\n"
+        "print(*[p for p in pool._processes._processes], flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
     assert parent.stdout is not None
     worker = int(parent.stdout.readline().split()[0])
     os.kill(parent.pid, signal.SIGKILL)

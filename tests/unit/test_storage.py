@@ -26,8 +26,10 @@ def test_the_server_and_the_enc_open_sqlite_through_it(tmp_path: Path) -> None:
     from enc import AlertStore
     from server import make_engine
 
-    for engine in (make_engine(f"sqlite:///{tmp_path / 's.db'}"),
-                   AlertStore.open(f"sqlite:///{tmp_path / 'e.db'}").engine):
+    for engine in (
+        make_engine(f"sqlite:///{tmp_path / 's.db'}"),
+        AlertStore.open(f"sqlite:///{tmp_path / 'e.db'}").engine,
+    ):
         try:
             with engine.connect() as conn:
                 assert conn.execute(text("PRAGMA synchronous")).scalar() == 2

@@ -69,16 +69,20 @@ def fake_root(tmp_path: Path) -> Iterator[Path]:
 
 
 def test_there_is_a_unit_for_each_service() -> None:
-    assert UNITS == ["citywatch-edge.service", "citywatch-enc.service",
-                     "citywatch-server.service"]
+    assert UNITS == ["citywatch-edge.service", "citywatch-enc.service", "citywatch-server.service"]
 
 
 @pytest.mark.parametrize("unit", UNITS)
 def test_verify_accepts_the_unit(unit: str, fake_root: Path) -> None:
     tool = _systemd_analyze()
     shutil.copy(UNITS_DIR / unit, fake_root / "etc/systemd/system" / unit)
-    done = subprocess.run([tool, "verify", f"--root={fake_root}", unit],
-                          capture_output=True, text=True, timeout=60, check=False)
+    done = subprocess.run(
+        [tool, "verify", f"--root={fake_root}", unit],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     assert done.stderr.strip() == "", done.stderr
 
@@ -89,15 +93,25 @@ def test_verify_fails_when_the_program_is_missing(fake_root: Path) -> None:
     unit = "citywatch-edge.service"
     shutil.copy(UNITS_DIR / unit, fake_root / "etc/systemd/system" / unit)
     (fake_root / "opt/citywatch/current/bin/citywatch").unlink()
-    done = subprocess.run([tool, "verify", f"--root={fake_root}", unit],
-                          capture_output=True, text=True, timeout=60, check=False)
+    done = subprocess.run(
+        [tool, "verify", f"--root={fake_root}", unit],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode != 0
     assert "citywatch" in done.stderr
 
 
 def _exposure(tool: str, *args: str) -> float:
-    done = subprocess.run([tool, "security", "--offline=true", *args],
-                          capture_output=True, text=True, timeout=60, check=False)
+    done = subprocess.run(
+        [tool, "security", "--offline=true", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     m = re.search(r"Overall exposure level for \S+: (\d+\.\d)", done.stdout)
     assert m, done.stdout + done.stderr
     return float(m[1])
@@ -111,8 +125,12 @@ def test_security_exposure_is_at_most_2(unit: str, tmp_path: Path) -> None:
     # The same threshold through systemd-analyze's own exit status.
     # (--threshold is on a 0..100 scale, ten times the exposure shown.)
     threshold = f"--threshold={int(MAX_EXPOSURE * 10)}"
-    done = subprocess.run([tool, "security", "--offline=true", threshold, str(UNITS_DIR / unit)],
-                          capture_output=True, timeout=60, check=False)
+    done = subprocess.run(
+        [tool, "security", "--offline=true", threshold, str(UNITS_DIR / unit)],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 0
 
 
@@ -120,8 +138,11 @@ def test_security_scores_an_unhardened_unit_above_the_limit(tmp_path: Path) -> N
     """The scoring test can fail: the edge unit stripped of its sandboxing scores high."""
     tool = _systemd_analyze()
     kept = ("Type", "ExecStart", "User", "Group", "WatchdogSec", "Description")
-    lines = [line for line in _unit_text("citywatch-edge.service").splitlines()
-             if not re.match(r"^[A-Za-z]+=", line) or line.split("=", 1)[0] in kept]
+    lines = [
+        line
+        for line in _unit_text("citywatch-edge.service").splitlines()
+        if not re.match(r"^[A-Za-z]+=", line) or line.split("=", 1)[0] in kept
+    ]
     bare = tmp_path / "citywatch-bare.service"
     bare.write_text("\n".join(lines) + "\n")
     assert _exposure(tool, str(bare)) > MAX_EXPOSURE
@@ -143,8 +164,13 @@ def test_mosquitto_dropin_verifies_and_scores_at_most_2(tmp_path: Path) -> None:
         target = root / program.lstrip("/")
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(shutil.which(Path(program).name) or program, target)
-    done = subprocess.run([tool, "verify", f"--root={root}", "mosquitto.service"],
-                          capture_output=True, text=True, timeout=60, check=False)
+    done = subprocess.run(
+        [tool, "verify", f"--root={root}", "mosquitto.service"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     assert done.stderr.strip() == "", done.stderr
     assert _exposure(tool, f"--root={root}", "mosquitto.service") <= MAX_EXPOSURE
@@ -164,15 +190,15 @@ def test_unit_has_the_supervision_the_daemons_expect(unit: str) -> None:
     component = unit.removeprefix("citywatch-").removesuffix(".service")
     assert d["ExecStart"] == [
         f"/opt/citywatch/current/bin/citywatch {component} run "
-        f"--config /etc/citywatch/{component}.toml"]
+        f"--config /etc/citywatch/{component}.toml"
+    ]
 
 
 def test_edge_unit_allows_only_the_devices_a_pole_needs() -> None:
     d = _directives(_unit_text("citywatch-edge.service"))
     assert d["DevicePolicy"] == ["closed"]
     allowed = sorted(d["DeviceAllow"])
-    assert allowed == ["/dev/i2c-1 rw", "char-dma_heap rw", "char-media rw",
-                       "char-video4linux rw"]
+    assert allowed == ["/dev/i2c-1 rw", "char-dma_heap rw", "char-media rw", "char-video4linux rw"]
     # GNSS arrives through gpsd's socket on localhost: no serial port in the unit.
     assert not any("tty" in a or "serial" in a for a in allowed)
 
@@ -181,9 +207,13 @@ def test_security_report_as_json_names_no_failed_critical_check() -> None:
     """No unit runs as root or keeps a capability (the checks that weigh most)."""
     tool = _systemd_analyze()
     for unit in UNITS:
-        done = subprocess.run([tool, "security", "--offline=true", "--json=short",
-                               str(UNITS_DIR / unit)], capture_output=True, text=True,
-                              timeout=60, check=False)
+        done = subprocess.run(
+            [tool, "security", "--offline=true", "--json=short", str(UNITS_DIR / unit)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         checks = {c["name"]: c for c in json.loads(done.stdout)}
         assert checks["User=/DynamicUser="]["set"] is True, unit
         assert checks["CapabilityBoundingSet=~CAP_SYS_ADMIN"]["set"] is True, unit

@@ -61,9 +61,12 @@ def test_tick_is_a_third_of_the_period_and_without_a_watchdog_one_second() -> No
 
 @pytest.mark.parametrize("backend", ["socket", "systemd"])
 def test_a_passing_check_feeds_the_watchdog_at_a_third_of_the_period(
-        notify_socket: NotifySocket, backend: str) -> None:
-    keeper = WatchdogKeeper(ServiceNotifier(backend=backend),  # type: ignore[arg-type]
-                            environ={"WATCHDOG_USEC": "600000"})
+    notify_socket: NotifySocket, backend: str
+) -> None:
+    keeper = WatchdogKeeper(
+        ServiceNotifier(backend=backend),  # type: ignore[arg-type]
+        environ={"WATCHDOG_USEC": "600000"},
+    )
     asyncio.run(_run_for(keeper, 1.2))
     beats = [m for m in notify_socket.pending() if m == "WATCHDOG=1"]
     # 1.2 s at one beat per 0.2 s: about 6; never fewer than one per half period.
@@ -72,10 +75,12 @@ def test_a_passing_check_feeds_the_watchdog_at_a_third_of_the_period(
 
 
 def test_a_failing_check_stops_the_feed_says_why_once_and_resumes(
-        notify_socket: NotifySocket) -> None:
+    notify_socket: NotifySocket,
+) -> None:
     state = {"why": None}
-    keeper = WatchdogKeeper(ServiceNotifier(backend="socket"), lambda: state["why"],
-                            environ={"WATCHDOG_USEC": "300000"})
+    keeper = WatchdogKeeper(
+        ServiceNotifier(backend="socket"), lambda: state["why"], environ={"WATCHDOG_USEC": "300000"}
+    )
     assert keeper.beat() is True
     state["why"] = "camera: no frame for 12 s"
     assert [keeper.beat() for _ in range(3)] == [False, False, False]
@@ -83,7 +88,10 @@ def test_a_failing_check_stops_the_feed_says_why_once_and_resumes(
     state["why"] = None
     assert keeper.beat() is True and keeper.failing is None
     assert notify_socket.pending() == [
-        "WATCHDOG=1", "STATUS=camera: no frame for 12 s; watchdog not fed", "WATCHDOG=1"]
+        "WATCHDOG=1",
+        "STATUS=camera: no frame for 12 s; watchdog not fed",
+        "WATCHDOG=1",
+    ]
 
 
 def test_a_check_that_raises_counts_as_failing(notify_socket: NotifySocket) -> None:
@@ -97,8 +105,7 @@ def test_a_check_that_raises_counts_as_failing(notify_socket: NotifySocket) -> N
 
 
 def test_a_blocked_event_loop_stops_the_feed(notify_socket: NotifySocket) -> None:
-    keeper = WatchdogKeeper(ServiceNotifier(backend="socket"),
-                            environ={"WATCHDOG_USEC": "300000"})
+    keeper = WatchdogKeeper(ServiceNotifier(backend="socket"), environ={"WATCHDOG_USEC": "300000"})
     received: list[tuple[float, str]] = []
 
     async def main() -> None:
@@ -123,7 +130,8 @@ def test_outside_systemd_it_runs_and_sends_nothing(monkeypatch: pytest.MonkeyPat
 
 
 def test_a_service_manager_that_does_not_read_never_blocks_the_sender(
-        notify_socket: NotifySocket) -> None:
+    notify_socket: NotifySocket,
+) -> None:
     """A unix datagram queue holds a few messages (net.unix.max_dgram_qlen); past that a
     blocking send would stall the event loop that feeds the watchdog."""
     notifier = ServiceNotifier(backend="socket")

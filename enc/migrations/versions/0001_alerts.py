@@ -45,8 +45,9 @@ def upgrade() -> None:
     op.create_index("ix_enc_alerts_status", "enc_alerts", ["status"])
     op.create_table(
         "enc_photos",
-        sa.Column("incident_id", sa.String(64), sa.ForeignKey("enc_alerts.incident_id"),
-                  primary_key=True),
+        sa.Column(
+            "incident_id", sa.String(64), sa.ForeignKey("enc_alerts.incident_id"), primary_key=True
+        ),
         sa.Column("jpeg", sa.LargeBinary, nullable=False),
     )
     op.create_table(

@@ -31,8 +31,9 @@ def upgrade() -> None:
     op.create_table(
         "enc_sessions",
         sa.Column("token_hash", sa.String(64), primary_key=True),
-        sa.Column("username", sa.String(64), sa.ForeignKey("enc_operators.username"),
-                  nullable=False),
+        sa.Column(
+            "username", sa.String(64), sa.ForeignKey("enc_operators.username"), nullable=False
+        ),
         sa.Column("csrf", sa.String(64), nullable=False),
         sa.Column("created_at", sa.BigInteger, nullable=False),
         sa.Column("last_seen", sa.BigInteger, nullable=False),

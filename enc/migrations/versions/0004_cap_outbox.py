@@ -32,9 +32,12 @@ def upgrade() -> None:
     op.create_table(
         "enc_cap_deliveries",
         sa.Column("id", _BigId, primary_key=True, autoincrement=True),
-        sa.Column("identifier", sa.String(128),
-                  sa.ForeignKey("enc_cap_messages.identifier", ondelete="CASCADE"),
-                  nullable=False),
+        sa.Column(
+            "identifier",
+            sa.String(128),
+            sa.ForeignKey("enc_cap_messages.identifier", ondelete="CASCADE"),
+            nullable=False,
+        ),
         sa.Column("recipient", sa.String(64), nullable=False),
         sa.Column("created_at", sa.BigInteger, nullable=False),
         sa.Column("attempts", sa.Integer, nullable=False),
@@ -42,8 +45,9 @@ def upgrade() -> None:
         sa.Column("delivered_at", sa.BigInteger, nullable=True),
         sa.Column("last_status", sa.Integer, nullable=True),
         sa.Column("last_error", sa.String(200), nullable=True),
-        sa.UniqueConstraint("identifier", "recipient",
-                            name="uq_enc_cap_deliveries_identifier_recipient"),
+        sa.UniqueConstraint(
+            "identifier", "recipient", name="uq_enc_cap_deliveries_identifier_recipient"
+        ),
     )
     op.create_index("ix_enc_cap_deliveries_identifier", "enc_cap_deliveries", ["identifier"])
     op.create_index("ix_enc_cap_deliveries_recipient", "enc_cap_deliveries", ["recipient"])

@@ -20,8 +20,12 @@ def upgrade() -> None:
     op.create_table(
         "enc_linked_reports",
         sa.Column("report_id", sa.String(64), primary_key=True),
-        sa.Column("incident_id", sa.String(64),
-                  sa.ForeignKey("enc_alerts.incident_id", ondelete="CASCADE"), nullable=False),
+        sa.Column(
+            "incident_id",
+            sa.String(64),
+            sa.ForeignKey("enc_alerts.incident_id", ondelete="CASCADE"),
+            nullable=False,
+        ),
         sa.Column("server_kid", sa.String(16), nullable=False),
         sa.Column("device_uid", sa.String(64), nullable=False),
         sa.Column("label", sa.String(32), nullable=False),

@@ -88,8 +88,12 @@ def upgrade() -> None:
     )
     op.create_table(
         "enc_outbox",
-        sa.Column("incident_id", sa.String(64),
-                  sa.ForeignKey("incidents.id", ondelete="CASCADE"), primary_key=True),
+        sa.Column(
+            "incident_id",
+            sa.String(64),
+            sa.ForeignKey("incidents.id", ondelete="CASCADE"),
+            primary_key=True,
+        ),
         sa.Column("state", sa.String(16), nullable=False),
         sa.Column("attempts", sa.Integer, nullable=False),
         sa.Column("next_attempt_at", sa.BigInteger, nullable=False),
@@ -105,6 +109,12 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_index("ix_enc_outbox_due", "enc_outbox")
-    for table in ("enc_outbox", "incidents", "zone_broadcasts", "monitoring_windows",
-                  "audit_log", "devices"):
+    for table in (
+        "enc_outbox",
+        "incidents",
+        "zone_broadcasts",
+        "monitoring_windows",
+        "audit_log",
+        "devices",
+    ):
         op.drop_table(table)

@@ -22,9 +22,18 @@ EPOCHS = 30
 LAT = "5213.7820,N"  # 52 deg 13.782 min = 52.2297 deg
 LON = "02100.7320,E"  # 21 deg 0.732 min = 21.0122 deg
 # (prn, elevation, azimuth, snr): a plausible GPS sky over Warsaw; the first 8 are used.
-SKY = [(2, 45, 120, 42), (5, 30, 300, 38), (7, 62, 210, 45), (13, 18, 45, 33),
-       (15, 55, 80, 44), (20, 25, 170, 36), (24, 40, 260, 40), (29, 70, 15, 46),
-       (10, 8, 330, 0), (18, 5, 95, 0)]
+SKY = [
+    (2, 45, 120, 42),
+    (5, 30, 300, 38),
+    (7, 62, 210, 45),
+    (13, 18, 45, 33),
+    (15, 55, 80, 44),
+    (20, 25, 170, 36),
+    (24, 40, 260, 40),
+    (29, 70, 15, 46),
+    (10, 8, 330, 0),
+    (18, 5, 95, 0),
+]
 
 
 def sentence(body: str) -> str:
@@ -34,12 +43,13 @@ def sentence(body: str) -> str:
 
 
 def gsv(sky: list[tuple[int, int, int, int]], *, snr: bool) -> list[str]:
-    pages = [sky[i:i + 4] for i in range(0, len(sky), 4)]
+    pages = [sky[i : i + 4] for i in range(0, len(sky), 4)]
     out = []
     for n, page in enumerate(pages, start=1):
         sats = ",".join(
             f"{prn:02d},{el:02d},{az:03d}," + (f"{s:02d}" if snr and s else "")
-            for prn, el, az, s in page)
+            for prn, el, az, s in page
+        )
         out.append(sentence(f"GPGSV,{len(pages)},{n},{len(sky):02d},{sats}"))
     return out
 
