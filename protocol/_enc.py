@@ -9,7 +9,7 @@ from ._crypto import Cipher
 from ._errors import RemoteProtocolError
 from ._events import AlertReceived, Event, LinkedReportReceived, MessageDropped
 from ._messages import MessageType, N1Alert, N2Receipt, N3LinkedReport
-from ._receive import open_message, seal
+from ._receive import Opened, open_message, seal
 from ._replay import ReplayCache
 from ._timing import Limits, Timing
 
@@ -18,9 +18,6 @@ __all__ = ["EncEndpoint"]
 
 class EncEndpoint:
     """Checks N1 alerts from the servers it knows (kid -> K_SENC) and makes N2s."""
-
-    _ACCEPTS = (MessageType.N1,)
-    _ACCEPTS_REPORTS = (MessageType.N3,)
 
     def __init__(
         self,
@@ -38,30 +35,12 @@ class EncEndpoint:
         self._replay = ReplayCache(ttl_ms=self.timing.replay_ttl_ms, capacity=replay_capacity)
 
     def receive(self, data: bytes, now: int) -> list[Event]:
-        try:
-            opened = open_message(
-                data,
-                role="ENC",
-                accepts=self._ACCEPTS,
-                limits=self.limits,
-                key_for=self._servers.get,
-            )
-        except RemoteProtocolError as exc:
-            return [MessageDropped(exc.reason, str(exc))]
+        """An N1 (``POST /v1/alerts``)."""
+        opened = self._open(data, now, MessageType.N1)
+        if isinstance(opened, MessageDropped):
+            return [opened]
         m, kid = opened.message, opened.envelope.kid
         assert isinstance(m, N1Alert)
-        if abs(m.ts - now) > self.timing.window_ms:
-            return [
-                MessageDropped(
-                    "timestamp", "N1 T_S is outside the acceptance window", kid, MessageType.N1
-                )
-            ]
-        if len(m.pf) > self.limits.max_photo:
-            return [MessageDropped("too_large", "N1 photo exceeds the limit", kid, MessageType.N1)]
-        fresh = self._replay.check_and_add(opened.hash, now)
-        if not fresh:
-            reason = "replay" if fresh is False else "replay_cache_full"
-            return [MessageDropped(reason, "N1 was seen before", kid, MessageType.N1)]
         return [
             AlertReceived(
                 server_kid=kid,
@@ -79,30 +58,11 @@ class EncEndpoint:
 
     def receive_report(self, data: bytes, now: int) -> list[Event]:
         """An N3 (``POST /v1/reports``): the same checks as an N1."""
-        try:
-            opened = open_message(
-                data,
-                role="ENC",
-                accepts=self._ACCEPTS_REPORTS,
-                limits=self.limits,
-                key_for=self._servers.get,
-            )
-        except RemoteProtocolError as exc:
-            return [MessageDropped(exc.reason, str(exc))]
+        opened = self._open(data, now, MessageType.N3)
+        if isinstance(opened, MessageDropped):
+            return [opened]
         m, kid = opened.message, opened.envelope.kid
         assert isinstance(m, N3LinkedReport)
-        if abs(m.ts - now) > self.timing.window_ms:
-            return [
-                MessageDropped(
-                    "timestamp", "N3 T_S is outside the acceptance window", kid, MessageType.N3
-                )
-            ]
-        if len(m.pf) > self.limits.max_photo:
-            return [MessageDropped("too_large", "N3 photo exceeds the limit", kid, MessageType.N3)]
-        fresh = self._replay.check_and_add(opened.hash, now)
-        if not fresh:
-            reason = "replay" if fresh is False else "replay_cache_full"
-            return [MessageDropped(reason, "N3 was seen before", kid, MessageType.N3)]
         return [
             LinkedReportReceived(
                 server_kid=kid,
@@ -118,6 +78,34 @@ class EncEndpoint:
                 n3_hash=opened.hash,
             )
         ]
+
+    def _open(self, data: bytes, now: int, mtype: MessageType) -> Opened | MessageDropped:
+        """Open an N1 or N3 from a known server and check it: fresh ``T_S``, photo within
+        the limit, not seen before; or say why it is dropped."""
+        name = mtype.name
+        try:
+            opened = open_message(
+                data,
+                role="ENC",
+                accepts=(mtype,),
+                limits=self.limits,
+                key_for=self._servers.get,
+            )
+        except RemoteProtocolError as exc:
+            return MessageDropped(exc.reason, str(exc))
+        m, kid = opened.message, opened.envelope.kid
+        assert isinstance(m, N1Alert | N3LinkedReport)
+        if abs(m.ts - now) > self.timing.window_ms:
+            return MessageDropped(
+                "timestamp", f"{name} T_S is outside the acceptance window", kid, mtype
+            )
+        if len(m.pf) > self.limits.max_photo:
+            return MessageDropped("too_large", f"{name} photo exceeds the limit", kid, mtype)
+        fresh = self._replay.check_and_add(opened.hash, now)
+        if not fresh:
+            reason = "replay" if fresh is False else "replay_cache_full"
+            return MessageDropped(reason, f"{name} was seen before", kid, mtype)
+        return opened
 
     def report_receipt(self, report: LinkedReportReceived, now: int) -> bytes:
         """N2 for a linked report the caller has stored durably (``inc`` = the report's
