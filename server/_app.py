@@ -28,7 +28,7 @@ from ._ingest import Ingest
 from ._link import DeviceLink, down_topic
 from ._logsafe import EscapeControlCharacters
 from ._metrics import ServerMetrics
-from ._mqtt import MqttLink, mqtt_tls_context
+from ._mqtt import MqttLink, broker_tls_context
 from ._notifier import EncOutbox
 from ._setup import open_store
 from ._store import IncidentInfo, now_ms
@@ -252,17 +252,7 @@ class TrustedServer:
             )
         from ._nats import NatsLink, NatsSettings
 
-        path = config.path
-        tls = (
-            None
-            if not b.tls
-            else mqtt_tls_context(
-                ca_file=str(path(b.ca_file)) if b.ca_file else None,
-                cert_file=str(path(b.cert_file)) if b.cert_file else None,
-                key_file=str(path(b.key_file)) if b.key_file else None,
-                insecure=b.tls_insecure,
-            )
-        )
+        tls = broker_tls_context(b, config.path)
         return NatsLink(
             NatsSettings(
                 servers=tuple(b.nats_servers),

@@ -18,7 +18,7 @@ import aiomqtt
 from ._config import BrokerConfig
 from ._link import Handler
 
-__all__ = ["MqttLink", "mqtt_tls_context"]
+__all__ = ["MqttLink", "broker_tls_context", "mqtt_tls_context"]
 
 log = logging.getLogger("citywatch.server")
 
@@ -32,6 +32,18 @@ def mqtt_tls_context(
     if insecure:
         ctx.check_hostname = False
     return ctx
+
+
+def broker_tls_context(b: BrokerConfig, path: Callable[[Path], Path]) -> ssl.SSLContext | None:
+    """The TLS context of ``[broker]`` (None without TLS); ``path`` resolves its files."""
+    if not b.tls:
+        return None
+    return mqtt_tls_context(
+        ca_file=str(path(b.ca_file)) if b.ca_file else None,
+        cert_file=str(path(b.cert_file)) if b.cert_file else None,
+        key_file=str(path(b.key_file)) if b.key_file else None,
+        insecure=b.tls_insecure,
+    )
 
 
 class MqttLink:
@@ -85,15 +97,7 @@ class MqttLink:
 
     def _client_for(self) -> aiomqtt.Client:
         b = self.broker
-        tls_context = None
-        if b.tls:
-            path = self._path
-            tls_context = mqtt_tls_context(
-                ca_file=str(path(b.ca_file)) if b.ca_file else None,
-                cert_file=str(path(b.cert_file)) if b.cert_file else None,
-                key_file=str(path(b.key_file)) if b.key_file else None,
-                insecure=b.tls_insecure,
-            )
+        tls_context = broker_tls_context(b, self._path)
         # Nagle + delayed ACKs cost ~40 ms per small reply (design.md): send at once.
         options = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)] if b.tcp_nodelay else []
         return aiomqtt.Client(
