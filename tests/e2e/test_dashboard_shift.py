@@ -71,15 +71,26 @@ def browser(playwright: object) -> Iterator[object]:
 
 
 # Headless Chromium lets any page play sound; a browser at a desk does not before a click
-# in the page. This makes the page's AudioContext behave like the desk browser's (its own
-# resume() needs the real user activation that a trusted click gives).
+# in the page. This makes the page's AudioContext behave like the desk browser's: it says
+# "suspended" from the start until its own resume() runs inside the real user activation
+# that a trusted click gives. The state is the wrapper's own, not the real context's: the
+# real one is suspended too (no sound), but headless Chromium may start it running after
+# the constructor's suspend(), and the page must not see that race.
 DESK_AUDIO_POLICY = """(() => {
   const Real = window.AudioContext;
   window.AudioContext = class extends Real {
+    #allowed = false;
     constructor(...a) { super(...a); super.suspend(); }
+    get state() {
+      const real = super.state;
+      return this.#allowed || real === "closed" ? real : "suspended";
+    }
     resume() {
-      return navigator.userActivation.isActive ? super.resume()
-        : Promise.reject(new DOMException("needs a click", "NotAllowedError"));
+      if (!navigator.userActivation.isActive) {
+        return Promise.reject(new DOMException("needs a click", "NotAllowedError"));
+      }
+      this.#allowed = true;
+      return super.resume();
     }
   };
 })();"""
