@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from ._api import alert_out
 from ._errors import NotFound
+from ._handling import label_words
 from ._live import sse_event
 from ._web import SESSION_COOKIE, WebContext
 
@@ -72,6 +73,18 @@ async def _stream(
             data = alert_out(a, ctx.ui).model_dump(mode="json")
             data["change"] = e.action
             data["actor"] = e.actor
+            if e.action == "report_linked":
+                # What the report itself is, for the page's "New report on alert" notice
+                # (the alert's own label stays the alert's).
+                lb = str(e.detail.get("label", ""))
+                data["report"] = {
+                    "id": e.detail.get("report"),
+                    "label": lb,
+                    "label_text": label_words(lb),
+                    "score": e.detail.get("score"),
+                    "device_uid": e.detail.get("device"),
+                    "own_alert": bool(e.detail.get("own_alert")),
+                }
             yield sse_event("alert", data, id=e.id)
         if not entries:
             yield b": keep-alive\n\n"

@@ -166,13 +166,18 @@
   }
   function announce(a) {
     if (page === "alert" && article && article.dataset.incident === a.incident_id) return;
-    toast(`New alert: ${a.label_text} (P${a.priority}) at ${a.device_uid}, ${Math.round(a.score * 100)}% \u2014 open it`,
-      { href: a.url, kind: `new prio-${a.priority}`, incident: a.incident_id });
+    const r = a.report;
+    // A report fused into an alert is not a new alert: it says which alert it joins.
+    const text = r
+      ? `New report on alert ${a.label_text} at ${a.device_uid}: ${r.label_text} at ${r.device_uid}, ${Math.round(r.score * 100)}% (P${a.priority}) \u2014 open it`
+      : `New alert: ${a.label_text} (P${a.priority}) at ${a.device_uid}, ${Math.round(a.score * 100)}% \u2014 open it`;
+    toast(text, { href: a.url, kind: `new prio-${a.priority}${r ? " linked" : ""}`, incident: a.incident_id });
   }
   function dropToasts() {
     // An alert someone took no longer calls for attention.
     if (!toasts) return;
-    for (const t of toasts.querySelectorAll(".toast.new[data-incident]")) {
+    // A linked report's notice stays: the alert may be taken, the report is still news.
+    for (const t of toasts.querySelectorAll(".toast.new:not(.linked)[data-incident]")) {
       const a = state.get(t.dataset.incident);
       if (a && a.status !== "new") t.remove();
     }
@@ -564,7 +569,8 @@
           const before = state.get(a.incident_id);
           state.set(a.incident_id, a);
           if (a.change === "received" && !before) { announce(a); cue("new"); }
-          else if (a.change === "report_linked") { announce(a); cue(a.escalated ? "escalated" : "new"); }
+          // A report that stands as an alert of its own is announced by that alert's "received".
+          else if (a.change === "report_linked" && !(a.report && a.report.own_alert)) { announce(a); cue(a.escalated ? "escalated" : "new"); }
           else if (a.change === "escalated") cue("escalated");
           refresh();
           onPageAlert(a);

@@ -235,6 +235,13 @@ def test_the_alert_page_shows_a_fused_fight_live(enc_proc: EncProcess) -> None:
                 timeout=WAIT_MS,
             )
             assert "Person down + Fight" in sue.text_content(f"{row} .what")
+            # Sue's notice names the report and the alert it joins, not a "new alert".
+            t = sue.wait_for_selector(f".toast.linked[data-incident='{inc}']", timeout=WAIT_MS)
+            assert (
+                "New report on alert Person down + Fight at pole-live: Fight at pole-77, 92% (P1)"
+                in t.text_content()
+            )
+            assert "New alert" not in t.text_content()
             shot(olga, "linked-report.png")
             assert errors == []
         finally:
