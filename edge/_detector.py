@@ -57,8 +57,9 @@ KEYPOINT_NAMES: tuple[str, ...] = (
     "right_ankle",
 )
 
-ROTATIONS = (0, 90, 270)
-"""Rotations (degrees clockwise) the model may also be run at, for people lying down."""
+ROTATIONS = (0, 45, 90, 270, 315)
+"""Rotations (degrees clockwise) the model may also be run at, for people lying down
+(90 and 270 for people lying across the picture, 45 and 315 for those lying aslant)."""
 
 BBox = tuple[float, float, float, float]
 """(x0, y0, x1, y1) as fractions of the frame's width and height."""
@@ -166,7 +167,8 @@ class PoseDetector:
             or len(set(rotations)) != len(rotations)
         ):
             raise ValueError(
-                f"rotations {list(rotations)} must include 0, each of 0, 90, 270 at most once"
+                f"rotations {list(rotations)} must include 0, each of "
+                f"{', '.join(map(str, ROTATIONS))} at most once"
             )
         if not 0.0 <= low_light <= 255.0:
             raise ValueError("low_light must be a mean grey level 0..255")
@@ -313,14 +315,23 @@ class PoseDetector:
             if rotation == 0:
                 result.append(upright)
                 continue
-            code = cv2.ROTATE_90_CLOCKWISE if rotation == 90 else cv2.ROTATE_90_COUNTERCLOCKWISE
-            turned = np.ascontiguousarray(cv2.rotate(region, code), dtype=np.uint8)
-            raw, box = self._run(turned, 0, 0)
-            th, tw = turned.shape[:2]
-            found = [
-                _unrotate(p, rotation, (rx0, ry0, rx1, ry1), frame_w, frame_h)
-                for p in self._to_poses(raw, box, tw, th)
-            ]
+            if rotation in (90, 270):
+                code = cv2.ROTATE_90_CLOCKWISE if rotation == 90 else cv2.ROTATE_90_COUNTERCLOCKWISE
+                turned = np.ascontiguousarray(cv2.rotate(region, code), dtype=np.uint8)
+                raw, box = self._run(turned, 0, 0)
+                th, tw = turned.shape[:2]
+                found = [
+                    _unrotate(p, rotation, (rx0, ry0, rx1, ry1), frame_w, frame_h)
+                    for p in self._to_poses(raw, box, tw, th)
+                ]
+            else:
+                turned, back = _turn(region, rotation)
+                raw, box = self._run(turned, 0, 0)
+                th, tw = turned.shape[:2]
+                found = [
+                    _untilt(p, back, (rx0, ry0), frame_w, frame_h)
+                    for p in self._to_poses(raw, box, tw, th)
+                ]
             result.append(tuple(sorted(found, key=lambda p: p.score, reverse=True)))
         return result
 
@@ -435,6 +446,63 @@ def _unrotate(
         pose.score,
         (frame_w, frame_h),
     )
+
+
+_BOX_KEYPOINT_SCORE = 0.2
+"""Keypoints at least this confident make the box of a person found in a turned picture."""
+
+
+def _turn(region: Frame, rotation: int) -> tuple[Frame, npt.NDArray[np.float64]]:
+    """``region`` turned by ``rotation`` degrees clockwise on a canvas large enough to
+    hold all of it (black corners), and the affine map from the turned picture's pixels
+    back to the region's."""
+    h, w = region.shape[:2]
+    rad = math.radians(rotation)
+    cos, sin = abs(math.cos(rad)), abs(math.sin(rad))
+    tw, th = math.ceil(w * cos + h * sin), math.ceil(w * sin + h * cos)
+    forward = cv2.getRotationMatrix2D((w / 2, h / 2), -rotation, 1.0)  # OpenCV: counter-cw
+    forward[0, 2] += tw / 2 - w / 2
+    forward[1, 2] += th / 2 - h / 2
+    turned = cv2.warpAffine(region, forward, (tw, th), flags=cv2.INTER_LINEAR)
+    back = np.asarray(cv2.invertAffineTransform(forward), dtype=np.float64)
+    return np.ascontiguousarray(turned, dtype=np.uint8), back
+
+
+def _untilt(
+    pose: Pose,
+    back: npt.NDArray[np.float64],
+    origin: tuple[int, int],
+    frame_w: int,
+    frame_h: int,
+) -> Pose:
+    """A pose found in a picture made by ``_turn``, in the unturned frame's fractions. Its
+    box is the one around its confident keypoints (a tenth of their extent added each
+    side) within the upright box around the turned box's corners: that hull alone would
+    make a person lying aslant look as wide as tall."""
+    tw, th = pose.frame_size
+    kp = pose.keypoints.copy()
+    px = np.column_stack([kp[:, 0] * tw, kp[:, 1] * th, np.ones(17)]) @ back.T
+    kp[:, 0] = np.clip((px[:, 0] + origin[0]) / frame_w, 0.0, 1.0)
+    kp[:, 1] = np.clip((px[:, 1] + origin[1]) / frame_h, 0.0, 1.0)
+    x0, y0, x1, y1 = pose.bbox
+    xs, ys = np.array([x0, x1, x0, x1]) * tw, np.array([y0, y0, y1, y1]) * th
+    corners = np.column_stack([xs, ys, np.ones(4)]) @ back.T
+    bx = np.clip((corners[:, 0] + origin[0]) / frame_w, 0.0, 1.0)
+    by = np.clip((corners[:, 1] + origin[1]) / frame_h, 0.0, 1.0)
+    hull = (float(bx.min()), float(by.min()), float(bx.max()), float(by.max()))
+    seen = kp[:, 2] >= _BOX_KEYPOINT_SCORE
+    if seen.sum() >= 3:
+        kx, ky = kp[seen, 0], kp[seen, 1]
+        mx, my = 0.1 * float(kx.max() - kx.min()), 0.1 * float(ky.max() - ky.min())
+        box = (
+            max(hull[0], float(kx.min()) - mx),
+            max(hull[1], float(ky.min()) - my),
+            min(hull[2], float(kx.max()) + mx),
+            min(hull[3], float(ky.max()) + my),
+        )
+        if box[2] > box[0] and box[3] > box[1]:
+            hull = box
+    return Pose(kp, hull, pose.score, (frame_w, frame_h))
 
 
 def _merge_rotations(passes: Sequence[Sequence[Pose]]) -> tuple[Pose, ...]:

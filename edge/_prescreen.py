@@ -137,7 +137,7 @@ class ModelConfig(_Strict):
     color_order: Literal["bgr", "rgb"] = Field(
         default="bgr", description="Channel order of the frames the camera delivers."
     )
-    rotations: tuple[Literal[0, 90, 270], ...] = Field(
+    rotations: tuple[Literal[0, 45, 90, 270, 315], ...] = Field(
         default=(0, 90, 270),
         description="Also run the model on the frame turned by these angles (degrees "
         "clockwise) and map the people found back: MoveNet, trained mostly on upright "

@@ -45,7 +45,7 @@ def test_unknown_keys_are_refused_with_file_and_key(tmp_path: Path) -> None:
         ('[[zones]]\nname = "frame"\npolygon = [[0, 0], [1, 0], [1, 1]]\n', "(top level)"),
         ("cooldown_seconds = -1\n", "cooldown_seconds"),
         ("[model]\nrotations = [90, 270]\n", "model"),
-        ("[model]\nrotations = [0, 45]\n", "model.rotations.1"),
+        ("[model]\nrotations = [0, 60]\n", "model.rotations.1"),
         ("[model]\nrotations = [0, 90, 90]\n", "model"),
         ("[model]\nlow_light = 300\n", "model.low_light"),
         ("[person_down]\nmin_torso_angle = true\n", "person_down.min_torso_angle"),

@@ -73,6 +73,39 @@ def test_the_pass_that_turns_a_lying_body_upright_sees_it_better_and_maps_back(
     assert len(merged) == 1 and merged[0].score == counter[0].score
 
 
+def test_the_aslant_pass_sees_a_body_lying_at_45_degrees_and_maps_it_back(
+    models: Path, shared_data: Path
+) -> None:
+    # A standing person turned by 45 degrees clockwise (on a canvas holding all of the
+    # picture) lies aslant: the 315 pass turns them upright again.
+    upright = image(shared_data, UPRIGHT)
+    h, w = upright.shape[:2]
+    side = int(np.hypot(w, h)) + 2
+    canvas = np.zeros((side, side, 3), np.uint8)
+    y0, x0 = (side - h) // 2, (side - w) // 2
+    canvas[y0 : y0 + h, x0 : x0 + w] = upright
+    turn = cv2.getRotationMatrix2D((side / 2, side / 2), -45, 1.0)
+    aslant = np.ascontiguousarray(cv2.warpAffine(canvas, turn, (side, side)), dtype=np.uint8)
+    detector = PoseDetector.from_file(models, rotations=(0, 45, 90, 270, 315))
+    straight, _, _, _, counter = detector.detect_passes(aslant)
+    assert detector.invocations == 5
+    assert counter and counter[0].score > (straight[0].score if straight else 0.0)
+    # Keypoints mapped back are where the original's go under the same turn.
+    (original,) = PoseDetector.from_file(models).detect(upright)[:1]
+    px = original.keypoints[:, :2] * (w, h) + (x0, y0)
+    expected = (np.column_stack([px, np.ones(17)]) @ turn.T) / side
+    good = (original.keypoints[:, 2] > 0.4) & (counter[0].keypoints[:, 2] > 0.4)
+    assert good.sum() >= 8
+    error = np.abs(counter[0].keypoints[good, :2] - expected[good]).max()
+    assert error < 0.04, f"mapped keypoints are {error:.3f} of the frame off"
+    # The box follows the body, not the turned picture's square hull around it.
+    x0b, y0b, x1b, y1b = counter[0].bbox
+    kx, ky = counter[0].keypoints[good, 0], counter[0].keypoints[good, 1]
+    assert x0b <= kx.min() and kx.max() <= x1b and y0b <= ky.min() and ky.max() <= y1b
+    reading = read_posture(counter[0], PostureRule())
+    assert reading is not None and 30 < reading.axis_angle < 60
+
+
 def test_a_dark_frame_is_equalised_and_the_turned_pass_finds_the_person_down(
     models: Path, shared_data: Path
 ) -> None:
