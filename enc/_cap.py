@@ -5,7 +5,8 @@ help it exports as an "Update", and a false alarm as a "Cancel", each referencin
 original message and every earlier update of it (``references``: sender,identifier,sent
 of each, space-separated, oldest first). The photo is a resource with its size and
 SHA-1 digest, its ``uri`` on this ENC with ``cap.public_url``, and the photo itself as
-``derefUri`` (base64) with ``cap.embed_photo``. Exporting the same state
+``derefUri`` (base64) with ``cap.embed_photo``. The Update for a linked report carries
+that report's photo first (the news), then the alert's own. Exporting the same state
 twice gives the same message: identifiers and times come from the store and the audit
 trail, never from the clock.
 """
@@ -24,7 +25,14 @@ from ._config import CapSection
 from ._handling import RESOLUTIONS
 from ._store import Alert, AlertStatus, AuditEntry
 
-__all__ = ["CAP_NAMESPACE", "cap_identifier", "cap_message", "cap_time", "is_cap_change"]
+__all__ = [
+    "CAP_NAMESPACE",
+    "cap_identifier",
+    "cap_message",
+    "cap_report",
+    "cap_time",
+    "is_cap_change",
+]
 
 CAP_NAMESPACE = "urn:oasis:names:tc:emergency:cap:1.2"
 _NS = "{" + CAP_NAMESPACE + "}"
@@ -43,6 +51,16 @@ def is_cap_change(e: AuditEntry) -> bool:
     return e.action in _STATUS_CHANGES or (
         e.action == "report_linked" and bool(e.detail.get("other_kind"))
     )
+
+
+def cap_report(trail: Sequence[AuditEntry]) -> str | None:
+    """The linked report whose photo the message for this trail carries: that of its
+    last CAP change, if that change is a linked report (None otherwise)."""
+    changes = [e for e in trail if is_cap_change(e)]
+    if changes and changes[-1].action == "report_linked":
+        rep = changes[-1].detail.get("report")
+        return str(rep) if rep else None
+    return None
 
 
 def cap_time(ms: int) -> str:
@@ -76,6 +94,21 @@ def _hemi(v: float, pos: str, neg: str) -> str:
     return f"{abs(v):.5f} {pos if v >= 0 else neg}"
 
 
+def _resource(
+    info: ET.Element, settings: CapSection, photo: bytes, *, desc: str, uri: str | None
+) -> None:
+    res = _sub(info, "resource")
+    _sub(res, "resourceDesc", desc)
+    _sub(res, "mimeType", "image/jpeg")
+    _sub(res, "size", str(len(photo)))
+    if uri:
+        _sub(res, "uri", uri)
+    if settings.embed_photo:
+        _sub(res, "derefUri", base64.b64encode(photo).decode("ascii"))
+    # CAP 1.2 names SHA-1 for the digest.
+    _sub(res, "digest", hashlib.sha1(photo, usedforsecurity=False).hexdigest())
+
+
 def cap_message(
     alert: Alert,
     trail: Sequence[AuditEntry],
@@ -83,10 +116,13 @@ def cap_message(
     *,
     photo: bytes | None = None,
     photo_uri: str | None = None,
+    report_photo: bytes | None = None,
+    report_photo_uri: str | None = None,
 ) -> bytes:
     """The CAP 1.2 XML (UTF-8, with declaration) for the alert's current state;
     ``photo_uri``: the photo resource's ``uri`` (default: the dashboard's, which needs
-    a login)."""
+    a login); ``report_photo`` and its ``report_photo_uri``: the photo of the linked
+    report ``cap_report(trail)`` names, for its Update."""
     changes = [e for e in trail if is_cap_change(e)]
     last = changes[-1] if changes else None
     original_id = cap_identifier(alert)
@@ -192,24 +228,33 @@ def cap_message(
         param = _sub(info, "parameter")
         _sub(param, "valueName", name)
         _sub(param, "value", value)
+    public = settings.public_url.rstrip("/")
+    inc_q = quote(alert.incident_id, safe="")
+    rep = cap_report(trail)
+    if report_photo is not None and rep is not None and last is not None:
+        _resource(
+            info,
+            settings,
+            report_photo,
+            desc=(
+                f"Photo of the fused report ({_label(str(last.detail.get('label', '')))}) "
+                f"from street-pole device {last.detail.get('device', '')}"
+            ),
+            uri=report_photo_uri
+            or (
+                f"{public}/alerts/{inc_q}/reports/{quote(rep, safe='')}/photo.jpg"
+                if public
+                else None
+            ),
+        )
     if photo is not None:
-        res = _sub(info, "resource")
-        _sub(res, "resourceDesc", "Photo from the street-pole camera")
-        _sub(res, "mimeType", "image/jpeg")
-        _sub(res, "size", str(len(photo)))
-        if photo_uri:
-            _sub(res, "uri", photo_uri)
-        elif settings.public_url:
-            _sub(
-                res,
-                "uri",
-                f"{settings.public_url.rstrip('/')}/alerts/"
-                f"{quote(alert.incident_id, safe='')}/photo.jpg",
-            )
-        if settings.embed_photo:
-            _sub(res, "derefUri", base64.b64encode(photo).decode("ascii"))
-        # CAP 1.2 names SHA-1 for the digest.
-        _sub(res, "digest", hashlib.sha1(photo, usedforsecurity=False).hexdigest())
+        _resource(
+            info,
+            settings,
+            photo,
+            desc="Photo from the street-pole camera",
+            uri=photo_uri or (f"{public}/alerts/{inc_q}/photo.jpg" if public else None),
+        )
     area = _sub(info, "area")
     radius_m = max(c.acc or 0.0, settings.min_radius_m)
     _sub(area, "areaDesc", f"Within {radius_m:.0f} m of street-pole device {alert.device_uid}")

@@ -49,9 +49,10 @@ import httpx
 from sqlalchemy import CursorResult, func, select, update
 from sqlalchemy.exc import IntegrityError
 
-from ._cap import CAP_NAMESPACE, cap_message, cap_time, is_cap_change
+from ._cap import CAP_NAMESPACE, cap_message, cap_report, cap_time, is_cap_change
 from ._config import CapRecipient, CapSection
 from ._errors import NotFound, StoreError
+from ._linked import linked_photo
 from ._schema import CapCursorRow, CapDeliveryRow, CapMessageRow, SettingRow
 from ._store import AlertStatus, AlertStore, AuditEntry
 
@@ -205,7 +206,26 @@ class CapOutbox:
         trail = [e for e in self.store.audit_trail(entry.incident_id) if e.id <= entry.id]
         then = dataclasses.replace(alert, status=_status_then(trail), status_at=entry.at)
         uri = self.photo_uri(alert.incident_id, at=entry.at) if photo is not None else None
-        xml = cap_message(then, trail, self.settings, photo=photo, photo_uri=uri)
+        # An Update for a linked report carries that report's photo (with its own token).
+        rep = cap_report(trail)
+        report_photo: bytes | None = None
+        try:
+            report_photo = linked_photo(self.store, alert.incident_id, rep) if rep else None
+        except NotFound:
+            rep = None  # a report that stands as its own alert has its own messages
+        xml = cap_message(
+            then,
+            trail,
+            self.settings,
+            photo=photo,
+            photo_uri=uri,
+            report_photo=report_photo,
+            report_photo_uri=(
+                self.photo_uri(alert.incident_id, at=entry.at, report_id=rep)
+                if report_photo is not None and rep
+                else None
+            ),
+        )
         root = ET.fromstring(xml)
         ns = {"cap": CAP_NAMESPACE}
         return CapMessage(
@@ -363,28 +383,34 @@ class CapOutbox:
             self._token_key = key
         return self._token_key
 
-    def photo_token(self, incident_id: str, *, expires_s: int) -> str:
-        mac = hmac.new(
-            self._key(), f"photo\n{incident_id}\n{expires_s}".encode(), hashlib.sha256
-        ).digest()
+    def photo_token(self, incident_id: str, *, expires_s: int, report_id: str | None = None) -> str:
+        """A token for the alert's photo, or for one of its linked reports' (ids are
+        printable, so the newlines keep the two kinds apart)."""
+        what = f"photo\n{incident_id}" + (f"\nreport\n{report_id}" if report_id else "")
+        mac = hmac.new(self._key(), f"{what}\n{expires_s}".encode(), hashlib.sha256).digest()
         return f"{expires_s}.{base64.urlsafe_b64encode(mac[:24]).decode()}"
 
-    def check_photo_token(self, incident_id: str, token: str, *, now: int) -> bool:
+    def check_photo_token(
+        self, incident_id: str, token: str, *, now: int, report_id: str | None = None
+    ) -> bool:
         expiry, _, _mac = token.partition(".")
         if not expiry.isdigit() or len(expiry) > 12:
             return False
-        good = hmac.compare_digest(self.photo_token(incident_id, expires_s=int(expiry)), token)
+        good = hmac.compare_digest(
+            self.photo_token(incident_id, expires_s=int(expiry), report_id=report_id), token
+        )
         return good and int(expiry) * 1000 > now
 
-    def photo_uri(self, incident_id: str, *, at: int) -> str | None:
+    def photo_uri(self, incident_id: str, *, at: int, report_id: str | None = None) -> str | None:
         base = self.settings.public_url.rstrip("/")
         if not base:
             return None
         expires = (at + int(self.settings.photo_token_hours * 3600_000)) // 1000
-        return (
-            f"{base}/cap/photo/{quote(incident_id, safe='')}.jpg"
-            f"?token={self.photo_token(incident_id, expires_s=expires)}"
-        )
+        path = f"{base}/cap/photo/{quote(incident_id, safe='')}"
+        if report_id:
+            path += f"/{quote(report_id, safe='')}"
+        token = self.photo_token(incident_id, expires_s=expires, report_id=report_id)
+        return f"{path}.jpg?token={token}"
 
 
 def _status_then(trail: list[AuditEntry]) -> AlertStatus:

@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from ._delivery import CAP_CONTENT_TYPE, CapOutbox, atom_feed
 from ._eido import eido_incident
 from ._errors import ConfigError, NotFound
+from ._linked import linked_photo
 from ._web import SESSION_COOKIE, WebContext, filename
 
 __all__ = ["outward_routes", "read_secret"]
@@ -118,6 +119,29 @@ def outward_routes(ctx: WebContext, outbox: CapOutbox) -> APIRouter:
             action="photo_viewed",
             incident_id=incident_id,
             detail={"view": "cap"},
+        )
+        ctx.feed.notify()
+        return Response(
+            jpeg, media_type="image/jpeg", headers={"Cache-Control": "no-store, private"}
+        )
+
+    @r.get("/cap/photo/{incident_id}/{report_id}.jpg", include_in_schema=False)
+    def report_photo(
+        incident_id: str, report_id: str, token: str = Query("", max_length=80)
+    ) -> Response:
+        # A linked report's photo, named in the CAP Update about it; as forbidding as above.
+        if not outbox.check_photo_token(incident_id, token, now=ctx.clock(), report_id=report_id):
+            return JSONResponse({"error": "forbidden"}, status_code=403)
+        try:
+            jpeg = linked_photo(ctx.store, incident_id, report_id)
+        except NotFound:
+            return JSONResponse({"error": "forbidden"}, status_code=403)
+        ctx.store.append_audit(
+            at=ctx.clock(),
+            actor="cap-recipient",
+            action="photo_viewed",
+            incident_id=incident_id,
+            detail={"view": "cap", "report": report_id},
         )
         ctx.feed.notify()
         return Response(

@@ -17,7 +17,7 @@ import anyio.to_thread
 from fastapi import APIRouter, Form, Request, Response
 from fastapi.responses import JSONResponse, RedirectResponse
 
-from ._cap import cap_message
+from ._cap import cap_message, cap_report
 from ._errors import ActionRefused, LoginRefused, LoginThrottled, NotFound
 from ._filters import AlertFilter
 from ._handling import Role, apply_action
@@ -317,8 +317,14 @@ def page_routes(ctx: WebContext) -> APIRouter:
         s = ctx.session(request, api=False)
         try:
             a = store.alert(incident_id)
+            trail = store.audit_trail(incident_id)
+            rep = cap_report(trail)
             xml = cap_message(
-                a, store.audit_trail(incident_id), ctx.config.cap, photo=store.photo(incident_id)
+                a,
+                trail,
+                ctx.config.cap,
+                photo=store.photo(incident_id),
+                report_photo=linked_photo(store, incident_id, rep) if rep else None,
             )
         except NotFound:
             return JSONResponse({"error": "not found"}, status_code=404)

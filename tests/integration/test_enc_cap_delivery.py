@@ -301,3 +301,75 @@ def test_atom_feed_and_eido_export(tmp_path: Path, receiver: Receiver) -> None:
     finally:
         e.stop()
     assert "Traceback" not in e.log.read_text()
+
+
+def test_the_update_for_a_linked_report_carries_that_reports_photo(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    import hashlib
+
+    from tests.integration.test_enc_endpoint import jpeg
+    from tests.integration.test_enc_linked_reports import HERE, send
+
+    schema = xmlschema.XMLSchema(str(SCHEMA_FILE))
+    receiver.refusing = False
+    e = _enc(tmp_path / "enc", receiver).start()
+    try:
+        inc, rep = new_id(), new_id()
+        alert_photo, report_photo = jpeg((160, 120)), jpeg((200, 100), quality=60)
+        assert alert_photo != report_photo
+        notifier = e.notifier()
+        n1 = make_n1(notifier, inc, label="person_down", score=0.9, photo=alert_photo)
+        assert e.post(n1).status_code == 200
+        n3 = notifier.linked_report(
+            incident_id=inc,
+            report_id=rep,
+            coords=HERE,
+            photo=report_photo,
+            score=0.92,
+            label="fight",
+            captured_at=int(time.time() * 1000) - 1000,
+            device_uid="pole-78",
+            now=int(time.time() * 1000),
+        )
+        assert send(e, n3).status_code == 200
+        _wait("the alert and its update", lambda: len(receiver.accepted) >= 2)
+        update = ET.fromstring(receiver.accepted[1])
+        schema.validate(receiver.accepted[1])
+        assert update.findtext("cap:msgType", namespaces=NS) == "Update"
+        res = update.findall("cap:info/cap:resource", NS)
+        # The news first: the fused report's photo, then the alert's own.
+        assert [r.findtext("cap:resourceDesc", namespaces=NS) for r in res] == [
+            "Photo of the fused report (Fight) from street-pole device pole-78",
+            "Photo from the street-pole camera",
+        ]
+        for r, photo in zip(res, (report_photo, alert_photo), strict=True):
+            assert r.findtext("cap:digest", namespaces=NS) == hashlib.sha1(photo).hexdigest()
+            assert r.findtext("cap:size", namespaces=NS) == str(len(photo))
+            got = httpx.get(str(r.findtext("cap:uri", namespaces=NS)), timeout=10)
+            assert got.status_code == 200 and got.content == photo
+        # A report's token opens that report's photo only.
+        u = urlsplit(str(res[0].findtext("cap:uri", namespaces=NS)))
+        for bad in (
+            f"{e.url}/cap/photo/{inc}.jpg?{u.query}",
+            f"{e.url}/cap/photo/{inc}/{new_id()}.jpg?{u.query}",
+            f"{e.url}{u.path}?{u.query[:-2]}xx",
+        ):
+            assert httpx.get(bad, timeout=10).status_code == 403, bad
+        sue = Operator(e.url)
+        sue.login("sue")
+        trail = sue.http.get(f"/api/alerts/{inc}").json()["audit"]
+        assert [t["detail"] for t in trail if t["action"] == "photo_viewed"] == [
+            {"view": "cap", "report": rep},
+            {"view": "cap"},
+        ]
+        # The export on the dashboard carries the same two photos.
+        xml = sue.http.get(f"/alerts/{inc}/cap.xml").content
+        digests = [
+            r.findtext("cap:digest", namespaces=NS)
+            for r in ET.fromstring(xml).findall("cap:info/cap:resource", NS)
+        ]
+        assert digests == [hashlib.sha1(p).hexdigest() for p in (report_photo, alert_photo)]
+    finally:
+        e.stop()
+    assert "Traceback" not in e.log.read_text()
