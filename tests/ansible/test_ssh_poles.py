@@ -24,6 +24,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.rootfs import copy_sources
+
 from .fleet import (
     ENC,
     PROJECT,
@@ -52,27 +54,7 @@ def build_wheelhouse(dest: Path, work: Path) -> None:
     """`pip wheel` of the project (the sources a release is made of) and every
     dependency of a pole (the [edge] extra, pinned by constraints.txt), as
     docs/operations.md says a release is built."""
-    src = work / "src"
-    shutil.copytree(
-        PROJECT,
-        src,
-        ignore=shutil.ignore_patterns(
-            ".git",
-            ".venv",
-            "tests",
-            "artifacts",
-            "bench",
-            "docs",
-            "ansible",
-            "var",
-            "build",
-            "dist",
-            "*.egg-info",
-            "__pycache__",
-            ".*_cache",
-            ".hypothesis",
-        ),
-    )
+    src = copy_sources(work / "src")
     done = subprocess.run(
         [
             sys.executable,

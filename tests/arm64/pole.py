@@ -30,6 +30,7 @@ from tests.support.rootfs import (
     build_root,
     cache_dir,
     chroot_argv,
+    copy_sources,
     foreign_support,
     missing_tools,
     run,
@@ -156,29 +157,7 @@ class Arm64Pole:
 
 def project_wheel(dest: Path, work: Path) -> Path:
     """The citywatch wheel from the sources as they are (pure Python: built here)."""
-    src = work / "src"
-    shutil.rmtree(src, ignore_errors=True)
-    shutil.copytree(
-        PROJECT,
-        src,
-        ignore=shutil.ignore_patterns(
-            ".git",
-            ".venv",
-            "tests",
-            "artifacts",
-            "bench",
-            "docs",
-            "ansible",
-            "var",
-            "build",
-            "dist",
-            "*.egg-info",
-            "__pycache__",
-            ".*_cache",
-            ".hypothesis",
-            "node_modules",
-        ),
-    )
+    src = copy_sources(work / "src")
     dest.mkdir(parents=True, exist_ok=True)
     run(
         [

@@ -36,6 +36,7 @@ __all__ = [
     "build_root",
     "cache_dir",
     "chroot_argv",
+    "copy_sources",
     "foreign_support",
     "host_arch",
     "missing_tools",
@@ -56,6 +57,37 @@ QEMU_CPU = {
 """Debian's architecture names and the CPU names of qemu's user-mode emulators."""
 BINFMT = Path("/proc/sys/fs/binfmt_misc")
 ROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+PROJECT = Path(__file__).resolve().parents[2]
+SOURCE_IGNORE = (
+    ".git",
+    ".venv",
+    "tests",
+    "artifacts",
+    "bench",
+    "docs",
+    "ansible",
+    "var",
+    "build",
+    "dist",
+    "*.egg-info",
+    "__pycache__",
+    ".*_cache",
+    ".hypothesis",
+    "node_modules",
+)
+"""What a release's wheel is not built from: checkouts, caches, tests, docs, playbooks,
+downloaded models and build output."""
+
+
+def copy_sources(dest: Path) -> Path:
+    """A copy of the project's sources at ``dest`` (replacing what was there), for
+    ``pip wheel``: building from the checkout itself would write build/ and *.egg-info
+    into it while other tests import from it."""
+    shutil.rmtree(dest, ignore_errors=True)
+    shutil.copytree(PROJECT, dest, ignore=shutil.ignore_patterns(*SOURCE_IGNORE))
+    return dest
 
 
 def cache_dir() -> Path:

@@ -30,6 +30,7 @@ from pathlib import Path
 import pytest
 
 from tests.ansible.poles import cache_dir
+from tests.support.rootfs import copy_sources
 from tests.support.world import jpeg
 from tests.systemd.container import Container, build_image, missing_tools
 
@@ -115,27 +116,7 @@ def build_wheelhouse(work: Path) -> Path:
         building.rename(deps_dir)
     house = work / "wheelhouse"
     shutil.copytree(deps_dir, house)
-    src = work / "src"
-    shutil.copytree(
-        PROJECT,
-        src,
-        ignore=shutil.ignore_patterns(
-            ".git",
-            ".venv",
-            "tests",
-            "artifacts",
-            "bench",
-            "docs",
-            "ansible",
-            "var",
-            "build",
-            "dist",
-            "*.egg-info",
-            "__pycache__",
-            ".*_cache",
-            ".hypothesis",
-        ),
-    )
+    src = copy_sources(work / "src")
     _pip_wheel(house, "--no-deps", str(src))
     return house
 
