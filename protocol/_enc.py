@@ -1,5 +1,5 @@
 """The ENC's side of the ENC notification phase: N1 (and N3, a report fused into an
-alert already sent) in, N2 out."""
+alert already sent, and N4, a pole's street address) in, N2 out."""
 
 from __future__ import annotations
 
@@ -7,8 +7,14 @@ from collections.abc import Callable, Mapping
 
 from ._crypto import Cipher
 from ._errors import RemoteProtocolError
-from ._events import AlertReceived, Event, LinkedReportReceived, MessageDropped
-from ._messages import MessageType, N1Alert, N2Receipt, N3LinkedReport
+from ._events import (
+    AlertReceived,
+    Event,
+    LinkedReportReceived,
+    MessageDropped,
+    PoleAddressReceived,
+)
+from ._messages import MessageType, N1Alert, N2Receipt, N3LinkedReport, N4PoleAddress
 from ._receive import Opened, open_message, seal
 from ._replay import ReplayCache
 from ._timing import Limits, Timing
@@ -79,9 +85,38 @@ class EncEndpoint:
             )
         ]
 
+    def receive_address(self, data: bytes, now: int) -> list[Event]:
+        """An N4 (``POST /v1/poles``): the same checks as an N1 (no photo)."""
+        opened = self._open(data, now, MessageType.N4)
+        if isinstance(opened, MessageDropped):
+            return [opened]
+        m, kid = opened.message, opened.envelope.kid
+        assert isinstance(m, N4PoleAddress)
+        return [
+            PoleAddressReceived(
+                server_kid=kid,
+                device_uid=m.dev,
+                address=m.adr,
+                version=m.ver,
+                ts=m.ts,
+                n4_hash=opened.hash,
+            )
+        ]
+
+    def address_receipt(self, entry: PoleAddressReceived, now: int) -> bytes:
+        """N2 for an address the caller has stored (``inc`` = the device's UID,
+        ``h`` = H(N4))."""
+        cipher = self._servers[entry.server_kid]
+        return seal(
+            N2Receipt(tenc=now, inc=entry.device_uid, h=entry.n4_hash),
+            cipher=cipher,
+            kid=entry.server_kid,
+            random=self._random,
+        )
+
     def _open(self, data: bytes, now: int, mtype: MessageType) -> Opened | MessageDropped:
-        """Open an N1 or N3 from a known server and check it: fresh ``T_S``, photo within
-        the limit, not seen before; or say why it is dropped."""
+        """Open an N1, N3 or N4 from a known server and check it: fresh ``T_S``, photo
+        within the limit, not seen before; or say why it is dropped."""
         name = mtype.name
         try:
             opened = open_message(
@@ -94,12 +129,12 @@ class EncEndpoint:
         except RemoteProtocolError as exc:
             return MessageDropped(exc.reason, str(exc))
         m, kid = opened.message, opened.envelope.kid
-        assert isinstance(m, N1Alert | N3LinkedReport)
+        assert isinstance(m, N1Alert | N3LinkedReport | N4PoleAddress)
         if abs(m.ts - now) > self.timing.window_ms:
             return MessageDropped(
                 "timestamp", f"{name} T_S is outside the acceptance window", kid, mtype
             )
-        if len(m.pf) > self.limits.max_photo:
+        if not isinstance(m, N4PoleAddress) and len(m.pf) > self.limits.max_photo:
             return MessageDropped("too_large", f"{name} photo exceeds the limit", kid, mtype)
         fresh = self._replay.check_and_add(opened.hash, now)
         if not fresh:

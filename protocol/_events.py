@@ -18,6 +18,8 @@ __all__ = [
     "Event",
     "IncidentReported",
     "MessageDropped",
+    "PoleAddressConfirmed",
+    "PoleAddressReceived",
     "ReportDelivered",
     "ReportRefused",
     "WindowAnnounced",
@@ -178,6 +180,16 @@ class AlertConfirmed(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class PoleAddressConfirmed(Event):
+    """The ENC's N2 matches an N4 we sent: it holds the device's address."""
+
+    device_uid: str
+    """The device whose address it holds."""
+    tenc: int
+    """T_ENC from the N2."""
+
+
+@dataclass(frozen=True, slots=True)
 class AlertTimedOut(Event):
     """No N2 within the timeout: send the alert again (a fresh N1) at ``retry_at``."""
 
@@ -219,6 +231,25 @@ class LinkedReportReceived(Event):
     """UID of the reporting device."""
     n3_hash: bytes
     """H(N3), for the N2."""
+
+
+@dataclass(frozen=True, slots=True)
+class PoleAddressReceived(Event):
+    """A valid N4: keep the address unless one of a higher ``version`` is kept already,
+    then call ``EncEndpoint.pole_receipt`` for the N2."""
+
+    server_kid: bytes
+    """kid of the sending server."""
+    device_uid: str
+    """The device (pole)."""
+    address: str
+    """Its street address ("": none registered)."""
+    version: int
+    """When the server's registry set it, ms (higher wins)."""
+    ts: int
+    """T_S of the N4."""
+    n4_hash: bytes
+    """H(N4), for the N2."""
 
 
 @dataclass(frozen=True, slots=True)

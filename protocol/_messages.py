@@ -1,4 +1,5 @@
-"""The nine message types of protocol.md section 3, as frozen dataclasses.
+"""The nine message types of protocol.md section 3, and the N3 and N4 extensions of
+docs/protocol.md, as frozen dataclasses.
 
 Each validates on construction, so a message object that exists is a valid one.
 ``to_plaintext`` gives the deterministic CBOR plaintext; ``decode_plaintext`` parses a
@@ -19,6 +20,7 @@ from ._errors import InvalidPlaintext
 
 __all__ = [
     "DEFAULT_MAX_PHOTO",
+    "MAX_ADDRESS",
     "MAX_CODE",
     "MAX_EPOCH",
     "MAX_TIME_MS",
@@ -37,6 +39,7 @@ __all__ = [
     "N1Alert",
     "N2Receipt",
     "N3LinkedReport",
+    "N4PoleAddress",
     "decode_plaintext",
     "epoch_hash",
 ]
@@ -47,6 +50,8 @@ MAX_TIME_MS = 253_402_300_799_999
 so every time converts to a calendar date and fits a signed 64-bit database column."""
 MAX_EPOCH = 2**63 - 1
 """The largest broadcast epoch (a signed 64-bit database column)."""
+MAX_ADDRESS = 200
+"""The longest street address an N4 carries, characters."""
 MAX_CODE = 255
 """The largest message type or error code an error message may name."""
 
@@ -63,6 +68,8 @@ class MessageType(enum.IntEnum):
     ERROR = 9
     N3 = 10
     """A report fused into an alert already sent (docs/protocol.md, Server <-> ENC)."""
+    N4 = 11
+    """A pole's street address from the server's registry (docs/protocol.md, Server <-> ENC)."""
 
 
 class ErrorCode(enum.IntEnum):
@@ -397,6 +404,32 @@ class N3LinkedReport(Message):
 
 
 @dataclass(frozen=True, slots=True)
+class N4PoleAddress(Message):
+    """S -> ENC: the street address registered for a device (a pole), so the ENC can say
+    where an alert is in words. Answered with an N2 whose ``inc`` is ``dev`` and whose
+    ``h`` is H(N4)."""
+
+    TYPE: ClassVar[MessageType] = MessageType.N4
+    ts: int
+    """T_S, fresh for every attempt."""
+    dev: str
+    """UID of the device, as N1's ``dev``."""
+    adr: str
+    """Its street address; "" when it has none (any earlier one is withdrawn)."""
+    ver: int
+    """When the address was set in the server's registry, ms: the ENC keeps the entry
+    with the highest ``ver`` for a device (late or repeated N4s change nothing)."""
+
+    def __post_init__(self) -> None:
+        _time("ts", self.ts)
+        _text("dev", self.dev, 1, 64)
+        _text("adr", self.adr, 0, MAX_ADDRESS)
+        if self.adr != self.adr.strip():
+            raise _bad("adr must not start or end with white space")
+        _time("ver", self.ver)
+
+
+@dataclass(frozen=True, slots=True)
 class N2Receipt(Message):
     """ENC -> S: the alert is stored at the ENC."""
 
@@ -448,6 +481,7 @@ MESSAGE_CLASSES: dict[int, type[Message]] = {
         N2Receipt,
         ErrorMessage,
         N3LinkedReport,
+        N4PoleAddress,
     )
 }
 

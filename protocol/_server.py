@@ -21,6 +21,7 @@ from ._events import (
     Event,
     IncidentReported,
     MessageDropped,
+    PoleAddressConfirmed,
 )
 from ._messages import (
     MAX_TIME_MS,
@@ -37,6 +38,7 @@ from ._messages import (
     N1Alert,
     N2Receipt,
     N3LinkedReport,
+    N4PoleAddress,
     epoch_hash,
 )
 from ._receive import Opened, open_message, seal
@@ -393,6 +395,7 @@ class EncNotifier:
         self.timing = timing or Timing()
         self.limits = limits or Limits()
         self._pending: dict[str, _PendingAlert] = {}
+        self._pending_addresses: dict[str, _PendingAlert] = {}
 
     def alert(
         self,
@@ -466,6 +469,31 @@ class EncNotifier:
         self._track(report_id, data, now)
         return data
 
+    def pole_address(self, *, device_uid: str, address: str, version: int, now: int) -> bytes:
+        """A fresh N4: the street address of ``device_uid`` ("" for none) as set in the
+        registry at ``version`` (ms). Waits for its N2 (``inc`` = ``device_uid``); an
+        ENC that answers 404 to ``POST /v1/poles`` does not know N4: ``forget_address``
+        and send it no more."""
+        data = seal(
+            N4PoleAddress(ts=now, dev=device_uid, adr=address, ver=version),
+            cipher=self._cipher,
+            kid=self.kid,
+            random=self._random,
+        )
+        # Kept apart from the alerts' waits: a UID may equal an incident id; the hash
+        # decides which an N2 answers.
+        p = self._pending_addresses.get(device_uid)
+        if p is None:
+            p = self._pending_addresses[device_uid] = _PendingAlert([], 0, 0)
+        p.hashes = [*p.hashes[-(self._KEEP_HASHES - 1) :], hashlib.sha256(data).digest()]
+        p.deadline = now + self.timing.n2_timeout_ms
+        p.attempts += 1
+        return data
+
+    def forget_address(self, device_uid: str) -> None:
+        """Stop waiting for an N2 for this device's N4."""
+        self._pending_addresses.pop(device_uid, None)
+
     def forget(self, incident_id: str) -> None:
         """Stop waiting for an N2 for this id (an N3 the ENC does not know)."""
         self._pending.pop(incident_id, None)
@@ -494,6 +522,19 @@ class EncNotifier:
         assert isinstance(m, N2Receipt)
         p = self._pending.get(m.inc)
         if p is None or m.h not in p.hashes:
+            a = self._pending_addresses.get(m.inc)
+            if a is not None and m.h in a.hashes:
+                if abs(m.tenc - now) > self.timing.window_ms:
+                    return [
+                        MessageDropped(
+                            "timestamp",
+                            "N2 T_ENC is outside the acceptance window",
+                            self.kid,
+                            MessageType.N2,
+                        )
+                    ]
+                del self._pending_addresses[m.inc]
+                return [PoleAddressConfirmed(m.inc, m.tenc)]
             return [
                 MessageDropped(
                     "mismatch", "N2 does not acknowledge an N1 in flight", self.kid, MessageType.N2
