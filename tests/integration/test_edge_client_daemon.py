@@ -5,11 +5,8 @@ the incident arrives once and leaves the outbox."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,16 +18,9 @@ from edge._outbox import OUTBOX_FILE, Outbox
 from edge._state import STATUS_FILE, read_status, wall_ms
 from hardware import Pkcs11KeyStore, SoftHsmToken
 from tests.integration.test_edge_client import PREFIX, MqttServer, read_presence, until
+from tests.support.pole import provision, start_daemon, write_bundle
 from tests.support.services import Broker
 from tests.support.world import Directory, add_still_camera, jpeg
-from tests.unit.test_edge_config_cli import cli
-
-REPO = Path(__file__).resolve().parents[2]
-_RUN = (
-    "import sys, argparse; from edge._cli_daemon import register_daemon_commands; "
-    "p = argparse.ArgumentParser(); register_daemon_commands(p.add_subparsers()); "
-    "a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a))"
-)
 
 
 class WithholdingServer(MqttServer):
@@ -51,42 +41,16 @@ def test_sigkill_between_storing_and_c4_then_restart(
 ) -> None:
     token = softhsm_tokens["citywatch-device"]
     kid, key = os.urandom(8), os.urandom(32)
-    bundle = tmp_path / "bundle.json"
-    bundle.write_text(
-        json.dumps(
-            {
-                "uid": "pole-7",
-                "kid_hex": kid.hex(),
-                "alg": "A256GCM",
-                "key_hex": key.hex(),
-                "zone": "z",
-                "lat": 50.0,
-                "lon": 19.9,
-                "server": {"host": broker.host, "port": broker.port, "topic_prefix": PREFIX},
-            }
-        )
+    bundle = write_bundle(
+        tmp_path / "bundle.json",
+        uid="pole-7",
+        kid=kid,
+        key=key,
+        host=broker.host,
+        port=broker.port,
+        prefix=PREFIX,
     )
-    (tmp_path / "pin").write_text(token.pin)
-    config = tmp_path / "edge.toml"
-    assert (
-        cli(
-            "provision",
-            "--bundle",
-            str(bundle),
-            "--config-out",
-            str(config),
-            "--module",
-            token.module,
-            "--token-label",
-            token.label,
-            "--pin-file",
-            str(tmp_path / "pin"),
-            "--state-dir",
-            str(tmp_path / "state"),
-            "--delete-bundle",
-        )
-        == 0
-    )
+    config = provision(tmp_path, token, bundle)
     with config.open("a") as f:  # short protocol timeouts, a fast heartbeat
         f.write(
             "\n[protocol]\nc2_timeout_s = 2.0\nc4_timeout_s = 2.0\nbackoff_base_s = 0.2\n"
@@ -113,19 +77,10 @@ def test_sigkill_between_storing_and_c4_then_restart(
     server = WithholdingServer(broker.host, broker.port, directory)
     log = tmp_path / "daemon.log"
 
-    def start_daemon() -> subprocess.Popen[bytes]:
-        with log.open("ab") as out:
-            return subprocess.Popen(
-                [sys.executable, "-c", _RUN, "run", "--config", str(config)],
-                cwd=REPO,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-
     async def scenario() -> None:
         stop = asyncio.Event()
         task = asyncio.create_task(server.run(stop))
-        daemon = start_daemon()
+        daemon = start_daemon(config, log)
         try:
             await until("the test server connects", lambda: server.connected)
             await until(
@@ -138,7 +93,7 @@ def test_sigkill_between_storing_and_c4_then_restart(
             with Outbox(cfg.state_dir / OUTBOX_FILE, cipher=p.AesGcmCipher(key)) as ob:
                 assert ob.cids() == [cid]  # no C4: still stored
             server.withhold_c4 = False
-            daemon = start_daemon()
+            daemon = start_daemon(config, log)
             await until(
                 "the restarted daemon empties the outbox",
                 lambda: read_status(cfg.state_dir / STATUS_FILE).last_delivered is not None,
@@ -172,49 +127,18 @@ def test_last_will_says_offline_when_the_daemon_dies(
 ) -> None:
     token = softhsm_tokens["citywatch-device"]
     kid, key = os.urandom(8), os.urandom(32)
-    bundle = tmp_path / "bundle.json"
-    bundle.write_text(
-        json.dumps(
-            {
-                "uid": "pole-8",
-                "kid_hex": kid.hex(),
-                "alg": "A256GCM",
-                "key_hex": key.hex(),
-                "zone": "z",
-                "lat": 50.0,
-                "lon": 19.9,
-                "server": {"host": broker.host, "port": broker.port},
-            }
-        )
+    bundle = write_bundle(
+        tmp_path / "bundle.json",
+        uid="pole-8",
+        kid=kid,
+        key=key,
+        host=broker.host,
+        port=broker.port,
+        prefix=None,
     )
-    (tmp_path / "pin").write_text(token.pin)
-    config = tmp_path / "edge.toml"
-    assert (
-        cli(
-            "provision",
-            "--bundle",
-            str(bundle),
-            "--config-out",
-            str(config),
-            "--module",
-            token.module,
-            "--token-label",
-            token.label,
-            "--pin-file",
-            str(tmp_path / "pin"),
-            "--state-dir",
-            str(tmp_path / "state"),
-        )
-        == 0
-    )
+    config = provision(tmp_path, token, bundle, delete_bundle=False)
     add_still_camera(config)
-    with (tmp_path / "daemon.log").open("wb") as out:
-        daemon = subprocess.Popen(
-            [sys.executable, "-c", _RUN, "run", "--config", str(config)],
-            cwd=REPO,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    daemon = start_daemon(config, tmp_path / "daemon.log")
     try:
         deadline = time.monotonic() + 60
         while read_presence(broker, kid) != b"online":

@@ -20,10 +20,9 @@ from edge._config import load_config
 from edge._outbox import OUTBOX_FILE, Outbox
 from edge._state import STATUS_FILE, read_status
 from hardware import Pkcs11KeyStore, SoftHsmToken
-from tests.integration.test_edge_client_daemon import _RUN
+from tests.support.pole import provision, start_daemon
 from tests.support.services import Broker, free_port
 from tests.support.world import add_still_camera
-from tests.unit.test_edge_config_cli import cli
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -89,27 +88,7 @@ def test_delivered_to_the_real_server(
         "server", "window", "open", "--config", str(server_toml), "--zone", "e2e", "--until", until
     )
 
-    (tmp_path / "pin").write_text(token.pin)
-    config = tmp_path / "edge.toml"
-    assert (
-        cli(
-            "provision",
-            "--bundle",
-            str(bundle),
-            "--config-out",
-            str(config),
-            "--module",
-            token.module,
-            "--token-label",
-            token.label,
-            "--pin-file",
-            str(tmp_path / "pin"),
-            "--state-dir",
-            str(tmp_path / "state"),
-            "--delete-bundle",
-        )
-        == 0
-    )
+    config = provision(tmp_path, token, bundle)
     with config.open("a") as f:
         f.write("\n[status]\ninterval_s = 0.5\n")
     add_still_camera(config)
@@ -135,12 +114,7 @@ def test_delivered_to_the_real_server(
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-        daemon = subprocess.Popen(
-            [sys.executable, "-c", _RUN, "run", "--config", str(config)],
-            cwd=REPO,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    daemon = start_daemon(config, logs)
     try:
         status = cfg.state_dir / STATUS_FILE
         wait(

@@ -8,8 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,10 +21,9 @@ from edge._privacy import MaskPolygon, PrivacyMask
 from edge._state import STATUS_FILE, read_status
 from hardware import SoftHsmToken
 from tests.integration.test_edge_client import PREFIX, MqttServer, until
-from tests.integration.test_edge_client_daemon import _RUN
+from tests.support.pole import provision, start_daemon, write_bundle
 from tests.support.services import Broker
 from tests.support.world import Directory
-from tests.unit.test_edge_config_cli import cli
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
@@ -39,42 +36,16 @@ def _pole(
     tmp_path: Path, broker: Broker, token: SoftHsmToken, mask: list[tuple[float, float]], uid: str
 ) -> tuple[Path, bytes, bytes]:
     kid, key = os.urandom(8), os.urandom(32)
-    bundle = tmp_path / "bundle.json"
-    bundle.write_text(
-        json.dumps(
-            {
-                "uid": uid,
-                "kid_hex": kid.hex(),
-                "alg": "A256GCM",
-                "key_hex": key.hex(),
-                "zone": "z",
-                "lat": 50.0,
-                "lon": 19.9,
-                "server": {"host": broker.host, "port": broker.port, "topic_prefix": PREFIX},
-            }
-        )
+    bundle = write_bundle(
+        tmp_path / "bundle.json",
+        uid=uid,
+        kid=kid,
+        key=key,
+        host=broker.host,
+        port=broker.port,
+        prefix=PREFIX,
     )
-    (tmp_path / "pin").write_text(token.pin)
-    config = tmp_path / "edge.toml"
-    assert (
-        cli(
-            "provision",
-            "--bundle",
-            str(bundle),
-            "--config-out",
-            str(config),
-            "--module",
-            token.module,
-            "--token-label",
-            token.label,
-            "--pin-file",
-            str(tmp_path / "pin"),
-            "--state-dir",
-            str(tmp_path / "state"),
-            "--delete-bundle",
-        )
-        == 0
-    )
+    config = provision(tmp_path, token, bundle)
     footage = find_footage()
     points = json.dumps([list(pt) for pt in mask])
     with config.open("a") as f:
@@ -100,13 +71,7 @@ def _run(
     async def scenario() -> None:
         stop = asyncio.Event()
         task = asyncio.create_task(server.run(stop))
-        with log.open("ab") as out:
-            daemon = subprocess.Popen(
-                [sys.executable, "-c", _RUN, "run", "--config", str(config)],
-                cwd=REPO,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
+        daemon = start_daemon(config, log)
         try:
             await until("the test server connects", lambda: server.connected)
             await asyncio.sleep(2)  # the daemon subscribes
