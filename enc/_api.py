@@ -56,6 +56,9 @@ class AlertOut(_Out):
     escalated: bool = Field(description="escalated in its present state")
     received_text: str = Field(description="received time in the ENC's time zone")
     zone: str = Field(description='the zone of the district it is in (dashboard.zones), or ""')
+    address: str | None = Field(
+        description="the street address of its pole from the server's registry, or null"
+    )
 
 
 class AuditOut(_Out):
@@ -147,6 +150,7 @@ def alert_out(a: Alert, ui: Presentation) -> AlertOut:
         escalated=ui.escalated(a),
         received_text=ui.time(a.received_at),
         zone=ui.area(a),
+        address=a.address,
     )
 
 

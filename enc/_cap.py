@@ -203,12 +203,17 @@ def cap_message(
     _sub(
         info,
         "headline",
-        f"{_label(alert.label)} at {_hemi(c.lat, 'N', 'S')} {_hemi(c.lon, 'E', 'W')}"[:160],
+        (
+            f"{_label(alert.label)} at {alert.address}"
+            if alert.address
+            else f"{_label(alert.label)} at {_hemi(c.lat, 'N', 'S')} {_hemi(c.lon, 'E', 'W')}"
+        )[:160],
     )
     desc = (
         f"{_label(alert.label)} detected by street-pole device {alert.device_uid} "
         f"(confidence {alert.score:.0%}), captured {cap_time(alert.captured_at)}, "
-        f"position {c.lat:.6f},{c.lon:.6f}"
+        + (f"at {alert.address}, " if alert.address else "")
+        + f"position {c.lat:.6f},{c.lon:.6f}"
         + (f" +/- {c.acc:.0f} m" if c.acc is not None else "")
         + f" ({'GNSS fix' if c.src == 'gps' else 'registered pole position'})."
     )
@@ -257,7 +262,14 @@ def cap_message(
         )
     area = _sub(info, "area")
     radius_m = max(c.acc or 0.0, settings.min_radius_m)
-    _sub(area, "areaDesc", f"Within {radius_m:.0f} m of street-pole device {alert.device_uid}")
+    # The street address when the server's registry sent one (an N4), else the pole alone.
+    _sub(
+        area,
+        "areaDesc",
+        f"{alert.address} (within {radius_m:.0f} m of street-pole device {alert.device_uid})"
+        if alert.address
+        else f"Within {radius_m:.0f} m of street-pole device {alert.device_uid}",
+    )
     _sub(area, "circle", f"{c.lat:.6f},{c.lon:.6f} {radius_m / 1000:.3f}")
 
     ET.register_namespace("", CAP_NAMESPACE)

@@ -85,6 +85,9 @@ def eido_incident(
             if c.src == "gps"
             else "registered position of the street-pole device"
         ),
+        # The pole's street address as its registry holds it: free text, not a parsed
+        # civic address (docs/enc.md, "EIDO").
+        **({"civicAddressText": alert.address} if alert.address else {}),
     }
     notes = []
     for n, e in enumerate(worked):

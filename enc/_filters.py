@@ -118,7 +118,14 @@ class AlertFilter:
             return False
         if self.text:
             hay = " ".join(
-                (alert.incident_id, alert.device_uid, alert.label, label_text, alert.taken_by or "")
+                (
+                    alert.incident_id,
+                    alert.device_uid,
+                    alert.label,
+                    label_text,
+                    alert.taken_by or "",
+                    alert.address or "",
+                )
             ).lower()
             if not all(word in hay for word in self.text.lower().split()):
                 return False

@@ -1,4 +1,5 @@
-"""``POST /v1/alerts``: N1 in, N2 out (protocol.md section 5).
+"""``POST /v1/alerts``: N1 in, N2 out (protocol.md section 5); ``POST /v1/reports`` (N3)
+and ``POST /v1/poles`` (N4), the extensions of docs/protocol.md, likewise.
 
 The body is read with a limit before anything else happens; the protocol core
 (``protocol.EncEndpoint``, with its replay cache) checks the message; a valid alert is
@@ -18,6 +19,7 @@ import protocol as p
 
 from ._errors import StoreError
 from ._linked import record_linked_report
+from ._poles import record_pole_address
 from ._store import AlertStore
 
 __all__ = ["COSE_CONTENT_TYPE", "AlertReceiver"]
@@ -118,6 +120,45 @@ class AlertReceiver:
         self.router.add_api_route(
             "/v1/reports", self.post_report, methods=["POST"], include_in_schema=False
         )
+        self.router.add_api_route(
+            "/v1/poles", self.post_address, methods=["POST"], include_in_schema=False
+        )
+
+    async def post_address(self, request: Request) -> Response:
+        """N4 in, N2 out (docs/protocol.md, "N4, a pole's street address")."""
+        peer = request.client.host if request.client else "?"
+        if not _is_cose_encrypt0(request.headers.get("content-type")):
+            return _refuse(415)
+        try:
+            # An N4 is a small message: the envelope check refuses more than 1 KiB.
+            body = await _read_limited(request, self.max_body)
+        except _TooLarge:
+            return _refuse(413)
+        except _BadLength:
+            return _refuse(400)
+        now = self._clock()
+        events = self.endpoint.receive_address(body, now)
+        entry = next((e for e in events if isinstance(e, p.PoleAddressReceived)), None)
+        if entry is None:
+            dropped = next((e for e in events if isinstance(e, p.MessageDropped)), None)
+            reason = dropped.reason if dropped else "unknown"
+            log.info("N4 refused from %s: %s (%s)", peer, reason, dropped.detail if dropped else "")
+            return _refuse(_STATUS.get(reason, 400))
+        try:
+            changed = await anyio.to_thread.run_sync(
+                lambda: record_pole_address(self.store, entry, received_at=now)
+            )
+        except StoreError as exc:
+            log.error("address of device %s not stored: %s", entry.device_uid, exc)
+            return _refuse(503)
+        log.info(
+            "address of device %s from server %s: %s",
+            entry.device_uid,
+            entry.server_kid.hex(),
+            "stored" if changed else "not newer than the one kept",
+        )
+        n2 = self.endpoint.address_receipt(entry, self._clock())
+        return Response(n2, status_code=200, media_type=COSE_CONTENT_TYPE)
 
     async def post_report(self, request: Request) -> Response:
         """N3 in, N2 out (docs/protocol.md, "N3, a linked report")."""

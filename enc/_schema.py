@@ -31,6 +31,7 @@ __all__ = [
     "LinkedReportRow",
     "OperatorRow",
     "PhotoRow",
+    "PoleAddressRow",
     "SessionRow",
     "SettingRow",
 ]
@@ -204,3 +205,18 @@ class LinkedReportRow(Base):
     photo_sealed: Mapped[bytes] = mapped_column(LargeBinary)
     photo_size: Mapped[int] = mapped_column(Integer)
     photo_sha256: Mapped[str] = mapped_column(String(64))
+
+
+class PoleAddressRow(Base):
+    """A pole's street address as the server's registry sent it (an N4): shown with the
+    alerts of that device. The highest ``version`` is kept."""
+
+    __tablename__ = "enc_pole_addresses"
+
+    device_uid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    address: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    """None: the server removed it (an N4 with ``adr`` "")."""
+    version: Mapped[int] = mapped_column(BigInteger)
+    """The N4's ``ver``: when the server's registry set it, ms."""
+    server_kid: Mapped[str] = mapped_column(String(16))
+    received_at: Mapped[int] = mapped_column(BigInteger)

@@ -24,7 +24,7 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, delete, func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, object_session, sessionmaker
 
 import protocol as p
 from hardware._wrapped import RecordSealer, SealedRecordError
@@ -39,6 +39,7 @@ from ._schema import (
     CapMessageRow,
     LinkedReportRow,
     PhotoRow,
+    PoleAddressRow,
 )
 
 __all__ = ["Alert", "AlertStatus", "AlertStore", "AuditEntry", "PurgeReport", "migrate"]
@@ -111,6 +112,9 @@ class Alert:
     """When it was escalated for lack of an operator taking it (None: not escalated)."""
     linked_labels: tuple[tuple[str, float], ...] = ()
     """(label, score) of each linked report of another kind (``enc._linked``)."""
+    address: str | None = None
+    """The street address of its device, as the server's registry sent it (an N4,
+    ``enc._poles``), or None."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -129,6 +133,7 @@ class Alert:
             "status_at": self.status_at,
             "taken_by": self.taken_by,
             "escalated_at": self.escalated_at,
+            "address": self.address,
         }
 
 
@@ -184,7 +189,7 @@ def _aad(incident_id: str, column: str) -> bytes:
     return f"citywatch enc alert {incident_id} {column}".encode()
 
 
-def _alert(r: AlertRow, coords: p.Coords) -> Alert:
+def _alert(r: AlertRow, coords: p.Coords, address: str | None = None) -> Alert:
     return Alert(
         incident_id=r.incident_id,
         server_kid=r.server_kid,
@@ -202,6 +207,7 @@ def _alert(r: AlertRow, coords: p.Coords) -> Alert:
         taken_by=r.taken_by,
         escalated_at=r.escalated_at,
         linked_labels=tuple((str(lb), float(sc)) for lb, sc in json.loads(r.linked_labels or "[]")),
+        address=address,
     )
 
 
@@ -384,7 +390,15 @@ class AlertStore:
         if labels:
             q = q.where(AlertRow.label.in_(list(labels)))
         with self.transaction(write=False) as s:
-            return [self.view(r) for r in s.scalars(q.limit(limit))]
+            rows = list(s.scalars(q.limit(limit)))
+            uids = sorted({r.device_uid for r in rows})
+            addresses: dict[str, str | None] = {}
+            for i in range(0, len(uids), 500):  # bound the IN list
+                q2 = select(PoleAddressRow.device_uid, PoleAddressRow.address).where(
+                    PoleAddressRow.device_uid.in_(uids[i : i + 500])
+                )
+                addresses.update({str(u): a for u, a in s.execute(q2)})
+            return [self.view(r, addresses=addresses) for r in rows]
 
     def status_counts(self) -> dict[str, int]:
         """How many alerts are in each status (every status listed, zero included)."""
@@ -515,8 +529,9 @@ class AlertStore:
                 "store key (another key, or altered)"
             ) from None
 
-    def view(self, r: AlertRow) -> Alert:
-        """The alert of a row, its position unsealed."""
+    def view(self, r: AlertRow, *, addresses: dict[str, str | None] | None = None) -> Alert:
+        """The alert of a row, its position unsealed, with its pole's address (from
+        ``addresses``, device UID -> address, when the caller read them for many)."""
         if r.coords_sealed is None:  # a row from before sealing
             assert r.lat is not None and r.lon is not None
             coords = p.Coords(lat=r.lat, lon=r.lon, alt=r.alt, acc=r.acc, src=r.coord_src)
@@ -532,7 +547,12 @@ class AlertStore:
                 ) from None
             lat, lon, alt, acc = json.loads(plain)
             coords = p.Coords(lat=lat, lon=lon, alt=alt, acc=acc, src=r.coord_src)
-        return _alert(r, coords)
+        if addresses is not None:
+            return _alert(r, coords, addresses.get(r.device_uid))
+        # One alert: its pole's address is read in the row's own session.
+        s = object_session(r)
+        pole = s.get(PoleAddressRow, r.device_uid) if s is not None else None
+        return _alert(r, coords, pole.address if pole is not None else None)
 
     def sealed_counts(self) -> tuple[int, int]:
         """(alerts sealed, alerts still in clear)."""

@@ -41,6 +41,7 @@ _ACTIONS = {
     "released": "Released (back to new)",
     "note": "Note",
     "report_linked": "Another report fused in",
+    "pole_address": "Pole address from the server",
 }
 
 

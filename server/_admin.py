@@ -47,6 +47,15 @@ class DeviceAdd(_Model):
     lat: float = Field(ge=-90, le=90, allow_inf_nan=False, description="Latitude")
     lon: float = Field(ge=-180, le=180, allow_inf_nan=False, description="Longitude")
     alg: Literal["A128GCM", "A256GCM"] = Field("A256GCM", description="Key algorithm")
+    address: str | None = Field(
+        None, max_length=200, description="Street address of the pole (shown at the ENC)"
+    )
+
+
+class DeviceAddress(_Model):
+    address: str | None = Field(
+        max_length=200, description='Street address of the pole; null or "" removes it'
+    )
 
 
 class DeviceOut(_Model):
@@ -64,6 +73,7 @@ class DeviceOut(_Model):
     confirmed_at: int | None
     created_at: int
     updated_at: int
+    address: str | None
 
 
 class BrokerSettings(_Model):
@@ -323,6 +333,7 @@ def admin_app(ctx: AdminContext) -> FastAPI:
                 lon=body.lon,
                 alg=ALG_A128GCM if body.alg == "A128GCM" else ALG_A256GCM,
                 actor=who,
+                address=body.address,
             )
             ctx.changed()
             return provisioning_bundle(ctx.config, device, key).to_json()
@@ -337,6 +348,17 @@ def admin_app(ctx: AdminContext) -> FastAPI:
     def get_device(uid: UidPath) -> dict[str, Any]:
         with _errors():
             return ctx.store.get_device(uid).to_json()
+
+    @app.put(
+        "/v1/devices/{uid}/address",
+        response_model=DeviceOut,
+        dependencies=[Auth],
+        tags=["devices"],
+        responses={404: {"description": "No such device"}},
+    )
+    def set_device_address(uid: UidPath, body: DeviceAddress, who: Actor) -> dict[str, Any]:
+        with _errors():
+            return ctx.store.set_device_address(uid, body.address, actor=who).to_json()
 
     @app.post(
         "/v1/devices/{uid}/{action}",

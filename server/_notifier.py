@@ -6,6 +6,11 @@ it delivered only on a 200 answer whose body is the matching N2. Anything else i
 retried with exponential back-off (capped), forever: a server restart or an ENC that is
 down for hours loses nothing. The ENC stores alerts idempotently by incident id, so the
 rare resend after a lost N2 does not duplicate an alert.
+
+Beside the alerts, it sends the ENC each pole's street address from the registry (an
+N4, docs/protocol.md) whenever it was set or removed and the ENC has not confirmed that
+setting yet. An ENC that does not know N4 (404) is asked again only every ten minutes:
+it shows alerts without addresses.
 """
 
 from __future__ import annotations
@@ -22,8 +27,16 @@ from typing import Any
 import httpx
 from sqlalchemy.exc import SQLAlchemyError
 
-from protocol import AesGcmCipher, AlertConfirmed, Coords, EncNotifier, backoff_delay
+from protocol import (
+    AesGcmCipher,
+    AlertConfirmed,
+    Coords,
+    EncNotifier,
+    PoleAddressConfirmed,
+    backoff_delay,
+)
 
+from ._batch import GroupCommit
 from ._config import ServerConfig
 from ._errors import EncDeliveryError
 from ._keys import read_key_file
@@ -34,6 +47,9 @@ __all__ = ["CONTENT_TYPE", "EncOutbox"]
 
 CONTENT_TYPE = 'application/cose; cose-type="cose-encrypt0"'
 log = logging.getLogger("citywatch.server.enc")
+# An ENC that answered 404 to /v1/poles (it does not know N4) is asked again this late:
+# after an upgrade it gets the addresses without a server restart.
+_N4_UNKNOWN_RETRY_S = 600.0
 
 
 class EncOutbox:
@@ -63,12 +79,17 @@ class EncOutbox:
         )
         self.url = e.base_url.rstrip("/") + "/v1/alerts"
         self.reports_url = e.base_url.rstrip("/") + "/v1/reports"
+        self.poles_url = e.base_url.rstrip("/") + "/v1/poles"
+        self._address_failures = 0
+        self._addresses_unknown = False
         # Held a little longer than one attempt can take, so a crashed replica's lease
         # lapses soon and another picks the alert up.
         self.lease_ms = int((e.connect_timeout_s + e.request_timeout_s + 5) * 1000)
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started: dict[str, float] = {}  # incident id -> perf_counter at C3
+        # N2s that arrive while one delivery is being recorded share the next commit.
+        self.deliveries: GroupCommit[tuple[str, int], None] = GroupCommit(store.alerts_delivered)
 
     def wake(self, incident_id: str | None = None, t0: float | None = None) -> None:
         """A new alert is queued: look now instead of at the next poll."""
@@ -94,6 +115,7 @@ class EncOutbox:
         in_flight: set[asyncio.Task[Any]] = set()
         poll = self.config.timing.poll_s
         async with self._http_client() as http:
+            addresses = asyncio.create_task(self._sync_addresses(http))
             try:
                 while True:
                     self._wake.clear()
@@ -111,9 +133,65 @@ class EncOutbox:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), timeout=delay)
             finally:
+                addresses.cancel()
                 for task in in_flight:
                     task.cancel()
-                await asyncio.gather(*in_flight, return_exceptions=True)
+                await asyncio.gather(addresses, *in_flight, return_exceptions=True)
+
+    async def _sync_addresses(self, http: httpx.AsyncClient) -> None:
+        """Send the ENC the addresses it has not confirmed, forever, beside the alerts."""
+        poll = self.config.timing.poll_s
+        while True:
+            try:
+                delay = await self._send_addresses(http)
+            except SQLAlchemyError as exc:
+                log.warning("pole addresses: the database is unavailable (%s)", type(exc).__name__)
+                delay = max(poll, 1.0)
+            await asyncio.sleep(delay)
+
+    async def _send_addresses(self, http: httpx.AsyncClient) -> float:
+        """One pass: an N4 for each device whose address is not confirmed; the seconds
+        until the next pass."""
+        poll = self.config.timing.poll_s
+        for a in await asyncio.to_thread(self.store.addresses_to_send, limit=50):
+            n4 = self.notifier.pole_address(
+                device_uid=a.uid, address=a.address or "", version=a.version, now=self._clock()
+            )
+            try:
+                r = await self._post(http, self.poles_url, n4)
+                if r.status_code == 404:
+                    self.notifier.forget_address(a.uid)
+                    if not self._addresses_unknown:
+                        log.info(
+                            "the ENC does not know pole addresses (N4, 404 from %s): it "
+                            "shows alerts without them; asked again every %.0f s",
+                            self.poles_url,
+                            _N4_UNKNOWN_RETRY_S,
+                        )
+                    self._addresses_unknown = True
+                    return _N4_UNKNOWN_RETRY_S
+                if r.status_code != 200:
+                    raise EncDeliveryError(f"HTTP {r.status_code} {r.text[:200]!r}")
+                events = self.notifier.receive(r.content, self._clock())
+                if not any(isinstance(e, PoleAddressConfirmed) for e in events):
+                    detail = getattr(events[0], "detail", "no event") if events else "no event"
+                    raise EncDeliveryError(f"the answer is not a valid N2: {detail}")
+            except EncDeliveryError as exc:
+                self._address_failures += 1
+                jitter = int.from_bytes(secrets.token_bytes(2), "big") / 65536
+                delay = backoff_delay(self._address_failures, timing=self.timing, jitter=jitter)
+                log.warning(
+                    "address of device %s: not delivered (%s); next in %.1f s",
+                    a.uid,
+                    exc,
+                    delay / 1000,
+                )
+                return delay / 1000
+            self._address_failures = 0
+            self._addresses_unknown = False
+            await asyncio.to_thread(self.store.address_sent, a.uid, a.version)
+            log.info("address of device %s delivered to the ENC", a.uid)
+        return poll
 
     async def _claim(
         self, http: httpx.AsyncClient, in_flight: set[asyncio.Task[Any]], poll: float
@@ -206,9 +284,7 @@ class EncOutbox:
             if not confirmed:
                 detail = getattr(events[0], "detail", "no event") if events else "no event"
                 raise EncDeliveryError(f"the answer is not a valid N2: {detail}")
-            await asyncio.to_thread(
-                self.store.alert_delivered, item.incident_id, tenc=confirmed[0].tenc
-            )
+            await self.deliveries.submit((item.incident_id, confirmed[0].tenc))
         except EncDeliveryError as exc:
             attempt = item.attempts + 1
             jitter = int.from_bytes(secrets.token_bytes(2), "big") / 65536

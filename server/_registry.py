@@ -10,15 +10,41 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
-from protocol import ALG_A128GCM, ALG_A256GCM, ALG_NAMES
+from protocol import ALG_A128GCM, ALG_A256GCM, ALG_NAMES, MAX_ADDRESS
 
 from ._database import Database
 from ._errors import DeviceExists, DeviceNotFound, RegistryError
 from ._schema import DeviceRow
 
-__all__ = ["DEVICE_ACTIONS", "DeviceInfo", "DeviceRegistry"]
+__all__ = ["DEVICE_ACTIONS", "AddressToSend", "DeviceInfo", "DeviceRegistry", "clean_address"]
 
 DEVICE_ACTIONS = ("activate", "deactivate", "block", "unblock")
+
+
+def clean_address(address: str | None) -> str | None:
+    """A street address as stored: white space collapsed, None for none; refused if it
+    is too long or holds control characters (it travels in an N4 and ends up on web
+    pages and in CAP messages)."""
+    if address is None:
+        return None
+    if any(not c.isprintable() and c != "\t" for c in address):
+        raise RegistryError("an address must not hold control characters (a new line, ...)")
+    text = " ".join(address.split())
+    if len(text) > MAX_ADDRESS:
+        raise RegistryError(f"an address is at most {MAX_ADDRESS} characters ({len(text)} given)")
+    return text or None
+
+
+@dataclass(frozen=True, slots=True)
+class AddressToSend:
+    """A device whose address the ENC has not confirmed in its latest setting."""
+
+    uid: str
+    """The device's UID."""
+    address: str | None
+    """The address (None: removed)."""
+    version: int
+    """When it was set, ms (the N4's ``ver``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +77,8 @@ class DeviceInfo:
     """Registration time, ms."""
     updated_at: int
     """Last change, ms."""
+    address: str | None = None
+    """Street address of the pole (shown at the ENC), or None."""
 
     @property
     def status(self) -> str:
@@ -72,6 +100,7 @@ class DeviceInfo:
             "confirmed_at": self.confirmed_at,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
+            "address": self.address,
         }
 
 
@@ -91,9 +120,12 @@ class DeviceRegistry:
         alg: int,
         actor: str,
         key: bytes | None = None,
+        address: str | None = None,
     ) -> tuple[DeviceInfo, bytes]:
-        """Register a device with a fresh random kid and key (or the given key); returns
-        the device and its key, which leaves the server only in the provisioning bundle."""
+        """Register a device with a fresh random kid and key (or the given key), and its
+        street address if known; returns the device and its key, which leaves the server
+        only in the provisioning bundle."""
+        address = clean_address(address)
         if not 1 <= len(uid) <= 64:
             raise RegistryError("a UID is 1 to 64 characters")
         if not 1 <= len(zone) <= 64:
@@ -123,6 +155,8 @@ class DeviceRegistry:
             epoch=0,
             created_at=now,
             updated_at=now,
+            address=address,
+            address_at=now if address is not None else None,
         )
         try:
             with self.db.tx() as s:
@@ -138,6 +172,7 @@ class DeviceRegistry:
                     lat=lat,
                     lon=lon,
                     alg=ALG_NAMES[alg],
+                    **({"address": address} if address is not None else {}),
                 )
         except IntegrityError:
             raise DeviceExists(f"a device with UID {uid!r} is already registered") from None
@@ -198,6 +233,50 @@ class DeviceRegistry:
             s.flush()
             return _device_info(row)
 
+    def set_device_address(self, uid: str, address: str | None, *, actor: str) -> DeviceInfo:
+        """Set (or, with None or "", remove) a device's street address; audited. The ENC
+        is sent it (an N4) by the ENC outbox."""
+        address = clean_address(address)
+        with self.db.tx() as s:
+            row = s.scalars(select(DeviceRow).where(DeviceRow.uid == uid)).first()
+            if row is None:
+                raise DeviceNotFound(f"no device with UID {uid!r}")
+            if row.address == address:
+                return _device_info(row)  # nothing changes, nothing to send
+            now = max(self.db.now(), row.updated_at + 1, (row.address_at or 0) + 1)
+            row.address = address
+            row.address_at = now
+            row.updated_at = now
+            self.db.audit(s, actor, "device.address", uid, address=address or "")
+            s.flush()
+            return _device_info(row)
+
+    def addresses_to_send(self, *, limit: int = 50) -> list[AddressToSend]:
+        """Devices whose address (or its removal) the ENC has not confirmed yet."""
+        q = (
+            select(DeviceRow.uid, DeviceRow.address, DeviceRow.address_at)
+            .where(
+                DeviceRow.address_at.is_not(None),
+                (DeviceRow.address_sent_at.is_(None))
+                | (DeviceRow.address_sent_at < DeviceRow.address_at),
+            )
+            .order_by(DeviceRow.address_at)
+            .limit(limit)
+        )
+        with self.db.tx() as s:
+            return [AddressToSend(uid, adr, int(at or 0)) for uid, adr, at in s.execute(q)]
+
+    def address_sent(self, uid: str, version: int) -> None:
+        """The ENC confirmed the address set at ``version`` (a later setting is still to
+        send: the update changes only rows that were not set again since)."""
+        with self.db.tx() as s:
+            s.execute(
+                update(DeviceRow)
+                .where(DeviceRow.uid == uid, DeviceRow.address_at == version)
+                .values(address_sent_at=version)
+                .execution_options(synchronize_session=False)
+            )
+
     def block_unless_blocked(self, uid: str, *, actor: str, reason: str) -> DeviceInfo | None:
         """Block a device and audit it, unless it is blocked already (None then): one
         conditional UPDATE, so that two replicas or two verifications deciding at once
@@ -243,4 +322,5 @@ def _device_info(r: DeviceRow) -> DeviceInfo:
         confirmed_at=r.confirmed_at,
         created_at=r.created_at,
         updated_at=r.updated_at,
+        address=r.address,
     )

@@ -54,6 +54,12 @@ class DeviceRow(Base):
     confirmed_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     created_at: Mapped[int] = mapped_column(BigInteger)
     updated_at: Mapped[int] = mapped_column(BigInteger, index=True)
+    address: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    """Street address of the pole, or None."""
+    address_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    """When the address was last set or removed, ms (the N4's ``ver``); None: never."""
+    address_sent_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    """The ``address_at`` the ENC last confirmed (an N2 for its N4)."""
 
 
 class AuditEntry(Base):

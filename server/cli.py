@@ -101,7 +101,14 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="where to write the provisioning bundle (JSON, mode 0600)",
     )
     add.add_argument("--force", action="store_true", help="overwrite an existing bundle file")
+    add.add_argument("--address", help="the pole's street address, shown at the ENC (optional)")
     add.set_defaults(func=_device_add)
+    adr = dev_sub.add_parser(
+        "set-address", parents=[common], help="set or remove a device's street address"
+    )
+    adr.add_argument("uid", metavar="UID", help="the device's UID")
+    adr.add_argument("address", metavar="ADDRESS", help='the street address ("" removes it)')
+    adr.set_defaults(func=_device_set_address)
     ls = dev_sub.add_parser("list", parents=[common], help="list devices")
     ls.add_argument("--json", action="store_true", help="JSON instead of a table")
     ls.add_argument("--zone", help="only this zone")
@@ -255,6 +262,7 @@ def _device_add(args: argparse.Namespace) -> int:
             lon=args.lon,
             alg=ALG_A128GCM if args.alg == "A128GCM" else ALG_A256GCM,
             actor=args.actor,
+            address=args.address,
         )
         write_bundle(out, provisioning_bundle(cfg, device, key), overwrite=args.force)
     except ServerError as exc:
@@ -266,6 +274,19 @@ def _device_add(args: argparse.Namespace) -> int:
         f"provisioning bundle written to {out} (mode 0600): it holds the device key, "
         "destroy it once the device has imported it"
     )
+    return 0
+
+
+def _device_set_address(args: argparse.Namespace) -> int:
+    store = _store(_config(args))
+    try:
+        info = store.set_device_address(args.uid, args.address, actor=args.actor)
+    except ServerError as exc:
+        raise UsageError(str(exc)) from None
+    finally:
+        store.close()
+    # The running server's ENC outbox sends it to the ENC (an N4) at its next poll.
+    print(f"device {info.uid}: " + (f"address {info.address}" if info.address else "no address"))
     return 0
 
 
@@ -292,10 +313,12 @@ def _device_list(args: argparse.Namespace) -> int:
             d.status,
             str(d.epoch),
             str(d.confirmed_epoch if d.confirmed_epoch is not None else "-"),
+            d.address or "-",
         ]
         for d in devices
     ]
-    print(_table(rows, ["UID", "KID", "ZONE", "LAT", "LON", "ALG", "STATUS", "EPOCH", "CONFIRMED"]))
+    head = ["UID", "KID", "ZONE", "LAT", "LON", "ALG", "STATUS", "EPOCH", "CONFIRMED", "ADDRESS"]
+    print(_table(rows, head))
     return 0
 
 

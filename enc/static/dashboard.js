@@ -282,6 +282,8 @@
     cw.maps[name] = map;
     return map;
   }
+  // The pole, and its street address when the server's registry sent one.
+  function where(a) { return a.address ? `${a.device_uid}, ${a.address}` : a.device_uid; }
   function tip(text) { const s = document.createElement("span"); s.textContent = text; return s; }
   // The focused alert (red, with its accuracy circle) and the others around it.
   function plot(map, focus, others) {
@@ -290,12 +292,12 @@
     for (const a of others) {
       if (focus && a.incident_id === focus.incident_id) continue;
       L.circleMarker([a.lat, a.lon], { radius: 6, color: "#fff", weight: 1, fillColor: COLOURS[a.status] || "#888", fillOpacity: 0.9, className: "other" })
-        .bindTooltip(tip(`${a.label_text} at ${a.device_uid} (${STATUS_WORDS[a.status]})`)).addTo(map.layer);
+        .bindTooltip(tip(`${a.label_text} at ${where(a)} (${STATUS_WORDS[a.status]})`)).addTo(map.layer);
     }
     if (focus) {
       if (focus.acc) L.circle([focus.lat, focus.lon], { radius: focus.acc, color: "#ff4d4f", weight: 1, fillOpacity: 0.15, className: "accuracy" }).addTo(map.layer);
       L.circleMarker([focus.lat, focus.lon], { radius: 10, color: "#fff", weight: 3, fillColor: "#ff2d55", fillOpacity: 1, className: "focus" })
-        .bindTooltip(tip(`${focus.label_text} at ${focus.device_uid}`), { permanent: true, direction: "right", offset: [12, 0] }).addTo(map.layer);
+        .bindTooltip(tip(`${focus.label_text} at ${where(focus)}`), { permanent: true, direction: "right", offset: [12, 0] }).addTo(map.layer);
       if (!map.focus || map.focus !== focus.incident_id) {
         // The place, and the other alerts within 1.5 km of it.
         const at = L.latLng(focus.lat, focus.lon);
@@ -361,7 +363,11 @@
     cell(tr, "device", a.device_uid);
     const place = cell(tr, "place");
     if (a.zone) { const z = document.createElement("span"); z.className = "zone"; z.textContent = a.zone; place.append(z, " "); }
-    place.append(`${a.lat.toFixed(5)}, ${a.lon.toFixed(5)}`);
+    if (a.address) {
+      const adr = document.createElement("span"); adr.className = "address"; adr.textContent = a.address;
+      const c = document.createElement("small"); c.className = "coords"; c.textContent = `${a.lat.toFixed(5)}, ${a.lon.toFixed(5)}`;
+      place.append(adr, " ", c);
+    } else place.append(`${a.lat.toFixed(5)}, ${a.lon.toFixed(5)}`);
     const time = document.createElement("time");
     time.setAttribute("datetime", new Date(a.received_at).toISOString().replace(".000Z", "+00:00"));
     time.textContent = a.received_text;
@@ -389,7 +395,7 @@
     if (filter.since != null && a.received_at < filter.since) return false;
     if (filter.until != null && a.received_at >= filter.until) return false;
     if (filter.text) {
-      const hay = [a.incident_id, a.device_uid, a.label, a.label_text, a.taken_by || ""].join(" ").toLowerCase();
+      const hay = [a.incident_id, a.device_uid, a.label, a.label_text, a.taken_by || "", a.address || ""].join(" ").toLowerCase();
       if (!filter.text.toLowerCase().split(/\s+/).every((w) => hay.includes(w))) return false;
     }
     return true;
@@ -447,7 +453,8 @@
       if (wallMap) plot(wallMap, a, open);
       document.getElementById("wall-title").textContent =
         `P${a.priority} ${a.label_text} at ${a.device_uid} \u2014 ${STATUS_WORDS[a.status]}${a.taken_by ? " by " + a.taken_by : ""}`;
-      document.getElementById("wall-place").textContent = `${a.lat.toFixed(6)}, ${a.lon.toFixed(6)}`;
+      document.getElementById("wall-place").textContent =
+        (a.address ? `${a.address} \u2014 ` : "") + `${a.lat.toFixed(6)}, ${a.lon.toFixed(6)}`;
       if (wallShown !== a.incident_id) {
         // Shown to the room: fetched (and recorded as a wall view) once per alert shown.
         document.getElementById("wall-photo").src = `${a.url}/photo.jpg?view=wall`;
@@ -523,7 +530,8 @@
     const here = () => state.get(incident) || {
       incident_id: incident, lat: Number(article.dataset.lat), lon: Number(article.dataset.lon),
       acc: Number(article.dataset.acc) || 0, label_text: document.getElementById("label-words").textContent,
-      device_uid: document.getElementById("device").textContent, status: article.dataset.status };
+      device_uid: document.getElementById("device").textContent, status: article.dataset.status,
+      address: (() => { const d = document.getElementById("address"); return d && !d.dataset.none ? d.textContent : null; })() };
     onPageReady = () => plot(alertMap, here(), [...state.values()]);
     onPageAlert = (a) => {
       plot(alertMap, here(), [...state.values()]);
