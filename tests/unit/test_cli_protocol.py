@@ -36,8 +36,22 @@ def vectors(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
 
 
 def test_vectors_cover_all_types_with_the_documented_fields(vectors: list[dict]) -> None:
-    assert [v["type"] for v in vectors] == list(range(1, 10))
-    assert [v["name"] for v in vectors] == ["B1", "B2", "C1", "C2", "C3", "C4", "N1", "N2", "ERROR"]
+    # The nine of protocol v1, then the extensions of docs/protocol.md (N3, N4).
+    assert [v["type"] for v in vectors] == list(range(1, 12))
+    assert [v["type"] for v in vectors] == sorted(p.MESSAGE_CLASSES)
+    assert [v["name"] for v in vectors] == [
+        "B1",
+        "B2",
+        "C1",
+        "C2",
+        "C3",
+        "C4",
+        "N1",
+        "N2",
+        "ERROR",
+        "N3",
+        "N4",
+    ]
     for v in vectors:
         assert set(v) == {
             "type",
@@ -50,7 +64,7 @@ def test_vectors_cover_all_types_with_the_documented_fields(vectors: list[dict])
         }
 
 
-@pytest.mark.parametrize("i", range(9))
+@pytest.mark.parametrize("i", range(11))
 def test_each_vector_opens_with_pycose_and_reseals_identically(vectors: list[dict], i: int) -> None:
     v = vectors[i]
     key, iv = bytes.fromhex(v["key_hex"]), bytes.fromhex(v["iv_hex"])
@@ -74,6 +88,23 @@ def test_photo_in_vectors_is_a_real_jpeg(vectors: list[dict]) -> None:
     assert isinstance(c3, p.C3Report)
     img = Image.open(BytesIO(c3.pf))
     assert img.format == "JPEG" and img.size[0] >= 64
+
+
+def test_the_extensions_vectors_are_what_the_enc_accepts(vectors: list[dict]) -> None:
+    """N3 and N4 open at the ENC's own endpoints (at the time they were made)."""
+    n3, n4 = vectors[9], vectors[10]
+    enc = p.EncEndpoint(
+        servers={bytes.fromhex(n3["kid_hex"]): p.AesGcmCipher(bytes.fromhex(n3["key_hex"]))},
+        random=lambda n: bytes(n),
+    )
+    r3 = p.decode_plaintext(10, bytes.fromhex(n3["plaintext_cbor_hex"]))
+    r4 = p.decode_plaintext(11, bytes.fromhex(n4["plaintext_cbor_hex"]))
+    assert isinstance(r3, p.N3LinkedReport) and isinstance(r4, p.N4PoleAddress)
+    [ev3] = enc.receive_report(bytes.fromhex(n3["message_hex"]), r3.ts)
+    assert isinstance(ev3, p.LinkedReportReceived) and ev3.label == "fight"
+    [ev4] = enc.receive_address(bytes.fromhex(n4["message_hex"]), r4.ts)
+    assert isinstance(ev4, p.PoleAddressReceived)
+    assert ev4.address == "ul. Marszałkowska 104, 00-017 Warszawa"
 
 
 def test_committed_vectors_are_valid() -> None:
