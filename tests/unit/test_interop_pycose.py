@@ -48,12 +48,27 @@ SAMPLES: list[p.Message] = [
     ),
     p.N2Receipt(tenc=1_764_000_001_200, inc="inc-1", h=H),
     p.ErrorMessage(re=3, td=1_764_000_000_123, code=5, now=1_764_000_000_500),
+    # The extensions of docs/protocol.md.
+    p.N3LinkedReport(
+        ts=1_764_000_061_000,
+        inc="inc-1",
+        rep="inc-2",
+        gc=COORDS,
+        pf=jpeg(),
+        sc=0.9,
+        lb="fight",
+        at=1_764_000_060_000,
+        dev="pole-0043",
+    ),
+    p.N4PoleAddress(
+        ts=1_764_000_002_000, dev="pole-0042", adr="Plac Zamkowy 1", ver=1_763_000_000_000
+    ),
 ]
 ALGS = {16: A128GCM, 32: A256GCM}
 
 
-def test_samples_cover_all_nine_types() -> None:
-    assert sorted(m.TYPE for m in SAMPLES) == list(range(1, 10))
+def test_samples_cover_all_nine_types_and_the_extensions() -> None:
+    assert sorted(m.TYPE for m in SAMPLES) == list(range(1, 12)) == sorted(p.MESSAGE_CLASSES)
 
 
 @pytest.mark.parametrize("key_len", [16, 32])
