@@ -32,6 +32,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.support.services import free_port
+
 PROJECT = Path(__file__).resolve().parents[2]
 ANSIBLE_DIR = PROJECT / "ansible"
 VENV_BIN = Path(sys.executable).parent
@@ -88,15 +90,16 @@ def build_release_wheel(wheelhouse: Path, version: str) -> Path:
 TOKEN_KEYS_SCRIPT = """
 import json, sys, pkcs11
 from pkcs11 import Attribute, ObjectClass
-token = pkcs11.lib(sys.argv[1]).get_token(token_label="citywatch-edge")
+token = pkcs11.lib(sys.argv[1]).get_token(token_label=(sys.argv[3:] or ["citywatch-edge"])[0])
 with token.open(user_pin=open(sys.argv[2]).read().strip()) as session:
     keys = list(session.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY}))
     print(json.dumps([{"label": k[Attribute.LABEL], "extractable": k[Attribute.EXTRACTABLE],
                        "sensitive": k[Attribute.SENSITIVE]} for k in keys]))
 """
 """``python -c`` it with a pole's PKCS#11 module and PIN file (and its SOFTHSM2_CONF):
-every secret key in the pole's token, with its label and protection. No single quote
-in it, so that a shell on the pole can take it quoted."""
+every secret key in the pole's token, with its label and protection; a third argument
+names another token (the server's, the ENC's). No single quote in it, so that a shell on
+the pole can take it quoted."""
 
 
 def softhsm_module() -> str | None:
@@ -156,6 +159,10 @@ class Fleet:
         """What every pole's camera sees: the scene player holding this image."""
         self.models_dir = models_dir
         """Where the poles' pre-screen finds its models (the project's own)."""
+        self.admin_port = free_port()
+        """The server's admin API (and /healthz), on loopback."""
+        self.enc_port = free_port()
+        """The ENC's HTTPS listener, on loopback."""
         self.logs: list[tuple[str, float, float]] = []
 
     def root(self, host: str) -> Path:
@@ -228,8 +235,16 @@ class Fleet:
                     **self.pole_settings(),
                 },
                 "children": {
-                    "citywatch_servers": {"hosts": {SERVER: host(SERVER)}},
-                    "citywatch_enc": {"hosts": {ENC: host(ENC)}},
+                    "citywatch_servers": {
+                        "hosts": {SERVER: host(SERVER, server_admin_port=self.admin_port)}
+                    },
+                    "citywatch_enc": {
+                        "hosts": {
+                            ENC: host(
+                                ENC, enc_listen_host="127.0.0.1", enc_listen_port=self.enc_port
+                            )
+                        }
+                    },
                     "citywatch_poles": {"children": {"district_test": {"children": zone_groups}}},
                 },
             }
@@ -347,13 +362,26 @@ class Fleet:
                 )
                 if path.is_symlink():
                     digest.update(os.readlink(path).encode())
+                elif path.name == "token.object":
+                    # A SoftHSM2 token's first 8 bytes count its updates, and every user
+                    # login is one: reading the server's registry (to write the broker's
+                    # ACL, in check mode too) opens its master key with the token.
+                    digest.update(path.read_bytes()[8:])
                 elif path.is_file():
                     digest.update(path.read_bytes())
         return digest.hexdigest()
 
 
+def host_env(fleet: Fleet, host: str) -> dict[str, str]:
+    """The environment the host's units give its services: SoftHSM2's configuration, where
+    the roles put the host's tokens (the pole's device key, the server's and the ENC's
+    wrapping keys)."""
+    return {**os.environ, "SOFTHSM2_CONF": str(fleet.root(host) / "etc/citywatch/softhsm2.conf")}
+
+
 def registry(fleet: Fleet) -> list[dict[str, object]]:
-    """The server's registry, read with the project's real CLI."""
+    """The server's registry, read with the project's real CLI (the server's master key
+    is in its token)."""
     done = subprocess.run(
         [
             str(VENV_BIN / "citywatch"),
@@ -364,6 +392,7 @@ def registry(fleet: Fleet) -> list[dict[str, object]]:
             "--config",
             str(fleet.root(SERVER) / "etc/citywatch/server.toml"),
         ],
+        env=host_env(fleet, SERVER),
         capture_output=True,
         text=True,
         check=True,

@@ -34,11 +34,14 @@ from .fleet import (
     PlaybookRun,
     build_release_wheel,
     have_tools,
+    host_env,
     registry,
     softhsm_module,
 )
 
-pytestmark = pytest.mark.slow
+# A fresh install of the eight hosts is a few minutes of playbook on two shared cores:
+# more than the suite's default timeout for one test's fixtures.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
 OLD, NEW = "1.0.0", "1.1.0"
 CHECKED_HOSTS = ",".join([SERVER, ENC, *(poles[0] for poles in ZONES.values())])
@@ -114,20 +117,23 @@ def _fail(run: PlaybookRun) -> str:
     return run.output[-8000:]
 
 
-def _token_key(fleet: Fleet, pole: str, label: str) -> dict[str, object] | None:
-    """The attributes of the token's secret key ``label``, read in a process of its own
-    (SoftHSM2 reads SOFTHSM2_CONF once per process)."""
-    root = fleet.root(pole)
-    env = {**os.environ, "SOFTHSM2_CONF": str(root / "etc/citywatch/softhsm2.conf")}
+def _token_key(
+    fleet: Fleet, host: str, label: str, *, token: str = "citywatch-edge", pin: str = "token.pin"
+) -> dict[str, object] | None:
+    """The attributes of the secret key ``label`` in the host's token ``token`` (user PIN
+    in /etc/citywatch/``pin``), read in a process of its own (SoftHSM2 reads
+    SOFTHSM2_CONF once per process)."""
+    root = fleet.root(host)
     done = subprocess.run(
         [
             sys.executable,
             "-c",
             TOKEN_KEYS_SCRIPT,
             fleet.softhsm_module,
-            str(root / "etc/citywatch/token.pin"),
+            str(root / "etc/citywatch" / pin),
+            token,
         ],
-        env=env,
+        env=host_env(fleet, host),
         capture_output=True,
         text=True,
         timeout=60,
@@ -255,6 +261,40 @@ def test_the_enc_holds_the_server_s_k_senc(fleet: Fleet, fresh_install: Playbook
     assert len(held) == 1 and held[0].read_bytes() == server_key
     assert held[0].stat().st_mode & 0o777 == 0o600
     assert f"[servers.{held[0].stem}]" in (fleet.root(ENC) / "etc/citywatch/enc.toml").read_text()
+
+
+def test_the_server_and_the_enc_keep_their_keys_in_their_tokens(
+    fleet: Fleet, fresh_install: PlaybookRun
+) -> None:
+    """By default the roles write source = "pkcs11": the server's master key is on disk
+    only wrapped under a non-extractable key of its SoftHSM2 token (made by the first
+    open), no clear key file exists, and each token's PINs were made on its host, 0600."""
+    import tomllib
+
+    for host, config, section, data, clear, token in [
+        (SERVER, "server.toml", "master_key", "server", "master.key", "citywatch-server"),
+        (ENC, "enc.toml", "store_key", "enc", "store.key", "citywatch-enc"),
+    ]:
+        etc = fleet.root(host) / "etc/citywatch"
+        key = tomllib.loads((etc / config).read_text())[section]
+        assert key["source"] == "pkcs11", (host, key)
+        assert key["token_label"] == token and key["pin_file"] == str(etc / f"{data}-token.pin")
+        for pin in (f"{data}-token.pin", f"{data}-token.so-pin"):
+            assert (etc / pin).stat().st_mode & 0o777 == 0o600, (host, pin)
+        assert (etc / f"{data}-token.pin").stat().st_uid == os.getuid()
+        assert not (fleet.root(host) / "var/lib/citywatch" / data / clear).exists(), host
+    wrapped = fleet.root(SERVER) / "var/lib/citywatch/server/master.key.wrapped"
+    assert wrapped.stat().st_mode & 0o777 == 0o600
+    assert json.loads(wrapped.read_text())["kek"] == "citywatch-server-kek"
+    kek = _token_key(
+        fleet, SERVER, "citywatch-server-kek", token="citywatch-server", pin="server-token.pin"
+    )
+    assert kek == {"extractable": False, "sensitive": True}
+    # The ENC's token is there and empty: the ENC makes its key at its first start.
+    assert (
+        _token_key(fleet, ENC, "citywatch-enc-kek", token="citywatch-enc", pin="enc-token.pin")
+        is None
+    )
 
 
 def test_acl_gives_each_pole_only_its_own_topics(fleet: Fleet, fresh_install: PlaybookRun) -> None:
@@ -536,6 +576,111 @@ def test_a_pole_runs_from_the_config_the_roles_wrote(fleet: Fleet, fleet_broker:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(timeout=10)
+
+
+def _healthz(url: str) -> int | None:
+    """The status of GET ``url`` (TLS not verified: the ENC's self-signed certificate
+    names its host, not 127.0.0.1); None while nothing answers."""
+    import httpx
+
+    try:
+        return httpx.get(url, verify=False, timeout=5).status_code
+    except httpx.HTTPError:
+        return None
+
+
+def _start_healthy(fleet: Fleet, host: str, command: list[str], url: str) -> subprocess.Popen[str]:
+    """The host's service started as its unit starts it (the release's citywatch, the
+    config the roles wrote, SOFTHSM2_CONF), once /healthz answers 200."""
+    proc = subprocess.Popen(
+        [str(fleet.root(host) / "opt/citywatch/current/bin/citywatch"), *command],
+        env=host_env(fleet, host),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and proc.poll() is None:
+        if _healthz(url) == 200:
+            return proc
+        time.sleep(0.5)
+    if proc.poll() is None:
+        proc.kill()
+    _out, err = proc.communicate(timeout=30)
+    raise AssertionError(f"{host}: {url} never answered 200 (exit {proc.returncode})\n{err}")
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+@pytest.mark.parametrize(
+    ("host", "command", "wrapped"),
+    [
+        (ENC, ["enc", "run"], "var/lib/citywatch/enc/store.key.wrapped"),
+        (SERVER, ["server", "run"], "var/lib/citywatch/server/master.key.wrapped"),
+    ],
+)
+def test_the_server_and_the_enc_start_on_their_tokens(
+    fleet: Fleet, fleet_broker: int, host: str, command: list[str], wrapped: str
+) -> None:
+    """Started from what the roles wrote, the service unwraps its key with the token and
+    answers /healthz (the server: connected to the broker with the identity the roles
+    made); the ENC makes its wrapped key at its first start; a second start reuses the
+    wrapped key, and no key ever sits in clear on disk."""
+    config = "server.toml" if host == SERVER else "enc.toml"
+    argv = [*command, "--config", str(fleet.root(host) / "etc/citywatch" / config)]
+    url = (
+        f"http://127.0.0.1:{fleet.admin_port}/healthz"
+        if host == SERVER
+        else f"https://127.0.0.1:{fleet.enc_port}/healthz"
+    )
+    path = fleet.root(host) / wrapped
+    clear = path.with_name(path.name.removesuffix(".wrapped"))
+    seen = []
+    for _start in range(2):
+        proc = _start_healthy(fleet, host, argv, url)
+        try:
+            assert path.stat().st_mode & 0o777 == 0o600
+            assert not clear.exists()
+            seen.append(path.read_bytes())
+        finally:
+            _stop(proc)
+        assert proc.returncode == 0, proc.stderr.read() if proc.stderr else ""
+    assert seen[0] == seen[1]
+    if host == SERVER:
+        # The device keys sealed under the master key the provisioning made still open.
+        assert {d["uid"] for d in registry(fleet)} == set(POLES)
+
+
+def test_the_enc_keeps_its_key_in_a_file_where_the_operator_chooses_it(
+    fleet: Fleet, second_run: PlaybookRun
+) -> None:
+    """enc_store_key_source: file, the operator's choice: the role writes source = "file"
+    and the ENC makes its key in clear there (0600) at its first start."""
+    import tomllib
+
+    run = fleet.run("site.yml", "--limit", ENC, "-e", json.dumps({"enc_store_key_source": "file"}))
+    assert run.returncode == 0, _fail(run)
+    config = fleet.root(ENC) / "etc/citywatch/enc.toml"
+    clear = fleet.root(ENC) / "var/lib/citywatch/enc/store.key"
+    assert tomllib.loads(config.read_text())["store_key"] == {"source": "file", "file": str(clear)}
+    proc = _start_healthy(
+        fleet,
+        ENC,
+        ["enc", "run", "--config", str(config)],
+        f"https://127.0.0.1:{fleet.enc_port}/healthz",
+    )
+    try:
+        assert clear.stat().st_mode & 0o777 == 0o600
+        assert len(bytes.fromhex(clear.read_text().strip())) == 32
+    finally:
+        _stop(proc)
 
 
 def test_broker_refuses_a_client_without_a_district_certificate(
