@@ -4,6 +4,7 @@ retried."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import func, or_, select, update
@@ -93,8 +94,10 @@ class AlertQueue:
                 )
             )
         won: list[str] = []
-        for incident_id in ids:
-            with self.db.tx() as s:
+        # Every lease a compare-and-set of its own (another replica may win a row
+        # meanwhile), all in one transaction: one durable commit however many are due.
+        with self.db.tx() as s:
+            for incident_id in ids:
                 res = s.execute(
                     update(OutboxRow)
                     .where(
@@ -141,21 +144,28 @@ class AlertQueue:
             return items
 
     def alert_delivered(self, incident_id: str, *, tenc: int) -> None:
+        self.alerts_delivered([(incident_id, tenc)])
+
+    def alerts_delivered(self, delivered: Sequence[tuple[str, int]]) -> list[None]:
+        """``alert_delivered`` for many (incident id, T_ENC) in one transaction (the
+        outbox worker groups the N2s that arrive while the last commit runs)."""
         now = self.db.now()
         with self.db.tx() as s:
-            s.execute(
-                update(OutboxRow)
-                .where(OutboxRow.incident_id == incident_id)
-                .values(
-                    state="delivered",
-                    delivered_at=now,
-                    tenc=tenc,
-                    lease_until=0,
-                    lease_owner=None,
-                    last_error=None,
-                    attempts=OutboxRow.attempts + 1,
+            for incident_id, tenc in delivered:
+                s.execute(
+                    update(OutboxRow)
+                    .where(OutboxRow.incident_id == incident_id)
+                    .values(
+                        state="delivered",
+                        delivered_at=now,
+                        tenc=tenc,
+                        lease_until=0,
+                        lease_owner=None,
+                        last_error=None,
+                        attempts=OutboxRow.attempts + 1,
+                    )
                 )
-            )
+        return [None] * len(delivered)
 
     def alert_failed(self, incident_id: str, *, retry_at: int, error: str) -> None:
         with self.db.tx() as s:

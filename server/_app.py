@@ -92,7 +92,11 @@ class TrustedServer:
         )
         #: The photo check, off the event loop; ``verifier=`` replaces it (tests, embedders).
         self.verifier = VerifierPool(
-            models_dir=models_dir, settings=settings, workers=v.workers, verifier=verifier
+            models_dir=models_dir,
+            settings=settings,
+            workers=v.workers,
+            verifier=verifier,
+            nice=v.worker_nice,
         )
         self.client_id = f"citywatch-server-{secrets.token_hex(4)}"
         self.outbox = EncOutbox(config, self.store, self.metrics, clock=clock, owner=self.client_id)

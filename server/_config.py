@@ -216,6 +216,10 @@ class VerificationConfig(_Section):
     workers: int = Field(1, ge=0, le=64)
     """Worker processes that check photos, each with its own copy of the models (about
     100 ms of one core per photo); 0 checks them in one thread of the server's process."""
+    worker_nice: int = Field(10, ge=0, le=19)
+    """How much nicer than the server the photo-check workers run: when the cores are
+    short, C2 and C4 (the devices wait for them) go first and the checks queue behind
+    (0: the same priority)."""
     max_pixels: int = Field(24_000_000, ge=10_000, le=400_000_000)
     """Photos with more pixels are refused before they are decoded (decompression bombs)."""
     analysis_long_side: int = Field(960, ge=224, le=4096)
@@ -511,6 +515,7 @@ min_height = 48
 # ($CITYWATCH_MODELS_DIR, var/models in a checkout, /var/lib/citywatch/models).
 models_dir = ""
 workers = 1                   # processes checking photos (~100 ms of one core each); 0: in-process
+worker_nice = 10              # their niceness above the server's: C2/C4 first when cores are short
 max_pixels = 24000000         # larger photos are refused before decoding
 analysis_long_side = 960      # photos are analysed at most this large
 device_weight = 0.3           # how far the device's own score moves the server's

@@ -63,6 +63,10 @@ class FusionRule:
             return False
         if abs(a.received_at - b.received_at) > self.within_ms:
             return False
+        # No two points are nearer than their difference in latitude: most candidates
+        # of a busy minute are ruled out before the haversine.
+        if math.radians(abs(a.lat - b.lat)) * EARTH_RADIUS_M > self.within_m * (1 + 1e-9):
+            return False
         return distance_m(a.lat, a.lon, b.lat, b.lon) <= self.within_m
 
     def primary(self, report: Sighting, alerted: Iterable[Sighting]) -> str | None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete, func, select, text, update
+from sqlalchemy import Table, delete, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import SQLAlchemyError
@@ -143,6 +143,66 @@ def _lock_fusion(s: Session) -> None:
         s.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": FUSION_LOCK})
 
 
+class _Scenes:
+    """Fusion's candidates for one batch of decisions, in its transaction: the alerted
+    incidents (not fused themselves) received within the batch's time, read once for
+    the batch rather than once per decision, and the batch's own new alerts added as
+    they are decided (a later report of the batch fuses into an earlier one)."""
+
+    def __init__(self, store: IncidentStore, s: Session, fusing: Sequence[DecisionRecord]):
+        self._store, self._s = store, s
+        self._received: dict[str, int] = {}
+        self._where: dict[str, tuple[float, float]] = {}
+        self._candidates: list[Sighting] = []
+        if not fusing:
+            return
+        ids = [d.incident_id for d in fusing]
+        for k in range(0, len(ids), 500):
+            for iid, at in s.execute(
+                select(IncidentRow.id, IncidentRow.received_at).where(
+                    IncidentRow.id.in_(ids[k : k + 500])
+                )
+            ):
+                self._received[str(iid)] = int(at)
+        if not self._received:
+            return
+        # The coordinates are sealed, so the database narrows by time only (alerted
+        # incidents of a few minutes); the distance is checked after unsealing.
+        within = max(d.fuse_within_ms for d in fusing)
+        rows = s.execute(
+            select(IncidentRow.id, IncidentRow.received_at)
+            .join(OutboxRow, OutboxRow.incident_id == IncidentRow.id)
+            .where(
+                IncidentRow.fused_into.is_(None),
+                IncidentRow.received_at >= min(self._received.values()) - within,
+                IncidentRow.received_at <= max(self._received.values()) + within,
+            )
+        ).all()
+        where = self._where = store._positions(s, [*self._received, *(str(r[0]) for r in rows)])
+        self._candidates = [Sighting(str(i), *where[str(i)], int(at)) for i, at in rows]
+
+    def _sighting(self, d: DecisionRecord) -> Sighting | None:
+        at = self._received.get(d.incident_id)
+        if at is None:
+            return None
+        return Sighting(d.incident_id, *self._where[d.incident_id], at)
+
+    def primary(self, d: DecisionRecord) -> str | None:
+        """The earliest alerted incident (not itself fused) that ``d``'s incident is the
+        same scene as (``_fusion.FusionRule``), if any."""
+        rule = FusionRule(within_m=d.fuse_within_m, within_ms=d.fuse_within_ms)
+        this = self._sighting(d) if rule.enabled else None
+        if this is None:
+            return None
+        return rule.primary(this, self._candidates)
+
+    def alerted(self, d: DecisionRecord) -> None:
+        """``d`` was just queued as an alert of its own: a candidate for the rest."""
+        this = self._sighting(d)
+        if this is not None:
+            self._candidates.append(this)
+
+
 class IncidentStore:
     """Incidents and their decisions. Thread-safe (one session per call)."""
 
@@ -185,17 +245,20 @@ class IncidentStore:
             for (inc, zone), co in zip(batch, c, strict=True)
         ]
         insert = sqlite_insert if self.db.engine.dialect.name == "sqlite" else pg_insert
-        new: set[str] = set()
+        table = cast(Table, IncidentRow.__table__)
         with self.db.tx() as s:
-            for row in rows:  # one statement a row: RETURNING tells which were new
-                got = s.execute(
-                    insert(IncidentRow)
-                    .values(**row)
-                    .on_conflict_do_nothing(index_elements=[IncidentRow.id])
-                    .returning(IncidentRow.id)
-                ).scalar()
-                if got is not None:
-                    new.add(got)
+            # One statement for the batch, its rows as parameters (Core "insertmanyvalues"):
+            # RETURNING names the rows that were new. A statement built per row with the
+            # values in it cost more than the commit (the sealed photo went through
+            # SQLAlchemy's coercion and cache key every time).
+            new: set[str] = set(
+                s.execute(
+                    insert(table)
+                    .on_conflict_do_nothing(index_elements=[table.c.id])
+                    .returning(table.c.id),
+                    rows,
+                ).scalars()
+            )
             repeated = [r["id"] for r in rows if r["id"] not in new]
             known = (
                 {
@@ -270,10 +333,12 @@ class IncidentStore:
         now = self.db.now()
         out: list[Outcome | None] = []
         with self.db.tx() as s:
-            if any(d.dangerous and d.fuse_within_m > 0 for d in decisions):
+            fusing = [d for d in decisions if d.dangerous and d.fuse_within_m > 0]
+            if fusing:
                 _lock_fusion(s)
+            scene = _Scenes(self, s, fusing)
             for d in decisions:
-                primary = self._fusion_primary(s, d) if d.dangerous else None
+                primary = scene.primary(d) if d.dangerous else None
                 reason = d.reason if primary is None else f"{d.reason}; fused into {primary}"
                 res = s.execute(
                     update(IncidentRow)
@@ -299,44 +364,33 @@ class IncidentStore:
                     out.append(Outcome.FUSED)
                 else:
                     queue_alert(s, d.incident_id, now=now)
+                    scene.alerted(d)
                     out.append(Outcome.DANGEROUS)
         return out
 
-    def _fusion_primary(self, s: Session, d: DecisionRecord) -> str | None:
-        """The earliest alerted incident (not itself fused) that ``d``'s incident is the
-        same scene as (``_fusion.FusionRule``), if any."""
-        rule = FusionRule(within_m=d.fuse_within_m, within_ms=d.fuse_within_ms)
-        if not rule.enabled:
-            return None
-        cols = (
-            IncidentRow.id,
-            IncidentRow.lat,
-            IncidentRow.lon,
-            IncidentRow.alt,
-            IncidentRow.acc,
-            IncidentRow.coords_sealed,
-            IncidentRow.received_at,
-        )
-        this = s.execute(select(*cols).where(IncidentRow.id == d.incident_id)).first()
-        if this is None:
-            return None
-        # The coordinates are sealed, so the database narrows by time only (alerted
-        # incidents of a few minutes); the distance is checked after unsealing.
-        candidates = s.execute(
-            select(*cols)
-            .join(OutboxRow, OutboxRow.incident_id == IncidentRow.id)
-            .where(
-                IncidentRow.id != d.incident_id,
-                IncidentRow.fused_into.is_(None),
-                IncidentRow.received_at >= this[6] - rule.within_ms,
-                IncidentRow.received_at <= this[6] + rule.within_ms,
-            )
-        )
-        return rule.primary(self._sighting(this), (self._sighting(c) for c in candidates))
-
-    def _sighting(self, row: Any) -> Sighting:
-        lat, lon, _alt, _acc = self.db.seal.open_coords(*row[:6])
-        return Sighting(str(row[0]), lat, lon, int(row[6]))
+    def _positions(self, s: Session, ids: list[str]) -> dict[str, tuple[float, float]]:
+        """(lat, lon) of each incident, unsealed once per process: a busy minute has
+        hundreds of alerted incidents, and every dangerous decision in it looks at all of
+        them (a position never changes once stored)."""
+        cache = self.db.positions
+        missing = [i for i in ids if i not in cache]
+        for k in range(0, len(missing), 500):
+            for row in s.execute(
+                select(
+                    IncidentRow.id,
+                    IncidentRow.lat,
+                    IncidentRow.lon,
+                    IncidentRow.alt,
+                    IncidentRow.acc,
+                    IncidentRow.coords_sealed,
+                ).where(IncidentRow.id.in_(missing[k : k + 500]))
+            ):
+                lat, lon, _alt, _acc = self.db.seal.open_coords(*row)
+                cache[str(row[0])] = (lat, lon)
+        out = {i: cache[i] for i in ids}
+        if len(cache) > 100_000:  # old ones are out of every fusion window by now
+            cache.clear()
+        return out
 
     def dismissed_count(self, uid: str, *, since: int) -> int:
         with self.db.tx() as s:

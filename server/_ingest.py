@@ -30,6 +30,9 @@ from ._store import IncidentInfo, Store
 
 __all__ = ["Ingest", "Stored"]
 
+_MAX_LOOKUPS = 1024
+"""Uplinks waiting for the database at once (their own tasks) before the link waits."""
+
 Stored = Callable[[IncidentInfo, bytes | None, float], Awaitable[None]]
 """Called with a stored, undecided incident, its photo (None for a repeated report,
 whose photo is read back) and the C3 time (``perf_counter``)."""
@@ -65,8 +68,20 @@ class Ingest:
         self.writes: GroupCommit[tuple[IncidentReported, str], tuple[IncidentInfo, bool]] = (
             GroupCommit(store.store_incidents)
         )
+        # Likewise the B2s of a zone whose window opened: their reads and their commits.
+        self.broadcast_reads: GroupCommit[bytes, tuple[int, int, bytes] | None] = GroupCommit(
+            store.last_broadcasts
+        )
+        self.confirmations: GroupCommit[tuple[bytes, int], None] = GroupCommit(
+            store.confirm_broadcasts
+        )
+        self._lookups = 0
 
     async def on_uplink(self, kid_hex: str, payload: bytes) -> None:
+        """Called for each uplink in turn: whatever waits for the database (a device not
+        in memory yet, a B2) goes on in a task of its own, so that the messages behind it
+        are not held up; C1 and C3 need nothing of the database before the core's
+        answer."""
         t0 = time.perf_counter()
         m = self.metrics
         try:
@@ -81,16 +96,37 @@ class Ingest:
             m.messages.labels(type_name, "dropped").inc()
             m.rejected.labels("topic_mismatch").inc()
             return
-        kid = env.kid
-        if self.directory.needs_load(kid):
-            await asyncio.to_thread(self.directory.ensure, kid)
-        if env.type == MessageType.B2:
-            # B1 may have been sent by another replica: the database knows the last one.
-            last = await asyncio.to_thread(self.store.last_broadcast, kid)
-            if last is not None:
-                self.endpoint.remember_broadcast(kid, ep=last[0], ts=last[1], b1_hash=last[2])
-            else:  # confirmed already (here or elsewhere): a B2 now is a replay
-                self.endpoint.remember_broadcast(kid, ep=-1, ts=-1, b1_hash=b"")
+        if env.type == MessageType.B2 or self.directory.needs_load(env.kid):
+            job = self._after_lookup(env.kid, env.type, type_name, payload, t0)
+            if self._lookups < _MAX_LOOKUPS:
+                self._spawn(job)
+            else:  # a flood (of made-up kids, say): the link waits, memory does not grow
+                await job
+        else:
+            self._receive(type_name, payload, t0)
+
+    async def _after_lookup(
+        self, kid: bytes, type: int, type_name: str, payload: bytes, t0: float
+    ) -> None:
+        self._lookups += 1
+        try:
+            if self.directory.needs_load(kid):
+                await asyncio.to_thread(self.directory.ensure, kid)
+            if type == MessageType.B2:
+                # B1 may have been sent by another replica: the database knows the last.
+                last = await self.broadcast_reads.submit(kid)
+                if last is not None:
+                    self.endpoint.remember_broadcast(kid, ep=last[0], ts=last[1], b1_hash=last[2])
+                else:  # confirmed already (here or elsewhere): a B2 now is a replay
+                    self.endpoint.remember_broadcast(kid, ep=-1, ts=-1, b1_hash=b"")
+        finally:
+            self._lookups -= 1
+        for ev in self._receive(type_name, payload, t0):
+            if isinstance(ev, BroadcastConfirmed):
+                await self.confirmations.submit((ev.kid, ev.ep))
+
+    def _receive(self, type_name: str, payload: bytes, t0: float) -> list[Event]:
+        """The core's answer, sent; incidents go on to be stored."""
         events = self.endpoint.receive(payload, self._clock())
         for out in self.endpoint.data_to_send():
             self._send(out.kid, out.data)
@@ -99,8 +135,8 @@ class Ingest:
             if isinstance(ev, IncidentReported):
                 self._spawn(self._on_incident(ev, t0))
             elif isinstance(ev, BroadcastConfirmed):
-                m.confirmations.inc()
-                await asyncio.to_thread(self.store.confirm_broadcast, ev.kid, ep=ev.ep)
+                self.metrics.confirmations.inc()
+        return events
 
     def _count(self, type_name: str, events: list[Event]) -> None:
         m = self.metrics

@@ -11,10 +11,10 @@ cannot. Connection failures are retried inside ``run``, never raised.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from typing import Protocol
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Protocol
 
-__all__ = ["DeviceLink", "Handler", "down_topic"]
+__all__ = ["DeviceLink", "Handler", "PendingPublishes", "down_topic"]
 
 Handler = Callable[[str, bytes], Awaitable[None]]
 """Called with (topic, payload) for each uplink or status message, one at a time."""
@@ -40,3 +40,25 @@ class DeviceLink(Protocol):
     async def run(self, handler: Handler, stop: asyncio.Event) -> None:
         """Connect, subscribe and hand every message to ``handler`` until ``stop``."""
         ...
+
+
+class PendingPublishes:
+    """The publishes a link has started and not finished: ``publish`` must not wait for
+    the broker, yet the tasks need a reference until they end (the loop keeps only a
+    weak one), and a link that closes may wait for them (``drain``)."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def drain(self) -> None:
+        """Wait for every publish started so far (their errors are theirs to log)."""
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)

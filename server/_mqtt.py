@@ -9,14 +9,13 @@ import contextlib
 import logging
 import socket
 import ssl
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import aiomqtt
 
 from ._config import BrokerConfig
-from ._link import Handler
+from ._link import Handler, PendingPublishes
 
 __all__ = ["MqttLink", "broker_tls_context", "mqtt_tls_context"]
 
@@ -65,7 +64,7 @@ class MqttLink:
         self._on_connected = on_connected or (lambda: None)
         self._on_lost = on_lost or (lambda why: None)
         self._client: aiomqtt.Client | None = None
-        self._pending: set[asyncio.Task[None]] = set()
+        self._pending = PendingPublishes()
 
     @property
     def subscriptions(self) -> tuple[str, str]:
@@ -82,12 +81,7 @@ class MqttLink:
         if client is None:
             log.warning("not connected: message to %s dropped (the device retries)", topic)
             return
-        self._spawn(self._publish(client, topic, data))
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+        self._pending.spawn(self._publish(client, topic, data))
 
     async def _publish(self, client: aiomqtt.Client, topic: str, data: bytes) -> None:
         try:

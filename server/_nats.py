@@ -31,6 +31,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType,
 from nats.js.errors import BadRequestError, NotFoundError
 
 from ._errors import ServerError
+from ._link import PendingPublishes
 
 __all__ = ["NatsLink", "NatsSettings", "NatsUnavailable", "subject_of", "topic_of"]
 
@@ -96,7 +97,7 @@ class NatsLink:
         self._on_connected = on_connected or (lambda: None)
         self._on_lost = on_lost or (lambda why: None)
         self._nc: Any = None
-        self._pending: set[asyncio.Task[None]] = set()
+        self._pending = PendingPublishes()
         self._consuming = False
 
     @property
@@ -110,9 +111,7 @@ class NatsLink:
         if nc is None or not nc.is_connected:
             log.warning("not connected: message to %s dropped (the device retries)", topic)
             return
-        task = asyncio.get_running_loop().create_task(self._publish(nc, topic, data))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+        self._pending.spawn(self._publish(nc, topic, data))
 
     async def _publish(self, nc: Any, topic: str, data: bytes) -> None:
         try:
@@ -208,8 +207,7 @@ class NatsLink:
                 await _pause(stop, 1.0)
             finally:
                 nc, self._nc = self._nc, None
-                if self._pending:
-                    await asyncio.gather(*self._pending, return_exceptions=True)
+                await self._pending.drain()
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(nc.close(), 5)
 

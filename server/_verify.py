@@ -31,6 +31,7 @@ import contextlib
 import ctypes
 import math
 import multiprocessing
+import os
 import signal
 import sys
 import threading
@@ -297,9 +298,14 @@ def _die_with_parent() -> None:
             libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def _init_worker(models_dir: str | None, settings: VerifierSettings) -> None:
+def _init_worker(models_dir: str | None, settings: VerifierSettings, nice: int = 0) -> None:
     global _worker
     _die_with_parent()
+    if nice:
+        # Below the server's own process: the contact phase (devices wait for C2 and C4)
+        # keeps the cores it needs; the checks queue behind it and take what is left.
+        with contextlib.suppress(OSError):
+            os.nice(nice)
     _worker = PoseVerifier(VerifierModels(Path(models_dir) if models_dir else None), settings)
 
 
@@ -327,7 +333,8 @@ class VerifierPool:
     ``workers`` >= 1: that many worker processes, each loading the models once at start
     (``start()`` waits until they have, so a missing model stops the server at start-up).
     ``workers = 0``: one thread in this process. ``verifier=`` runs a given verifier (one
-    thread, calls serialised), for tests and embedders.
+    thread, calls serialised), for tests and embedders. ``nice``: the worker processes'
+    niceness above the server's.
     """
 
     def __init__(
@@ -337,10 +344,12 @@ class VerifierPool:
         settings: VerifierSettings | None = None,
         workers: int = 1,
         verifier: PhotoVerifier | None = None,
+        nice: int = 0,
     ) -> None:
         self.models_dir = models_dir
         self.settings = settings or VerifierSettings()
         self.workers = workers
+        self.nice = nice
         self._verifier = verifier
         self._lock = threading.Lock()
         self._threads: concurrent.futures.ThreadPoolExecutor | None = None
@@ -369,7 +378,7 @@ class VerifierPool:
             self.workers,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_init_worker,
-            initargs=(str(self.models_dir) if self.models_dir else None, self.settings),
+            initargs=(str(self.models_dir) if self.models_dir else None, self.settings, self.nice),
         )
         # Each worker loads its models in its initializer; one call per worker makes every
         # worker start now, and a failing initializer breaks the pool here, not later.

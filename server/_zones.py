@@ -4,10 +4,11 @@ compare-and-set so that one replica sends a zone's B1s."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Table, bindparam, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from ._database import Database
@@ -86,28 +87,48 @@ class ZoneStore:
     def last_broadcast(self, kid: bytes) -> tuple[int, int, bytes] | None:
         """(epoch, T_S, H(B1)) of the last B1 sent to the device by any replica, while
         it is unconfirmed (a confirmed one is not confirmed twice: a replayed B2)."""
+        return self.last_broadcasts([kid])[0]
+
+    def last_broadcasts(self, kids: Sequence[bytes]) -> list[tuple[int, int, bytes] | None]:
+        """``last_broadcast`` of many devices in one read (the B2s of a zone whose
+        window just opened arrive together)."""
+        found: dict[bytes, tuple[int, int, bytes] | None] = {}
         with self.db.tx() as s:
-            row = s.execute(
-                select(
-                    DeviceRow.epoch,
-                    DeviceRow.last_b1_ts,
-                    DeviceRow.last_b1_hash,
-                    DeviceRow.confirmed_epoch,
-                ).where(DeviceRow.kid == kid)
-            ).first()
-        if row is None or row[1] is None or row[2] is None:
-            return None
-        if row[3] is not None and row[3] >= row[0]:
-            return None
-        return int(row[0]), int(row[1]), bytes(row[2])
+            for i in range(0, len(kids), 500):
+                for kid, ep, ts, b1_hash, confirmed in s.execute(
+                    select(
+                        DeviceRow.kid,
+                        DeviceRow.epoch,
+                        DeviceRow.last_b1_ts,
+                        DeviceRow.last_b1_hash,
+                        DeviceRow.confirmed_epoch,
+                    ).where(DeviceRow.kid.in_(set(kids[i : i + 500])))
+                ):
+                    unconfirmed = confirmed is None or confirmed < ep
+                    if ts is not None and b1_hash is not None and unconfirmed:
+                        found[bytes(kid)] = (int(ep), int(ts), bytes(b1_hash))
+        return [found.get(kid) for kid in kids]
 
     def confirm_broadcast(self, kid: bytes, *, ep: int) -> None:
+        self.confirm_broadcasts([(kid, ep)])
+
+    def confirm_broadcasts(self, confirmed: Sequence[tuple[bytes, int]]) -> list[None]:
+        """B2s accepted, (kid, epoch) each, in one transaction: when a zone's window
+        opens every device of it answers at once, and one commit each would queue them
+        (and the reports behind them) on the disk."""
+        now = self.db.now()
+        if not confirmed:
+            return []
+        table = cast(Table, DeviceRow.__table__)
+        t = table.c
+        stmt = (
+            update(table)
+            .where(t.kid == bindparam("b_kid"))
+            .values(confirmed_epoch=bindparam("b_ep"), confirmed_at=now)
+        )
         with self.db.tx() as s:
-            s.execute(
-                update(DeviceRow)
-                .where(DeviceRow.kid == kid)
-                .values(confirmed_epoch=ep, confirmed_at=self.db.now())
-            )
+            s.execute(stmt, [{"b_kid": kid, "b_ep": ep} for kid, ep in confirmed])
+        return [None] * len(confirmed)
 
     def open_window(self, zone: str, *, until: int, actor: str) -> WindowInfo:
         now = self.db.now()

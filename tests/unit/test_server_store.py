@@ -167,6 +167,30 @@ def test_broadcast_epochs_compare_and_set(store: Store) -> None:
     assert info.epoch == 1 and info.confirmed_epoch == 1
 
 
+def test_broadcasts_are_read_and_confirmed_many_at_once(store: Store) -> None:
+    """The B2s of a zone whose window opened arrive together: one read and one commit
+    for all of them, each device's answer its own."""
+    a, b, c = (
+        store.add_device(uid=f"pole-{i}", zone="z", lat=1, lon=1, alg=3, actor="t")[0]
+        for i in range(3)
+    )
+    assert store.record_broadcasts([(a.kid, 1, T0, b"a" * 32), (b.kid, 1, T0 + 1, b"b" * 32)]) == [
+        True,
+        True,
+    ]
+    assert store.last_broadcasts([a.kid, c.kid, b.kid, a.kid, os.urandom(8)]) == [
+        (1, T0, b"a" * 32),
+        None,  # never sent a B1
+        (1, T0 + 1, b"b" * 32),
+        (1, T0, b"a" * 32),
+        None,  # no such device
+    ]
+    assert store.confirm_broadcasts([(a.kid, 1), (b.kid, 1)]) == [None, None]
+    assert store.last_broadcasts([a.kid, b.kid]) == [None, None]  # a B2 again is a replay
+    assert [store.get_device(f"pole-{i}").confirmed_epoch for i in range(3)] == [1, 1, None]
+    assert store.confirm_broadcasts([]) == []
+
+
 def test_windows_open_close_and_zone_announcements(store: Store, clock: Clock) -> None:
     with pytest.raises(RegistryError, match="past"):
         store.open_window("z", until=T0 - 1, actor="t")
@@ -283,6 +307,26 @@ def test_outbox_leases_retries_and_delivery(store: Store, clock: Clock) -> None:
     assert (got.enc_state, got.enc_attempts) == ("delivered", 2)
     clock.now += 10**9
     assert store.claim_due_alerts(owner="a", lease_ms=10_000, limit=5) == []
+
+
+def test_alerts_are_leased_and_delivered_many_at_once(store: Store, clock: Clock) -> None:
+    poles = [
+        store.add_device(uid=f"pole-{i}", zone="z", lat=1, lon=1, alg=3, actor="t")[0]
+        for i in range(3)
+    ]
+    incs = [incident(d.kid, d.uid, lon=21.0 + i) for i, d in enumerate(poles)]
+    for inc in incs:
+        store.store_incident(inc, zone="z")
+    assert store.decide_many([_fusing(inc) for inc in incs]) == ["dangerous"] * 3
+    claimed = store.claim_due_alerts(owner="a", lease_ms=10_000, limit=2)
+    assert len(claimed) == 2
+    assert store.claim_due_alerts(owner="b", lease_ms=10_000, limit=5)[0].incident_id not in {
+        c.incident_id for c in claimed
+    }
+    store.alerts_delivered([(c.incident_id, clock.now) for c in claimed])
+    assert store.outbox_depth() == 1
+    states = {i.incident_id: store.get_incident(i.incident_id).enc_state for i in incs}
+    assert sorted(states.values()) == ["delivered", "delivered", "pending"]
 
 
 def test_a_device_is_blocked_and_audited_once(store: Store) -> None:
