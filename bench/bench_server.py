@@ -2,8 +2,10 @@
 server's real photo check in the loop.
 
 Starts a Mosquitto on a free loopback port, the trusted server as a real process
-(SQLite, its ``PoseVerifier`` in ``[verification] workers`` worker processes: 1 and 2
-by default), an in-process ENC, and N simulated devices (N = 10, 100 by default).
+(SQLite, its ``PoseVerifier`` in ``[verification] workers`` worker processes: 1 by
+default; ``--verifier light``: the same server with a stand-in photo check that costs
+next to nothing, ``bench/light_server.py``), an in-process ENC, and N simulated devices
+(N = 10, 100, 1000 by default).
 The devices are cheap in-process objects: each speaks the real protocol with its own
 key, but up to 100 of them share one MQTT connection (so 1000 devices are 10
 sockets, not 1000). Each device delivers ``--reports`` incidents, one after another;
@@ -21,15 +23,19 @@ is two such round trips, so "ceiling contacts/s" = echo round trips/s / 2.
 Also shown: the same N = 10 run with TCP_NODELAY off on the server's and the
 devices' sockets (design.md: Nagle and delayed ACKs).
 
-Prints figures only; nothing here passes or fails on time.
+Prints figures only; nothing here passes or fails on time. The last line is one JSON
+object, ``{"runs": [{"verifier", "workers", "devices", "contacts_per_s", "ceiling_per_s",
+"ratio", "c1_n2_p50_ms", "c1_n2_p95_ms"}, ...]}`` (the TCP_NODELAY-off run left out).
 
-    .venv/bin/python bench/bench_server.py [--sizes 10,100] [--reports 2] [--workers 1,2]
+    .venv/bin/python bench/bench_server.py [--sizes 10,100,1000] [--reports 2]
+        [--verifier light,real] [--workers 1,2]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import math
 import os
@@ -257,12 +263,17 @@ def lying_photos() -> list[bytes]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", default="10,100")
+    ap.add_argument("--sizes", default="10,100,1000")
     ap.add_argument("--reports", type=int, default=2, help="incidents per device")
     ap.add_argument(
         "--workers",
-        default="1,2",
-        help="[verification] workers values to run (processes of the photo check)",
+        default="1",
+        help="[verification] workers values to run with the real check (its processes)",
+    )
+    ap.add_argument(
+        "--verifier",
+        default="light,real",
+        help="light (a stand-in photo check), real (the pose models), or both",
     )
     ap.add_argument("--timeout", type=float, default=600.0)
     args = ap.parse_args()
@@ -270,6 +281,9 @@ def main() -> int:
     logging.getLogger("mqtt").setLevel(logging.ERROR)
     sizes = [int(x) for x in args.sizes.split(",")]
     workers_list = [int(x) for x in args.workers.split(",")]
+    verifiers = [x.strip() for x in args.verifier.split(",")]
+    if not verifiers or any(v not in ("light", "real") for v in verifiers):
+        ap.error(f"--verifier: light, real or both, not {args.verifier!r}")
     photos = lying_photos()
     mean_kib = statistics.mean(len(ph) for ph in photos) / 1024
     work = Path(tempfile.mkdtemp(prefix="citywatch-bench-"))
@@ -277,19 +291,27 @@ def main() -> int:
     print(
         f"CityWatch server benchmark: broker 127.0.0.1:{broker.port} (set_tcp_nodelay true), "
         f"{len(photos)} real photos of {mean_kib:.0f} KiB (shipped footage, 480x360), "
-        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}, server on SQLite "
-        "with the real photo check"
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}, server on SQLite"
     )
     print(
-        f"{'workers':>7} {'devices':>8} {'contacts':>9} {'contacts/s':>11} {'alerts/s':>9} "
+        f"{'check':>5} {'workers':>7} {'devices':>8} {'contacts':>9} {'contacts/s':>11} "
+        f"{'alerts/s':>9} "
         f"{'C1->N2 p50':>11} {'p95':>8} {'at ENC':>7} {'server CPU/alert':>17} | "
         f"{'echo RTT/s':>10} "
         f"{'ceiling contacts/s':>19} {'RTT p50':>8}"
     )
-    runs = [(w, True, sizes) for w in workers_list] + [(workers_list[0], False, sizes[:1])]
+    runs: list[tuple[str, int, bool, list[int]]] = []
+    for verifier in verifiers:
+        if verifier == "light":
+            runs.append(("light", 0, True, sizes))
+        else:
+            runs.extend(("real", w, True, sizes) for w in workers_list)
+    first = runs[0]
+    runs.append((first[0], first[1], False, sizes[:1]))
     ceilings: dict[int, tuple[float, float, float]] = {}
+    results: list[dict[str, object]] = []
     try:
-        for run_no, (workers, nodelay, label_sizes) in enumerate(runs):
+        for run_no, (verifier, workers, nodelay, label_sizes) in enumerate(runs):
             port = free_port()
             # block_after_dismissed = 0: a dismissed photo must not block a bench device.
             setup = make_server(
@@ -306,7 +328,12 @@ def main() -> int:
                 setup.config.write_text(text)
             enc = EncStub(server_kid=setup.server_kid, key=setup.enc_key, port=port).start()
             bundles_by_n = {n: provision(setup.config, n, f"zone-{n}") for n in label_sizes}
-            server = ServerProcess(setup).start(timeout=120)
+            command = (
+                [sys.executable, str(ROOT / "bench" / "light_server.py")]
+                if verifier == "light"
+                else None
+            )
+            server = ServerProcess(setup, command=command).start(timeout=120)
             try:
                 for size_no, n in enumerate(label_sizes):
                     server.api(
@@ -338,9 +365,22 @@ def main() -> int:
                                 nodelay=nodelay,
                             )
                         )
+                    p50 = statistics.median(lat) * 1000 if lat else float("nan")
                     if nodelay:
                         rps, rp50, _ = ceilings[n]
                         ceiling = f"{rps:>10.1f} {rps / 2:>19.1f} {rp50:>6.2f}ms"
+                        results.append(
+                            {
+                                "verifier": verifier,
+                                "workers": workers,
+                                "devices": n,
+                                "contacts_per_s": round(done / elapsed, 1),
+                                "ceiling_per_s": round(rps / 2, 1),
+                                "ratio": round(done / elapsed / (rps / 2), 3),
+                                "c1_n2_p50_ms": round(p50),
+                                "c1_n2_p95_ms": round(pct(lat, 0.95) * 1000),
+                            }
+                        )
                     else:
                         ceiling = "(TCP_NODELAY off on the server and the devices)"
                     stages = "  ".join(
@@ -351,14 +391,13 @@ def main() -> int:
                             ("N1->N2", "n1_to_n2"),
                         )
                     )
-                    p50 = statistics.median(lat) * 1000 if lat else float("nan")
                     print(
-                        f"{workers:>7} {n:>8} {done:>9} {done / elapsed:>11.1f} "
+                        f"{verifier:>5} {workers:>7} {n:>8} {done:>9} {done / elapsed:>11.1f} "
                         f"{alerts_per_s:>9.1f} {p50:>9.0f}ms {pct(lat, 0.95) * 1000:>6.0f}ms "
                         f"{len(lat):>7} {cpu_per_alert * 1000:>15.0f}ms | {ceiling}",
                         flush=True,
                     )
-                    print(f"{'':>16} server-side means so far: {stages}", flush=True)
+                    print(f"{'':>22} server-side means so far: {stages}", flush=True)
                     server.api("POST", f"/v1/windows/zone-{n}/close")
 
                 def drained(s: ServerProcess = server) -> bool:
@@ -380,8 +419,10 @@ def main() -> int:
         "not inflate it). verify: the server's mean time from a report's turn to be "
         "verified to its decision, waiting for a free worker included. "
         "Ceiling: the same broker echoing the same sizes at the same concurrency, two round "
-        "trips per contact."
+        "trips per contact. check: real (the pose models in worker processes) or light (a "
+        "stand-in that follows the device's score)."
     )
+    print(json.dumps({"runs": results}))
     return 0
 
 

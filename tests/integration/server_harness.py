@@ -254,8 +254,12 @@ def make_server(
 class ServerProcess:
     """``citywatch server run`` as a real process."""
 
-    def __init__(self, setup: ServerSetup, name: str = "server") -> None:
+    def __init__(
+        self, setup: ServerSetup, name: str = "server", *, command: list[str] | None = None
+    ) -> None:
         self.setup = setup
+        # What runs it (``--config FILE`` is appended); the CLI unless a bench says else.
+        self.command = command or [sys.executable, "-m", "citywatch.cli", "server", "run"]
         self.log = setup.dir / f"{name}-{int(time.time() * 1000)}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -263,15 +267,7 @@ class ServerProcess:
         # The photo check loads its models in a worker process before the server is ready.
         out = open(self.log, "wb")  # noqa: SIM115 - the child keeps it open
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "citywatch.cli",
-                "server",
-                "run",
-                "--config",
-                str(self.setup.config),
-            ],
+            [*self.command, "--config", str(self.setup.config)],
             stdout=out,
             stderr=subprocess.STDOUT,
             cwd=ROOT,
