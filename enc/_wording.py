@@ -147,7 +147,10 @@ class Presentation:
             "note": "{}",
             "report": "Report {}",
             "joins": "It joins alert {}",
+            "address": "Address: {}",
         }
+        if action == "pole_address" and not d.get("address"):
+            out.append("no address any more")
         if d.pop("other_kind", False):
             out.append("of another kind: the priority is raised")
         if d.pop("own_alert", False):

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.e2e.test_dashboard_browser import CHROMIUM, CHROMIUM_ARGS, WAIT_MS, shot
-from tests.e2e.test_dashboard_shift import Desk, post, rows
+from tests.e2e.test_dashboard_shift import Desk, api, post, rows
 from tests.integration.test_enc_dashboard import add_operators
 from tests.integration.test_enc_endpoint import COSE, EncProcess
 
@@ -26,7 +26,7 @@ ADDRESS = "ul. Marszałkowska 104, 00-017 Warszawa"
 @pytest.fixture(scope="module")
 def enc_proc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EncProcess]:
     e = EncProcess(tmp_path_factory.mktemp("address"))
-    add_operators(e, ("olga", "operator"), ("oscar", "operator"))
+    add_operators(e, ("olga", "operator"), ("oscar", "operator"), ("sue", "supervisor"))
     e.start()
     yield e
     e.stop()
@@ -103,3 +103,7 @@ def test_the_address_is_shown_wherever_the_pole_is(enc_proc: EncProcess, browser
         shot(p, "address-wall.png")
     finally:
         wall.close()
+    # The trail says, in words, once, that the server sent it.
+    trail = api(e, "sue").get("/audit").text
+    assert trail.count("Pole address from the server") == 1
+    assert f"Address: {ADDRESS}" in trail
