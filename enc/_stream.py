@@ -64,6 +64,19 @@ async def _stream(
         entries = await anyio.to_thread.run_sync(lambda c=cursor: ctx.store.audit_since(c))  # type: ignore[misc]
         for e in entries:
             cursor = e.id
+            if e.action == "pole_address":
+                # A pole's address changed: its latest alerts, as they read now, so that
+                # open pages show it without a reload.
+                device = str(e.detail.get("device", ""))
+                alerts = await anyio.to_thread.run_sync(
+                    lambda d=device: ctx.store.alerts(device_uid=d, limit=50)  # type: ignore[misc]
+                )
+                for a in alerts:
+                    data = alert_out(a, ctx.ui).model_dump(mode="json")
+                    data["change"] = e.action
+                    data["actor"] = e.actor
+                    yield sse_event("alert", data, id=e.id)
+                continue
             if e.incident_id is None or e.action in _NOT_SENT:
                 continue
             try:

@@ -536,6 +536,13 @@
     onPageAlert = (a) => {
       plot(alertMap, here(), [...state.values()]);
       if (a.incident_id !== incident || a.change === "received") return;
+      if (a.change === "pole_address") { // said in place: nothing else changed
+        const d = document.getElementById("address");
+        d.textContent = a.address || "no address registered";
+        d.classList.toggle("muted", !a.address);
+        if (a.address) delete d.dataset.none; else d.dataset.none = "1";
+        return;
+      }
       if (a.change === "escalated") { // said in place: the forms are the same
         let line = document.getElementById("escalation");
         if (!line) {

@@ -103,7 +103,43 @@ def test_the_address_is_shown_wherever_the_pole_is(enc_proc: EncProcess, browser
         shot(p, "address-wall.png")
     finally:
         wall.close()
-    # The trail says, in words, once, that the server sent it.
+    # A new address reaches open pages without a reload: in place on the alert's page
+    # (and its map label), in the list's rows.
+    olga, oscar = Desk(browser, e, "olga"), Desk(browser, e, "oscar")
+    try:
+        page, listing = olga.open(f"/alerts/{inc}"), oscar.open("/")
+        page.evaluate("window.cwLoaded = true")  # gone if the page reloads
+        assert send_address(e, "pole-s1", "Plac Zamkowy 1", v + 1).status_code == 200
+        page.wait_for_function(
+            "() => document.getElementById('address').textContent === 'Plac Zamkowy 1'",
+            timeout=WAIT_MS,
+        )
+        assert page.evaluate("window.cwLoaded") is True
+        page.wait_for_function(
+            "() => document.querySelector('#map .leaflet-tooltip').textContent"
+            ".includes('Plac Zamkowy 1')",
+            timeout=WAIT_MS,
+        )
+        for i in (inc, live):
+            listing.wait_for_function(
+                f"() => (document.querySelector(\"#alerts tr[data-incident='{i}'] .address\")"
+                " || {}).textContent === 'Plac Zamkowy 1'",
+                timeout=WAIT_MS,
+            )
+        # Removed: the page says so.
+        assert send_address(e, "pole-s1", "", v + 2).status_code == 200
+        page.wait_for_function(
+            "() => document.getElementById('address').textContent === 'no address registered'",
+            timeout=WAIT_MS,
+        )
+        listing.wait_for_function(
+            f"() => !document.querySelector(\"#alerts tr[data-incident='{inc}'] .address\")",
+            timeout=WAIT_MS,
+        )
+    finally:
+        olga.close()
+        oscar.close()
+    # The trail says, in words, once each, that the server sent them.
     trail = api(e, "sue").get("/audit").text
-    assert trail.count("Pole address from the server") == 1
+    assert trail.count("Pole address from the server") == 3
     assert f"Address: {ADDRESS}" in trail
