@@ -38,6 +38,7 @@ __all__ = [
     "render",
     "role_defaults",
     "start_production_cluster",
+    "wait_ready",
 ]
 
 
@@ -57,6 +58,7 @@ def render(template: str, values: dict[str, Any]) -> str:
         loader=jinja2.FileSystemLoader(ROLE / "templates"),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
+        trim_blocks=True,  # as Ansible's template module renders
     )
     return env.get_template(template).render(ansible_managed="Managed by the test", **values)
 
@@ -175,14 +177,14 @@ def start_production_cluster(
         for n in nodes:
             n.start()
         probe = next((d["kid_hex"] for d in devices if not d["blocked"]), None)
-        asyncio.run(_ready(pc, probe, timeout=90))
+        asyncio.run(wait_ready(pc, probe, timeout=90))
     except BaseException:
         pc.stop()
         raise
     return pc
 
 
-async def _ready(pc: ProductionCluster, probe: str | None, *, timeout: float) -> None:
+async def wait_ready(pc: ProductionCluster, probe: str | None, *, timeout: float) -> None:
     """Until JetStream answers the server's identity on every node and, with a device
     ``probe`` (its kid), every MQTT listener takes its session (the gateway's own
     streams are placed)."""
