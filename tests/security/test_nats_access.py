@@ -294,16 +294,23 @@ def test_a_pole_added_to_the_registry_gets_its_rights_on_reload(city: City) -> N
     tasks/auth.yml does after provisioning: no node restarts, the server carries on."""
     c = city
     c.server.api("POST", "/v1/windows/z/open", json=FOREVER)
+    honest = c.pole("pole-honest", node=2).start()
     new = c.setup.add_device("pole-new", "z")
     c.bundles["pole-new"] = new
     assert _refused(c.pole("pole-new", node=2))
     c.cluster.write_auth(registry(c.setup))
     c.cluster.reload()
-    late = c.pole("pole-new", node=2)
-    wait_until(lambda: not _refused(late), timeout=30, what="the new pole admitted")
+    wait_until(
+        lambda: not _refused(c.pole("pole-new", node=2)),
+        timeout=30,
+        what="the new pole admitted",
+    )
     pole = c.pole("pole-new", node=2).start()
     try:
         assert pole.granted == [1]
         assert _contacts(pole, 2) == 2
+        assert _contacts(honest, 2) == 2
+        assert honest.disconnects == 0  # the reload dropped no one
     finally:
         pole.stop()
+        honest.stop()
