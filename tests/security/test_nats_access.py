@@ -88,6 +88,24 @@ class City:
 
         asyncio.run(go())
 
+    def stream_depth(self) -> int:
+        """Messages the server's stream still holds (a work queue drops what a replica
+        acknowledged: with the acknowledgements refused, this never gets to 0)."""
+
+        async def go() -> int:
+            nc = await nats.connect(
+                self.cluster.urls[1],
+                tls=client_context(*self.cluster.server_tls),
+                allow_reconnect=False,
+            )
+            try:
+                info = await nc.jetstream().stream_info("CITYWATCH_UP")
+                return int(info.state.messages)
+            finally:
+                await nc.close()
+
+        return asyncio.run(go())
+
 
 @pytest.fixture
 def city(tmp_path: Path) -> Iterator[City]:
@@ -193,6 +211,8 @@ def test_owned_pole_can_neither_read_nor_write_another_poles_topics(city: City) 
         assert not any(t != owned.down for t, _ in list(owned.received.queue))
         assert _contacts(honest, 5) == 5
         assert honest.disconnects == 0
+        # The replica's own rights suffice: it acknowledged everything it took.
+        wait_until(lambda: c.stream_depth() == 0, timeout=60, what="every message acknowledged")
     finally:
         honest.stop()
         owned.stop()
