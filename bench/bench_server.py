@@ -275,6 +275,12 @@ def main() -> int:
         default="light,real",
         help="light (a stand-in photo check), real (the pose models), or both",
     )
+    ap.add_argument(
+        "--worker-nice",
+        type=int,
+        default=None,
+        help="[verification] worker_nice of the server (default: the server's default)",
+    )
     ap.add_argument("--timeout", type=float, default=600.0)
     args = ap.parse_args()
     # aiomqtt warns about every queue of more than 10 publishes: expected here.
@@ -319,7 +325,8 @@ def main() -> int:
                 broker,
                 enc_url=f"http://127.0.0.1:{port}",
                 timing={"poll_s": 1.0, "rate_limit_burst": 100},
-                verification={"workers": workers, "block_after_dismissed": 0},
+                verification={"workers": workers, "block_after_dismissed": 0}
+                | ({} if args.worker_nice is None else {"worker_nice": args.worker_nice}),
             )
             if not nodelay:
                 text = setup.config.read_text().replace(

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from importlib import resources
 from typing import Any
 
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 from hardware._wrapped import RecordSealer, SealedRecordError
@@ -118,6 +118,47 @@ class IncidentSeal:
 # -- the database object ---------------------------------------------------------------
 
 
+class _WriterTurn:
+    """SQLite has one writer at a time, and a writer that finds another one sleeps in
+    SQLite's busy handler (1, 2, 5, 10, ... 100 ms between tries): under load a commit of
+    a millisecond kept the next writer waiting tens of them. In this process the writing
+    transactions take turns on a lock instead, so the next one starts the moment the last
+    one has committed (other processes, the CLI, still meet the busy timeout).
+
+    The turn is taken at a transaction's first statement that writes, as SQLite takes
+    its own lock (the driver begins a transaction only there: reads before it hold no
+    snapshot), and given back once the transaction has ended: reads never wait for it.
+    PostgreSQL has row locks and needs none of this."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._lock = threading.Lock()
+        self._mine = threading.local()
+        event.listen(engine, "before_cursor_execute", self._before_statement)
+
+    def _before_statement(
+        self, _conn: Any, _cursor: Any, statement: str, *_args: Any, **_kwargs: Any
+    ) -> None:
+        mine = self._mine
+        if not getattr(mine, "depth", 0) or getattr(mine, "held", False):
+            return
+        if statement.lstrip()[:6].upper() not in ("SELECT", "PRAGMA"):
+            self._lock.acquire()
+            mine.held = True
+
+    @contextmanager
+    def during(self) -> Iterator[None]:
+        """Around one transaction of ``Database.tx`` (nested ones share the outer's)."""
+        mine = self._mine
+        mine.depth = getattr(mine, "depth", 0) + 1
+        try:
+            yield
+        finally:
+            mine.depth -= 1
+            if mine.depth == 0 and getattr(mine, "held", False):
+                mine.held = False
+                self._lock.release()
+
+
 class Database:
     """What every part of the store shares: the engine (one connection pool), sessions,
     the clock and the master key. Thread-safe: one session per transaction."""
@@ -133,15 +174,7 @@ class Database:
         self.positions: dict[str, tuple[float, float]] = {}
         self.now = clock
         self._sessions = sessionmaker(engine, expire_on_commit=False)
-        # SQLite has one writer at a time, and a writer that finds another one sleeps in
-        # SQLite's busy handler (1, 2, 5, 10, ... 100 ms between tries): under load a
-        # commit of a millisecond kept the next one waiting tens of them. In this process
-        # the transactions take turns on a lock instead, so the next one starts the
-        # moment the last one ends (other processes, the CLI, still meet the busy
-        # timeout). PostgreSQL has row locks and needs none of this.
-        self._turn: threading.RLock | None = (
-            threading.RLock() if engine.dialect.name == "sqlite" else None
-        )
+        self._turn = _WriterTurn(engine) if engine.dialect.name == "sqlite" else None
 
     @property
     def dialect(self) -> str:
@@ -155,7 +188,7 @@ class Database:
             with self._sessions.begin() as s:
                 yield s
             return
-        with self._turn, self._sessions.begin() as s:
+        with self._turn.during(), self._sessions.begin() as s:
             yield s
 
     def audit(self, s: Session, actor: str, action: str, subject: str, **detail: Any) -> None:
