@@ -212,6 +212,31 @@ def _purge(args: argparse.Namespace) -> int:
     return 0
 
 
+def _seal_store_key(args: argparse.Namespace) -> int:
+    from ._keys import seal_store_key
+
+    config = _config(args)
+    clear, wrapped = seal_store_key(config)
+    print(
+        f"store key wrapped under token key {config.store_key.key_label!r} of token "
+        f"{config.store_key.token_label!r} into {wrapped}; {clear} overwritten and removed.\n"
+        f'Now set [store_key] source = "pkcs11" in {args.config} and restart the ENC.'
+    )
+    return 0
+
+
+def _rotate_kek(args: argparse.Namespace) -> int:
+    from ._keys import rotate_store_kek
+
+    config = _config(args)
+    old, new = rotate_store_kek(config, keep_old=args.keep_old)
+    print(
+        f"store key rewrapped under token key {new!r} in {config.store_key.wrapped_file}; "
+        f"old token key {old!r} {'kept' if args.keep_old else 'deleted'}"
+    )
+    return 0
+
+
 def _add_config_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, metavar="FILE", help="the ENC's TOML config")
 
@@ -280,6 +305,20 @@ def register(parser: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=_purge)
+
+    p = sub.add_parser("keys", help="the store key: move it into a token, rotate the token key")
+    ksub = p.add_subparsers(dest="keys_command", metavar="COMMAND", required=True)
+    q = ksub.add_parser(
+        "seal-store-key", help="wrap the store key file under a token key and remove the file"
+    )
+    _add_config_arg(q)
+    q.set_defaults(func=_seal_store_key)
+    q = ksub.add_parser("rotate-kek", help="rewrap the store key under a new token key")
+    _add_config_arg(q)
+    q.add_argument(
+        "--keep-old", action="store_true", help="keep the old token key (default: delete it)"
+    )
+    q.set_defaults(func=_rotate_kek)
 
     p = sub.add_parser("config", help="example config, check a config")
     csub = p.add_subparsers(dest="config_command", metavar="COMMAND", required=True)

@@ -233,10 +233,11 @@ def token_data_key(
     path: Path,
     purpose: str,
     create: bool,
+    key: bytes | None = None,
 ) -> bytes:
     """The data key wrapped in ``path``, unwrapped by the token key the file names. With
-    ``create`` and no file yet: a fresh key, wrapped under ``kek_label`` (generated in the
-    token, non-extractable, if the token has none by that label)."""
+    ``create`` and no file yet: ``key`` (default: a fresh one), wrapped under ``kek_label``
+    (generated in the token, non-extractable, if the token has none by that label)."""
     from protocol import ALG_A256GCM
 
     from ._errors import KeyNotFound, KeyStoreError
@@ -261,6 +262,47 @@ def token_data_key(
                 if store.has_key(kek_label)
                 else store.generate_key(kek_label, ALG_A256GCM)
             )
-            return create_wrapped_key(path, kek, purpose=purpose)
+            return create_wrapped_key(path, kek, purpose=purpose, key=key)
     except KeyStoreError as exc:
         raise WrappedKeyError(f"token {token_label!r}: {exc}") from None
+
+
+def shred_file(path: Path) -> None:
+    """Overwrite ``path`` with random bytes, flush it to the disk, and remove it."""
+    # Overwrite before unlinking: on most file systems the old blocks are then gone.
+    size = path.stat().st_size
+    with open(path, "r+b") as f:
+        f.write(os.urandom(max(size, 64)))
+        f.flush()
+        os.fsync(f.fileno())
+    path.unlink()
+
+
+def rotate_token_key(
+    *,
+    module: str,
+    token_label: str,
+    pin: str,
+    path: Path,
+    purpose: str,
+    new_label: str,
+    keep_old: bool,
+) -> str:
+    """Token key rotation: a new token key ``new_label``, the data key in ``path``
+    rewrapped under it, the old token key deleted unless ``keep_old``. The old label."""
+    from protocol import ALG_A256GCM
+
+    from ._errors import KeyStoreError
+    from ._pkcs11 import Pkcs11KeyStore
+
+    header, _iv, _sealed = read_wrapped_key(path)
+    try:
+        with Pkcs11KeyStore(module, token_label, pin) as store:
+            old = store.cipher(header.kek)
+            new = store.generate_key(new_label, ALG_A256GCM)
+            rewrap_key(path, old, new, purpose=purpose)
+            if not keep_old:
+                store.delete_key(header.kek)
+    except KeyStoreError as exc:
+        raise WrappedKeyError(f"token {token_label!r}: {exc}") from None
+    return header.kek

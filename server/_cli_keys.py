@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
-from pathlib import Path
 from typing import Any
 
 from hardware._errors import KeyStoreError
@@ -25,7 +23,8 @@ from hardware._wrapped import (
     WrappedKeyError,
     create_wrapped_key,
     read_wrapped_key,
-    rewrap_key,
+    rotate_token_key,
+    shred_file,
 )
 from protocol import ALG_A256GCM
 
@@ -111,7 +110,7 @@ def _seal_master(args: argparse.Namespace) -> int:
             create_wrapped_key(wrapped, kek, purpose=MASTER_KEY_PURPOSE, key=master)
     except (KeyStoreError, WrappedKeyError) as exc:
         raise MasterKeyError(f"master key not moved: {exc}") from None
-    _shred(clear_file)
+    shred_file(clear_file)
     print(
         f"master key wrapped under token key {mk.key_label!r} of token "
         f"{mk.token_label!r} into {wrapped}; {clear_file} overwritten and removed.\n"
@@ -129,30 +128,25 @@ def _rotate_kek(args: argparse.Namespace) -> int:
             "`citywatch server keys seal-master` first)"
         )
     wrapped = cfg.path(mk.wrapped_file)
-    header, _iv, _sealed = read_wrapped_key(wrapped)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
     new_label = f"{mk.key_label}-{stamp}"
+    module = mk.module or find_softhsm_module()
+    if not module:
+        raise MasterKeyError("master_key.module is empty and SoftHSM2 is not installed")
     try:
-        with _token(cfg) as store:
-            old = store.cipher(header.kek)
-            new = store.generate_key(new_label, ALG_A256GCM)
-            rewrap_key(wrapped, old, new, purpose=MASTER_KEY_PURPOSE)
-            if not args.keep_old:
-                store.delete_key(header.kek)
-    except (KeyStoreError, WrappedKeyError) as exc:
+        old_label = rotate_token_key(
+            module=module,
+            token_label=mk.token_label,
+            pin=read_pin_file(cfg.path(mk.pin_file)),
+            path=wrapped,
+            purpose=MASTER_KEY_PURPOSE,
+            new_label=new_label,
+            keep_old=args.keep_old,
+        )
+    except WrappedKeyError as exc:
         raise MasterKeyError(f"token key not rotated: {exc}") from None
     print(
         f"master key rewrapped under token key {new_label!r} in {wrapped}; old token key "
-        f"{header.kek!r} {'kept' if args.keep_old else 'deleted'}"
+        f"{old_label!r} {'kept' if args.keep_old else 'deleted'}"
     )
     return 0
-
-
-def _shred(path: Path) -> None:
-    # Overwrite before unlinking: on most file systems the old blocks are then gone.
-    size = path.stat().st_size
-    with open(path, "r+b") as f:
-        f.write(os.urandom(max(size, 64)))
-        f.flush()
-        os.fsync(f.fileno())
-    path.unlink()

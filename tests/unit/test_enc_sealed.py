@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import secrets
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +18,7 @@ from sqlalchemy import create_engine, text
 import enc
 import protocol as p
 from enc._errors import ConfigError, StoreError
-from enc._keys import open_alert_store
+from enc._keys import open_alert_store, rotate_store_kek, seal_store_key
 from hardware import SoftHsmToken
 
 T0 = 1_760_000_000_000
@@ -166,3 +168,49 @@ def test_store_key_in_a_token(tmp_path: Path, softhsm_tokens: dict[str, SoftHsmT
     (data / "token.pin").write_text("1111\n")
     with pytest.raises(ConfigError, match="store key: token"):
         open_alert_store(config)
+
+
+def test_a_clear_store_key_moves_into_the_token_and_the_alerts_still_open(
+    tmp_path: Path, softhsm_tokens: dict[str, SoftHsmToken]
+) -> None:
+    token = softhsm_tokens["citywatch-enc"]
+    data = tmp_path / "data"
+    store = open_alert_store(_config(tmp_path))  # an ENC installed with source = "file"
+    photo = _photo()
+    store.record_alert(_alert("inc-1", photo), received_at=T0)
+    store.close()
+    (data / "token.pin").write_text(token.pin + "\n")
+    (data / "token.pin").chmod(0o600)
+    label = f"enc-kek-{secrets.token_hex(4)}"
+    token_keys = (
+        f'module = "{token.module}"\ntoken_label = "{token.label}"\nkey_label = "{label}"\n'
+    )
+    (tmp_path / "enc.toml").write_text(
+        f'data_dir = "{data}"\n[store_key]\nsource = "file"\n{token_keys}'
+    )
+    cfg = str(tmp_path / "enc.toml")
+    done = subprocess.run(
+        [sys.executable, "-m", "citywatch", "enc", "keys", "seal-store-key", "--config", cfg],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert 'set [store_key] source = "pkcs11"' in done.stdout
+    assert not (data / "store.key").exists()
+    assert json.loads((data / "store.key.wrapped").read_text())["kek"] == label
+    config = _config(tmp_path, f'[store_key]\nsource = "pkcs11"\n{token_keys}')
+    store = open_alert_store(config)  # the same key, from the token
+    assert store.photo("inc-1") == photo
+    store.close()
+    with pytest.raises(ConfigError, match="exists already: the store key is in the token"):
+        seal_store_key(config)  # a second move has nothing to move
+
+    old, new = rotate_store_kek(config, keep_old=False)  # the token key rotated
+    assert old == label and json.loads((data / "store.key.wrapped").read_text())["kek"] == new
+    store = open_alert_store(config)
+    assert store.photo("inc-1") == photo
+    store.close()
+    with pytest.raises(ConfigError, match=r"rotate-kek needs \[store_key\] source"):
+        rotate_store_kek(_config(tmp_path), keep_old=False)
