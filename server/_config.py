@@ -219,7 +219,8 @@ class VerificationConfig(_Section):
     worker_nice: int = Field(10, ge=0, le=19)
     """How much nicer than the server the photo-check workers run: when the cores are
     short, C2 and C4 (the devices wait for them) go first and the checks queue behind
-    (0: the same priority)."""
+    (0: the same priority; on a host shared with other busy work, the checks then wait
+    for that work too)."""
     max_pixels: int = Field(24_000_000, ge=10_000, le=400_000_000)
     """Photos with more pixels are refused before they are decoded (decompression bombs)."""
     analysis_long_side: int = Field(960, ge=224, le=4096)

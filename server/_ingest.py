@@ -97,8 +97,11 @@ class Ingest:
             m.rejected.labels("topic_mismatch").inc()
             return
         if env.type == MessageType.B2 or self.directory.needs_load(env.kid):
+            # Counted here, not when the task starts: a burst is handed over without the
+            # loop running any task in between.
+            self._lookups += 1
             job = self._after_lookup(env.kid, env.type, type_name, payload, t0)
-            if self._lookups < _MAX_LOOKUPS:
+            if self._lookups <= _MAX_LOOKUPS:
                 self._spawn(job)
             else:  # a flood (of made-up kids, say): the link waits, memory does not grow
                 await job
@@ -108,7 +111,6 @@ class Ingest:
     async def _after_lookup(
         self, kid: bytes, type: int, type_name: str, payload: bytes, t0: float
     ) -> None:
-        self._lookups += 1
         try:
             if self.directory.needs_load(kid):
                 await asyncio.to_thread(self.directory.ensure, kid)
