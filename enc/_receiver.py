@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import anyio.to_thread
 from fastapi import APIRouter, Request, Response
@@ -29,6 +30,8 @@ COSE_CONTENT_TYPE = 'application/cose; cose-type="cose-encrypt0"'
 log = logging.getLogger("citywatch.enc")
 
 # MessageDropped.reason -> HTTP status. Anything not listed is a plain 400.
+_Opened = TypeVar("_Opened", p.AlertReceived, p.LinkedReportReceived, p.PoleAddressReceived)
+
 _STATUS = {
     "too_large": 413,
     "unknown_kid": 401,
@@ -124,26 +127,52 @@ class AlertReceiver:
             "/v1/poles", self.post_address, methods=["POST"], include_in_schema=False
         )
 
-    async def post_address(self, request: Request) -> Response:
-        """N4 in, N2 out (docs/protocol.md, "N4, a pole's street address")."""
+    async def _open(
+        self,
+        request: Request,
+        kind: str,
+        receive: Callable[[bytes, int], list[p.Event]],
+        wanted: type[_Opened],
+    ) -> tuple[_Opened, int] | Response:
+        """The checks every ``/v1`` message gets (media type, size, then the core's):
+        the event it gave and the time it was opened at, or the refusal to answer."""
         peer = request.client.host if request.client else "?"
         if not _is_cose_encrypt0(request.headers.get("content-type")):
+            log.info(
+                "%s refused from %s: content type %r",
+                kind,
+                peer,
+                request.headers.get("content-type"),
+            )
             return _refuse(415)
         try:
-            # An N4 is a small message: the envelope check refuses more than 1 KiB.
             body = await _read_limited(request, self.max_body)
         except _TooLarge:
+            log.info("%s refused from %s: body over %d bytes", kind, peer, self.max_body)
             return _refuse(413)
         except _BadLength:
             return _refuse(400)
         now = self._clock()
-        events = self.endpoint.receive_address(body, now)
-        entry = next((e for e in events if isinstance(e, p.PoleAddressReceived)), None)
-        if entry is None:
+        events = receive(body, now)
+        opened = next((e for e in events if isinstance(e, wanted)), None)
+        if opened is None:
             dropped = next((e for e in events if isinstance(e, p.MessageDropped)), None)
             reason = dropped.reason if dropped else "unknown"
-            log.info("N4 refused from %s: %s (%s)", peer, reason, dropped.detail if dropped else "")
+            kid = dropped.kid.hex() if dropped and dropped.kid else "-"
+            detail = dropped.detail if dropped else ""
+            log.info("%s refused from %s kid %s: %s (%s)", kind, peer, kid, reason, detail)
             return _refuse(_STATUS.get(reason, 400))
+        return opened, now
+
+    async def post_address(self, request: Request) -> Response:
+        """N4 in, N2 out (docs/protocol.md, "N4, a pole's street address")."""
+        # An N4 is a small message: the envelope check refuses more than 1 KiB.
+        opened = await self._open(
+            request, "N4", self.endpoint.receive_address, p.PoleAddressReceived
+        )
+        if isinstance(opened, Response):
+            return opened
+        entry, now = opened
         try:
             changed = await anyio.to_thread.run_sync(
                 lambda: record_pole_address(self.store, entry, received_at=now)
@@ -162,24 +191,12 @@ class AlertReceiver:
 
     async def post_report(self, request: Request) -> Response:
         """N3 in, N2 out (docs/protocol.md, "N3, a linked report")."""
-        peer = request.client.host if request.client else "?"
-        if not _is_cose_encrypt0(request.headers.get("content-type")):
-            return _refuse(415)
-        try:
-            body = await _read_limited(request, self.max_body)
-        except _TooLarge:
-            log.info("N3 refused from %s: body over %d bytes", peer, self.max_body)
-            return _refuse(413)
-        except _BadLength:
-            return _refuse(400)
-        now = self._clock()
-        events = self.endpoint.receive_report(body, now)
-        report = next((e for e in events if isinstance(e, p.LinkedReportReceived)), None)
-        if report is None:
-            dropped = next((e for e in events if isinstance(e, p.MessageDropped)), None)
-            reason = dropped.reason if dropped else "unknown"
-            log.info("N3 refused from %s: %s (%s)", peer, reason, dropped.detail if dropped else "")
-            return _refuse(_STATUS.get(reason, 400))
+        opened = await self._open(
+            request, "N3", self.endpoint.receive_report, p.LinkedReportReceived
+        )
+        if isinstance(opened, Response):
+            return opened
+        report, now = opened
         try:
             how, new = await anyio.to_thread.run_sync(
                 lambda: record_linked_report(self.store, report, received_at=now)
@@ -202,34 +219,11 @@ class AlertReceiver:
         return Response(n2, status_code=200, media_type=COSE_CONTENT_TYPE)
 
     async def post_alert(self, request: Request) -> Response:
-        peer = request.client.host if request.client else "?"
-        if not _is_cose_encrypt0(request.headers.get("content-type")):
-            log.info(
-                "N1 refused from %s: content type %r", peer, request.headers.get("content-type")
-            )
-            return _refuse(415)
-        try:
-            body = await _read_limited(request, self.max_body)
-        except _TooLarge:
-            log.info("N1 refused from %s: body over %d bytes", peer, self.max_body)
-            return _refuse(413)
-        except _BadLength:
-            return _refuse(400)
-        now = self._clock()
-        events = self.endpoint.receive(body, now)
-        alert = next((e for e in events if isinstance(e, p.AlertReceived)), None)
-        if alert is None:
-            dropped = next((e for e in events if isinstance(e, p.MessageDropped)), None)
-            reason = dropped.reason if dropped else "unknown"
-            kid = dropped.kid.hex() if dropped and dropped.kid else "-"
-            log.info(
-                "N1 refused from %s kid %s: %s (%s)",
-                peer,
-                kid,
-                reason,
-                dropped.detail if dropped else "",
-            )
-            return _refuse(_STATUS.get(reason, 400))
+        """N1 in, N2 out."""
+        opened = await self._open(request, "N1", self.endpoint.receive, p.AlertReceived)
+        if isinstance(opened, Response):
+            return opened
+        alert, now = opened
         try:
             new = await anyio.to_thread.run_sync(
                 lambda: self.store.record_alert(alert, received_at=now)
