@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,13 +17,12 @@ import pytest
 
 import protocol as p
 from citywatch._footage import fall_photo
-from citywatch._services import ServiceUnavailable
 from edge._client import ProtocolClient
 from edge._config import BrokerConfig
 from edge._outbox import OUTBOX_FILE, Outbox
 from edge._state import STATUS_FILE, read_status, wall_ms
 from tests.integration.server_harness import EncStub, ServerProcess, make_server, wait_until
-from tests.support.nats import NatsCluster, start_nats_cluster
+from tests.support.nats import NatsCluster
 from tests.support.services import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -39,16 +38,6 @@ TIMING = p.Timing(
 WAIT_S = 240.0
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[NatsCluster]:
-    try:
-        c = start_nats_cluster(tmp_path / "nats")
-    except ServiceUnavailable as exc:
-        pytest.skip(str(exc))
-    yield c
-    c.stop()
-
-
 async def until(what: str, pred: Callable[[], bool], timeout: float = WAIT_S) -> None:
     deadline = time.monotonic() + timeout
     while not pred():
@@ -58,16 +47,16 @@ async def until(what: str, pred: Callable[[], bool], timeout: float = WAIT_S) ->
 
 
 def test_a_pole_whose_node_is_killed_moves_to_another_and_delivers_once(
-    tmp_path: Path, cluster: NatsCluster
+    tmp_path: Path, nats_cluster: NatsCluster
 ) -> None:
     enc_port = free_port()
-    first, *others = cluster.nodes
+    first, *others = nats_cluster.nodes
     setup = make_server(
         tmp_path,
         SimpleNamespace(port=first.mqtt_port),  # type: ignore[arg-type]
         enc_url=f"http://127.0.0.1:{enc_port}",
         verification={"fuse_within_m": 0},  # three alerts at one place, none fused
-        broker_extra={"transport": "nats", "nats_servers": cluster.urls, "nats_replicas": 3},
+        broker_extra={"transport": "nats", "nats_servers": nats_cluster.urls, "nats_replicas": 3},
     )
     bundle = setup.add_device("pole-1", "z")
     enc = EncStub(server_kid=setup.server_kid, key=setup.enc_key, port=enc_port).start()

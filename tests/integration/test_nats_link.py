@@ -10,25 +10,12 @@ import contextlib
 import random
 import time
 from collections import Counter
-from collections.abc import Iterator
-from pathlib import Path
 
 import aiomqtt
 import pytest
 
-from citywatch._services import ServiceUnavailable
 from server._nats import NatsLink, NatsSettings
-from tests.support.nats import NatsCluster, start_nats_cluster
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[NatsCluster]:
-    try:
-        c = start_nats_cluster(tmp_path / "nats")
-    except ServiceUnavailable as exc:
-        pytest.skip(str(exc))
-    yield c
-    c.stop()
+from tests.support.nats import NatsCluster
 
 
 def _settings(c: NatsCluster, **kw: object) -> NatsSettings:
@@ -74,10 +61,10 @@ async def _until(cond: object, timeout: float) -> None:
 
 
 def test_poles_on_any_node_reach_the_replicas_once_and_get_their_replies(
-    cluster: NatsCluster,
+    nats_cluster: NatsCluster,
 ) -> None:
     async def run() -> None:
-        a, b = Replica(_settings(cluster)), Replica(_settings(cluster))
+        a, b = Replica(_settings(nats_cluster)), Replica(_settings(nats_cluster))
         for r in (a, b):
             r.start()
         await a.connected()
@@ -86,7 +73,7 @@ def test_poles_on_any_node_reach_the_replicas_once_and_get_their_replies(
         replies: list[bytes] = []
         async with contextlib.AsyncExitStack() as stack:
             poles = []
-            for i, node in enumerate(cluster.nodes):
+            for i, node in enumerate(nats_cluster.nodes):
                 kid = f"{i:02x}" * 8
                 c = await stack.enter_async_context(
                     aiomqtt.Client("127.0.0.1", node.mqtt_port, identifier=kid)
@@ -122,14 +109,14 @@ def test_poles_on_any_node_reach_the_replicas_once_and_get_their_replies(
     asyncio.run(run())
 
 
-def test_a_replica_that_dies_leaves_what_it_took_to_another(cluster: NatsCluster) -> None:
+def test_a_replica_that_dies_leaves_what_it_took_to_another(nats_cluster: NatsCluster) -> None:
     async def run() -> None:
-        s = _settings(cluster, ack_wait_s=2.0, batch=1)
+        s = _settings(nats_cluster, ack_wait_s=2.0, batch=1)
         dying = Replica(s, hang_on=b"taken")
         dying.start()
         await dying.connected()
         async with aiomqtt.Client(
-            "127.0.0.1", cluster.nodes[1].mqtt_port, identifier="ab" * 8
+            "127.0.0.1", nats_cluster.nodes[1].mqtt_port, identifier="ab" * 8
         ) as pole:
             await pole.publish(f"citywatch/v1/{'ab' * 8}/up", b"taken", qos=1)
             await asyncio.sleep(1.0)  # the dying replica has it, unacknowledged
@@ -148,7 +135,7 @@ def test_a_replica_that_dies_leaves_what_it_took_to_another(cluster: NatsCluster
 
 
 @pytest.mark.slow
-def test_a_node_killed_under_load_leaves_the_replicas_consuming(cluster: NatsCluster) -> None:
+def test_a_node_killed_under_load_leaves_the_replicas_consuming(nats_cluster: NatsCluster) -> None:
     """Poles publish QoS 1 to two nodes while the third (holding its share of the stream,
     the consumer and maybe a replica's connection) is SIGKILLed. Once the cluster has
     re-elected its leaders, every message the gateway acknowledged (PUBACK) reaches a
@@ -163,7 +150,7 @@ def test_a_node_killed_under_load_leaves_the_replicas_consuming(cluster: NatsClu
         n = 0
         while not stop.is_set():
             for idx in order:
-                node = cluster.nodes[idx]
+                node = nats_cluster.nodes[idx]
                 if not node.alive:
                     continue
                 try:
@@ -180,7 +167,7 @@ def test_a_node_killed_under_load_leaves_the_replicas_consuming(cluster: NatsClu
                     await asyncio.sleep(0.2)
 
     async def run() -> None:
-        a, b = Replica(_settings(cluster)), Replica(_settings(cluster))
+        a, b = Replica(_settings(nats_cluster)), Replica(_settings(nats_cluster))
         for r in (a, b):
             r.start()
         await a.connected()
@@ -193,7 +180,7 @@ def test_a_node_killed_under_load_leaves_the_replicas_consuming(cluster: NatsClu
             for i in range(6)
         ]
         await asyncio.sleep(3)
-        cluster.nodes[1].kill()
+        nats_cluster.nodes[1].kill()
         await asyncio.sleep(20)  # leaders re-elected well within this (a few seconds here)
         settled = time.monotonic()
         await asyncio.sleep(4)

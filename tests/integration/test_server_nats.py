@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -16,10 +15,9 @@ import pytest
 
 import protocol as p
 from citywatch._footage import fall_photo
-from citywatch._services import ServiceUnavailable
 from citywatch._simdevice import SimulatedDevice
 from tests.integration.server_harness import EncStub, ServerProcess, make_server, wait_until
-from tests.support.nats import NatsCluster, start_nats_cluster
+from tests.support.nats import NatsCluster
 from tests.support.services import Postgres, free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -28,39 +26,29 @@ HERE = p.Coords(lat=52.2297, lon=21.0122, alt=None, acc=3.0, src="gps")
 FOREVER = {"until": "2099-01-01T00:00:00Z"}
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[NatsCluster]:
-    try:
-        c = start_nats_cluster(tmp_path / "nats")
-    except ServiceUnavailable as exc:
-        pytest.skip(str(exc))
-    yield c
-    c.stop()
-
-
 def _on_node(bundle: p.ProvisioningBundle, port: int) -> p.ProvisioningBundle:
     assert bundle.server is not None
     return dataclasses.replace(bundle, server=dataclasses.replace(bundle.server, port=port))
 
 
 def test_replicas_on_a_nats_cluster_alert_once_with_a_node_killed_under_load(
-    tmp_path: Path, cluster: NatsCluster, postgres: Postgres
+    tmp_path: Path, nats_cluster: NatsCluster, postgres: Postgres
 ) -> None:
     db = postgres.create_database(f"server_{uuid.uuid4().hex[:12]}")
     enc_port = free_port()
-    gateway = SimpleNamespace(port=cluster.nodes[0].mqtt_port)
+    gateway = SimpleNamespace(port=nats_cluster.nodes[0].mqtt_port)
     first = make_server(
         tmp_path,
         gateway,
         enc_url=f"http://127.0.0.1:{enc_port}",  # type: ignore[arg-type]
         db_url=db,
         verification={"fuse_within_m": 0},
-        broker_extra={"transport": "nats", "nats_servers": cluster.urls, "nats_replicas": 3},
+        broker_extra={"transport": "nats", "nats_servers": nats_cluster.urls, "nats_replicas": 3},
     )
     second = first.variant("second")
     enc = EncStub(server_kid=first.server_kid, key=first.enc_key, port=enc_port).start()
     # Poles on the two nodes that stay up; the servers use the whole cluster.
-    ports = [cluster.nodes[0].mqtt_port, cluster.nodes[2].mqtt_port]
+    ports = [nats_cluster.nodes[0].mqtt_port, nats_cluster.nodes[2].mqtt_port]
     bundles = [_on_node(first.add_device(f"pole-{i}", "z"), ports[i % 2]) for i in range(6)]
     a = ServerProcess(first, "a").start()
     b = ServerProcess(second, "b").start()
@@ -87,7 +75,7 @@ def test_replicas_on_a_nats_cluster_alert_once_with_a_node_killed_under_load(
                 before = await asyncio.gather(*(reports(d, 1) for d in devices))
                 during = asyncio.gather(*(reports(d, 4) for d in devices))
                 await asyncio.sleep(1.0)
-                cluster.nodes[1].kill()
+                nats_cluster.nodes[1].kill()
                 got = [*before, *await during]
                 return [i for ids in got for i in ids]
             finally:

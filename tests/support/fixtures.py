@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from .nats import NatsCluster, start_nats_cluster
 from .services import Broker, Postgres, ServiceUnavailable, start_mosquitto, start_postgres
 
 
@@ -30,6 +31,17 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
         pytest.skip(f"Mosquitto unavailable: {exc}")
     yield b
     b.stop()
+
+
+@pytest.fixture
+def nats_cluster(tmp_path: Path) -> Iterator[NatsCluster]:
+    """A real three-node NATS cluster (JetStream, MQTT gateway) on loopback, one per test."""
+    try:
+        c = start_nats_cluster(tmp_path / "nats")
+    except ServiceUnavailable as exc:
+        pytest.skip(str(exc))
+    yield c
+    c.stop()
 
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
