@@ -263,7 +263,7 @@ class ServerProcess:
         self.log = setup.dir / f"{name}-{int(time.time() * 1000)}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, *, timeout: float = 45.0) -> ServerProcess:
+    def start(self, *, timeout: float = 120.0) -> ServerProcess:
         # The photo check loads its models in a worker process before the server is ready.
         out = open(self.log, "wb")  # noqa: SIM115 - the child keeps it open
         self.proc = subprocess.Popen(

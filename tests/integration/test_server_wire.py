@@ -66,7 +66,7 @@ class Wire:
     async def ask(self, data: bytes, *, topic: str | None = None) -> p.Message:
         seen = len(self.dev.downlinks)
         await self.dev.send_raw(data, topic=topic)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30  # a guard against hanging, not a speed limit
         while len(self.dev.downlinks) == seen:
             assert time.monotonic() < deadline, "no answer from the server"
             await asyncio.sleep(0.01)
@@ -145,7 +145,7 @@ def test_every_error_code_over_the_wire(setup: ServerSetup, server: ServerProces
             SimulatedDevice(bc) as dc,
             SimulatedDevice(bz) as dz,
         ):
-            await da.wait_for_window(timeout=10)
+            await da.wait_for_window(timeout=30)
             a, b, c, z = Wire(da, ba), Wire(db, bb), Wire(dc, bc), Wire(dz, bz)
             t = now()
             await a.refused(a.seal(p.C1Hello(td=t, uid="pole-b")), p.ErrorCode.UID_MISMATCH)
@@ -195,9 +195,9 @@ def test_replays_reflections_and_forgeries_are_dropped(
 
     async def scenario() -> str:
         async with SimulatedDevice(ba) as da, SimulatedDevice(bb):
-            await da.wait_for_window(timeout=10)
+            await da.wait_for_window(timeout=30)
             a = Wire(da, ba)
-            delivered = await da.report(fall_photo(), HERE, 0.9, "fall", timeout=10)
+            delivered = await da.report(fall_photo(), HERE, 0.9, "fall", timeout=30)
 
             def sent(kind: p.MessageType, messages: list[bytes]) -> bytes:
                 return [m for m in messages if p.decode_envelope(m, max_size=10**7).type == kind][
@@ -246,5 +246,7 @@ def test_replays_reflections_and_forgeries_are_dropped(
     assert m("citywatch_server_rejected_messages_total", reason="topic_mismatch") >= 1
     assert m("citywatch_server_rejected_messages_total", reason="malformed") >= 1
     wait_until(
-        lambda: server.api("GET", "/v1/incidents").json()[0]["decision"], timeout=5, what="decision"
+        lambda: server.api("GET", "/v1/incidents").json()[0]["decision"],
+        timeout=60,
+        what="decision",
     )
