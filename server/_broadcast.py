@@ -22,6 +22,11 @@ __all__ = ["BroadcastScheduler"]
 
 log = logging.getLogger("citywatch.server")
 
+_CHANGES_OVERLAP_MS = 60_000
+"""A poll re-reads only the devices changed since the last poll, less this overlap."""
+_FULL_READ_MS = 300_000
+"""And the whole registry this often, whatever the clocks of its writers did."""
+
 
 class BroadcastScheduler:
     """``run`` re-reads the registry and windows every ``[timing] poll_s`` (or at once on
@@ -47,6 +52,8 @@ class BroadcastScheduler:
         self.metrics = metrics
         self._clock = clock
         self._send = send
+        self._changes_since: int | None = None
+        self._last_full_ms = 0
 
     async def run(self, connected: asyncio.Event, wake: asyncio.Event) -> None:
         while True:
@@ -61,8 +68,19 @@ class BroadcastScheduler:
                 await asyncio.wait_for(wake.wait(), timeout=self.config.timing.poll_s)
 
     async def refresh(self) -> None:
-        devices = await asyncio.to_thread(self.store.list_devices)
-        self.directory.refresh(devices)
+        started = self._clock()
+        if self._changes_since is None or started - self._last_full_ms >= _FULL_READ_MS:
+            devices = await asyncio.to_thread(self.store.list_devices)
+            self.directory.refresh(devices)
+            self._last_full_ms = started
+        else:
+            changed, kids = await asyncio.to_thread(
+                self.store.registry_changes, self._changes_since
+            )
+            self.directory.apply_changes(changed, kids)
+        # Writers stamp changes with their own clocks (the CLI, other replicas): rows of
+        # the last minute are read again, so a writer up to that far behind is not missed.
+        self._changes_since = started - _CHANGES_OVERLAP_MS
         windows = await asyncio.to_thread(self.store.open_windows, self._clock())
         self.directory.plan = MonitoringPlan.of(windows, self.config.schedules)
 

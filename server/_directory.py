@@ -80,6 +80,14 @@ class RegistryDirectory:
             fresh[info.kid] = _Entry(info, old.cipher if old else None)
         self._entries = fresh
 
+    def apply_changes(self, changed: list[DeviceInfo], kids: set[bytes]) -> None:
+        """A partial re-read: ``changed`` replaces those devices' metadata (keys stay
+        cached), and a device whose kid is not in ``kids`` (deleted) is forgotten."""
+        for kid in [k for k in self._entries if k not in kids]:
+            del self._entries[kid]
+        for info in changed:
+            self.update(info)
+
     def update(self, info: DeviceInfo) -> None:
         old = self._entries.get(info.kid)
         self._entries[info.kid] = _Entry(info, old.cipher if old else None)

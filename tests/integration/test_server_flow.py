@@ -197,6 +197,31 @@ def test_device_state_changes_reach_the_running_server(
     asyncio.run(scenario())
 
 
+def test_a_deleted_device_is_forgotten_by_the_running_server(
+    setup: ServerSetup, server: ServerProcess
+) -> None:
+    # The running server re-reads only what changed; a deleted device is not a change
+    # it can read, so it must notice the kid missing.
+    bundle = setup.add_device("pole-1", "old-town")
+    setup.add_device("pole-2", "old-town")
+    server.start()
+    server.api("POST", "/v1/windows/old-town/open", json={"until": "2099-01-01T00:00:00Z"})
+
+    async def scenario() -> None:
+        async with SimulatedDevice(bundle) as d:
+            await d.wait_for_window(timeout=30)
+            await asyncio.sleep(1.0)  # a poll or two after the full first read
+            code, _ = await asyncio.to_thread(setup.cli, "device", "delete", "pole-1")
+            assert code == 0
+            await asyncio.sleep(1.0)  # poll_s is 0.3 in these tests
+            with pytest.raises(TimeoutError):
+                await d.report(fall_photo(), HERE, 0.9, "fall", timeout=2.0)
+            assert d.refusals() == []  # an unknown kid gets no answer at all
+
+    asyncio.run(scenario())
+    assert server.api("GET", "/v1/incidents").json() == []
+
+
 def _one_pole_reports(tmp_path: Path, broker: Broker, photo: bytes, count: int) -> ServerProcess:
     """A server (ENC unreachable, blocking after 2 dismissals, no fusion) with one pole in
     a monitored zone that reports ``photo`` ``count`` times with its own score 0.05;
