@@ -138,6 +138,11 @@ class DeviceConnection:
         self.state = ContactState.IDLE
         self._report: PendingReport | None = None
         self._td = 0
+        self._td_floor = 0
+        """Highest T_D a server may hold in its replay cache: every C1 sent, but for one
+        refused as out of its window (never cached), so a clock corrected backwards is
+        used at once."""
+        self._td_floor_before_send = 0
         self._last_sent_hash = b""
         self._deadline: int | None = None
         self._attempts = 0
@@ -238,8 +243,10 @@ class DeviceConnection:
     # -- contact --------------------------------------------------------------------------
 
     def _send_c1(self, now: int) -> None:
-        # A fresh T_D, strictly above the previous one even if the clock stood still.
-        self._td = max(self.protocol_time(now), self._td + 1)
+        # A fresh T_D, strictly above any the server may have cached, even if the clock
+        # stood still.
+        self._td = max(self.protocol_time(now), self._td_floor + 1)
+        self._td_floor_before_send, self._td_floor = self._td_floor, self._td
         self._attempts += 1
         c1 = self._seal(C1Hello(td=self._td, uid=self.uid))
         self._last_sent_hash = message_hash(c1)
@@ -297,6 +304,8 @@ class DeviceConnection:
         self._last_refusal = m.code
         events: list[Event] = []
         if m.code == ErrorCode.TIMESTAMP_OUT_OF_WINDOW:
+            if m.re == MessageType.C1:
+                self._td_floor = self._td_floor_before_send  # refused, so never cached
             self.clock_offset_ms = m.now - now
             events.append(ClockCorrected(self.clock_offset_ms))
             # One immediate retry with the corrected clock; later ones back off.
