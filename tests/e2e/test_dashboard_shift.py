@@ -77,6 +77,12 @@ def browser(playwright: object) -> Iterator[object]:
 # real one is suspended too (no sound), but headless Chromium may start it running after
 # the constructor's suspend(), and the page must not see that race.
 DESK_AUDIO_POLICY = """(() => {
+  // A trusted pointer or key event in this page itself: navigator.userActivation was
+  // seen active in a fresh tab nobody had clicked in (headless Chromium, loaded machine).
+  let clicked = false;
+  const mark = (e) => { if (e.isTrusted) clicked = true; };
+  window.addEventListener("pointerdown", mark, true);
+  window.addEventListener("keydown", mark, true);
   const Real = window.AudioContext;
   window.AudioContext = class extends Real {
     #allowed = false;
@@ -86,7 +92,7 @@ DESK_AUDIO_POLICY = """(() => {
       return this.#allowed || real === "closed" ? real : "suspended";
     }
     resume() {
-      if (!navigator.userActivation.isActive) {
+      if (!clicked || !navigator.userActivation.isActive) {
         return Promise.reject(new DOMException("needs a click", "NotAllowedError"));
       }
       this.#allowed = true;
