@@ -63,8 +63,12 @@ class MqttLink:
         will: aiomqtt.Will | None = None,
         tcp_nodelay: bool = True,
         shared: bool = False,
+        reconnect: bool = False,
     ) -> None:
         self.host, self.port = host, port
+        self.reconnect = reconnect
+        """Connect again (and subscribe again) when the broker drops the connection."""
+        self._stopping = False
         self.client_id = client_id
         self.prefix = topic_prefix
         self.tls, self.ca_pem = tls, ca_pem
@@ -84,6 +88,11 @@ class MqttLink:
         return ctx
 
     async def start(self) -> None:
+        self._stopping = False
+        await self._connect()
+        self._reader = asyncio.create_task(self._read())
+
+    async def _connect(self) -> None:
         options = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)] if self.tcp_nodelay else []
         self._client = aiomqtt.Client(
             self.host,
@@ -99,9 +108,12 @@ class MqttLink:
         await self._client.__aenter__()
         if self.shared:
             await self._client.subscribe(f"{self.prefix}/+/down", qos=1)
-        self._reader = asyncio.create_task(self._read())
+        else:
+            for kid in self._devices:  # after a reconnect: a clean session forgot them
+                await self._client.subscribe(f"{self.prefix}/{kid.hex()}/down", qos=1)
 
     async def stop(self) -> None:
+        self._stopping = True
         if self._reader is not None:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -114,6 +126,7 @@ class MqttLink:
     async def abort(self) -> None:
         """Drop the connection without a DISCONNECT, as a crash would (the broker then
         publishes the last will)."""
+        self._stopping = True
         if self._client is not None:
             sock = self._client._client.socket()
             if isinstance(sock, socket.socket):
@@ -132,19 +145,41 @@ class MqttLink:
         await self._client.publish(topic, payload, qos=1, retain=retain, timeout=30)
 
     async def _read(self) -> None:
-        assert self._client is not None
-        try:
-            async for msg in self._client.messages:
-                parts = str(msg.topic).split("/")
-                try:
-                    kid = bytes.fromhex(parts[-2])
-                except (ValueError, IndexError):
-                    continue
-                device = self._devices.get(kid)
-                if device is not None and isinstance(msg.payload, bytes | bytearray):
-                    device._on_downlink(bytes(msg.payload))
-        except aiomqtt.MqttError as exc:
-            log.warning("link %s lost: %s", self.client_id, exc)
+        while True:
+            assert self._client is not None
+            try:
+                async for msg in self._client.messages:
+                    parts = str(msg.topic).split("/")
+                    try:
+                        kid = bytes.fromhex(parts[-2])
+                    except (ValueError, IndexError):
+                        continue
+                    device = self._devices.get(kid)
+                    if device is not None and isinstance(msg.payload, bytes | bytearray):
+                        device._on_downlink(bytes(msg.payload))
+                return
+            except aiomqtt.MqttError as exc:
+                log.warning("link %s lost: %s", self.client_id, exc)
+            if not self.reconnect or self._stopping:
+                return
+            await self._connect_again()
+
+    async def _connect_again(self) -> None:
+        # What a real pole does (edge._link): back off and connect again; the protocol
+        # core's own timeouts resend what was lost meanwhile.
+        delay = 0.5
+        while not self._stopping:
+            await asyncio.sleep(delay)
+            if self._client is not None:
+                with contextlib.suppress(Exception):
+                    await self._client.__aexit__(None, None, None)
+            try:
+                await self._connect()
+                log.info("link %s connected again", self.client_id)
+                return
+            except aiomqtt.MqttError as exc:
+                log.warning("link %s: connecting again failed: %s", self.client_id, exc)
+                delay = min(delay * 2, 5.0)
 
 
 class SimulatedDevice:
@@ -160,6 +195,7 @@ class SimulatedDevice:
         timing: Timing | None = None,
         last_epoch: int = 0,
         tcp_nodelay: bool = True,
+        reconnect: bool = False,
     ) -> None:
         self.bundle = bundle
         self.uid = bundle.uid
@@ -189,6 +225,7 @@ class SimulatedDevice:
             ca_pem=broker.ca_pem,
             tcp_nodelay=tcp_nodelay,
             will=aiomqtt.Will(self.status_topic, b"offline", qos=1, retain=True),
+            reconnect=reconnect,
         )
         self.events: list[Event] = []
         """Everything the protocol core reported, oldest first."""
