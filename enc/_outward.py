@@ -104,6 +104,20 @@ def outward_routes(ctx: WebContext, outbox: CapOutbox) -> APIRouter:
             headers={"Cache-Control": "no-store"},
         )
 
+    def viewed(incident_id: str, jpeg: bytes, detail: dict[str, str]) -> Response:
+        """A photo a CAP recipient fetched: audited (live on the desks' pages), not cached."""
+        ctx.store.append_audit(
+            at=ctx.clock(),
+            actor="cap-recipient",
+            action="photo_viewed",
+            incident_id=incident_id,
+            detail=detail,
+        )
+        ctx.feed.notify()
+        return Response(
+            jpeg, media_type="image/jpeg", headers={"Cache-Control": "no-store, private"}
+        )
+
     @r.get("/cap/photo/{incident_id}.jpg", include_in_schema=False)
     def photo(incident_id: str, token: str = Query("", max_length=80)) -> Response:
         # The same answer for a wrong token, an expired one and an unknown alert.
@@ -113,17 +127,7 @@ def outward_routes(ctx: WebContext, outbox: CapOutbox) -> APIRouter:
             jpeg = ctx.store.photo(incident_id)
         except NotFound:
             return JSONResponse({"error": "forbidden"}, status_code=403)
-        ctx.store.append_audit(
-            at=ctx.clock(),
-            actor="cap-recipient",
-            action="photo_viewed",
-            incident_id=incident_id,
-            detail={"view": "cap"},
-        )
-        ctx.feed.notify()
-        return Response(
-            jpeg, media_type="image/jpeg", headers={"Cache-Control": "no-store, private"}
-        )
+        return viewed(incident_id, jpeg, {"view": "cap"})
 
     @r.get("/cap/photo/{incident_id}/{report_id}.jpg", include_in_schema=False)
     def report_photo(
@@ -136,17 +140,7 @@ def outward_routes(ctx: WebContext, outbox: CapOutbox) -> APIRouter:
             jpeg = linked_photo(ctx.store, incident_id, report_id)
         except NotFound:
             return JSONResponse({"error": "forbidden"}, status_code=403)
-        ctx.store.append_audit(
-            at=ctx.clock(),
-            actor="cap-recipient",
-            action="photo_viewed",
-            incident_id=incident_id,
-            detail={"view": "cap", "report": report_id},
-        )
-        ctx.feed.notify()
-        return Response(
-            jpeg, media_type="image/jpeg", headers={"Cache-Control": "no-store, private"}
-        )
+        return viewed(incident_id, jpeg, {"view": "cap", "report": report_id})
 
     @r.get("/alerts/{incident_id}/eido.json", include_in_schema=False)
     def eido(request: Request, incident_id: str) -> Response:

@@ -425,12 +425,7 @@ class EncNotifier:
             kid=self.kid,
             random=self._random,
         )
-        p = self._pending.get(incident_id)
-        if p is None:
-            p = self._pending[incident_id] = _PendingAlert([], 0, 0)
-        p.hashes = [*p.hashes[-(self._KEEP_HASHES - 1) :], hashlib.sha256(data).digest()]
-        p.deadline = now + self.timing.n2_timeout_ms
-        p.attempts += 1
+        self._track(incident_id, data, now)
         return data
 
     def linked_report(
@@ -482,12 +477,7 @@ class EncNotifier:
         )
         # Kept apart from the alerts' waits: a UID may equal an incident id; the hash
         # decides which an N2 answers.
-        p = self._pending_addresses.get(device_uid)
-        if p is None:
-            p = self._pending_addresses[device_uid] = _PendingAlert([], 0, 0)
-        p.hashes = [*p.hashes[-(self._KEEP_HASHES - 1) :], hashlib.sha256(data).digest()]
-        p.deadline = now + self.timing.n2_timeout_ms
-        p.attempts += 1
+        self._track(device_uid, data, now, waits=self._pending_addresses)
         return data
 
     def forget_address(self, device_uid: str) -> None:
@@ -498,10 +488,14 @@ class EncNotifier:
         """Stop waiting for an N2 for this id (an N3 the ENC does not know)."""
         self._pending.pop(incident_id, None)
 
-    def _track(self, key: str, data: bytes, now: int) -> None:
-        p = self._pending.get(key)
+    def _track(
+        self, key: str, data: bytes, now: int, *, waits: dict[str, _PendingAlert] | None = None
+    ) -> None:
+        """Wait for an N2 answering ``data`` (the last few sent for ``key`` all count)."""
+        waits = self._pending if waits is None else waits
+        p = waits.get(key)
         if p is None:
-            p = self._pending[key] = _PendingAlert([], 0, 0)
+            p = waits[key] = _PendingAlert([], 0, 0)
         p.hashes = [*p.hashes[-(self._KEEP_HASHES - 1) :], hashlib.sha256(data).digest()]
         p.deadline = now + self.timing.n2_timeout_ms
         p.attempts += 1
