@@ -2,18 +2,19 @@
 
     .venv/bin/python bench/fit_fight.py CLIPS_DIR [--videos GMDCSA24_DIR]
         [--tune-max-clip 75] [--tune-subjects 1,2] [--l2 1000] [--max-false 0.10]
-        [--cv 1,100,1000,10000] [--held-out] [--cache FILE]
+        [--inputs NAME,...] [--select] [--cv 1,100,1000,10000] [--held-out] [--cache FILE]
 
 CLIPS_DIR is the fight data set (``labels.csv``: ``fight`` / ``no_fight`` clips,
 ``fi<NNN>.mp4`` / ``nofi<NNN>.mp4``). Each clip plays through a fresh pre-screen with the
 default settings at 10 fps, exactly as ``citywatch edge eval-video`` plays it, and at
-every frame the model ran on the tracker's ``FightFeatures`` are recorded (cached in
-``--cache``). With ``--videos``, the GMDCSA24 videos (one person each, falls and
+every frame the model ran on the tracker's ``FightFeatures.inputs()`` are recorded
+(cached in ``--cache``). With ``--videos``, the GMDCSA24 videos (one person each, falls and
 everyday activities) are played the same way and their frames are negatives too.
 
 The tuning split is the clips numbered up to ``--tune-max-clip`` (and GMDCSA24's
 ``--tune-subjects``); the script fits a class-balanced, L2-regularised logistic
-regression over ``FightFeatures.vector()`` of the tuning frames (every frame of a fight
+regression over the ``--inputs`` (default: ``FIGHT_INPUTS``, the ones in the code) of
+the tuning frames (every frame of a fight
 clip is a positive, every frame of a no-fight clip or a GMDCSA24 video a negative), then
 chooses the threshold on the tuning clips: a clip is flagged when one of its frames
 reaches it with ``min_people_learned`` people in view, and the threshold is the lowest
@@ -23,7 +24,9 @@ clips flagged on both splits at several thresholds, with the weights now in the 
 well. Figures on the tuning split are tuning figures; the held-out split is not used for
 any choice, and its figures are printed only with ``--held-out``. ``--cv`` prints the
 cross-validated recall on the tuning clips for each L2 penalty given (how the default
-penalty was chosen).
+penalty was chosen); ``--select`` chooses the inputs by forward selection on that
+cross-validated recall, from none, adding the input that helps most while it helps (how
+``FIGHT_INPUTS`` was chosen), and fits on what it chose.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edge import PreScreen, PreScreenConfig
-from edge._decision import FIGHT_BIAS, FIGHT_WEIGHTS, FightFeatures, fight_probability
+from edge._decision import FIGHT_BIAS, FIGHT_INPUTS, FIGHT_WEIGHTS, FightFeatures
 
 Frames = list[dict[str, object]]
 
@@ -65,7 +68,7 @@ def play(path: Path, fps: float = 10.0) -> Frames:
                 result = prescreen.process(np.asarray(frame, dtype=np.uint8), t)
                 if result.inferred:
                     f = prescreen.tracker.fight_features(t)
-                    rows.append({"t": t, "people": f.people, "x": list(f.vector())})
+                    rows.append({"t": t, "people": f.people, "x": f.inputs()})
             index += 1
     finally:
         capture.release()
@@ -124,18 +127,37 @@ def fit(x: np.ndarray, y: np.ndarray, l2: float) -> tuple[np.ndarray, float]:
 
 
 def clip_scores(
-    data: dict[str, dict[str, object]], weights: np.ndarray, bias: float, min_people: int
+    data: dict[str, dict[str, object]],
+    weights: np.ndarray,
+    bias: float,
+    min_people: int,
+    inputs: tuple[str, ...],
 ) -> dict[str, float]:
+    """Each clip's highest probability at a frame with ``min_people`` in view (what makes
+    the pole report: the first frame that reaches the threshold)."""
     out: dict[str, float] = {}
     for name, entry in data.items():
         best = 0.0
         for frame in entry["frames"]:  # type: ignore[attr-defined]
             if int(frame["people"]) < min_people:
                 continue
-            f = FightFeatures(int(frame["people"]), *frame["x"][1:])
-            best = max(best, fight_probability(f, tuple(float(v) for v in weights), bias))
+            z = bias + sum(w * float(frame["x"][k]) for w, k in zip(weights, inputs, strict=True))
+            best = max(best, 1.0 / (1.0 + float(np.exp(-max(-60.0, min(60.0, z))))))
         out[name] = best
     return out
+
+
+def frames_of(
+    data: dict[str, dict[str, object]], names: list[str], min_people: int, inputs: tuple[str, ...]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The training rows: every frame with ``min_people`` in view, 1 for a fight clip."""
+    xs, ys = [], []
+    for n in names:
+        for frame in data[n]["frames"]:  # type: ignore[attr-defined]
+            if int(frame["people"]) >= min_people:
+                xs.append([float(frame["x"][k]) for k in inputs])
+                ys.append(1.0 if data[n]["label"] == "fight" else 0.0)
+    return np.array(xs, dtype=np.float64).reshape(len(xs), len(inputs)), np.array(ys)
 
 
 def cross_validate(
@@ -143,6 +165,7 @@ def cross_validate(
     args: argparse.Namespace,
     subjects: set[int],
     l2: float,
+    inputs: tuple[str, ...],
     repeats: int = 5,
 ) -> float:
     """Mean recall on the tuning fight clips, over ``repeats`` 5-fold splits by clip, at
@@ -153,20 +176,40 @@ def cross_validate(
         fold = dict(zip(tune, np.random.default_rng(r).permutation(len(tune)) % 5, strict=True))
         scores: dict[str, float] = {}
         for k in range(5):
-            xs, ys = [], []
-            for n in tune:
-                if fold[n] != k:
-                    for frame in data[n]["frames"]:  # type: ignore[attr-defined]
-                        if int(frame["people"]) >= args.min_people:
-                            xs.append(frame["x"])
-                            ys.append(1.0 if data[n]["label"] == "fight" else 0.0)
-            w, b = fit(np.array(xs, dtype=np.float64), np.array(ys), l2)
+            x, y = frames_of(data, [n for n in tune if fold[n] != k], args.min_people, inputs)
+            w, b = fit(x, y, l2)
             held = {n: data[n] for n in tune if fold[n] == k}
-            scores.update(clip_scores(held, w, b, args.min_people))
+            scores.update(clip_scores(held, w, b, args.min_people, inputs))
         calm = sorted((scores[n] for n in tune if data[n]["label"] == "no_fight"), reverse=True)
         threshold = calm[int(args.max_false * len(calm))] + 1e-3
         recalls.append(sum(scores[n] >= threshold for n in tune if data[n]["label"] == "fight"))
     return float(np.mean(recalls))
+
+
+def select_inputs(
+    data: dict[str, dict[str, object]], args: argparse.Namespace, subjects: set[int]
+) -> tuple[str, ...]:
+    """Forward selection on the cross-validated recall (tuning clips only)."""
+    names = tuple(FightFeatures(0, 0, 0, 0, 0, 0, 0).inputs())
+    chosen: tuple[str, ...] = ()
+    best = 0.0
+    while len(chosen) < len(names):
+        tried = [
+            (cross_validate(data, args, subjects, args.l2, (*chosen, n)), n)
+            for n in names
+            if n not in chosen
+        ]
+        recall, name = max(tried)
+        print(
+            "  then "
+            + ", ".join(f"{n} {r:.1f}" for r, n in sorted(tried, reverse=True)[:4])
+            + " cross-validated tuning fight clips"
+        )
+        if recall <= best:
+            break
+        chosen, best = (*chosen, name), recall
+    print(f"selected inputs: {', '.join(chosen)} (cross-validated recall {best:.1f})")
+    return chosen
 
 
 def report(
@@ -209,6 +252,14 @@ def main() -> None:
     )
     ap.add_argument("--max-false", type=float, default=0.10)
     ap.add_argument("--min-people", type=int, default=2)
+    ap.add_argument(
+        "--inputs",
+        default=",".join(FIGHT_INPUTS),
+        help="comma-separated names of FightFeatures.inputs() to fit on",
+    )
+    ap.add_argument(
+        "--select", action="store_true", help="choose the inputs by forward selection first"
+    )
     ap.add_argument("--cache", type=Path, default=Path("fight-features.json"))
     ap.add_argument(
         "--held-out",
@@ -218,48 +269,24 @@ def main() -> None:
     args = ap.parse_args()
     subjects = {int(s) for s in args.tune_subjects.split(",") if s}
     data = collect(args.clips, args.videos, args.cache, args.tune_max_clip, subjects)
+    inputs = tuple(v for v in args.inputs.split(",") if v)
+    if args.select:
+        inputs = select_inputs(data, args, subjects)
     for l2 in (float(v) for v in args.cv.split(",") if v):
-        print(
-            f"L2 {l2:g}: cross-validated recall {cross_validate(data, args, subjects, l2):.1f}"
-            " tuning fight clips"
-        )
-    xs, ys = [], []
-    for name, entry in data.items():
-        if split_of(name, args.tune_max_clip, subjects) != "tune":
-            continue
-        for frame in entry["frames"]:  # type: ignore[attr-defined]
-            if int(frame["people"]) < args.min_people:
-                continue
-            xs.append(frame["x"])
-            ys.append(1.0 if entry["label"] == "fight" else 0.0)
-    x, y = np.array(xs, dtype=np.float64), np.array(ys)
+        recall = cross_validate(data, args, subjects, l2, inputs)
+        print(f"L2 {l2:g}: cross-validated recall {recall:.1f} tuning fight clips")
+    tune = [n for n in data if split_of(n, args.tune_max_clip, subjects) == "tune"]
+    x, y = frames_of(data, tune, args.min_people, inputs)
     print(f"tuning frames: {int(y.sum())} fight, {int(len(y) - y.sum())} not")
     w, b = fit(x, y, args.l2)
-    scores = clip_scores(data, w, b, args.min_people)
-    calm = sorted(
-        scores[n]
-        for n, e in data.items()
-        if e["label"] != "fight" and split_of(n, args.tune_max_clip, subjects) == "tune"
-    )
-    allowed = int(
-        args.max_false
-        * sum(
-            1
-            for n, e in data.items()
-            if e["label"] == "no_fight" and split_of(n, args.tune_max_clip, subjects) == "tune"
-        )
-    )
-    calm_clips = sorted(
-        (
-            scores[n]
-            for n, e in data.items()
-            if e["label"] == "no_fight" and split_of(n, args.tune_max_clip, subjects) == "tune"
-        ),
-        reverse=True,
-    )
+    scores = clip_scores(data, w, b, args.min_people, inputs)
+    calm = sorted(scores[n] for n in tune if data[n]["label"] != "fight")
+    calm_clips = sorted((scores[n] for n in tune if data[n]["label"] == "no_fight"), reverse=True)
+    allowed = int(args.max_false * len(calm_clips))
     threshold = calm_clips[allowed] + 1e-3 if allowed < len(calm_clips) else 0.5
     gmd = [s for s in calm if s >= threshold]
-    print(f"FIGHT_WEIGHTS = ({', '.join(f'{v:.3f}' for v in w)})")
+    print(f"FIGHT_INPUTS = ({', '.join(repr(n) for n in inputs)},)")
+    print(f"FIGHT_WEIGHTS = ({', '.join(f'{v:.3f}' for v in w)},)")
     print(f"FIGHT_BIAS = {b:.3f}")
     print(
         f"min_probability = {threshold:.3f} (at most {allowed} tuning no-fight clips; "
@@ -276,7 +303,7 @@ def main() -> None:
         grid,
         splits,
     )
-    in_code = clip_scores(data, np.array(FIGHT_WEIGHTS), FIGHT_BIAS, args.min_people)
+    in_code = clip_scores(data, np.array(FIGHT_WEIGHTS), FIGHT_BIAS, args.min_people, FIGHT_INPUTS)
     report(
         "the weights in edge/_decision.py:",
         data,

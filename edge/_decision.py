@@ -15,10 +15,11 @@ no clock of its own, so tests drive it with hand-made poses.
   lying posture is forgiven (the model's keypoints flicker); two in a row end the streak.
 - **Fight**, with ``min_probability`` set (as the pre-screen's configuration does by
   default), the *learned cue*: a logistic model (``fight_probability``,
-  weights fitted by bench/fit_fight.py) over ``FightFeatures`` of the last
-  ``window_seconds`` - people in view, how close, limb speed, and the ``MotionChaos``
-  measures - reaching ``min_probability`` with at least ``min_people_learned`` people in
-  view. With ``min_probability`` None, either of two hand-set cues over the window:
+  inputs and weights chosen and fitted by bench/fit_fight.py) over ``FightFeatures`` of
+  the last ``window_seconds`` (people in view, how close, limb speed, the ``MotionChaos``
+  measures) reaching
+  ``min_probability`` with at least ``min_people_learned`` people in view. With
+  ``min_probability`` None, either of two hand-set cues over the window:
   *limbs*: at least ``min_people`` people seen now, close together (centres within
   ``max_distance`` body lengths), whose wrists and elbows move fast relative to their
   shoulders (the 75th percentile of the group's limb speeds over the window, at least
@@ -47,6 +48,7 @@ from ._motion import ChaosSample
 
 __all__ = [
     "FIGHT_BIAS",
+    "FIGHT_INPUTS",
     "FIGHT_WEIGHTS",
     "DangerTracker",
     "Detection",
@@ -255,34 +257,55 @@ class FightFeatures:
     """Median of ``ChaosSample.jerk``."""
     motion_reversal: float
     """Mean of ``ChaosSample.reversal``."""
+    motion_jerk_mean: float = 0.0
+    """Mean of ``ChaosSample.jerk`` over the window, a step with too little motion to
+    measure counting 0: high only when jerky motion (limbs that strike and stop) goes on
+    through most of the window, where a median misses short bursts and a maximum takes
+    one shake of the camera."""
 
-    def vector(self) -> tuple[float, ...]:
-        """The inputs of the logistic model, in the order of ``FIGHT_WEIGHTS``."""
-        return (
-            min(self.people, 4) / 4.0,
-            self.closeness,
-            min(self.limb_speed, 4.0),
-            self.motion_change,
-            self.motion_spread,
-            min(self.motion_jerk, 3.0),
-            self.motion_reversal,
-        )
+    def inputs(self) -> dict[str, float]:
+        """Every input the logistic model may use, by name (``FIGHT_INPUTS`` picks)."""
+        return {
+            "people": min(self.people, 4) / 4.0,
+            "closeness": self.closeness,
+            "limb_speed": min(self.limb_speed, 4.0),
+            "motion_change": self.motion_change,
+            "motion_spread": self.motion_spread,
+            "motion_jerk": min(self.motion_jerk, 3.0),
+            "motion_reversal": self.motion_reversal,
+            "motion_jerk_mean": min(self.motion_jerk_mean, 3.0),
+        }
 
 
-# Logistic weights over ``FightFeatures.vector()`` and bias; fitted by bench/fit_fight.py
-# (class-balanced, L2 1000 on standardised inputs, the penalty chosen by 5-fold
-# cross-validation over the tuning clips) on every inferred frame with two or more
-# people of the fight clips numbered up to 75 and of GMDCSA24 subjects 1-2's videos
-# (docs/prescreen.md).
+# The learned cue: logistic weights over ``FightFeatures.inputs()[name]`` for each name
+# of ``FIGHT_INPUTS``, and the bias; fitted by bench/fit_fight.py (class-balanced, L2
+# 1000 on standardised inputs, the penalty chosen by 5-fold cross-validation over the
+# tuning clips) on every inferred frame with two or more people of the fight clips
+# numbered up to 75 and of GMDCSA24 subjects 1-2's videos (docs/prescreen.md, which also
+# gives the figures of the median jerk alone, the choice of `fit_fight.py --select`: better
+# cross-validated on the tuning clips, not better on the held-out ones, not adopted).
+FIGHT_INPUTS: tuple[str, ...] = (
+    "people",
+    "closeness",
+    "limb_speed",
+    "motion_change",
+    "motion_spread",
+    "motion_jerk",
+    "motion_reversal",
+)
 FIGHT_WEIGHTS: tuple[float, ...] = (0.251, -0.015, 0.143, 1.508, 0.181, 0.368, 1.536)
 FIGHT_BIAS = -0.819
 
 
 def fight_probability(
-    features: FightFeatures, weights: Sequence[float] = FIGHT_WEIGHTS, bias: float = FIGHT_BIAS
+    features: FightFeatures,
+    weights: Sequence[float] = FIGHT_WEIGHTS,
+    bias: float = FIGHT_BIAS,
+    inputs: Sequence[str] = FIGHT_INPUTS,
 ) -> float:
     """The learned cue: how much the window looks like a fight, 0..1."""
-    z = bias + sum(w * x for w, x in zip(weights, features.vector(), strict=True))
+    values = features.inputs()
+    z = bias + sum(w * values[name] for w, name in zip(weights, inputs, strict=True))
     return 1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, z))))
 
 
@@ -547,7 +570,7 @@ class DangerTracker:
         people = max((n for _, n in self._followed), default=len(tracks))
         chaos = list(self._chaos)
         if len(chaos) < rule.min_frames:
-            return FightFeatures(people, closeness, limb, 0.0, 0.0, 0.0, 0.0)
+            return FightFeatures(people, closeness, limb, 0.0, 0.0, 0.0, 0.0, 0.0)
         return FightFeatures(
             people,
             closeness,
@@ -556,6 +579,7 @@ class DangerTracker:
             max(c.spread for c in chaos),
             float(np.median([c.jerk for c in chaos])),
             float(np.mean([c.reversal for c in chaos])),
+            float(np.mean([c.jerk for c in chaos])),
         )
 
     def _fight(self, t: float) -> Detection | None:

@@ -18,6 +18,7 @@ from edge._decision import (
     fight_probability,
 )
 from edge._motion import ChaosSample
+from edge._prescreen import FightConfig
 from tests.unit.test_prescreen_decision import FRAME, figure, standing
 
 
@@ -147,7 +148,7 @@ def _learned(**kw: object) -> DangerTracker:
     return DangerTracker(
         PostureRule(),
         PersonDownRule(),
-        FightRule(min_probability=0.57, **kw),  # type: ignore[arg-type]
+        FightRule(min_probability=FightConfig().min_probability, **kw),  # type: ignore[arg-type]
         person_down_enabled=False,
         cooldown_seconds=60.0,
     )
@@ -177,12 +178,23 @@ def test_the_learned_cue_reports_back_and_forth_motion_of_people_together() -> N
     assert _feed_learned(_learned(), pair, None) == [], "no motion measured"
     assert _feed_learned(_learned(), [standing(0.5)], wild) == [], "one person alone"
     assert _feed_learned(_learned(), [], wild) == [], "nobody there"
-    # The probability rises with what the fit found for fights: motion turning back.
+    # The probability rises with what the fit found for fights: jerky motion that goes on.
     tracker = _learned()
     _feed_learned(tracker, pair, wild, n=10)
     f = tracker.fight_features(0.9)
-    assert f.people == 2 and f.motion_reversal == pytest.approx(0.5)
-    assert fight_probability(f) > fight_probability(replace(f, motion_reversal=0.05))
+    assert f.people == 2 and f.motion_jerk == pytest.approx(1.2)
+    assert f.motion_jerk_mean == pytest.approx(1.2)
+    assert fight_probability(f) > fight_probability(replace(f, motion_jerk=0.4))
+    # A window whose motion is jerky in a few steps only (a shake of the camera, a door):
+    # the median input ignores those steps, the mean input (for fits) sees them.
+    tracker = _learned()
+    for i in range(20):
+        t = i * 0.1
+        jerk = 2.0 if i in (5, 6, 7) else 0.2
+        tracker.update(pair, t, ChaosSample(t, 0.15, 0.8, jerk, 0.5))
+    f = tracker.fight_features(1.9)
+    assert f.motion_jerk == pytest.approx(0.2) and f.motion_jerk_mean > 0.4
+    assert f.inputs()["motion_jerk_mean"] == pytest.approx(f.motion_jerk_mean)
 
 
 def test_the_learned_cue_counts_people_the_model_misses_in_some_frames() -> None:
