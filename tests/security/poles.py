@@ -179,6 +179,19 @@ class Pole:
         assert isinstance(c2, p.C2Ready)
         return td, c2.tk
 
+    def contacts(self, n: int, *, timeout: float) -> int:
+        """C1s sent one after another; how many got their C2 (each waits ``timeout`` s)."""
+        answered = 0
+        for i in range(n):
+            td = now_ms() + i
+            self.publish(self.hello(td=td))
+            try:
+                self.expect(p.C2Ready, td=td, timeout=timeout)
+                answered += 1
+            except TimeoutError:
+                pass
+        return answered
+
     def report(self, td: int, tk: bytes, photo: bytes, **over: Any) -> bytes:
         """A C3 plaintext built by hand (so any field may be out of range)."""
         m = {

@@ -78,8 +78,15 @@ class DeviceCa:
         self.pem = self.dir / "ca.pem"
         self.pem.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
 
-    def issue(self, name: str, cn: str, *, server: bool = False) -> tuple[Path, Path]:
-        """A certificate (as the role's device-ext.cnf / broker-ext.cnf) and its key."""
+    def issue(
+        self, name: str, cn: str, *, server: bool = False, client: bool | None = None
+    ) -> tuple[Path, Path]:
+        """A certificate (as the role's device-ext.cnf / broker-ext.cnf) and its key: for
+        client use, or with ``server`` for server use with SANs for loopback (and for
+        client use as well with ``client=True``, as a cluster node's)."""
+        usages = [ExtendedKeyUsageOID.SERVER_AUTH] if server else []
+        if client if client is not None else not server:
+            usages.append(ExtendedKeyUsageOID.CLIENT_AUTH)
         key = ec.generate_private_key(ec.SECP256R1())
         now = dt.datetime.now(dt.UTC)
         b = (
@@ -92,9 +99,7 @@ class DeviceCa:
             .not_valid_after(now + dt.timedelta(days=1))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(
-                x509.ExtendedKeyUsage(
-                    [ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]
-                ),
+                x509.ExtendedKeyUsage(usages),
                 critical=False,
             )
         )

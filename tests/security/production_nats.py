@@ -6,8 +6,6 @@ node certificates and client certificates from a test device CA."""
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
-import ipaddress
 import signal
 import ssl
 import time
@@ -17,15 +15,11 @@ from typing import Any
 
 import jinja2
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from citywatch._services import ServiceUnavailable, free_port
 from tests.support.nats import NatsCluster, NatsNode
 
-from .production_broker import DeviceCa, _pem
+from .production_broker import DeviceCa
 
 ROOT = Path(__file__).resolve().parents[2]
 ROLE = ROOT / "ansible" / "roles" / "nats"
@@ -66,36 +60,7 @@ def render(template: str, values: dict[str, Any]) -> str:
 def node_certificate(ca: DeviceCa, name: str) -> tuple[Path, Path]:
     """A node's certificate as the role's PKI tasks make it: server and client use (the
     nodes' routes show it to each other), SANs for loopback."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-        .issuer_name(ca.name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.ExtendedKeyUsage(
-                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-            ),
-            critical=False,
-        )
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .sign(ca.key, hashes.SHA256())
-    )
-    cert_path, key_path = ca.dir / f"{name}.pem", ca.dir / f"{name}.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(_pem(key))
-    key_path.chmod(0o600)
-    return cert_path, key_path
+    return ca.issue(name, name, server=True, client=True)
 
 
 def client_context(ca: Path, cert: Path, key: Path) -> ssl.SSLContext:

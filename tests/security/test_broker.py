@@ -89,20 +89,6 @@ def district(tmp_path: Path) -> Iterator[District]:
         broker.stop()
 
 
-def _contacts(pole: Pole, n: int) -> int:
-    """C1s sent one after another; how many got their C2 (each waits at most 3 s)."""
-    answered = 0
-    for i in range(n):
-        td = now_ms() + i
-        pole.publish(pole.hello(td=td))
-        try:
-            pole.expect(p.C2Ready, td=td, timeout=3)
-            answered += 1
-        except TimeoutError:
-            pass
-    return answered
-
-
 def test_owned_pole_cannot_join_the_servers_shared_subscription(district: District) -> None:
     """Before: the pole's SUBACK granted $share/<group>/.../+/up, the broker gave it turns
     of every uplink and dropped them; the honest pole got answers to 2 of 10 C1s."""
@@ -122,7 +108,7 @@ def test_owned_pole_cannot_join_the_servers_shared_subscription(district: Distri
             "$SYS/#",
         ):
             assert owned.subscribe(topic) == [0x80], topic
-        assert _contacts(honest, 10) == 10
+        assert honest.contacts(10, timeout=3) == 10
     finally:
         honest.stop()
         owned.stop()
@@ -139,7 +125,7 @@ def test_owned_pole_cannot_take_over_another_poles_session(district: District) -
             intruders.append(
                 d.pole("pole-owned", client_id=honest.kid.hex()).start(subscribe_down=False)
             )
-        assert _contacts(honest, 5) == 5
+        assert honest.contacts(5, timeout=3) == 5
         assert honest.disconnects == 0 and honest.connected.is_set()
     finally:
         for i in intruders:
@@ -178,7 +164,7 @@ def test_oversized_publish_is_refused_by_the_broker(district: District) -> None:
         owned.client.reconnect_delay_set(5, 10)
         owned.publish(b"\xd0" + bytes(8 * 1024 * 1024))
         wait_until(lambda: owned.disconnects >= 1, timeout=15, what="oversized sender cut off")
-        assert _contacts(honest, 3) == 3
+        assert honest.contacts(3, timeout=3) == 3
         assert d.server.metric("citywatch_server_rejected_messages_total", reason="too_large") == 0
     finally:
         owned.stop()
@@ -198,7 +184,7 @@ def test_a_blocked_poles_certificate_gets_no_topic(district: District) -> None:
         blocked.publish(blocked.hello())
         honest = d.pole("pole-honest").start()
         try:
-            assert _contacts(honest, 1) == 1
+            assert honest.contacts(1, timeout=3) == 1
         finally:
             honest.stop()
         assert d.server.metric("citywatch_server_messages_total") == before + 1

@@ -22,7 +22,6 @@ import nats
 import paho.mqtt.client as mqtt
 import pytest
 
-import protocol as p
 from citywatch._services import ServiceUnavailable
 from tests.integration.server_harness import (
     EncStub,
@@ -156,20 +155,6 @@ def city(tmp_path: Path) -> Iterator[City]:
         cluster.stop()
 
 
-def _contacts(pole: Pole, n: int) -> int:
-    """C1s sent one after another; how many got their C2 (each waits at most 5 s)."""
-    answered = 0
-    for i in range(n):
-        td = now_ms() + i
-        pole.publish(pole.hello(td=td))
-        try:
-            pole.expect(p.C2Ready, td=td, timeout=5)
-            answered += 1
-        except TimeoutError:
-            pass
-    return answered
-
-
 def _refused(pole: Pole) -> bool:
     try:
         pole.start(timeout=5, subscribe_down=False)
@@ -206,10 +191,10 @@ def test_owned_pole_can_neither_read_nor_write_another_poles_topics(city: City) 
         owned.publish(owned.hello(), honest.up)
         owned.publish(b"offline", f"{PREFIX}/{h}/status")
         owned.publish(b"\x00" * 64, f"{PREFIX}/{h}/down")
-        assert _contacts(owned, 1) == 1  # its own uplink goes through, after those
+        assert owned.contacts(1, timeout=5) == 1  # its own uplink goes through, after those
         assert c.server.metric("citywatch_server_messages_total") == before + 1
         assert not any(t != owned.down for t, _ in list(owned.received.queue))
-        assert _contacts(honest, 5) == 5
+        assert honest.contacts(5, timeout=5) == 5
         assert honest.disconnects == 0
         # The replica's own rights suffice: it acknowledged everything it took.
         wait_until(lambda: c.stream_depth() == 0, timeout=60, what="every message acknowledged")
@@ -328,8 +313,8 @@ def test_a_pole_added_to_the_registry_gets_its_rights_on_reload(city: City) -> N
     pole = c.pole("pole-new", node=2).start()
     try:
         assert pole.granted == [1]
-        assert _contacts(pole, 2) == 2
-        assert _contacts(honest, 2) == 2
+        assert pole.contacts(2, timeout=5) == 2
+        assert honest.contacts(2, timeout=5) == 2
         assert honest.disconnects == 0  # the reload dropped no one
     finally:
         pole.stop()
