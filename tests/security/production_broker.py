@@ -79,13 +79,13 @@ class DeviceCa:
         self.pem.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
 
     def issue(
-        self, name: str, cn: str, *, server: bool = False, client: bool | None = None
+        self, name: str, cn: str, *, server: bool = False, client: bool = False
     ) -> tuple[Path, Path]:
         """A certificate (as the role's device-ext.cnf / broker-ext.cnf) and its key: for
         client use, or with ``server`` for server use with SANs for loopback (and for
         client use as well with ``client=True``, as a cluster node's)."""
         usages = [ExtendedKeyUsageOID.SERVER_AUTH] if server else []
-        if client if client is not None else not server:
+        if client or not server:
             usages.append(ExtendedKeyUsageOID.CLIENT_AUTH)
         key = ec.generate_private_key(ec.SECP256R1())
         now = dt.datetime.now(dt.UTC)
