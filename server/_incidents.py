@@ -302,16 +302,16 @@ class IncidentStore:
         with self.db.tx() as s:
             return [self._incident_from_tuple(t) for t in s.execute(q.limit(limit))]
 
-    def undecided_incidents(self) -> list[str]:
-        """Incidents stored but not verified (the server stopped in between)."""
+    def undecided_incidents(self, *, older_than_ms: int | None = None) -> list[str]:
+        """Incidents stored but not verified (the server stopped in between, or the
+        database was down when the decision was to be written), oldest first; with
+        ``older_than_ms`` only those received at least that long ago (the database's
+        clock, the one ``received_at`` is written with)."""
+        q = select(IncidentRow.id).where(IncidentRow.decision.is_(None))
+        if older_than_ms is not None:
+            q = q.where(IncidentRow.received_at <= self.db.now() - older_than_ms)
         with self.db.tx() as s:
-            return list(
-                s.scalars(
-                    select(IncidentRow.id)
-                    .where(IncidentRow.decision.is_(None))
-                    .order_by(IncidentRow.received_at)
-                )
-            )
+            return list(s.scalars(q.order_by(IncidentRow.received_at)))
 
     def incident_for_verification(self, incident_id: str) -> tuple[IncidentInfo, bytes]:
         return self.get_incident(incident_id), self.incident_photo(incident_id)

@@ -1,7 +1,9 @@
 """Verification of stored incidents: the photo check off the event loop, the decision
 (``_verify.decide``), fusion and the ENC alert in the decision's transaction (grouped
 like the ingest's commits), blocking a device whose reports keep being dismissed, and
-recovery of incidents left undecided by the last run."""
+recovery of undecided incidents: those the last run left, and, while the server runs,
+those whose decision could not be written (the database down: tried again until it is
+back) or failed otherwise (looked for again every ``SWEEP_EVERY_S``)."""
 
 from __future__ import annotations
 
@@ -9,8 +11,11 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
+
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from edge import ModelError
 
@@ -29,6 +34,18 @@ __all__ = ["VERIFIER_ACTOR", "PreloadedPoseVerifier", "Verification", "read_mode
 
 log = logging.getLogger("citywatch.server")
 log.addFilter(EscapeControlCharacters())
+
+_R = TypeVar("_R")
+
+RETRY_FIRST_S = 0.5
+"""The first pause before reading or deciding an incident again while the database is
+down; it doubles up to ``RETRY_MAX_S``."""
+RETRY_MAX_S = 5.0
+SWEEP_EVERY_S = 30.0
+"""How often the undecided incidents are looked for."""
+SWEEP_AFTER_S = 120.0
+"""How long an incident stays undecided before the sweep decides it (a new one is
+being decided by the replica that stored it)."""
 
 VERIFIER_ACTOR = "server:verification"
 """The audit log's actor of a block decided by the verification."""
@@ -93,6 +110,7 @@ class Verification:
         self._alerted = alerted
         # Decisions that finish while one is being committed share the next commit.
         self.decisions: GroupCommit[DecisionRecord, Outcome | None] = GroupCommit(store.decide_many)
+        self._deciding: set[str] = set()
 
     async def verify(
         self,
@@ -102,26 +120,48 @@ class Verification:
         known: tuple[IncidentInfo, bytes] | None = None,
     ) -> Outcome | None:
         """Check the photo, decide and record the decision; None when the incident was
-        decided already (a repeated report, or another replica)."""
+        decided already (a repeated report, or another replica, or this process
+        meanwhile).
+
+        The incident was acknowledged (C4): the device has deleted its copy. While the
+        database is down or restarting, reading the incident and writing the decision
+        are tried again, with a growing pause, until they succeed: an undecided incident
+        is never dropped by a running server."""
+        if incident_id in self._deciding:
+            return None
+        self._deciding.add(incident_id)
+        try:
+            return await self._verify(incident_id, t0=t0, known=known)
+        finally:
+            self._deciding.discard(incident_id)
+
+    async def _verify(
+        self, incident_id: str, *, t0: float | None, known: tuple[IncidentInfo, bytes] | None
+    ) -> Outcome | None:
         t1 = time.perf_counter()
         if known is None:
-            known = await asyncio.to_thread(self.store.incident_for_verification, incident_id)
+            known = await self._until_written(
+                incident_id,
+                "reading it",
+                lambda: asyncio.to_thread(self.store.incident_for_verification, incident_id),
+            )
         info, photo = known
         verdict = await self.verifier.verify(
             photo, device_score=info.device_score, device_label=info.label
         )
         v = self.config
         decision = decide(verdict, threshold=v.threshold)
-        outcome = await self.decisions.submit(
-            DecisionRecord(
-                incident_id,
-                score=verdict.score,
-                uncertain=verdict.uncertain,
-                dangerous=decision.dangerous,
-                reason=decision.reason,
-                fuse_within_m=v.fuse_within_m,
-                fuse_within_ms=v.fuse_within_s * 1000,
-            )
+        record = DecisionRecord(
+            incident_id,
+            score=verdict.score,
+            uncertain=verdict.uncertain,
+            dangerous=decision.dangerous,
+            reason=decision.reason,
+            fuse_within_m=v.fuse_within_m,
+            fuse_within_ms=v.fuse_within_s * 1000,
+        )
+        outcome = await self._until_written(
+            incident_id, "its decision", lambda: self.decisions.submit(record)
         )
         self.metrics.verification.observe(time.perf_counter() - t1)
         if outcome is None:
@@ -141,6 +181,25 @@ class Verification:
         elif outcome is Outcome.DISMISSED:
             await self.block_if_dismissed_too_often(info.device_uid)
         return outcome
+
+    async def _until_written(
+        self, incident_id: str, what: str, step: Callable[[], Awaitable[_R]]
+    ) -> _R:
+        """``step()``, again after a pause while the database cannot be reached."""
+        pause = RETRY_FIRST_S
+        while True:
+            try:
+                return await step()
+            except (OperationalError, InterfaceError) as exc:
+                log.warning(
+                    "incident %s: the database is unavailable (%s); %s is tried again in %.1f s",
+                    incident_id,
+                    type(exc).__name__,
+                    what,
+                    pause,
+                )
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, RETRY_MAX_S)
 
     async def block_if_dismissed_too_often(self, uid: str) -> None:
         """``block_after_dismissed`` dismissed reports within ``dismissed_period_s``
@@ -168,9 +227,39 @@ class Verification:
         log.warning("device %s blocked: %s", uid, reason)
 
     async def recover(self) -> None:
-        """Incidents stored (and acknowledged with C4) but not verified when the server
-        last stopped are verified now; their alerts then go out as usual."""
-        pending = await asyncio.to_thread(self.store.undecided_incidents)
-        for incident_id in pending:
-            log.info("verifying incident %s left over from the last run", incident_id)
-            await self.verify(incident_id)
+        """Incidents stored (and acknowledged with C4) but not decided are decided here,
+        for as long as the server runs: at the start those the last run left, then
+        every ``SWEEP_EVERY_S`` those undecided for ``SWEEP_AFTER_S`` (a decision that
+        failed for a reason other than the database, or another replica that stopped
+        while deciding). Their alerts then go out as usual."""
+        first = True
+        while True:
+            older = None if first else int(SWEEP_AFTER_S * 1000)
+            try:
+                pending = await asyncio.to_thread(
+                    self.store.undecided_incidents, older_than_ms=older
+                )
+            except (OperationalError, InterfaceError) as exc:
+                log.warning(
+                    "undecided incidents: the database is unavailable (%s); looked for "
+                    "again in %.0f s",
+                    type(exc).__name__,
+                    RETRY_MAX_S,
+                )
+                await asyncio.sleep(RETRY_MAX_S)
+                continue
+            for incident_id in pending:
+                if incident_id in self._deciding:
+                    continue
+                if first:
+                    log.info("verifying incident %s left over from the last run", incident_id)
+                else:
+                    log.warning("verifying incident %s, undecided for a while", incident_id)
+                try:
+                    await self.verify(incident_id)
+                except Exception:
+                    log.exception(
+                        "incident %s could not be decided; tried again later", incident_id
+                    )
+            first = False
+            await asyncio.sleep(SWEEP_EVERY_S)

@@ -73,6 +73,33 @@ class Postgres:
             capture_output=True,
         )
 
+    def start(self) -> None:
+        """Start the server (again, after ``stop``: same port, same data)."""
+        base = self.datadir.parent
+        try:
+            _as_user(
+                self.user,
+                [
+                    str(self.bindir / "pg_ctl"),
+                    "-D",
+                    str(self.datadir),
+                    "-w",
+                    "-t",
+                    "30",
+                    "-l",
+                    str(base / "pg.log"),
+                    "-o",
+                    f"-p {self.port} -c listen_addresses=127.0.0.1 "
+                    f"-c unix_socket_directories={base} -c fsync=off",
+                    "start",
+                ],
+            )
+        except subprocess.CalledProcessError as exc:
+            raise ServiceUnavailable(
+                f"PostgreSQL did not start: {exc.stderr.strip()[-500:]}"
+            ) from None
+        wait_for_port(self.port)
+
     def stop(self) -> None:
         _as_user(
             self.user,
@@ -120,27 +147,11 @@ def start_postgres(workdir: Path | None = None) -> Postgres:
                 "--locale=C.UTF-8",
             ],
         )
-        _as_user(
-            user,
-            [
-                str(bindir / "pg_ctl"),
-                "-D",
-                str(datadir),
-                "-w",
-                "-t",
-                "30",
-                "-l",
-                str(base / "pg.log"),
-                "-o",
-                f"-p {port} -c listen_addresses=127.0.0.1 "
-                f"-c unix_socket_directories={base} -c fsync=off",
-                "start",
-            ],
-        )
     except subprocess.CalledProcessError as exc:
         raise ServiceUnavailable(f"PostgreSQL did not start: {exc.stderr.strip()[-500:]}") from None
-    wait_for_port(port)
-    return Postgres(port, datadir, bindir, user)
+    pg = Postgres(port, datadir, bindir, user)
+    pg.start()
+    return pg
 
 
 @contextlib.contextmanager
