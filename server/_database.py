@@ -18,6 +18,7 @@ from importlib import resources
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from hardware._wrapped import RecordSealer, SealedRecordError
@@ -29,7 +30,11 @@ from ._errors import MasterKeyError, RegistryError
 from ._keys import MasterKey
 from ._schema import AuditEntry
 
-__all__ = ["Database", "IncidentSeal", "make_engine", "migrate", "now_ms"]
+__all__ = ["DATABASE_UNAVAILABLE", "Database", "IncidentSeal", "make_engine", "migrate", "now_ms"]
+
+DATABASE_UNAVAILABLE = (OperationalError, InterfaceError)
+"""What the database driver raises while the database cannot be reached (down,
+restarting, the connection lost): what is being done can be tried again later."""
 
 now_ms = wall_clock_ms  # the one wall clock (ms since the epoch), under the server's name
 

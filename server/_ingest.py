@@ -5,6 +5,7 @@ C4)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
@@ -24,7 +25,9 @@ from protocol import (
 )
 
 from ._batch import GroupCommit
+from ._database import DATABASE_UNAVAILABLE
 from ._directory import RegistryDirectory
+from ._logsafe import EscapeControlCharacters
 from ._metrics import ServerMetrics, type_label
 from ._store import IncidentInfo, Store
 
@@ -36,6 +39,9 @@ _MAX_LOOKUPS = 1024
 Stored = Callable[[IncidentInfo, bytes | None, float], Awaitable[None]]
 """Called with a stored, undecided incident, its photo (None for a repeated report,
 whose photo is read back) and the C3 time (``perf_counter``)."""
+
+log = logging.getLogger("citywatch.server")
+log.addFilter(EscapeControlCharacters())
 
 
 class Ingest:
@@ -121,11 +127,20 @@ class Ingest:
                     self.endpoint.remember_broadcast(kid, ep=last[0], ts=last[1], b1_hash=last[2])
                 else:  # confirmed already (here or elsewhere): a B2 now is a replay
                     self.endpoint.remember_broadcast(kid, ep=-1, ts=-1, b1_hash=b"")
+        except DATABASE_UNAVAILABLE as exc:
+            self.metrics.messages.labels(type_name, "unavailable").inc()
+            self._unavailable(type_name, kid, exc, "not answered: the device sends it again")
+            return
         finally:
             self._lookups -= 1
         for ev in self._receive(type_name, payload, t0):
             if isinstance(ev, BroadcastConfirmed):
-                await self.confirmations.submit((ev.kid, ev.ep))
+                try:
+                    await self.confirmations.submit((ev.kid, ev.ep))
+                except DATABASE_UNAVAILABLE as exc:
+                    self._unavailable(
+                        type_name, kid, exc, "not recorded: the window is announced again"
+                    )
 
     def _receive(self, type_name: str, payload: bytes, t0: float) -> list[Event]:
         """The core's answer, sent; incidents go on to be stored."""
@@ -139,6 +154,15 @@ class Ingest:
             elif isinstance(ev, BroadcastConfirmed):
                 self.metrics.confirmations.inc()
         return events
+
+    def _unavailable(self, type_name: str, kid: bytes, exc: Exception, what: str) -> None:
+        log.warning(
+            "%s from device %s %s (the database is unavailable: %s)",
+            type_name,
+            kid.hex(),
+            what,
+            type(exc).__name__,
+        )
 
     def _count(self, type_name: str, events: list[Event]) -> None:
         m = self.metrics
@@ -156,7 +180,12 @@ class Ingest:
     async def _on_incident(self, ev: IncidentReported, t0: float) -> None:
         info = self.directory.info(ev.kid)
         zone = info.zone if info else ""
-        stored, new = await self.writes.submit((ev, zone))
+        try:
+            stored, new = await self.writes.submit((ev, zone))
+        except DATABASE_UNAVAILABLE as exc:
+            # Not acknowledged: the device keeps the incident and sends C3 again.
+            self._unavailable("C3", ev.kid, exc, "not stored, no C4: the device sends it again")
+            return
         # C4 only after the incident is durably stored: the device deletes its copy on C4.
         self._send(ev.kid, self.endpoint.receipt(ev, self._clock()))
         self.metrics.c3_to_c4.observe(time.perf_counter() - t0)

@@ -46,7 +46,8 @@ class ServerMetrics:
         self.messages = Counter(
             "citywatch_server_messages",
             "Device messages received, by type and outcome "
-            "(accepted, refused: answered with an error, dropped: not answered)",
+            "(accepted, refused: answered with an error, dropped: not answered, "
+            "unavailable: not answered while the database could not be reached)",
             ["type", "outcome"],
             registry=r,
         )

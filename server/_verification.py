@@ -15,12 +15,11 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
-from sqlalchemy.exc import InterfaceError, OperationalError
-
 from edge import ModelError
 
 from ._batch import GroupCommit
 from ._config import VerificationConfig
+from ._database import DATABASE_UNAVAILABLE
 from ._directory import RegistryDirectory
 from ._errors import VerifierModelError
 from ._logsafe import EscapeControlCharacters
@@ -190,7 +189,7 @@ class Verification:
         while True:
             try:
                 return await step()
-            except (OperationalError, InterfaceError) as exc:
+            except DATABASE_UNAVAILABLE as exc:
                 log.warning(
                     "incident %s: the database is unavailable (%s); %s is tried again in %.1f s",
                     incident_id,
@@ -239,7 +238,7 @@ class Verification:
                 pending = await asyncio.to_thread(
                     self.store.undecided_incidents, older_than_ms=older
                 )
-            except (OperationalError, InterfaceError) as exc:
+            except DATABASE_UNAVAILABLE as exc:
                 log.warning(
                     "undecided incidents: the database is unavailable (%s); looked for "
                     "again in %.0f s",

@@ -24,9 +24,22 @@ import pytest
 
 import protocol as p
 import server._verification as verification
+from citywatch._footage import fall_photo
+from citywatch._simdevice import SimulatedDevice
 from server import Outcome, TrustedServer, Verdict, example_config, load_config, now_ms
-from tests.support.services import Postgres, ServiceUnavailable, free_port, start_postgres
+from tests.integration.server_harness import EncStub, ServerProcess, make_server, wait_until
+from tests.support.services import (
+    Broker,
+    Postgres,
+    ServiceUnavailable,
+    free_port,
+    start_postgres,
+)
 from tests.support.world import jpeg
+
+NO_FUSION = {"fuse_within_m": 0}
+HERE = p.Coords(lat=52.2297, lon=21.0122, alt=None, acc=3.0, src="gps")
+FOREVER = {"until": "2099-01-01T00:00:00Z"}
 
 
 class HeldVerifier:
@@ -167,3 +180,44 @@ def test_an_incident_left_undecided_is_decided_by_the_sweep_without_a_restart(
     finally:
         server.verifier.close()
         server.store.close()
+
+
+def test_a_report_while_the_database_is_down_is_acknowledged_once_it_is_back(
+    tmp_path: Path, own_postgres: Postgres, broker: Broker
+) -> None:
+    """The server process keeps running through the outage: a C3 it cannot store gets
+    no C4 (the device keeps it and sends it again), and once the database is back the
+    incident is stored, decided and alerted exactly once."""
+    db = own_postgres.create_database(f"server_{uuid.uuid4().hex[:12]}")
+    port = free_port()
+    setup = make_server(
+        tmp_path, broker, enc_url=f"http://127.0.0.1:{port}", db_url=db, verification=NO_FUSION
+    )
+    enc = EncStub(server_kid=setup.server_kid, key=setup.enc_key, port=port).start()
+    bundle = setup.add_device("pole-1", "z")
+    server = ServerProcess(setup).start()
+    try:
+        server.api("POST", "/v1/windows/z/open", json=FOREVER)
+
+        async def report() -> str:
+            async with SimulatedDevice(bundle) as d:
+                await d.wait_for_window(timeout=15)
+                await asyncio.to_thread(own_postgres.stop)
+                sending = asyncio.create_task(
+                    d.report(fall_photo(), HERE, 0.9, "person_down", timeout=90)
+                )
+                await asyncio.sleep(8)  # a C3 or two meet the database down
+                assert not sending.done(), "acknowledged while the database was down"
+                await asyncio.to_thread(own_postgres.start)
+                return (await sending).incident_id
+
+        incident_id = asyncio.run(report())
+        wait_until(lambda: incident_id in enc.stored, timeout=60, what="the alert at the ENC")
+        assert enc.stored == {incident_id: 1}
+        assert server.proc is not None and server.proc.poll() is None, "the server exited"
+        log = server.log.read_text()
+        assert "not stored, no C4: the device sends it again" in log, log[-3000:]
+        assert "task failed" not in log, log[-3000:]
+    finally:
+        server.stop()
+        enc.stop()
