@@ -203,7 +203,8 @@ def ask_all(procs: list[PoleProcess], obj: dict[str, Any], timeout: float) -> li
 
 def start_broker(workdir: Path, *, port: int | None, queue: int | None) -> Any:
     """Mosquitto as the tests start it, with ``max_queued_messages`` set when ``queue`` is
-    given (Mosquitto's default: 1000 QoS 1 messages queued per client, then dropped)."""
+    given (the broker role sets 100000; Mosquitto's own default: 1000 QoS 1 messages
+    queued per client, then dropped)."""
     from citywatch._services import start_mosquitto
 
     return start_mosquitto(
@@ -246,8 +247,9 @@ def main() -> int:
     ap.add_argument(
         "--broker-queue",
         type=int,
-        default=None,
-        help="Mosquitto's max_queued_messages (default: Mosquitto's own, 1000; 0: unlimited)",
+        default=100_000,
+        help="Mosquitto's max_queued_messages (default: the broker role's, 100000; "
+        "Mosquitto's own is 1000; 0: unlimited)",
     )
     args = ap.parse_args()
     if not 1 <= args.devices <= 100_000 or not 1 <= args.procs <= 16 or args.per_conn < 1:

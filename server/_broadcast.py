@@ -7,12 +7,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import itertools
 import logging
 from collections.abc import Callable
 
 from protocol import ServerEndpoint
 
 from ._config import ServerConfig
+from ._database import DATABASE_UNAVAILABLE, RETRY_FIRST_S, RETRY_MAX_S
 from ._directory import RegistryDirectory
 from ._metrics import ServerMetrics
 from ._store import DeviceInfo, Store
@@ -22,10 +24,8 @@ __all__ = ["BroadcastScheduler"]
 
 log = logging.getLogger("citywatch.server")
 
-_CHANGES_OVERLAP_MS = 60_000
-"""A poll re-reads only the devices changed since the last poll, less this overlap."""
-_FULL_READ_MS = 300_000
-"""And the whole registry this often, whatever the clocks of its writers did."""
+ONLINE_BATCH = 500
+"""Devices back online answered together (one epoch read, one B1 transaction)."""
 
 
 class BroadcastScheduler:
@@ -52,8 +52,9 @@ class BroadcastScheduler:
         self.metrics = metrics
         self._clock = clock
         self._send = send
-        self._changes_since: int | None = None
-        self._last_full_ms = 0
+        self._read_once = False
+        self._online: dict[bytes, None] = {}  # devices back online, in order, no twice
+        self._online_worker: asyncio.Task[None] | None = None
 
     async def run(self, connected: asyncio.Event, wake: asyncio.Event) -> None:
         while True:
@@ -68,19 +69,17 @@ class BroadcastScheduler:
                 await asyncio.wait_for(wake.wait(), timeout=self.config.timing.poll_s)
 
     async def refresh(self) -> None:
-        started = self._clock()
-        if self._changes_since is None or started - self._last_full_ms >= _FULL_READ_MS:
+        if not self._read_once:
             devices = await asyncio.to_thread(self.store.list_devices)
             self.directory.refresh(devices)
-            self._last_full_ms = started
+            self._read_once = True
         else:
+            # Only the rows whose updated_at moved are read whole: a poll of a city whose
+            # registry did not change is a scan of two columns.
             changed, kids = await asyncio.to_thread(
-                self.store.registry_changes, self._changes_since
+                self.store.registry_changes, self.directory.versions()
             )
             self.directory.apply_changes(changed, kids)
-        # Writers stamp changes with their own clocks (the CLI, other replicas): rows of
-        # the last minute are read again, so a writer up to that far behind is not missed.
-        self._changes_since = started - _CHANGES_OVERLAP_MS
         windows = await asyncio.to_thread(self.store.open_windows, self._clock())
         self.directory.plan = MonitoringPlan.of(windows, self.config.schedules)
 
@@ -111,6 +110,10 @@ class BroadcastScheduler:
             await self.announce(devices, tx)
 
     async def on_status(self, kid_hex: str, payload: bytes) -> None:
+        """A device's ``online`` is queued for the next group of B1s and returns at once:
+        the link's message loop never waits for the database here. A broker restart
+        brings every pole back within seconds; their B1s go out in groups of up to
+        ``ONLINE_BATCH`` (two transactions per group), not two transactions each."""
         if payload.strip() != b"online":
             return
         try:
@@ -119,22 +122,64 @@ class BroadcastScheduler:
             return
         if len(kid) != 8:
             return
-        if self.directory.needs_load(kid):
-            await asyncio.to_thread(self.directory.ensure, kid)
-        info = self.directory.info(kid)
-        if info is None or not info.active or info.blocked:
-            return
+        self._online[kid] = None
+        if self._online_worker is None or self._online_worker.done():
+            self._online_worker = asyncio.create_task(self._drain_online())
+
+    async def _drain_online(self) -> None:
+        pause = RETRY_FIRST_S
+        while self._online:
+            kids = list(itertools.islice(self._online, ONLINE_BATCH))
+            for kid in kids:
+                del self._online[kid]
+            try:
+                await self._welcome_back(kids)
+                pause = RETRY_FIRST_S
+            except DATABASE_UNAVAILABLE as exc:
+                # Not dropped: a pole with no B1 does not watch. Kept, tried again.
+                for kid in kids:
+                    self._online.setdefault(kid, None)
+                log.warning(
+                    "%d device(s) back online wait for their B1: the database is "
+                    "unavailable (%s); tried again in %.1f s",
+                    len(kids),
+                    type(exc).__name__,
+                    pause,
+                )
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, RETRY_MAX_S)
+            except Exception:
+                log.exception("B1 to %d device(s) back online could not be sent", len(kids))
+
+    async def _welcome_back(self, kids: list[bytes]) -> None:
+        """A fresh B1 for the window they missed to each of ``kids`` (devices that
+        (re)connected) whose zone is monitored."""
+        missing = [kid for kid in kids if self.directory.needs_load(kid)]
+        if missing:
+
+            def load() -> None:
+                for kid in missing:
+                    self.directory.ensure(kid)
+
+            await asyncio.to_thread(load)
+        infos = [
+            info
+            for kid in kids
+            if (info := self.directory.info(kid)) is not None and info.active and not info.blocked
+        ]
         now = self._clock()
-        until = self.directory.plan.until(info.zone, now)
-        if until is None:
+        if any(self.directory.plan.until(info.zone, now) is None for info in infos):
             # The plan may be up to poll_s old (a window opened through another replica
             # or the CLI): look at the store before telling a device there is none.
             windows = await asyncio.to_thread(self.store.open_windows, now)
             self.directory.plan = MonitoringPlan.of(windows, self.config.schedules)
+        by_until: dict[int, list[DeviceInfo]] = {}
+        for info in infos:
             until = self.directory.plan.until(info.zone, now)
-        if until is not None:
-            # A device that (re)connects gets a fresh B1 for the window it missed.
-            await self.announce([info], until)
+            if until is not None:
+                by_until.setdefault(until, []).append(info)
+        for until, devices in by_until.items():
+            await self.announce(devices, until)
 
     async def announce(self, devices: list[DeviceInfo], tx: int) -> None:
         """B1 to each device, its epoch persisted before anything is sent."""

@@ -30,11 +30,24 @@ from ._errors import MasterKeyError, RegistryError
 from ._keys import MasterKey
 from ._schema import AuditEntry
 
-__all__ = ["DATABASE_UNAVAILABLE", "Database", "IncidentSeal", "make_engine", "migrate", "now_ms"]
+__all__ = [
+    "DATABASE_UNAVAILABLE",
+    "RETRY_FIRST_S",
+    "RETRY_MAX_S",
+    "Database",
+    "IncidentSeal",
+    "make_engine",
+    "migrate",
+    "now_ms",
+]
 
 DATABASE_UNAVAILABLE = (OperationalError, InterfaceError)
 """What the database driver raises while the database cannot be reached (down,
 restarting, the connection lost): what is being done can be tried again later."""
+RETRY_FIRST_S = 0.5
+"""The first pause before asking a database that could not be reached again; it
+doubles up to ``RETRY_MAX_S``."""
+RETRY_MAX_S = 5.0
 
 now_ms = wall_clock_ms  # the one wall clock (ms since the epoch), under the server's name
 

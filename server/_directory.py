@@ -92,6 +92,10 @@ class RegistryDirectory:
         old = self._entries.get(info.kid)
         self._entries[info.kid] = _Entry(info, old.cipher if old else None)
 
+    def versions(self) -> dict[bytes, int]:
+        """kid -> ``updated_at`` of each device held (for ``Store.registry_changes``)."""
+        return {kid: e.info.updated_at for kid, e in self._entries.items()}
+
     def info(self, kid: bytes) -> DeviceInfo | None:
         e = self._entries.get(kid)
         return e.info if e else None

@@ -4,6 +4,7 @@ state; every change audited."""
 from __future__ import annotations
 
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -205,13 +206,25 @@ class DeviceRegistry:
             q = select(DeviceRow).where(DeviceRow.updated_at >= since)
             return [_device_info(r) for r in s.scalars(q)]
 
-    def registry_changes(self, since: int) -> tuple[list[DeviceInfo], set[bytes]]:
-        """The devices changed at or after ``since`` (ms) and the kids of all devices
-        (one column: a deleted device is the one missing), in one read."""
+    def registry_changes(self, held: Mapping[bytes, int]) -> tuple[list[DeviceInfo], set[bytes]]:
+        """The devices whose ``updated_at`` is not the one in ``held`` (kid -> the
+        ``updated_at`` the caller holds; new devices too), and the kids of all devices (a
+        deleted device is the one missing), in one read: a scan of two columns, then the
+        whole rows of what changed only. Every writer moves ``updated_at`` on, so no
+        writer's clock matters here."""
         with self.db.tx() as s:
-            changed = s.scalars(select(DeviceRow).where(DeviceRow.updated_at >= since))
-            infos = [_device_info(r) for r in changed]
-            return infos, set(s.scalars(select(DeviceRow.kid)))
+            kids: set[bytes] = set()
+            stale: list[bytes] = []
+            for raw, at in s.execute(select(DeviceRow.kid, DeviceRow.updated_at)):
+                kid = bytes(raw)
+                kids.add(kid)
+                if held.get(kid) != at:
+                    stale.append(kid)
+            infos: list[DeviceInfo] = []
+            for i in range(0, len(stale), 500):
+                q = select(DeviceRow).where(DeviceRow.kid.in_(stale[i : i + 500]))
+                infos.extend(_device_info(r) for r in s.scalars(q))
+            return infos, kids
 
     def device_kids(self) -> set[bytes]:
         with self.db.tx() as s:

@@ -19,7 +19,7 @@ from edge import ModelError
 
 from ._batch import GroupCommit
 from ._config import VerificationConfig
-from ._database import DATABASE_UNAVAILABLE
+from ._database import DATABASE_UNAVAILABLE, RETRY_FIRST_S, RETRY_MAX_S
 from ._directory import RegistryDirectory
 from ._errors import VerifierModelError
 from ._logsafe import EscapeControlCharacters
@@ -36,10 +36,6 @@ log.addFilter(EscapeControlCharacters())
 
 _R = TypeVar("_R")
 
-RETRY_FIRST_S = 0.5
-"""The first pause before reading or deciding an incident again while the database is
-down; it doubles up to ``RETRY_MAX_S``."""
-RETRY_MAX_S = 5.0
 SWEEP_EVERY_S = 30.0
 """How often the undecided incidents are looked for."""
 SWEEP_AFTER_S = 120.0

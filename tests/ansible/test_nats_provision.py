@@ -368,9 +368,7 @@ def test_the_server_roles_config_names_the_broker_the_inventory_has(
                     "server_citywatch": str(_citywatch(tmp_path)),
                     "server_master_key_source": "file",
                     "server_broker_device_host": "cw-server.city.example",
-                    # The ENC's certificate from the system's CAs (no ENC host here).
-                    "server_enc_host": "cw-server",
-                    "server_enc_trust_self_signed": False,
+                    # No ENC host in this inventory: the role must still run.
                 }
             }
         }

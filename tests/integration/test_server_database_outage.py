@@ -221,3 +221,36 @@ def test_a_report_while_the_database_is_down_is_acknowledged_once_it_is_back(
     finally:
         server.stop()
         enc.stop()
+
+
+def test_a_pole_back_online_while_the_database_is_down_gets_its_b1_once_it_is_back(
+    tmp_path: Path, own_postgres: Postgres, broker: Broker
+) -> None:
+    """A pole with no B1 does not watch: its ``online`` is kept while the database
+    cannot be reached, not dropped, and answered once it is back."""
+    db = own_postgres.create_database(f"server_{uuid.uuid4().hex[:12]}")
+    setup = make_server(tmp_path, broker, enc_url=f"http://127.0.0.1:{free_port()}", db_url=db)
+    bundle = setup.add_device("pole-1", "z")
+    server = ServerProcess(setup).start()
+    try:
+        server.api("POST", "/v1/windows/z/open", json=FOREVER)
+
+        async def back_online() -> tuple[bool, p.WindowAnnounced]:
+            async with SimulatedDevice(bundle) as first:
+                w = await first.wait_for_window(timeout=15)
+            await asyncio.to_thread(own_postgres.stop)
+            async with SimulatedDevice(bundle, last_epoch=w.ep) as again:
+                await asyncio.sleep(4)  # its online meets the database down
+                early = again.window.is_set()
+                await asyncio.to_thread(own_postgres.start)
+                fresh = await again.wait_for_window(timeout=60)
+            assert fresh.ep > w.ep and fresh.tx == w.tx
+            return early, fresh
+
+        early, _ = asyncio.run(back_online())
+        assert not early, "a B1 was sent while its epoch could not be stored"
+        log = server.log.read_text()
+        assert "back online wait for their B1: the database is unavailable" in log, log[-3000:]
+        assert server.proc is not None and server.proc.poll() is None, "the server exited"
+    finally:
+        server.stop()
