@@ -73,15 +73,28 @@ class ZoneStore:
         """Persist B1s (kid, ep, T_S, H(B1)) before they are sent: each device's epoch
         moves from ep-1 to ep. False where the epoch moved meanwhile (another replica
         announced): seal again with a fresh epoch."""
+        # One statement, built once, run per device on the connection: a zone's window
+        # is thousands of B1s, and building an ORM update for each cost more than the
+        # database's own work.
+        t = cast(Table, DeviceRow.__table__)
+        stmt = (
+            t.update()
+            .where(t.c.kid == bindparam("b_kid"), t.c.epoch == bindparam("b_prev"))
+            .values(
+                epoch=bindparam("b_ep"),
+                last_b1_ts=bindparam("b_ts"),
+                last_b1_hash=bindparam("b_hash"),
+            )
+        )
         out = []
         with self.db.tx() as s:
+            conn = s.connection()
             for kid, ep, ts, b1_hash in sent:
-                res = s.execute(
-                    update(DeviceRow)
-                    .where(DeviceRow.kid == kid, DeviceRow.epoch == ep - 1)
-                    .values(epoch=ep, last_b1_ts=ts, last_b1_hash=b1_hash)
+                res = conn.execute(
+                    stmt,
+                    {"b_kid": kid, "b_prev": ep - 1, "b_ep": ep, "b_ts": ts, "b_hash": b1_hash},
                 )
-                out.append(bool(res.rowcount))  # type: ignore[attr-defined]
+                out.append(bool(res.rowcount))
         return out
 
     def last_broadcast(self, kid: bytes) -> tuple[int, int, bytes] | None:
