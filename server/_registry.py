@@ -201,11 +201,6 @@ class DeviceRegistry:
                 return None
             return _device_info(row), self.db.master.open_device_key(row.key_sealed, kid=kid)
 
-    def devices_changed_since(self, since: int) -> list[DeviceInfo]:
-        with self.db.tx() as s:
-            q = select(DeviceRow).where(DeviceRow.updated_at >= since)
-            return [_device_info(r) for r in s.scalars(q)]
-
     def registry_changes(self, held: Mapping[bytes, int]) -> tuple[list[DeviceInfo], set[bytes]]:
         """The devices whose ``updated_at`` is not the one in ``held`` (kid -> the
         ``updated_at`` the caller holds; new devices too), and the kids of all devices (a
@@ -225,10 +220,6 @@ class DeviceRegistry:
                 q = select(DeviceRow).where(DeviceRow.kid.in_(stale[i : i + 500]))
                 infos.extend(_device_info(r) for r in s.scalars(q))
             return infos, kids
-
-    def device_kids(self) -> set[bytes]:
-        with self.db.tx() as s:
-            return set(s.scalars(select(DeviceRow.kid)))
 
     def set_device_state(
         self, uid: str, action: str, *, actor: str, reason: str = ""
