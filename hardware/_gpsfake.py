@@ -22,6 +22,7 @@ from pathlib import Path
 from types import TracebackType
 
 from ._errors import HardwareError
+from ._ports import loopback_port
 
 __all__ = ["SENTENCES_PER_EPOCH", "GnssError", "GpsFake", "nmea_log"]
 
@@ -105,12 +106,6 @@ def nmea_log(
     return "".join(out)
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _lists_a_device(sock: socket.socket, timeout: float) -> bool:
     """Whether the gpsd on ``sock`` reports an open receiver within ``timeout`` seconds."""
     sock.settimeout(timeout)
@@ -175,7 +170,7 @@ class GpsFake:
         # silently and gpsd runs with no receiver (seen under load). Check, and try again.
         problem = ""
         for _attempt in range(3):
-            fake = cls._spawn(exe, log, port or _free_port(), cycle, once, output)
+            fake = cls._spawn(exe, log, port or loopback_port(), cycle, once, output)
             problem = fake._wait_ready(ready_timeout)
             if not problem:
                 return fake
