@@ -47,6 +47,9 @@ __all__ = ["MqttLink", "ProvisioningBundle", "SimulatedDevice", "wall_clock_ms"]
 
 log = logging.getLogger("citywatch.simdevice")
 
+CONNECT_TIMEOUT_S = 30.0
+"""How long one attempt to connect again (CONNECT and the subscriptions) may take."""
+
 
 class MqttLink:
     """One MQTT connection that carries the traffic of one or more devices."""
@@ -174,11 +177,16 @@ class MqttLink:
                 with contextlib.suppress(Exception):
                     await self._client.__aexit__(None, None, None)
             try:
-                await self._connect()
+                # Bounded: an attempt that hangs (a CONNACK or SUBACK that never comes
+                # from a gateway whose cluster is re-electing) is given up and made again,
+                # not waited for while every publish times out on a dead client.
+                await asyncio.wait_for(self._connect(), CONNECT_TIMEOUT_S)
                 log.info("link %s connected again", self.client_id)
                 return
-            except aiomqtt.MqttError as exc:
-                log.warning("link %s: connecting again failed: %s", self.client_id, exc)
+            except (aiomqtt.MqttError, TimeoutError) as exc:
+                log.warning(
+                    "link %s: connecting again failed: %s", self.client_id, exc or "timed out"
+                )
                 delay = min(delay * 2, 5.0)
 
 
