@@ -185,7 +185,7 @@ class MqttLink:
                 return
             except (aiomqtt.MqttError, TimeoutError) as exc:
                 log.warning(
-                    "link %s: connecting again failed: %s", self.client_id, exc or "timed out"
+                    "link %s: connecting again failed: %s", self.client_id, str(exc) or "timed out"
                 )
                 delay = min(delay * 2, 5.0)
 

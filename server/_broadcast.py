@@ -52,7 +52,6 @@ class BroadcastScheduler:
         self.metrics = metrics
         self._clock = clock
         self._send = send
-        self._read_once = False
         self._online: dict[bytes, None] = {}  # devices back online, in order, no twice
         self._online_worker: asyncio.Task[None] | None = None
 
@@ -69,17 +68,12 @@ class BroadcastScheduler:
                 await asyncio.wait_for(wake.wait(), timeout=self.config.timing.poll_s)
 
     async def refresh(self) -> None:
-        if not self._read_once:
-            devices = await asyncio.to_thread(self.store.list_devices)
-            self.directory.refresh(devices)
-            self._read_once = True
-        else:
-            # Only the rows whose updated_at moved are read whole: a poll of a city whose
-            # registry did not change is a scan of two columns.
-            changed, kids = await asyncio.to_thread(
-                self.store.registry_changes, self.directory.versions()
-            )
-            self.directory.apply_changes(changed, kids)
+        # Only the rows whose updated_at moved are read whole (all of them the first
+        # time): a poll of a city whose registry did not change is a scan of two columns.
+        changed, kids = await asyncio.to_thread(
+            self.store.registry_changes, self.directory.versions()
+        )
+        self.directory.apply_changes(changed, kids)
         windows = await asyncio.to_thread(self.store.open_windows, self._clock())
         self.directory.plan = MonitoringPlan.of(windows, self.config.schedules)
 
@@ -154,14 +148,8 @@ class BroadcastScheduler:
     async def _welcome_back(self, kids: list[bytes]) -> None:
         """A fresh B1 for the window they missed to each of ``kids`` (devices that
         (re)connected) whose zone is monitored."""
-        missing = [kid for kid in kids if self.directory.needs_load(kid)]
-        if missing:
-
-            def load() -> None:
-                for kid in missing:
-                    self.directory.ensure(kid)
-
-            await asyncio.to_thread(load)
+        if any(self.directory.needs_load(kid) for kid in kids):
+            await asyncio.to_thread(self.directory.ensure_all, kids)
         infos = [
             info
             for kid in kids
@@ -188,8 +176,7 @@ class BroadcastScheduler:
         kids = [d.kid for d in devices]
 
         def load() -> dict[bytes, int]:
-            for kid in kids:
-                self.directory.ensure(kid)
+            self.directory.ensure_all(kids)
             return self.store.epochs(kids)
 
         for _attempt in range(3):

@@ -9,6 +9,7 @@ so a device added since the last poll is found on its first message.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from protocol import AesGcmCipher, Cipher, DeviceRecord
@@ -58,6 +59,11 @@ class RegistryDirectory:
         seen = self._unknown.get(kid)
         return seen is None or time.monotonic() - seen > _NEGATIVE_TTL_S
 
+    def ensure_all(self, kids: Iterable[bytes]) -> None:
+        """``ensure`` each of ``kids``."""
+        for kid in kids:
+            self.ensure(kid)
+
     def ensure(self, kid: bytes) -> None:
         """Load the device's metadata and key if they are not cached."""
         if not self.needs_load(kid):
@@ -72,17 +78,10 @@ class RegistryDirectory:
         self._entries[kid] = _Entry(info, AesGcmCipher(key))
         self._unknown.pop(kid, None)
 
-    def refresh(self, devices: list[DeviceInfo]) -> None:
-        """Replace the metadata with a fresh read of the registry (keys stay cached)."""
-        fresh: dict[bytes, _Entry] = {}
-        for info in devices:
-            old = self._entries.get(info.kid)
-            fresh[info.kid] = _Entry(info, old.cipher if old else None)
-        self._entries = fresh
-
     def apply_changes(self, changed: list[DeviceInfo], kids: set[bytes]) -> None:
-        """A partial re-read: ``changed`` replaces those devices' metadata (keys stay
-        cached), and a device whose kid is not in ``kids`` (deleted) is forgotten."""
+        """A re-read (``Store.registry_changes``): ``changed`` replaces those devices'
+        metadata (keys stay cached), and a device whose kid is not in ``kids`` (deleted)
+        is forgotten."""
         for kid in [k for k in self._entries if k not in kids]:
             del self._entries[kid]
         for info in changed:

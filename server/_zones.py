@@ -46,6 +46,18 @@ class WindowInfo:
         }
 
 
+_DEVICES = cast(Table, DeviceRow.__table__)
+
+_RECORD_B1 = (
+    _DEVICES.update()
+    .where(_DEVICES.c.kid == bindparam("b_kid"), _DEVICES.c.epoch == bindparam("b_prev"))
+    .values(epoch=bindparam("b_ep"), last_b1_ts=bindparam("b_ts"), last_b1_hash=bindparam("b_hash"))
+)
+"""A B1 recorded: one statement, built once and run per device on the connection (a
+zone's window is thousands of B1s, and an ORM update built for each cost more than the
+database's own work)."""
+
+
 class ZoneStore:
     """Windows, zone announcements and broadcast epochs. Thread-safe."""
 
@@ -73,25 +85,12 @@ class ZoneStore:
         """Persist B1s (kid, ep, T_S, H(B1)) before they are sent: each device's epoch
         moves from ep-1 to ep. False where the epoch moved meanwhile (another replica
         announced): seal again with a fresh epoch."""
-        # One statement, built once, run per device on the connection: a zone's window
-        # is thousands of B1s, and building an ORM update for each cost more than the
-        # database's own work.
-        t = cast(Table, DeviceRow.__table__)
-        stmt = (
-            t.update()
-            .where(t.c.kid == bindparam("b_kid"), t.c.epoch == bindparam("b_prev"))
-            .values(
-                epoch=bindparam("b_ep"),
-                last_b1_ts=bindparam("b_ts"),
-                last_b1_hash=bindparam("b_hash"),
-            )
-        )
         out = []
         with self.db.tx() as s:
             conn = s.connection()
             for kid, ep, ts, b1_hash in sent:
                 res = conn.execute(
-                    stmt,
+                    _RECORD_B1,
                     {"b_kid": kid, "b_prev": ep - 1, "b_ep": ep, "b_ts": ts, "b_hash": b1_hash},
                 )
                 out.append(bool(res.rowcount))
@@ -132,10 +131,9 @@ class ZoneStore:
         now = self.db.now()
         if not confirmed:
             return []
-        table = cast(Table, DeviceRow.__table__)
-        t = table.c
+        t = _DEVICES.c
         stmt = (
-            update(table)
+            update(_DEVICES)
             .where(t.kid == bindparam("b_kid"))
             .values(confirmed_epoch=bindparam("b_ep"), confirmed_at=now)
         )

@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives import serialization
 from protocol import ProvisioningBundle
 from server import load_config
 from tests.integration.server_harness import make_server
+from tests.security.poles import Pole
 from tests.security.production_broker import DeviceCa
 from tests.security.production_nats import ProductionCluster, client_context, wait_ready
 from tests.support.nats import NatsCluster, NatsNode
@@ -254,27 +255,6 @@ async def _mqtt_refused(port: int, tls: Any, *, timeout: float) -> str:
         await asyncio.sleep(0.3)
 
 
-def _held_session(port: int, tls: tuple[Path, Path, Path], bundle: Any) -> SimpleNamespace:
-    """The pole's MQTT session on a node's gateway, open; ``lost`` is set when the node
-    closes it."""
-    import threading
-
-    import paho.mqtt.client as mqtt
-
-    up, lost = threading.Event(), threading.Event()
-    c = mqtt.Client(
-        mqtt.CallbackAPIVersion.VERSION2, client_id=bundle.kid.hex(), clean_session=True
-    )
-    c.tls_set_context(client_context(*tls))
-    c.on_connect = lambda _c, _u, _f, rc, _p: None if rc.is_failure else up.set()
-    c.on_disconnect = lambda *_a: lost.set() if up.is_set() else None
-    c.reconnect_delay_set(5, 10)
-    c.connect("127.0.0.1", port, keepalive=60)
-    c.loop_start()
-    assert up.wait(20), "the pole's session was not taken before it was decommissioned"
-    return SimpleNamespace(client=c, lost=lost)
-
-
 @pytest.mark.slow
 def test_provisioning_a_pole_under_limit_lets_it_into_every_nats_node_and_decommissioning_removes_it(  # noqa: E501
     tmp_path: Path,
@@ -319,7 +299,12 @@ def test_provisioning_a_pole_under_limit_lets_it_into_every_nats_node_and_decomm
         asyncio.run(wait_ready(pc, second.kid.hex(), timeout=120))
 
         # The pole is still connected when it is decommissioned (a stolen pole is).
-        held = _held_session(nodes[0].mqtt_port, ca.client("held", second.kid.hex()), second)
+        held = Pole(
+            "127.0.0.1",
+            nodes[0].mqtt_port,
+            client_id=second.kid.hex(),
+            tls=ca.client("held", second.kid.hex()),
+        ).start(subscribe_down=False, timeout=20)
         try:
             code, said = fleet.setup.cli("device", "delete", "pole-2", "--reason", "test")
             assert code == 0, said
@@ -332,9 +317,12 @@ def test_provisioning_a_pole_under_limit_lets_it_into_every_nats_node_and_decomm
                 said = asyncio.run(_mqtt_refused(node.mqtt_port, gone, timeout=20))
                 assert said != "still accepted", node.name
             # And the session it already had is closed by the reload, not left open.
-            assert held.lost.wait(20), "the decommissioned pole's open session survived"
+            deadline = time.monotonic() + 20
+            while not held.disconnects and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert held.disconnects, "the decommissioned pole's open session survived"
         finally:
-            held.client.loop_stop()
+            held.stop()
     finally:
         pc.stop()
 
