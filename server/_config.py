@@ -177,8 +177,8 @@ class EncConfig(_Section):
     """TCP/TLS connect timeout."""
     request_timeout_s: float = Field(30.0, gt=0, le=600)
     """How long to wait for the N2 after sending N1."""
-    concurrency: int = Field(4, ge=1, le=64)
-    """Alerts in flight at once."""
+    concurrency: int = Field(16, ge=1, le=256)
+    """Alerts in flight at once (each on a connection kept open to the ENC)."""
 
 
 class VerificationConfig(_Section):
@@ -501,7 +501,7 @@ key_file = "enc.key"
 # ca_file = "enc-ca.pem"       # CA of the ENC's HTTPS certificate (empty: system CAs)
 connect_timeout_s = 5.0
 request_timeout_s = 30.0
-concurrency = 4
+concurrency = 16
 
 [verification]
 # Incidents whose server score is >= threshold go to the ENC; the others are dismissed

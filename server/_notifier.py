@@ -106,7 +106,9 @@ class EncOutbox:
         return httpx.AsyncClient(
             verify=verify,
             timeout=httpx.Timeout(e.request_timeout_s, connect=e.connect_timeout_s),
-            limits=httpx.Limits(max_connections=e.concurrency),
+            limits=httpx.Limits(
+                max_connections=e.concurrency, max_keepalive_connections=e.concurrency
+            ),
         )
 
     async def run(self) -> None:

@@ -4,10 +4,12 @@ stores alerts idempotently and can be told to refuse, hang or go away."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -63,6 +65,7 @@ class EncStub:
     _release: threading.Event = field(default_factory=threading.Event)
     _http: ThreadingHTTPServer | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _open: set[socket.socket] = field(default_factory=set)  # kept-alive connections
 
     def __post_init__(self) -> None:
         self.endpoint = p.EncEndpoint(
@@ -77,8 +80,24 @@ class EncStub:
         stub = self
 
         class Handler(BaseHTTPRequestHandler):
+            # Keep-alive, as the real ENC (uvicorn) answers: HTTP/1.0 would make the
+            # server open a new connection for every alert.
+            # (with TCP_NODELAY: the headers and the body are two writes, and Nagle's
+            # algorithm would hold the body for the client's delayed ACK, 40 ms).
+            protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True
+
             def log_message(self, *args: Any) -> None:
                 pass
+
+            def handle(self) -> None:
+                with stub._lock:
+                    stub._open.add(self.connection)
+                try:
+                    super().handle()
+                finally:
+                    with stub._lock:
+                        stub._open.discard(self.connection)
 
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
@@ -129,6 +148,11 @@ class EncStub:
             self._http.shutdown()
             self._http.server_close()
             self._http = None
+        # A stopped ENC answers nothing more, on the connections kept open either.
+        with self._lock:
+            for conn in self._open:
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
 
 
 def p_now() -> int:
