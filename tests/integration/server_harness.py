@@ -49,8 +49,9 @@ def wait_until(
 @dataclass
 class EncStub:
     """An ENC on a loopback port. ``mode``: "ok" answers N2; "refuse" answers 503;
-    "hang" keeps the request open until ``release()`` and then answers 503 without
-    storing (an N1 that never got through)."""
+    "flood" answers 200 with 2 MiB that are no N2 (without storing); "hang" keeps the
+    request open until ``release()`` and then answers 503 without storing (an N1 that
+    never got through)."""
 
     server_kid: bytes
     key: bytes
@@ -113,6 +114,8 @@ class EncStub:
                     return self._answer(503, b"")
                 if stub.mode == "refuse":
                     return self._answer(503, b"")
+                if stub.mode == "flood":
+                    return self._answer(200, bytes(2 << 20))
                 with stub._lock:
                     events = stub.endpoint.receive(body, p_now())
                     alerts = [e for e in events if isinstance(e, p.AlertReceived)]

@@ -164,6 +164,48 @@ def test_enc_down_and_back(tmp_path: Path, broker: Broker) -> None:
         enc.stop()
 
 
+def test_an_enc_answering_megabytes_is_a_failed_delivery_retried(
+    tmp_path: Path, broker: Broker
+) -> None:
+    """A broken or hostile ENC that answers 200 with 2 MiB of nothing: the server reads
+    at most 1 MiB of an answer, counts the attempt failed and tries again; nothing is
+    marked delivered until a real N2 comes, and then the alert is there once."""
+    port = free_port()
+    setup = make_server(tmp_path, broker, enc_url=f"http://127.0.0.1:{port}")
+    bundle = setup.add_device("pole-1", "z")
+    enc = EncStub(server_kid=setup.server_kid, key=setup.enc_key, port=port, mode="flood")
+    enc.start()
+    server = ServerProcess(setup).start()
+    try:
+        server.api("POST", "/v1/windows/z/open", json=FOREVER)
+
+        async def report() -> str:
+            async with SimulatedDevice(bundle) as d:
+                await d.wait_for_window(timeout=10)
+                return (await d.report(fall_photo(), HERE, 0.9, "fall", timeout=15)).incident_id
+
+        incident_id = asyncio.run(report())
+        wait_until(lambda: enc.requests >= 2, timeout=20, what="attempts against the flood")
+        state = server.api("GET", f"/v1/incidents/{incident_id}").json()
+        assert state["enc_state"] == "pending" and (state["enc_attempts"] or 0) >= 1
+        assert server.metric("citywatch_server_enc_attempts_total", outcome="failed") >= 1
+        assert "an answer of" in server.log.read_text()
+        enc.mode = "ok"
+        wait_until(lambda: incident_id in enc.stored, timeout=30, what="delivered")
+        wait_until(
+            lambda: (
+                server.api("GET", f"/v1/incidents/{incident_id}").json()["enc_state"]
+                == "delivered"
+            ),
+            timeout=10,
+            what="marked delivered",
+        )
+        assert enc.stored == {incident_id: 1}
+    finally:
+        server.stop()
+        enc.stop()
+
+
 @pytest.mark.slow
 def test_two_server_processes_share_the_load(
     tmp_path: Path, broker: Broker, postgres: Postgres
