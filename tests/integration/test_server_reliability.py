@@ -194,8 +194,7 @@ def test_an_enc_answering_megabytes_is_a_failed_delivery_retried(
         wait_until(lambda: incident_id in enc.stored, timeout=30, what="delivered")
         wait_until(
             lambda: (
-                server.api("GET", f"/v1/incidents/{incident_id}").json()["enc_state"]
-                == "delivered"
+                server.api("GET", f"/v1/incidents/{incident_id}").json()["enc_state"] == "delivered"
             ),
             timeout=10,
             what="marked delivered",
