@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/fit_fight.py CLIPS_DIR [--videos GMDCSA24_DIR]
         [--tune-max-clip 75] [--tune-subjects 1,2] [--l2 1000] [--max-false 0.10]
-        [--inputs NAME,...] [--select] [--cv 1,100,1000,10000] [--held-out] [--cache FILE]
+        [--inputs NAME,...] [--select] [--cv 1,100,1000,10000] [--smooth 5] [--held-out]
+        [--cache FILE]
 
 CLIPS_DIR is the fight data set (``labels.csv``: ``fight`` / ``no_fight`` clips,
 ``fi<NNN>.mp4`` / ``nofi<NNN>.mp4``). Each clip plays through a fresh pre-screen with the
@@ -14,15 +15,16 @@ everyday activities) are played the same way and their frames are negatives too.
 The tuning split is the clips numbered up to ``--tune-max-clip`` (and GMDCSA24's
 ``--tune-subjects``); the script fits a class-balanced, L2-regularised logistic
 regression over the ``--inputs`` (default: ``FIGHT_INPUTS``, the ones in the code) of
-the tuning frames (every frame of a fight
-clip is a positive, every frame of a no-fight clip or a GMDCSA24 video a negative), then
-chooses the threshold on the tuning clips: a clip is flagged when one of its frames
-reaches it with ``min_people_learned`` people in view, and the threshold is the lowest
-whose share of tuning no-fight clips flagged is at most ``--max-false``. It prints the
-weights and the threshold to put into edge/_decision.py and edge/_prescreen.py, and the
-clips flagged on both splits at several thresholds, with the weights now in the code as
-well. Figures on the tuning split are tuning figures; the held-out split is not used for
-any choice, and its figures are printed only with ``--held-out``. ``--cv`` prints the
+the tuning frames (every frame of a fight clip is a positive, every frame of a no-fight
+clip or a GMDCSA24 video a negative), then chooses the threshold on the tuning clips: a
+clip is flagged when the mean probability of ``--smooth`` frames in a row with
+``min_people_learned`` people in view (within the rule's window, as the pole averages
+them: ``fight.smooth_frames``) reaches it, and the threshold is the lowest whose share
+of tuning no-fight clips flagged is at most ``--max-false``. It prints the weights and
+the threshold to put into edge/_decision.py and edge/_prescreen.py, and the clips
+flagged on both splits at several thresholds, with the weights now in the code as well.
+Figures on the tuning split are tuning figures; the held-out split is not used for any
+choice, and its figures are printed only with ``--held-out``. ``--cv`` prints the
 cross-validated recall on the tuning clips for each L2 penalty given (how the default
 penalty was chosen); ``--select`` chooses the inputs by forward selection on that
 cross-validated recall, from none, adding the input that helps most while it helps (how
@@ -36,6 +38,7 @@ import csv
 import json
 import re
 import sys
+from collections import deque
 from pathlib import Path
 
 import cv2
@@ -132,17 +135,27 @@ def clip_scores(
     bias: float,
     min_people: int,
     inputs: tuple[str, ...],
+    smooth: int = 1,
+    window: float = PreScreenConfig().fight.window_seconds,
 ) -> dict[str, float]:
-    """Each clip's highest probability at a frame with ``min_people`` in view (what makes
-    the pole report: the first frame that reaches the threshold)."""
+    """Each clip's highest probability, as the pole decides (edge/_decision.py): at each
+    frame with ``min_people`` in view, the mean of the last ``smooth`` such frames'
+    probabilities within ``window`` seconds, once there are ``smooth`` of them (what
+    makes the pole report: the first frame whose mean reaches the threshold)."""
     out: dict[str, float] = {}
     for name, entry in data.items():
         best = 0.0
+        recent: deque[tuple[float, float]] = deque(maxlen=max(1, smooth))
         for frame in entry["frames"]:  # type: ignore[attr-defined]
             if int(frame["people"]) < min_people:
                 continue
+            t = float(frame["t"])
             z = bias + sum(w * float(frame["x"][k]) for w, k in zip(weights, inputs, strict=True))
-            best = max(best, 1.0 / (1.0 + float(np.exp(-max(-60.0, min(60.0, z))))))
+            recent.append((t, 1.0 / (1.0 + float(np.exp(-max(-60.0, min(60.0, z)))))))
+            while recent and recent[0][0] < t - window:
+                recent.popleft()
+            if len(recent) == recent.maxlen:
+                best = max(best, sum(q for _, q in recent) / len(recent))
         out[name] = best
     return out
 
@@ -179,7 +192,7 @@ def cross_validate(
             x, y = frames_of(data, [n for n in tune if fold[n] != k], args.min_people, inputs)
             w, b = fit(x, y, l2)
             held = {n: data[n] for n in tune if fold[n] == k}
-            scores.update(clip_scores(held, w, b, args.min_people, inputs))
+            scores.update(clip_scores(held, w, b, args.min_people, inputs, args.smooth))
         calm = sorted((scores[n] for n in tune if data[n]["label"] == "no_fight"), reverse=True)
         threshold = calm[int(args.max_false * len(calm))] + 1e-3
         recalls.append(sum(scores[n] >= threshold for n in tune if data[n]["label"] == "fight"))
@@ -253,6 +266,13 @@ def main() -> None:
     ap.add_argument("--max-false", type=float, default=0.10)
     ap.add_argument("--min-people", type=int, default=2)
     ap.add_argument(
+        "--smooth",
+        type=int,
+        default=PreScreenConfig().fight.smooth_frames,
+        help="frames whose probabilities the pole averages before deciding "
+        "(fight.smooth_frames); 1: each frame alone",
+    )
+    ap.add_argument(
         "--inputs",
         default=",".join(FIGHT_INPUTS),
         help="comma-separated names of FightFeatures.inputs() to fit on",
@@ -279,7 +299,7 @@ def main() -> None:
     x, y = frames_of(data, tune, args.min_people, inputs)
     print(f"tuning frames: {int(y.sum())} fight, {int(len(y) - y.sum())} not")
     w, b = fit(x, y, args.l2)
-    scores = clip_scores(data, w, b, args.min_people, inputs)
+    scores = clip_scores(data, w, b, args.min_people, inputs, args.smooth)
     calm = sorted(scores[n] for n in tune if data[n]["label"] != "fight")
     calm_clips = sorted((scores[n] for n in tune if data[n]["label"] == "no_fight"), reverse=True)
     allowed = int(args.max_false * len(calm_clips))
@@ -303,7 +323,9 @@ def main() -> None:
         grid,
         splits,
     )
-    in_code = clip_scores(data, np.array(FIGHT_WEIGHTS), FIGHT_BIAS, args.min_people, FIGHT_INPUTS)
+    in_code = clip_scores(
+        data, np.array(FIGHT_WEIGHTS), FIGHT_BIAS, args.min_people, FIGHT_INPUTS, args.smooth
+    )
     report(
         "the weights in edge/_decision.py:",
         data,

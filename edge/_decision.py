@@ -18,7 +18,8 @@ no clock of its own, so tests drive it with hand-made poses.
   inputs and weights chosen and fitted by bench/fit_fight.py) over ``FightFeatures`` of
   the last ``window_seconds`` (people in view, how close, limb speed, the ``MotionChaos``
   measures) reaching
-  ``min_probability`` with at least ``min_people_learned`` people in view. With
+  ``min_probability`` with at least ``min_people_learned`` people in view (the mean of
+  the last ``smooth_frames`` such frames' probabilities within the window). With
   ``min_probability`` None, either of two hand-set cues over the window:
   *limbs*: at least ``min_people`` people seen now, close together (centres within
   ``max_distance`` body lengths), whose wrists and elbows move fast relative to their
@@ -330,6 +331,11 @@ class FightRule:
     # None: the two hand-set cues.
     min_probability: float | None = None
     min_people_learned: int = 2
+    # The learned cue decides on the mean probability of the last ``smooth_frames``
+    # inferred frames with ``min_people_learned`` people in view (within
+    # ``window_seconds``), once it has that many: one frame's flicker neither reports
+    # nor hides a fight.
+    smooth_frames: int = 1
 
 
 @dataclass
@@ -418,6 +424,8 @@ class DangerTracker:
         self._next_id = 1
         self._quiet_until: dict[tuple[str, str], float] = {}
         self._chaos: deque[ChaosSample] = deque()
+        # (time, fight_probability) of the last frames with enough people in view
+        self._fight_p: deque[tuple[float, float]] = deque(maxlen=max(1, self.fight.smooth_frames))
         # (time, people followed) of the inferred frames of the last second
         self._followed: deque[tuple[float, int]] = deque()
 
@@ -587,9 +595,15 @@ class DangerTracker:
         active = [tr for tr in self._tracks if tr.last_seen == t]
         if rule.min_probability is not None:
             features = self.fight_features(t)
-            if features.people < max(1, rule.min_people_learned) or not active:
+            if features.people < max(1, rule.min_people_learned):
                 return None
-            p = fight_probability(features)
+            recent = self._fight_p
+            recent.append((t, fight_probability(features)))
+            while recent[0][0] < t - rule.window_seconds:
+                recent.popleft()
+            if len(recent) < (recent.maxlen or 1) or not active:
+                return None
+            p = sum(q for _, q in recent) / len(recent)
             if p < rule.min_probability:
                 return None
             # Reported as 0.5 at the threshold, 1 at certainty, as the other cues are.

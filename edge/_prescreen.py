@@ -288,15 +288,23 @@ class FightConfig(_Strict):
         "way, as a walker or a passing car; 1 = every way).",
     )
     min_probability: Annotated[float | None, OrOff] = Field(
-        default=0.57,
+        default=0.544,
         ge=0.0,
         le=1.0,
         description="The learned cue: report a fight when the logistic model over the "
         "window's people and motion (edge._decision.fight_probability, fitted by "
         "bench/fit_fight.py) reaches this, with at least min_people people in view; it "
         "replaces the limbs and chaos cues (their thresholds above are then unused). "
-        "0.57 flags 3 of the 38 no-fight tuning clips. The report's score is 0.5 at this "
+        "0.544 (the mean over smooth_frames) flags 3 of the 38 no-fight tuning clips. The report's score is 0.5 at this "
         "threshold, 1 at certainty. false: the limbs and chaos cues.",
+    )
+    smooth_frames: int = Field(
+        default=5,
+        ge=1,
+        le=20,
+        description="The learned cue decides on the mean of its probability over this many "
+        "inferred frames in a row with min_people people in view (within window_seconds), "
+        "once there are that many: 5 at 10 fps is half a second. 1: each frame alone.",
     )
     motion_width: int = Field(
         default=160,
@@ -462,6 +470,7 @@ class PreScreen:
                 min_motion_spread=fc.min_motion_spread,
                 min_probability=fc.min_probability,
                 min_people_learned=fc.min_people,
+                smooth_frames=fc.smooth_frames,
             ),
             zones=[(z.name, z.polygon) for z in config.zones],
             cooldown_seconds=config.cooldown_seconds,

@@ -117,7 +117,7 @@ image_group_distance = false
     assert config.model.rotations == (0,) and config.model.low_light == 0.0
     assert config.person_down.min_torso_angle is None
     assert config.fight.min_motion_change is None and config.fight.image_group_distance is None
-    assert config.fight.min_probability == 0.57, "the learned cue stays on by default"
+    assert config.fight.min_probability == 0.544, "the learned cue stays on by default"
     path.write_text("[prescreen.fight]\nmin_probability = false\n")
     assert load_prescreen_config(path, "prescreen").fight.min_probability is None
     # A configuration written before these settings existed keeps loading, with the new

@@ -148,7 +148,10 @@ def _learned(**kw: object) -> DangerTracker:
     return DangerTracker(
         PostureRule(),
         PersonDownRule(),
-        FightRule(min_probability=FightConfig().min_probability, **kw),  # type: ignore[arg-type]
+        FightRule(
+            min_probability=FightConfig().min_probability,
+            **{"smooth_frames": FightConfig().smooth_frames, **kw},  # type: ignore[arg-type]
+        ),
         person_down_enabled=False,
         cooldown_seconds=60.0,
     )
@@ -212,3 +215,24 @@ def test_the_learned_cue_counts_people_the_model_misses_in_some_frames() -> None
             )
         ]
     assert labels == ["fight"]
+
+
+def test_the_learned_cue_decides_on_the_mean_of_several_frames() -> None:
+    # Violent motion all along; a pair in view for three inferred frames only (a flicker
+    # of the pose model on two passers-by), nobody before or after.
+    wild = ChaosSample(0.0, 0.15, 0.8, 1.2, 0.5)
+
+    def play(tracker: DangerTracker, pair_frames: range) -> list[float]:
+        times: list[float] = []
+        for i in range(40):
+            t = i * 0.1
+            people = [standing(0.42), standing(0.58)] if i in pair_frames else []
+            sample = ChaosSample(t, wild.changing, wild.spread, wild.jerk, wild.reversal)
+            times += [d.frame_time for d in tracker.update(people, t, sample)]
+        return times
+
+    assert play(_learned(smooth_frames=1), range(10, 13)) == [1.0], "one frame decides"
+    assert play(_learned(smooth_frames=5), range(10, 13)) == [], "three frames are not five"
+    assert FightConfig().smooth_frames == 5
+    # Held in view, the pair is reported once five frames with two people agree.
+    assert play(_learned(smooth_frames=5), range(10, 40)) == [pytest.approx(1.4)]
