@@ -295,8 +295,9 @@ class FightConfig(_Strict):
         "window's people and motion (edge._decision.fight_probability, fitted by "
         "bench/fit_fight.py) reaches this, with at least min_people people in view; it "
         "replaces the limbs and chaos cues (their thresholds above are then unused). "
-        "0.544 (the mean over smooth_frames) flags 3 of the 38 no-fight tuning clips. The report's score is 0.5 at this "
-        "threshold, 1 at certainty. false: the limbs and chaos cues.",
+        "0.544 (the mean over smooth_frames) flags 3 of the 38 no-fight tuning clips. "
+        "The report's score is 0.5 at this threshold, 1 at certainty. false: the limbs "
+        "and chaos cues.",
     )
     smooth_frames: int = Field(
         default=5,
