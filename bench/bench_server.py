@@ -324,7 +324,9 @@ def main() -> int:
                 work / f"run{run_no}",
                 broker,
                 enc_url=f"http://127.0.0.1:{port}",
-                timing={"poll_s": 1.0, "rate_limit_burst": 100},
+                # A device's C1s back to back: all of its --reports, so the server's rate
+                # limit (rate_limit_per_minute) never paces a longer run.
+                timing={"poll_s": 1.0, "rate_limit_burst": max(100, 2 * args.reports)},
                 verification={"workers": workers, "block_after_dismissed": 0}
                 | ({} if args.worker_nice is None else {"worker_nice": args.worker_nice}),
             )

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import Table, bindparam, func, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from ._database import Database
@@ -77,8 +78,15 @@ class AlertQueue:
         leased to ``owner`` for ``lease_ms``."""
         now = self.db.now()
         primary = aliased(OutboxRow)
-        delivered = select(primary.incident_id).where(primary.state == "delivered")
-        with self.db.tx() as s:
+        # A linked report waits until the ENC has the alert it joins: a look-up of that
+        # one row by its key (an "IN (every delivered alert)" read them all, a list that
+        # only grows).
+        joined = (
+            select(primary.incident_id)
+            .where(primary.incident_id == OutboxRow.linked_to, primary.state == "delivered")
+            .exists()
+        )
+        with self.db.tx() as s:  # a read: a poll that finds nothing due writes nothing
             ids = list(
                 s.scalars(
                     select(OutboxRow.incident_id)
@@ -86,62 +94,61 @@ class AlertQueue:
                         OutboxRow.state == "pending",
                         OutboxRow.next_attempt_at <= now,
                         OutboxRow.lease_until <= now,
-                        # a linked report waits until the ENC has the alert it joins
-                        or_(OutboxRow.linked_to.is_(None), OutboxRow.linked_to.in_(delivered)),
+                        or_(OutboxRow.linked_to.is_(None), joined),
                     )
                     .order_by(OutboxRow.next_attempt_at)
                     .limit(limit)
                 )
             )
-        won: list[str] = []
-        # Every lease a compare-and-set of its own (another replica may win a row
-        # meanwhile), all in one transaction: one durable commit however many are due.
+        if not ids:
+            return []
+        # One compare-and-set for all of them (another replica may win a row meanwhile:
+        # RETURNING names the rows this one won), and their contents, in one transaction.
         with self.db.tx() as s:
-            for incident_id in ids:
-                res = s.execute(
+            won = list(
+                s.scalars(
                     update(OutboxRow)
                     .where(
-                        OutboxRow.incident_id == incident_id,
+                        OutboxRow.incident_id.in_(ids),
                         OutboxRow.state == "pending",
                         OutboxRow.lease_until <= now,
                     )
                     .values(lease_until=now + lease_ms, lease_owner=owner)
+                    .returning(OutboxRow.incident_id)
+                    .execution_options(synchronize_session=False)
                 )
-                if res.rowcount:  # type: ignore[attr-defined]
-                    won.append(incident_id)
-        if not won:
-            return []
-        with self.db.tx() as s:
+            )
+            if not won:
+                return []
             rows = s.execute(
                 select(OutboxRow.attempts, OutboxRow.linked_to, IncidentRow)
                 .join(IncidentRow, IncidentRow.id == OutboxRow.incident_id)
                 .where(OutboxRow.incident_id.in_(won))
             ).all()
-            items = []
-            for a, linked_to, r in rows:
-                lat, lon, alt, acc = self.db.seal.open_coords(
-                    r.id, r.lat, r.lon, r.alt, r.acc, r.coords_sealed
+        # Unsealed after the transaction: the writer's turn is not held for it.
+        items = []
+        for a, linked_to, r in rows:
+            lat, lon, alt, acc = self.db.seal.open_coords(
+                r.id, r.lat, r.lon, r.alt, r.acc, r.coords_sealed
+            )
+            items.append(
+                OutboxItem(
+                    incident_id=r.id,
+                    attempts=a,
+                    lat=lat,
+                    lon=lon,
+                    alt=alt,
+                    acc=acc,
+                    coords_src=r.coords_src,
+                    photo=self.db.seal.open_photo(r.id, r.photo),
+                    score=float(r.server_score if r.server_score is not None else r.device_score),
+                    label=r.label,
+                    captured_at=r.captured_at,
+                    device_uid=r.device_uid,
+                    linked_to=linked_to,
                 )
-                items.append(
-                    OutboxItem(
-                        incident_id=r.id,
-                        attempts=a,
-                        lat=lat,
-                        lon=lon,
-                        alt=alt,
-                        acc=acc,
-                        coords_src=r.coords_src,
-                        photo=self.db.seal.open_photo(r.id, r.photo),
-                        score=float(
-                            r.server_score if r.server_score is not None else r.device_score
-                        ),
-                        label=r.label,
-                        captured_at=r.captured_at,
-                        device_uid=r.device_uid,
-                        linked_to=linked_to,
-                    )
-                )
-            return items
+            )
+        return items
 
     def alert_delivered(self, incident_id: str, *, tenc: int) -> None:
         self.alerts_delivered([(incident_id, tenc)])
@@ -150,21 +157,24 @@ class AlertQueue:
         """``alert_delivered`` for many (incident id, T_ENC) in one transaction (the
         outbox worker groups the N2s that arrive while the last commit runs)."""
         now = self.db.now()
-        with self.db.tx() as s:
-            for incident_id, tenc in delivered:
-                s.execute(
-                    update(OutboxRow)
-                    .where(OutboxRow.incident_id == incident_id)
-                    .values(
-                        state="delivered",
-                        delivered_at=now,
-                        tenc=tenc,
-                        lease_until=0,
-                        lease_owner=None,
-                        last_error=None,
-                        attempts=OutboxRow.attempts + 1,
-                    )
-                )
+        table = cast(Table, OutboxRow.__table__)
+        # One statement, the batch's rows as its parameters (executemany).
+        done = (
+            update(table)
+            .where(table.c.incident_id == bindparam("b_id"))
+            .values(
+                state="delivered",
+                delivered_at=now,
+                tenc=bindparam("b_tenc"),
+                lease_until=0,
+                lease_owner=None,
+                last_error=None,
+                attempts=table.c.attempts + 1,
+            )
+        )
+        if delivered:
+            with self.db.tx() as s:
+                s.execute(done, [{"b_id": i, "b_tenc": t} for i, t in delivered])
         return [None] * len(delivered)
 
     def alert_failed(self, incident_id: str, *, retry_at: int, error: str) -> None:

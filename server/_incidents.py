@@ -167,13 +167,17 @@ class _Scenes:
         if not self._received:
             return
         # The coordinates are sealed, so the database narrows by time only (alerted
-        # incidents of a few minutes); the distance is checked after unsealing.
+        # incidents of a few minutes); the distance is checked after unsealing. "Not
+        # fused" is written so that no index serves it: as "fused_into IS NULL" SQLite
+        # walked the fused_into index, i.e. every unfused incident ever stored (32 ms a
+        # batch at 3,200 incidents, growing with the database), instead of the time
+        # range of received_at (2 ms for the 679 of them in the window).
         within = max(d.fuse_within_ms for d in fusing)
         rows = s.execute(
             select(IncidentRow.id, IncidentRow.received_at)
             .join(OutboxRow, OutboxRow.incident_id == IncidentRow.id)
             .where(
-                IncidentRow.fused_into.is_(None),
+                func.coalesce(IncidentRow.fused_into, "") == "",
                 IncidentRow.received_at >= min(self._received.values()) - within,
                 IncidentRow.received_at <= max(self._received.values()) + within,
             )

@@ -220,14 +220,19 @@ class EncOutbox:
     ) -> float:
         """Start deliveries of the due alerts there is room for; seconds until the next."""
         free = self.config.enc.concurrency - len(in_flight)
-        if free > 0:
-            items = await asyncio.to_thread(
-                self.store.claim_due_alerts, owner=self.owner, lease_ms=self.lease_ms, limit=free
-            )
-            for item in items:
-                task = asyncio.create_task(self._deliver(http, item))
-                in_flight.add(task)
-                task.add_done_callback(self._delivered(in_flight))
+        if free <= 0:
+            return poll  # a delivery that ends wakes the loop (_delivered)
+        items = await asyncio.to_thread(
+            self.store.claim_due_alerts, owner=self.owner, lease_ms=self.lease_ms, limit=free
+        )
+        for item in items:
+            task = asyncio.create_task(self._deliver(http, item))
+            in_flight.add(task)
+            task.add_done_callback(self._delivered(in_flight))
+        if len(items) == free:
+            # Every slot taken and maybe more due: the next claim comes when a delivery
+            # ends; asking the database when the next is due would be a query per alert.
+            return poll
         due = await asyncio.to_thread(self.store.next_alert_due)
         return poll if due is None else min(poll, max(0.02, (due - self._clock()) / 1000))
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from sqlalchemy import event
 
 import protocol as p
 from server import (
@@ -409,6 +410,42 @@ def test_fusion_off_alerts_every_report(store: Store) -> None:
     assert store.decide(one.incident_id, score=0.9, uncertain=False, dangerous=True, reason="r")
     assert store.decide(two.incident_id, score=0.9, uncertain=False, dangerous=True, reason="r")
     assert store.outbox_depth() == 2
+
+
+def test_fusion_and_claims_read_by_index_not_every_incident(tmp_path: Path, clock: Clock) -> None:
+    """What a fusing decision and a claim read grows with the time window and the due
+    alerts, not with the database: SQLite's plan for fusion's candidates walks the
+    received_at range (not the fused_into index, i.e. every unfused incident ever
+    stored), and a linked report's "has its alert been delivered" is a look-up by key
+    (not a list of every delivered alert)."""
+    store = Store.open(
+        f"sqlite:///{tmp_path / 'server.db'}", MasterKey(os.urandom(32)), clock=clock
+    )
+    seen: list[tuple[str, object]] = []
+
+    def record(_c: object, _cur: object, statement: str, params: object, *_: object) -> None:
+        seen.append((statement, params))
+
+    event.listen(store.engine, "before_cursor_execute", record)
+    pole, _ = store.add_device(uid="pole-1", zone="z", lat=1, lon=1, alg=3, actor="t")
+    inc = incident(pole.kid, pole.uid)
+    store.store_incident(inc, zone="z")
+    assert store.decide_many([_fusing(inc)]) == ["dangerous"]
+    assert len(store.claim_due_alerts(owner="a", lease_ms=1_000, limit=5)) == 1
+
+    def plan(marker: str) -> str:
+        [(statement, params)] = [(st, pa) for st, pa in seen if marker in st]
+        with store.engine.connect() as c:
+            rows = c.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", params)  # type: ignore[arg-type]
+            return " | ".join(str(r[-1]) for r in rows)
+
+    candidates = plan("JOIN enc_outbox ON enc_outbox.incident_id = incidents.id")
+    assert "USING INDEX ix_incidents_received_at" in candidates, candidates
+    assert "fused_into" not in candidates, candidates
+    due = plan("enc_outbox.next_attempt_at <=")
+    assert "CORRELATED" in due and "LIST SUBQUERY" not in due, due
+    assert "(incident_id=?)" in due, due
+    store.close()
 
 
 def test_a_database_of_the_first_schema_is_upgraded_with_its_incidents(db_url: str) -> None:
