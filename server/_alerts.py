@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import cast
 
-from sqlalchemy import Table, bindparam, func, or_, select, update
+from sqlalchemy import ColumnElement, Table, and_, bindparam, func, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from ._database import Database
@@ -67,6 +67,19 @@ def queue_alert(s: Session, incident_id: str, *, now: int, linked_to: str | None
     s.flush()
 
 
+def _ready() -> ColumnElement[bool]:
+    """A pending alert that may go: one of its own, or a linked report whose alert the
+    ENC has (a look-up of that row by its key; an "IN (every delivered alert)" read
+    them all, a list that only grows)."""
+    primary = aliased(OutboxRow)
+    joined = (
+        select(primary.incident_id)
+        .where(primary.incident_id == OutboxRow.linked_to, primary.state == "delivered")
+        .exists()
+    )
+    return and_(OutboxRow.state == "pending", or_(OutboxRow.linked_to.is_(None), joined))
+
+
 class AlertQueue:
     """Alerts for the ENC. Thread-safe."""
 
@@ -77,24 +90,14 @@ class AlertQueue:
         """Pending alerts whose time has come and that no other replica holds; each is
         leased to ``owner`` for ``lease_ms``."""
         now = self.db.now()
-        primary = aliased(OutboxRow)
-        # A linked report waits until the ENC has the alert it joins: a look-up of that
-        # one row by its key (an "IN (every delivered alert)" read them all, a list that
-        # only grows).
-        joined = (
-            select(primary.incident_id)
-            .where(primary.incident_id == OutboxRow.linked_to, primary.state == "delivered")
-            .exists()
-        )
         with self.db.tx() as s:  # a read: a poll that finds nothing due writes nothing
             ids = list(
                 s.scalars(
                     select(OutboxRow.incident_id)
                     .where(
-                        OutboxRow.state == "pending",
+                        _ready(),
                         OutboxRow.next_attempt_at <= now,
                         OutboxRow.lease_until <= now,
-                        or_(OutboxRow.linked_to.is_(None), joined),
                     )
                     .order_by(OutboxRow.next_attempt_at)
                     .limit(limit)
@@ -201,9 +204,9 @@ class AlertQueue:
             )
 
     def next_alert_due(self) -> int | None:
-        """Earliest next attempt of a pending alert, ms."""
+        """Earliest next attempt of a pending alert that can go, ms: a linked report
+        waiting for its alert's delivery is not due before it (the delivery wakes the
+        outbox; counting it made the outbox poll every 20 ms while the ENC was down)."""
         with self.db.tx() as s:
-            v = s.scalar(
-                select(func.min(OutboxRow.next_attempt_at)).where(OutboxRow.state == "pending")
-            )
+            v = s.scalar(select(func.min(OutboxRow.next_attempt_at)).where(_ready()))
             return int(v) if v is not None else None

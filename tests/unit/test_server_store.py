@@ -401,6 +401,30 @@ def test_nearby_dangerous_reports_fuse_into_the_first_alert(store: Store, clock:
     assert (linked.incident_id, linked.linked_to) == (second.incident_id, first.incident_id)
 
 
+def test_a_linked_report_is_not_due_before_the_alert_it_joins(store: Store, clock: Clock) -> None:
+    """While the ENC refuses the alert (retried later), the report fused into it waits
+    too: the outbox is told to come back at the alert's retry, not at once (it polled
+    the database every 20 ms for as long as the ENC was down)."""
+    a, _ = store.add_device(uid="pole-a", zone="z", lat=1, lon=1, alg=3, actor="t")
+    b, _ = store.add_device(uid="pole-b", zone="z", lat=1, lon=1, alg=3, actor="t")
+    first = incident(a.kid, a.uid)
+    second = incident(b.kid, b.uid, lat=52.2 + 30 / 111_195)
+    store.store_incidents([(first, "z"), (second, "z")])
+    assert store.decide_many([_fusing(first), _fusing(second)]) == ["dangerous", "fused"]
+    [alert] = store.claim_due_alerts(owner="a", lease_ms=10_000, limit=5)
+    assert alert.incident_id == first.incident_id
+    store.alert_failed(first.incident_id, retry_at=clock.now + 5_000, error="HTTP 503")
+    assert store.next_alert_due() == clock.now + 5_000
+    assert store.claim_due_alerts(owner="a", lease_ms=10_000, limit=5) == []
+    clock.now += 5_000
+    [again] = store.claim_due_alerts(owner="a", lease_ms=10_000, limit=5)
+    store.alert_delivered(again.incident_id, tenc=clock.now)
+    due = store.next_alert_due()
+    assert due is not None and due <= clock.now  # the linked report may go now
+    [linked] = store.claim_due_alerts(owner="a", lease_ms=10_000, limit=5)
+    assert (linked.incident_id, linked.linked_to) == (second.incident_id, first.incident_id)
+
+
 def test_fusion_off_alerts_every_report(store: Store) -> None:
     a, _ = store.add_device(uid="pole-a", zone="z", lat=1, lon=1, alg=3, actor="t")
     b, _ = store.add_device(uid="pole-b", zone="z", lat=1, lon=1, alg=3, actor="t")
