@@ -25,6 +25,7 @@ from collections.abc import Callable
 
 import aiomqtt
 
+from edge._link import subscribe_checked
 from protocol import (
     AesGcmCipher,
     Cipher,
@@ -110,10 +111,10 @@ class MqttLink:
         )
         await self._client.__aenter__()
         if self.shared:
-            await self._client.subscribe(f"{self.prefix}/+/down", qos=1)
+            await subscribe_checked(self._client, f"{self.prefix}/+/down")
         else:
             for kid in self._devices:  # after a reconnect: a clean session forgot them
-                await self._client.subscribe(f"{self.prefix}/{kid.hex()}/down", qos=1)
+                await subscribe_checked(self._client, f"{self.prefix}/{kid.hex()}/down")
 
     async def stop(self) -> None:
         self._stopping = True
@@ -141,7 +142,7 @@ class MqttLink:
         self._devices[device.kid] = device
         if not self.shared:
             assert self._client is not None
-            await self._client.subscribe(f"{self.prefix}/{device.kid.hex()}/down", qos=1)
+            await subscribe_checked(self._client, f"{self.prefix}/{device.kid.hex()}/down")
 
     async def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
         assert self._client is not None, "link not started"

@@ -24,12 +24,26 @@ import aiomqtt
 from ._config import BrokerConfig, EdgeConfigError
 from ._state import BrokerStatus, wall_ms
 
-__all__ = ["BrokerLink", "LinkDown", "LinkUp", "tls_context"]
+__all__ = ["BrokerLink", "LinkDown", "LinkUp", "subscribe_checked", "tls_context"]
 
 log = logging.getLogger("citywatch.edge.client")
 
 _ONLINE, _OFFLINE = b"online", b"offline"
 _PUBLISH_TIMEOUT_S = 60.0  # a 2 MiB C3 over a slow uplink
+
+
+async def subscribe_checked(client: aiomqtt.Client, topic: str, *, qos: int = 1) -> None:
+    """Subscribe, and raise ``aiomqtt.MqttError`` when the broker's SUBACK refuses it.
+
+    A refused subscription (reason code 0x80: a cluster's MQTT gateway that cannot
+    create the subscription's consumer while it re-elects) left a link that looked
+    connected and heard nothing on ``topic``: its contacts were retried for minutes
+    without an answer. Raised, it goes through the link's reconnect like a lost
+    connection."""
+    granted = await client.subscribe(topic, qos=qos)
+    refused = [g for g in granted if (g.is_failure if not isinstance(g, int) else g >= 0x80)]
+    if refused:
+        raise aiomqtt.MqttError(f"the broker refused the subscription to {topic}: {refused[0]}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +108,7 @@ class BrokerLink:
             error: str | None = None
             try:
                 async with self._client() as client:
-                    await client.subscribe(self.topic_down, qos=1)
+                    await subscribe_checked(client, self.topic_down)
                     # After subscribing, so the B1 the server sends in answer is not missed.
                     await client.publish(self.topic_status, _ONLINE, qos=1, retain=True)
                     self._mqtt = client

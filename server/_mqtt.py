@@ -14,6 +14,8 @@ from pathlib import Path
 
 import aiomqtt
 
+from edge._link import subscribe_checked
+
 from ._config import BrokerConfig
 from ._link import Handler, PendingPublishes
 
@@ -123,7 +125,7 @@ class MqttLink:
             try:
                 async with self._client_for() as client:
                     for topic in self.subscriptions:
-                        await client.subscribe(topic, qos=1)
+                        await subscribe_checked(client, topic)
                     self._client = client
                     self._on_connected()
                     log.info("connected to the broker as %s", self.client_id)

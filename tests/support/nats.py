@@ -84,9 +84,10 @@ class NatsCluster:
                 n.stop()
 
 
-def start_nats_cluster(workdir: Path, size: int = 3) -> NatsCluster:
+def start_nats_cluster(workdir: Path, size: int = 3, *, extra: str = "") -> NatsCluster:
     """``size`` nodes routed to each other, each with JetStream (its own store folder)
-    and an MQTT listener; started and listening when this returns."""
+    and an MQTT listener; started and listening when this returns. ``extra`` is added to
+    every node's configuration (lines)."""
     workdir.mkdir(parents=True, exist_ok=True)
     nodes = [
         NatsNode(
@@ -114,6 +115,7 @@ def start_nats_cluster(workdir: Path, size: int = 3) -> NatsCluster:
             f'jetstream {{ store_dir: "{workdir / ("js-" + n.name)}" }}\n'
             + cluster
             + f"mqtt {{ listen: 127.0.0.1:{n.mqtt_port} }}\n"
+            + extra
         )
     cluster = NatsCluster(nodes)
     try:
