@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 import protocol as p  # noqa: E402
 from server import MasterKey, Store  # noqa: E402
 from server._store import DecisionRecord  # noqa: E402
-from tests.support.world import T0, jpeg  # noqa: E402
+from tests.support.world import T0, incident_report, jpeg  # noqa: E402
 
 HOUR_MS = 3_600_000
 PHOTO = jpeg()
@@ -54,20 +54,9 @@ class Clock:
 
 
 def report(kid: bytes, uid: str, n: int) -> p.IncidentReported:
-    cid = os.urandom(16)
-    return p.IncidentReported(
-        kid=kid,
-        uid=uid,
-        td=T0,
-        cid=cid,
-        incident_id=p.incident_id_for(kid, cid),
-        # every report ~200 m from the others: a scene of its own
-        coords=p.Coords(lat=52.2 + 0.0018 * (n % 500), lon=21.0 + 0.003 * (n // 500), acc=4.0),
-        photo=PHOTO,
-        score=0.9,
-        label="person_down",
-        captured_at=T0,
-        c3_hash=b"h" * 32,
+    # every report ~200 m from the others: a scene of its own
+    return incident_report(
+        kid, uid, lat=52.2 + 0.0018 * (n % 500), lon=21.0 + 0.003 * (n // 500), photo=PHOTO
     )
 
 

@@ -159,6 +159,8 @@ class AlertQueue:
     def alerts_delivered(self, delivered: Sequence[tuple[str, int]]) -> list[None]:
         """``alert_delivered`` for many (incident id, T_ENC) in one transaction (the
         outbox worker groups the N2s that arrive while the last commit runs)."""
+        if not delivered:
+            return []
         now = self.db.now()
         table = cast(Table, OutboxRow.__table__)
         # One statement, the batch's rows as its parameters (executemany).
@@ -175,9 +177,8 @@ class AlertQueue:
                 attempts=table.c.attempts + 1,
             )
         )
-        if delivered:
-            with self.db.tx() as s:
-                s.execute(done, [{"b_id": i, "b_tenc": t} for i, t in delivered])
+        with self.db.tx() as s:
+            s.execute(done, [{"b_id": i, "b_tenc": t} for i, t in delivered])
         return [None] * len(delivered)
 
     def alert_failed(self, incident_id: str, *, retry_at: int, error: str) -> None:

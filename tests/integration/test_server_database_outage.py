@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import shutil
 import threading
 import uuid
@@ -35,7 +34,7 @@ from tests.support.services import (
     free_port,
     start_postgres,
 )
-from tests.support.world import jpeg
+from tests.support.world import incident_report
 
 NO_FUSION = {"fuse_within_m": 0}
 HERE = p.Coords(lat=52.2297, lon=21.0122, alt=None, acc=3.0, src="gps")
@@ -57,24 +56,6 @@ class HeldVerifier:
         self.entered.set()
         assert self.release.wait(30), "the test never released the photo check"
         return Verdict(0.95, "person_down", False, "held by the test")
-
-
-def _report(kid: bytes, uid: str) -> p.IncidentReported:
-    cid = os.urandom(16)
-    t = now_ms()
-    return p.IncidentReported(
-        kid=kid,
-        uid=uid,
-        td=t,
-        cid=cid,
-        incident_id=p.incident_id_for(kid, cid),
-        coords=p.Coords(lat=52.2, lon=21.0, alt=None, acc=4.0),
-        photo=jpeg(),
-        score=0.9,
-        label="person_down",
-        captured_at=t - 100,
-        c3_hash=b"h" * 32,
-    )
 
 
 def _server(tmp_path: Path, verifier: HeldVerifier, db_url: str = "") -> TrustedServer:
@@ -110,7 +91,7 @@ def test_decision_waits_for_the_database_and_is_written_once_it_is_back(
         pole, _ = server.store.add_device(
             uid="pole-1", zone="z", lat=52.2, lon=21.0, alg=3, actor="t"
         )
-        report = _report(pole.kid, pole.uid)
+        report = incident_report(pole.kid, pole.uid, at=now_ms())
         server.store.store_incident(report, zone="z")  # stored: C4 goes to the device
 
         async def outage() -> tuple[Outcome | None, Outcome | None]:
@@ -158,7 +139,7 @@ def test_an_incident_left_undecided_is_decided_by_the_sweep_without_a_restart(
             recovery = asyncio.create_task(server.verification.recover())
             await asyncio.sleep(0.3)  # the start's pass is over: nothing was left then
             # Stored by a replica that stopped before deciding it.
-            report = _report(pole.kid, pole.uid)
+            report = incident_report(pole.kid, pole.uid, at=now_ms())
             await asyncio.to_thread(server.store.store_incident, report, zone="z")
             stored = asyncio.get_running_loop().time()
             try:

@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import threading
 import uuid
 from pathlib import Path
 
-import protocol as p
 from server import Outcome, TrustedServer, Verdict, example_config, load_config, now_ms
 from tests.support.services import Postgres, free_port
-from tests.support.world import jpeg
+from tests.support.world import incident_report
 
 SCENES = 12
 NORTH_20M = 20 / 111_195
@@ -43,24 +41,6 @@ class MeetingVerifier:
 
 def _replica(config: Path, barrier: threading.Barrier) -> TrustedServer:
     return TrustedServer(load_config(config), verifier=MeetingVerifier(barrier))
-
-
-def _report(device_kid: bytes, uid: str, lat: float) -> p.IncidentReported:
-    cid = os.urandom(16)
-    t = now_ms()
-    return p.IncidentReported(
-        kid=device_kid,
-        uid=uid,
-        td=t,
-        cid=cid,
-        incident_id=p.incident_id_for(device_kid, cid),
-        coords=p.Coords(lat=lat, lon=21.0, alt=None, acc=4.0),
-        photo=jpeg(),
-        score=0.9,
-        label="person_down",
-        captured_at=t - 100,
-        c3_hash=b"h" * 32,
-    )
 
 
 def test_two_replicas_racing_on_one_scene_alert_once(tmp_path: Path, postgres: Postgres) -> None:
@@ -86,8 +66,8 @@ def test_two_replicas_racing_on_one_scene_alert_once(tmp_path: Path, postgres: P
             for scene in range(SCENES):
                 # Scenes 1 km apart: each one its own alert.
                 lat = 52.2 + scene * 0.009
-                one = _report(poles[0].kid, poles[0].uid, lat)
-                two = _report(poles[1].kid, poles[1].uid, lat + NORTH_20M)
+                one = incident_report(poles[0].kid, poles[0].uid, lat=lat, at=now_ms())
+                two = incident_report(poles[1].kid, poles[1].uid, lat=lat + NORTH_20M, at=now_ms())
                 # Each replica got one of the two reports.
                 await asyncio.to_thread(a.store.store_incident, one, zone="z")
                 await asyncio.to_thread(b.store.store_incident, two, zone="z")

@@ -4,6 +4,7 @@ directory, and helpers that drive device, server and ENC objects against each ot
 from __future__ import annotations
 
 import io
+import os
 import random as _random
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -13,6 +14,34 @@ from PIL import Image, ImageDraw
 import protocol as p
 
 T0 = 1_764_000_000_000  # a fixed "now" in ms
+
+
+def incident_report(
+    kid: bytes,
+    uid: str,
+    *,
+    lat: float = 52.2,
+    lon: float = 21.0,
+    at: int = T0,
+    cid: bytes | None = None,
+    photo: bytes | None = None,
+) -> p.IncidentReported:
+    """A device's report as the server's core hands it to the store: T_D ``at``, the
+    photo taken 100 ms before, a fresh cid unless given."""
+    cid = cid or os.urandom(16)
+    return p.IncidentReported(
+        kid=kid,
+        uid=uid,
+        td=at,
+        cid=cid,
+        incident_id=p.incident_id_for(kid, cid),
+        coords=p.Coords(lat=lat, lon=lon, alt=None, acc=4.0),
+        photo=jpeg() if photo is None else photo,
+        score=0.9,
+        label="person_down",
+        captured_at=at - 100,
+        c3_hash=b"h" * 32,
+    )
 
 
 def jpeg(size: tuple[int, int] = (64, 48), quality: int = 80, *, noisy: bool = False) -> bytes:

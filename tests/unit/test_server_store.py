@@ -25,7 +25,7 @@ from server import (
 )
 from server._schema import Base
 from server._store import DecisionRecord
-from tests.support.world import T0, jpeg
+from tests.support.world import T0, incident_report
 
 
 class Clock:
@@ -54,25 +54,6 @@ def store(db_url: str, clock: Clock) -> Iterator[Store]:
     s = Store.open(db_url, MasterKey(os.urandom(32)), clock=clock)
     yield s
     s.close()
-
-
-def incident(
-    kid: bytes, uid: str, cid: bytes | None = None, *, lat: float = 52.2, lon: float = 21.0
-) -> p.IncidentReported:
-    cid = cid or os.urandom(16)
-    return p.IncidentReported(
-        kid=kid,
-        uid=uid,
-        td=T0,
-        cid=cid,
-        incident_id=p.incident_id_for(kid, cid),
-        coords=p.Coords(lat=lat, lon=lon, alt=None, acc=4.0),
-        photo=jpeg(),
-        score=0.9,
-        label="person_down",
-        captured_at=T0 - 100,
-        c3_hash=b"h" * 32,
-    )
 
 
 def test_migrations_match_the_models_and_rerun(db_url: str) -> None:
@@ -219,7 +200,7 @@ def test_windows_open_close_and_zone_announcements(store: Store, clock: Clock) -
 
 def test_incidents_are_idempotent_and_decisions_queue_alerts(store: Store, clock: Clock) -> None:
     d, _ = store.add_device(uid="pole-1", zone="z", lat=1, lon=1, alg=3, actor="t")
-    inc = incident(d.kid, d.uid)
+    inc = incident_report(d.kid, d.uid)
     stored, new = store.store_incident(inc, zone="z")
     assert new and stored.id == inc.incident_id and stored.decision is None
     again, new2 = store.store_incident(inc, zone="z")
@@ -242,7 +223,7 @@ def test_incidents_are_idempotent_and_decisions_queue_alerts(store: Store, clock
         len(inc.photo),
     )
 
-    low = incident(d.kid, d.uid)
+    low = incident_report(d.kid, d.uid)
     store.store_incident(low, zone="z")
     store.decide(low.incident_id, score=0.1, uncertain=False, dangerous=False, reason="low")
     assert store.outbox_depth() == 1
@@ -255,10 +236,10 @@ def test_a_batch_of_incidents_is_one_transaction_and_still_idempotent(store: Sto
     stored) and from several devices, in one transaction."""
     a, _ = store.add_device(uid="pole-a", zone="za", lat=1, lon=1, alg=3, actor="t")
     b, _ = store.add_device(uid="pole-b", zone="zb", lat=1, lon=1, alg=3, actor="t")
-    earlier = incident(a.kid, a.uid)
+    earlier = incident_report(a.kid, a.uid)
     store.store_incident(earlier, zone="za")
     store.decide(earlier.incident_id, score=0.9, uncertain=False, dangerous=True, reason="r")
-    first, second = incident(a.kid, a.uid), incident(b.kid, b.uid)
+    first, second = incident_report(a.kid, a.uid), incident_report(b.kid, b.uid)
     got = store.store_incidents([(first, "za"), (earlier, "za"), (second, "zb"), (first, "za")])
     assert [(info.id, new) for info, new in got] == [
         (first.incident_id, True),
@@ -285,7 +266,7 @@ def test_a_batch_of_incidents_is_one_transaction_and_still_idempotent(store: Sto
 
 def test_outbox_leases_retries_and_delivery(store: Store, clock: Clock) -> None:
     d, _ = store.add_device(uid="pole-1", zone="z", lat=1, lon=1, alg=3, actor="t")
-    inc = incident(d.kid, d.uid)
+    inc = incident_report(d.kid, d.uid)
     store.store_incident(inc, zone="z")
     store.decide(inc.incident_id, score=0.8, uncertain=True, dangerous=True, reason="r")
 
@@ -314,7 +295,7 @@ def test_alerts_are_leased_and_delivered_many_at_once(store: Store, clock: Clock
         store.add_device(uid=f"pole-{i}", zone="z", lat=1, lon=1, alg=3, actor="t")[0]
         for i in range(3)
     ]
-    incs = [incident(d.kid, d.uid, lon=21.0 + i) for i, d in enumerate(poles)]
+    incs = [incident_report(d.kid, d.uid, lon=21.0 + i) for i, d in enumerate(poles)]
     for inc in incs:
         store.store_incident(inc, zone="z")
     assert store.decide_many([_fusing(inc) for inc in incs]) == ["dangerous"] * 3
@@ -361,20 +342,20 @@ def test_nearby_dangerous_reports_fuse_into_the_first_alert(store: Store, clock:
         for i in range(5)
     ]
     north = 30 / 111_195  # degrees of latitude for 30 m
-    dismissed = incident(poles[4].kid, poles[4].uid)
+    dismissed = incident_report(poles[4].kid, poles[4].uid)
     store.store_incident(dismissed, zone="z")
     assert store.decide_many([_fusing(dismissed, dangerous=False)]) == ["dismissed"]
 
-    first = incident(poles[0].kid, poles[0].uid)
-    second = incident(poles[1].kid, poles[1].uid, lat=52.2 + north)
-    third = incident(poles[2].kid, poles[2].uid, lat=52.2 + 2 * north)
+    first = incident_report(poles[0].kid, poles[0].uid)
+    second = incident_report(poles[1].kid, poles[1].uid, lat=52.2 + north)
+    third = incident_report(poles[2].kid, poles[2].uid, lat=52.2 + 2 * north)
     for inc in (first, second, third):
         store.store_incident(inc, zone="z")
     assert store.decide_many([_fusing(first), _fusing(second)]) == ["dangerous", "fused"]
     # 60 m from the first, 30 m from the second: the second is fused, not a target.
     assert store.decide_many([_fusing(third)]) == ["dangerous"]
     clock.now += 121_000
-    later = incident(poles[3].kid, poles[3].uid)
+    later = incident_report(poles[3].kid, poles[3].uid)
     store.store_incident(later, zone="z")
     assert store.decide_many([_fusing(later)]) == ["dangerous"]
 
@@ -407,8 +388,8 @@ def test_a_linked_report_is_not_due_before_the_alert_it_joins(store: Store, cloc
     the database every 20 ms for as long as the ENC was down)."""
     a, _ = store.add_device(uid="pole-a", zone="z", lat=1, lon=1, alg=3, actor="t")
     b, _ = store.add_device(uid="pole-b", zone="z", lat=1, lon=1, alg=3, actor="t")
-    first = incident(a.kid, a.uid)
-    second = incident(b.kid, b.uid, lat=52.2 + 30 / 111_195)
+    first = incident_report(a.kid, a.uid)
+    second = incident_report(b.kid, b.uid, lat=52.2 + 30 / 111_195)
     store.store_incidents([(first, "z"), (second, "z")])
     assert store.decide_many([_fusing(first), _fusing(second)]) == ["dangerous", "fused"]
     [alert] = store.claim_due_alerts(owner="a", lease_ms=10_000, limit=5)
@@ -428,7 +409,7 @@ def test_a_linked_report_is_not_due_before_the_alert_it_joins(store: Store, cloc
 def test_fusion_off_alerts_every_report(store: Store) -> None:
     a, _ = store.add_device(uid="pole-a", zone="z", lat=1, lon=1, alg=3, actor="t")
     b, _ = store.add_device(uid="pole-b", zone="z", lat=1, lon=1, alg=3, actor="t")
-    one, two = incident(a.kid, a.uid), incident(b.kid, b.uid)
+    one, two = incident_report(a.kid, a.uid), incident_report(b.kid, b.uid)
     store.store_incident(one, zone="z")
     store.store_incident(two, zone="z")
     assert store.decide(one.incident_id, score=0.9, uncertain=False, dangerous=True, reason="r")
@@ -452,7 +433,7 @@ def test_fusion_and_claims_read_by_index_not_every_incident(tmp_path: Path, cloc
 
     event.listen(store.engine, "before_cursor_execute", record)
     pole, _ = store.add_device(uid="pole-1", zone="z", lat=1, lon=1, alg=3, actor="t")
-    inc = incident(pole.kid, pole.uid)
+    inc = incident_report(pole.kid, pole.uid)
     store.store_incident(inc, zone="z")
     assert store.decide_many([_fusing(inc)]) == ["dangerous"]
     assert len(store.claim_due_alerts(owner="a", lease_ms=1_000, limit=5)) == 1
